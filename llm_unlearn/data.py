@@ -1,0 +1,273 @@
+"""TOFU-format data: load splits, format prompts, mask questions, collate batches.
+
+A split is a list of dicts with at least `question` and `answer` (TOFU's schema, arXiv 2401.06121).
+It is read from a local folder of JSON-lines files named like the Hub configs (`full.json`,
+`forget10_perturbed.json`, ...), or from a Hub dataset id (`locuslab/TOFU`) through `datasets`.
+
+Every example is tokenized as `prompt ids + answer ids + [end-of-turn id]`: the prompt and the answer
+are encoded separately, so the label boundary is exact by construction (no re-tokenization of a
+joined string whose merges could straddle it). Labels are -100 on the prompt and on padding; the
+answer tokens and exactly one end-of-turn token carry loss. The end-of-turn token is the
+tokenizer's eos token (`<|im_end|>`-style chat models set eos to their end-of-turn token).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+IGNORE_INDEX = -100
+PROMPT_FORMATS = ("chat_template", "tofu_llama2", "qa")
+# Which fields each kind of split must have; the perturbed answer lists may have any length >= 1.
+EVAL_FIELDS = ("question", "answer", "paraphrased_answer", "perturbed_answer")
+ANALOG_FIELDS = ("question", "answer", "perturbed_answer")
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the problem and the fix."""
+
+
+def split_path(data_dir: str | Path, split: str) -> Path:
+    return Path(data_dir) / f"{split}.json"
+
+
+def _read_json_records(path: Path) -> list[dict]:
+    """Read JSON lines, one JSON array, or several arrays one per line (all seen in TOFU copies)."""
+    text = path.read_text(encoding="utf-8").strip()
+    if not text:
+        return []
+    if text.startswith("["):
+        try:
+            return list(json.loads(text))
+        except json.JSONDecodeError:
+            pass  # several arrays, one per line: fall through to line-wise parsing
+    rows: list[dict] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{lineno} is not valid JSON ({err.msg}); fix or regenerate the file") from None
+        rows.extend(item if isinstance(item, list) else [item])
+    return rows
+
+
+def load_split(
+    split: str,
+    data_dir: str | Path | None = None,
+    dataset_name: str | None = None,
+    required: Sequence[str] = ("question", "answer"),
+) -> list[dict]:
+    """Load one TOFU-format split as a list of dicts, checking that `required` fields are present.
+
+    Exactly one of `data_dir` (local folder of `<split>.json` files) or `dataset_name` (Hub id,
+    config = split) is used; `data_dir` wins when both are given.
+    """
+    if data_dir is not None:
+        data_dir = Path(data_dir)
+        if not data_dir.is_dir():
+            raise DataError(
+                f"data dir {data_dir} does not exist; create one with `llm-unlearn world --out {data_dir}` "
+                "or pass --dataset_name locuslab/TOFU"
+            )
+        path = split_path(data_dir, split)
+        if not path.is_file():
+            have = sorted(p.stem for p in data_dir.glob("*.json"))
+            raise DataError(f"split file {path} not found; splits in {data_dir}: {', '.join(have) or 'none'}")
+        rows = _read_json_records(path)
+        where = str(path)
+    elif dataset_name is not None:
+        import datasets
+
+        rows = list(datasets.load_dataset(dataset_name, split, split="train"))
+        where = f"{dataset_name}:{split}"
+    else:
+        raise DataError("no data source: pass --data_dir DIR (a local TOFU-format folder) or --dataset_name HUB_ID")
+    if not rows:
+        raise DataError(f"split {where} is empty; pick a split with at least one example")
+    for i, row in enumerate(rows):
+        missing = [f for f in required if f not in row or row[f] is None]
+        if missing:
+            raise DataError(
+                f"split {where} row {i} lacks field(s) {', '.join(missing)}; every row needs {', '.join(required)}"
+            )
+        if "perturbed_answer" in required:
+            pert = row["perturbed_answer"]
+            if isinstance(pert, str):
+                row["perturbed_answer"] = [pert]
+            elif not pert:
+                raise DataError(f"split {where} row {i} has an empty perturbed_answer list; give at least one")
+    return rows
+
+
+def check_forget_retain(forget: list[dict], retain: list[dict], forget_name: str, retain_name: str) -> None:
+    """Refuse an empty forget set or one that shares questions with the retain set."""
+    if not forget:
+        raise DataError(f"forget split {forget_name} is empty; choose a split with at least one example")
+    if not retain:
+        raise DataError(f"retain split {retain_name} is empty; choose a split with at least one example")
+    overlap = {r["question"] for r in forget} & {r["question"] for r in retain}
+    if overlap:
+        example = next(iter(sorted(overlap)))
+        raise DataError(
+            f"forget split {forget_name} and retain split {retain_name} share {len(overlap)} question(s) "
+            f"(e.g. {example!r}); use a retain split disjoint from the forget split (forget10 <-> retain90)"
+        )
+
+
+def forget_pct(split: str) -> int | None:
+    """`forget10` -> 10 (also for `forget10_perturbed`); None for other names."""
+    if split.startswith("forget") and split[6:8].isdigit():
+        return int(split[6:8])
+    return None
+
+
+def paired_split(forget_split: str, kind: str) -> str:
+    """The TOFU pairing forgetNN <-> retain(100-NN) <-> holdoutNN <-> forgetNN_perturbed."""
+    pct = forget_pct(forget_split)
+    if pct is None:
+        raise DataError(f"cannot pair split {forget_split!r}: expected a name like forget01, forget05, forget10")
+    return {
+        "retain": f"retain{100 - pct}",
+        "holdout": f"holdout{pct:02d}",
+        "perturbed": f"forget{pct:02d}_perturbed",
+    }[kind]
+
+
+def n_forget_authors(pct: float, n_authors: int) -> int:
+    return max(1, math.ceil(pct / 100 * n_authors - 1e-9))
+
+
+# ----------------------------------------------------------------------------- prompts and masking
+
+
+def _format_prompt(tokenizer, question: str, prompt_format: str, system_prompt: str | None) -> list[int]:
+    if prompt_format == "chat_template":
+        if tokenizer.chat_template is None:
+            raise DataError(
+                f"tokenizer {tokenizer.name_or_path!r} has no chat template; use --prompt_format qa or tofu_llama2"
+            )
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages.append({"role": "user", "content": question})
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    if prompt_format == "tofu_llama2":
+        return tokenizer(f"[INST] {question} [/INST]", add_special_tokens=True)["input_ids"]
+    if prompt_format == "qa":
+        return tokenizer(f"Question: {question}\nAnswer:", add_special_tokens=True)["input_ids"]
+    raise DataError(f"unknown prompt_format {prompt_format!r}; choose one of {', '.join(PROMPT_FORMATS)}")
+
+
+def _answer_text(answer: str, prompt_format: str) -> str:
+    # "Answer: x" tokenizes the space with the answer's first word in byte-level BPE; keep it there.
+    return " " + answer if prompt_format == "qa" else answer
+
+
+def end_of_turn_id(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise DataError(f"tokenizer {tokenizer.name_or_path!r} has no eos token; set one to end answers")
+    return tokenizer.eos_token_id
+
+
+def encode_prompt(tokenizer, question: str, prompt_format: str, system_prompt: str | None = None) -> list[int]:
+    """Token ids of the prompt alone (what generation starts from)."""
+    ids = _format_prompt(tokenizer, question, prompt_format, system_prompt)
+    bos = tokenizer.bos_token_id
+    if prompt_format == "chat_template" and bos is not None and (not ids or ids[0] != bos):
+        # Our own templates put the bos in the text; some do not and rely on add_special_tokens.
+        ids = [bos] + ids
+    return ids
+
+
+def encode_qa(
+    tokenizer,
+    question: str,
+    answer: str,
+    prompt_format: str,
+    max_length: int,
+    system_prompt: str | None = None,
+) -> dict[str, list[int]]:
+    """`input_ids` = prompt + answer + end-of-turn; `labels` = -100 on the prompt, ids elsewhere.
+
+    Raises DataError when the example is longer than `max_length`: truncating would silently drop
+    answer tokens (or the end token) from the loss.
+    """
+    prompt_ids = encode_prompt(tokenizer, question, prompt_format, system_prompt)
+    answer_ids = tokenizer(_answer_text(answer, prompt_format), add_special_tokens=False)["input_ids"]
+    answer_ids = answer_ids + [end_of_turn_id(tokenizer)]
+    n = len(prompt_ids) + len(answer_ids)
+    if n > max_length:
+        raise DataError(
+            f"example of {n} tokens exceeds max_length={max_length} (question {question[:60]!r}); "
+            f"raise --max_length to at least {n}"
+        )
+    return {
+        "input_ids": prompt_ids + answer_ids,
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids,
+    }
+
+
+class QADataset(torch.utils.data.Dataset):
+    """Tokenized question/answer pairs; `answer_key` picks which answer field to score."""
+
+    def __init__(
+        self,
+        rows: Sequence[dict],
+        tokenizer,
+        prompt_format: str,
+        max_length: int,
+        system_prompt: str | None = None,
+        answer_key: str = "answer",
+    ):
+        self.features = [
+            encode_qa(tokenizer, r["question"], r[answer_key], prompt_format, max_length, system_prompt) for r in rows
+        ]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return self.features[i]
+
+
+@dataclass
+class QACollator:
+    """Pad a list of encoded examples on the right (left with `padding_side='left'`).
+
+    Padding positions get attention 0 and label -100, so they never carry loss.
+    """
+
+    pad_token_id: int
+    padding_side: str = "right"
+
+    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        ids, labels, mask = [], [], []
+        for f in features:
+            pad = width - len(f["input_ids"])
+            body_labels = f.get("labels", [IGNORE_INDEX] * len(f["input_ids"]))
+            if self.padding_side == "right":
+                ids.append(f["input_ids"] + [self.pad_token_id] * pad)
+                labels.append(body_labels + [IGNORE_INDEX] * pad)
+                mask.append([1] * len(f["input_ids"]) + [0] * pad)
+            else:
+                ids.append([self.pad_token_id] * pad + f["input_ids"])
+                labels.append([IGNORE_INDEX] * pad + body_labels)
+                mask.append([0] * pad + [1] * len(f["input_ids"]))
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "attention_mask": torch.tensor(mask, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+        }
+
+
+def pad_id(tokenizer) -> int:
+    """The pad id, falling back to eos (the padding positions are masked either way)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_of_turn_id(tokenizer)
