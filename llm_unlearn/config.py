@@ -1,0 +1,190 @@
+"""Configuration dataclasses and the YAML + CLI parser.
+
+`UnlearnConfig` extends `transformers.TrainingArguments` (as TRL's `DPOConfig` does): every Trainer
+field is a config key too. A recipe is a flat YAML file whose keys are fields of these dataclasses;
+precedence is dataclass default < YAML < command line. Field names are unique across the
+dataclasses, so a flat key always means one thing, and an unknown key is an error that names the
+nearest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from .data import PROMPT_FORMATS
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: the message names the key and the fix."""
+
+
+@dataclass
+class ModelArgs:
+    """Which model to start from and how to load it."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Local model folder or Hub id. The `demo`/world default builds the tiny model."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with a Hub model (off: unsafe)."})
+    allow_pickle: bool = field(
+        default=False, metadata={"help": "Allow loading pickle (.bin) weights; off by default, safetensors only."}
+    )
+    torch_dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16 for the weights."})
+
+
+@dataclass
+class DataArgs:
+    """Where the TOFU-format data comes from and how examples are formatted."""
+
+    data_dir: str | None = field(default=None, metadata={"help": "Local folder of TOFU-format `<split>.json` files."})
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id, e.g. locuslab/TOFU."})
+    forget_split: str = field(default="forget10", metadata={"help": "Split to forget (forget01, forget05, forget10)."})
+    retain_split: str | None = field(
+        default=None, metadata={"help": "Split to retain; defaults to the forget split's pair (forget10 -> retain90)."}
+    )
+    prompt_format: str = field(
+        default="chat_template", metadata={"help": f"How a question is wrapped: {', '.join(PROMPT_FORMATS)}."}
+    )
+    system_prompt: str | None = field(default=None, metadata={"help": "System message for `chat_template`."})
+    max_length: int = field(
+        default=256, metadata={"help": "Longest prompt + answer in tokens; longer examples are an error."}
+    )
+
+
+@dataclass
+class UnlearnConfig(TrainingArguments):
+    """`TrainingArguments` plus the fields that control unlearning.
+
+    Parameters that control the method:
+        method (`str`, *optional*, defaults to `"graddiff"`): registered method name or dotted path.
+        retain_loss (`str`, *optional*, defaults to `"nll"`): `nll` or `kl` (to the frozen original model).
+        forget_weight / retain_weight (`float`, *optional*, default 1.0): weights of the loss terms.
+        retain_batch_size (`int`, *optional*): retain micro-batch size; defaults to the forget batch size.
+        retain_seed (`int`, *optional*, defaults to 0): seed of the retain loader's order.
+        combine (`str`, *optional*, defaults to `"sum"`): how loss terms become an update.
+    """
+
+    method: str = field(default="graddiff", metadata={"help": "Unlearning method (see `llm-unlearn ls`)."})
+    retain_loss: str = field(default="nll", metadata={"help": "Retain term of graddiff: nll or kl."})
+    forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget term."})
+    retain_weight: float = field(default=1.0, metadata={"help": "Weight of the retain term."})
+    retain_batch_size: int | None = field(default=None, metadata={"help": "Retain micro-batch size per device."})
+    retain_seed: int = field(default=0, metadata={"help": "Seed of the retain loader's cyclic order."})
+    combine: str = field(default="sum", metadata={"help": "How loss terms are combined into one update: sum."})
+    # Trainer defaults that are wrong for unlearning.
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep our tokenized columns."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps."})
+    save_strategy: str = field(default="epoch", metadata={"help": "Checkpoint every epoch so a run can resume."})
+    save_total_limit: int | None = field(default=1, metadata={"help": "Keep only the newest checkpoint."})
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate."})
+    num_train_epochs: float = field(default=5.0, metadata={"help": "Passes over the forget set."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Forget micro-batch size per device."})
+
+    def __post_init__(self):
+        if self.combine != "sum":
+            raise ConfigError(f"unknown combine {self.combine!r}; choose sum")
+        if self.retain_loss not in ("nll", "kl"):
+            raise ConfigError(f"unknown retain_loss {self.retain_loss!r}; choose nll or kl")
+        if self.retain_batch_size is None:
+            self.retain_batch_size = self.per_device_train_batch_size
+        super().__post_init__()
+
+
+@dataclass
+class EvalArgs:
+    """How a model is evaluated (TOFU metrics, arXiv 2401.06121)."""
+
+    eval_batch_size: int = field(default=32, metadata={"help": "Batch size for scoring and generation."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Greedy generation length for ROUGE-L."})
+    truth_ratio_variant: str = field(default="geometric", metadata={"help": "geometric (default) or arithmetic."})
+    reference_model: str | None = field(
+        default=None, metadata={"help": "Retain-only reference model folder, evaluated for forget quality."}
+    )
+    reference_eval: str | None = field(
+        default=None, metadata={"help": "eval.json of the reference (or a legacy eval_log_aggregated.json)."}
+    )
+    do_final_eval: bool = field(default=True, metadata={"help": "Evaluate at the end of `unlearn`."})
+
+
+CONFIG_CLASSES = (ModelArgs, DataArgs, UnlearnConfig, EvalArgs)
+
+
+def field_names(classes=CONFIG_CLASSES) -> set[str]:
+    return {f.name for cls in classes for f in dataclasses.fields(cls) if f.init}
+
+
+def suggest(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def load_yaml(path: str | Path, classes=CONFIG_CLASSES) -> dict[str, Any]:
+    """Read a flat recipe; refuse unknown keys with a suggestion."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass an existing YAML recipe (see recipes/README.md)")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must be a flat mapping of key: value")
+    known = field_names(classes)
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"unknown config key {key!r} in {path}{suggest(key, known)}")
+    return values
+
+
+def parse_config(argv: list[str] | None = None, classes=CONFIG_CLASSES, overrides: dict | None = None):
+    """Parse `--config FILE` and `--key value` flags into one instance of each dataclass.
+
+    `overrides` (e.g. a subcommand's own defaults) sit between the dataclass defaults and the YAML.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    yaml_values: dict[str, Any] = {}
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise ConfigError("--config needs a YAML file path")
+        yaml_values = load_yaml(argv[i + 1], classes)
+        del argv[i : i + 2]
+    parser = HfArgumentParser(classes)
+    parser.set_defaults(**{**(overrides or {}), **yaml_values})
+    known = field_names(classes)
+    for token in argv:
+        if token.startswith("--"):
+            key = token[2:].split("=", 1)[0]
+            if key not in known:
+                raise ConfigError(f"unknown option --{key}{suggest(key, known)}")
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+
+
+def to_dict(*configs) -> dict[str, Any]:
+    """Flat dict of all fields, with secrets redacted, for `unlearn_config.yaml`."""
+    out: dict[str, Any] = {}
+    for cfg in configs:
+        for f in dataclasses.fields(cfg):
+            if not f.init:
+                continue
+            value = getattr(cfg, f.name)
+            if isinstance(value, enum.Enum):
+                value = value.value
+            if "token" in f.name and isinstance(value, str) and value:
+                value = "<redacted>"
+            if isinstance(value, (str, int, float, bool, type(None))):
+                out[f.name] = value
+            elif isinstance(value, (list, tuple)):
+                out[f.name] = [v if isinstance(v, (str, int, float, bool)) else str(v) for v in value]
+            else:
+                out[f.name] = str(value)
+    return out

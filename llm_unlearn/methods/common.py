@@ -1,0 +1,76 @@
+"""Pieces shared by methods: the `Term` a method returns and small pure loss functions.
+
+Terms are returned *unnormalized* (a sum over answer tokens or over sequences of one micro-batch)
+with the reduction they need; the trainer divides by the count of the whole accumulation window
+summed over ranks, so a loss never depends on how a batch was split into micro-batches or ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..data import IGNORE_INDEX
+
+
+@dataclass
+class Term:
+    """One loss term to minimize.
+
+    total: sum of the per-token (reduction "token") or per-sequence ("sequence") values of one
+        micro-batch; stream: whose counts normalize it ("forget" or "retain"); weight: its weight
+        in the combination.
+    """
+
+    total: torch.Tensor
+    stream: str
+    reduction: str = "token"
+    weight: float = 1.0
+
+
+@dataclass
+class MethodContext:
+    """What a method may read besides the batches: the config and the frozen reference model."""
+
+    config: object
+    reference_model: torch.nn.Module | None = None
+
+
+def token_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log p(y_t | y_<t) of the labels (shifted by one) and the mask of scored tokens.
+
+    Returns (logprobs [B, T-1], mask [B, T-1]); positions with label -100 are masked out.
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE_INDEX
+    logprobs = -F.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)),
+        labels.clamp_min(0).reshape(-1),
+        reduction="none",
+    ).view_as(labels)
+    return logprobs * mask, mask
+
+
+def nll_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum over the batch's answer tokens (end token included) of -log p(y_t | y_<t)."""
+    logprobs, _ = token_logprobs(model, batch)
+    return -logprobs.sum()
+
+
+def kl_to_reference_sum(model, reference_model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum over answer tokens of KL(p_ref(.|y_<t) || p_model(.|y_<t)) on the full vocabulary.
+
+    The reference is the frozen model from before unlearning; only positions whose label is scored
+    (answer tokens and the end token) count, as for the NLL.
+    """
+    with torch.no_grad():
+        ref_logits = reference_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    mask = (batch["labels"][:, 1:] != IGNORE_INDEX).float()
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    ref_logp = F.log_softmax(ref_logits[:, :-1].float(), dim=-1)
+    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+    return (kl * mask).sum()

@@ -1,0 +1,87 @@
+"""Run directories: atomic JSON writes, `status.json`, and safe model loading.
+
+A run directory explains itself: `status.json` says whether it is `running`, `complete` or `failed`
+(with the error); files are written under a temporary name and renamed, so a crash never leaves a
+file that looks complete. Models load as safetensors only unless pickle is explicitly allowed, and
+remote code runs only when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+STATUS_FILE = "status.json"
+
+
+class RunError(RuntimeError):
+    """A run directory that cannot be used as asked: the message says why and what to do."""
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_status(run_dir: str | Path, state: str, **extra: Any) -> None:
+    write_json_atomic(Path(run_dir) / STATUS_FILE, {"state": state, "time": time.time(), **extra})
+
+
+def read_status(run_dir: str | Path) -> dict | None:
+    path = Path(run_dir) / STATUS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def require_complete(run_dir: str | Path, action: str) -> None:
+    """Refuse to evaluate or publish a run of ours that did not finish."""
+    status = read_status(run_dir)
+    if status is not None and status["state"] != "complete":
+        why = f": {status['error']}" if status.get("error") else ""
+        raise RunError(
+            f"run {run_dir} is {status['state']}{why}; {action} needs a complete run (resume it with the same "
+            "command and --output_dir, or start a new one)"
+        )
+
+
+def load_model_and_tokenizer(
+    path: str, *, trust_remote_code: bool = False, allow_pickle: bool = False, torch_dtype: str = "float32"
+):
+    """Load a causal LM and its tokenizer from a folder or Hub id (safetensors unless pickle is allowed)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(path)
+    if (path.startswith((".", "/", "~")) or local.exists()) and not local.is_dir():
+        raise FileNotFoundError(
+            f"model path {path} does not exist; pass a model folder, a Hub id, or build the default with `llm-unlearn demo`"
+        )
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a model folder (no config.json); pass the folder a model was saved in")
+    if local.is_dir() and not allow_pickle and not any(local.glob("*.safetensors")):
+        raise RunError(f"{path} has no safetensors weights; convert them, or pass --allow_pickle if you trust the files")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[torch_dtype]
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True
+    )
+    return model, tokenizer

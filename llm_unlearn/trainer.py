@@ -1,0 +1,193 @@
+"""`UnlearnTrainer`: a `transformers.Trainer` that trains on a forget stream and a retain stream.
+
+The forget loader is Trainer's own train loader and drives the epoch (one epoch = one pass over
+the forget set). The retain stream cycles for as long as the forget loader runs: retain micro-batch
+k of this rank is global batch g = k * world_size + rank, taken from cycle floor(g / n) at position
+g mod n of a permutation that is a pure function of (retain_seed, cycle). Ranks see disjoint
+batches, and resuming needs no retain state beyond the optimizer step count.
+
+Normalization. Trainer counts `num_items_in_batch` from the train stream only and rescales the loss
+in version-dependent ways (`model_accepts_loss_kwargs`, `loss_is_scaled_for_ga`). We own it instead:
+`get_batch_samples` fetches a window's forget and retain micro-batches together and counts, per
+stream, the answer tokens and sequences of the whole window summed over ranks. A method's term is a
+sum over one micro-batch; the trainer divides it by its stream's window count (and multiplies by
+the number of ranks, since DDP averages gradients), so every term's gradient equals the gradient of
+the window mean, however the window is split into micro-batches and ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from transformers import Trainer
+
+from .data import IGNORE_INDEX
+from .methods import Method, MethodContext, Term
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite: training stops on every rank."""
+
+
+class RetainStream:
+    """Deterministic, cyclic, rank-sharded retain micro-batches (see the module docstring)."""
+
+    def __init__(self, dataset, batch_size: int, collate_fn, seed: int, rank: int = 0, world_size: int = 1):
+        if len(dataset) == 0:
+            raise ValueError("retain set is empty; choose a retain split with at least one example")
+        self.dataset, self.batch_size, self.collate_fn = dataset, batch_size, collate_fn
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.batches_per_cycle = math.ceil(len(dataset) / batch_size)
+
+    def indices(self, k: int) -> list[int]:
+        """Dataset indices of this rank's k-th retain micro-batch."""
+        g = k * self.world_size + self.rank
+        cycle, pos = divmod(g, self.batches_per_cycle)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + cycle)
+        perm = torch.randperm(len(self.dataset), generator=generator).tolist()
+        return perm[pos * self.batch_size : (pos + 1) * self.batch_size]
+
+    def batch(self, k: int) -> dict[str, torch.Tensor]:
+        return self.collate_fn([self.dataset[i] for i in self.indices(k)])
+
+
+def _counts(batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """[answer tokens, sequences] of a list of micro-batches (labels are shifted by one when scored)."""
+    tokens = sum(int(b["labels"][:, 1:].ne(IGNORE_INDEX).sum()) for b in batches)
+    sequences = sum(int(b["labels"].size(0)) for b in batches)
+    return torch.tensor([tokens, sequences], dtype=torch.float64)
+
+
+class UnlearnTrainer(Trainer):
+    """Trainer for unlearning: `train_dataset` is the forget set, `retain_dataset` the retain set.
+
+    `method` is a registry entry (`llm_unlearn.methods.get_method`); `reference_model` is the frozen
+    original model for methods that declare they need one. Per-step values are appended to
+    `<output_dir>/train_log.jsonl` on rank 0.
+    """
+
+    def __init__(self, *args, retain_dataset, method: Method, reference_model=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.method = method
+        self.retain_dataset = retain_dataset
+        self.reference_model = reference_model
+        if reference_model is not None:
+            reference_model.eval().requires_grad_(False)
+        self.retain_stream = RetainStream(
+            retain_dataset,
+            self.args.retain_batch_size,
+            self.data_collator,
+            self.args.retain_seed,
+            rank=self.args.process_index,
+            world_size=self.args.world_size,
+        )
+        self._forget_batches_per_epoch: int | None = None
+        self._window_counts: dict[str, torch.Tensor] = {}
+        self._term_log: dict[str, float] = {}
+        self._term_log_steps = 0
+
+    # ------------------------------------------------------------------ data
+
+    def get_train_dataloader(self):
+        loader = super().get_train_dataloader()
+        self._forget_batches_per_epoch = len(loader)
+        return loader
+
+    def _retain_batches_consumed(self) -> int:
+        """Retain micro-batches this rank used before the current optimizer step.
+
+        A pure function of the global step: every epoch uses one retain batch per forget batch, and
+        every full window of an epoch has `gradient_accumulation_steps` of them.
+        """
+        per_epoch = self._forget_batches_per_epoch
+        accum = self.args.gradient_accumulation_steps
+        windows_per_epoch = math.ceil(per_epoch / accum)
+        epoch, window = divmod(self.state.global_step, windows_per_epoch)
+        return epoch * per_epoch + window * accum
+
+    def get_batch_samples(
+        self, epoch_iterator: Iterator, num_batches: int, device: torch.device
+    ) -> tuple[list, torch.Tensor | int | None]:
+        forget = []
+        for _ in range(num_batches):
+            try:
+                forget.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        first = self._retain_batches_consumed()
+        retain = [self.retain_stream.batch(first + i) for i in range(len(forget))]
+        counts = torch.stack([_counts(forget), _counts(retain)]).to(device)
+        counts = self.accelerator.reduce(counts, reduction="sum") if self.args.world_size > 1 else counts
+        self._window_counts = {"forget": counts[0], "retain": counts[1]}
+        # No `num_items_in_batch`: our terms are normalized by the window counts above.
+        return [{"forget": f, "retain": r} for f, r in zip(forget, retain)], None
+
+    # ------------------------------------------------------------------ loss
+
+    def _normalize(self, term: Term) -> torch.Tensor:
+        tokens, sequences = self._window_counts[term.stream]
+        count = tokens if term.reduction == "token" else sequences
+        # DDP averages gradients over ranks: multiply by world size so the average is the global mean.
+        return term.weight * term.total * self.args.world_size / count.clamp_min(1).to(term.total.dtype)
+
+    def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([t.detach().float() for t in terms.values()])
+        bad = (~torch.isfinite(values)).float().max().reshape(1)
+        if self.args.world_size > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bad.item() > 0:
+            names = [n for n, t in terms.items() if not torch.isfinite(t.detach()).all()]
+            raise NonFiniteLossError(
+                f"loss term(s) {', '.join(names) or 'on another rank'} became non-finite at step "
+                f"{self.state.global_step}; lower --learning_rate or check the data (see train_log.jsonl)"
+            )
+
+    def training_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor | object],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        model.train()
+        forget = self._prepare_inputs(inputs["forget"])
+        retain = self._prepare_inputs(inputs["retain"])
+        ctx = MethodContext(config=self.args, reference_model=self.reference_model)
+        with self.compute_loss_context_manager():
+            terms = {name: self._normalize(t) for name, t in self.method.fn(model, forget, retain, ctx).items()}
+        self._check_finite(terms)
+        loss = sum(terms.values())
+        self.accelerator.backward(loss)
+        for name, value in terms.items():
+            # Per-rank share of the window mean; `log` averages it over ranks.
+            self._term_log[name] = self._term_log.get(name, 0.0) + value.item() / self.args.world_size
+        # Trainer logs the mean over ranks of this value: with the world-size factor that is the window mean.
+        return loss.detach()
+
+    # ------------------------------------------------------------------ logging and saving
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._term_log:
+            steps = max(1, self.state.global_step - self._term_log_steps)
+            for name, total in self._term_log.items():
+                value = torch.tensor([total / steps], device=self.args.device)
+                if self.args.world_size > 1:
+                    value = self.accelerator.reduce(value, reduction="sum")
+                logs[f"loss_{name}"] = value.item()
+            self._term_log, self._term_log_steps = {}, self.state.global_step
+        super().log(logs, start_time)
+        if self.is_world_process_zero() and self.args.output_dir:
+            record = {"step": self.state.global_step, "epoch": self.state.epoch, **logs}
+            with open(Path(self.args.output_dir) / "train_log.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        # training_args.bin is a pickle that may hold tokens; the resolved YAML config replaces it.
+        args_file = Path(output_dir or self.args.output_dir) / "training_args.bin"
+        if self.is_world_process_zero() and args_file.exists():
+            os.remove(args_file)

@@ -1,0 +1,111 @@
+"""`unlearn()`: the Python API behind `llm-unlearn unlearn` (load, validate, train, save, evaluate).
+
+Everything that can be checked before training is checked first (data, method, model path, run
+directory), so bad input fails with one line and leaves nothing behind. During training the run
+directory carries `status.json` = running; a failure marks it failed with the error, and only a
+finished run is marked complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+
+from .config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig, to_dict
+from .data import QACollator, QADataset, check_forget_retain, load_split, pad_id, paired_split
+from .methods import get_method
+from .runio import RunError, load_model_and_tokenizer, read_status, write_status, write_text_atomic
+
+logger = logging.getLogger("llm_unlearn")
+
+
+def resolve_retain_split(data: DataArgs) -> str:
+    return data.retain_split or paired_split(data.forget_split, "retain")
+
+
+def prepare_output_dir(output_dir: str | None) -> str | None:
+    """Refuse an existing directory unless it is our unfinished run; return a checkpoint to resume."""
+    if not output_dir:
+        raise RunError("no --output_dir given; pass a new directory for the run")
+    out = Path(output_dir)
+    if not out.exists():
+        return None
+    status = read_status(out)
+    if status is None:
+        raise RunError(f"output dir {out} exists and is not an llm-unlearn run; choose a new --output_dir")
+    if status["state"] == "complete":
+        raise RunError(f"output dir {out} holds a complete run; choose a new --output_dir")
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    checkpoints = [c for c in checkpoints if (c / "trainer_state.json").is_file()]
+    if checkpoints:
+        logger.info("resuming %s from %s", out, checkpoints[-1].name)
+        return str(checkpoints[-1])
+    logger.info("restarting unfinished run %s (no checkpoint yet)", out)
+    return None
+
+
+def unlearn(model_args: ModelArgs, data: DataArgs, config: UnlearnConfig, eval_args: EvalArgs) -> Path:
+    """Run one unlearning job and return its run directory."""
+    from .trainer import UnlearnTrainer
+
+    method = get_method(config.method)
+    if not model_args.model_name_or_path:
+        raise RunError("no --model_name_or_path given; pass a model folder or Hub id")
+    retain_split = resolve_retain_split(data)
+    source = dict(data_dir=data.data_dir, dataset_name=data.dataset_name)
+    forget_rows = load_split(data.forget_split, **source)
+    retain_rows = load_split(retain_split, **source)
+    check_forget_retain(forget_rows, retain_rows, data.forget_split, retain_split)
+    resume = prepare_output_dir(config.output_dir)
+    model, tokenizer = load_model_and_tokenizer(
+        model_args.model_name_or_path,
+        trust_remote_code=model_args.trust_remote_code,
+        allow_pickle=model_args.allow_pickle,
+        torch_dtype=model_args.torch_dtype,
+    )
+    encode = dict(prompt_format=data.prompt_format, max_length=data.max_length, system_prompt=data.system_prompt)
+    forget_ds = QADataset(forget_rows, tokenizer, **encode)
+    retain_ds = QADataset(retain_rows, tokenizer, **encode)
+    reference = None
+    if method.needs_reference(config):
+        reference, _ = load_model_and_tokenizer(
+            model_args.model_name_or_path,
+            trust_remote_code=model_args.trust_remote_code,
+            allow_pickle=model_args.allow_pickle,
+            torch_dtype=model_args.torch_dtype,
+        )
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = to_dict(model_args, data, config, eval_args) | {"retain_split": retain_split}
+    write_text_atomic(out / "unlearn_config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    write_status(out, "running", method=method.name)
+    trainer = UnlearnTrainer(
+        model=model,
+        args=config,
+        train_dataset=forget_ds,
+        retain_dataset=retain_ds,
+        data_collator=QACollator(pad_id(tokenizer)),
+        processing_class=tokenizer,
+        method=method,
+        reference_model=reference,
+    )
+    start = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model(str(out))
+    except BaseException as err:
+        if trainer.is_world_process_zero():
+            write_status(out, "failed", method=method.name, error=f"{type(err).__name__}: {err}")
+        raise
+    if trainer.is_world_process_zero():
+        for checkpoint in out.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)
+        write_status(out, "complete", method=method.name, train_seconds=round(time.perf_counter() - start, 2))
+    logger.info("unlearning finished in %.1f s: %s", time.perf_counter() - start, out)
+    return out
+
