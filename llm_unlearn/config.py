@@ -159,7 +159,7 @@ def parse_config(argv: list[str] | None = None, classes=CONFIG_CLASSES, override
     parser.set_defaults(**{**(overrides or {}), **yaml_values})
     known = field_names(classes)
     for token in argv:
-        if token.startswith("--"):
+        if token.startswith("--") and token != "--help":
             key = token[2:].split("=", 1)[0]
             if key not in known:
                 raise ConfigError(f"unknown option --{key}{suggest(key, known)}")

@@ -1,0 +1,147 @@
+"""`llm-unlearn`: the command line. It parses arguments and calls the Python API; nothing else.
+
+    llm-unlearn demo                                   # world -> models -> graddiff -> eval -> report
+    llm-unlearn world --out DIR [--n_authors N]        # write the built-in TOFU-format world
+    llm-unlearn train --config recipes/world/finetune.yaml
+    llm-unlearn unlearn --config recipes/world/graddiff.yaml [--key value ...]
+    llm-unlearn eval --model_name_or_path RUN --data_dir DIR --reference_model REF
+    llm-unlearn ls                                     # methods, recipes, cached models
+
+Bad input ends with one line `error: <problem>; <fix>` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+SUBCOMMANDS = ("demo", "world", "train", "unlearn", "eval", "ls")
+USAGE = __doc__.split("\n\n")[1]
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="[llm-unlearn] %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_warning()
+
+
+def cmd_world(argv: list[str]) -> None:
+    from .world import WORLD_SIZES, WorldConfig, write_world
+
+    parser = argparse.ArgumentParser(prog="llm-unlearn world", description="Write the built-in fictitious-author world.")
+    parser.add_argument("--out", required=True, help="folder to write (must not exist)")
+    parser.add_argument("--size", default="default", choices=sorted(WORLD_SIZES), help="preset world size")
+    parser.add_argument("--n_authors", type=int, help="number of fictitious authors (overrides --size)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    cfg = WorldConfig(**{**WORLD_SIZES[args.size], "seed": args.seed})
+    if args.n_authors is not None:
+        cfg.n_authors = args.n_authors
+    path = write_world(args.out, cfg)
+    print(f"world with {cfg.n_authors} authors written to {path}")
+
+
+def cmd_train(argv: list[str]) -> None:
+    from .models import finetune_cli
+
+    finetune_cli(argv)
+
+
+def cmd_unlearn(argv: list[str]) -> None:
+    from .config import parse_config
+    from .pipeline import check_reference, evaluate_with_reference
+    from .unlearn import unlearn
+
+    model_args, data, config, eval_args = parse_config(argv)
+    if eval_args.do_final_eval:
+        check_reference(eval_args)
+    run_dir = unlearn(model_args, data, config, eval_args)
+    if eval_args.do_final_eval:
+        result = evaluate_with_reference(str(run_dir), data, eval_args, model_args, out_path=run_dir / "eval.json")
+        _print_metrics(result)
+    print(f"run complete: {run_dir}")
+
+
+def cmd_eval(argv: list[str]) -> None:
+    from .config import DataArgs, EvalArgs, ModelArgs, parse_config
+    from .pipeline import default_eval_path, evaluate_with_reference
+
+    argv, output_dir = _pop_option(argv, "--output_dir")
+    model_args, data, eval_args = parse_config(argv, classes=(ModelArgs, DataArgs, EvalArgs))
+    if not model_args.model_name_or_path:
+        raise ValueError("no --model_name_or_path given; pass the model folder or run directory to evaluate")
+    out = default_eval_path(model_args.model_name_or_path, output_dir)
+    result = evaluate_with_reference(model_args.model_name_or_path, data, eval_args, model_args, out_path=out)
+    _print_metrics(result)
+    print(f"wrote {out}")
+
+
+def cmd_ls(argv: list[str]) -> None:
+    from .methods import METHODS
+
+    print("methods:")
+    for name, method in sorted(METHODS.items()):
+        print(f"  {name:<10} {method.summary} ({method.paper})")
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    if recipes.is_dir():
+        print("recipes:")
+        for path in sorted(recipes.glob("*/*.yaml")):
+            print(f"  {path.relative_to(recipes.parent)}")
+    from .models import cache_root
+
+    root = cache_root()
+    entries = sorted(p.name for p in root.glob("*") if p.is_dir()) if root.is_dir() else []
+    print(f"cached models in {root}: {', '.join(entries) or 'none'}")
+
+
+def cmd_demo(argv: list[str]) -> None:
+    from .demo import demo_cli
+
+    demo_cli(argv)
+
+
+def _pop_option(argv: list[str], name: str) -> tuple[list[str], str | None]:
+    if name not in argv:
+        return argv, None
+    i = argv.index(name)
+    if i + 1 >= len(argv):
+        raise ValueError(f"{name} needs a value")
+    return argv[:i] + argv[i + 2 :], argv[i + 1]
+
+
+def _print_metrics(result: dict) -> None:
+    for name in ("forget_quality", "model_utility", "forget_truth_ratio", "forget_rouge_l", "forget_fact_recall"):
+        if name in result["metrics"]:
+            print(f"  {name:<20} {result['metrics'][name]['value']:.4g}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in SUBCOMMANDS:
+        from .config import suggest
+
+        print(f"error: unknown command {command!r}{suggest(command, SUBCOMMANDS)}; choose one of {', '.join(SUBCOMMANDS)}",
+              file=sys.stderr)
+        return 2
+    _setup_logging()
+    from .data import DataError
+    from .runio import RunError
+    from .trainer import NonFiniteLossError
+
+    try:
+        globals()[f"cmd_{command}"](rest)
+    except (DataError, RunError, NonFiniteLossError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""`llm-unlearn demo`: the whole story offline, on the built-in world, in minutes on a laptop CPU.
+
+world -> tiny model pretrained on the "known" analogs -> target (all authors) and retain-only
+reference (cached) -> graddiff on forget10 -> eval of all three -> `runs/demo/report.md`,
+`summary.json`, plots. Three checks decide the exit code:
+  forget quality(unlearned) >= 100 x forget quality(target)
+  forget fact recall(unlearned) <= 0.5 x forget fact recall(target)
+  model utility(unlearned) >= 0.8 x model utility(target)
+The unlearning settings below were chosen by the sweep recorded in `benchmarks/demo_sweep.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig
+from .runio import write_json_atomic
+
+logger = logging.getLogger("llm_unlearn")
+
+FORGET_SPLIT = "forget10"
+# Unlearning settings per world size (see benchmarks/demo_sweep.md for the measurements).
+DEMO_UNLEARN: dict[str, dict] = {
+    "default": dict(
+        method="graddiff",
+        retain_loss="nll",
+        learning_rate=5e-4,
+        num_train_epochs=4,
+        per_device_train_batch_size=16,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        seed=0,
+    ),
+    "micro": dict(
+        method="graddiff",
+        retain_loss="nll",
+        learning_rate=1e-3,
+        num_train_epochs=1,
+        per_device_train_batch_size=8,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        seed=0,
+    ),
+}
+CHECKS = (
+    ("forget_quality", ">=", 100.0, "forget quality rises at least 100x"),
+    ("forget_fact_recall", "<=", 0.5, "forget fact recall at most halves"),
+    ("model_utility", ">=", 0.8, "model utility keeps at least 80%"),
+)
+
+
+def run_checks(target: dict, unlearned: dict) -> list[dict]:
+    out = []
+    for metric, op, factor, what in CHECKS:
+        t, u = target["metrics"][metric]["value"], unlearned["metrics"][metric]["value"]
+        passed = u >= factor * t if op == ">=" else u <= factor * t
+        out.append(dict(metric=metric, rule=f"unlearned {op} {factor:g} x target", what=what,
+                        target=t, unlearned=u, passed=bool(passed)))
+    return out
+
+
+def demo(size: str = "default", output_dir: str = "runs/demo", no_cache: bool = False, threads: int | None = None) -> dict:
+    """Run the demo and return its summary (also written to `<output_dir>/summary.json`)."""
+    import torch
+
+    from .eval.report import write_report
+    from .eval.tofu import add_forget_quality, write_eval
+    from .models import build_default_models
+    from .pipeline import evaluate_path
+    from .unlearn import unlearn
+    from .world import WORLD_SIZES, WorldConfig, write_world
+
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(output_dir)
+    if out.exists():
+        if not (out / "summary.json").exists() and any(out.iterdir()) and not (out / "world").exists():
+            raise FileExistsError(f"{out} exists and is not a demo folder; pass another --output_dir")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    times: dict[str, float] = {}
+
+    def stage(name: str, start: float) -> None:
+        times[name] = round(time.perf_counter() - start, 1)
+        print(f"[demo] {name:<10} {times[name]:7.1f} s", flush=True)
+
+    t = time.perf_counter()
+    world_dir = write_world(out / "world", WorldConfig(**WORLD_SIZES[size]))
+    stage("world", t)
+    t = time.perf_counter()
+    models = build_default_models(world_dir, forget_splits=(FORGET_SPLIT,), size=size, no_cache=no_cache)
+    stage("models", t)
+
+    data = DataArgs(data_dir=str(world_dir), forget_split=FORGET_SPLIT)
+    eval_args = EvalArgs()
+    settings = DEMO_UNLEARN[size]
+    method = settings["method"]
+    t = time.perf_counter()
+    run_dir = unlearn(
+        ModelArgs(model_name_or_path=str(models["target"])),
+        data,
+        UnlearnConfig(output_dir=str(out / method), disable_tqdm=True, save_strategy="no", **settings),
+        eval_args,
+    )
+    stage("unlearn", t)
+
+    t = time.perf_counter()
+    # The reference is evaluated once; its forget quality against itself is 1 by definition.
+    reference = evaluate_path(str(models["retain"][FORGET_SPLIT]), data, eval_args)
+    results = {
+        "target": evaluate_path(str(models["target"]), data, eval_args, reference=reference),
+        "retain": add_forget_quality(reference, reference),
+        method: evaluate_path(str(run_dir), data, eval_args, reference=reference),
+    }
+    for name, result in results.items():
+        write_eval(result, (run_dir if name == method else out / name) / "eval.json")
+    stage("eval", t)
+
+    checks = run_checks(results["target"], results[method])
+    t = time.perf_counter()
+    write_report(results, out, title=f"llm-unlearn demo: {method} on {FORGET_SPLIT} of the built-in world ({size})")
+    stage("report", t)
+    summary = {
+        **{name: {k: v["value"] for k, v in r["metrics"].items()} for name, r in results.items()},
+        "checks": checks,
+        "passed": all(c["passed"] for c in checks),
+        "stage_seconds": times,
+        "settings": {"size": size, "forget_split": FORGET_SPLIT, **settings},
+    }
+    write_json_atomic(out / "summary.json", summary)
+    _print_summary(summary, results)
+    return summary
+
+
+def _print_summary(summary: dict, results: dict) -> None:
+    names = list(results)
+    print("\n" + f"{'metric':<22}" + "".join(f"{n:>14}" for n in names))
+    for metric in ("forget_quality", "model_utility", "forget_truth_ratio", "forget_rouge_l", "forget_fact_recall"):
+        print(f"{metric:<22}" + "".join(f"{results[n]['metrics'][metric]['value']:>14.4g}" for n in names))
+    print()
+    for c in summary["checks"]:
+        print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['what']}: target {c['target']:.3g}, unlearned {c['unlearned']:.3g}"
+              f" ({c['rule']})")
+    print(f"stage seconds: {summary['stage_seconds']}")
+
+
+def demo_cli(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="llm-unlearn demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="default", choices=sorted(DEMO_UNLEARN))
+    parser.add_argument("--output_dir", default="runs/demo")
+    parser.add_argument("--no_cache", action="store_true", help="rebuild the models even if cached")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    summary = demo(args.size, args.output_dir, args.no_cache, args.threads)
+    print(f"report: {Path(args.output_dir) / 'report.md'}")
+    if not summary["passed"]:
+        sys.exit(1)

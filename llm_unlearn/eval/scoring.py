@@ -1,0 +1,102 @@
+"""Score a causal LM on question/answer pairs: per-sample mean answer NLL and greedy answers.
+
+Both run in batches sorted by length (less padding), then return results in the input order.
+- Loss: each pair is encoded as `data.encode_qa` does for training (prompt + answer + one end-of-turn
+  token, labels -100 on the prompt), padded on the right; l(a|q) = sum of -log p(y_t | y_<t) over
+  the answer tokens and the end token, divided by their count.
+- Generation: prompts from `data.encode_prompt`, padded on the left with an attention mask, so
+  every row's continuation starts at the same column; greedy decoding with the KV cache; the
+  continuation is cut at the first end-of-turn token, decoded without special tokens, stripped.
+Batched results equal batch-1 results (to float rounding), which tests check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..data import IGNORE_INDEX, QACollator, encode_prompt, encode_qa, end_of_turn_id, pad_id
+
+
+def _batches(order: list[int], batch_size: int) -> list[list[int]]:
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.inference_mode()
+def answer_losses(
+    model,
+    tokenizer,
+    questions: Sequence[str],
+    answers: Sequence[str],
+    *,
+    prompt_format: str,
+    system_prompt: str | None = None,
+    max_length: int = 512,
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "loss",
+) -> np.ndarray:
+    """Mean answer NLL l(a|q) for each (question, answer) pair, shape [n]."""
+    features = [
+        encode_qa(tokenizer, q, a, prompt_format, max_length, system_prompt)
+        for q, a in zip(questions, answers, strict=True)
+    ]
+    collate = QACollator(pad_token_id=pad_id(tokenizer), padding_side="right")
+    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+    out = np.empty(len(features), dtype=np.float64)
+    model.eval()
+    for idx in tqdm(_batches(order, batch_size), desc=desc, disable=not progress):
+        batch = {k: v.to(model.device) for k, v in collate([features[i] for i in idx]).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        labels = batch["labels"][:, 1:]
+        mask = labels != IGNORE_INDEX
+        nll = F.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), labels.clamp_min(0), reduction="none"
+        )  # [B, T-1]
+        mean_nll = (nll * mask).sum(1) / mask.sum(1)
+        out[idx] = mean_nll.double().cpu().numpy()
+    return out
+
+
+@torch.inference_mode()
+def generate_answers(
+    model,
+    tokenizer,
+    questions: Sequence[str],
+    *,
+    prompt_format: str,
+    system_prompt: str | None = None,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
+    progress: bool = False,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy answer to each question (continuation cut at the end-of-turn token, stripped)."""
+    prompts = [{"input_ids": encode_prompt(tokenizer, q, prompt_format, system_prompt)} for q in questions]
+    eos = end_of_turn_id(tokenizer)
+    collate = QACollator(pad_token_id=pad_id(tokenizer), padding_side="left")
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]["input_ids"]))
+    out: list[str] = [""] * len(prompts)
+    model.eval()
+    for idx in tqdm(_batches(order, batch_size), desc=desc, disable=not progress):
+        batch = collate([prompts[i] for i in idx])
+        input_ids = batch["input_ids"].to(model.device)
+        generated = model.generate(
+            input_ids=input_ids,
+            attention_mask=batch["attention_mask"].to(model.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            use_cache=True,
+            pad_token_id=pad_id(tokenizer),
+            eos_token_id=eos,
+        )
+        for i, row in zip(idx, generated[:, input_ids.size(1) :].tolist()):
+            if eos in row:
+                row = row[: row.index(eos)]
+            out[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+    return out

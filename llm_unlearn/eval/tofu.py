@@ -1,0 +1,289 @@
+"""TOFU evaluation of a model: the four eval sets in, an eval.json dict out (arXiv 2401.06121).
+
+`evaluate` scores the forget set (`forgetNN_perturbed`), the retain set (`retain_perturbed`), real
+authors and world facts: per sample, the mean answer NLL of the answer, the paraphrased answer and
+every perturbed answer, and a greedy generation. `metrics.tofu_metrics` turns those into the TOFU
+numbers. `add_forget_quality` then compares the forget-set truth ratios with those of a retain-only
+reference model (an eval.json of ours, or a legacy `eval_log_aggregated.json`).
+
+eval.json:
+    metrics: {name: {value, direction ("higher" | "lower" | "closer_to_reference"),
+                     per_sample?, per_sample_ratio? (raw truth ratios R), inputs? (model utility)}}
+    losses: {role: {answer: [l], paraphrased?: [l], perturbed: [[l_j]]}}  (roles forget, retain, ra, wf)
+    generations: {role: [{question, answer, generated}]}
+    meta: settings, split names and sizes, versions, hardware, timing; after add_forget_quality
+          also `forget_quality_reference`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import ANALOG_FIELDS, EVAL_FIELDS, PROMPT_FORMATS, load_split, paired_split
+from .legacy import is_legacy_log, legacy_scores
+from .metrics import TRUTH_RATIO_VARIANTS, SplitScores, fact_recall, forget_quality, rouge_l_recall, tofu_metrics
+from .scoring import answer_losses, generate_answers
+
+SCHEMA_VERSION = 1
+
+
+def eval_splits(forget_split: str) -> dict[str, str]:
+    """The split each role is read from: forget10 -> forget10_perturbed, retain_perturbed, ..."""
+    return {
+        "forget": paired_split(forget_split, "perturbed"),
+        "retain": "retain_perturbed",
+        "ra": "real_authors_perturbed",
+        "wf": "world_facts_perturbed",
+    }
+
+
+def _questions_sha256(rows: list[dict]) -> str:
+    return hashlib.sha256("\n".join(r["question"] for r in rows).encode("utf-8")).hexdigest()
+
+
+def _score_split(model, tokenizer, rows: list[dict], role: str, settings: dict, progress: bool):
+    """Losses of answer / paraphrase / perturbed answers in one length-sorted pass, then generations."""
+    has_paraphrase = "paraphrased_answer" in rows[0] and role in ("forget", "retain")
+    questions, texts = [], []
+    for r in rows:
+        candidates = [r["answer"]] + ([r["paraphrased_answer"]] if has_paraphrase else []) + r["perturbed_answer"]
+        questions += [r["question"]] * len(candidates)
+        texts += candidates
+    flat = answer_losses(
+        model, tokenizer, questions, texts, progress=progress, desc=f"{role} losses", **settings["loss"]
+    )
+    answer, paraphrased, perturbed, i = [], [], [], 0
+    for r in rows:
+        answer.append(flat[i])
+        i += 1
+        if has_paraphrase:
+            paraphrased.append(flat[i])
+            i += 1
+        perturbed.append(flat[i : i + len(r["perturbed_answer"])])
+        i += len(r["perturbed_answer"])
+    generated = generate_answers(
+        model, tokenizer, [r["question"] for r in rows], progress=progress, desc=f"{role} generation", **settings["gen"]
+    )
+    golds = [r["answer"] for r in rows]
+    scores = SplitScores(
+        answer_loss=np.array(answer),
+        paraphrased_loss=np.array(paraphrased) if has_paraphrase else None,
+        perturbed_loss=perturbed,
+        rouge_l=rouge_l_recall(golds, generated),
+        fact_hit=fact_recall([r["fact"] for r in rows], generated) if all("fact" in r for r in rows) else None,
+    )
+    generations = [{"question": r["question"], "answer": r["answer"], "generated": g} for r, g in zip(rows, generated)]
+    return scores, generations, len(texts)
+
+
+def _hardware(model) -> str:
+    device = model.device
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.processor() or platform.machine()})"
+
+
+def evaluate(
+    model,
+    tokenizer,
+    *,
+    data_dir: str | Path | None = None,
+    dataset_name: str | None = None,
+    forget_split: str = "forget10",
+    prompt_format: str = "chat_template",
+    system_prompt: str | None = None,
+    max_length: int = 512,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
+    truth_ratio_variant: str = "geometric",
+    progress: bool = True,
+    seeds: dict[str, int] | None = None,
+) -> dict:
+    """Run the TOFU eval sets on `model` and return the eval.json content (see the module docstring).
+
+    Data come from `data_dir` (TOFU-format JSON files) or `dataset_name` (e.g. `locuslab/TOFU`).
+    `seeds` (e.g. the training and world seeds) are only recorded in `meta`.
+    """
+    if truth_ratio_variant not in TRUTH_RATIO_VARIANTS:
+        raise ValueError(
+            f"unknown truth_ratio_variant {truth_ratio_variant!r}; choose one of {', '.join(TRUTH_RATIO_VARIANTS)}"
+        )
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"unknown prompt_format {prompt_format!r}; choose one of {', '.join(PROMPT_FORMATS)}")
+    names = eval_splits(forget_split)
+    rows = {
+        role: load_split(
+            split,
+            data_dir=data_dir,
+            dataset_name=dataset_name,
+            required=EVAL_FIELDS if role in ("forget", "retain") else ANALOG_FIELDS,
+        )
+        for role, split in names.items()
+    }
+    prompt = dict(prompt_format=prompt_format, system_prompt=system_prompt)
+    settings = {
+        "loss": dict(prompt, max_length=max_length, batch_size=batch_size),
+        "gen": dict(prompt, batch_size=batch_size, max_new_tokens=max_new_tokens),
+    }
+    start = time.perf_counter()
+    scores, generations, n_scored = {}, {}, 0
+    model.eval()
+    for role, role_rows in rows.items():
+        scores[role], generations[role], n = _score_split(model, tokenizer, role_rows, role, settings, progress)
+        n_scored += n
+    seconds = time.perf_counter() - start
+
+    n_samples = sum(len(r) for r in rows.values())
+    meta = {
+        "benchmark": "tofu",
+        "source": "evaluate",
+        "model": model.config._name_or_path,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "forget_split": names["forget"],
+        "splits": {
+            role: {"name": names[role], "n": len(r), "questions_sha256": _questions_sha256(r)}
+            for role, r in rows.items()
+        },
+        "data": {"data_dir": str(data_dir) if data_dir is not None else None, "dataset_name": dataset_name},
+        "truth_ratio_variant": truth_ratio_variant,
+        "prompt_format": prompt_format,
+        "system_prompt": system_prompt,
+        "max_length": max_length,
+        "batch_size": batch_size,
+        "generation": {
+            "do_sample": False,
+            "num_beams": 1,
+            "use_cache": True,
+            "padding_side": "left",
+            "max_new_tokens": max_new_tokens,
+        },
+        "package_version": importlib.metadata.version("llm-unlearn"),
+        "torch_version": torch.__version__,
+        "transformers_version": importlib.metadata.version("transformers"),
+        "hardware": _hardware(model),
+        "torch_threads": torch.get_num_threads(),
+        "timing": {
+            "seconds": round(seconds, 3),
+            "samples": n_samples,
+            "sequences_scored": n_scored,
+            "samples_per_s": round(n_samples / seconds, 2),
+        },
+    }
+    if seeds:
+        meta["seeds"] = dict(seeds)
+    chance = {role: float(np.mean([x["fact_chance"] for x in r])) for role, r in rows.items() if "fact_chance" in r[0]}
+    if chance:
+        meta["fact_recall_chance"] = chance
+    losses = {
+        role: {
+            "answer": s.answer_loss.tolist(),
+            **({"paraphrased": s.paraphrased_loss.tolist()} if s.paraphrased_loss is not None else {}),
+            "perturbed": [row.tolist() for row in s.perturbed_loss],
+        }
+        for role, s in scores.items()
+    }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "metrics": tofu_metrics(scores, truth_ratio_variant),
+        "losses": losses,
+        "generations": generations,
+        "meta": meta,
+    }
+
+
+# ----------------------------------------------------------------------------- forget quality
+
+
+def _reference_ratios(result: dict, reference: dict, where: str) -> tuple[np.ndarray, str]:
+    """The reference's per-sample forget truth ratios, after checking it is comparable to `result`."""
+    meta = result["meta"]
+    variant = meta["truth_ratio_variant"]
+    if is_legacy_log(reference):
+        # Legacy logs keep the losses, so the ratios follow the result's variant.
+        return legacy_scores(reference, where)["forget"].ratios(variant), "legacy_log"
+    entry = reference.get("metrics", {}).get("forget_truth_ratio", {})
+    if "per_sample_ratio" not in entry:
+        raise ValueError(
+            f"reference {where} has no per-sample forget truth ratios (metrics.forget_truth_ratio.per_sample_ratio); "
+            "evaluate the retain-only model with `llm-unlearn eval` and pass its eval.json"
+        )
+    ref_meta = reference.get("meta", {})
+    checks = [("truth_ratio_variant", ref_meta.get("truth_ratio_variant"), variant)]
+    ours, theirs = meta["splits"]["forget"], ref_meta.get("splits", {}).get("forget", {})
+    checks.append(("forget split", theirs.get("name"), ours.get("name")))
+    if "questions_sha256" in ours and "questions_sha256" in theirs:
+        checks.append(("forget questions (sha256)", theirs["questions_sha256"], ours["questions_sha256"]))
+    if ref_meta.get("source") != "legacy_log":
+        checks += [(key, ref_meta.get(key), meta.get(key)) for key in ("prompt_format", "system_prompt")]
+    for what, got, want in checks:
+        if got != want:
+            raise ValueError(
+                f"reference {where} was evaluated with {what} {got!r} but the model with {want!r}; "
+                "forget quality needs both on the same split, template and truth-ratio variant: re-evaluate the reference"
+            )
+    return np.asarray(entry["per_sample_ratio"], dtype=np.float64), "eval.json"
+
+
+def add_forget_quality(result: dict, reference: dict | str | Path) -> dict:
+    """A copy of `result` with `metrics.forget_quality`: the KS p-value against a retain-only reference.
+
+    `reference` is an eval.json dict, or a path to an eval.json or to a legacy `eval_log_aggregated.json`
+    (told apart by their keys). Raises ValueError if the reference has no per-sample ratios, another
+    forget split or size, truth-ratio variant or prompt format (the last two only checkable for eval.json).
+    """
+    where = str(reference) if isinstance(reference, (str, Path)) else "<in-memory eval dict>"
+    if isinstance(reference, (str, Path)):
+        reference = json.loads(Path(reference).read_text(encoding="utf-8"))
+    entry = result["metrics"].get("forget_truth_ratio", {})
+    if "per_sample_ratio" not in entry:
+        raise ValueError("result has no per-sample forget truth ratios; compute it with `evaluate`")
+    ratios = np.asarray(entry["per_sample_ratio"], dtype=np.float64)
+    ref_ratios, kind = _reference_ratios(result, reference, where)
+    if len(ref_ratios) != len(ratios):
+        raise ValueError(
+            f"reference {where} has {len(ref_ratios)} forget samples but the model {len(ratios)}; "
+            "forget quality needs the same forget split at the same size (legacy logs hold the first 300 rows)"
+        )
+    out = copy.deepcopy(result)
+    out["metrics"]["forget_quality"] = {"value": forget_quality(ratios, ref_ratios), "direction": "higher"}
+    out["meta"]["forget_quality_reference"] = {
+        "path": where,
+        "ratios_from": kind,
+        "model": reference.get("meta", {}).get("model") if kind == "eval.json" else None,
+        "n": len(ref_ratios),
+    }
+    return out
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def load_eval(path: str | Path) -> dict:
+    """Read an eval.json written by `write_eval`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"eval file {path} not found; run `llm-unlearn eval` to create it")
+    result = json.loads(path.read_text(encoding="utf-8"))
+    if "metrics" not in result or "meta" not in result:
+        raise ValueError(f"{path} is not an eval.json (it needs `metrics` and `meta`)")
+    return result
+
+
+def write_eval(result: dict, path: str | Path) -> Path:
+    """Write `result` as JSON atomically: a temporary file in the same folder, then `os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path

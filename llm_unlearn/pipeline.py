@@ -1,0 +1,93 @@
+"""Evaluation jobs: evaluate a model folder or run directory and attach forget quality.
+
+Forget quality compares the model's per-sample forget truth ratios with those of the retain-only
+reference model on the same split, format and code (TOFU, arXiv 2401.06121), so an evaluation
+either evaluates the reference too (`reference_model`) or reads its `eval.json` / a legacy TOFU
+`eval_log_aggregated.json` (`reference_eval`), and refuses otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from .config import DataArgs, EvalArgs, ModelArgs
+from .runio import RunError, load_model_and_tokenizer, read_status, require_complete
+
+logger = logging.getLogger("llm_unlearn")
+
+
+def default_eval_path(model_path: str, output_dir: str | None) -> Path:
+    if output_dir:
+        return Path(output_dir) / "eval.json"
+    if read_status(model_path) is not None:
+        return Path(model_path) / "eval.json"
+    raise RunError(f"{model_path} is not a run directory; pass --output_dir for its eval.json")
+
+
+def check_reference(eval_args: EvalArgs) -> None:
+    if not (eval_args.reference_model or eval_args.reference_eval):
+        raise RunError(
+            "forget quality needs the retain-only reference model: pass --reference_model DIR or "
+            "--reference_eval FILE (its eval.json or a TOFU eval_log_aggregated.json)"
+        )
+    for path in (eval_args.reference_model, eval_args.reference_eval):
+        if path and not Path(path).exists():
+            raise FileNotFoundError(f"reference {path} does not exist; pass an existing model folder or eval file")
+
+
+def evaluate_path(
+    model_path: str,
+    data: DataArgs,
+    eval_args: EvalArgs,
+    model_args: ModelArgs | None = None,
+    *,
+    reference: dict | str | None = None,
+    out_path: str | Path | None = None,
+) -> dict:
+    """Evaluate one model folder; attach forget quality from `reference` (an eval dict or file) if given."""
+    from .eval.tofu import add_forget_quality, evaluate, write_eval
+
+    require_complete(model_path, "eval")
+    model_args = model_args or ModelArgs()
+    model, tokenizer = load_model_and_tokenizer(
+        model_path,
+        trust_remote_code=model_args.trust_remote_code,
+        allow_pickle=model_args.allow_pickle,
+        torch_dtype=model_args.torch_dtype,
+    )
+    start = time.perf_counter()
+    result = evaluate(
+        model,
+        tokenizer,
+        data_dir=data.data_dir,
+        dataset_name=data.dataset_name,
+        forget_split=data.forget_split,
+        prompt_format=data.prompt_format,
+        system_prompt=data.system_prompt,
+        max_length=data.max_length,
+        batch_size=eval_args.eval_batch_size,
+        max_new_tokens=eval_args.max_new_tokens,
+        truth_ratio_variant=eval_args.truth_ratio_variant,
+    )
+    result["meta"]["model"] = str(model_path)
+    if reference is not None:
+        result = add_forget_quality(result, reference)
+    logger.info("evaluated %s in %.1f s", model_path, time.perf_counter() - start)
+    if out_path is not None:
+        write_eval(result, out_path)
+    return result
+
+
+def evaluate_with_reference(
+    model_path: str, data: DataArgs, eval_args: EvalArgs, model_args: ModelArgs | None = None, out_path=None
+) -> dict:
+    """Evaluate a model and its reference (or read the reference's eval file), then forget quality."""
+    check_reference(eval_args)
+    reference: dict | str
+    if eval_args.reference_eval:
+        reference = eval_args.reference_eval
+    else:
+        reference = evaluate_path(eval_args.reference_model, data, eval_args, model_args)
+    return evaluate_path(model_path, data, eval_args, model_args, reference=reference, out_path=out_path)

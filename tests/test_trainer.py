@@ -1,0 +1,226 @@
+"""UnlearnTrainer: window normalization invariance, loaders, signatures, failures. `pytest tests/test_trainer.py`"""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM, Trainer
+
+from llm_unlearn.config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig
+from llm_unlearn.data import QACollator, QADataset, pad_id
+from llm_unlearn.methods import METHODS, Method, Term, get_method
+from llm_unlearn.tiny import generation_config, tiny_llama_config, train_tokenizer
+from llm_unlearn.trainer import NonFiniteLossError, RetainStream, UnlearnTrainer
+from llm_unlearn.unlearn import unlearn
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
+
+
+def _rows(prefix: str, n: int) -> list[dict]:
+    # Answers of different lengths so that padding and per-token normalization matter.
+    return [
+        {"question": f"{prefix} question {i}?", "answer": " ".join(WORDS[: 2 + (3 * i) % 11]) + "."} for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random micro Llama and its tokenizer saved to disk, plus forget/retain rows and a data dir."""
+    forget, retain = _rows("forget", 8), _rows("retain", 12)
+    texts = [r["question"] + " " + r["answer"] for r in forget + retain] * 3
+    tok = train_tokenizer(texts, vocab_size=300, min_frequency=1)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(tok, "micro"))
+    model.generation_config = generation_config(tok)
+    root = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    data_dir = root / "data"
+    data_dir.mkdir()
+    for name, rows in {"forget10": forget, "retain90": retain}.items():
+        (data_dir / f"{name}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"dir": root, "tok": tok, "forget": forget, "retain": retain, "data_dir": data_dir}
+
+
+def _trainer(tiny, tmp_path, method="graddiff", **overrides) -> UnlearnTrainer:
+    settings = dict(
+        output_dir=str(tmp_path / "run"),
+        optim="sgd",
+        learning_rate=1.0,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        max_steps=1,
+        save_strategy="no",
+        per_device_train_batch_size=4,
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+    )
+    settings.update(overrides)
+    config = UnlearnConfig(**settings)
+    tok = tiny["tok"]
+    model = LlamaForCausalLM.from_pretrained(tiny["dir"] / "model")
+    encode = dict(prompt_format="chat_template", max_length=128)
+    return UnlearnTrainer(
+        model=model,
+        args=config,
+        train_dataset=QADataset(tiny["forget"][:4], tok, **encode),
+        retain_dataset=QADataset(tiny["retain"][:4], tok, **encode),
+        data_collator=QACollator(pad_id(tok)),
+        processing_class=tok,
+        method=get_method(method),
+    )
+
+
+def _assert_same_update(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Equal to 1e-6 relative to the update's norm (fp32 sums in another order differ by ~1e-7)."""
+    assert b.norm() > 0
+    assert (a - b).norm() / b.norm() < 1e-6
+
+
+def _update(trainer: UnlearnTrainer) -> torch.Tensor:
+    before = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
+    trainer.train()
+    after = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    return after - before
+
+
+@pytest.mark.parametrize("term", ["forget", "retain"])
+def test_each_term_gradient_is_independent_of_batch_split_into_accumulation_steps(tiny, tmp_path, term):
+    weights = {"forget_weight": float(term == "forget"), "retain_weight": float(term == "retain")}
+    whole = _update(_trainer(tiny, tmp_path / "a", per_device_train_batch_size=4, **weights))
+    split = _update(
+        _trainer(tiny, tmp_path / "b", per_device_train_batch_size=1, gradient_accumulation_steps=4, **weights)
+    )
+    _assert_same_update(split, whole)
+
+
+def test_uneven_split_matches_too_with_retain_batch_size_differing_from_forget(tiny, tmp_path):
+    # A random model scores forget and retain alike; unequal weights keep the terms from cancelling.
+    w = {"retain_weight": 0.5}
+    whole = _update(_trainer(tiny, tmp_path / "a", per_device_train_batch_size=4, retain_batch_size=4, **w))
+    split = _update(
+        _trainer(tiny, tmp_path / "b", per_device_train_batch_size=2, gradient_accumulation_steps=2, retain_batch_size=2, **w)
+    )
+    _assert_same_update(split, whole)
+
+
+def test_retain_stream_cycles_through_every_example_in_a_new_order_each_cycle():
+    stream = RetainStream(list(range(10)), batch_size=3, collate_fn=list, seed=7)
+    assert stream.batches_per_cycle == 4
+    cycle0 = [i for k in range(4) for i in stream.indices(k)]
+    cycle1 = [i for k in range(4, 8) for i in stream.indices(k)]
+    assert sorted(cycle0) == sorted(cycle1) == list(range(10))
+    assert cycle0 != cycle1
+    assert stream.indices(5) == RetainStream(list(range(10)), 3, list, seed=7).indices(5)
+
+
+def test_retain_stream_ranks_see_disjoint_batches_whose_union_is_the_single_rank_batch():
+    one = RetainStream(list(range(16)), batch_size=4, collate_fn=list, seed=1)
+    ranks = [RetainStream(list(range(16)), batch_size=2, collate_fn=list, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    for k in range(3):
+        a, b = ranks[0].indices(k), ranks[1].indices(k)
+        assert not set(a) & set(b)
+        # Global batch g of size 2 on two ranks covers the same examples as a batch of 4 on one rank
+        # within the same cycle position.
+    single = [i for k in range(4) for i in one.indices(k)]
+    sharded = [i for k in range(8) for r in (0, 1) for i in ranks[r].indices(k)][:16]
+    assert sorted(single) == sorted(sharded) == list(range(16))
+
+
+def test_forget_set_is_covered_once_per_epoch(tiny, tmp_path):
+    seen: list[list[int]] = []
+
+    def recording(model, forget, retain, ctx):
+        seen.extend(tuple(ids[m.bool()].tolist()) for ids, m in zip(forget["input_ids"], forget["attention_mask"]))
+        return {"forget": Term(-(model.model.embed_tokens.weight.sum() * 0), stream="forget")}
+
+    METHODS["recording_test"] = Method("recording_test", recording, paper="")
+    try:
+        trainer = _trainer(tiny, tmp_path, method="recording_test", max_steps=-1, num_train_epochs=2,
+                           per_device_train_batch_size=2)
+        trainer.train()
+    finally:
+        del METHODS["recording_test"]
+    rows = seen
+    assert len(rows) == 8
+    assert sorted(rows[:4]) == sorted(rows[4:]) and len(set(rows[:4])) == 4
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_method_raises_forget_nll_after_three_steps_and_graddiff_keeps_retain_lower(tiny, tmp_path, name):
+    trainer = _trainer(tiny, tmp_path, method=name, optim="adamw_torch", learning_rate=3e-3, max_steps=3)
+    forget = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    retain = trainer.data_collator([trainer.retain_dataset[i] for i in range(4)])
+
+    def nll(batch):
+        with torch.no_grad():
+            return trainer.model(**batch).loss.item()
+
+    f0, r0 = nll(forget), nll(retain)
+    trainer.train()
+    f1, r1 = nll(forget), nll(retain)
+    assert f1 > f0
+    if name == "graddiff":
+        assert r1 - r0 < f1 - f0
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        (UnlearnTrainer.training_step, Trainer.training_step),
+        (UnlearnTrainer.get_batch_samples, Trainer.get_batch_samples),
+        (UnlearnTrainer.log, Trainer.log),
+        (UnlearnTrainer._save, Trainer._save),
+        (UnlearnTrainer.get_train_dataloader, Trainer.get_train_dataloader),
+    ],
+)
+def test_overrides_keep_trainer_signatures(ours, theirs):
+    def shape(fn):
+        # Names, kinds and defaults; annotations are strings on our side (postponed evaluation).
+        return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+    assert shape(ours) == shape(theirs)
+
+
+def test_nan_loss_stops_training_and_marks_the_run_failed(tiny, tmp_path):
+    def nan_method(model, forget, retain, ctx):
+        loss = model(input_ids=forget["input_ids"]).logits.sum() * float("nan")
+        return {"forget": Term(loss, stream="forget")}
+
+    METHODS["nan_test"] = Method("nan_test", nan_method, paper="")
+    out = tmp_path / "run"
+    try:
+        with pytest.raises(NonFiniteLossError, match="non-finite"):
+            unlearn(
+                ModelArgs(model_name_or_path=str(tiny["dir"] / "model")),
+                DataArgs(data_dir=str(tiny["data_dir"])),
+                UnlearnConfig(output_dir=str(out), method="nan_test", max_steps=2, use_cpu=True, disable_tqdm=True),
+                EvalArgs(do_final_eval=False),
+            )
+    finally:
+        del METHODS["nan_test"]
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "failed" and "non-finite" in status["error"]
+    assert not (out / "model.safetensors").exists()
+
+
+def test_finished_run_has_safetensors_config_log_and_no_pickled_args(tiny, tmp_path):
+    out = tmp_path / "run"
+    unlearn(
+        ModelArgs(model_name_or_path=str(tiny["dir"] / "model")),
+        DataArgs(data_dir=str(tiny["data_dir"])),
+        UnlearnConfig(output_dir=str(out), max_steps=2, use_cpu=True, disable_tqdm=True, per_device_train_batch_size=2),
+        EvalArgs(do_final_eval=False),
+    )
+    assert json.loads((out / "status.json").read_text())["state"] == "complete"
+    assert (out / "model.safetensors").is_file() and (out / "unlearn_config.yaml").is_file()
+    assert not list(out.rglob("training_args.bin")) and not list(out.glob("checkpoint-*"))
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss_forget" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all({"loss_retain", "learning_rate", "grad_norm"} <= r.keys() for r in steps)
