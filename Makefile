@@ -1,0 +1,36 @@
+# Set-up is part of every target: a fresh clone needs only `make demo` or `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# CPU build by default (it lies on our machines' disk); a GPU user sets e.g. TORCH_SPEC=torch.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp-install
+PYTEST_FAST := -m "not slow and not gpu and not multi_gpu"
+
+.PHONY: install demo test test-slow lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/llm-unlearn demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_FAST) -q
+
+# Exit code 5 means "no tests collected"; the slow suite is never empty, so it is a real failure.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check llm_unlearn tests benchmarks
+	$(BIN)/ruff format --check llm_unlearn tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

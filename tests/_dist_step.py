@@ -1,0 +1,45 @@
+"""One SGD unlearning step, run under `accelerate launch` by tests/test_distributed.py.
+
+usage: _dist_step.py MODEL_DIR DATA_DIR OUT_FILE BATCH_SIZE
+Writes (rank 0) the parameter update as safetensors.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llm_unlearn.config import UnlearnConfig
+from llm_unlearn.data import QACollator, QADataset, load_split, pad_id
+from llm_unlearn.methods import get_method
+from llm_unlearn.trainer import UnlearnTrainer
+
+
+def main(model_dir: str, data_dir: str, out_file: str, batch_size: int) -> None:
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    encode = dict(prompt_format="chat_template", max_length=128)
+    config = UnlearnConfig(
+        output_dir=out_file + ".run", optim="sgd", learning_rate=1.0, lr_scheduler_type="constant",
+        weight_decay=0.0, max_grad_norm=0.0, max_steps=1, save_strategy="no", retain_weight=0.5,
+        per_device_train_batch_size=batch_size, disable_tqdm=True, seed=0,
+    )
+    trainer = UnlearnTrainer(
+        model=model, args=config,
+        train_dataset=QADataset(load_split("forget10", data_dir)[:4], tok, **encode),
+        retain_dataset=QADataset(load_split("retain90", data_dir)[:4], tok, **encode),
+        data_collator=QACollator(pad_id(tok)), processing_class=tok, method=get_method("graddiff"),
+    )
+    trainer.train()
+    if trainer.is_world_process_zero():
+        update = {n: (p.detach() - before[n]).contiguous() for n, p in trainer.model.named_parameters()}
+        save_file(update, out_file)
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))

@@ -1,0 +1,39 @@
+"""Two CPU processes (gloo) give the same update as one process on the union of their batches. `make test-slow`"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from test_trainer import tiny  # noqa: F401  (module fixture: micro model and data)
+
+HERE = Path(__file__).parent
+
+
+def _run(tiny, out: Path, processes: int, batch_size: int) -> dict:  # noqa: F811
+    script = [str(HERE / "_dist_step.py"), str(tiny["dir"] / "model"), str(tiny["data_dir"]), str(out), str(batch_size)]
+    if processes == 1:
+        cmd = [sys.executable, *script]
+    else:
+        # accelerate 1.15's `launch --cpu` starts multi-process CPU runs only through MPI; torchrun with
+        # ACCELERATE_USE_CPU gives the same gloo process group that accelerate's multi-CPU mode uses.
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), *script]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return load_file(out)
+
+
+@pytest.mark.slow
+def test_two_ranks_of_batch_two_equal_one_rank_of_batch_four(tiny, tmp_path):  # noqa: F811
+    single = _run(tiny, tmp_path / "one.safetensors", processes=1, batch_size=4)
+    double = _run(tiny, tmp_path / "two.safetensors", processes=2, batch_size=2)
+    num = sum(float((double[n] - single[n]).norm() ** 2) for n in single) ** 0.5
+    den = sum(float(single[n].norm() ** 2) for n in single) ** 0.5
+    assert den > 0
+    assert num / den < 1e-6
