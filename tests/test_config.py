@@ -1,0 +1,74 @@
+"""Config dataclasses, YAML recipes and CLI precedence; the method registry. `pytest tests/test_config.py`"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llm_unlearn.config import CONFIG_CLASSES, ConfigError, load_yaml, parse_config
+from llm_unlearn.methods import METHODS, get_method, register
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*/*.yaml"))
+
+
+def test_field_names_are_unique_across_config_dataclasses():
+    counts = Counter(f.name for cls in CONFIG_CLASSES for f in dataclasses.fields(cls))
+    assert [name for name, n in counts.items() if n > 1] == []
+
+
+def test_precedence_is_default_then_yaml_then_cli(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"learning_rate": 3e-4, "method": "ga", "output_dir": "x"}))
+    _, _, config, _ = parse_config(["--config", str(recipe), "--method", "graddiff"])
+    assert config.learning_rate == 3e-4  # YAML over default
+    assert config.method == "graddiff"  # CLI over YAML
+    assert config.num_train_epochs == 5.0  # default
+    assert config.remove_unused_columns is False
+
+
+def test_unknown_yaml_key_is_an_error_with_a_suggestion(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("learning_rat: 1.0\n")
+    with pytest.raises(ConfigError, match="unknown config key 'learning_rat'.*did you mean 'learning_rate'"):
+        load_yaml(recipe)
+
+
+def test_unknown_cli_option_is_an_error_with_a_suggestion():
+    with pytest.raises(ConfigError, match="unknown option --forget_spilt.*did you mean 'forget_split'"):
+        parse_config(["--forget_spilt", "forget05"])
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_recipe_starts_with_its_launch_command_and_has_only_known_keys(recipe):
+    first = recipe.read_text().splitlines()[0]
+    assert first.startswith("# ") and ("llm-unlearn" in first or "accelerate launch" in first)
+    assert f"{recipe.parent.name}/{recipe.name}" in first
+    if recipe.name != "finetune.yaml":
+        load_yaml(recipe)
+
+
+def test_unknown_method_suggests_the_closest_name():
+    with pytest.raises(ValueError, match="did you mean 'graddiff'"):
+        get_method("gradiff")
+
+
+def test_dotted_path_loads_a_method_from_outside_the_package():
+    assert get_method("llm_unlearn.methods.ga.ga").fn is METHODS["ga"].fn
+
+
+def test_registry_rejects_duplicates_and_uppercase_names():
+    with pytest.raises(ValueError, match="already registered"):
+        register("ga", paper="", summary="")(lambda *a: {})
+    with pytest.raises(ValueError, match="lowercase"):
+        register("GA2", paper="", summary="")(lambda *a: {})
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_has_a_paper_summary_and_docstring(name):
+    method = METHODS[name]
+    assert method.paper.startswith("arXiv:") and method.summary
+    assert "arXiv" in (method.fn.__module__ and __import__(method.fn.__module__, fromlist=["x"]).__doc__)
