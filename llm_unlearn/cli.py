@@ -31,7 +31,9 @@ def _setup_logging() -> None:
 def cmd_world(argv: list[str]) -> None:
     from .world import WORLD_SIZES, WorldConfig, write_world
 
-    parser = argparse.ArgumentParser(prog="llm-unlearn world", description="Write the built-in fictitious-author world.")
+    parser = argparse.ArgumentParser(
+        prog="llm-unlearn world", description="Write the built-in fictitious-author world."
+    )
     parser.add_argument("--out", required=True, help="folder to write (must not exist)")
     parser.add_argument("--size", default="default", choices=sorted(WORLD_SIZES), help="preset world size")
     parser.add_argument("--n_authors", type=int, help="number of fictitious authors (overrides --size)")
@@ -60,7 +62,9 @@ def cmd_unlearn(argv: list[str]) -> None:
         check_reference(eval_args)
     run_dir = unlearn(model_args, data, config, eval_args)
     if eval_args.do_final_eval:
-        result = evaluate_with_reference(str(run_dir), data, eval_args, model_args, out_path=run_dir / "eval.json")
+        result = evaluate_with_reference(
+            str(run_dir), data, eval_args, model_args, out_path=run_dir / "eval.json"
+        )
         _print_metrics(result)
     print(f"run complete: {run_dir}")
 
@@ -113,7 +117,13 @@ def _pop_option(argv: list[str], name: str) -> tuple[list[str], str | None]:
 
 
 def _print_metrics(result: dict) -> None:
-    for name in ("forget_quality", "model_utility", "forget_truth_ratio", "forget_rouge_l", "forget_fact_recall"):
+    for name in (
+        "forget_quality",
+        "model_utility",
+        "forget_truth_ratio",
+        "forget_rouge_l",
+        "forget_fact_recall",
+    ):
         if name in result["metrics"]:
             print(f"  {name:<20} {result['metrics'][name]['value']:.4g}")
 
@@ -127,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     if command not in SUBCOMMANDS:
         from .config import suggest
 
-        print(f"error: unknown command {command!r}{suggest(command, SUBCOMMANDS)}; choose one of {', '.join(SUBCOMMANDS)}",
-              file=sys.stderr)
+        print(
+            f"error: unknown command {command!r}{suggest(command, SUBCOMMANDS)}; choose one of {', '.join(SUBCOMMANDS)}",
+            file=sys.stderr,
+        )
         return 2
     _setup_logging()
     from .data import DataError

@@ -10,8 +10,8 @@ nearest valid one.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import difflib
+import enum
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,24 +32,35 @@ class ModelArgs:
     """Which model to start from and how to load it."""
 
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Local model folder or Hub id. The `demo`/world default builds the tiny model."}
+        default=None,
+        metadata={"help": "Local model folder or Hub id. The `demo`/world default builds the tiny model."},
     )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with a Hub model (off: unsafe)."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run code shipped with a Hub model (off: unsafe)."}
+    )
     allow_pickle: bool = field(
-        default=False, metadata={"help": "Allow loading pickle (.bin) weights; off by default, safetensors only."}
+        default=False,
+        metadata={"help": "Allow loading pickle (.bin) weights; off by default, safetensors only."},
     )
-    torch_dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16 for the weights."})
+    torch_dtype: str = field(
+        default="float32", metadata={"help": "float32, bfloat16 or float16 for the weights."}
+    )
 
 
 @dataclass
 class DataArgs:
     """Where the TOFU-format data comes from and how examples are formatted."""
 
-    data_dir: str | None = field(default=None, metadata={"help": "Local folder of TOFU-format `<split>.json` files."})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Local folder of TOFU-format `<split>.json` files."}
+    )
     dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id, e.g. locuslab/TOFU."})
-    forget_split: str = field(default="forget10", metadata={"help": "Split to forget (forget01, forget05, forget10)."})
+    forget_split: str = field(
+        default="forget10", metadata={"help": "Split to forget (forget01, forget05, forget10)."}
+    )
     retain_split: str | None = field(
-        default=None, metadata={"help": "Split to retain; defaults to the forget split's pair (forget10 -> retain90)."}
+        default=None,
+        metadata={"help": "Split to retain; defaults to the forget split's pair (forget10 -> retain90)."},
     )
     prompt_format: str = field(
         default="chat_template", metadata={"help": f"How a question is wrapped: {', '.join(PROMPT_FORMATS)}."}
@@ -77,17 +88,25 @@ class UnlearnConfig(TrainingArguments):
     retain_loss: str = field(default="nll", metadata={"help": "Retain term of graddiff: nll or kl."})
     forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget term."})
     retain_weight: float = field(default=1.0, metadata={"help": "Weight of the retain term."})
-    retain_batch_size: int | None = field(default=None, metadata={"help": "Retain micro-batch size per device."})
+    retain_batch_size: int | None = field(
+        default=None, metadata={"help": "Retain micro-batch size per device."}
+    )
     retain_seed: int = field(default=0, metadata={"help": "Seed of the retain loader's cyclic order."})
-    combine: str = field(default="sum", metadata={"help": "How loss terms are combined into one update: sum."})
+    combine: str = field(
+        default="sum", metadata={"help": "How loss terms are combined into one update: sum."}
+    )
     # Trainer defaults that are wrong for unlearning.
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep our tokenized columns."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps."})
-    save_strategy: str = field(default="epoch", metadata={"help": "Checkpoint every epoch so a run can resume."})
+    save_strategy: str = field(
+        default="epoch", metadata={"help": "Checkpoint every epoch so a run can resume."}
+    )
     save_total_limit: int | None = field(default=1, metadata={"help": "Keep only the newest checkpoint."})
     learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate."})
     num_train_epochs: float = field(default=5.0, metadata={"help": "Passes over the forget set."})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "Forget micro-batch size per device."})
+    per_device_train_batch_size: int = field(
+        default=8, metadata={"help": "Forget micro-batch size per device."}
+    )
 
     def __post_init__(self):
         if self.combine != "sum":
@@ -105,7 +124,9 @@ class EvalArgs:
 
     eval_batch_size: int = field(default=32, metadata={"help": "Batch size for scoring and generation."})
     max_new_tokens: int = field(default=64, metadata={"help": "Greedy generation length for ROUGE-L."})
-    truth_ratio_variant: str = field(default="geometric", metadata={"help": "geometric (default) or arithmetic."})
+    truth_ratio_variant: str = field(
+        default="geometric", metadata={"help": "geometric (default) or arithmetic."}
+    )
     reference_model: str | None = field(
         default=None, metadata={"help": "Retain-only reference model folder, evaluated for forget quality."}
     )
@@ -131,7 +152,9 @@ def load_yaml(path: str | Path, classes=CONFIG_CLASSES) -> dict[str, Any]:
     """Read a flat recipe; refuse unknown keys with a suggestion."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found; pass an existing YAML recipe (see recipes/README.md)")
+        raise ConfigError(
+            f"config file {path} not found; pass an existing YAML recipe (see recipes/README.md)"
+        )
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must be a flat mapping of key: value")

@@ -54,7 +54,9 @@ def _read_json_records(path: Path) -> list[dict]:
         try:
             item = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{lineno} is not valid JSON ({err.msg}); fix or regenerate the file") from None
+            raise DataError(
+                f"{path}:{lineno} is not valid JSON ({err.msg}); fix or regenerate the file"
+            ) from None
         rows.extend(item if isinstance(item, list) else [item])
     return rows
 
@@ -89,7 +91,9 @@ def load_split(
         rows = list(datasets.load_dataset(dataset_name, split, split="train"))
         where = f"{dataset_name}:{split}"
     else:
-        raise DataError("no data source: pass --data_dir DIR (a local TOFU-format folder) or --dataset_name HUB_ID")
+        raise DataError(
+            "no data source: pass --data_dir DIR (a local TOFU-format folder) or --dataset_name HUB_ID"
+        )
     if not rows:
         raise DataError(f"split {where} is empty; pick a split with at least one example")
     for i, row in enumerate(rows):
@@ -103,7 +107,9 @@ def load_split(
             if isinstance(pert, str):
                 row["perturbed_answer"] = [pert]
             elif not pert:
-                raise DataError(f"split {where} row {i} has an empty perturbed_answer list; give at least one")
+                raise DataError(
+                    f"split {where} row {i} has an empty perturbed_answer list; give at least one"
+                )
     return rows
 
 
@@ -133,7 +139,9 @@ def paired_split(forget_split: str, kind: str) -> str:
     """The TOFU pairing forgetNN <-> retain(100-NN) <-> holdoutNN <-> forgetNN_perturbed."""
     pct = forget_pct(forget_split)
     if pct is None:
-        raise DataError(f"cannot pair split {forget_split!r}: expected a name like forget01, forget05, forget10")
+        raise DataError(
+            f"cannot pair split {forget_split!r}: expected a name like forget01, forget05, forget10"
+        )
     return {
         "retain": f"retain{100 - pct}",
         "holdout": f"holdout{pct:02d}",
@@ -176,7 +184,9 @@ def end_of_turn_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
-def encode_prompt(tokenizer, question: str, prompt_format: str, system_prompt: str | None = None) -> list[int]:
+def encode_prompt(
+    tokenizer, question: str, prompt_format: str, system_prompt: str | None = None
+) -> list[int]:
     """Token ids of the prompt alone (what generation starts from)."""
     ids = _format_prompt(tokenizer, question, prompt_format, system_prompt)
     bos = tokenizer.bos_token_id
@@ -227,7 +237,8 @@ class QADataset(torch.utils.data.Dataset):
         answer_key: str = "answer",
     ):
         self.features = [
-            encode_qa(tokenizer, r["question"], r[answer_key], prompt_format, max_length, system_prompt) for r in rows
+            encode_qa(tokenizer, r["question"], r[answer_key], prompt_format, max_length, system_prompt)
+            for r in rows
         ]
 
     def __len__(self) -> int:

@@ -59,12 +59,22 @@ def run_checks(target: dict, unlearned: dict) -> list[dict]:
     for metric, op, factor, what in CHECKS:
         t, u = target["metrics"][metric]["value"], unlearned["metrics"][metric]["value"]
         passed = u >= factor * t if op == ">=" else u <= factor * t
-        out.append(dict(metric=metric, rule=f"unlearned {op} {factor:g} x target", what=what,
-                        target=t, unlearned=u, passed=bool(passed)))
+        out.append(
+            dict(
+                metric=metric,
+                rule=f"unlearned {op} {factor:g} x target",
+                what=what,
+                target=t,
+                unlearned=u,
+                passed=bool(passed),
+            )
+        )
     return out
 
 
-def demo(size: str = "default", output_dir: str = "runs/demo", no_cache: bool = False, threads: int | None = None) -> dict:
+def demo(
+    size: str = "default", output_dir: str = "runs/demo", no_cache: bool = False, threads: int | None = None
+) -> dict:
     """Run the demo and return its summary (also written to `<output_dir>/summary.json`)."""
     import torch
 
@@ -123,7 +133,9 @@ def demo(size: str = "default", output_dir: str = "runs/demo", no_cache: bool = 
 
     checks = run_checks(results["target"], results[method])
     t = time.perf_counter()
-    write_report(results, out, title=f"llm-unlearn demo: {method} on {FORGET_SPLIT} of the built-in world ({size})")
+    write_report(
+        results, out, title=f"llm-unlearn demo: {method} on {FORGET_SPLIT} of the built-in world ({size})"
+    )
     stage("report", t)
     summary = {
         **{name: {k: v["value"] for k, v in r["metrics"].items()} for name, r in results.items()},
@@ -140,12 +152,20 @@ def demo(size: str = "default", output_dir: str = "runs/demo", no_cache: bool = 
 def _print_summary(summary: dict, results: dict) -> None:
     names = list(results)
     print("\n" + f"{'metric':<22}" + "".join(f"{n:>14}" for n in names))
-    for metric in ("forget_quality", "model_utility", "forget_truth_ratio", "forget_rouge_l", "forget_fact_recall"):
+    for metric in (
+        "forget_quality",
+        "model_utility",
+        "forget_truth_ratio",
+        "forget_rouge_l",
+        "forget_fact_recall",
+    ):
         print(f"{metric:<22}" + "".join(f"{results[n]['metrics'][metric]['value']:>14.4g}" for n in names))
     print()
     for c in summary["checks"]:
-        print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['what']}: target {c['target']:.3g}, unlearned {c['unlearned']:.3g}"
-              f" ({c['rule']})")
+        print(
+            f"{'PASS' if c['passed'] else 'FAIL'}  {c['what']}: target {c['target']:.3g}, unlearned {c['unlearned']:.3g}"
+            f" ({c['rule']})"
+        )
     print(f"stage seconds: {summary['stage_seconds']}")
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .config import DataArgs, EvalArgs, ModelArgs
-from .runio import RunError, load_model_and_tokenizer, read_status, require_complete
+from .runio import RunError, is_missing_local_path, load_model_and_tokenizer, read_status, require_complete
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -32,9 +32,14 @@ def check_reference(eval_args: EvalArgs) -> None:
             "forget quality needs the retain-only reference model: pass --reference_model DIR or "
             "--reference_eval FILE (its eval.json or a TOFU eval_log_aggregated.json)"
         )
-    for path in (eval_args.reference_model, eval_args.reference_eval):
-        if path and not Path(path).exists():
-            raise FileNotFoundError(f"reference {path} does not exist; pass an existing model folder or eval file")
+    if eval_args.reference_model and is_missing_local_path(eval_args.reference_model):
+        raise FileNotFoundError(
+            f"reference model {eval_args.reference_model} does not exist; pass a model folder or Hub id"
+        )
+    if eval_args.reference_eval and not Path(eval_args.reference_eval).is_file():
+        raise FileNotFoundError(
+            f"reference eval file {eval_args.reference_eval} does not exist; evaluate the reference first"
+        )
 
 
 def evaluate_path(

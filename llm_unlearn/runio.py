@@ -63,6 +63,16 @@ def require_complete(run_dir: str | Path, action: str) -> None:
         )
 
 
+def is_missing_local_path(path: str) -> bool:
+    """True for a path meant to be local (`./x`, `/x`, `~/x`, `a/b/c`) that does not exist.
+
+    A Hub id has the form `name` or `org/name`, so it never counts as missing here.
+    """
+    if Path(path).expanduser().exists():
+        return False
+    return path.startswith((".", "/", "~")) or path.count("/") > 1
+
+
 def load_model_and_tokenizer(
     path: str, *, trust_remote_code: bool = False, allow_pickle: bool = False, torch_dtype: str = "float32"
 ):
@@ -71,14 +81,18 @@ def load_model_and_tokenizer(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     local = Path(path)
-    if (path.startswith((".", "/", "~")) or local.exists()) and not local.is_dir():
+    if is_missing_local_path(path) or (local.exists() and not local.is_dir()):
         raise FileNotFoundError(
             f"model path {path} does not exist; pass a model folder, a Hub id, or build the default with `llm-unlearn demo`"
         )
     if local.is_dir() and not (local / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a model folder (no config.json); pass the folder a model was saved in")
+        raise FileNotFoundError(
+            f"{path} is not a model folder (no config.json); pass the folder a model was saved in"
+        )
     if local.is_dir() and not allow_pickle and not any(local.glob("*.safetensors")):
-        raise RunError(f"{path} has no safetensors weights; convert them, or pass --allow_pickle if you trust the files")
+        raise RunError(
+            f"{path} has no safetensors weights; convert them, or pass --allow_pickle if you trust the files"
+        )
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[torch_dtype]
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(

@@ -27,9 +27,39 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
     "micro": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
     "default": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512),
 }
+# Training hyper-parameters by model size (see `models.build_default_models`): pretraining on the
+# analog facts, then QA fine-tuning (target and retain-only reference). AdamW with betas (0.9, 0.98),
+# linear warm-up, cosine decay to `min_lr_rate` x peak. `replay` mixes the pretraining rows into
+# fine-tuning so the earlier knowledge survives it (a large pretrained model keeps its own).
+TRAINING_SIZES: dict[str, dict] = {
+    "micro": dict(
+        pretrain_epochs=2,
+        finetune_epochs=2,
+        batch_size=32,
+        learning_rate=3e-3,
+        warmup_steps=5,
+        min_lr_rate=0.1,
+        weight_decay=0.0,
+        replay=True,
+        seed=0,
+    ),
+    "default": dict(
+        pretrain_epochs=8,
+        finetune_epochs=16,
+        batch_size=32,
+        learning_rate=3e-3,
+        warmup_steps=50,
+        min_lr_rate=0.1,
+        weight_decay=0.0,
+        replay=True,
+        seed=0,
+    ),
+}
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on `texts` and wrap it as a HF fast tokenizer."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -43,13 +73,19 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency:
     )
     tok.train_from_iterator(texts, trainer=trainer)
     hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=IM_END, pad_token=PAD, clean_up_tokenization_spaces=False
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=IM_END,
+        pad_token=PAD,
+        clean_up_tokenization_spaces=False,
     )
     hf.chat_template = CHAT_TEMPLATE
     return hf
 
 
-def tiny_llama_config(tokenizer: PreTrainedTokenizerFast, size: str = "default", max_position_embeddings: int = 256) -> LlamaConfig:
+def tiny_llama_config(
+    tokenizer: PreTrainedTokenizerFast, size: str = "default", max_position_embeddings: int = 256
+) -> LlamaConfig:
     """A Llama config sized by name (`MODEL_SIZES`), with the tokenizer's special ids and tied embeddings."""
     if size not in MODEL_SIZES:
         raise ValueError(f"unknown model size {size!r}; choose one of {', '.join(MODEL_SIZES)}")

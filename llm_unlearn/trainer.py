@@ -158,7 +158,9 @@ class UnlearnTrainer(Trainer):
         retain = self._prepare_inputs(inputs["retain"])
         ctx = MethodContext(config=self.args, reference_model=self.reference_model)
         with self.compute_loss_context_manager():
-            terms = {name: self._normalize(t) for name, t in self.method.fn(model, forget, retain, ctx).items()}
+            terms = {
+                name: self._normalize(t) for name, t in self.method.fn(model, forget, retain, ctx).items()
+            }
         self._check_finite(terms)
         loss = sum(terms.values())
         self.accelerator.backward(loss)

@@ -67,7 +67,9 @@ def unlearn(model_args: ModelArgs, data: DataArgs, config: UnlearnConfig, eval_a
         allow_pickle=model_args.allow_pickle,
         torch_dtype=model_args.torch_dtype,
     )
-    encode = dict(prompt_format=data.prompt_format, max_length=data.max_length, system_prompt=data.system_prompt)
+    encode = dict(
+        prompt_format=data.prompt_format, max_length=data.max_length, system_prompt=data.system_prompt
+    )
     forget_ds = QADataset(forget_rows, tokenizer, **encode)
     retain_ds = QADataset(retain_rows, tokenizer, **encode)
     reference = None
@@ -108,4 +110,3 @@ def unlearn(model_args: ModelArgs, data: DataArgs, config: UnlearnConfig, eval_a
         write_status(out, "complete", method=method.name, train_seconds=round(time.perf_counter() - start, 2))
     logger.info("unlearning finished in %.1f s: %s", time.perf_counter() - start, out)
     return out
-

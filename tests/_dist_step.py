@@ -24,15 +24,27 @@ def main(model_dir: str, data_dir: str, out_file: str, batch_size: int) -> None:
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     encode = dict(prompt_format="chat_template", max_length=128)
     config = UnlearnConfig(
-        output_dir=out_file + ".run", optim="sgd", learning_rate=1.0, lr_scheduler_type="constant",
-        weight_decay=0.0, max_grad_norm=0.0, max_steps=1, save_strategy="no", retain_weight=0.5,
-        per_device_train_batch_size=batch_size, disable_tqdm=True, seed=0,
+        output_dir=out_file + ".run",
+        optim="sgd",
+        learning_rate=1.0,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        max_steps=1,
+        save_strategy="no",
+        retain_weight=0.5,
+        per_device_train_batch_size=batch_size,
+        disable_tqdm=True,
+        seed=0,
     )
     trainer = UnlearnTrainer(
-        model=model, args=config,
+        model=model,
+        args=config,
         train_dataset=QADataset(load_split("forget10", data_dir)[:4], tok, **encode),
         retain_dataset=QADataset(load_split("retain90", data_dir)[:4], tok, **encode),
-        data_collator=QACollator(pad_id(tok)), processing_class=tok, method=get_method("graddiff"),
+        data_collator=QACollator(pad_id(tok)),
+        processing_class=tok,
+        method=get_method("graddiff"),
     )
     trainer.train()
     if trainer.is_world_process_zero():

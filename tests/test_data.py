@@ -35,8 +35,14 @@ def tok(tofu_dir):
 
 @pytest.mark.parametrize(("split", "n"), sorted(TOFU_SPLITS.items()))
 def test_loader_reads_every_real_tofu_split_with_its_fields(tofu_dir, split, n):
-    required = EVAL_FIELDS if split.endswith("_perturbed") and not split.startswith(("real", "world")) else (
-        ("question", "answer", "perturbed_answer") if split.endswith("_perturbed") else ("question", "answer")
+    required = (
+        EVAL_FIELDS
+        if split.endswith("_perturbed") and not split.startswith(("real", "world"))
+        else (
+            ("question", "answer", "perturbed_answer")
+            if split.endswith("_perturbed")
+            else ("question", "answer")
+        )
     )
     rows = load_split(split, tofu_dir, required=required)
     assert len(rows) == n
@@ -79,7 +85,9 @@ def test_collator_pads_with_ignored_labels_and_zero_attention_on_either_side(tok
 
 def test_answer_longer_than_max_length_is_an_error_not_a_truncation(tok):
     with pytest.raises(DataError, match="exceeds max_length=8.*raise --max_length"):
-        encode_qa(tok, "A question?", "An answer that is certainly longer than eight tokens in total.", "qa", 8)
+        encode_qa(
+            tok, "A question?", "An answer that is certainly longer than eight tokens in total.", "qa", 8
+        )
 
 
 def test_tokenizer_round_trips_every_tofu_answer(tok, tofu_dir):

@@ -9,14 +9,19 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-
 from test_trainer import tiny  # noqa: F401  (module fixture: micro model and data)
 
 HERE = Path(__file__).parent
 
 
 def _run(tiny, out: Path, processes: int, batch_size: int) -> dict:  # noqa: F811
-    script = [str(HERE / "_dist_step.py"), str(tiny["dir"] / "model"), str(tiny["data_dir"]), str(out), str(batch_size)]
+    script = [
+        str(HERE / "_dist_step.py"),
+        str(tiny["dir"] / "model"),
+        str(tiny["data_dir"]),
+        str(out),
+        str(batch_size),
+    ]
     if processes == 1:
         cmd = [sys.executable, *script]
     else:

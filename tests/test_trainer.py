@@ -16,13 +16,16 @@ from llm_unlearn.tiny import generation_config, tiny_llama_config, train_tokeniz
 from llm_unlearn.trainer import NonFiniteLossError, RetainStream, UnlearnTrainer
 from llm_unlearn.unlearn import unlearn
 
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
+WORDS = (
+    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
+)
 
 
 def _rows(prefix: str, n: int) -> list[dict]:
     # Answers of different lengths so that padding and per-token normalization matter.
     return [
-        {"question": f"{prefix} question {i}?", "answer": " ".join(WORDS[: 2 + (3 * i) % 11]) + "."} for i in range(n)
+        {"question": f"{prefix} question {i}?", "answer": " ".join(WORDS[: 2 + (3 * i) % 11]) + "."}
+        for i in range(n)
     ]
 
 
@@ -94,7 +97,9 @@ def test_each_term_gradient_is_independent_of_batch_split_into_accumulation_step
     weights = {"forget_weight": float(term == "forget"), "retain_weight": float(term == "retain")}
     whole = _update(_trainer(tiny, tmp_path / "a", per_device_train_batch_size=4, **weights))
     split = _update(
-        _trainer(tiny, tmp_path / "b", per_device_train_batch_size=1, gradient_accumulation_steps=4, **weights)
+        _trainer(
+            tiny, tmp_path / "b", per_device_train_batch_size=1, gradient_accumulation_steps=4, **weights
+        )
     )
     _assert_same_update(split, whole)
 
@@ -104,7 +109,14 @@ def test_uneven_split_matches_too_with_retain_batch_size_differing_from_forget(t
     w = {"retain_weight": 0.5}
     whole = _update(_trainer(tiny, tmp_path / "a", per_device_train_batch_size=4, retain_batch_size=4, **w))
     split = _update(
-        _trainer(tiny, tmp_path / "b", per_device_train_batch_size=2, gradient_accumulation_steps=2, retain_batch_size=2, **w)
+        _trainer(
+            tiny,
+            tmp_path / "b",
+            per_device_train_batch_size=2,
+            gradient_accumulation_steps=2,
+            retain_batch_size=2,
+            **w,
+        )
     )
     _assert_same_update(split, whole)
 
@@ -121,7 +133,10 @@ def test_retain_stream_cycles_through_every_example_in_a_new_order_each_cycle():
 
 def test_retain_stream_ranks_see_disjoint_batches_whose_union_is_the_single_rank_batch():
     one = RetainStream(list(range(16)), batch_size=4, collate_fn=list, seed=1)
-    ranks = [RetainStream(list(range(16)), batch_size=2, collate_fn=list, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    ranks = [
+        RetainStream(list(range(16)), batch_size=2, collate_fn=list, seed=1, rank=r, world_size=2)
+        for r in (0, 1)
+    ]
     for k in range(3):
         a, b = ranks[0].indices(k), ranks[1].indices(k)
         assert not set(a) & set(b)
@@ -136,13 +151,21 @@ def test_forget_set_is_covered_once_per_epoch(tiny, tmp_path):
     seen: list[list[int]] = []
 
     def recording(model, forget, retain, ctx):
-        seen.extend(tuple(ids[m.bool()].tolist()) for ids, m in zip(forget["input_ids"], forget["attention_mask"]))
+        seen.extend(
+            tuple(ids[m.bool()].tolist()) for ids, m in zip(forget["input_ids"], forget["attention_mask"])
+        )
         return {"forget": Term(-(model.model.embed_tokens.weight.sum() * 0), stream="forget")}
 
     METHODS["recording_test"] = Method("recording_test", recording, paper="")
     try:
-        trainer = _trainer(tiny, tmp_path, method="recording_test", max_steps=-1, num_train_epochs=2,
-                           per_device_train_batch_size=2)
+        trainer = _trainer(
+            tiny,
+            tmp_path,
+            method="recording_test",
+            max_steps=-1,
+            num_train_epochs=2,
+            per_device_train_batch_size=2,
+        )
         trainer.train()
     finally:
         del METHODS["recording_test"]
@@ -199,7 +222,9 @@ def test_nan_loss_stops_training_and_marks_the_run_failed(tiny, tmp_path):
             unlearn(
                 ModelArgs(model_name_or_path=str(tiny["dir"] / "model")),
                 DataArgs(data_dir=str(tiny["data_dir"])),
-                UnlearnConfig(output_dir=str(out), method="nan_test", max_steps=2, use_cpu=True, disable_tqdm=True),
+                UnlearnConfig(
+                    output_dir=str(out), method="nan_test", max_steps=2, use_cpu=True, disable_tqdm=True
+                ),
                 EvalArgs(do_final_eval=False),
             )
     finally:
@@ -214,7 +239,9 @@ def test_finished_run_has_safetensors_config_log_and_no_pickled_args(tiny, tmp_p
     unlearn(
         ModelArgs(model_name_or_path=str(tiny["dir"] / "model")),
         DataArgs(data_dir=str(tiny["data_dir"])),
-        UnlearnConfig(output_dir=str(out), max_steps=2, use_cpu=True, disable_tqdm=True, per_device_train_batch_size=2),
+        UnlearnConfig(
+            output_dir=str(out), max_steps=2, use_cpu=True, disable_tqdm=True, per_device_train_batch_size=2
+        ),
         EvalArgs(do_final_eval=False),
     )
     assert json.loads((out / "status.json").read_text())["state"] == "complete"

@@ -52,7 +52,9 @@ def get_method(name: str) -> Method:
             fn = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as err:
             raise ValueError(f"cannot import method {name!r}: {err}; give a module.function path") from None
-        return Method(name, fn, paper=getattr(fn, "paper", ""), summary=(fn.__doc__ or "").strip().split("\n")[0])
+        return Method(
+            name, fn, paper=getattr(fn, "paper", ""), summary=(fn.__doc__ or "").strip().split("\n")[0]
+        )
     close = difflib.get_close_matches(name, list(METHODS), n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise ValueError(f"unknown method {name!r}; {hint}registered: {', '.join(sorted(METHODS))}")

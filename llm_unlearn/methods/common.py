@@ -67,7 +67,9 @@ def kl_to_reference_sum(model, reference_model, batch: dict[str, torch.Tensor]) 
     (answer tokens and the end token) count, as for the NLL.
     """
     with torch.no_grad():
-        ref_logits = reference_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        ref_logits = reference_model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     mask = (batch["labels"][:, 1:] != IGNORE_INDEX).float()
     logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
