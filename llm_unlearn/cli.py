@@ -31,19 +31,37 @@ def _setup_logging() -> None:
 def cmd_world(argv: list[str]) -> None:
     from .world import WORLD_SIZES, WorldConfig, write_world
 
-    parser = argparse.ArgumentParser(
-        prog="llm-unlearn world", description="Write the built-in fictitious-author world."
-    )
+    parser = argparse.ArgumentParser(prog="llm-unlearn world", description="Write the built-in fictitious-author world.")
     parser.add_argument("--out", required=True, help="folder to write (must not exist)")
-    parser.add_argument("--size", default="default", choices=sorted(WORLD_SIZES), help="preset world size")
+    parser.add_argument("--size", default="default", choices=sorted(WORLD_SIZES), help="preset world and model size")
     parser.add_argument("--n_authors", type=int, help="number of fictitious authors (overrides --size)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", help="also build (or reuse from the cache) its models and copy them here")
+    parser.add_argument("--forget_splits", default="forget10", help="comma-separated splits to build references for")
+    parser.add_argument("--no_cache", action="store_true", help="rebuild the models even if cached")
     args = parser.parse_args(argv)
     cfg = WorldConfig(**{**WORLD_SIZES[args.size], "seed": args.seed})
     if args.n_authors is not None:
         cfg.n_authors = args.n_authors
     path = write_world(args.out, cfg)
     print(f"world with {cfg.n_authors} authors written to {path}")
+    if args.models:
+        _copy_models(path, Path(args.models), args.size, args.forget_splits.split(","), args.no_cache)
+
+
+def _copy_models(world_dir: Path, dest: Path, size: str, forget_splits: list[str], no_cache: bool) -> None:
+    import shutil
+
+    from .models import build_default_models
+
+    if dest.exists():
+        raise FileExistsError(f"models folder {dest} exists; remove it or pass another --models")
+    models = build_default_models(world_dir, forget_splits=tuple(forget_splits), size=size, no_cache=no_cache)
+    copies = {"base": models["base"], "target": models["target"]}
+    copies |= {f"retain_{split}": p for split, p in models["retain"].items()}
+    for name, src in copies.items():
+        shutil.copytree(src, dest / name)
+    print(f"models ({', '.join(copies)}) copied to {dest}")
 
 
 def cmd_train(argv: list[str]) -> None:
@@ -149,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         globals()[f"cmd_{command}"](rest)
-    except (DataError, RunError, NonFiniteLossError, ValueError, FileNotFoundError) as err:
+    except (DataError, RunError, NonFiniteLossError, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -47,7 +47,14 @@ def test_every_recipe_starts_with_its_launch_command_and_has_only_known_keys(rec
     first = recipe.read_text().splitlines()[0]
     assert first.startswith("# ") and ("llm-unlearn" in first or "accelerate launch" in first)
     assert f"{recipe.parent.name}/{recipe.name}" in first
-    if recipe.name != "finetune.yaml":
+    if recipe.name == "finetune.yaml":
+        from transformers import TrainingArguments
+
+        from llm_unlearn.config import DataArgs, ModelArgs
+        from llm_unlearn.models import FinetuneArgs
+
+        load_yaml(recipe, classes=(ModelArgs, DataArgs, FinetuneArgs, TrainingArguments))
+    else:
         load_yaml(recipe)
 
 

@@ -1,0 +1,181 @@
+"""The `llm-unlearn` CLI in-process: unlearn/eval on micro models, and one clear error per bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from llm_unlearn.cli import main
+
+
+def _unlearn_argv(micro_world, micro_models, out, *extra) -> list[str]:
+    return [
+        "unlearn",
+        "--model_name_or_path", str(micro_models["target"]),
+        "--data_dir", str(micro_world),
+        "--forget_split", "forget10",
+        "--output_dir", str(out),
+        "--max_steps", "1",
+        "--per_device_train_batch_size", "4",
+        "--learning_rate", "1e-2",
+        "--use_cpu", "true",
+        "--reference_model", str(micro_models["retain"]["forget10"]),
+        "--eval_batch_size", "64",
+        "--max_new_tokens", "8",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_unlearn_then_eval_changes_weights_and_writes_parseable_outputs(micro_world, micro_models, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_unlearn_argv(micro_world, micro_models, out)) == 0
+    before = load_file(Path(micro_models["target"]) / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    assert any(not (before[k] == after[k]).all() for k in before)
+    result = json.loads((out / "eval.json").read_text())
+    for key in ("forget_quality", "model_utility", "forget_rouge_l", "forget_prob", "forget_truth_ratio"):
+        assert result["metrics"][key]["direction"] in ("higher", "lower", "closer_to_reference")
+    assert 0.0 <= result["metrics"]["forget_quality"]["value"] <= 1.0
+    assert json.loads((out / "status.json").read_text())["state"] == "complete"
+    assert "run complete" in capsys.readouterr().out
+
+    # A second evaluation reads the reference's eval.json instead of re-evaluating the reference model.
+    ref_out = tmp_path / "ref"
+    argv = ["eval", "--model_name_or_path", str(micro_models["retain"]["forget10"]), "--data_dir", str(micro_world),
+            "--reference_model", str(micro_models["retain"]["forget10"]), "--output_dir", str(ref_out),
+            "--max_new_tokens", "8"]  # fmt: skip
+    assert main(argv) == 0
+    ref = json.loads((ref_out / "eval.json").read_text())
+    assert ref["metrics"]["forget_quality"]["value"] == pytest.approx(1.0)
+    (out / "eval.json").unlink()
+    argv = ["eval", "--model_name_or_path", str(out), "--data_dir", str(micro_world),
+            "--reference_eval", str(ref_out / "eval.json"), "--max_new_tokens", "8"]  # fmt: skip
+    assert main(argv) == 0
+    again = json.loads((out / "eval.json").read_text())
+    assert again["metrics"]["forget_quality"]["value"] == pytest.approx(result["metrics"]["forget_quality"]["value"])
+
+
+def _expect_error(capsys, argv, pattern: str, out: Path | None = None) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert pytest.approx(0) == 0 and __import__("re").search(pattern, err[0]), err[0]
+    if out is not None:
+        assert not out.exists() or not (out / "model.safetensors").exists()
+
+
+@pytest.fixture
+def broken_world(micro_world, tmp_path):
+    """A writable copy of the micro world to break."""
+    dst = tmp_path / "world"
+    shutil.copytree(micro_world, dst)
+    return dst
+
+
+def test_missing_data_dir(micro_world, micro_models, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = _unlearn_argv(tmp_path / "nope", micro_models, out)
+    _expect_error(capsys, argv, r"data dir .* does not exist; create one", out)
+    assert not out.exists()
+
+
+def test_missing_split_file(broken_world, micro_models, tmp_path, capsys):
+    (broken_world / "retain90.json").unlink()
+    out = tmp_path / "run"
+    _expect_error(capsys, _unlearn_argv(broken_world, micro_models, out), r"retain90.json not found", out)
+    assert not out.exists()
+
+
+def test_split_with_missing_field(broken_world, micro_models, tmp_path, capsys):
+    rows = [json.loads(line) for line in (broken_world / "forget10.json").read_text().splitlines()]
+    del rows[3]["answer"]
+    (broken_world / "forget10.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    _expect_error(capsys, _unlearn_argv(broken_world, micro_models, out), r"row 3 lacks field\(s\) answer", out)
+    assert not out.exists()
+
+
+def test_empty_forget_set(broken_world, micro_models, tmp_path, capsys):
+    (broken_world / "forget10.json").write_text("")
+    out = tmp_path / "run"
+    _expect_error(capsys, _unlearn_argv(broken_world, micro_models, out), r"forget10.* is empty", out)
+    assert not out.exists()
+
+
+def test_forget_retain_overlap(broken_world, micro_models, tmp_path, capsys):
+    shutil.copy(broken_world / "full.json", broken_world / "retain90.json")
+    out = tmp_path / "run"
+    _expect_error(capsys, _unlearn_argv(broken_world, micro_models, out), r"share \d+ question", out)
+    assert not out.exists()
+
+
+def test_unknown_method(micro_world, micro_models, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = _unlearn_argv(micro_world, micro_models, out, "--method", "gradif")
+    _expect_error(capsys, argv, r"unknown method 'gradif'; did you mean 'graddiff'", out)
+    assert not out.exists()
+
+
+def test_unknown_config_key(micro_world, micro_models, tmp_path, capsys):
+    out = tmp_path / "run"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("forget_splt: forget10\n")
+    argv = _unlearn_argv(micro_world, micro_models, out, "--config", str(recipe))
+    _expect_error(capsys, argv, r"unknown config key 'forget_splt'.*did you mean 'forget_split'", out)
+    assert not out.exists()
+
+
+def test_model_path_that_does_not_exist(micro_world, micro_models, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = _unlearn_argv(micro_world, micro_models, out, "--model_name_or_path", str(tmp_path / "no-model"))
+    _expect_error(capsys, argv, r"model path .* does not exist", out)
+    assert not out.exists()
+
+
+def test_answer_longer_than_max_length(micro_world, micro_models, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = _unlearn_argv(micro_world, micro_models, out, "--max_length", "16")
+    _expect_error(capsys, argv, r"exceeds max_length=16.*raise --max_length", out)
+    assert not out.exists()
+
+
+def test_nan_loss_fails_the_run_with_one_line(micro_world, micro_models, tmp_path, capsys, monkeypatch):
+    module = tmp_path / "nan_method_pkg.py"
+    module.write_text(
+        "from llm_unlearn.methods import Term\n"
+        "def nan_method(model, forget, retain, ctx):\n"
+        "    loss = model(input_ids=forget['input_ids']).logits.mean() * float('nan')\n"
+        "    return {'forget': Term(loss, stream='forget')}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    argv = _unlearn_argv(micro_world, micro_models, out, "--method", "nan_method_pkg.nan_method")
+    _expect_error(capsys, argv, r"non-finite .*lower --learning_rate", out)
+    assert json.loads((out / "status.json").read_text())["state"] == "failed"
+    # eval refuses a failed run
+    argv = ["eval", "--model_name_or_path", str(out), "--data_dir", str(micro_world),
+            "--reference_model", str(micro_models["retain"]["forget10"])]  # fmt: skip
+    _expect_error(capsys, argv, r"is failed.*needs a complete run")
+
+
+def test_existing_output_dir_is_refused(micro_world, micro_models, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "something.txt").write_text("x")
+    _expect_error(capsys, _unlearn_argv(micro_world, micro_models, out), r"exists and is not an llm-unlearn run")
+
+
+def test_eval_without_reference_is_refused(micro_world, micro_models, tmp_path, capsys):
+    argv = ["eval", "--model_name_or_path", str(micro_models["target"]), "--data_dir", str(micro_world),
+            "--output_dir", str(tmp_path / "e")]  # fmt: skip
+    _expect_error(capsys, argv, r"forget quality needs the retain-only reference")
+    assert not (tmp_path / "e").exists()
+
+
+def test_unknown_command_suggests(capsys):
+    assert main(["unlern"]) == 2
+    assert "did you mean 'unlearn'" in capsys.readouterr().err
