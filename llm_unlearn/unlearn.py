@@ -48,8 +48,10 @@ def prepare_output_dir(output_dir: str | None) -> str | None:
     return None
 
 
-def unlearn(model_args: ModelArgs, data: DataArgs, config: UnlearnConfig, eval_args: EvalArgs) -> Path:
-    """Run one unlearning job and return its run directory."""
+def unlearn(
+    model_args: ModelArgs, data: DataArgs, config: UnlearnConfig, eval_args: EvalArgs, callbacks: list | None = None
+) -> Path:
+    """Run one unlearning job and return its run directory (extra `TrainerCallback`s may be given)."""
     from .trainer import UnlearnTrainer
 
     method = get_method(config.method)
@@ -95,6 +97,7 @@ def unlearn(model_args: ModelArgs, data: DataArgs, config: UnlearnConfig, eval_a
         processing_class=tokenizer,
         method=method,
         reference_model=reference,
+        callbacks=callbacks,
     )
     start = time.perf_counter()
     try:

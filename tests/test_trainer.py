@@ -251,3 +251,40 @@ def test_finished_run_has_safetensors_config_log_and_no_pickled_args(tiny, tmp_p
     steps = [r for r in log if "loss_forget" in r]
     assert [r["step"] for r in steps] == [1, 2]
     assert all({"loss_retain", "learning_rate", "grad_norm"} <= r.keys() for r in steps)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(tiny, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    class StopAfterSecondSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise _Interrupt
+
+    def run(out, callbacks=None):
+        return unlearn(
+            ModelArgs(model_name_or_path=str(tiny["dir"] / "model")),
+            DataArgs(data_dir=str(tiny["data_dir"])),
+            UnlearnConfig(
+                output_dir=str(out), max_steps=4, save_strategy="steps", save_steps=1, use_cpu=True,
+                disable_tqdm=True, per_device_train_batch_size=2, learning_rate=1e-2, seed=3,
+            ),
+            EvalArgs(do_final_eval=False),
+            callbacks=callbacks,
+        )  # fmt: skip
+
+    straight = load_file(run(tmp_path / "straight") / "model.safetensors")
+    with pytest.raises(_Interrupt):
+        run(tmp_path / "resumed", callbacks=[StopAfterSecondSave()])
+    assert json.loads((tmp_path / "resumed" / "status.json").read_text())["state"] == "failed"
+    assert (tmp_path / "resumed" / "checkpoint-2").is_dir()
+    resumed = load_file(run(tmp_path / "resumed") / "model.safetensors")
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()]
+    assert 3 in steps and 4 in steps
