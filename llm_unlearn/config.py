@@ -45,6 +45,15 @@ class ModelArgs:
     torch_dtype: str = field(
         default="float32", metadata={"help": "float32, bfloat16 or float16 for the weights."}
     )
+    use_lora: bool = field(
+        default=False, metadata={"help": "Train LoRA adapters (PEFT) instead of all weights."}
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA path."})
+    lora_target_modules: str = field(
+        default="all-linear", metadata={"help": "Comma-separated module names, or all-linear."}
+    )
 
 
 @dataclass

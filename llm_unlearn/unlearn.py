@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from .config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig, to_dict
@@ -48,8 +49,47 @@ def prepare_output_dir(output_dir: str | None) -> str | None:
     return None
 
 
+class AdaptersDisabled:
+    """The frozen original model under LoRA: the same base weights with the adapters switched off.
+
+    Deliberately not an `nn.Module`: the trainer freezes its reference model, and freezing this
+    wrapper must not freeze the adapters being trained.
+    """
+
+    def __init__(self, peft_model):
+        self.peft_model = peft_model
+
+    def eval(self):
+        return self
+
+    def requires_grad_(self, flag: bool):
+        return self
+
+    def __call__(self, **inputs):
+        with torch.no_grad(), self.peft_model.disable_adapter():
+            return self.peft_model(**inputs)
+
+
+def add_lora(model, model_args: ModelArgs):
+    from peft import LoraConfig, get_peft_model
+
+    targets = model_args.lora_target_modules
+    lora = LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=targets if targets == "all-linear" else targets.split(","),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
 def unlearn(
-    model_args: ModelArgs, data: DataArgs, config: UnlearnConfig, eval_args: EvalArgs, callbacks: list | None = None
+    model_args: ModelArgs,
+    data: DataArgs,
+    config: UnlearnConfig,
+    eval_args: EvalArgs,
+    callbacks: list | None = None,
 ) -> Path:
     """Run one unlearning job and return its run directory (extra `TrainerCallback`s may be given)."""
     from .trainer import UnlearnTrainer
@@ -75,7 +115,11 @@ def unlearn(
     forget_ds = QADataset(forget_rows, tokenizer, **encode)
     retain_ds = QADataset(retain_rows, tokenizer, **encode)
     reference = None
-    if method.needs_reference(config):
+    if model_args.use_lora:
+        model = add_lora(model, model_args)
+        if method.needs_reference(config):
+            reference = AdaptersDisabled(model)
+    elif method.needs_reference(config):
         reference, _ = load_model_and_tokenizer(
             model_args.model_name_or_path,
             trust_remote_code=model_args.trust_remote_code,
@@ -102,6 +146,9 @@ def unlearn(
     start = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=resume)
+        if model_args.use_lora:
+            # A merged model is a plain HF folder that eval, push and from_pretrained read as is.
+            trainer.model = trainer.model.merge_and_unload()
         trainer.save_model(str(out))
     except BaseException as err:
         if trainer.is_world_process_zero():

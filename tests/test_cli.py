@@ -30,7 +30,9 @@ def _unlearn_argv(micro_world, micro_models, out, *extra) -> list[str]:
     ]  # fmt: skip
 
 
-def test_unlearn_then_eval_changes_weights_and_writes_parseable_outputs(micro_world, micro_models, tmp_path, capsys):
+def test_unlearn_then_eval_changes_weights_and_writes_parseable_outputs(
+    micro_world, micro_models, tmp_path, capsys
+):
     out = tmp_path / "run"
     assert main(_unlearn_argv(micro_world, micro_models, out)) == 0
     before = load_file(Path(micro_models["target"]) / "model.safetensors")
@@ -56,7 +58,9 @@ def test_unlearn_then_eval_changes_weights_and_writes_parseable_outputs(micro_wo
             "--reference_eval", str(ref_out / "eval.json"), "--max_new_tokens", "8"]  # fmt: skip
     assert main(argv) == 0
     again = json.loads((out / "eval.json").read_text())
-    assert again["metrics"]["forget_quality"]["value"] == pytest.approx(result["metrics"]["forget_quality"]["value"])
+    assert again["metrics"]["forget_quality"]["value"] == pytest.approx(
+        result["metrics"]["forget_quality"]["value"]
+    )
 
 
 def _expect_error(capsys, argv, pattern: str, out: Path | None = None) -> None:
@@ -95,7 +99,9 @@ def test_split_with_missing_field(broken_world, micro_models, tmp_path, capsys):
     del rows[3]["answer"]
     (broken_world / "forget10.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
-    _expect_error(capsys, _unlearn_argv(broken_world, micro_models, out), r"row 3 lacks field\(s\) answer", out)
+    _expect_error(
+        capsys, _unlearn_argv(broken_world, micro_models, out), r"row 3 lacks field\(s\) answer", out
+    )
     assert not out.exists()
 
 
@@ -166,7 +172,9 @@ def test_existing_output_dir_is_refused(micro_world, micro_models, tmp_path, cap
     out = tmp_path / "run"
     out.mkdir()
     (out / "something.txt").write_text("x")
-    _expect_error(capsys, _unlearn_argv(micro_world, micro_models, out), r"exists and is not an llm-unlearn run")
+    _expect_error(
+        capsys, _unlearn_argv(micro_world, micro_models, out), r"exists and is not an llm-unlearn run"
+    )
 
 
 def test_eval_without_reference_is_refused(micro_world, micro_models, tmp_path, capsys):

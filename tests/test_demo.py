@@ -16,7 +16,11 @@ def _assert_demo_outputs(out, method="graddiff"):
     for folder in ("target", "retain", method):
         assert "metrics" in json.loads((out / folder / "eval.json").read_text())
     assert json.loads((out / method / "status.json").read_text())["state"] == "complete"
-    assert [c["metric"] for c in summary["checks"]] == ["forget_quality", "forget_fact_recall", "model_utility"]
+    assert [c["metric"] for c in summary["checks"]] == [
+        "forget_quality",
+        "forget_fact_recall",
+        "model_utility",
+    ]
     assert all(isinstance(c["passed"], bool) for c in summary["checks"])
     assert summary["passed"] == all(c["passed"] for c in summary["checks"])
     report = (out / "report.md").read_text()

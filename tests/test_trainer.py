@@ -286,5 +286,33 @@ def test_interrupted_run_resumes_from_its_checkpoint_and_matches_an_uninterrupte
     resumed = load_file(run(tmp_path / "resumed") / "model.safetensors")
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6)
-    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()
+    ]
     assert 3 in steps and 4 in steps
+
+
+def test_lora_graddiff_with_kl_trains_adapters_and_saves_a_merged_model(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    out = unlearn(
+        ModelArgs(model_name_or_path=str(tiny["dir"] / "model"), use_lora=True, lora_r=4),
+        DataArgs(data_dir=str(tiny["data_dir"])),
+        UnlearnConfig(
+            output_dir=str(tmp_path / "run"), retain_loss="kl", max_steps=2, use_cpu=True, disable_tqdm=True,
+            per_device_train_batch_size=2, learning_rate=5e-2, save_strategy="no",
+        ),
+        EvalArgs(do_final_eval=False),
+    )  # fmt: skip
+    before = load_file(tiny["dir"] / "model" / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    log = [
+        json.loads(line)
+        for line in (out / "train_log.jsonl").read_text().splitlines()
+        if "loss_retain" in line
+    ]
+    assert log[0]["loss_retain"] == pytest.approx(0.0, abs=1e-6)  # KL to itself before the first update
+    assert log[1]["loss_retain"] > 0
