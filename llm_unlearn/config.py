@@ -124,6 +124,10 @@ class UnlearnConfig(TrainingArguments):
             raise ConfigError(f"unknown retain_loss {self.retain_loss!r}; choose nll or kl")
         if self.retain_batch_size is None:
             self.retain_batch_size = self.per_device_train_batch_size
+        import torch
+
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; avoid torch's warning
         super().__post_init__()
 
 

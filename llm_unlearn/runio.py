@@ -73,12 +73,9 @@ def is_missing_local_path(path: str) -> bool:
     return path.startswith((".", "/", "~")) or path.count("/") > 1
 
 
-def load_model_and_tokenizer(
-    path: str, *, trust_remote_code: bool = False, allow_pickle: bool = False, torch_dtype: str = "float32"
-):
-    """Load a causal LM and its tokenizer from a folder or Hub id (safetensors unless pickle is allowed)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(path: str, *, trust_remote_code: bool = False):
+    """Load a tokenizer from a model folder or Hub id, checking a local path first."""
+    from transformers import AutoTokenizer
 
     local = Path(path)
     if is_missing_local_path(path) or (local.exists() and not local.is_dir()):
@@ -86,16 +83,27 @@ def load_model_and_tokenizer(
             f"model path {path} does not exist; pass a model folder, a Hub id, or build the default with `llm-unlearn demo`"
         )
     if local.is_dir() and not (local / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{path} is not a model folder (no config.json); pass the folder a model was saved in"
-        )
+        raise FileNotFoundError(f"{path} is not a model folder (no config.json); pass the folder a model was saved in")
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def load_model(path: str, *, trust_remote_code: bool = False, allow_pickle: bool = False, torch_dtype: str = "float32"):
+    """Load a causal LM from a folder or Hub id (safetensors unless pickle is allowed)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    local = Path(path)
     if local.is_dir() and not allow_pickle and not any(local.glob("*.safetensors")):
-        raise RunError(
-            f"{path} has no safetensors weights; convert them, or pass --allow_pickle if you trust the files"
-        )
+        raise RunError(f"{path} has no safetensors weights; convert them, or pass --allow_pickle if you trust the files")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[torch_dtype]
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
+    return AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True
     )
+
+
+def load_model_and_tokenizer(
+    path: str, *, trust_remote_code: bool = False, allow_pickle: bool = False, torch_dtype: str = "float32"
+):
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    model = load_model(path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, torch_dtype=torch_dtype)
     return model, tokenizer

@@ -19,7 +19,7 @@ import yaml
 from .config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig, to_dict
 from .data import QACollator, QADataset, check_forget_retain, load_split, pad_id, paired_split
 from .methods import get_method
-from .runio import RunError, load_model_and_tokenizer, read_status, write_status, write_text_atomic
+from .runio import RunError, load_model, load_tokenizer, read_status, write_status, write_text_atomic
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -103,29 +103,20 @@ def unlearn(
     retain_rows = load_split(retain_split, **source)
     check_forget_retain(forget_rows, retain_rows, data.forget_split, retain_split)
     resume = prepare_output_dir(config.output_dir)
-    model, tokenizer = load_model_and_tokenizer(
-        model_args.model_name_or_path,
-        trust_remote_code=model_args.trust_remote_code,
-        allow_pickle=model_args.allow_pickle,
-        torch_dtype=model_args.torch_dtype,
-    )
-    encode = dict(
-        prompt_format=data.prompt_format, max_length=data.max_length, system_prompt=data.system_prompt
-    )
+    load = dict(trust_remote_code=model_args.trust_remote_code)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, **load)
+    encode = dict(prompt_format=data.prompt_format, max_length=data.max_length, system_prompt=data.system_prompt)
     forget_ds = QADataset(forget_rows, tokenizer, **encode)
     retain_ds = QADataset(retain_rows, tokenizer, **encode)
+    load |= dict(allow_pickle=model_args.allow_pickle, torch_dtype=model_args.torch_dtype)
+    model = load_model(model_args.model_name_or_path, **load)
     reference = None
     if model_args.use_lora:
         model = add_lora(model, model_args)
         if method.needs_reference(config):
             reference = AdaptersDisabled(model)
     elif method.needs_reference(config):
-        reference, _ = load_model_and_tokenizer(
-            model_args.model_name_or_path,
-            trust_remote_code=model_args.trust_remote_code,
-            allow_pickle=model_args.allow_pickle,
-            torch_dtype=model_args.torch_dtype,
-        )
+        reference = load_model(model_args.model_name_or_path, **load)
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
