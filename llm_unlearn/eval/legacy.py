@@ -49,7 +49,9 @@ def load_legacy_log(path: str | Path) -> dict[str, SplitScores]:
 def legacy_scores(data: dict, path: str | Path = "<legacy log>") -> dict[str, SplitScores]:
     """Per-role scores from the parsed content of a legacy log (`path` only names it in errors)."""
     if not is_legacy_log(data):
-        raise ValueError(f"{path} is not a legacy TOFU log: it needs the keys {', '.join(LEGACY_FILES.values())}")
+        raise ValueError(
+            f"{path} is not a legacy TOFU log: it needs the keys {', '.join(LEGACY_FILES.values())}"
+        )
     scores = {}
     for role, key in LEGACY_FILES.items():
         log = data[key]
@@ -62,7 +64,9 @@ def legacy_scores(data: dict, path: str | Path = "<legacy log>") -> dict[str, Sp
             # that pass differs from avg_gt_loss by up to 0.04 nats (bf16, other padding), and the
             # legacy truth ratio (and so the golden numbers) use it.
             paraphrased_loss=np.array(_by_index(log["avg_paraphrased_loss"]), dtype=np.float64),
-            perturbed_loss=[np.asarray(row, dtype=np.float64) for row in _by_index(log["average_perturb_loss"])],
+            perturbed_loss=[
+                np.asarray(row, dtype=np.float64) for row in _by_index(log["average_perturb_loss"])
+            ],
             rouge_l=np.array(_by_index(log["rougeL_recall"]), dtype=np.float64),
         )
     return scores
@@ -77,12 +81,16 @@ def legacy_result(path: str | Path, truth_ratio_variant: str = "geometric") -> d
             "source": "legacy_log",
             "source_path": str(path),
             "truth_ratio_variant": truth_ratio_variant,
-            "splits": {role: {"name": LEGACY_SPLITS[role], "n": len(s.answer_loss)} for role, s in scores.items()},
+            "splits": {
+                role: {"name": LEGACY_SPLITS[role], "n": len(s.answer_loss)} for role, s in scores.items()
+            },
         },
     }
 
 
-def legacy_forget_quality(path: str | Path, reference_path: str | Path, truth_ratio_variant: str = "geometric") -> float:
+def legacy_forget_quality(
+    path: str | Path, reference_path: str | Path, truth_ratio_variant: str = "geometric"
+) -> float:
     """Forget quality of one legacy log against another (e.g. full vs retain90)."""
     model = load_legacy_log(path)["forget"].ratios(truth_ratio_variant)
     reference = load_legacy_log(reference_path)["forget"].ratios(truth_ratio_variant)

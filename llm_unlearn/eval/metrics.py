@@ -24,7 +24,9 @@ TRUTH_RATIO_VARIANTS = ("geometric", "arithmetic")
 DIRECTIONS = ("higher", "lower", "closer_to_reference")
 # The eval sets by role, as named in metric keys: forget set, retain set, real authors, world facts.
 ROLES = ("forget", "retain", "ra", "wf")
-MODEL_UTILITY_INPUTS = tuple(f"{role}_{m}" for role in ("retain", "ra", "wf") for m in ("prob", "rouge_l", "truth_ratio"))
+MODEL_UTILITY_INPUTS = tuple(
+    f"{role}_{m}" for role in ("retain", "ra", "wf") for m in ("prob", "rouge_l", "truth_ratio")
+)
 
 
 def _as_rows(perturbed_losses: Sequence[Sequence[float]]) -> list[np.ndarray]:
@@ -49,7 +51,9 @@ def truth_ratio(
     R < 1 means the model prefers the (paraphrased) truth over the perturbations.
     """
     if variant not in TRUTH_RATIO_VARIANTS:
-        raise ValueError(f"unknown truth_ratio_variant {variant!r}; choose one of {', '.join(TRUTH_RATIO_VARIANTS)}")
+        raise ValueError(
+            f"unknown truth_ratio_variant {variant!r}; choose one of {', '.join(TRUTH_RATIO_VARIANTS)}"
+        )
     para = np.asarray(para_loss, dtype=np.float64)
     rows = _as_rows(perturbed_losses)
     if len(rows) != len(para):
@@ -70,7 +74,9 @@ def retain_truth_ratio(ratios: Sequence[float]) -> np.ndarray:
     return np.maximum(0.0, 1.0 - np.asarray(ratios, dtype=np.float64))
 
 
-def options_normalized_prob(answer_loss: Sequence[float], perturbed_losses: Sequence[Sequence[float]]) -> np.ndarray:
+def options_normalized_prob(
+    answer_loss: Sequence[float], perturbed_losses: Sequence[Sequence[float]]
+) -> np.ndarray:
     """Per-sample P = p(a|q) / (p(a|q) + sum_j p(a~_j|q)), used for real authors and world facts.
 
     Computed as 1 / (1 + sum_j exp(l(a) - l(a~_j))).
@@ -90,7 +96,9 @@ def rouge_l_recall(targets: Sequence[str], predictions: Sequence[str]) -> np.nda
     if len(targets) != len(predictions):
         raise ValueError(f"{len(targets)} targets but {len(predictions)} predictions")
     scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
-    return np.array([scorer.score(t, p)["rougeL"].recall for t, p in zip(targets, predictions)], dtype=np.float64)
+    return np.array(
+        [scorer.score(t, p)["rougeL"].recall for t, p in zip(targets, predictions)], dtype=np.float64
+    )
 
 
 def fact_recall(facts: Sequence[str], generations: Sequence[str]) -> np.ndarray:

@@ -51,6 +51,7 @@ def _fq_vs_mu_plot(results: dict[str, dict], path: Path) -> list[str]:
         ax.scatter([x], [y], s=40)
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
     ax.set_yscale("log")
+    ax.set_xlim(0, 1)
     ax.set_xlabel("model utility (higher is better)")
     ax.set_ylabel("forget quality, KS p-value (higher is better)")
     ax.grid(True, which="major", alpha=0.3)

@@ -51,14 +51,18 @@ def answer_losses(
     model.eval()
     for idx in tqdm(_batches(order, batch_size), desc=desc, disable=not progress):
         batch = {k: v.to(model.device) for k, v in collate([features[i] for i in idx]).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).logits
         labels = batch["labels"][:, 1:]
-        mask = labels != IGNORE_INDEX
-        nll = F.cross_entropy(
-            logits[:, :-1].float().transpose(1, 2), labels.clamp_min(0), reduction="none"
-        )  # [B, T-1]
-        mean_nll = (nll * mask).sum(1) / mask.sum(1)
-        out[idx] = mean_nll.double().cpu().numpy()
+        mask = labels != IGNORE_INDEX  # [B, T-1]: answer tokens and the end token
+        # Only the answer positions go through the float32 log-softmax (prompts are often half the tokens).
+        nll = F.cross_entropy(logits[:, :-1][mask].float(), labels[mask], reduction="none")
+        row = torch.arange(len(idx), device=mask.device).unsqueeze(1).expand_as(mask)[mask]
+        total = torch.zeros(len(idx), dtype=torch.float64, device=mask.device).index_add_(
+            0, row, nll.double()
+        )
+        out[idx] = (total / mask.sum(1)).cpu().numpy()
     return out
 
 

@@ -31,7 +31,14 @@ import torch
 
 from ..data import ANALOG_FIELDS, EVAL_FIELDS, PROMPT_FORMATS, load_split, paired_split
 from .legacy import is_legacy_log, legacy_scores
-from .metrics import TRUTH_RATIO_VARIANTS, SplitScores, fact_recall, forget_quality, rouge_l_recall, tofu_metrics
+from .metrics import (
+    TRUTH_RATIO_VARIANTS,
+    SplitScores,
+    fact_recall,
+    forget_quality,
+    rouge_l_recall,
+    tofu_metrics,
+)
 from .scoring import answer_losses, generate_answers
 
 SCHEMA_VERSION = 1
@@ -53,10 +60,12 @@ def _questions_sha256(rows: list[dict]) -> str:
 
 def _score_split(model, tokenizer, rows: list[dict], role: str, settings: dict, progress: bool):
     """Losses of answer / paraphrase / perturbed answers in one length-sorted pass, then generations."""
-    has_paraphrase = "paraphrased_answer" in rows[0] and role in ("forget", "retain")
+    has_paraphrase = role in ("forget", "retain")  # ra / wf have no paraphrase: R uses the answer
     questions, texts = [], []
     for r in rows:
-        candidates = [r["answer"]] + ([r["paraphrased_answer"]] if has_paraphrase else []) + r["perturbed_answer"]
+        candidates = (
+            [r["answer"]] + ([r["paraphrased_answer"]] if has_paraphrase else []) + r["perturbed_answer"]
+        )
         questions += [r["question"]] * len(candidates)
         texts += candidates
     flat = answer_losses(
@@ -72,7 +81,12 @@ def _score_split(model, tokenizer, rows: list[dict], role: str, settings: dict, 
         perturbed.append(flat[i : i + len(r["perturbed_answer"])])
         i += len(r["perturbed_answer"])
     generated = generate_answers(
-        model, tokenizer, [r["question"] for r in rows], progress=progress, desc=f"{role} generation", **settings["gen"]
+        model,
+        tokenizer,
+        [r["question"] for r in rows],
+        progress=progress,
+        desc=f"{role} generation",
+        **settings["gen"],
     )
     golds = [r["answer"] for r in rows]
     scores = SplitScores(
@@ -80,10 +94,21 @@ def _score_split(model, tokenizer, rows: list[dict], role: str, settings: dict, 
         paraphrased_loss=np.array(paraphrased) if has_paraphrase else None,
         perturbed_loss=perturbed,
         rouge_l=rouge_l_recall(golds, generated),
-        fact_hit=fact_recall([r["fact"] for r in rows], generated) if all("fact" in r for r in rows) else None,
+        fact_hit=fact_recall([r["fact"] for r in rows], generated)
+        if all("fact" in r for r in rows)
+        else None,
     )
-    generations = [{"question": r["question"], "answer": r["answer"], "generated": g} for r, g in zip(rows, generated)]
+    generations = [
+        {"question": r["question"], "answer": r["answer"], "generated": g} for r, g in zip(rows, generated)
+    ]
     return scores, generations, len(texts)
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("llm-unlearn")
+    except importlib.metadata.PackageNotFoundError:  # run from a source checkout without `pip install -e .`
+        return "unknown (not installed)"
 
 
 def _hardware(model) -> str:
@@ -119,7 +144,9 @@ def evaluate(
             f"unknown truth_ratio_variant {truth_ratio_variant!r}; choose one of {', '.join(TRUTH_RATIO_VARIANTS)}"
         )
     if prompt_format not in PROMPT_FORMATS:
-        raise ValueError(f"unknown prompt_format {prompt_format!r}; choose one of {', '.join(PROMPT_FORMATS)}")
+        raise ValueError(
+            f"unknown prompt_format {prompt_format!r}; choose one of {', '.join(PROMPT_FORMATS)}"
+        )
     names = eval_splits(forget_split)
     rows = {
         role: load_split(
@@ -139,7 +166,9 @@ def evaluate(
     scores, generations, n_scored = {}, {}, 0
     model.eval()
     for role, role_rows in rows.items():
-        scores[role], generations[role], n = _score_split(model, tokenizer, role_rows, role, settings, progress)
+        scores[role], generations[role], n = _score_split(
+            model, tokenizer, role_rows, role, settings, progress
+        )
         n_scored += n
     seconds = time.perf_counter() - start
 
@@ -147,7 +176,7 @@ def evaluate(
     meta = {
         "benchmark": "tofu",
         "source": "evaluate",
-        "model": model.config._name_or_path,
+        "model": model.name_or_path,
         "dtype": str(model.dtype).removeprefix("torch."),
         "forget_split": names["forget"],
         "splits": {
@@ -167,7 +196,7 @@ def evaluate(
             "padding_side": "left",
             "max_new_tokens": max_new_tokens,
         },
-        "package_version": importlib.metadata.version("llm-unlearn"),
+        "package_version": _package_version(),
         "torch_version": torch.__version__,
         "transformers_version": importlib.metadata.version("transformers"),
         "hardware": _hardware(model),
@@ -181,7 +210,11 @@ def evaluate(
     }
     if seeds:
         meta["seeds"] = dict(seeds)
-    chance = {role: float(np.mean([x["fact_chance"] for x in r])) for role, r in rows.items() if "fact_chance" in r[0]}
+    chance = {
+        role: float(np.mean([x["fact_chance"] for x in r]))
+        for role, r in rows.items()
+        if "fact_chance" in r[0]
+    }
     if chance:
         meta["fact_recall_chance"] = chance
     losses = {
