@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from transformers import ProgressCallback
 
 from .config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig, to_dict
 from .data import QACollator, QADataset, check_forget_retain, load_split, pad_id, paired_split
@@ -84,6 +85,14 @@ def add_lora(model, model_args: ModelArgs):
     return get_peft_model(model, lora)
 
 
+def _close_progress_bars(trainer) -> None:
+    """Close Trainer's bar on failure, so the error message starts on a line of its own."""
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
+            callback.training_bar.close()
+            callback.training_bar = None
+
+
 def unlearn(
     model_args: ModelArgs,
     data: DataArgs,
@@ -142,6 +151,7 @@ def unlearn(
             trainer.model = trainer.model.merge_and_unload()
         trainer.save_model(str(out))
     except BaseException as err:
+        _close_progress_bars(trainer)
         if trainer.is_world_process_zero():
             write_status(out, "failed", method=method.name, error=f"{type(err).__name__}: {err}")
         raise
