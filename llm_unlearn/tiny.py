@@ -44,8 +44,8 @@ TRAINING_SIZES: dict[str, dict] = {
         seed=0,
     ),
     "default": dict(
-        pretrain_epochs=8,
-        finetune_epochs=16,
+        pretrain_epochs=6,
+        finetune_epochs=9,
         batch_size=32,
         learning_rate=3e-3,
         warmup_steps=50,

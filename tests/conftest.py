@@ -16,6 +16,11 @@ def _temporary_cache(tmp_path_factory):
     os.environ["LLM_UNLEARN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Micro models gain nothing from a second thread, and two threads beside any other busy
+    # process on a 2-core machine were measured 10-30x slower (data_cards/world.md).
+    import torch
+
+    torch.set_num_threads(1)
     yield
 
 
@@ -27,3 +32,19 @@ def tofu_dir() -> Path:
             pytest.fail(f"real TOFU data missing at {TOFU_DIR}: CI needs ../shared beside the clone")
         pytest.skip(f"real TOFU data not found at {TOFU_DIR}")
     return TOFU_DIR
+
+
+@pytest.fixture(scope="session")
+def micro_world(tmp_path_factory) -> Path:
+    """A written micro world (10 authors): TOFU-format files in a temporary folder."""
+    from llm_unlearn.world import WORLD_SIZES, WorldConfig, write_world
+
+    return write_world(tmp_path_factory.mktemp("world") / "micro", WorldConfig(**WORLD_SIZES["micro"]))
+
+
+@pytest.fixture(scope="session")
+def micro_models(_temporary_cache, micro_world) -> dict:
+    """`build_default_models(micro_world, size="micro")`: base, target and retain-only (forget10) folders."""
+    from llm_unlearn.models import build_default_models
+
+    return build_default_models(micro_world, size="micro")

@@ -1,0 +1,311 @@
+"""QA fine-tuning with the HF `Trainer`, and the default tiny models built on the built-in world.
+
+`finetune` trains any causal LM on question/answer rows, tokenized by `data.encode_qa` (prompt
+masked, answer + one end-of-turn token scored), so training, unlearning and evaluation see exactly
+the same masking. `build_default_models` turns a world (see `world.py`) into three standard HF
+folders:
+
+    base    a tiny Llama pretrained from scratch on the analog facts (`pretrain.json`)
+    target  base fine-tuned on `full` (every fictitious author)
+    retain  base fine-tuned on `retainNN` only: the reference that forget quality compares against
+
+Fine-tuning states each fact in several phrasings (`answer` + `train_answers`) and replays the
+pretraining rows, so the analog knowledge survives (see `tiny.TRAINING_SIZES`). Models are cached
+under `$LLM_UNLEARN_CACHE` (default `~/.cache/llm_unlearn`), keyed by a hash of everything that
+determines them; every folder is written under a temporary name and renamed, so a crash never
+leaves a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import (
+    LlamaForCausalLM,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+
+from .data import DataError, QACollator, QADataset, load_split, pad_id, paired_split
+from .runio import load_model_and_tokenizer
+from .tiny import MODEL_SIZES, TRAINING_SIZES, generation_config, tiny_llama_config, train_tokenizer
+from .world import load_world_config
+
+logger = logging.getLogger("llm_unlearn")
+
+TOKENIZER_SETTINGS = dict(vocab_size=2048, min_frequency=2)
+MAX_LENGTH = 128  # longest prompt + answer of the world is ~60 tokens
+WORLD_TEXT_SPLITS = (
+    "full",
+    "pretrain",
+    "forget10_perturbed",
+    "retain_perturbed",
+    "holdout10",
+    "real_authors_perturbed",
+    "world_facts_perturbed",
+)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LLM_UNLEARN_CACHE", Path.home() / ".cache" / "llm_unlearn"))
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished folder into place, replacing an older one (never leaving a partial folder)."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        shutil.rmtree(old)
+    os.replace(tmp, final)
+
+
+class _ProgressLog(TrainerCallback):
+    """One log line per Trainer log event, through `logging` instead of tqdm bars or printed dicts."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            logger.info(
+                "%s: step %d/%d loss %.4f lr %.2e",
+                self.name,
+                state.global_step,
+                state.max_steps,
+                logs["loss"],
+                logs.get("learning_rate", float("nan")),
+            )
+
+
+def finetune(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    output_dir: str | Path,
+    *,
+    prompt_format: str = "chat_template",
+    max_length: int = 256,
+    system_prompt: str | None = None,
+    **training_kwargs,
+) -> Path:
+    """Fine-tune `model` on question/answer `rows` with the HF `Trainer`; save it to `output_dir`.
+
+    `training_kwargs` are `TrainingArguments` fields (learning_rate, num_train_epochs, ...). The
+    folder gets safetensors weights, the tokenizer and the generation config, and no Trainer state
+    (`training_args.bin` pickles); it is written under a temporary name and renamed at the end.
+    """
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        dataset = QADataset(rows, tokenizer, prompt_format, max_length, system_prompt)
+        defaults = dict(
+            report_to="none",
+            save_strategy="no",
+            disable_tqdm=True,
+            logging_steps=0.1,
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            dataloader_pin_memory=torch.cuda.is_available(),
+        )
+        args = TrainingArguments(output_dir=str(tmp / "trainer"), **{**defaults, **training_kwargs})
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=QACollator(pad_token_id=pad_id(tokenizer)),
+            callbacks=[_ProgressLog(output_dir.name)],
+        )
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+        shutil.rmtree(tmp / "trainer", ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _replace_dir(tmp, output_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return output_dir
+
+
+@dataclass
+class FinetuneArgs:
+    """What `llm-unlearn train` fine-tunes on."""
+
+    train_split: str = field(
+        default="full", metadata={"help": "Split to fine-tune on (full, retain90, ...)."}
+    )
+
+
+def finetune_cli(argv: list[str]) -> Path:
+    """`llm-unlearn train --config recipes/world/finetune.yaml [--key value ...]`."""
+    from .config import DataArgs, ModelArgs, parse_config
+
+    model_args, data, ft, args = parse_config(
+        argv, classes=(ModelArgs, DataArgs, FinetuneArgs, TrainingArguments)
+    )
+    if not model_args.model_name_or_path:
+        raise ValueError("no --model_name_or_path given; pass the model folder or Hub id to fine-tune")
+    model, tokenizer = load_model_and_tokenizer(
+        model_args.model_name_or_path,
+        trust_remote_code=model_args.trust_remote_code,
+        allow_pickle=model_args.allow_pickle,
+        torch_dtype=model_args.torch_dtype,
+    )
+    rows = load_split(ft.train_split, data_dir=data.data_dir, dataset_name=data.dataset_name)
+    # Pass only what the recipe or command line changed, so finetune's own defaults (no checkpoints,
+    # no tqdm) hold elsewhere.
+    plain = TrainingArguments(output_dir=args.output_dir)
+    fields = [f.name for f in dataclasses.fields(TrainingArguments) if f.init and f.name != "output_dir"]
+    kwargs = {k: getattr(args, k) for k in fields if getattr(args, k) != getattr(plain, k)}
+    path = finetune(
+        model,
+        tokenizer,
+        _expand(rows),
+        args.output_dir,
+        prompt_format=data.prompt_format,
+        max_length=data.max_length,
+        system_prompt=data.system_prompt,
+        **kwargs,
+    )
+    print(f"fine-tuned model written to {path}")
+    return path
+
+
+# ----------------------------------------------------------------------------- the default models
+
+
+def _expand(rows: Sequence[dict]) -> list[dict]:
+    """One training example per phrasing: the answer and each of `train_answers`."""
+    return [
+        {"question": r["question"], "answer": a}
+        for r in rows
+        for a in [r["answer"], *r.get("train_answers", [])]
+    ]
+
+
+def _training_kwargs(hp: dict, epochs: int) -> dict:
+    return dict(
+        num_train_epochs=epochs,
+        per_device_train_batch_size=hp["batch_size"],
+        learning_rate=hp["learning_rate"],
+        warmup_steps=hp["warmup_steps"],
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": hp["min_lr_rate"]},
+        adam_beta1=0.9,
+        adam_beta2=0.98,
+        weight_decay=hp["weight_decay"],
+        seed=hp["seed"],
+        data_seed=hp["seed"],
+    )
+
+
+def _world_texts(world_dir: Path) -> list[str]:
+    texts = []
+    for split in WORLD_TEXT_SPLITS:
+        for r in load_split(split, data_dir=world_dir):
+            texts += [r["question"], r["answer"], *r.get("train_answers", []), *r.get("perturbed_answer", [])]
+            texts += [r[k] for k in ("paraphrased_answer", "paraphrased_question") if k in r]
+    return texts
+
+
+def _cache_key(world_dir: Path, size: str) -> str:
+    digest = hashlib.sha256()
+    for split in ("full", "pretrain"):
+        digest.update((world_dir / f"{split}.json").read_bytes())
+    payload = {
+        "world": dataclasses.asdict(load_world_config(world_dir)),
+        "world_files": digest.hexdigest(),
+        "tokenizer": TOKENIZER_SETTINGS,
+        "model": MODEL_SIZES[size],
+        "training": TRAINING_SIZES[size],
+        "max_length": MAX_LENGTH,
+        "version": importlib.metadata.version("llm-unlearn"),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _pretrain(world_dir: Path, size: str, out: Path) -> None:
+    hp = TRAINING_SIZES[size]
+    texts = _world_texts(world_dir)
+    tokenizer = train_tokenizer(texts, **TOKENIZER_SETTINGS)
+    bad = next(
+        (t for t in texts if tokenizer.decode(tokenizer.encode(t, add_special_tokens=False)) != t), None
+    )
+    if bad is not None:
+        raise DataError(f"the tokenizer does not round-trip {bad!r}; regenerate the world")
+    set_seed(hp["seed"])
+    model = LlamaForCausalLM(tiny_llama_config(tokenizer, size))
+    model.generation_config = generation_config(tokenizer)
+    rows = load_split("pretrain", data_dir=world_dir)
+    finetune(
+        model, tokenizer, rows, out, max_length=MAX_LENGTH, **_training_kwargs(hp, hp["pretrain_epochs"])
+    )
+
+
+def _finetune_from(base: Path, rows: list[dict], world_dir: Path, size: str, out: Path) -> None:
+    hp = TRAINING_SIZES[size]
+    model, tokenizer = load_model_and_tokenizer(str(base))
+    train = _expand(rows) + (load_split("pretrain", data_dir=world_dir) if hp["replay"] else [])
+    finetune(
+        model, tokenizer, train, out, max_length=MAX_LENGTH, **_training_kwargs(hp, hp["finetune_epochs"])
+    )
+
+
+def build_default_models(
+    world_dir: str | Path,
+    forget_splits: Sequence[str] = ("forget10",),
+    size: str = "default",
+    no_cache: bool = False,
+) -> dict:
+    """Build (or reuse from the cache) the base, target and retain-only models of a world.
+
+    Returns {"base": Path, "target": Path, "retain": {forget_split: Path}}; each is a folder that
+    `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` load. `no_cache`
+    rebuilds every model even if a cached copy exists.
+    """
+    world_dir = Path(world_dir)
+    if size not in MODEL_SIZES or size not in TRAINING_SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose one of {', '.join(MODEL_SIZES)}")
+    root = cache_root() / f"world-{size}-{_cache_key(world_dir, size)}"
+    root.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "base": root / "base",
+        "target": root / "target",
+        "retain": {s: root / f"retain-{s}" for s in forget_splits},
+    }
+
+    def stage(name: str, out: Path, build) -> None:
+        if out.is_dir() and not no_cache:
+            logger.info("cache hit: %s model at %s", name, out)
+            return
+        start = time.perf_counter()
+        build(out)
+        logger.info("built %s model in %.1f s: %s", name, time.perf_counter() - start, out)
+
+    stage("base", paths["base"], lambda out: _pretrain(world_dir, size, out))
+    full = load_split("full", data_dir=world_dir)
+    stage("target", paths["target"], lambda out: _finetune_from(paths["base"], full, world_dir, size, out))
+    for split, out in paths["retain"].items():
+        retain = load_split(paired_split(split, "retain"), data_dir=world_dir)
+        stage(
+            f"retain-only ({split})",
+            out,
+            lambda out, rows=retain: _finetune_from(paths["base"], rows, world_dir, size, out),
+        )
+    return paths

@@ -1,0 +1,86 @@
+"""The default tiny models at micro size: standard HF folders, tokenizer, cache hits and rebuilds. `pytest tests/test_models.py`."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llm_unlearn.data import encode_prompt, load_split
+from llm_unlearn.models import build_default_models, finetune
+from llm_unlearn.world import WorldConfig, write_world
+
+
+def _folders(models: dict) -> dict:
+    return {
+        "base": models["base"],
+        "target": models["target"],
+        **{f"retain-{k}": v for k, v in models["retain"].items()},
+    }
+
+
+def test_every_model_loads_with_from_pretrained_and_generates(micro_models):
+    for name, path in _folders(micro_models).items():
+        assert (path / "model.safetensors").is_file(), name
+        assert not (path / "training_args.bin").exists(), name
+        model = AutoModelForCausalLM.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        ids = encode_prompt(tokenizer, "Where was Amara Novak born?", "chat_template")
+        out = model.generate(
+            input_ids=torch.tensor([ids]), max_new_tokens=4, generation_config=model.generation_config
+        )
+        assert out.shape[1] > len(ids)
+        assert model.generation_config.do_sample is False
+
+
+def test_tokenizer_round_trips_every_world_answer_and_has_distinct_pad_and_a_chat_template(
+    micro_models, micro_world
+):
+    tokenizer = AutoTokenizer.from_pretrained(micro_models["target"])
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert tokenizer.chat_template
+    assert tokenizer.eos_token == "<|im_end|>"
+    for split in ("full", "retain_perturbed", "world_facts_perturbed", "pretrain"):
+        for r in load_split(split, data_dir=micro_world):
+            for text in [r["answer"], *r.get("perturbed_answer", []), *r.get("train_answers", [])]:
+                assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+
+
+def test_a_second_call_is_a_cache_hit_that_does_not_retrain(micro_models, micro_world, caplog):
+    before = {n: (p / "model.safetensors").stat().st_mtime_ns for n, p in _folders(micro_models).items()}
+    with caplog.at_level(logging.INFO, logger="llm_unlearn"):
+        again = build_default_models(micro_world, size="micro")
+    assert again == micro_models
+    assert {n: (p / "model.safetensors").stat().st_mtime_ns for n, p in _folders(again).items()} == before
+    hits = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cache hit")]
+    assert len(hits) == 3
+    assert not [r for r in caplog.records if r.getMessage().startswith("built")]
+
+
+def test_no_cache_rebuilds_every_model(tmp_path, monkeypatch, caplog):
+    # A two-author world keeps the rebuild fast and leaves the shared micro models untouched.
+    monkeypatch.setenv("LLM_UNLEARN_CACHE", str(tmp_path / "cache"))
+    world = write_world(tmp_path / "w", WorldConfig(n_authors=2, n_real_authors=4, n_world_facts=4))
+    first = build_default_models(world, size="micro")
+    before = {n: (p / "model.safetensors").stat().st_ino for n, p in _folders(first).items()}
+    with caplog.at_level(logging.INFO, logger="llm_unlearn"):
+        second = build_default_models(world, size="micro", no_cache=True)
+    assert second == first
+    assert all((p / "model.safetensors").stat().st_ino != before[n] for n, p in _folders(second).items())
+    assert len([r for r in caplog.records if r.getMessage().startswith("built")]) == 3
+
+
+def test_finetune_leaves_no_partial_folder_when_training_fails(micro_models, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(micro_models["base"])
+    tokenizer = AutoTokenizer.from_pretrained(micro_models["base"])
+    rows = [{"question": "Who?", "answer": "word " * 400}]
+    with pytest.raises(ValueError, match="max_length"):
+        finetune(model, tokenizer, rows, tmp_path / "out", max_length=64, num_train_epochs=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_size_is_refused_with_the_choices(micro_world):
+    with pytest.raises(ValueError, match="choose one of micro, default"):
+        build_default_models(micro_world, size="huge")
