@@ -190,3 +190,39 @@ def test_eval_without_reference_is_refused(micro_world, micro_models, tmp_path, 
 def test_unknown_command_suggests(capsys):
     assert main(["unlern"]) == 2
     assert "did you mean 'unlearn'" in capsys.readouterr().err
+
+
+def test_world_command_writes_a_world_and_copies_its_models(tmp_path, capsys):
+    assert main(["world", "--out", str(tmp_path / "w"), "--size", "micro", "--models", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "w" / "forget10_perturbed.json").is_file()
+    for name in ("base", "target", "retain_forget10"):
+        assert (tmp_path / "m" / name / "model.safetensors").is_file()
+    assert main(["world", "--out", str(tmp_path / "w2"), "--size", "micro", "--models", str(tmp_path / "m")]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_train_command_fine_tunes_on_a_split(micro_world, micro_models, tmp_path):
+    out = tmp_path / "ft"
+    argv = ["train", "--model_name_or_path", str(micro_models["base"]), "--data_dir", str(micro_world),
+            "--train_split", "forget10", "--output_dir", str(out), "--max_steps", "2", "--learning_rate", "1e-2",
+            "--use_cpu", "true", "--report_to", "none"]  # fmt: skip
+    assert main(argv) == 0
+    before = load_file(Path(micro_models["base"]) / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    assert any(not (before[k] == after[k]).all() for k in before)
+    assert not (out / "training_args.bin").exists()
+
+
+def test_resolved_config_redacts_tokens(micro_world, micro_models, tmp_path):
+    out = tmp_path / "run"
+    argv = _unlearn_argv(micro_world, micro_models, out, "--hub_token", "hf_secret_value", "--do_final_eval", "false")
+    assert main(argv) == 0
+    text = (out / "unlearn_config.yaml").read_text()
+    assert "hf_secret_value" not in text and "hub_token: <redacted>" in text
+    assert "hf_secret_value" not in (out / "train_log.jsonl").read_text()
+
+
+def test_ls_lists_methods_and_recipes(capsys):
+    assert main(["ls"]) == 0
+    printed = capsys.readouterr().out
+    assert "graddiff" in printed and "ga " in printed and "recipes/world/graddiff.yaml" in printed
