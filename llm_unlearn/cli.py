@@ -26,6 +26,7 @@ def _setup_logging() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_warning()
+    logging.getLogger("absl").setLevel(logging.WARNING)  # rouge_score logs each tokenizer choice
 
 
 def cmd_world(argv: list[str]) -> None:

@@ -79,7 +79,7 @@ def demo(
     import torch
 
     from .eval.report import write_report
-    from .eval.tofu import add_forget_quality, write_eval
+    from .eval.tofu import add_forget_quality, load_eval, write_eval
     from .models import build_default_models
     from .pipeline import evaluate_path
     from .unlearn import unlearn
@@ -120,15 +120,17 @@ def demo(
     stage("unlearn", t)
 
     t = time.perf_counter()
-    # The reference is evaluated once; its forget quality against itself is 1 by definition.
+    # The reference is evaluated once; its forget quality against itself is 1 by definition, and
+    # its eval.json is the reference file the other models' forget quality cites.
     reference = evaluate_path(str(models["retain"][FORGET_SPLIT]), data, eval_args)
+    reference_file = write_eval(add_forget_quality(reference, reference), out / "retain" / "eval.json")
     results = {
-        "target": evaluate_path(str(models["target"]), data, eval_args, reference=reference),
-        "retain": add_forget_quality(reference, reference),
-        method: evaluate_path(str(run_dir), data, eval_args, reference=reference),
+        "target": evaluate_path(str(models["target"]), data, eval_args, reference=str(reference_file)),
+        "retain": load_eval(reference_file),
+        method: evaluate_path(str(run_dir), data, eval_args, reference=str(reference_file)),
     }
-    for name, result in results.items():
-        write_eval(result, (run_dir if name == method else out / name) / "eval.json")
+    write_eval(results["target"], out / "target" / "eval.json")
+    write_eval(results[method], run_dir / "eval.json")
     stage("eval", t)
 
     checks = run_checks(results["target"], results[method])
