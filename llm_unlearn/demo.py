@@ -24,28 +24,14 @@ from .runio import write_json_atomic
 logger = logging.getLogger("llm_unlearn")
 
 FORGET_SPLIT = "forget10"
-# Unlearning settings per world size (see benchmarks/demo_sweep.md for the measurements).
+# Unlearning settings per world size. `default` was chosen by the sweep in benchmarks/demo_sweep.md:
+# with a KL retain term at lr 2e-4, epochs 3 to 6 all pass the checks, and epoch 6 is the first
+# whose forget quality is above 0.05 (indistinguishable from the reference at the usual level).
+_COMMON = dict(method="graddiff", lr_scheduler_type="constant", weight_decay=0.0, seed=0)
 DEMO_UNLEARN: dict[str, dict] = {
-    "default": dict(
-        method="graddiff",
-        retain_loss="nll",
-        learning_rate=5e-4,
-        num_train_epochs=4,
-        per_device_train_batch_size=16,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        seed=0,
-    ),
-    "micro": dict(
-        method="graddiff",
-        retain_loss="nll",
-        learning_rate=1e-3,
-        num_train_epochs=1,
-        per_device_train_batch_size=8,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        seed=0,
-    ),
+    "default": dict(_COMMON, retain_loss="kl", learning_rate=2e-4, num_train_epochs=6, per_device_train_batch_size=16),
+    # Micro models know nothing worth forgetting; this only exercises the pipeline quickly.
+    "micro": dict(_COMMON, retain_loss="nll", learning_rate=1e-3, num_train_epochs=1, per_device_train_batch_size=8),
 }
 CHECKS = (
     ("forget_quality", ">=", 100.0, "forget quality rises at least 100x"),

@@ -79,3 +79,11 @@ def test_every_method_has_a_paper_summary_and_docstring(name):
     method = METHODS[name]
     assert method.paper.startswith("arXiv:") and method.summary
     assert "arXiv" in (method.fn.__module__ and __import__(method.fn.__module__, fromlist=["x"]).__doc__)
+
+
+def test_world_graddiff_recipe_uses_the_demo_settings():
+    from llm_unlearn.demo import DEMO_UNLEARN
+
+    recipe = load_yaml(Path(__file__).resolve().parents[1] / "recipes" / "world" / "graddiff.yaml")
+    for key, value in DEMO_UNLEARN["default"].items():
+        assert recipe[key] == value, key
