@@ -32,13 +32,19 @@ def _setup_logging() -> None:
 def cmd_world(argv: list[str]) -> None:
     from .world import WORLD_SIZES, WorldConfig, write_world
 
-    parser = argparse.ArgumentParser(prog="llm-unlearn world", description="Write the built-in fictitious-author world.")
+    parser = argparse.ArgumentParser(
+        prog="llm-unlearn world", description="Write the built-in fictitious-author world."
+    )
     parser.add_argument("--out", required=True, help="folder to write (must not exist)")
-    parser.add_argument("--size", default="default", choices=sorted(WORLD_SIZES), help="preset world and model size")
+    parser.add_argument(
+        "--size", default="default", choices=sorted(WORLD_SIZES), help="preset world and model size"
+    )
     parser.add_argument("--n_authors", type=int, help="number of fictitious authors (overrides --size)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", help="also build (or reuse from the cache) its models and copy them here")
-    parser.add_argument("--forget_splits", default="forget10", help="comma-separated splits to build references for")
+    parser.add_argument(
+        "--forget_splits", default="forget10", help="comma-separated splits to build references for"
+    )
     parser.add_argument("--no_cache", action="store_true", help="rebuild the models even if cached")
     args = parser.parse_args(argv)
     cfg = WorldConfig(**{**WORLD_SIZES[args.size], "seed": args.seed})

@@ -29,9 +29,13 @@ FORGET_SPLIT = "forget10"
 # whose forget quality is above 0.05 (indistinguishable from the reference at the usual level).
 _COMMON = dict(method="graddiff", lr_scheduler_type="constant", weight_decay=0.0, seed=0)
 DEMO_UNLEARN: dict[str, dict] = {
-    "default": dict(_COMMON, retain_loss="kl", learning_rate=2e-4, num_train_epochs=6, per_device_train_batch_size=16),
+    "default": dict(
+        _COMMON, retain_loss="kl", learning_rate=2e-4, num_train_epochs=6, per_device_train_batch_size=16
+    ),
     # Micro models know nothing worth forgetting; this only exercises the pipeline quickly.
-    "micro": dict(_COMMON, retain_loss="nll", learning_rate=1e-3, num_train_epochs=1, per_device_train_batch_size=8),
+    "micro": dict(
+        _COMMON, retain_loss="nll", learning_rate=1e-3, num_train_epochs=1, per_device_train_batch_size=8
+    ),
 }
 CHECKS = (
     ("forget_quality", ">=", 100.0, "forget quality rises at least 100x"),

@@ -8,9 +8,12 @@ either evaluates the reference too (`reference_model`) or reads its `eval.json` 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
+
+import yaml
 
 from .config import DataArgs, EvalArgs, ModelArgs
 from .runio import RunError, is_missing_local_path, load_model_and_tokenizer, read_status, require_complete
@@ -40,6 +43,19 @@ def check_reference(eval_args: EvalArgs) -> None:
         raise FileNotFoundError(
             f"reference eval file {eval_args.reference_eval} does not exist; evaluate the reference first"
         )
+
+
+def _seeds(model_path: str, data: DataArgs) -> dict[str, int]:
+    """The seeds behind a model and its data, where recorded: a run's config, a world's config."""
+    seeds = {}
+    run_config = Path(model_path) / "unlearn_config.yaml"
+    if run_config.is_file():
+        config = yaml.safe_load(run_config.read_text())
+        seeds |= {k: config[k] for k in ("seed", "retain_seed", "data_seed") if config.get(k) is not None}
+    world_config = Path(data.data_dir or "") / "world_config.json"
+    if data.data_dir and world_config.is_file():
+        seeds["world_seed"] = json.loads(world_config.read_text())["seed"]
+    return seeds
 
 
 def evaluate_path(
@@ -75,6 +91,7 @@ def evaluate_path(
         batch_size=eval_args.eval_batch_size,
         max_new_tokens=eval_args.max_new_tokens,
         truth_ratio_variant=eval_args.truth_ratio_variant,
+        seeds=_seeds(model_path, data),
     )
     result["meta"]["model"] = str(model_path)
     if reference is not None:

@@ -83,18 +83,24 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
             f"model path {path} does not exist; pass a model folder, a Hub id, or build the default with `llm-unlearn demo`"
         )
     if local.is_dir() and not (local / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a model folder (no config.json); pass the folder a model was saved in")
+        raise FileNotFoundError(
+            f"{path} is not a model folder (no config.json); pass the folder a model was saved in"
+        )
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
-def load_model(path: str, *, trust_remote_code: bool = False, allow_pickle: bool = False, torch_dtype: str = "float32"):
+def load_model(
+    path: str, *, trust_remote_code: bool = False, allow_pickle: bool = False, torch_dtype: str = "float32"
+):
     """Load a causal LM from a folder or Hub id (safetensors unless pickle is allowed)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     local = Path(path)
     if local.is_dir() and not allow_pickle and not any(local.glob("*.safetensors")):
-        raise RunError(f"{path} has no safetensors weights; convert them, or pass --allow_pickle if you trust the files")
+        raise RunError(
+            f"{path} has no safetensors weights; convert them, or pass --allow_pickle if you trust the files"
+        )
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[torch_dtype]
     return AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True
@@ -105,5 +111,7 @@ def load_model_and_tokenizer(
     path: str, *, trust_remote_code: bool = False, allow_pickle: bool = False, torch_dtype: str = "float32"
 ):
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    model = load_model(path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, torch_dtype=torch_dtype)
+    model = load_model(
+        path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, torch_dtype=torch_dtype
+    )
     return model, tokenizer

@@ -18,6 +18,7 @@ the window mean, however the window is split into micro-batches and ranks.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ from transformers import Trainer
 
 from .data import IGNORE_INDEX
 from .methods import Method, MethodContext, Term
+
+logger = logging.getLogger("llm_unlearn")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -96,6 +99,14 @@ class UnlearnTrainer(Trainer):
     def get_train_dataloader(self):
         loader = super().get_train_dataloader()
         self._forget_batches_per_epoch = len(loader)
+        per_step = self.args.per_device_train_batch_size * self.args.world_size
+        if self.args.world_size > 1 and len(self.train_dataset) % per_step:
+            # accelerate's even_batches pads the last global batch by repeating forget samples.
+            logger.warning(
+                "forget set of %d examples is not a multiple of %d (batch x ranks): the last batch of each "
+                "epoch repeats %d forget examples",
+                len(self.train_dataset), per_step, per_step - len(self.train_dataset) % per_step,
+            )  # fmt: skip
         return loader
 
     def _retain_batches_consumed(self) -> int:

@@ -114,7 +114,9 @@ def unlearn(
     resume = prepare_output_dir(config.output_dir)
     load = dict(trust_remote_code=model_args.trust_remote_code)
     tokenizer = load_tokenizer(model_args.model_name_or_path, **load)
-    encode = dict(prompt_format=data.prompt_format, max_length=data.max_length, system_prompt=data.system_prompt)
+    encode = dict(
+        prompt_format=data.prompt_format, max_length=data.max_length, system_prompt=data.system_prompt
+    )
     forget_ds = QADataset(forget_rows, tokenizer, **encode)
     retain_ds = QADataset(retain_rows, tokenizer, **encode)
     load |= dict(allow_pickle=model_args.allow_pickle, torch_dtype=model_args.torch_dtype)

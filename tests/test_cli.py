@@ -193,11 +193,16 @@ def test_unknown_command_suggests(capsys):
 
 
 def test_world_command_writes_a_world_and_copies_its_models(tmp_path, capsys):
-    assert main(["world", "--out", str(tmp_path / "w"), "--size", "micro", "--models", str(tmp_path / "m")]) == 0
+    assert (
+        main(["world", "--out", str(tmp_path / "w"), "--size", "micro", "--models", str(tmp_path / "m")]) == 0
+    )
     assert (tmp_path / "w" / "forget10_perturbed.json").is_file()
     for name in ("base", "target", "retain_forget10"):
         assert (tmp_path / "m" / name / "model.safetensors").is_file()
-    assert main(["world", "--out", str(tmp_path / "w2"), "--size", "micro", "--models", str(tmp_path / "m")]) == 2
+    assert (
+        main(["world", "--out", str(tmp_path / "w2"), "--size", "micro", "--models", str(tmp_path / "m")])
+        == 2
+    )
     assert "exists" in capsys.readouterr().err
 
 
@@ -215,7 +220,9 @@ def test_train_command_fine_tunes_on_a_split(micro_world, micro_models, tmp_path
 
 def test_resolved_config_redacts_tokens(micro_world, micro_models, tmp_path):
     out = tmp_path / "run"
-    argv = _unlearn_argv(micro_world, micro_models, out, "--hub_token", "hf_secret_value", "--do_final_eval", "false")
+    argv = _unlearn_argv(
+        micro_world, micro_models, out, "--hub_token", "hf_secret_value", "--do_final_eval", "false"
+    )
     assert main(argv) == 0
     text = (out / "unlearn_config.yaml").read_text()
     assert "hf_secret_value" not in text and "hub_token: <redacted>" in text
