@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from .data import PROMPT_FORMATS
+
+logger = logging.getLogger("llm_unlearn")
 
 
 class ConfigError(ValueError):
@@ -90,7 +93,9 @@ class UnlearnConfig(TrainingArguments):
         forget_weight / retain_weight (`float`, *optional*, default 1.0): weights of the loss terms.
         retain_batch_size (`int`, *optional*): retain micro-batch size; defaults to the forget batch size.
         retain_seed (`int`, *optional*, defaults to 0): seed of the retain loader's order.
-        combine (`str`, *optional*, defaults to `"sum"`): how loss terms become an update.
+        combine (`str`, *optional*): `sum` (gradient of the weighted sum) or `normalized` (each term's
+            gradient normalized by its global L2 norm, then summed: NGDiff); defaults to the method's.
+        max_grad_norm (`float`, *optional*): defaults to 1.0, or 0 (no clipping) for `normalized`.
     """
 
     method: str = field(default="graddiff", metadata={"help": "Unlearning method (see `llm-unlearn ls`)."})
@@ -101,8 +106,15 @@ class UnlearnConfig(TrainingArguments):
         default=None, metadata={"help": "Retain micro-batch size per device."}
     )
     retain_seed: int = field(default=0, metadata={"help": "Seed of the retain loader's cyclic order."})
-    combine: str = field(
-        default="sum", metadata={"help": "How loss terms are combined into one update: sum."}
+    combine: str | None = field(
+        default=None,
+        metadata={"help": "How loss terms become one update: sum or normalized (default: the method's own)."},
+    )
+    max_grad_norm: float | None = field(
+        default=None,
+        metadata={
+            "help": "Gradient clipping; default 1.0, or none (0) for normalized combination (||d|| <= 2)."
+        },
     )
     # Trainer defaults that are wrong for unlearning.
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep our tokenized columns."})
@@ -118,8 +130,30 @@ class UnlearnConfig(TrainingArguments):
     )
 
     def __post_init__(self):
-        if self.combine != "sum":
-            raise ConfigError(f"unknown combine {self.combine!r}; choose sum")
+        from .methods import get_method
+
+        if self.combine is None:
+            self.combine = get_method(self.method).combine
+        if self.combine not in ("sum", "normalized"):
+            raise ConfigError(f"unknown combine {self.combine!r}; choose sum or normalized")
+        if self.max_grad_norm is None:
+            self.max_grad_norm = 0.0 if self.combine == "normalized" else 1.0
+        elif self.combine == "normalized" and self.max_grad_norm > 0:
+            logger.warning(
+                "max_grad_norm=%g clips the normalized direction, whose norm is up to 2 by design; "
+                "set --max_grad_norm 0 to follow NGDiff exactly", self.max_grad_norm,
+            )  # fmt: skip
+        if self.combine == "normalized":
+            if self.fp16:
+                raise ConfigError(
+                    "normalized combination does not work with fp16: the loss scale cancels in g/||g|| and "
+                    "the scaler then divides the step again; use --bf16 true or fp32"
+                )
+            if self.deepspeed:
+                raise ConfigError(
+                    "normalized combination (NGDiff) is not supported under DeepSpeed, whose engine clips and "
+                    "steps inside backward; use FSDP or DDP (recipes/accelerate/)"
+                )
         if self.retain_loss not in ("nll", "kl"):
             raise ConfigError(f"unknown retain_loss {self.retain_loss!r}; choose nll or kl")
         if self.retain_batch_size is None:

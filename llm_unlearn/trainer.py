@@ -29,6 +29,7 @@ from transformers import Trainer
 
 from .data import IGNORE_INDEX
 from .methods import Method, MethodContext, Term
+from .optim import NormalizedCombiner
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -93,6 +94,9 @@ class UnlearnTrainer(Trainer):
         self._window_counts: dict[str, torch.Tensor] = {}
         self._term_log: dict[str, float] = {}
         self._term_log_steps = 0
+        self._combiner: NormalizedCombiner | None = None
+        self._window_start = True
+        self._step_stats: dict[str, float] = {}
 
     # ------------------------------------------------------------------ data
 
@@ -135,6 +139,7 @@ class UnlearnTrainer(Trainer):
         counts = torch.stack([_counts(forget), _counts(retain)]).to(device)
         counts = self.accelerator.reduce(counts, reduction="sum") if self.args.world_size > 1 else counts
         self._window_counts = {"forget": counts[0], "retain": counts[1]}
+        self._window_start = True
         # No `num_items_in_batch`: our terms are normalized by the window counts above.
         return [{"forget": f, "retain": r} for f, r in zip(forget, retain)], None
 
@@ -143,8 +148,10 @@ class UnlearnTrainer(Trainer):
     def _normalize(self, term: Term) -> torch.Tensor:
         tokens, sequences = self._window_counts[term.stream]
         count = tokens if term.reduction == "token" else sequences
-        # DDP averages gradients over ranks: multiply by world size so the average is the global mean.
-        return term.weight * term.total * self.args.world_size / count.clamp_min(1).to(term.total.dtype)
+        # Gradients are averaged over ranks: multiply by world size so the average is the global mean.
+        # Under normalized combination a weight scales the normalized gradient instead (optim.py).
+        weight = 1.0 if self.args.combine == "normalized" else term.weight
+        return weight * term.total * self.args.world_size / count.clamp_min(1).to(term.total.dtype)
 
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
         values = torch.stack([t.detach().float() for t in terms.values()])
@@ -168,6 +175,8 @@ class UnlearnTrainer(Trainer):
         forget = self._prepare_inputs(inputs["forget"])
         retain = self._prepare_inputs(inputs["retain"])
         ctx = MethodContext(config=self.args, reference_model=self.reference_model)
+        if self.args.combine == "normalized":
+            return self._normalized_step(model, forget, retain, ctx)
         with self.compute_loss_context_manager():
             terms = {
                 name: self._normalize(t) for name, t in self.method.fn(model, forget, retain, ctx).items()
@@ -181,6 +190,36 @@ class UnlearnTrainer(Trainer):
         # Trainer logs the mean over ranks of this value: with the world-size factor that is the window mean.
         return loss.detach()
 
+    def _normalized_step(self, model, forget, retain, ctx: MethodContext) -> torch.Tensor:
+        """Accumulate each term's gradient apart; on the synchronizing micro-batch, combine them.
+
+        Runs inside `no_sync` on every micro-batch: the term buffers are averaged across ranks
+        explicitly in `NormalizedCombiner.combine`, and the Trainer's clipping that follows sees d.
+        """
+        if self._combiner is None:
+            self._combiner = NormalizedCombiner([p for p in model.parameters() if p.requires_grad])
+        if self._window_start:
+            self._combiner.reset()
+            self._window_start = False
+        with self.accelerator.no_sync(model), self.compute_loss_context_manager():
+            raw = self.method.fn(model, forget, retain, ctx)
+            terms = {name: self._normalize(t) for name, t in raw.items()}
+            self._check_finite(terms)
+            self._combiner.accumulate(terms)
+        if self.accelerator.sync_gradients:
+            weights = {name: t.weight for name, t in raw.items()}
+            stats = self._combiner.combine(weights, world_size=self.args.world_size)
+            if stats["dropped_terms"]:
+                logger.warning("step %d: %d loss term(s) had a zero or non-finite gradient norm and were dropped%s",
+                               self.state.global_step, int(stats["dropped_terms"]),
+                               "; the step is skipped" if stats["skipped"] else "")  # fmt: skip
+            self._step_stats = stats
+        # Reported loss: the weighted objective (the update itself is the normalized direction).
+        loss = sum(raw[name].weight * value.detach() for name, value in terms.items())
+        for name, value in terms.items():
+            self._term_log[name] = self._term_log.get(name, 0.0) + value.item() / self.args.world_size
+        return loss
+
     # ------------------------------------------------------------------ logging and saving
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -192,6 +231,7 @@ class UnlearnTrainer(Trainer):
                     value = self.accelerator.reduce(value, reduction="sum")
                 logs[f"loss_{name}"] = value.item()
             self._term_log, self._term_log_steps = {}, self.state.global_step
+            logs.update(self._step_stats)
         super().log(logs, start_time)
         if self.is_world_process_zero() and self.args.output_dir:
             record = {"step": self.state.global_step, "epoch": self.state.epoch, **logs}

@@ -26,9 +26,10 @@ class Method:
     paper: str
     needs_reference: Callable[[object], bool] = lambda config: False
     summary: str = ""
+    combine: str = "sum"
 
 
-def register(name: str, paper: str, summary: str, needs_reference=lambda config: False):
+def register(name: str, paper: str, summary: str, needs_reference=lambda config: False, combine: str = "sum"):
     """Decorator: add a method to the registry under a lowercase, unique name."""
 
     def wrap(fn):
@@ -36,7 +37,7 @@ def register(name: str, paper: str, summary: str, needs_reference=lambda config:
             raise ValueError(f"method name {name!r} must be lowercase letters, digits and underscores")
         if name in METHODS:
             raise ValueError(f"method {name!r} is already registered (by {METHODS[name].fn.__module__})")
-        METHODS[name] = Method(name, fn, paper, needs_reference, summary)
+        METHODS[name] = Method(name, fn, paper, needs_reference, summary, combine)
         return fn
 
     return wrap
@@ -60,6 +61,6 @@ def get_method(name: str) -> Method:
     raise ValueError(f"unknown method {name!r}; {hint}registered: {', '.join(sorted(METHODS))}")
 
 
-from . import ga, graddiff  # noqa: E402,F401  (registration side effects)
+from . import ga, graddiff, ngdiff  # noqa: E402,F401  (registration side effects)
 
 __all__ = ["METHODS", "Method", "MethodContext", "Term", "get_method", "register"]

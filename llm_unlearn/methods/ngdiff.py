@@ -1,0 +1,24 @@
+"""Normalized gradient difference (`ngdiff`): graddiff's terms, combined after normalizing each.
+
+Terms (minimized), exactly graddiff's: forget = -(1/N_F) sum_forget -log p(y_t | y_<t) and
+retain = (1/N_R) sum_retain -log p(y_t | y_<t) (or the KL to the original model with
+`retain_loss: kl`). What differs is how they become an update: d = g_R/||g_R|| - g_F/||g_F||
+(g_F: gradient of the forget NLL), formed by the trainer's `combine: normalized`
+(`llm_unlearn/optim.py`), so forgetting and retaining get equal say whatever their gradient
+scales. Bu, Jin et al., "Unlearning as multi-task optimization: a normalized gradient difference
+approach with an adaptive learning rate" (arXiv 2410.22086).
+"""
+
+from __future__ import annotations
+
+from . import register
+from .graddiff import graddiff
+
+# The same term function, registered with another combination: no subclassing, no copy.
+register(
+    "ngdiff",
+    paper="arXiv:2410.22086",
+    summary="graddiff's terms, each gradient normalized by its global L2 norm, then summed",
+    needs_reference=lambda config: config.retain_loss == "kl",
+    combine="normalized",
+)(graddiff)

@@ -1,0 +1,96 @@
+"""Normalized combination of loss terms: the NGDiff update direction.
+
+NGDiff (Bu, Jin et al., arXiv 2410.22086) treats forgetting and retaining as two tasks and
+combines their gradients after normalizing each by its global L2 norm:
+
+    d = g_R / ||g_R||  -  g_F / ||g_F||,         theta <- theta - eta * d
+
+with g_F the gradient of the forget NLL and g_R that of the retain term. In our convention every
+term is a quantity to minimize (the forget term is -NLL, whose gradient is -g_F), so d is the sum
+of the normalized term gradients: d = sum_k w_k G_k / ||G_k||. Properties worth knowing:
+<d, g_R> >= 0 and <d, g_F> <= 0 at any angle, and ||d||^2 = 2 (1 - cos(g_R, -g_F)) <= 4, which
+is why clipping is off by default for this combination.
+
+Choices (ours where the paper is silent):
+- each term's gradient is accumulated separately over all micro-batches of an optimizer step and
+  normalized once (normalizing per micro-batch would be a different algorithm);
+- one global norm over all trainable parameters, in fp32, reduced across ranks;
+- a term whose norm is zero or non-finite is dropped for that step; if every term is, the step is
+  skipped (gradients set to None, so the optimizer leaves the parameters and its state alone).
+Gradients are taken with `torch.autograd.grad` into one buffer per term (NGDiff: two buffers,
+i.e. one gradient copy more than ordinary training), and averaged across ranks explicitly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+EPS = 1e-12
+
+
+class NormalizedCombiner:
+    """Per-term gradient accumulators for one optimizer step, and their normalized sum."""
+
+    def __init__(self, params: list[torch.nn.Parameter]):
+        self.params = params
+        self.buffers: dict[str, list[torch.Tensor]] = {}
+
+    def reset(self) -> None:
+        for buffers in self.buffers.values():
+            for b in buffers:
+                b.zero_()
+
+    def accumulate(self, terms: dict[str, torch.Tensor]) -> None:
+        """Add each term's gradient (already window-normalized) to that term's own buffer."""
+        names = list(terms)
+        for i, name in enumerate(names):
+            grads = torch.autograd.grad(
+                terms[name], self.params, retain_graph=i < len(names) - 1, allow_unused=True
+            )
+            if name not in self.buffers:
+                self.buffers[name] = [torch.zeros_like(p) for p in self.params]
+            for buffer, grad in zip(self.buffers[name], grads):
+                if grad is not None:
+                    buffer.add_(grad)
+
+    def combine(self, weights: dict[str, float], world_size: int = 1) -> dict[str, float]:
+        """Set each parameter's `.grad` to sum_k w_k G_k / ||G_k|| and return per-step statistics.
+
+        The sum is written into the first kept term's buffer, so no third gradient copy is made.
+
+        Statistics: `grad_norm_<term>` for each term, `cos_<a>_<b>` between the first two terms'
+        gradients as minimized (for ngdiff cos(-g_F, g_R) = -cos(g_F, g_R), matching `loss_forget` = -NLL), `dropped_terms` (how many had a zero or non-finite norm) and `skipped` (1 when
+        all did).
+        """
+        if world_size > 1:
+            for buffers in self.buffers.values():
+                for b in buffers:
+                    dist.all_reduce(b)
+                    b.div_(world_size)
+        norms = {name: _global_norm(buffers) for name, buffers in self.buffers.items()}
+        stats: dict[str, float] = {f"grad_norm_{name}": n for name, n in norms.items()}
+        names = list(self.buffers)
+        if len(names) >= 2:
+            a, b = names[:2]
+            dot = sum(float((x.float() * y.float()).sum()) for x, y in zip(self.buffers[a], self.buffers[b]))
+            stats[f"cos_{a}_{b}"] = dot / max(norms[a] * norms[b], EPS)
+        kept = [name for name in names if math.isfinite(norms[name]) and norms[name] > EPS]
+        stats["dropped_terms"] = float(len(names) - len(kept))
+        stats["skipped"] = float(not kept)
+        for j, p in enumerate(self.params):
+            if not kept:
+                p.grad = None
+                continue
+            direction = self.buffers[kept[0]][j].mul_(weights[kept[0]] / norms[kept[0]])
+            for name in kept[1:]:
+                direction.add_(self.buffers[name][j], alpha=weights[name] / norms[name])
+            p.grad = direction
+        return stats
+
+
+def _global_norm(tensors: list[torch.Tensor]) -> float:
+    total = sum(float(t.float().pow(2).sum()) for t in tensors)
+    return math.sqrt(total) if math.isfinite(total) else float("nan")

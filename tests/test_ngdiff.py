@@ -1,0 +1,122 @@
+"""NGDiff's normalized combination: exact update, invariants, accumulation, zero gradients, config rules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_trainer import _trainer, _update, tiny  # noqa: F401  (module fixture: micro model and data)
+
+from llm_unlearn.config import ConfigError, UnlearnConfig
+from llm_unlearn.methods import METHODS, Method, Term
+
+
+def _grads(model, batch) -> torch.Tensor:
+    """Gradient of the batch's mean answer-token NLL (HF's loss), flattened."""
+    model.zero_grad()
+    loss = model(**batch).loss
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    return torch.cat([g.flatten() for g in grads])
+
+
+def _window(trainer):
+    collate = trainer.data_collator
+    forget = collate([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
+    retain = collate([trainer.retain_dataset[i] for i in range(len(trainer.retain_dataset))])
+    return forget, retain
+
+
+def test_sgd_update_equals_minus_lr_times_normalized_gradient_difference(tiny, tmp_path):  # noqa: F811
+    trainer = _trainer(tiny, tmp_path, method="ngdiff", learning_rate=0.1)
+    # float64, so that the update is not lost in rounding of weights near 1 (the norm layers).
+    trainer.model.double()
+    forget, retain = _window(trainer)
+    g_f, g_r = _grads(trainer.model, forget), _grads(trainer.model, retain)
+    d = g_r / g_r.norm() - g_f / g_f.norm()
+    update = _update(trainer)
+    assert (update + 0.1 * d).norm() / (0.1 * d).norm() < 1e-6
+    # The direction's invariants, for this (arbitrary) angle between the tasks.
+    assert torch.dot(d, g_r) >= 0 and torch.dot(d, g_f) <= 0
+    cos = torch.dot(g_f, g_r) / (g_f.norm() * g_r.norm())
+    assert d.norm() ** 2 == pytest.approx(float(2 * (1 - cos)), rel=1e-5)
+
+
+def test_ngdiff_accumulation_normalizes_once_per_step_not_per_micro_batch(tiny, tmp_path):  # noqa: F811
+    trainers = [
+        _trainer(tiny, tmp_path / "a", method="ngdiff", per_device_train_batch_size=4),
+        _trainer(
+            tiny,
+            tmp_path / "b",
+            method="ngdiff",
+            per_device_train_batch_size=1,
+            gradient_accumulation_steps=4,
+        ),
+    ]
+    for trainer in trainers:
+        trainer.model.double()  # so the comparison is not limited by fp32 rounding of the weights
+    whole, split = (_update(t) for t in trainers)
+    assert (split - whole).norm() / whole.norm() < 1e-6
+
+
+def test_step_log_has_term_norms_cosine_and_direction_norm(tiny, tmp_path):  # noqa: F811
+    trainer = _trainer(tiny, tmp_path, method="ngdiff", learning_rate=0.1)
+    trainer.train()
+    record = next(
+        json.loads(line)
+        for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
+        if "grad_norm_forget" in line
+    )
+    # Logged in the terms' convention (the forget term is -NLL): cos(-g_F, g_R) = -cos(g_F, g_R),
+    # so ||d||^2 = 2 (1 - cos(g_F, g_R)) = 2 (1 + logged cosine).
+    cos = record["cos_forget_retain"]
+    assert record["grad_norm"] == pytest.approx((2 * (1 + cos)) ** 0.5, rel=1e-4)
+    assert record["grad_norm_forget"] > 0 and record["grad_norm_retain"] > 0
+    assert record["dropped_terms"] == 0 and record["skipped"] == 0
+
+
+def _zero_term(model, stream: str) -> Term:
+    return Term(sum(p.sum() for p in model.parameters()) * 0.0, stream=stream)
+
+
+def test_a_term_with_zero_gradient_is_dropped_and_the_other_drives_the_step(tiny, tmp_path):  # noqa: F811
+    from llm_unlearn.methods.common import nll_sum
+
+    def retain_only(model, forget, retain, ctx):
+        return {
+            "forget": _zero_term(model, "forget"),
+            "retain": Term(nll_sum(model, retain), stream="retain"),
+        }
+
+    METHODS["zero_forget_test"] = Method("zero_forget_test", retain_only, paper="", combine="normalized")
+    try:
+        trainer = _trainer(tiny, tmp_path, method="zero_forget_test", learning_rate=0.1, combine="normalized")
+        trainer.model.double()
+        _, retain = _window(trainer)
+        g_r = _grads(trainer.model, retain)
+        update = _update(trainer)
+    finally:
+        del METHODS["zero_forget_test"]
+    assert (update + 0.1 * g_r / g_r.norm()).norm() / 0.1 < 1e-6
+
+
+def test_all_zero_gradients_skip_the_step_and_leave_optimizer_state_alone(tiny, tmp_path):  # noqa: F811
+    def nothing(model, forget, retain, ctx):
+        return {"forget": _zero_term(model, "forget"), "retain": _zero_term(model, "retain")}
+
+    METHODS["zero_all_test"] = Method("zero_all_test", nothing, paper="", combine="normalized")
+    try:
+        trainer = _trainer(tiny, tmp_path, method="zero_all_test", optim="adamw_torch", combine="normalized")
+        update = _update(trainer)
+    finally:
+        del METHODS["zero_all_test"]
+    assert update.abs().max() == 0
+    assert all(not state for state in trainer.optimizer.state.values())
+
+
+def test_normalized_combination_defaults_to_no_clipping_and_refuses_fp16():
+    assert UnlearnConfig(output_dir="x", method="ngdiff").max_grad_norm == 0.0
+    assert UnlearnConfig(output_dir="x", method="graddiff").max_grad_norm == 1.0
+    assert UnlearnConfig(output_dir="x", method="graddiff", combine="normalized").max_grad_norm == 0.0
+    with pytest.raises(ConfigError, match="fp16"):
+        UnlearnConfig(output_dir="x", method="ngdiff", fp16=True, use_cpu=True)
