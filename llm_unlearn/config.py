@@ -110,6 +110,18 @@ class UnlearnConfig(TrainingArguments):
         default=None,
         metadata={"help": "How loss terms become one update: sum or normalized (default: the method's own)."},
     )
+    gen: bool = field(
+        default=False,
+        metadata={
+            "help": "Set the learning rate by GeN's quadratic fit along the update (arXiv 2407.02772)."
+        },
+    )
+    gen_interval: int = field(
+        default=4, metadata={"help": "Probe and refit the GeN learning rate every N steps."}
+    )
+    gen_gamma: float = field(
+        default=0.9, metadata={"help": "GeN smoothing: eta <- gamma*eta + (1-gamma)*eta*."}
+    )
     max_grad_norm: float | None = field(
         default=None,
         metadata={

@@ -25,9 +25,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback, get_scheduler
 
 from .data import IGNORE_INDEX
+from .gen import GenScheduler, probe_losses
 from .methods import Method, MethodContext, Term
 from .optim import NormalizedCombiner
 
@@ -95,8 +96,16 @@ class UnlearnTrainer(Trainer):
         self._term_log: dict[str, float] = {}
         self._term_log_steps = 0
         self._combiner: NormalizedCombiner | None = None
+        self._norms: dict[str, float] = {}
+        self._window_terms: dict[str, float] = {}
         self._window_start = True
         self._step_stats: dict[str, float] = {}
+        # GeN state for the current optimizer step: window batches, L0 and theta0 when probing.
+        self._window: list[dict] = []
+        self._window_objective = 0.0
+        self._gen_theta0: list[torch.Tensor] | None = None
+        if self.args.gen:
+            self.add_callback(_GenProbe(self))
 
     # ------------------------------------------------------------------ data
 
@@ -140,8 +149,11 @@ class UnlearnTrainer(Trainer):
         counts = self.accelerator.reduce(counts, reduction="sum") if self.args.world_size > 1 else counts
         self._window_counts = {"forget": counts[0], "retain": counts[1]}
         self._window_start = True
+        self._window_objective = 0.0
+        samples = [{"forget": f, "retain": r} for f, r in zip(forget, retain)]
+        self._window = samples if self.args.gen else []
         # No `num_items_in_batch`: our terms are normalized by the window counts above.
-        return [{"forget": f, "retain": r} for f, r in zip(forget, retain)], None
+        return samples, None
 
     # ------------------------------------------------------------------ loss
 
@@ -184,6 +196,8 @@ class UnlearnTrainer(Trainer):
         self._check_finite(terms)
         loss = sum(terms.values())
         self.accelerator.backward(loss)
+        self._window_objective += loss.item()
+        self._maybe_snapshot_for_gen(model)
         for name, value in terms.items():
             # Per-rank share of the window mean; `log` averages it over ranks.
             self._term_log[name] = self._term_log.get(name, 0.0) + value.item() / self.args.world_size
@@ -214,11 +228,101 @@ class UnlearnTrainer(Trainer):
                                self.state.global_step, int(stats["dropped_terms"]),
                                "; the step is skipped" if stats["skipped"] else "")  # fmt: skip
             self._step_stats = stats
+            self._norms = {name: stats[f"grad_norm_{name}"] for name in terms}
         # Reported loss: the weighted objective (the update itself is the normalized direction).
         loss = sum(raw[name].weight * value.detach() for name, value in terms.items())
+        self._window_terms = {name: self._window_terms.get(name, 0.0) + v.item() for name, v in terms.items()}
+        if self.accelerator.sync_gradients:
+            # GeN fits the frozen-norm potential sum_k w_k T_k / ||G_k||, whose gradient here is d.
+            weights = {name: t.weight for name, t in raw.items()}
+            self._window_objective = self._normalized_objective(self._window_terms, weights)
+            self._window_terms = {}
+            self._maybe_snapshot_for_gen(model)
         for name, value in terms.items():
             self._term_log[name] = self._term_log.get(name, 0.0) + value.item() / self.args.world_size
         return loss
+
+    # ------------------------------------------------------------------ GeN learning rate
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer = None):
+        if not self.args.gen:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            # The usual schedule's multiplier, read off a throwaway optimizer, scales GeN's eta.
+            dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+            schedule = get_scheduler(
+                self.args.lr_scheduler_type,
+                optimizer=dummy,
+                num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
+                num_training_steps=num_training_steps,
+                scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
+            )
+            if not isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
+                raise ValueError(
+                    f"GeN composes with multiplier schedules (linear, cosine, constant, ...), not "
+                    f"{self.args.lr_scheduler_type}; choose one of those or set --gen false"
+                )
+            self.lr_scheduler = GenScheduler(
+                self.optimizer if optimizer is None else optimizer,
+                factor=schedule.lr_lambdas[0],
+                interval=self.args.gen_interval,
+                gamma=self.args.gen_gamma,
+            )
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def _normalized_objective(self, terms: dict[str, float], weights: dict[str, float]) -> float:
+        return sum(
+            weights[n] * v / self._norms[n]
+            for n, v in terms.items()
+            if math.isfinite(self._norms[n]) and self._norms[n] > 0
+        )
+
+    def _maybe_snapshot_for_gen(self, model) -> None:
+        """On the synchronizing micro-batch of a probe step, keep theta0 for GeN's probes."""
+        if not (self.args.gen and self.accelerator.sync_gradients):
+            return
+        if self.lr_scheduler.should_probe(self.state.global_step):
+            self._gen_theta0 = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def _window_loss(self) -> float:
+        """The step's objective on its own micro-batches at the current parameters (eval mode)."""
+        model = self.model
+        model.eval()
+        ctx = MethodContext(config=self.args, reference_model=self.reference_model)
+        total = 0.0
+        for sample in self._window:
+            forget, retain = self._prepare_inputs(sample["forget"]), self._prepare_inputs(sample["retain"])
+            with self.compute_loss_context_manager():
+                raw = self.method.fn(model, forget, retain, ctx)
+                terms = {name: self._normalize(t).item() for name, t in raw.items()}
+            if self.args.combine == "normalized":
+                total += self._normalized_objective(terms, {name: t.weight for name, t in raw.items()})
+            else:
+                total += sum(terms.values())
+        model.train()
+        return self._mean_over_ranks(total)
+
+    def _mean_over_ranks(self, value: float) -> float:
+        if self.args.world_size == 1:
+            return value
+        tensor = torch.tensor([value], device=self.args.device, dtype=torch.float64)
+        return (self.accelerator.reduce(tensor, reduction="sum") / self.args.world_size).item()
+
+    def _gen_probe(self) -> None:
+        """After the real optimizer step: L- at theta1, L+ at 2 theta0 - theta1, then refit eta."""
+        if self._gen_theta0 is None:
+            return
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        l0 = self._mean_over_ranks(self._window_objective)
+        l_minus, l_plus = probe_losses(params, self._gen_theta0, self._window_loss)
+        self._gen_theta0 = None
+        fit = self.lr_scheduler.observe(l0, l_minus, l_plus)
+        self._step_stats |= {
+            "gen_eta_star": fit.eta_star, "gen_l0": l0, "gen_l_minus": l_minus, "gen_l_plus": l_plus,
+            "gen_accepted": float(fit.accepted), "gen_acceptance_rate": self.lr_scheduler.accepted / self.lr_scheduler.probes,
+        }  # fmt: skip
 
     # ------------------------------------------------------------------ logging and saving
 
@@ -232,6 +336,7 @@ class UnlearnTrainer(Trainer):
                 logs[f"loss_{name}"] = value.item()
             self._term_log, self._term_log_steps = {}, self.state.global_step
             logs.update(self._step_stats)
+            self._step_stats = {}
         super().log(logs, start_time)
         if self.is_world_process_zero() and self.args.output_dir:
             record = {"step": self.state.global_step, "epoch": self.state.epoch, **logs}
@@ -244,3 +349,13 @@ class UnlearnTrainer(Trainer):
         args_file = Path(output_dir or self.args.output_dir) / "training_args.bin"
         if self.is_world_process_zero() and args_file.exists():
             os.remove(args_file)
+
+
+class _GenProbe(TrainerCallback):
+    """Runs GeN's probes between `optimizer.step()` and the scheduler's step (Trainer's hook there)."""
+
+    def __init__(self, trainer: UnlearnTrainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._gen_probe()

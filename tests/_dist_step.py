@@ -1,6 +1,6 @@
 """One SGD unlearning step, run under `accelerate launch` by tests/test_distributed.py.
 
-usage: _dist_step.py MODEL_DIR DATA_DIR OUT_FILE BATCH_SIZE
+usage: _dist_step.py MODEL_DIR DATA_DIR OUT_FILE BATCH_SIZE METHOD
 Writes (rank 0) the parameter update as safetensors.
 """
 
@@ -18,12 +18,13 @@ from llm_unlearn.methods import get_method
 from llm_unlearn.trainer import UnlearnTrainer
 
 
-def main(model_dir: str, data_dir: str, out_file: str, batch_size: int) -> None:
+def main(model_dir: str, data_dir: str, out_file: str, batch_size: int, method: str) -> None:
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     encode = dict(prompt_format="chat_template", max_length=128)
     config = UnlearnConfig(
+        method=method,
         output_dir=out_file + ".run",
         optim="sgd",
         learning_rate=1.0,
@@ -44,7 +45,7 @@ def main(model_dir: str, data_dir: str, out_file: str, batch_size: int) -> None:
         retain_dataset=QADataset(load_split("retain90", data_dir)[:4], tok, **encode),
         data_collator=QACollator(pad_id(tok)),
         processing_class=tok,
-        method=get_method("graddiff"),
+        method=get_method(method),
     )
     trainer.train()
     if trainer.is_world_process_zero():
@@ -54,4 +55,4 @@ def main(model_dir: str, data_dir: str, out_file: str, batch_size: int) -> None:
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])

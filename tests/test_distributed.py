@@ -14,7 +14,7 @@ from test_trainer import tiny  # noqa: F401  (module fixture: micro model and da
 HERE = Path(__file__).parent
 
 
-def _run(tiny, out: Path, processes: int, batch_size: int) -> dict:  # noqa: F811
+def _run(tiny, out: Path, processes: int, batch_size: int, method: str) -> dict:  # noqa: F811
     script = [
         str(HERE / "_dist_step.py"),
         str(tiny["dir"] / "model"),
@@ -35,9 +35,10 @@ def _run(tiny, out: Path, processes: int, batch_size: int) -> dict:  # noqa: F81
 
 
 @pytest.mark.slow
-def test_two_ranks_of_batch_two_equal_one_rank_of_batch_four(tiny, tmp_path):  # noqa: F811
-    single = _run(tiny, tmp_path / "one.safetensors", processes=1, batch_size=4)
-    double = _run(tiny, tmp_path / "two.safetensors", processes=2, batch_size=2)
+@pytest.mark.parametrize("method", ["graddiff", "ngdiff"])
+def test_two_ranks_of_batch_two_equal_one_rank_of_batch_four(tiny, tmp_path, method):  # noqa: F811
+    single = _run(tiny, tmp_path / "one.safetensors", processes=1, batch_size=4, method=method)
+    double = _run(tiny, tmp_path / "two.safetensors", processes=2, batch_size=2, method=method)
     num = sum(float((double[n] - single[n]).norm() ** 2) for n in single) ** 0.5
     den = sum(float(single[n].norm() ** 2) for n in single) ** 0.5
     assert den > 0

@@ -120,3 +120,53 @@ def test_normalized_combination_defaults_to_no_clipping_and_refuses_fp16():
     assert UnlearnConfig(output_dir="x", method="graddiff", combine="normalized").max_grad_norm == 0.0
     with pytest.raises(ConfigError, match="fp16"):
         UnlearnConfig(output_dir="x", method="ngdiff", fp16=True, use_cpu=True)
+
+
+@pytest.mark.parametrize("method", ["ngdiff", "graddiff"])
+def test_gen_probes_advance_adamw_once_per_step_and_log_the_fit(tiny, tmp_path, method):  # noqa: F811
+    trainer = _trainer(tiny, tmp_path, method=method, optim="adamw_torch", learning_rate=1e-3, max_steps=3,
+                       gen=True, gen_interval=1)  # fmt: skip
+    trainer.train()
+    states = [s for s in trainer.optimizer.state.values() if s]
+    assert states and all(int(s["step"]) == 3 for s in states)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    probes = [r for r in log if "gen_eta_star" in r]
+    assert len(probes) == 3
+    assert all({"gen_l0", "gen_l_minus", "gen_l_plus", "gen_accepted"} <= r.keys() for r in probes)
+    assert trainer.lr_scheduler.probes == 3
+    lrs = [r["learning_rate"] for r in log if "learning_rate" in r]
+    assert lrs[0] == pytest.approx(1e-3) and len(set(lrs)) > 1  # eta moved after the first fit
+
+
+def test_gen_run_resumes_from_a_checkpoint_with_the_same_result(tiny, tmp_path):  # noqa: F811
+    from safetensors.torch import load_file
+    from test_trainer import _Interrupt
+    from transformers import TrainerCallback
+
+    from llm_unlearn.config import DataArgs, EvalArgs, ModelArgs
+    from llm_unlearn.unlearn import unlearn
+
+    class StopAfterSecondSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise _Interrupt
+
+    def run(out, callbacks=None):
+        return unlearn(
+            ModelArgs(model_name_or_path=str(tiny["dir"] / "model")),
+            DataArgs(data_dir=str(tiny["data_dir"])),
+            UnlearnConfig(
+                output_dir=str(out), method="ngdiff", gen=True, gen_interval=1, max_steps=4, save_strategy="steps",
+                save_steps=1, use_cpu=True, disable_tqdm=True, per_device_train_batch_size=2, learning_rate=1e-2,
+                seed=3,
+            ),
+            EvalArgs(do_final_eval=False),
+            callbacks=callbacks,
+        )  # fmt: skip
+
+    straight = load_file(run(tmp_path / "straight") / "model.safetensors")
+    with pytest.raises(_Interrupt):
+        run(tmp_path / "resumed", callbacks=[StopAfterSecondSave()])
+    resumed = load_file(run(tmp_path / "resumed") / "model.safetensors")
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6)
