@@ -21,6 +21,7 @@ def _run(tiny, out: Path, processes: int, batch_size: int, method: str) -> dict:
         str(tiny["data_dir"]),
         str(out),
         str(batch_size),
+        method,
     ]
     if processes == 1:
         cmd = [sys.executable, *script]
