@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_trainer import _trainer, _update, tiny  # noqa: F401  (module fixture: micro model and data)
+from test_trainer import _trainer, _update, assert_resume_matches_uninterrupted_run, tiny  # noqa: F401  (module fixture: micro model and data)
 
 from llm_unlearn.config import ConfigError, UnlearnConfig
 from llm_unlearn.methods import METHODS, Method, Term
@@ -139,34 +139,4 @@ def test_gen_probes_advance_adamw_once_per_step_and_log_the_fit(tiny, tmp_path, 
 
 
 def test_gen_run_resumes_from_a_checkpoint_with_the_same_result(tiny, tmp_path):  # noqa: F811
-    from safetensors.torch import load_file
-    from test_trainer import _Interrupt
-    from transformers import TrainerCallback
-
-    from llm_unlearn.config import DataArgs, EvalArgs, ModelArgs
-    from llm_unlearn.unlearn import unlearn
-
-    class StopAfterSecondSave(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.global_step == 2:
-                raise _Interrupt
-
-    def run(out, callbacks=None):
-        return unlearn(
-            ModelArgs(model_name_or_path=str(tiny["dir"] / "model")),
-            DataArgs(data_dir=str(tiny["data_dir"])),
-            UnlearnConfig(
-                output_dir=str(out), method="ngdiff", gen=True, gen_interval=1, max_steps=4, save_strategy="steps",
-                save_steps=1, use_cpu=True, disable_tqdm=True, per_device_train_batch_size=2, learning_rate=1e-2,
-                seed=3,
-            ),
-            EvalArgs(do_final_eval=False),
-            callbacks=callbacks,
-        )  # fmt: skip
-
-    straight = load_file(run(tmp_path / "straight") / "model.safetensors")
-    with pytest.raises(_Interrupt):
-        run(tmp_path / "resumed", callbacks=[StopAfterSecondSave()])
-    resumed = load_file(run(tmp_path / "resumed") / "model.safetensors")
-    for name, value in straight.items():
-        torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6)
+    assert_resume_matches_uninterrupted_run(tiny, tmp_path, method="ngdiff", gen=True, gen_interval=1)
