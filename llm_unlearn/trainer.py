@@ -198,9 +198,7 @@ class UnlearnTrainer(Trainer):
         self.accelerator.backward(loss)
         self._window_objective += loss.item()
         self._maybe_snapshot_for_gen(model)
-        for name, value in terms.items():
-            # Per-rank share of the window mean; `log` averages it over ranks.
-            self._term_log[name] = self._term_log.get(name, 0.0) + value.item() / self.args.world_size
+        self._record_terms(terms)
         # Trainer logs the mean over ranks of this value: with the world-size factor that is the window mean.
         return loss.detach()
 
@@ -220,6 +218,7 @@ class UnlearnTrainer(Trainer):
             terms = {name: self._normalize(t) for name, t in raw.items()}
             self._check_finite(terms)
             self._combiner.accumulate(terms)
+        self._window_terms = {name: self._window_terms.get(name, 0.0) + v.item() for name, v in terms.items()}
         if self.accelerator.sync_gradients:
             weights = {name: t.weight for name, t in raw.items()}
             stats = self._combiner.combine(weights, world_size=self.args.world_size)
@@ -229,18 +228,18 @@ class UnlearnTrainer(Trainer):
                                "; the step is skipped" if stats["skipped"] else "")  # fmt: skip
             self._step_stats = stats
             self._norms = {name: stats[f"grad_norm_{name}"] for name in terms}
-        # Reported loss: the weighted objective (the update itself is the normalized direction).
-        loss = sum(raw[name].weight * value.detach() for name, value in terms.items())
-        self._window_terms = {name: self._window_terms.get(name, 0.0) + v.item() for name, v in terms.items()}
-        if self.accelerator.sync_gradients:
             # GeN fits the frozen-norm potential sum_k w_k T_k / ||G_k||, whose gradient here is d.
-            weights = {name: t.weight for name, t in raw.items()}
             self._window_objective = self._normalized_objective(self._window_terms, weights)
             self._window_terms = {}
             self._maybe_snapshot_for_gen(model)
+        self._record_terms(terms)
+        # Reported loss: the weighted objective (the update itself is the normalized direction).
+        return sum(raw[name].weight * value.detach() for name, value in terms.items())
+
+    def _record_terms(self, terms: dict[str, torch.Tensor]) -> None:
         for name, value in terms.items():
+            # Per-rank share of the window mean; `log` sums the shares over ranks.
             self._term_log[name] = self._term_log.get(name, 0.0) + value.item() / self.args.world_size
-        return loss
 
     # ------------------------------------------------------------------ GeN learning rate
 
