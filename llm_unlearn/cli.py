@@ -6,6 +6,7 @@
     llm-unlearn unlearn --config recipes/world/graddiff.yaml [--key value ...]
     llm-unlearn eval --model_name_or_path RUN --data_dir DIR --reference_model REF
     llm-unlearn ls                                     # methods, recipes, cached models
+    llm-unlearn bench --out FILE.json                  # NGDiff and GeN cost vs GradDiff, side by side
 
 Bad input ends with one line `error: <problem>; <fix>` on stderr and exit code 2.
 """
@@ -17,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-SUBCOMMANDS = ("demo", "world", "train", "unlearn", "eval", "ls")
+SUBCOMMANDS = ("demo", "world", "train", "unlearn", "eval", "ls", "bench")
 USAGE = __doc__.split("\n\n")[1]
 
 
@@ -130,6 +131,12 @@ def cmd_demo(argv: list[str]) -> None:
     from .demo import demo_cli
 
     demo_cli(argv)
+
+
+def cmd_bench(argv: list[str]) -> None:
+    from .bench import bench_cli
+
+    bench_cli(argv)
 
 
 def _pop_option(argv: list[str], name: str) -> tuple[list[str], str | None]:

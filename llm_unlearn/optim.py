@@ -17,8 +17,9 @@ Choices (ours where the paper is silent):
 - one global norm over all trainable parameters, in fp32, reduced across ranks;
 - a term whose norm is zero or non-finite is dropped for that step; if every term is, the step is
   skipped (gradients set to None, so the optimizer leaves the parameters and its state alone).
-Gradients are taken with `torch.autograd.grad` into one buffer per term (NGDiff: two buffers,
-i.e. one gradient copy more than ordinary training), and averaged across ranks explicitly.
+Each term's backward accumulates into that term's own buffer (NGDiff: two buffers, i.e. one
+gradient copy more than ordinary training, and the combined direction is written into one of them),
+and the buffers are averaged across ranks explicitly.
 """
 
 from __future__ import annotations
@@ -39,22 +40,26 @@ class NormalizedCombiner:
         self.buffers: dict[str, list[torch.Tensor]] = {}
 
     def reset(self) -> None:
-        for buffers in self.buffers.values():
-            for b in buffers:
-                b.zero_()
+        """Start a new optimizer step: drop the previous step's buffers (one of them is `.grad`)."""
+        self.buffers = {}
 
     def accumulate(self, terms: dict[str, torch.Tensor]) -> None:
-        """Add each term's gradient (already window-normalized) to that term's own buffer."""
+        """Add each term's gradient (already window-normalized) to that term's own buffer.
+
+        The term's buffer is lent to the parameters as `.grad` for its backward pass, so autograd
+        accumulates into it in place (or creates it, on the first micro-batch): no transient copy of
+        the whole gradient, as `torch.autograd.grad` would return. Callers run this where backward
+        does not synchronize ranks (`no_sync`); `combine` averages the buffers explicitly.
+        """
         names = list(terms)
         for i, name in enumerate(names):
-            grads = torch.autograd.grad(
-                terms[name], self.params, retain_graph=i < len(names) - 1, allow_unused=True
-            )
-            if name not in self.buffers:
-                self.buffers[name] = [torch.zeros_like(p) for p in self.params]
-            for buffer, grad in zip(self.buffers[name], grads):
-                if grad is not None:
-                    buffer.add_(grad)
+            buffers = self.buffers.get(name)
+            for j, p in enumerate(self.params):
+                p.grad = None if buffers is None else buffers[j]
+            terms[name].backward(retain_graph=i < len(names) - 1)
+            self.buffers[name] = [torch.zeros_like(p) if p.grad is None else p.grad for p in self.params]
+        for p in self.params:
+            p.grad = None
 
     def combine(self, weights: dict[str, float], world_size: int = 1) -> dict[str, float]:
         """Set each parameter's `.grad` to sum_k w_k G_k / ||G_k|| and return per-step statistics.

@@ -42,6 +42,31 @@ def test_sgd_update_equals_minus_lr_times_normalized_gradient_difference(tiny, t
     assert d.norm() ** 2 == pytest.approx(float(2 * (1 - cos)), rel=1e-5)
 
 
+def test_lora_ngdiff_update_is_the_normalized_difference_over_the_adapters_only(tiny, tmp_path):  # noqa: F811
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    base = LlamaForCausalLM.from_pretrained(tiny["dir"] / "model").double()
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    trainer = _trainer(tiny, tmp_path, method="ngdiff", learning_rate=0.1, model=model)
+    forget, retain = _window(trainer)
+    trainable = [p.requires_grad for p in model.parameters()]
+
+    def adapter_grads(batch):
+        model.zero_grad()
+        grads = torch.autograd.grad(model(**batch).loss, [p for p in model.parameters() if p.requires_grad])
+        return torch.cat([g.flatten() for g in grads])
+
+    g_f, g_r = adapter_grads(forget), adapter_grads(retain)
+    d = g_r / g_r.norm() - g_f / g_f.norm()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.train()
+    moved = [p.detach() - b for p, b in zip(model.parameters(), before)]
+    assert all(m.abs().max() == 0 for m, t in zip(moved, trainable) if not t)  # base weights untouched
+    update = torch.cat([m.flatten() for m, t in zip(moved, trainable) if t])
+    assert (update + 0.1 * d).norm() / (0.1 * d).norm() < 1e-6
+
+
 def test_ngdiff_accumulation_normalizes_once_per_step_not_per_micro_batch(tiny, tmp_path):  # noqa: F811
     trainers = [
         _trainer(tiny, tmp_path / "a", method="ngdiff", per_device_train_batch_size=4),

@@ -63,10 +63,10 @@ def _trainer(tiny, tmp_path, method="graddiff", **overrides) -> UnlearnTrainer:
         use_cpu=True,
         seed=0,
     )
+    model = overrides.pop("model", None) or LlamaForCausalLM.from_pretrained(tiny["dir"] / "model")
     settings.update(overrides)
     config = UnlearnConfig(method=method, **settings)
     tok = tiny["tok"]
-    model = LlamaForCausalLM.from_pretrained(tiny["dir"] / "model")
     encode = dict(prompt_format="chat_template", max_length=128)
     return UnlearnTrainer(
         model=model,

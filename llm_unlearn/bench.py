@@ -1,0 +1,297 @@
+"""`llm-unlearn bench`: what NGDiff and GeN cost, measured side by side in one run.
+
+    llm-unlearn bench --out benchmarks/bench_cpu.json            # ~5 min on a 2-core CPU
+    llm-unlearn bench --preset quick --out /tmp/bench.json       # seconds; checks the harness only
+
+Setting: one randomly initialised Llama (preset `default`: 13.9M parameters, so one fp32 gradient
+copy is 56 MB) on forget/retain batches of the built-in micro world, AdamW, constant lr, through
+`UnlearnTrainer.train()` itself: the step time is the wall time between consecutive
+`on_step_end` callbacks, so data loading, the combination, clipping, the optimizer and GeN's
+probes are all inside it.
+
+Time. The configurations run in interleaved blocks (A, B, C, ... then again, order rotated each
+round), each block from the same initial weights, its first `warmup` steps dropped; per
+configuration that gives `rounds x steps` timed steps. NGDiff vs GradDiff compares medians;
+GeN's cost comes on probe steps only, so GeN vs fixed lr compares means over windows that hold a
+whole number of probe intervals (`steps` is a multiple of 20). `graddiff_two_backward` is GradDiff
+with NGDiff's order of work (forget forward, retain forward, one backward per term), so the ratio
+against it isolates the combination itself; `graddiff` (one backward of the summed loss) is what
+users run.
+
+Memory. One subprocess per configuration (a process's peak RSS cannot be reset), each running
+`memory_steps` steps; the extra memory of NGDiff is reported in units of one gradient copy
+(4 bytes x trainable parameters for fp32). On a CUDA device `torch.cuda.max_memory_allocated` is
+used instead of RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+PRESETS: dict[str, dict] = {
+    "default": dict(
+        model=dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=1408),
+        batch_size=4, steps=20, warmup=2, rounds=2, memory_steps=3,
+    ),
+    "quick": dict(
+        model=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+        batch_size=2, steps=20, warmup=1, rounds=1, memory_steps=2,
+    ),
+}  # fmt: skip
+CONFIGS: dict[str, dict] = {
+    "graddiff": dict(method="graddiff"),
+    "graddiff_two_backward": dict(method="graddiff"),
+    "ngdiff": dict(method="ngdiff"),
+    "ngdiff_gen4": dict(method="ngdiff", gen=True, gen_interval=4),
+    "ngdiff_gen10": dict(method="ngdiff", gen=True, gen_interval=10),
+}
+MEMORY_CONFIGS = ("graddiff", "ngdiff", "ngdiff_gen4")
+TARGETS = {
+    "step_time_ratio_ngdiff_graddiff": 1.10,
+    "extra_mem_grad_copies_ngdiff": 1.1,
+    "gen_overhead_ratio_interval4": 1.25,
+}
+
+
+def _trainer_class():
+    from transformers import TrainerCallback
+
+    from .methods import MethodContext
+    from .trainer import UnlearnTrainer
+
+    class TwoBackwardTrainer(UnlearnTrainer):
+        """GradDiff in NGDiff's order of work: one backward per term, accumulated in `.grad`."""
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            model.train()
+            forget, retain = self._prepare_inputs(inputs["forget"]), self._prepare_inputs(inputs["retain"])
+            ctx = MethodContext(config=self.args, reference_model=self.reference_model)
+            with self.compute_loss_context_manager():
+                terms = {n: self._normalize(t) for n, t in self.method.fn(model, forget, retain, ctx).items()}
+            self._check_finite(terms)
+            names = list(terms)
+            for i, name in enumerate(names):
+                self.accelerator.backward(terms[name], retain_graph=i < len(names) - 1)
+            self._record_terms(terms)
+            return sum(terms.values()).detach()
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.stamps: list[float] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.stamps.append(time.perf_counter())
+
+    return UnlearnTrainer, TwoBackwardTrainer, StepClock
+
+
+def prepare(workdir: Path, preset: str) -> Path:
+    """Write the micro world, a tokenizer and a randomly initialised model of the preset's size."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .models import TOKENIZER_SETTINGS, _world_texts
+    from .tiny import train_tokenizer
+    from .world import WORLD_SIZES, WorldConfig, write_world
+
+    world = write_world(workdir / "world", WorldConfig(**WORLD_SIZES["micro"]))
+    tokenizer = train_tokenizer(_world_texts(world), **TOKENIZER_SETTINGS)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=256, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, **PRESETS[preset]["model"],
+    )  # fmt: skip
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(workdir / "model")
+    tokenizer.save_pretrained(workdir / "model")
+    return workdir
+
+
+def make_trainer(workdir: Path, preset: str, name: str, max_steps: int, output_dir: Path, callbacks=()):
+    from transformers import PrinterCallback
+
+    from .config import DataArgs, UnlearnConfig
+    from .data import QACollator, QADataset, load_split, pad_id
+    from .methods import get_method
+    from .runio import load_model, load_tokenizer
+
+    base_cls, two_backward_cls, _ = _trainer_class()
+    settings = CONFIGS[name]
+    p = PRESETS[preset]
+    tokenizer = load_tokenizer(str(workdir / "model"))
+    encode = dict(prompt_format=DataArgs.prompt_format, max_length=DataArgs.max_length)
+    forget = QADataset(load_split("forget10", data_dir=workdir / "world"), tokenizer, **encode)
+    retain = QADataset(load_split("retain90", data_dir=workdir / "world"), tokenizer, **encode)
+    config = UnlearnConfig(
+        output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=p["batch_size"],
+        learning_rate=1e-5, lr_scheduler_type="constant", weight_decay=0.0, save_strategy="no",
+        disable_tqdm=True, report_to="none", seed=0, dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(), **settings,
+    )  # fmt: skip
+    cls = two_backward_cls if name == "graddiff_two_backward" else base_cls
+    trainer = cls(
+        model=load_model(str(workdir / "model")),
+        args=config,
+        train_dataset=forget,
+        retain_dataset=retain,
+        data_collator=QACollator(pad_id(tokenizer)),
+        processing_class=tokenizer,
+        method=get_method(settings["method"]),
+        callbacks=list(callbacks),
+    )
+    trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout would only add noise
+    return trainer
+
+
+def time_configs(workdir: Path, preset: str, names: list[str]) -> dict[str, list[float]]:
+    """Per-step wall times of each configuration, collected in interleaved blocks."""
+    from tqdm.auto import tqdm
+
+    *_, clock_cls = _trainer_class()
+    p = PRESETS[preset]
+    times: dict[str, list[float]] = {n: [] for n in names}
+    blocks = [(r, names[r % len(names) :] + names[: r % len(names)]) for r in range(p["rounds"])]
+    bar = tqdm(total=p["rounds"] * len(names), desc="timing blocks", leave=False)
+    for r, order in blocks:
+        for name in order:
+            clock = clock_cls()
+            trainer = make_trainer(workdir, preset, name, p["warmup"] + p["steps"] + 1,
+                                   workdir / f"run-{name}-{r}", [clock])  # fmt: skip
+            trainer.train()
+            stamps = clock.stamps[p["warmup"] :]
+            times[name] += [b - a for a, b in zip(stamps, stamps[1:])]
+            bar.update()
+    bar.close()
+    return times
+
+
+def memory_child(workdir: Path, preset: str, name: str) -> dict:
+    """Run in a fresh process: a few steps of one configuration; report its peak memory."""
+    trainer = make_trainer(workdir, preset, name, PRESETS[preset]["memory_steps"], workdir / f"mem-{name}")
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    n = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    dtype_bytes = next(trainer.model.parameters()).element_size()
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    return {"peak_bytes": peak, "grad_copy_bytes": n * dtype_bytes, "trainable_params": n,
+            "kind": "cuda max_memory_allocated" if cuda else "peak RSS"}  # fmt: skip
+
+
+def _spread(values: list[float]) -> dict:
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return {"median_s": statistics.median(values), "mean_s": statistics.fmean(values),
+            "q1_s": q[0], "q3_s": q[2], "n": len(values)}  # fmt: skip
+
+
+def bench(out: str | Path, preset: str = "default", threads: int | None = None) -> dict:
+    """Run the benchmark and write its JSON to `out` (atomically); return the result."""
+    from .runio import write_json_atomic
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown bench preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if threads:
+        torch.set_num_threads(threads)
+    if PRESETS[preset]["steps"] % 20:
+        raise ValueError("bench steps must be a multiple of 20 so GeN's 4- and 10-step intervals fit whole")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="llm-unlearn-bench-") as tmp:
+        workdir = prepare(Path(tmp), preset)
+        memory = {}
+        for name in MEMORY_CONFIGS:
+            cmd = [sys.executable, "-m", "llm_unlearn.bench", "--_child", name, "--preset", preset,
+                   "--_workdir", str(workdir), "--threads", str(torch.get_num_threads())]  # fmt: skip
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"memory run for {name} failed:\n{done.stderr[-2000:]}")
+            memory[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        times = time_configs(workdir, preset, list(CONFIGS))
+    stats = {name: _spread(v) for name, v in times.items()}
+    med = {name: s["median_s"] for name, s in stats.items()}
+    mean = {name: s["mean_s"] for name, s in stats.items()}
+    grad_copy = memory["ngdiff"]["grad_copy_bytes"]
+    result = {
+        "step_time_ratio_ngdiff_graddiff": med["ngdiff"] / med["graddiff"],
+        "step_time_ratio_ngdiff_graddiff_two_backward": med["ngdiff"] / med["graddiff_two_backward"],
+        "peak_mem_ratio_ngdiff_graddiff": memory["ngdiff"]["peak_bytes"] / memory["graddiff"]["peak_bytes"],
+        "extra_mem_grad_copies_ngdiff": (memory["ngdiff"]["peak_bytes"] - memory["graddiff"]["peak_bytes"]) / grad_copy,
+        "extra_mem_grad_copies_ngdiff_gen4": (memory["ngdiff_gen4"]["peak_bytes"] - memory["graddiff"]["peak_bytes"]) / grad_copy,
+        "gen_overhead_ratio_interval4": mean["ngdiff_gen4"] / mean["ngdiff"],
+        "gen_overhead_ratio_interval10": mean["ngdiff_gen10"] / mean["ngdiff"],
+    }  # fmt: skip
+    result["targets"] = {k: {"target": f"<= {v}", "met": result[k] <= v} for k, v in TARGETS.items()}
+    result |= {
+        "step_times": stats,
+        "memory": memory,
+        "preset": {"name": preset, **PRESETS[preset]},
+        "command": "llm-unlearn " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "bench()",
+        "hardware": _hardware(),
+        "torch_threads": torch.get_num_threads(),
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "date": date.today().isoformat(),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    write_json_atomic(Path(out), result)
+    return result
+
+
+def _hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    import os
+
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def bench_cli(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="llm-unlearn bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", help="JSON file to write (required)")
+    parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--_child", help=argparse.SUPPRESS)
+    parser.add_argument("--_workdir", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._child:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(json.dumps(memory_child(Path(args._workdir), args.preset, args._child)))
+        return
+    if not args.out:
+        raise ValueError("no --out given; pass the JSON file to write, e.g. --out benchmarks/bench_cpu.json")
+    r = bench(args.out, args.preset, args.threads)
+    print(f"\n{'configuration':<24}{'median s':>10}{'mean s':>10}{'q1':>9}{'q3':>9}{'n':>5}")
+    for name, s in r["step_times"].items():
+        print(
+            f"{name:<24}{s['median_s']:>10.4f}{s['mean_s']:>10.4f}{s['q1_s']:>9.4f}{s['q3_s']:>9.4f}{s['n']:>5}"
+        )
+    print()
+    for key in (k for k in r if k.endswith(tuple("0123456789")) or "ratio" in k or "copies" in k):
+        met = r["targets"].get(key)
+        print(
+            f"{key:<46}{r[key]:>8.3f}"
+            + (f"   target {met['target']}: {'met' if met['met'] else 'NOT met'}" if met else "")
+        )
+    print(f"wrote {args.out} ({r['hardware']}, {r['torch_threads']} threads, {r['seconds']} s)")
+
+
+if __name__ == "__main__":
+    bench_cli(sys.argv[1:])
