@@ -21,6 +21,8 @@ script can be stopped and restarted. Writes `<out>.json`, `<out>.md` (table) and
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import math
 import statistics
@@ -52,9 +54,13 @@ GRID = (
 )
 
 
-def plan(seeds: tuple[int, ...]) -> list[dict]:
+def plan(
+    seeds: tuple[int, ...], splits: tuple[str, ...] = ("forget10", "forget05", "forget01")
+) -> list[dict]:
+    """forget10 with every seed, the other splits with the first seed only."""
     runs = []
-    for split, split_seeds in (("forget10", seeds), ("forget05", seeds[:1]), ("forget01", seeds[:1])):
+    for split in splits:
+        split_seeds = seeds if split == "forget10" else seeds[:1]
         for seed in split_seeds:
             for label, method, optimizer, lrs, gen in GRID:
                 for lr in lrs:
@@ -72,10 +78,13 @@ def run_key(r: dict) -> tuple:
 class EvalEachEpoch(TrainerCallback):
     """Evaluate the training model in place at every epoch end (eval mode, then back to train)."""
 
-    def __init__(self, tokenizer, data: DataArgs, reference: dict, sink: list):
+    def __init__(self, tokenizer, data: DataArgs, reference: dict, sink: list, epochs: set[int]):
         self.tokenizer, self.data, self.reference, self.sink = tokenizer, data, reference, sink
+        self.epochs = epochs
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if round(state.epoch) not in self.epochs:
+            return
         result = evaluate(
             model,
             self.tokenizer,
@@ -109,11 +118,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--only", help="run only records whose label equals this")
+    parser.add_argument("--splits", default="forget10,forget05,forget01")
+    parser.add_argument("--eval_epochs", default="2,4", help="epochs evaluated besides the last")
     parser.add_argument("--plan", action="store_true")
     parser.add_argument("--report_only", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
-    runs = plan(tuple(int(s) for s in args.seeds.split(",")))
+    runs = plan(tuple(int(s) for s in args.seeds.split(",")), tuple(args.splits.split(",")))
     if args.only:
         runs = [r for r in runs if r["label"] == args.only]
     state = json.loads(out.read_text()) if out.exists() else {"baseline": {}, "runs": []}
@@ -126,7 +137,8 @@ def main() -> None:
         return
     if todo and not args.report_only:
         execute(todo, state, out, args)
-    write_outputs(state, out, args.size)
+    with _locked(out):
+        write_outputs(json.loads(out.read_text()), out, args.size)
 
 
 def execute(todo: list[dict], state: dict, out: Path, args) -> None:
@@ -145,6 +157,7 @@ def execute(todo: list[dict], state: dict, out: Path, args) -> None:
             "target": {k: target["metrics"][k]["value"] for k in KEYS},
             "retain": {k: reference["metrics"][k]["value"] for k in KEYS if k != "forget_quality"},
         }
+    epochs = {int(e) for e in args.eval_epochs.split(",") if e} | {args.epochs}
     for i, r in enumerate(todo):
         data = DataArgs(data_dir=str(world), forget_split=r["split"])
         per_epoch: list[dict] = []
@@ -169,7 +182,7 @@ def execute(todo: list[dict], state: dict, out: Path, args) -> None:
                 retain_seed=r["seed"],
             ),
             EvalArgs(do_final_eval=False),
-            callbacks=[EvalEachEpoch(tokenizer, data, references[r["split"]], per_epoch)],
+            callbacks=[EvalEachEpoch(tokenizer, data, references[r["split"]], per_epoch, epochs)],
         )
         final = per_epoch[-1]
         record = {
@@ -182,14 +195,28 @@ def execute(todo: list[dict], state: dict, out: Path, args) -> None:
         }
         if r["gen"]:
             record |= gen_summary(run_dir / "train_log.jsonl")
-        state["runs"].append(record)
-        write_json_atomic(out, state)
+        with _locked(out):  # several workers (disjoint --seeds/--splits) may share one file
+            on_disk = json.loads(out.read_text()) if out.exists() else {"baseline": {}, "runs": []}
+            on_disk["baseline"] |= state["baseline"]
+            on_disk["runs"].append(record)
+            write_json_atomic(out, on_disk)
+            state["runs"] = on_disk["runs"]
         print(
             f"[{i + 1}/{len(todo)}] {r['label']:<10} {r['split']} seed {r['seed']} {r['optimizer']:<11} "
             f"lr {r['learning_rate']:<7g} FQ {final['forget_quality']:.3g} MU {final['model_utility']:.3f} "
             f"({record['seconds']} s)",
             flush=True,
         )
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def seed_means(runs: list[dict], split: str) -> list[dict]:

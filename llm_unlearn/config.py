@@ -164,7 +164,7 @@ class UnlearnConfig(TrainingArguments):
             if self.deepspeed:
                 raise ConfigError(
                     "normalized combination (NGDiff) is not supported under DeepSpeed, whose engine clips and "
-                    "steps inside backward; use FSDP or DDP (recipes/accelerate/)"
+                    "steps inside backward; use FSDP2 or DDP (recipes/accelerate/)"
                 )
         if self.retain_loss not in ("nll", "kl"):
             raise ConfigError(f"unknown retain_loss {self.retain_loss!r}; choose nll or kl")

@@ -33,10 +33,16 @@ EPS = 1e-12
 
 
 class NormalizedCombiner:
-    """Per-term gradient accumulators for one optimizer step, and their normalized sum."""
+    """Per-term gradient accumulators for one optimizer step, and their normalized sum.
 
-    def __init__(self, params: list[torch.nn.Parameter]):
+    `sharded=True` is the FSDP mode: backward itself reduce-scatters every micro-batch, so each
+    buffer holds this rank's shard of the rank-averaged gradient; norms and dot products are then
+    sums of local squares all-reduced across ranks, and the buffers are never all-reduced.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], sharded: bool = False):
         self.params = params
+        self.sharded = sharded
         self.buffers: dict[str, list[torch.Tensor]] = {}
 
     def reset(self) -> None:
@@ -70,18 +76,25 @@ class NormalizedCombiner:
         gradients as minimized (for ngdiff cos(-g_F, g_R) = -cos(g_F, g_R), matching `loss_forget` = -NLL), `dropped_terms` (how many had a zero or non-finite norm) and `skipped` (1 when
         all did).
         """
-        if world_size > 1:
+        if world_size > 1 and not self.sharded:
             for buffers in self.buffers.values():
                 for b in buffers:
                     dist.all_reduce(b)
                     b.div_(world_size)
-        norms = {name: _global_norm(buffers) for name, buffers in self.buffers.items()}
-        stats: dict[str, float] = {f"grad_norm_{name}": n for name, n in norms.items()}
         names = list(self.buffers)
+        # Squared norms of every term, then <G_a, G_b> of the first two: one reduction in sharded mode.
+        sums = [_dot(self.buffers[n], self.buffers[n]) for n in names]
+        if len(names) >= 2:
+            sums.append(_dot(self.buffers[names[0]], self.buffers[names[1]]))
+        if self.sharded and world_size > 1:
+            reduced = torch.tensor(sums, dtype=torch.float64)
+            dist.all_reduce(reduced)
+            sums = reduced.tolist()
+        norms = {n: math.sqrt(s) if math.isfinite(s) else float("nan") for n, s in zip(names, sums)}
+        stats: dict[str, float] = {f"grad_norm_{name}": n for name, n in norms.items()}
         if len(names) >= 2:
             a, b = names[:2]
-            dot = sum(float((x.float() * y.float()).sum()) for x, y in zip(self.buffers[a], self.buffers[b]))
-            stats[f"cos_{a}_{b}"] = dot / max(norms[a] * norms[b], EPS)
+            stats[f"cos_{a}_{b}"] = sums[-1] / max(norms[a] * norms[b], EPS)
         kept = [name for name in names if math.isfinite(norms[name]) and norms[name] > EPS]
         stats["dropped_terms"] = float(len(names) - len(kept))
         stats["skipped"] = float(not kept)
@@ -96,6 +109,11 @@ class NormalizedCombiner:
         return stats
 
 
-def _global_norm(tensors: list[torch.Tensor]) -> float:
-    total = sum(float(t.float().pow(2).sum()) for t in tensors)
-    return math.sqrt(total) if math.isfinite(total) else float("nan")
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2 (DTensor) gradient; the tensor itself otherwise."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _dot(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> float:
+    """sum_i <x_i, y_i> over this rank's elements, in fp32 per tensor and fp64 across tensors."""
+    return sum(float((_local(x).float() * _local(y).float()).sum()) for x, y in zip(xs, ys))

@@ -17,6 +17,7 @@ the window mean, however the window is split into micro-batches and ranks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -79,6 +80,13 @@ class UnlearnTrainer(Trainer):
     def __init__(self, *args, retain_dataset, method: Method, reference_model=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.method = method
+        if self.is_fsdp_enabled and self.args.combine == "normalized":
+            version = getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1)
+            if version != 2:
+                raise ValueError(
+                    "normalized combination (NGDiff) under FSDP needs FSDP2, whose sharded gradients it "
+                    "accumulates per term; set fsdp_config version: 2 (or fsdp_version: 2 in the accelerate config)"
+                )
         self.retain_dataset = retain_dataset
         self.reference_model = reference_model
         if reference_model is not None:
@@ -205,15 +213,20 @@ class UnlearnTrainer(Trainer):
     def _normalized_step(self, model, forget, retain, ctx: MethodContext) -> torch.Tensor:
         """Accumulate each term's gradient apart; on the synchronizing micro-batch, combine them.
 
-        Runs inside `no_sync` on every micro-batch: the term buffers are averaged across ranks
-        explicitly in `NormalizedCombiner.combine`, and the Trainer's clipping that follows sees d.
+        Under DDP it runs inside `no_sync` on every micro-batch and the term buffers are averaged
+        across ranks explicitly in `NormalizedCombiner.combine`. Under FSDP backward synchronizes on
+        every micro-batch (reduce-scatter into each term's sharded buffer) and the norms are
+        reduced from the shards. The Trainer's clipping that follows sees d.
         """
+        fsdp = self.is_fsdp_enabled
         if self._combiner is None:
-            self._combiner = NormalizedCombiner([p for p in model.parameters() if p.requires_grad])
+            params = [p for p in model.parameters() if p.requires_grad]
+            self._combiner = NormalizedCombiner(params, sharded=fsdp)
         if self._window_start:
             self._combiner.reset()
             self._window_start = False
-        with self.accelerator.no_sync(model), self.compute_loss_context_manager():
+        sync = contextlib.nullcontext() if fsdp else self.accelerator.no_sync(model)
+        with sync, self.compute_loss_context_manager():
             raw = self.method.fn(model, forget, retain, ctx)
             terms = {name: self._normalize(t) for name, t in raw.items()}
             self._check_finite(terms)

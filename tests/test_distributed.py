@@ -14,7 +14,7 @@ from test_trainer import tiny  # noqa: F401  (module fixture: micro model and da
 HERE = Path(__file__).parent
 
 
-def _run(tiny, out: Path, processes: int, batch_size: int, method: str) -> dict:  # noqa: F811
+def _run(tiny, out: Path, processes: int, batch_size: int, method: str, fsdp: bool = False) -> dict:  # noqa: F811
     script = [
         str(HERE / "_dist_step.py"),
         str(tiny["dir"] / "model"),
@@ -22,6 +22,7 @@ def _run(tiny, out: Path, processes: int, batch_size: int, method: str) -> dict:
         str(out),
         str(batch_size),
         method,
+        *(["fsdp"] if fsdp else []),
     ]
     if processes == 1:
         cmd = [sys.executable, *script]
@@ -44,3 +45,29 @@ def test_two_ranks_of_batch_two_equal_one_rank_of_batch_four(tiny, tmp_path, met
     den = sum(float(single[n].norm() ** 2) for n in single) ** 0.5
     assert den > 0
     assert num / den < 1e-6
+
+
+@pytest.mark.slow
+def test_sharded_combination_under_fsdp2_equals_the_unsharded_direction(tiny, tmp_path):  # noqa: F811
+    """FSDP2 on two CPU ranks: per-term sharded buffers, norms from reduced shard sums, two micro-batches.
+
+    accelerate enables FSDP only on accelerators, so this drives `NormalizedCombiner(sharded=True)`
+    under `fully_shard` directly, the way `UnlearnTrainer` does when `is_fsdp_enabled`.
+    """
+    script = [
+        str(HERE / "_fsdp_combine.py"),
+        str(tiny["dir"] / "model"),
+        str(tiny["data_dir"]),
+        str(tmp_path / "d.pt"),
+    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *script]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import torch
+
+    result = torch.load(tmp_path / "d.pt", weights_only=True)
+    sharded, reference = result["sharded"], result["reference"]
+    assert reference.norm() > 0
+    assert (sharded - reference).norm() / reference.norm() < 1e-6
+    assert result["stats"]["grad_norm_forget"] == pytest.approx(result["norm_forget"], rel=1e-6)
