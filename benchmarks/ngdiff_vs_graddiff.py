@@ -42,13 +42,13 @@ from llm_unlearn.world import WORLD_SIZES, WorldConfig, write_world
 
 KEYS = ("forget_quality", "model_utility", "forget_rouge_l", "forget_fact_recall", "forget_truth_ratio")
 ADAM_LRS = (1e-4, 2e-4, 5e-4, 1e-3)
-SGD_LRS = (0.05, 0.1, 0.2, 0.5)
+SGD_LRS = (0.02, 0.05, 0.07, 0.1, 0.2, 0.5)
 # (label, method, optimizer, learning rates, gen)
 GRID = (
     ("graddiff", "graddiff", "adamw_torch", ADAM_LRS, False),
     ("ngdiff", "ngdiff", "adamw_torch", ADAM_LRS, False),
     ("ngdiff", "ngdiff", "sgd", SGD_LRS, False),
-    ("ngdiff+gen", "ngdiff", "sgd", (0.1, 0.5), True),
+    ("ngdiff+gen", "ngdiff", "sgd", (0.02, 0.05, 0.07, 0.1, 0.5), True),
     ("ngdiff+gen", "ngdiff", "adamw_torch", (2e-4, 1e-3), True),
     ("ga", "ga", "adamw_torch", (2e-5, 5e-5, 1e-4), False),
 )
@@ -98,17 +98,44 @@ class EvalEachEpoch(TrainerCallback):
 
 
 def gen_summary(log_file: Path) -> dict:
-    """Acceptance rate and lr trajectory of GeN from the run's train_log.jsonl."""
+    """GeN's acceptance rate, why fits were rejected, and its lr trajectory, from train_log.jsonl.
+
+    The reason is re-derived from the logged losses: curvature ~ L+ - 2 L0 + L-, slope ~ L+ - L-.
+    """
     rows = [json.loads(line) for line in log_file.read_text().splitlines()]
     probes = [r for r in rows if "gen_accepted" in r]
     lrs = [r["learning_rate"] for r in rows if "learning_rate" in r]
+    curvature = [r["gen_l_plus"] - 2 * r["gen_l0"] + r["gen_l_minus"] for r in probes]
+    slope = [r["gen_l_plus"] - r["gen_l_minus"] for r in probes]
     return {
         "gen_probes": len(probes),
         "gen_acceptance_rate": sum(r["gen_accepted"] for r in probes) / max(1, len(probes)),
+        "gen_rejected_negative_curvature": sum(c < 0 for c in curvature),
+        "gen_rejected_ascent": sum(c >= 0 and b <= 0 for c, b in zip(curvature, slope)),
+        "gen_eta_star_over_eta": [
+            r["gen_eta_star"] / r["learning_rate"] for r in probes if r["gen_accepted"]
+        ],
         "lr_final": lrs[-1] if lrs else None,
         "lr_min": min(lrs) if lrs else None,
         "lr_max": max(lrs) if lrs else None,
     }
+
+
+def refresh_gen(state: dict, run_dirs: list[Path]) -> int:
+    """Recompute the GeN fields of recorded runs from their run folders' logs (matched by config)."""
+    import yaml
+
+    by_key = {run_key(r): r for r in state["runs"] if r["gen"]}
+    n = 0
+    for d in run_dirs:
+        if not (d / "train_log.jsonl").exists():
+            continue
+        c = yaml.safe_load((d / "unlearn_config.yaml").read_text())
+        key = (c["method"], c["forget_split"], c["seed"], c["optim"], c["learning_rate"], c["gen"])
+        if key in by_key:
+            by_key[key] |= gen_summary(d / "train_log.jsonl")
+            n += 1
+    return n
 
 
 def main() -> None:
@@ -122,6 +149,7 @@ def main() -> None:
     parser.add_argument("--eval_epochs", default="2,4", help="epochs evaluated besides the last")
     parser.add_argument("--plan", action="store_true")
     parser.add_argument("--report_only", action="store_true")
+    parser.add_argument("--refresh_gen", nargs="*", default=[], help="run folders whose GeN logs to re-read")
     args = parser.parse_args()
     out = Path(args.out)
     runs = plan(tuple(int(s) for s in args.seeds.split(",")), tuple(args.splits.split(",")))
@@ -131,6 +159,12 @@ def main() -> None:
     done = {run_key(r) for r in state["runs"]}
     todo = [r for r in runs if run_key(r) not in done]
     print(f"{len(runs)} runs planned, {len(runs) - len(todo)} already recorded, {len(todo)} to run")
+    if args.refresh_gen:
+        with _locked(out):
+            state = json.loads(out.read_text())
+            print(f"refreshed GeN fields of {refresh_gen(state, [Path(d) for d in args.refresh_gen])} runs")
+            write_json_atomic(out, state)
+        return
     if args.plan:
         for r in todo:
             print(r)

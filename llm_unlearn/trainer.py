@@ -332,7 +332,8 @@ class UnlearnTrainer(Trainer):
         self._gen_theta0 = None
         fit = self.lr_scheduler.observe(l0, l_minus, l_plus)
         self._step_stats |= {
-            "gen_eta_star": fit.eta_star, "gen_l0": l0, "gen_l_minus": l_minus, "gen_l_plus": l_plus,
+            "gen_eta_star": fit.eta_star, "gen_curvature": fit.curvature, "gen_slope": fit.slope,
+            "gen_l0": l0, "gen_l_minus": l_minus, "gen_l_plus": l_plus,
             "gen_accepted": float(fit.accepted), "gen_acceptance_rate": self.lr_scheduler.accepted / self.lr_scheduler.probes,
         }  # fmt: skip
 

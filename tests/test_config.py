@@ -12,7 +12,9 @@ import yaml
 from llm_unlearn.config import CONFIG_CLASSES, ConfigError, load_yaml, parse_config
 from llm_unlearn.methods import METHODS, get_method, register
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*/*.yaml"))
+ROOT = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = sorted(p for p in ROOT.glob("*/*.yaml") if p.parent.name != "accelerate")
+ACCELERATE_CONFIGS = sorted((ROOT / "accelerate").glob("*.yaml"))
 
 
 def test_field_names_are_unique_across_config_dataclasses():
@@ -56,6 +58,17 @@ def test_every_recipe_starts_with_its_launch_command_and_has_only_known_keys(rec
         load_yaml(recipe, classes=(ModelArgs, DataArgs, FinetuneArgs, TrainingArguments))
     else:
         load_yaml(recipe)
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
+def test_accelerate_configs_load_and_name_their_launch_command(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# accelerate launch --config_file recipes/accelerate/" + path.name)
+    config = ClusterConfig.from_yaml_file(str(path))
+    if config.distributed_type == "FSDP":
+        assert config.fsdp_config["fsdp_version"] == 2  # NGDiff refuses FSDP1
 
 
 def test_unknown_method_suggests_the_closest_name():
