@@ -43,14 +43,16 @@ from llm_unlearn.world import WORLD_SIZES, WorldConfig, write_world
 KEYS = ("forget_quality", "model_utility", "forget_rouge_l", "forget_fact_recall", "forget_truth_ratio")
 ADAM_LRS = (1e-4, 2e-4, 5e-4, 1e-3)
 SGD_LRS = (0.02, 0.05, 0.07, 0.1, 0.2, 0.5)
-# (label, method, optimizer, learning rates, gen)
+# (label, method, optimizer, learning rates, gen, gen_gamma). GeN's default smoothing (0.9) moves
+# eta by at most 10% per probe; the gamma-0.5 rows show what faster adaptation does in short runs.
 GRID = (
-    ("graddiff", "graddiff", "adamw_torch", ADAM_LRS, False),
-    ("ngdiff", "ngdiff", "adamw_torch", ADAM_LRS, False),
-    ("ngdiff", "ngdiff", "sgd", SGD_LRS, False),
-    ("ngdiff+gen", "ngdiff", "sgd", (0.02, 0.05, 0.07, 0.1, 0.5), True),
-    ("ngdiff+gen", "ngdiff", "adamw_torch", (2e-4, 1e-3), True),
-    ("ga", "ga", "adamw_torch", (2e-5, 5e-5, 1e-4), False),
+    ("graddiff", "graddiff", "adamw_torch", ADAM_LRS, False, 0.9),
+    ("ngdiff", "ngdiff", "adamw_torch", ADAM_LRS, False, 0.9),
+    ("ngdiff", "ngdiff", "sgd", SGD_LRS, False, 0.9),
+    ("ngdiff+gen", "ngdiff", "sgd", (0.02, 0.05, 0.07, 0.1, 0.5), True, 0.9),
+    ("ngdiff+gen", "ngdiff", "adamw_torch", (2e-4, 1e-3), True, 0.9),
+    ("ngdiff+gen g0.5", "ngdiff", "sgd", (0.02, 0.05, 0.1), True, 0.5),
+    ("ga", "ga", "adamw_torch", (2e-5, 5e-5, 1e-4), False, 0.9),
 )
 
 
@@ -62,17 +64,25 @@ def plan(
     for split in splits:
         split_seeds = seeds if split == "forget10" else seeds[:1]
         for seed in split_seeds:
-            for label, method, optimizer, lrs, gen in GRID:
+            for label, method, optimizer, lrs, gen, gamma in GRID:
                 for lr in lrs:
                     runs.append(
                         dict(label=label, method=method, split=split, seed=seed, optimizer=optimizer,
-                             learning_rate=lr, gen=gen)
+                             learning_rate=lr, gen=gen, gen_gamma=gamma)
                     )  # fmt: skip
     return runs
 
 
 def run_key(r: dict) -> tuple:
-    return (r["method"], r["split"], r["seed"], r["optimizer"], r["learning_rate"], r["gen"])
+    return (
+        r["method"],
+        r["split"],
+        r["seed"],
+        r["optimizer"],
+        r["learning_rate"],
+        r["gen"],
+        r.get("gen_gamma", 0.9),
+    )
 
 
 class EvalEachEpoch(TrainerCallback):
@@ -131,7 +141,15 @@ def refresh_gen(state: dict, run_dirs: list[Path]) -> int:
         if not (d / "train_log.jsonl").exists():
             continue
         c = yaml.safe_load((d / "unlearn_config.yaml").read_text())
-        key = (c["method"], c["forget_split"], c["seed"], c["optim"], c["learning_rate"], c["gen"])
+        key = (
+            c["method"],
+            c["forget_split"],
+            c["seed"],
+            c["optim"],
+            c["learning_rate"],
+            c["gen"],
+            c["gen_gamma"],
+        )
         if key in by_key:
             by_key[key] |= gen_summary(d / "train_log.jsonl")
             n += 1
@@ -206,6 +224,7 @@ def execute(todo: list[dict], state: dict, out: Path, args) -> None:
                 optim=r["optimizer"],
                 learning_rate=r["learning_rate"],
                 gen=r["gen"],
+                gen_gamma=r.get("gen_gamma", 0.9),
                 num_train_epochs=args.epochs,
                 per_device_train_batch_size=16,
                 lr_scheduler_type="constant",
@@ -291,7 +310,7 @@ def pareto(rows: list[dict]) -> list[dict]:
 
 def verdict(rows: list[dict], target_mu: float) -> dict:
     """The issue's two goals on forget10 seed means, answered from the measurements."""
-    gen = [r for r in rows if r["label"] == "ngdiff+gen"]
+    gen = [r for r in rows if r["label"].startswith("ngdiff+gen")]
     good = [r for r in gen if r["forget_quality"] >= 0.1 and r["model_utility"] >= 0.95 * target_mu]
     undominated = [
         g for g in rows if g["label"] == "graddiff"
@@ -315,6 +334,8 @@ def write_outputs(state: dict, out: Path, size: str) -> None:
         f"# NGDiff vs gradient difference on the built-in world ({size})",
         "",
         "Command: `python benchmarks/ngdiff_vs_graddiff.py` (resumable; see its docstring for the grid).",
+        "Measured 2026-11-27 on the 2-core x86-64 CPU of our workplace (torch 2.13 CPU, fp32), one torch",
+        "thread per run, two workers at a time (`--seeds 0` and `--seeds 1,2 --splits forget10`).",
         "Final weights after the same number of epochs for every run; FQ = forget quality (KS p-value",
         "against the retain-only reference), MU = model utility. Mean +- sd over seeds.",
     ]
@@ -352,11 +373,65 @@ def write_outputs(state: dict, out: Path, size: str) -> None:
         lines += [f"- {k}: {v[k]}" for k in v]
         if split == "forget10":
             plot(rows, base, out.with_suffix(".png"), split)
-            lines += ["", f"![FQ vs MU]({out.with_suffix('.png').name})"]
+            lines += ["", f"![FQ vs MU]({out.with_suffix('.png').name})", ""]
+            lines += trajectory_table(runs, split)
+            lines += gen_table(runs, split)
     state["verdict"] = summary
     write_json_atomic(out, state)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out}, {out.with_suffix('.md')}")
+
+
+def trajectory_table(runs: list[dict], split: str) -> list[str]:
+    """Seed means of FQ / MU after each evaluated epoch: one run's trajectory, not separate runs."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if r["split"] == split:
+            groups.setdefault((_setting(r), r["learning_rate"]), []).append(r)
+    epochs = sorted(set.intersection(*({e["epoch"] for e in r["per_epoch"]} for r in runs)))
+    lines = [
+        "Trajectory (the same runs evaluated after earlier epochs; seed means, FQ / MU):",
+        "",
+        "| setting | lr | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
+        "|---|---|" + "---|" * len(epochs),
+    ]
+    for (setting, lr), rs in sorted(groups.items()):
+        cells = []
+        for e in epochs:
+            points = [p for r in rs for p in r["per_epoch"] if p["epoch"] == e]
+            fq = statistics.fmean(p["forget_quality"] for p in points) if points else math.nan
+            mu = statistics.fmean(p["model_utility"] for p in points) if points else math.nan
+            cells.append(f"{fq:.2g} / {mu:.3f}")
+        lines.append(f"| {setting} | {lr:g} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def gen_table(runs: list[dict], split: str) -> list[str]:
+    """GeN's probes pooled over seeds: how often a fit was accepted, why not, and what it asked for."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if r["split"] == split and r["gen"] and "gen_rejected_ascent" in r:
+            groups.setdefault((_setting(r), r["learning_rate"]), []).append(r)
+    lines = [
+        "",
+        "GeN probes (pooled over seeds): acceptance, rejections by cause, and eta*/eta of accepted fits",
+        "(before GeN's clip to [eta/2, 2 eta] and smoothing):",
+        "",
+        "| setting | lr | probes | accepted | negative curvature | ascent | median eta*/eta | final lr |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (setting, lr), rs in sorted(groups.items()):
+        probes = sum(r["gen_probes"] for r in rs)
+        accepted = sum(round(r["gen_acceptance_rate"] * r["gen_probes"]) for r in rs)
+        ratios = [x for r in rs for x in r["gen_eta_star_over_eta"]]
+        median = f"{statistics.median(ratios):.3g}" if ratios else "-"
+        lines.append(
+            f"| {setting} | {lr:g} | {probes} | {accepted / probes:.2f} | "
+            f"{sum(r['gen_rejected_negative_curvature'] for r in rs) / probes:.2f} | "
+            f"{sum(r['gen_rejected_ascent'] for r in rs) / probes:.2f} | {median} | "
+            f"{statistics.fmean(r['lr_final'] for r in rs):.3g} |"
+        )
+    return lines
 
 
 def plot(rows: list[dict], base: dict, path: Path, split: str) -> None:

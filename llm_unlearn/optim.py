@@ -44,6 +44,7 @@ class NormalizedCombiner:
         self.params = params
         self.sharded = sharded
         self.buffers: dict[str, list[torch.Tensor]] = {}
+        self.shared_graph: bool | None = None  # do the terms share autograd nodes? (found once)
 
     def reset(self) -> None:
         """Start a new optimizer step: drop the previous step's buffers (one of them is `.grad`)."""
@@ -58,11 +59,15 @@ class NormalizedCombiner:
         does not synchronize ranks (`no_sync`); `combine` averages the buffers explicitly.
         """
         names = list(terms)
+        if self.shared_graph is None and len(names) > 1:
+            self.shared_graph = _graphs_overlap([terms[n] for n in names])
         for i, name in enumerate(names):
             buffers = self.buffers.get(name)
             for j, p in enumerate(self.params):
                 p.grad = None if buffers is None else buffers[j]
-            terms[name].backward(retain_graph=i < len(names) - 1)
+            # Terms from separate forward passes (graddiff's) free each graph as its backward runs,
+            # so activations are never held longer than in one backward of their sum.
+            terms[name].backward(retain_graph=bool(self.shared_graph) and i < len(names) - 1)
             self.buffers[name] = [torch.zeros_like(p) if p.grad is None else p.grad for p in self.params]
         for p in self.params:
             p.grad = None
@@ -107,6 +112,27 @@ class NormalizedCombiner:
                 direction.add_(self.buffers[name][j], alpha=weights[name] / norms[name])
             p.grad = direction
         return stats
+
+
+def _graphs_overlap(terms: list[torch.Tensor]) -> bool:
+    """Whether any two terms share an interior autograd node (a common forward pass).
+
+    Parameters' AccumulateGrad nodes are shared by every term and hold no activations, so they do not
+    count. A term computed without gradient (a constant) shares nothing.
+    """
+    seen: set[int] = set()
+    for term in terms:
+        stack, own = [term.grad_fn], set()
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in own or type(node).__name__ == "AccumulateGrad":
+                continue
+            if id(node) in seen:
+                return True
+            own.add(id(node))
+            stack.extend(next_node for next_node, _ in node.next_functions)
+        seen |= own
+    return False
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

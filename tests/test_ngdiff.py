@@ -165,3 +165,21 @@ def test_gen_probes_advance_adamw_once_per_step_and_log_the_fit(tiny, tmp_path, 
 
 def test_gen_run_resumes_from_a_checkpoint_with_the_same_result(tiny, tmp_path):  # noqa: F811
     assert_resume_matches_uninterrupted_run(tiny, tmp_path, method="ngdiff", gen=True, gen_interval=1)
+
+
+def test_terms_from_one_forward_pass_keep_the_graph_and_get_their_own_gradients():
+    from llm_unlearn.optim import NormalizedCombiner
+
+    torch.manual_seed(0)
+    lin, x = torch.nn.Linear(3, 2), torch.randn(4, 3)
+    params = list(lin.parameters())
+    shared = lin(x)
+    combiner = NormalizedCombiner(params)
+    combiner.accumulate({"a": shared.sum(), "b": shared.pow(2).sum()})  # would fail without retain_graph
+    assert combiner.shared_graph is True
+    expected = torch.autograd.grad(lin(x).pow(2).sum(), params)
+    for got, want in zip(combiner.buffers["b"], expected):
+        torch.testing.assert_close(got, want)
+    separate = NormalizedCombiner(params)
+    separate.accumulate({"a": lin(x).sum(), "b": lin(x).pow(2).sum()})  # two forward passes
+    assert separate.shared_graph is False

@@ -7,6 +7,11 @@ retain = (1/N_R) sum_retain -log p(y_t | y_<t) (or the KL to the original model 
 (`llm_unlearn/optim.py`), so forgetting and retaining get equal say whatever their gradient
 scales. Bu, Jin et al., "Unlearning as multi-task optimization: a normalized gradient difference
 approach with an adaptive learning rate" (arXiv 2410.22086).
+
+Optimizer: with `optim: sgd` the step is eta * d, ||d|| <= 2, so eta is a step length over all
+parameters (0.07 to 0.1 on the built-in world's 0.79M-parameter model); with AdamW eta is the usual
+per-coordinate lr and the normalization acts as a per-step re-weighting of the two terms. Both
+beat graddiff's trade-off on the built-in world; see benchmarks/ngdiff_vs_graddiff.md.
 """
 
 from __future__ import annotations
