@@ -16,33 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from transformers import TrainerCallback
-
 from llm_unlearn.config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig
-from llm_unlearn.eval.tofu import add_forget_quality, evaluate
 from llm_unlearn.models import build_default_models
-from llm_unlearn.pipeline import evaluate_path
+from llm_unlearn.pipeline import EpochEvaluator, evaluate_path
 from llm_unlearn.unlearn import unlearn
 from llm_unlearn.world import WORLD_SIZES, WorldConfig, write_world
 
 KEYS = ("forget_quality", "model_utility", "forget_fact_recall", "forget_rouge_l", "forget_truth_ratio")
-
-
-class EvalEachEpoch(TrainerCallback):
-    def __init__(self, tokenizer, data: DataArgs, reference: dict, sink: list):
-        self.tokenizer, self.data, self.reference, self.sink = tokenizer, data, reference, sink
-
-    def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        result = evaluate(
-            model,
-            self.tokenizer,
-            data_dir=self.data.data_dir,
-            forget_split=self.data.forget_split,
-            progress=False,
-        )
-        result = add_forget_quality(result, self.reference)
-        model.train()
-        self.sink.append({"epoch": round(state.epoch), **{k: result["metrics"][k]["value"] for k in KEYS}})
 
 
 def main() -> None:
@@ -93,7 +73,7 @@ def main() -> None:
                     seed=0,
                 ),
                 EvalArgs(do_final_eval=False),
-                callbacks=[EvalEachEpoch(tokenizer, data, reference, per_epoch)],
+                callbacks=[EpochEvaluator(tokenizer, data, reference, per_epoch, KEYS)],
             )
             records.append(
                 {

@@ -30,12 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from transformers import AutoTokenizer, TrainerCallback
+from transformers import AutoTokenizer
 
 from llm_unlearn.config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig
-from llm_unlearn.eval.tofu import add_forget_quality, evaluate
 from llm_unlearn.models import build_default_models
-from llm_unlearn.pipeline import evaluate_path
+from llm_unlearn.pipeline import EpochEvaluator, evaluate_path
 from llm_unlearn.runio import write_json_atomic
 from llm_unlearn.unlearn import unlearn
 from llm_unlearn.world import WORLD_SIZES, WorldConfig, write_world
@@ -83,28 +82,6 @@ def run_key(r: dict) -> tuple:
         r["gen"],
         r.get("gen_gamma", 0.9),
     )
-
-
-class EvalEachEpoch(TrainerCallback):
-    """Evaluate the training model in place at every epoch end (eval mode, then back to train)."""
-
-    def __init__(self, tokenizer, data: DataArgs, reference: dict, sink: list, epochs: set[int]):
-        self.tokenizer, self.data, self.reference, self.sink = tokenizer, data, reference, sink
-        self.epochs = epochs
-
-    def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        if round(state.epoch) not in self.epochs:
-            return
-        result = evaluate(
-            model,
-            self.tokenizer,
-            data_dir=self.data.data_dir,
-            forget_split=self.data.forget_split,
-            progress=False,
-        )
-        result = add_forget_quality(result, self.reference)
-        model.train()
-        self.sink.append({"epoch": round(state.epoch), **{k: result["metrics"][k]["value"] for k in KEYS}})
 
 
 def gen_summary(log_file: Path) -> dict:
@@ -235,7 +212,7 @@ def execute(todo: list[dict], state: dict, out: Path, args) -> None:
                 retain_seed=r["seed"],
             ),
             EvalArgs(do_final_eval=False),
-            callbacks=[EvalEachEpoch(tokenizer, data, references[r["split"]], per_epoch, epochs)],
+            callbacks=[EpochEvaluator(tokenizer, data, references[r["split"]], per_epoch, KEYS, epochs)],
         )
         final = per_epoch[-1]
         record = {

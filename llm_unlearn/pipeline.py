@@ -14,11 +14,40 @@ import time
 from pathlib import Path
 
 import yaml
+from transformers import TrainerCallback
 
 from .config import DataArgs, EvalArgs, ModelArgs
 from .runio import RunError, is_missing_local_path, load_model_and_tokenizer, read_status, require_complete
 
 logger = logging.getLogger("llm_unlearn")
+
+
+class EpochEvaluator(TrainerCallback):
+    """Evaluate the model being trained, in place, at the end of chosen epochs (all by default).
+
+    Forget quality is taken against `reference` (an eval result of the retain-only model); each
+    evaluation appends {"epoch": k, metric: value for metric in `keys`} to `sink`. Used by the
+    sweeps in benchmarks/ to record a run's trajectory without saving a checkpoint per epoch.
+    """
+
+    def __init__(self, tokenizer, data: DataArgs, reference: dict, sink: list, keys, epochs=None):
+        self.tokenizer, self.data, self.reference, self.sink = tokenizer, data, reference, sink
+        self.keys, self.epochs = tuple(keys), epochs
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        from .eval.tofu import add_forget_quality, evaluate
+
+        epoch = round(state.epoch)
+        if self.epochs is not None and epoch not in self.epochs:
+            return
+        result = evaluate(
+            model, self.tokenizer, data_dir=self.data.data_dir, dataset_name=self.data.dataset_name,
+            forget_split=self.data.forget_split, prompt_format=self.data.prompt_format,
+            system_prompt=self.data.system_prompt, progress=False,
+        )  # fmt: skip
+        result = add_forget_quality(result, self.reference)
+        model.train()
+        self.sink.append({"epoch": epoch, **{k: result["metrics"][k]["value"] for k in self.keys}})
 
 
 def default_eval_path(model_path: str, output_dir: str | None) -> Path:

@@ -172,3 +172,29 @@ def test_report_lists_every_model_and_plots_only_those_with_forget_quality(resul
     assert "Not plotted (no forget quality: no reference given): no_reference." in text
     assert (tmp_path / "fq_vs_mu.png").stat().st_size > 0
     assert (tmp_path / "forget_metrics.png").stat().st_size > 0
+
+
+def test_epoch_evaluator_records_the_chosen_epochs_of_a_run(micro_world, micro_models, tmp_path):
+    from transformers import AutoTokenizer
+
+    from llm_unlearn.config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig
+    from llm_unlearn.pipeline import EpochEvaluator, evaluate_path
+    from llm_unlearn.unlearn import unlearn
+
+    data = DataArgs(data_dir=str(micro_world), forget_split="forget10")
+    reference = evaluate_path(str(micro_models["retain"]["forget10"]), data, EvalArgs())
+    sink: list[dict] = []
+    keys = ("forget_quality", "model_utility")
+    evaluator = EpochEvaluator(
+        AutoTokenizer.from_pretrained(micro_models["target"]), data, reference, sink, keys, {2}
+    )
+    unlearn(
+        ModelArgs(model_name_or_path=str(micro_models["target"])),
+        data,
+        UnlearnConfig(output_dir=str(tmp_path / "run"), num_train_epochs=2, per_device_train_batch_size=8,
+                      learning_rate=1e-3, save_strategy="no", disable_tqdm=True, use_cpu=True),
+        EvalArgs(do_final_eval=False),
+        callbacks=[evaluator],
+    )  # fmt: skip
+    assert [row["epoch"] for row in sink] == [2]
+    assert set(sink[0]) == {"epoch", *keys} and 0 <= sink[0]["forget_quality"] <= 1
