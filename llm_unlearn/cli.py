@@ -1,6 +1,6 @@
 """`llm-unlearn`: the command line. It parses arguments and calls the Python API; nothing else.
 
-    llm-unlearn demo                                   # world -> models -> graddiff -> eval -> report
+    llm-unlearn demo                                   # world -> models -> graddiff, ngdiff -> eval -> report
     llm-unlearn world --out DIR [--n_authors N]        # write the built-in TOFU-format world
     llm-unlearn train --config recipes/world/finetune.yaml
     llm-unlearn unlearn --config recipes/world/graddiff.yaml [--key value ...]

@@ -1,12 +1,12 @@
 """`llm-unlearn demo`: the whole story offline, on the built-in world, in minutes on a laptop CPU.
 
 world -> tiny model pretrained on the "known" analogs -> target (all authors) and retain-only
-reference (cached) -> graddiff on forget10 -> eval of all three -> `runs/demo/report.md`,
-`summary.json`, plots. Three checks decide the exit code:
+reference (cached) -> graddiff and ngdiff on forget10 -> eval of all four -> `runs/demo/report.md`,
+`summary.json`, plots. Three checks per unlearned model decide the exit code:
   forget quality(unlearned) >= 100 x forget quality(target)
   forget fact recall(unlearned) <= 0.5 x forget fact recall(target)
   model utility(unlearned) >= 0.8 x model utility(target)
-The unlearning settings below were chosen by the sweep recorded in `benchmarks/demo_sweep.md`.
+The unlearning settings below were chosen by the sweeps recorded in `benchmarks/`.
 """
 
 from __future__ import annotations
@@ -24,19 +24,26 @@ from .runio import write_json_atomic
 logger = logging.getLogger("llm_unlearn")
 
 FORGET_SPLIT = "forget10"
-# Unlearning settings per world size. `default` was chosen by the sweep in benchmarks/demo_sweep.md:
-# with a KL retain term at lr 2e-4, epochs 3 to 6 all pass the checks, and epoch 6 is the first
-# whose forget quality is above 0.05 (indistinguishable from the reference at the usual level).
-_COMMON = dict(method="graddiff", lr_scheduler_type="constant", weight_decay=0.0, seed=0)
-DEMO_UNLEARN: dict[str, dict] = {
-    "default": dict(
-        _COMMON, retain_loss="kl", learning_rate=2e-4, num_train_epochs=6, per_device_train_batch_size=16
-    ),
+# Unlearning settings per world size, one entry per method shown. `default`: graddiff's were chosen
+# by the sweep in benchmarks/demo_sweep.md (KL retain term, lr 2e-4: epoch 6 is the first with
+# forget quality above 0.05); ngdiff's are the best measured setting of the study in
+# benchmarks/ngdiff_vs_graddiff.md (plain SGD on the normalized direction, lr 0.1).
+_COMMON = dict(lr_scheduler_type="constant", weight_decay=0.0, seed=0)
+DEMO_UNLEARN: dict[str, dict[str, dict]] = {
+    "default": {
+        "graddiff": dict(_COMMON, method="graddiff", retain_loss="kl", learning_rate=2e-4, num_train_epochs=6,
+                         per_device_train_batch_size=16),
+        "ngdiff": dict(_COMMON, method="ngdiff", retain_loss="nll", optim="sgd", learning_rate=0.1,
+                       num_train_epochs=6, per_device_train_batch_size=16),
+    },
     # Micro models know nothing worth forgetting; this only exercises the pipeline quickly.
-    "micro": dict(
-        _COMMON, retain_loss="nll", learning_rate=1e-3, num_train_epochs=1, per_device_train_batch_size=8
-    ),
-}
+    "micro": {
+        "graddiff": dict(_COMMON, method="graddiff", retain_loss="nll", learning_rate=1e-3, num_train_epochs=1,
+                         per_device_train_batch_size=8),
+        "ngdiff": dict(_COMMON, method="ngdiff", retain_loss="nll", optim="sgd", learning_rate=0.1,
+                       num_train_epochs=1, per_device_train_batch_size=8),
+    },
+}  # fmt: skip
 CHECKS = (
     ("forget_quality", ">=", 100.0, "forget quality rises at least 100x"),
     ("forget_fact_recall", "<=", 0.5, "forget fact recall at most halves"),
@@ -98,15 +105,17 @@ def demo(
 
     data = DataArgs(data_dir=str(world_dir), forget_split=FORGET_SPLIT)
     eval_args = EvalArgs()
-    settings = DEMO_UNLEARN[size]
-    method = settings["method"]
+    methods = DEMO_UNLEARN[size]
     t = time.perf_counter()
-    run_dir = unlearn(
-        ModelArgs(model_name_or_path=str(models["target"])),
-        data,
-        UnlearnConfig(output_dir=str(out / method), disable_tqdm=True, save_strategy="no", **settings),
-        eval_args,
-    )
+    run_dirs = {
+        name: unlearn(
+            ModelArgs(model_name_or_path=str(models["target"])),
+            data,
+            UnlearnConfig(output_dir=str(out / name), disable_tqdm=True, save_strategy="no", **settings),
+            eval_args,
+        )
+        for name, settings in methods.items()
+    }
     stage("unlearn", t)
 
     t = time.perf_counter()
@@ -117,24 +126,24 @@ def demo(
     results = {
         "target": evaluate_path(str(models["target"]), data, eval_args, reference=str(reference_file)),
         "retain": load_eval(reference_file),
-        method: evaluate_path(str(run_dir), data, eval_args, reference=str(reference_file)),
     }
     write_eval(results["target"], out / "target" / "eval.json")
-    write_eval(results[method], run_dir / "eval.json")
+    for name, run_dir in run_dirs.items():
+        results[name] = evaluate_path(str(run_dir), data, eval_args, reference=str(reference_file))
+        write_eval(results[name], run_dir / "eval.json")
     stage("eval", t)
 
-    checks = run_checks(results["target"], results[method])
+    checks = {name: run_checks(results["target"], results[name]) for name in methods}
     t = time.perf_counter()
-    write_report(
-        results, out, title=f"llm-unlearn demo: {method} on {FORGET_SPLIT} of the built-in world ({size})"
-    )
+    title = f"llm-unlearn demo: {' and '.join(methods)} on {FORGET_SPLIT} of the built-in world ({size})"
+    write_report(results, out, title=title)
     stage("report", t)
     summary = {
         **{name: {k: v["value"] for k, v in r["metrics"].items()} for name, r in results.items()},
         "checks": checks,
-        "passed": all(c["passed"] for c in checks),
+        "passed": all(c["passed"] for cs in checks.values() for c in cs),
         "stage_seconds": times,
-        "settings": {"size": size, "forget_split": FORGET_SPLIT, **settings},
+        "settings": {"size": size, "forget_split": FORGET_SPLIT, "methods": methods},
     }
     write_json_atomic(out / "summary.json", summary)
     _print_summary(summary, results)
@@ -153,11 +162,12 @@ def _print_summary(summary: dict, results: dict) -> None:
     ):
         print(f"{metric:<22}" + "".join(f"{results[n]['metrics'][metric]['value']:>14.4g}" for n in names))
     print()
-    for c in summary["checks"]:
-        print(
-            f"{'PASS' if c['passed'] else 'FAIL'}  {c['what']}: target {c['target']:.3g}, unlearned {c['unlearned']:.3g}"
-            f" ({c['rule']})"
-        )
+    for name, checks in summary["checks"].items():
+        for c in checks:
+            print(
+                f"{'PASS' if c['passed'] else 'FAIL'}  {name}: {c['what']}: target {c['target']:.3g}, "
+                f"unlearned {c['unlearned']:.3g} ({c['rule']})"
+            )
     print(f"stage seconds: {summary['stage_seconds']}")
 
 

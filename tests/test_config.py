@@ -94,11 +94,12 @@ def test_every_method_has_a_paper_summary_and_docstring(name):
     assert "arXiv" in (method.fn.__module__ and __import__(method.fn.__module__, fromlist=["x"]).__doc__)
 
 
-def test_world_graddiff_recipe_uses_the_demo_settings():
+@pytest.mark.parametrize("method", ["graddiff", "ngdiff"])
+def test_world_recipes_use_the_demo_settings(method):
     from llm_unlearn.demo import DEMO_UNLEARN
 
-    recipe = load_yaml(Path(__file__).resolve().parents[1] / "recipes" / "world" / "graddiff.yaml")
-    for key, value in DEMO_UNLEARN["default"].items():
+    recipe = load_yaml(ROOT / "world" / f"{method}.yaml")
+    for key, value in DEMO_UNLEARN["default"][method].items():
         assert recipe[key] == value, key
 
 

@@ -9,22 +9,19 @@ import pytest
 from llm_unlearn.demo import demo
 
 
-def _assert_demo_outputs(out, method="graddiff"):
+def _assert_demo_outputs(out, methods=("graddiff", "ngdiff")):
     summary = json.loads((out / "summary.json").read_text())
-    for name in ("target", "retain", method):
+    for name in ("target", "retain", *methods):
         assert {"forget_quality", "model_utility", "forget_fact_recall"} <= summary[name].keys()
-    for folder in ("target", "retain", method):
-        assert "metrics" in json.loads((out / folder / "eval.json").read_text())
-    assert json.loads((out / method / "status.json").read_text())["state"] == "complete"
-    assert [c["metric"] for c in summary["checks"]] == [
-        "forget_quality",
-        "forget_fact_recall",
-        "model_utility",
-    ]
-    assert all(isinstance(c["passed"], bool) for c in summary["checks"])
-    assert summary["passed"] == all(c["passed"] for c in summary["checks"])
+        assert "metrics" in json.loads((out / name / "eval.json").read_text())
+    for method in methods:
+        assert json.loads((out / method / "status.json").read_text())["state"] == "complete"
+        checks = summary["checks"][method]
+        assert [c["metric"] for c in checks] == ["forget_quality", "forget_fact_recall", "model_utility"]
+        assert all(isinstance(c["passed"], bool) for c in checks)
+    assert summary["passed"] == all(c["passed"] for m in methods for c in summary["checks"][m])
     report = (out / "report.md").read_text()
-    assert "forget_quality" in report and "fq_vs_mu.png" in report
+    assert "forget_quality" in report and "fq_vs_mu.png" in report and all(m in report for m in methods)
     assert (out / "fq_vs_mu.png").stat().st_size > 0
     assert summary["retain"]["forget_quality"] == pytest.approx(1.0)
     return summary
