@@ -295,7 +295,7 @@ def verdict(rows: list[dict], target_mu: float) -> dict:
     ]  # fmt: skip
     return {
         "ngdiff_gen_reaches_fq_0.1_and_mu_0.95_target": bool(good),
-        "ngdiff_gen_settings_meeting_it": [f"{r['optimizer']} lr {r['learning_rate']:g}" for r in good],
+        "ngdiff_gen_settings_meeting_it": [f"{_setting(r)} lr {r['learning_rate']:g}" for r in good],
         "every_graddiff_setting_matched_by_ngdiff_gen": not undominated,
         "graddiff_settings_not_matched": [f"lr {r['learning_rate']:g}" for r in undominated],
     }
