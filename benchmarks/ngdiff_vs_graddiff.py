@@ -249,14 +249,19 @@ def _locked(path: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def seed_means(runs: list[dict], split: str) -> list[dict]:
-    """One row per setting on `split`: mean and spread over seeds of each headline metric."""
+def by_setting(runs: list[dict], split: str) -> dict[tuple, list[dict]]:
+    """The runs on `split` grouped by setting (label, optimizer, learning rate): one list of seeds each."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         if r["split"] == split:
             groups.setdefault((r["label"], r["optimizer"], r["learning_rate"]), []).append(r)
+    return groups
+
+
+def seed_means(runs: list[dict], split: str) -> list[dict]:
+    """One row per setting on `split`: mean and spread over seeds of each headline metric."""
     rows = []
-    for (label, optimizer, lr), rs in groups.items():
+    for (label, optimizer, lr), rs in by_setting(runs, split).items():
         row = {"label": label, "optimizer": optimizer, "learning_rate": lr, "n_seeds": len(rs)}
         for k in KEYS:
             values = [x[k] for x in rs]
@@ -361,10 +366,6 @@ def write_outputs(state: dict, out: Path, size: str) -> None:
 
 def trajectory_table(runs: list[dict], split: str) -> list[str]:
     """Seed means of FQ / MU after each evaluated epoch: one run's trajectory, not separate runs."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        if r["split"] == split:
-            groups.setdefault((_setting(r), r["learning_rate"]), []).append(r)
     epochs = sorted(set.intersection(*({e["epoch"] for e in r["per_epoch"]} for r in runs)))
     lines = [
         "Trajectory (the same runs evaluated after earlier epochs; seed means, FQ / MU):",
@@ -372,23 +373,20 @@ def trajectory_table(runs: list[dict], split: str) -> list[str]:
         "| setting | lr | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
         "|---|---|" + "---|" * len(epochs),
     ]
-    for (setting, lr), rs in sorted(groups.items()):
+    for (*_, lr), rs in sorted(by_setting(runs, split).items()):
         cells = []
         for e in epochs:
             points = [p for r in rs for p in r["per_epoch"] if p["epoch"] == e]
             fq = statistics.fmean(p["forget_quality"] for p in points) if points else math.nan
             mu = statistics.fmean(p["model_utility"] for p in points) if points else math.nan
             cells.append(f"{fq:.2g} / {mu:.3f}")
-        lines.append(f"| {setting} | {lr:g} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_setting(rs[0])} | {lr:g} | " + " | ".join(cells) + " |")
     return lines
 
 
 def gen_table(runs: list[dict], split: str) -> list[str]:
     """GeN's probes pooled over seeds: how often a fit was accepted, why not, and what it asked for."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        if r["split"] == split and r["gen"] and "gen_rejected_ascent" in r:
-            groups.setdefault((_setting(r), r["learning_rate"]), []).append(r)
+    gen_runs = [r for r in runs if r["gen"] and "gen_rejected_ascent" in r]
     lines = [
         "",
         "GeN probes (pooled over seeds): acceptance, rejections by cause, and eta*/eta of accepted fits",
@@ -397,13 +395,13 @@ def gen_table(runs: list[dict], split: str) -> list[str]:
         "| setting | lr | probes | accepted | negative curvature | ascent | median eta*/eta | final lr |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for (setting, lr), rs in sorted(groups.items()):
+    for (*_, lr), rs in sorted(by_setting(gen_runs, split).items()):
         probes = sum(r["gen_probes"] for r in rs)
         accepted = sum(round(r["gen_acceptance_rate"] * r["gen_probes"]) for r in rs)
         ratios = [x for r in rs for x in r["gen_eta_star_over_eta"]]
         median = f"{statistics.median(ratios):.3g}" if ratios else "-"
         lines.append(
-            f"| {setting} | {lr:g} | {probes} | {accepted / probes:.2f} | "
+            f"| {_setting(rs[0])} | {lr:g} | {probes} | {accepted / probes:.2f} | "
             f"{sum(r['gen_rejected_negative_curvature'] for r in rs) / probes:.2f} | "
             f"{sum(r['gen_rejected_ascent'] for r in rs) / probes:.2f} | {median} | "
             f"{statistics.fmean(r['lr_final'] for r in rs):.3g} |"

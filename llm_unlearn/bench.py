@@ -104,21 +104,16 @@ def _trainer_class():
 
 def prepare(workdir: Path, preset: str) -> Path:
     """Write the micro world, a tokenizer and a randomly initialised model of the preset's size."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from .models import TOKENIZER_SETTINGS, _world_texts
-    from .tiny import train_tokenizer
+    from .tiny import tiny_llama_config, train_tokenizer
     from .world import WORLD_SIZES, WorldConfig, write_world
 
     world = write_world(workdir / "world", WorldConfig(**WORLD_SIZES["micro"]))
     tokenizer = train_tokenizer(_world_texts(world), **TOKENIZER_SETTINGS)
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=256, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **PRESETS[preset]["model"],
-    )  # fmt: skip
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(tiny_llama_config(tokenizer, PRESETS[preset]["model"]))
     model.save_pretrained(workdir / "model")
     tokenizer.save_pretrained(workdir / "model")
     return workdir

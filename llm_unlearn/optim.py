@@ -55,8 +55,9 @@ class NormalizedCombiner:
 
         The term's buffer is lent to the parameters as `.grad` for its backward pass, so autograd
         accumulates into it in place (or creates it, on the first micro-batch): no transient copy of
-        the whole gradient, as `torch.autograd.grad` would return. Callers run this where backward
-        does not synchronize ranks (`no_sync`); `combine` averages the buffers explicitly.
+        the whole gradient, as `torch.autograd.grad` would return. Under DDP callers run this where
+        backward does not synchronize ranks (`no_sync`) and `combine` averages the buffers; in
+        sharded (FSDP) mode backward's own reduce-scatter fills each term's shard.
         """
         names = list(terms)
         if self.shared_graph is None and len(names) > 1:

@@ -84,10 +84,13 @@ def train_tokenizer(
 
 
 def tiny_llama_config(
-    tokenizer: PreTrainedTokenizerFast, size: str = "default", max_position_embeddings: int = 256
+    tokenizer: PreTrainedTokenizerFast, size: str | dict = "default", max_position_embeddings: int = 256
 ) -> LlamaConfig:
-    """A Llama config sized by name (`MODEL_SIZES`), with the tokenizer's special ids and tied embeddings."""
-    if size not in MODEL_SIZES:
+    """A Llama config with the tokenizer's special ids and tied embeddings.
+
+    `size` names an entry of `MODEL_SIZES`, or gives the dimensions directly (the benchmark's model).
+    """
+    if isinstance(size, str) and size not in MODEL_SIZES:
         raise ValueError(f"unknown model size {size!r}; choose one of {', '.join(MODEL_SIZES)}")
     return LlamaConfig(
         vocab_size=len(tokenizer),
@@ -96,7 +99,7 @@ def tiny_llama_config(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **MODEL_SIZES[size],
+        **(MODEL_SIZES[size] if isinstance(size, str) else size),
     )
 
 
