@@ -16,6 +16,10 @@ kept in `per_epoch` (a trajectory, not separate runs).
 
 Each finished run is appended to the JSON at once, and a rerun skips runs already there, so the
 script can be stopped and restarted. Writes `<out>.json`, `<out>.md` (table) and `<out>.png`.
+
+GeN rows recorded before GeN probed on fresh batches in eval mode (2026-11-27: probes on the step's
+own micro-batches, a train-mode L0) carry no `gen_probe` field; they are kept, shown as
+"(old probes)" beside the current rows, and left out of the verdict.
 """
 
 from __future__ import annotations
@@ -55,6 +59,15 @@ GRID = (
 )
 
 
+def gen_probe(r: dict) -> str | None:
+    """How a run's GeN probed: "fresh" (current) or "own_batch" (records from before the fix)."""
+    return r.get("gen_probe", "own_batch") if r["gen"] else None
+
+
+def display_label(r: dict) -> str:
+    return r["label"] + (" (old probes)" if gen_probe(r) == "own_batch" else "")
+
+
 def plan(
     seeds: tuple[int, ...], splits: tuple[str, ...] = ("forget10", "forget05", "forget01")
 ) -> list[dict]:
@@ -67,7 +80,7 @@ def plan(
                 for lr in lrs:
                     runs.append(
                         dict(label=label, method=method, split=split, seed=seed, optimizer=optimizer,
-                             learning_rate=lr, gen=gen, gen_gamma=gamma)
+                             learning_rate=lr, gen=gen, gen_gamma=gamma, **({"gen_probe": "fresh"} if gen else {}))
                     )  # fmt: skip
     return runs
 
@@ -81,6 +94,7 @@ def run_key(r: dict) -> tuple:
         r["learning_rate"],
         r["gen"],
         r.get("gen_gamma", 0.9),
+        gen_probe(r),
     )
 
 
@@ -88,6 +102,7 @@ def gen_summary(log_file: Path) -> dict:
     """GeN's acceptance rate, why fits were rejected, and its lr trajectory, from train_log.jsonl.
 
     The reason is re-derived from the logged losses: curvature ~ L+ - 2 L0 + L-, slope ~ L+ - L-.
+    Each probe has its own record, with the lr it probed at (`gen_lr`).
     """
     rows = [json.loads(line) for line in log_file.read_text().splitlines()]
     probes = [r for r in rows if "gen_accepted" in r]
@@ -99,9 +114,7 @@ def gen_summary(log_file: Path) -> dict:
         "gen_acceptance_rate": sum(r["gen_accepted"] for r in probes) / max(1, len(probes)),
         "gen_rejected_negative_curvature": sum(c < 0 for c in curvature),
         "gen_rejected_ascent": sum(c >= 0 and b <= 0 for c, b in zip(curvature, slope)),
-        "gen_eta_star_over_eta": [
-            r["gen_eta_star"] / r["learning_rate"] for r in probes if r["gen_accepted"]
-        ],
+        "gen_eta_star_over_eta": [r["gen_eta_star"] / r["gen_lr"] for r in probes if r["gen_accepted"]],
         "lr_final": lrs[-1] if lrs else None,
         "lr_min": min(lrs) if lrs else None,
         "lr_max": max(lrs) if lrs else None,
@@ -254,7 +267,7 @@ def by_setting(runs: list[dict], split: str) -> dict[tuple, list[dict]]:
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         if r["split"] == split:
-            groups.setdefault((r["label"], r["optimizer"], r["learning_rate"]), []).append(r)
+            groups.setdefault((display_label(r), r["optimizer"], r["learning_rate"]), []).append(r)
     return groups
 
 
@@ -292,7 +305,7 @@ def pareto(rows: list[dict]) -> list[dict]:
 
 def verdict(rows: list[dict], target_mu: float) -> dict:
     """The issue's two goals on forget10 seed means, answered from the measurements."""
-    gen = [r for r in rows if r["label"].startswith("ngdiff+gen")]
+    gen = [r for r in rows if r["label"].startswith("ngdiff+gen") and "old probes" not in r["label"]]
     good = [r for r in gen if r["forget_quality"] >= 0.1 and r["model_utility"] >= 0.95 * target_mu]
     undominated = [
         g for g in rows if g["label"] == "graddiff"
@@ -307,7 +320,9 @@ def verdict(rows: list[dict], target_mu: float) -> dict:
 
 
 def _setting(r: dict) -> str:
-    return f"{r['label']} ({'sgd' if r['optimizer'] == 'sgd' else 'adamw'})"
+    """A seed-mean row's label, or a recorded run's (which says whether its GeN probes were the old ones)."""
+    label = display_label(r) if "gen" in r else r["label"]
+    return f"{label} ({'sgd' if r['optimizer'] == 'sgd' else 'adamw'})"
 
 
 def write_outputs(state: dict, out: Path, size: str) -> None:
@@ -316,8 +331,9 @@ def write_outputs(state: dict, out: Path, size: str) -> None:
         f"# NGDiff vs gradient difference on the built-in world ({size})",
         "",
         "Command: `python benchmarks/ngdiff_vs_graddiff.py` (resumable; see its docstring for the grid).",
-        "Measured 2026-11-27 on the 2-core x86-64 CPU of our workplace (torch 2.13 CPU, fp32), one torch",
-        "thread per run, two workers at a time (`--seeds 0` and `--seeds 1,2 --splits forget10`).",
+        "Measured on the 2-core x86-64 CPU of our workplace (torch 2.13 CPU, fp32), one torch thread per",
+        'run: the non-GeN and "(old probes)" rows on 2026-11-27 (two workers at a time), the current',
+        "GeN rows (fresh probe batches, eval mode) on 2026-12-01 (`--only ngdiff+gen`, forget10).",
         "Final weights after the same number of epochs for every run; FQ = forget quality (KS p-value",
         "against the retain-only reference), MU = model utility. Mean +- sd over seeds.",
     ]
@@ -358,6 +374,7 @@ def write_outputs(state: dict, out: Path, size: str) -> None:
             lines += ["", f"![FQ vs MU]({out.with_suffix('.png').name})", ""]
             lines += trajectory_table(runs, split)
             lines += gen_table(runs, split)
+            lines += gen_before_after(runs, split)
     state["verdict"] = summary
     write_json_atomic(out, state)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -406,6 +423,43 @@ def gen_table(runs: list[dict], split: str) -> list[str]:
             f"{sum(r['gen_rejected_ascent'] for r in rs) / probes:.2f} | {median} | "
             f"{statistics.fmean(r['lr_final'] for r in rs):.3g} |"
         )
+    return lines
+
+
+def gen_before_after(runs: list[dict], split: str) -> list[str]:
+    """Old (own-batch, train-mode L0) vs current (fresh, eval-mode) GeN probes, setting by setting."""
+    groups = by_setting([r for r in runs if r["gen"]], split)
+    lines = [
+        "",
+        "GeN before and after the probe fix (seed means; `old` = probes on the step's own batches with a",
+        "train-mode L0, `new` = fresh probe batches, all three losses in eval mode):",
+        "",
+        "| setting | lr | accepted old / new | median eta*/eta old / new | final lr old / new | "
+        "FQ old / new | MU old / new |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(rs, fn, fmt):
+        return format(fn(rs), fmt) if rs else "-"
+
+    def median_ratio(rs):
+        ratios = [x for r in rs for x in r["gen_eta_star_over_eta"]]
+        return statistics.median(ratios) if ratios else math.nan
+
+    for (label, optimizer, lr), new in sorted(groups.items()):
+        if "old probes" in label:
+            continue
+        old = groups.get((label + " (old probes)", optimizer, lr), [])
+        parts = []
+        for fn, fmt in (
+            (lambda rs: statistics.fmean(r["gen_acceptance_rate"] for r in rs), ".2f"),
+            (median_ratio, ".3g"),
+            (lambda rs: statistics.fmean(r["lr_final"] for r in rs), ".3g"),
+            (lambda rs: statistics.fmean(r["forget_quality"] for r in rs), ".3g"),
+            (lambda rs: statistics.fmean(r["model_utility"] for r in rs), ".3f"),
+        ):
+            parts.append(f"{cell(old, fn, fmt)} / {cell(new, fn, fmt)}")
+        lines.append(f"| {_setting(new[0])} | {lr:g} | " + " | ".join(parts) + " |")
     return lines
 
 

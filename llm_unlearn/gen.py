@@ -14,12 +14,21 @@ and L+ at theta0 + eta*Delta (its mirror image). Substituting s = eta and s = -e
         eta* = B / A = (eta/2) * (L+ - L-) / (L+ - 2*L0 + L-).
 
 eta* is accepted only where the model has a minimum in the descent direction (A > 0, B > 0); then
-eta <- gamma*eta + (1 - gamma)*scale*clip(eta*, eta/2, 2*eta). A rejected fit keeps eta; a failed one
-(non-finite loss or |A| below a tolerance) halves it.
+the next lr is gamma*lr + (1 - gamma)*scale*clip(eta*, lr/2, 2*lr), with `scale` the usual schedule's
+factor at the probed step, so a decaying schedule still decays (its factor scales GeN's target).
+A failed fit (non-finite loss or |A| below a tolerance) halves the lr.
 
-Our choices, not the paper's text: the probes reuse the step's own micro-batches and take the one real
-`optimizer.step()` as the descent probe, so the optimizer state advances once per step (the
-reference code steps twice on probe steps); theta1 is restored from a stored copy, never by arithmetic.
+Our choices, not the paper's text:
+- between probes, and after a rejected fit, the lr follows the schedule from GeN's last estimate
+  (lr_t = eta_GeN * factor(t)); a constant schedule keeps it, as the paper's "keep eta" does;
+- the probes run on fresh batches, not the step's own (a fit on the batch the step was computed from
+  has slope ~||Delta||^2 by construction and asks for far too large an lr): the trainer draws them
+  from a probe stream that is a pure function of (seed, step), and all three losses come from
+  forwards in eval mode;
+- the one real `optimizer.step()` is the descent probe, so the optimizer state advances once per step
+  (the reference code steps twice on probe steps); theta1 is restored from a stored copy, never by
+  arithmetic;
+- a step skipped because every gradient was zero is not a probe.
 """
 
 from __future__ import annotations
@@ -141,20 +150,33 @@ class GenScheduler(LRScheduler):
         return step % self.interval == 0 and self.factor(step) > 0
 
     def observe(self, l0: float, l_minus: float, l_plus: float) -> GenFit:
-        """Fit the probed step and update every group's eta by the same ratio.
+        """Fit the probed step (index `last_epoch`) and set the lr of the steps that follow.
+
+        Accepted: the next step's lr is exactly gamma*lr + (1 - gamma)*scale*factor(t)*clip(eta*, lr/2, 2 lr)
+        (`update_lr` with the schedule's factor at the probed step t as its scale); the estimate
+        eta_GeN is stored in units of the schedule, so later steps follow the schedule from it.
+        Rejected: eta_GeN is kept. Failed: eta_GeN is halved.
 
         The displacement is the sum over groups of lr_i*Delta_i, so the probes measure one multiplier
-        for the whole step; the fit is expressed in units of the largest group lr and every eta_i is
-        scaled by the ratio update_lr gives for that lr (update_lr is homogeneous in eta).
+        for the whole step; the fit is expressed in units of the largest group lr and every group is
+        scaled by the same ratio (update_lr is homogeneous in eta).
         """
         lr = max(float(group["lr"]) for group in self.optimizer.param_groups)
         if lr <= 0:
             raise ValueError(
                 "GeN cannot fit a step taken at lr 0: probe only where should_probe(step) is True"
             )
+        step = self.last_epoch
         fit = fit_step(lr, l0, l_minus, l_plus, self.tol)
-        ratio = update_lr(lr, fit, self.gamma, self.scale) / lr
-        self.etas = [eta * ratio for eta in self.etas]
+        if fit.accepted:
+            next_lr = update_lr(lr, fit, self.gamma, self.scale * self.factor(step))
+            next_factor = self.factor(step + 1)
+            if next_factor > 0:
+                # eta_i * factor(step) is the lr group i just used; the next lr is that times next_lr/lr.
+                ratio = next_lr / lr * self.factor(step) / next_factor
+                self.etas = [eta * ratio for eta in self.etas]
+        elif fit.reason == "fit_failed":
+            self.etas = [eta / 2.0 for eta in self.etas]
         self.probes += 1
         self.accepted += int(fit.accepted)
         self.last_fit = {"lr": lr, "l0": l0, "l_minus": l_minus, "l_plus": l_plus, **asdict(fit)}
@@ -172,7 +194,7 @@ def probe_losses(
 
     `theta0` holds clones of `params` taken before `optimizer.step()`; it is used as scratch and holds
     theta1 on return, so the probe costs one parameter copy in all. The caller's `loss_fn` evaluates
-    the step's own micro-batches in eval mode (dropout off) and returns a float; under DDP it averages
+    the probe batches in eval mode (dropout off), as for L0, and returns a float; under DDP it averages
     the loss across ranks so that every rank fits the same eta.
     """
     l_minus = float(loss_fn())

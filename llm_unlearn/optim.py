@@ -20,10 +20,17 @@ Choices (ours where the paper is silent):
 Each term's backward accumulates into that term's own buffer (NGDiff: two buffers, i.e. one
 gradient copy more than ordinary training, and the combined direction is written into one of them),
 and the buffers are averaged across ranks explicitly.
+
+FSDP2 and gradient accumulation: HF Trainer runs every micro-batch but the last of a window inside
+`no_sync`, which for FSDP2 is `set_requires_gradient_sync(False)`: gradients then pile up in FSDP's
+own unsharded buffers, where swapping `.grad` per term cannot keep the terms apart. In sharded mode
+every term's backward therefore runs with gradient sync forced on (`gradient_sync_forced`), so each
+micro-batch is reduce-scattered into that term's sharded buffer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -40,9 +47,16 @@ class NormalizedCombiner:
     sums of local squares all-reduced across ranks, and the buffers are never all-reduced.
     """
 
-    def __init__(self, params: list[torch.nn.Parameter], sharded: bool = False):
+    def __init__(
+        self, params: list[torch.nn.Parameter], sharded: bool = False, module: torch.nn.Module | None = None
+    ):
+        if sharded and module is None:
+            raise ValueError(
+                "sharded (FSDP2) combination needs the FSDP-wrapped module, to force gradient sync"
+            )
         self.params = params
         self.sharded = sharded
+        self.module = module
         self.buffers: dict[str, list[torch.Tensor]] = {}
         self.shared_graph: bool | None = None  # do the terms share autograd nodes? (found once)
 
@@ -66,9 +80,11 @@ class NormalizedCombiner:
             buffers = self.buffers.get(name)
             for j, p in enumerate(self.params):
                 p.grad = None if buffers is None else buffers[j]
+            sync = gradient_sync_forced(self.module) if self.sharded else contextlib.nullcontext()
             # Terms from separate forward passes (graddiff's) free each graph as its backward runs,
             # so activations are never held longer than in one backward of their sum.
-            terms[name].backward(retain_graph=bool(self.shared_graph) and i < len(names) - 1)
+            with sync:
+                terms[name].backward(retain_graph=bool(self.shared_graph) and i < len(names) - 1)
             self.buffers[name] = [torch.zeros_like(p) if p.grad is None else p.grad for p in self.params]
         for p in self.params:
             p.grad = None
@@ -115,6 +131,30 @@ class NormalizedCombiner:
         return stats
 
 
+@contextlib.contextmanager
+def gradient_sync_forced(module: torch.nn.Module):
+    """FSDP2: reduce-scatter gradients in this block even inside `no_sync`; restore each group's flags after.
+
+    `FSDPModule.set_requires_gradient_sync` has no getter, so the flags it sets are read off the
+    parameter groups to put back exactly what the caller (Trainer's `no_sync`) had chosen.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    saved = []
+    for m in module.modules():
+        if isinstance(m, FSDPModule):
+            for group in m._get_fsdp_state()._fsdp_param_groups:
+                saved.append((group, group.reduce_grads, group.all_reduce_grads))
+                group.reduce_grads = group.all_reduce_grads = True
+    if not saved:
+        raise ValueError("sharded combination needs a module wrapped by FSDP2 (fully_shard)")
+    try:
+        yield
+    finally:
+        for group, reduce_grads, all_reduce_grads in saved:
+            group.reduce_grads, group.all_reduce_grads = reduce_grads, all_reduce_grads
+
+
 def _graphs_overlap(terms: list[torch.Tensor]) -> bool:
     """Whether any two terms share an interior autograd node (a common forward pass).
 
@@ -136,11 +176,11 @@ def _graphs_overlap(terms: list[torch.Tensor]) -> bool:
     return False
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
+def local_shard(t: torch.Tensor) -> torch.Tensor:
     """This rank's shard of an FSDP2 (DTensor) gradient; the tensor itself otherwise."""
     return t.to_local() if hasattr(t, "to_local") else t
 
 
 def _dot(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> float:
     """sum_i <x_i, y_i> over this rank's elements, in fp32 per tensor and fp64 across tensors."""
-    return sum(float((_local(x).float() * _local(y).float()).sum()) for x, y in zip(xs, ys))
+    return sum(float((local_shard(x).float() * local_shard(y).float()).sum()) for x, y in zip(xs, ys))

@@ -1,10 +1,10 @@
 """`UnlearnTrainer`: a `transformers.Trainer` that trains on a forget stream and a retain stream.
 
 The forget loader is Trainer's own train loader and drives the epoch (one epoch = one pass over
-the forget set). The retain stream cycles for as long as the forget loader runs: retain micro-batch
-k of this rank is global batch g = k * world_size + rank, taken from cycle floor(g / n) at position
-g mod n of a permutation that is a pure function of (retain_seed, cycle). Ranks see disjoint
-batches, and resuming needs no retain state beyond the optimizer step count.
+the forget set). The retain stream (`streams.RetainStream`) cycles for as long as the forget loader
+runs; it is a pure function of (retain_seed, position, rank), so resuming needs no retain state
+beyond the optimizer step count. With GeN, a probe stream (`streams.ProbeStream`, a pure function of
+(seed, step, rank)) supplies fresh forget and retain batches for the learning-rate fit.
 
 Normalization. Trainer counts `num_items_in_batch` from the train stream only and rescales the loss
 in version-dependent ways (`model_accepts_loss_kwargs`, `loss_is_scaled_for_ga`). We own it instead:
@@ -31,35 +31,17 @@ from transformers import Trainer, TrainerCallback, get_scheduler
 from .data import IGNORE_INDEX
 from .gen import GenScheduler, probe_losses
 from .methods import Method, MethodContext, Term
-from .optim import NormalizedCombiner
+from .methods.common import eval_mode
+from .optim import NormalizedCombiner, local_shard
+from .streams import PROBE_SALT, ProbeStream, RetainStream, example_keys
+
+__all__ = ["NonFiniteLossError", "RetainStream", "UnlearnTrainer"]
 
 logger = logging.getLogger("llm_unlearn")
 
 
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite: training stops on every rank."""
-
-
-class RetainStream:
-    """Deterministic, cyclic, rank-sharded retain micro-batches (see the module docstring)."""
-
-    def __init__(self, dataset, batch_size: int, collate_fn, seed: int, rank: int = 0, world_size: int = 1):
-        if len(dataset) == 0:
-            raise ValueError("retain set is empty; choose a retain split with at least one example")
-        self.dataset, self.batch_size, self.collate_fn = dataset, batch_size, collate_fn
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.batches_per_cycle = math.ceil(len(dataset) / batch_size)
-
-    def indices(self, k: int) -> list[int]:
-        """Dataset indices of this rank's k-th retain micro-batch."""
-        g = k * self.world_size + self.rank
-        cycle, pos = divmod(g, self.batches_per_cycle)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + cycle)
-        perm = torch.randperm(len(self.dataset), generator=generator).tolist()
-        return perm[pos * self.batch_size : (pos + 1) * self.batch_size]
-
-    def batch(self, k: int) -> dict[str, torch.Tensor]:
-        return self.collate_fn([self.dataset[i] for i in self.indices(k)])
 
 
 def _counts(batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
@@ -105,14 +87,22 @@ class UnlearnTrainer(Trainer):
         self._term_log_steps = 0
         self._combiner: NormalizedCombiner | None = None
         self._norms: dict[str, float] = {}
-        self._window_terms: dict[str, float] = {}
         self._window_start = True
         self._step_stats: dict[str, float] = {}
-        # GeN state for the current optimizer step: window batches, L0 and theta0 when probing.
-        self._window: list[dict] = []
-        self._window_objective = 0.0
+        # GeN state for the current optimizer step: the window's examples, probe batches, L0, theta0.
+        self._window_exclude: dict[str, set[int]] = {}
+        self._gen_probe_batches: tuple[dict, dict] | None = None
+        self._gen_l0 = math.nan
         self._gen_theta0: list[torch.Tensor] | None = None
         if self.args.gen:
+            rank = self.args.process_index
+            self._forget_index = {tuple(f["input_ids"]): i for i, f in enumerate(self.train_dataset)}
+            self.probe_streams = {
+                "forget": ProbeStream(self.train_dataset, self.args.per_device_train_batch_size,
+                                      self.data_collator, self.args.seed, PROBE_SALT["forget"], rank),
+                "retain": ProbeStream(retain_dataset, self.args.retain_batch_size,
+                                      self.data_collator, self.args.seed, PROBE_SALT["retain"], rank),
+            }  # fmt: skip
             self.add_callback(_GenProbe(self))
 
     # ------------------------------------------------------------------ data
@@ -157,9 +147,15 @@ class UnlearnTrainer(Trainer):
         counts = self.accelerator.reduce(counts, reduction="sum") if self.args.world_size > 1 else counts
         self._window_counts = {"forget": counts[0], "retain": counts[1]}
         self._window_start = True
-        self._window_objective = 0.0
+        if self.args.gen:
+            # This rank's window examples, kept out of GeN's probe batches for this step.
+            self._window_exclude = {
+                "forget": {
+                    self._forget_index[k] for f in forget for k in example_keys(f) if k in self._forget_index
+                },
+                "retain": {i for k in range(len(forget)) for i in self.retain_stream.indices(first + k)},
+            }
         samples = [{"forget": f, "retain": r} for f, r in zip(forget, retain)]
-        self._window = samples if self.args.gen else []
         # No `num_items_in_batch`: our terms are normalized by the window counts above.
         return samples, None
 
@@ -204,7 +200,6 @@ class UnlearnTrainer(Trainer):
         self._check_finite(terms)
         loss = sum(terms.values())
         self.accelerator.backward(loss)
-        self._window_objective += loss.item()
         self._maybe_snapshot_for_gen(model)
         self._record_terms(terms)
         # Trainer logs the mean over ranks of this value: with the world-size factor that is the window mean.
@@ -221,7 +216,7 @@ class UnlearnTrainer(Trainer):
         fsdp = self.is_fsdp_enabled
         if self._combiner is None:
             params = [p for p in model.parameters() if p.requires_grad]
-            self._combiner = NormalizedCombiner(params, sharded=fsdp)
+            self._combiner = NormalizedCombiner(params, sharded=fsdp, module=model if fsdp else None)
         if self._window_start:
             self._combiner.reset()
             self._window_start = False
@@ -231,7 +226,6 @@ class UnlearnTrainer(Trainer):
             terms = {name: self._normalize(t) for name, t in raw.items()}
             self._check_finite(terms)
             self._combiner.accumulate(terms)
-        self._window_terms = {name: self._window_terms.get(name, 0.0) + v.item() for name, v in terms.items()}
         if self.accelerator.sync_gradients:
             weights = {name: t.weight for name, t in raw.items()}
             stats = self._combiner.combine(weights, world_size=self.args.world_size)
@@ -241,10 +235,7 @@ class UnlearnTrainer(Trainer):
                                "; the step is skipped" if stats["skipped"] else "")  # fmt: skip
             self._step_stats = stats
             self._norms = {name: stats[f"grad_norm_{name}"] for name in terms}
-            # GeN fits the frozen-norm potential sum_k w_k T_k / ||G_k||, whose gradient here is d.
-            self._window_objective = self._normalized_objective(self._window_terms, weights)
-            self._window_terms = {}
-            self._maybe_snapshot_for_gen(model)
+            self._maybe_snapshot_for_gen(model, skipped=bool(stats["skipped"]))
         self._record_terms(terms)
         # Reported loss: the weighted objective (the update itself is the normalized direction).
         return sum(raw[name].weight * value.detach() for name, value in terms.items())
@@ -283,59 +274,92 @@ class UnlearnTrainer(Trainer):
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
-    def _normalized_objective(self, terms: dict[str, float], weights: dict[str, float]) -> float:
-        return sum(
-            weights[n] * v / self._norms[n]
-            for n, v in terms.items()
-            if math.isfinite(self._norms[n]) and self._norms[n] > 0
-        )
+    def _maybe_snapshot_for_gen(self, model, skipped: bool = False) -> None:
+        """On the synchronizing micro-batch of a probe step: draw the probe batches, score L0, keep theta0.
 
-    def _maybe_snapshot_for_gen(self, model) -> None:
-        """On the synchronizing micro-batch of a probe step, keep theta0 for GeN's probes."""
+        A step that moves nothing (every gradient zero: skipped by the combiner, or all-zero under sum)
+        is not a probe: its three losses would coincide and read as a failed fit.
+        """
         if not (self.args.gen and self.accelerator.sync_gradients):
             return
-        if self.lr_scheduler.should_probe(self.state.global_step):
-            self._gen_theta0 = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        step = self.state.global_step
+        if not self.lr_scheduler.should_probe(step):
+            return
+        params = [p for p in model.parameters() if p.requires_grad]
+        if skipped or (self.args.combine == "sum" and self._gradients_all_zero(params)):
+            return
+        self._gen_probe_batches = tuple(
+            self._prepare_inputs(self.probe_streams[s].batch(step, self._window_exclude.get(s, set())))
+            for s in ("forget", "retain")
+        )
+        self._gen_l0 = self._probe_objective()
+        self._gen_theta0 = [p.detach().clone() for p in params]
+
+    def _gradients_all_zero(self, params: list[torch.Tensor]) -> bool:
+        local = sum(float(local_shard(p.grad).float().pow(2).sum()) for p in params if p.grad is not None)
+        if self.is_fsdp_enabled and self.args.world_size > 1:
+            # Sharded gradients: each rank holds a part; DDP's are already synchronized here.
+            local = self._sum_over_ranks([local])[0]
+        return local == 0.0
+
+    def _sum_over_ranks(self, values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, device=self.args.device, dtype=torch.float64)
+        if self.args.world_size > 1:
+            tensor = self.accelerator.reduce(tensor, reduction="sum")
+        return tensor.tolist()
 
     @torch.no_grad()
-    def _window_loss(self) -> float:
-        """The step's objective on its own micro-batches at the current parameters (eval mode)."""
-        model = self.model
-        model.eval()
-        ctx = MethodContext(config=self.args, reference_model=self.reference_model)
-        total = 0.0
-        for sample in self._window:
-            forget, retain = self._prepare_inputs(sample["forget"]), self._prepare_inputs(sample["retain"])
-            with self.compute_loss_context_manager():
-                raw = self.method.fn(model, forget, retain, ctx)
-                terms = {name: self._normalize(t).item() for name, t in raw.items()}
-            if self.args.combine == "normalized":
-                total += self._normalized_objective(terms, {name: t.weight for name, t in raw.items()})
-            else:
-                total += sum(terms.values())
-        model.train()
-        return self._mean_over_ranks(total)
+    def _probe_objective(self) -> float:
+        """GeN's objective on the probe batches at the current weights, in eval mode (dropout off).
 
-    def _mean_over_ranks(self, value: float) -> float:
-        if self.args.world_size == 1:
-            return value
-        tensor = torch.tensor([value], device=self.args.device, dtype=torch.float64)
-        return (self.accelerator.reduce(tensor, reduction="sum") / self.args.world_size).item()
+        Each term is its stream's mean over the probe examples of every rank (token or sequence mean,
+        as in training), weighted as the step combined it: sum_k w_k T_k under `sum`, and under
+        `normalized` the frozen-norm potential sum_k w_k T_k / ||G_k|| whose gradient at theta0 is d.
+        """
+        forget, retain = self._gen_probe_batches
+        ctx = MethodContext(config=self.args, reference_model=self.reference_model)
+        with eval_mode(self.model), self.compute_loss_context_manager():
+            raw = self.method.fn(self.model, forget, retain, ctx)
+        names = list(raw)
+        counts = {"forget": _counts([forget]).tolist(), "retain": _counts([retain]).tolist()}
+        reduced = self._sum_over_ranks(
+            [float(raw[n].total) for n in names] + counts["forget"] + counts["retain"]
+        )
+        totals = dict(zip(names, reduced[: len(names)]))
+        count = {"forget": reduced[len(names) : len(names) + 2], "retain": reduced[len(names) + 2 :]}
+        objective = 0.0
+        for n in names:
+            term = raw[n]
+            mean = totals[n] / max(count[term.stream][0 if term.reduction == "token" else 1], 1.0)
+            if self.args.combine == "normalized":
+                norm = self._norms.get(n, math.nan)
+                if not (math.isfinite(norm) and norm > 0):
+                    continue  # a term dropped from the step is not part of its potential
+                objective += term.weight * mean / norm
+            else:
+                objective += term.weight * mean
+        return objective
 
     def _gen_probe(self) -> None:
-        """After the real optimizer step: L- at theta1, L+ at 2 theta0 - theta1, then refit eta."""
+        """After the real optimizer step: L- at theta1, L+ at 2 theta0 - theta1, then refit eta and log it."""
         if self._gen_theta0 is None:
             return
         params = [p for p in self.model.parameters() if p.requires_grad]
-        l0 = self._mean_over_ranks(self._window_objective)
-        l_minus, l_plus = probe_losses(params, self._gen_theta0, self._window_loss)
-        self._gen_theta0 = None
-        fit = self.lr_scheduler.observe(l0, l_minus, l_plus)
-        self._step_stats |= {
+        l0 = self._gen_l0
+        l_minus, l_plus = probe_losses(params, self._gen_theta0, self._probe_objective)
+        self._gen_theta0, self._gen_probe_batches = None, None
+        scheduler = self.lr_scheduler
+        lr = max(float(group["lr"]) for group in self.optimizer.param_groups)
+        fit = scheduler.observe(l0, l_minus, l_plus)
+        next_lr = max(eta * scheduler.factor(scheduler.last_epoch + 1) for eta in scheduler.etas)
+        # Every probe gets its own record, so no fit is lost between logging steps.
+        self._append_log({
+            "step": self.state.global_step + 1, "epoch": self.state.epoch, "gen_lr": lr,
             "gen_eta_star": fit.eta_star, "gen_curvature": fit.curvature, "gen_slope": fit.slope,
-            "gen_l0": l0, "gen_l_minus": l_minus, "gen_l_plus": l_plus,
-            "gen_accepted": float(fit.accepted), "gen_acceptance_rate": self.lr_scheduler.accepted / self.lr_scheduler.probes,
-        }  # fmt: skip
+            "gen_l0": l0, "gen_l_minus": l_minus, "gen_l_plus": l_plus, "gen_accepted": float(fit.accepted),
+            "gen_reason": fit.reason, "gen_next_lr": next_lr,
+            "gen_acceptance_rate": scheduler.accepted / scheduler.probes,
+        })  # fmt: skip
 
     # ------------------------------------------------------------------ logging and saving
 
@@ -351,8 +375,12 @@ class UnlearnTrainer(Trainer):
             logs.update(self._step_stats)
             self._step_stats = {}
         super().log(logs, start_time)
+        self._append_log({"step": self.state.global_step, "epoch": self.state.epoch, **logs})
+
+    def _append_log(self, record: dict) -> None:
+        """One JSON line in `<output_dir>/train_log.jsonl`, written by rank 0."""
         if self.is_world_process_zero() and self.args.output_dir:
-            record = {"step": self.state.global_step, "epoch": self.state.epoch, **logs}
+            Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
             with open(Path(self.args.output_dir) / "train_log.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 

@@ -20,6 +20,7 @@ from transformers import ProgressCallback
 from .config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig, to_dict
 from .data import QACollator, QADataset, check_forget_retain, load_split, pad_id, paired_split
 from .methods import get_method
+from .methods.common import eval_mode
 from .runio import RunError, load_model, load_tokenizer, read_status, write_status, write_text_atomic
 
 logger = logging.getLogger("llm_unlearn")
@@ -67,7 +68,9 @@ class AdaptersDisabled:
         return self
 
     def __call__(self, **inputs):
-        with torch.no_grad(), self.peft_model.disable_adapter():
+        # Deterministic like a frozen copy: the Trainer keeps the wrapped model in train mode, so
+        # dropout in the base model would otherwise make every reference call different.
+        with torch.no_grad(), eval_mode(self.peft_model), self.peft_model.disable_adapter():
             return self.peft_model(**inputs)
 
 

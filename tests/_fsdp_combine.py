@@ -1,14 +1,18 @@
 """NGDiff's direction under FSDP2 on two CPU ranks vs one unsharded process (tests/test_distributed.py).
 
-usage: _fsdp_combine.py MODEL_DIR DATA_DIR OUT_FILE
+usage: _fsdp_combine.py MODEL_DIR DATA_DIR OUT_FILE [unforced]
 Each rank takes two micro-batches of two forget and two retain examples (rank r gets examples
 2r, 2r+1 of each window half). Terms are normalized as the trainer does: divided by the window's
 answer-token count over both ranks and multiplied by the world size (FSDP averages gradients).
+The window runs as HF Trainer runs it: every micro-batch but the last inside `no_sync`, which for
+FSDP2 is `set_requires_gradient_sync(False)` (accelerate's `no_sync` and transformers' own deferral
+both do exactly this). `unforced` turns off the combiner's forced sync, the negative control.
 Rank 0 also computes d without sharding on the same four micro-batches and saves both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import torch
@@ -16,12 +20,25 @@ import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import llm_unlearn.optim
 from llm_unlearn.data import QACollator, QADataset, load_split, pad_id
 from llm_unlearn.methods.common import nll_sum
 from llm_unlearn.optim import NormalizedCombiner
 
 
-def main(model_dir: str, data_dir: str, out_file: str) -> None:
+@contextlib.contextmanager
+def no_sync_fsdp2(model):
+    """What `Accelerator.no_sync` does for an FSDP2 model (accelerate 1.15)."""
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def main(model_dir: str, data_dir: str, out_file: str, mode: str = "forced") -> None:
+    if mode == "unforced":
+        llm_unlearn.optim.gradient_sync_forced = lambda module: contextlib.nullcontext()
     torch.set_default_dtype(torch.float64)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -51,10 +68,12 @@ def main(model_dir: str, data_dir: str, out_file: str) -> None:
         fully_shard(layer)
     fully_shard(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    combiner = NormalizedCombiner(params, sharded=True)
+    combiner = NormalizedCombiner(params, sharded=True, module=model)
     combiner.reset()
     for m in range(2):
-        combiner.accumulate({s: t * world for s, t in terms(model, rank, m).items()})
+        last = m == 1
+        with contextlib.nullcontext() if last else no_sync_fsdp2(model):
+            combiner.accumulate({s: t * world for s, t in terms(model, rank, m).items()})
     stats = combiner.combine({"forget": 1.0, "retain": 1.0}, world_size=world)
     sharded = torch.cat([p.grad.full_tensor().flatten() for p in params])
 
@@ -78,4 +97,4 @@ def main(model_dir: str, data_dir: str, out_file: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

@@ -48,17 +48,26 @@ def test_two_ranks_of_batch_two_equal_one_rank_of_batch_four(tiny, tmp_path, met
 
 
 @pytest.mark.slow
-def test_sharded_combination_under_fsdp2_equals_the_unsharded_direction(tiny, tmp_path):  # noqa: F811
-    """FSDP2 on two CPU ranks: per-term sharded buffers, norms from reduced shard sums, two micro-batches.
+@pytest.mark.parametrize("mode", ["forced", "unforced"])
+def test_fsdp2_sharded_combination_with_accumulation_equals_the_unsharded_direction(
+    tiny,  # noqa: F811
+    tmp_path,
+    mode,
+):
+    """FSDP2 on two CPU ranks: per-term sharded buffers, norms from reduced shard sums, two micro-batches,
+    the first inside FSDP2's `no_sync` as HF Trainer runs it.
 
     accelerate enables FSDP only on accelerators, so this drives `NormalizedCombiner(sharded=True)`
-    under `fully_shard` directly, the way `UnlearnTrainer` does when `is_fsdp_enabled`.
+    under `fully_shard` directly, the way `UnlearnTrainer` does when `is_fsdp_enabled`. `unforced`
+    (the combiner's forced gradient sync switched off) must get the direction wrong: without it the
+    terms mix in FSDP's unsharded accumulation buffers.
     """
     script = [
         str(HERE / "_fsdp_combine.py"),
         str(tiny["dir"] / "model"),
         str(tiny["data_dir"]),
         str(tmp_path / "d.pt"),
+        mode,
     ]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *script]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -69,5 +78,9 @@ def test_sharded_combination_under_fsdp2_equals_the_unsharded_direction(tiny, tm
     result = torch.load(tmp_path / "d.pt", weights_only=True)
     sharded, reference = result["sharded"], result["reference"]
     assert reference.norm() > 0
-    assert (sharded - reference).norm() / reference.norm() < 1e-6
+    error = float((sharded - reference).norm() / reference.norm())
+    if mode == "unforced":
+        assert error > 1e-2, "the negative control agrees: the test does not exercise no_sync"
+        return
+    assert error < 1e-6
     assert result["stats"]["grad_norm_forget"] == pytest.approx(result["norm_forget"], rel=1e-6)

@@ -190,17 +190,70 @@ def test_gen_with_adamw_advances_the_moments_once_per_step_like_a_run_without_pr
 def test_observe_fits_in_units_of_the_lr_the_step_used_and_scales_every_group_alike():
     a, b = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([{"params": [a], "lr": 1.0}, {"params": [b], "lr": 0.1}])
-    scheduler = GenScheduler(optimizer, factor=lambda step: 0.5)
+    factors = {0: 0.5, 1: 0.25}
+    scheduler = GenScheduler(optimizer, factor=factors.__getitem__)
     assert optimizer.param_groups[0]["lr"] == 0.5
-    # Probed at lr 0.5 with A = B = 1: eta* = 1 = 2*lr, so the used lr moves to 0.9*0.5 + 0.1*1.0 = 0.55.
+    # Probed at lr 0.5 with A = B = 1: eta* = 1 = 2*lr (inside the clip). The schedule factor at the
+    # probed step (0.5) scales the target: next lr = 0.9*0.5 + 0.1*0.5*1.0 = 0.5, for the step whose
+    # factor is 0.25, so eta_GeN = 0.5 / 0.25 = 2.
     fit = scheduler.observe(1.0, l_minus=1.0 - 0.5 + 0.125, l_plus=1.0 + 0.5 + 0.125)
     assert fit.eta_star == pytest.approx(1.0)
-    assert scheduler.etas == pytest.approx([1.1, 0.11])
+    assert scheduler.etas == pytest.approx([2.0, 0.2])
     assert (scheduler.probes, scheduler.accepted) == (1, 1)
     assert scheduler.last_fit["reason"] == "accepted" and scheduler.last_fit["l_plus"] == 1.625
     optimizer.step()
     scheduler.step()
-    assert scheduler.get_last_lr() == pytest.approx([0.55, 0.055])
+    assert scheduler.get_last_lr() == pytest.approx([0.5, 0.05])
+
+
+def _linear_decay(total: int):
+    return lambda step: max(0.0, (total - step) / total)
+
+
+def _run_schedule(factor, eta_star, steps: int, lr: float = 0.1, interval: int = 1, accept: bool = True):
+    """Drive GenScheduler with fits whose optimum is eta_star(step); return the lr of every step."""
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler = GenScheduler(optimizer, factor=factor, interval=interval)
+    lrs = []
+    for step in range(steps):
+        used = optimizer.param_groups[0]["lr"]
+        lrs.append(used)
+        optimizer.step()
+        if scheduler.should_probe(step):
+            # L(theta0 - s*Delta) = 1 - s*B + s^2*A/2 with A = 1 and B = eta*: its optimum is eta*.
+            a, b = (1.0, eta_star) if accept else (-1.0, eta_star)
+            scheduler.observe(1.0, 1.0 - used * b + used**2 * a / 2, 1.0 + used * b + used**2 * a / 2)
+        scheduler.step()
+    return lrs
+
+
+def test_a_decaying_schedule_still_decays_under_gen_by_the_formula():
+    """lr_{t+1} = gamma*lr_t + (1-gamma)*f(t)*clip(eta*, lr_t/2, 2 lr_t): hand-iterated, then compared."""
+    factor = _linear_decay(100)
+    lrs = _run_schedule(factor, eta_star=0.1, steps=100)
+    expected, lr = [], 0.1
+    for step in range(100):
+        expected.append(lr)
+        lr = 0.9 * lr + 0.1 * factor(step) * min(max(0.1, lr / 2), 2 * lr)
+    assert lrs == pytest.approx(expected, rel=1e-9)
+    assert [round(lrs[t], 3) for t in (50, 75, 90)] == [0.06, 0.03, 0.011]
+    # Without the schedule the same fits keep the lr at eta*: the decay is the schedule's doing.
+    assert _run_schedule(lambda step: 1.0, eta_star=0.1, steps=100)[90] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("interval", [1, 4])
+def test_rejected_fits_leave_the_schedule_in_charge(interval):
+    factor = _linear_decay(100)
+    lrs = _run_schedule(factor, eta_star=0.1, steps=100, interval=interval, accept=False)
+    assert lrs == pytest.approx([0.1 * factor(t) for t in range(100)], rel=1e-12)
+
+
+def test_between_probes_the_lr_follows_the_schedule_from_the_last_estimate():
+    factor = _linear_decay(100)
+    lrs = _run_schedule(factor, eta_star=0.1, steps=12, interval=4)
+    for t in range(2, 12):
+        if t % 4 != 1:  # within a probe interval: the schedule's own ratio
+            assert lrs[t] / lrs[t - 1] == pytest.approx(factor(t) / factor(t - 1), rel=1e-12)
 
 
 def test_should_probe_honours_the_interval_and_skips_steps_at_zero_lr():

@@ -64,6 +64,8 @@ def _trainer(tiny, tmp_path, method="graddiff", **overrides) -> UnlearnTrainer:
         seed=0,
     )
     model = overrides.pop("model", None) or LlamaForCausalLM.from_pretrained(tiny["dir"] / "model")
+    forget_rows = overrides.pop("forget_rows", tiny["forget"][:4])
+    retain_rows = overrides.pop("retain_rows", tiny["retain"][:4])
     settings.update(overrides)
     config = UnlearnConfig(method=method, **settings)
     tok = tiny["tok"]
@@ -71,8 +73,8 @@ def _trainer(tiny, tmp_path, method="graddiff", **overrides) -> UnlearnTrainer:
     return UnlearnTrainer(
         model=model,
         args=config,
-        train_dataset=QADataset(tiny["forget"][:4], tok, **encode),
-        retain_dataset=QADataset(tiny["retain"][:4], tok, **encode),
+        train_dataset=QADataset(forget_rows, tok, **encode),
+        retain_dataset=QADataset(retain_rows, tok, **encode),
         data_collator=QACollator(pad_id(tok)),
         processing_class=tok,
         method=get_method(method),

@@ -7,6 +7,7 @@ summed over ranks, so a loss never depends on how a batch was split into micro-b
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -76,3 +77,20 @@ def kl_to_reference_sum(model, reference_model, batch: dict[str, torch.Tensor]) 
     ref_logp = F.log_softmax(ref_logits[:, :-1].float(), dim=-1)
     kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
     return (kl * mask).sum()
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    """Every submodule in eval mode (dropout off) for the block, then each one's own mode restored.
+
+    `module.eval()` alone is not enough where a wrapper's mode does not reach what it wraps, and a
+    plain `.train()` afterwards would switch on modules that were meant to stay in eval mode.
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    for m, _ in modes:
+        m.training = False
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
