@@ -64,7 +64,9 @@ MEMORY_CONFIGS = ("graddiff", "ngdiff", "ngdiff_gen4")
 TARGETS = {
     "step_time_ratio_ngdiff_graddiff": 1.10,
     "extra_mem_grad_copies_ngdiff": 1.1,
-    "gen_overhead_ratio_interval4": 1.25,
+    # Fresh-batch probes: three probe forwards per stream every 4 steps against ~6 forward-equivalents
+    # per NGDiff step, so about 1 + 1/4 in theory.
+    "gen_overhead_ratio_interval4": 1.30,
 }
 
 
