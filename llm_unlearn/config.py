@@ -79,7 +79,11 @@ class DataArgs:
     )
     system_prompt: str | None = field(default=None, metadata={"help": "System message for `chat_template`."})
     max_length: int = field(
-        default=256, metadata={"help": "Longest prompt + answer in tokens; longer examples are an error."}
+        default=1024,
+        metadata={
+            "help": "Longest prompt + answer in tokens; longer examples are an error, never truncated. A check, "
+            "not a padding size (batches pad to their longest example); 1024 fits the real TOFU."
+        },
     )
 
 

@@ -99,7 +99,7 @@ def finetune(
     output_dir: str | Path,
     *,
     prompt_format: str = "chat_template",
-    max_length: int = 256,
+    max_length: int = 1024,
     system_prompt: str | None = None,
     **training_kwargs,
 ) -> Path:

@@ -74,9 +74,12 @@ def is_missing_local_path(path: str) -> bool:
 
 
 def load_tokenizer(path: str, *, trust_remote_code: bool = False):
-    """Load a tokenizer from a model folder or Hub id, checking a local path first."""
+    """Load a tokenizer from a model folder, Hub id or `builtin:NAME`, checking a local path first."""
     from transformers import AutoTokenizer
 
+    from .sources import resolve
+
+    path = resolve(path)
     local = Path(path)
     if is_missing_local_path(path) or (local.exists() and not local.is_dir()):
         raise FileNotFoundError(
@@ -92,10 +95,13 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
 def load_model(
     path: str, *, trust_remote_code: bool = False, allow_pickle: bool = False, torch_dtype: str = "float32"
 ):
-    """Load a causal LM from a folder or Hub id (safetensors unless pickle is allowed)."""
+    """Load a causal LM from a folder, Hub id or `builtin:NAME` (safetensors unless pickle is allowed)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from .sources import resolve
+
+    path = resolve(path)
     local = Path(path)
     if local.is_dir() and not allow_pickle and not any(local.glob("*.safetensors")):
         raise RunError(

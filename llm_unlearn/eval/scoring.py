@@ -35,7 +35,7 @@ def answer_losses(
     *,
     prompt_format: str,
     system_prompt: str | None = None,
-    max_length: int = 512,
+    max_length: int = 1024,
     batch_size: int = 32,
     progress: bool = False,
     desc: str = "loss",

@@ -127,7 +127,7 @@ def evaluate(
     forget_split: str = "forget10",
     prompt_format: str = "chat_template",
     system_prompt: str | None = None,
-    max_length: int = 512,
+    max_length: int = 1024,
     batch_size: int = 32,
     max_new_tokens: int = 64,
     truth_ratio_variant: str = "geometric",

