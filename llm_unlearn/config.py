@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import enum
 import logging
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,11 @@ class DataArgs:
         },
     )
 
+    def __post_init__(self):
+        _require(
+            self.max_length >= 2, "max_length", self.max_length, "at least 2 tokens (a prompt and an answer)"
+        )
+
 
 @dataclass
 class UnlearnConfig(TrainingArguments):
@@ -148,6 +154,7 @@ class UnlearnConfig(TrainingArguments):
     def __post_init__(self):
         from .methods import get_method
 
+        self._check_ranges()
         if self.combine is None:
             self.combine = get_method(self.method).combine
         if self.combine not in ("sum", "normalized"):
@@ -180,6 +187,54 @@ class UnlearnConfig(TrainingArguments):
             self.dataloader_pin_memory = False  # pinning needs an accelerator; avoid torch's warning
         super().__post_init__()
 
+    def _check_ranges(self) -> None:
+        """Every numeric option in range before any work starts (one line naming the option and the fix)."""
+        _require(
+            self.per_device_train_batch_size >= 1,
+            "per_device_train_batch_size",
+            self.per_device_train_batch_size,
+            "at least 1",
+        )
+        if self.retain_batch_size is not None:
+            _require(self.retain_batch_size >= 1, "retain_batch_size", self.retain_batch_size, "at least 1")
+        _require(
+            self.gradient_accumulation_steps >= 1,
+            "gradient_accumulation_steps",
+            self.gradient_accumulation_steps,
+            "at least 1",
+        )
+        _require(
+            math.isfinite(self.learning_rate) and self.learning_rate > 0,
+            "learning_rate",
+            self.learning_rate,
+            "a positive number",
+        )
+        if self.max_steps is None or self.max_steps <= 0:
+            _require(
+                math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0,
+                "num_train_epochs",
+                self.num_train_epochs,
+                "a positive number (or set --max_steps)",
+            )
+        for name in ("forget_weight", "retain_weight", "weight_decay"):
+            value = getattr(self, name)
+            _require(math.isfinite(value) and value >= 0, name, value, "a finite number >= 0")
+        if self.max_grad_norm is not None:
+            _require(
+                math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0,
+                "max_grad_norm",
+                self.max_grad_norm,
+                ">= 0 (0 = no clipping)",
+            )
+        _require(self.gen_interval >= 1, "gen_interval", self.gen_interval, "at least 1 optimizer step")
+        _require(0 <= self.gen_gamma < 1, "gen_gamma", self.gen_gamma, "in [0, 1)")
+        _require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, ">= 0 (a fraction of the steps when below 1)")  # fmt: skip
+
+
+def _require(ok: bool, name: str, value, requirement: str) -> None:
+    if not ok:
+        raise ConfigError(f"--{name} {value} is out of range; it must be {requirement}")
+
 
 @dataclass
 class EvalArgs:
@@ -197,6 +252,10 @@ class EvalArgs:
         default=None, metadata={"help": "eval.json of the reference (or a legacy eval_log_aggregated.json)."}
     )
     do_final_eval: bool = field(default=True, metadata={"help": "Evaluate at the end of `unlearn`."})
+
+    def __post_init__(self):
+        _require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "at least 1")
+        _require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "at least 1")
 
 
 CONFIG_CLASSES = (ModelArgs, DataArgs, UnlearnConfig, EvalArgs)
@@ -218,7 +277,15 @@ def load_yaml(path: str | Path, classes=CONFIG_CLASSES) -> dict[str, Any]:
         raise ConfigError(
             f"config file {path} not found; pass an existing YAML recipe (see recipes/README.md)"
         )
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "unparsable"
+        raise ConfigError(
+            f"config file {path} is not valid YAML ({problem}{where}); fix its syntax"
+        ) from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must be a flat mapping of key: value")
     known = field_names(classes)

@@ -53,6 +53,13 @@ class EpochEvaluator(TrainerCallback):
 def default_eval_path(model_path: str, output_dir: str | None) -> Path:
     if output_dir:
         return Path(output_dir) / "eval.json"
+    from .sources import is_builtin
+
+    if not Path(model_path).exists() and not is_builtin(model_path):
+        raise RunError(
+            f"model {model_path} does not exist here (no such folder); pass a model folder or run directory, "
+            "or a Hub id together with --output_dir"
+        )
     if read_status(model_path) is not None:
         return Path(model_path) / "eval.json"
     raise RunError(f"{model_path} is not a run directory; pass --output_dir for its eval.json")

@@ -89,7 +89,16 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
         raise FileNotFoundError(
             f"{path} is not a model folder (no config.json); pass the folder a model was saved in"
         )
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        if local.exists():
+            raise
+        # Not a folder here, so it was read as a Hub id, and fetching it failed (no network, no such id).
+        raise RunError(
+            f"no folder {path!r} here, and fetching it as a Hub id failed ({str(err).splitlines()[0][:160]}); "
+            "pass an existing model folder, or check the id and the network (HF_HUB_OFFLINE)"
+        ) from None
 
 
 def load_model(
