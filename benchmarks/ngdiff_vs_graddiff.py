@@ -20,6 +20,11 @@ script can be stopped and restarted. Writes `<out>.json`, `<out>.md` (table) and
 GeN rows recorded before GeN probed on fresh batches in eval mode (2026-11-27: probes on the step's
 own micro-batches, a train-mode L0) carry no `gen_probe` field; they are kept, shown as
 "(old probes)" beside the current rows, and left out of the verdict.
+
+The current GeN rows ran on world models rebuilt on 2026-12-01 with one torch thread, which differ
+slightly from the 2026-11-27 build (float reduction order). `--controls` reruns a few fixed-lr
+settings on the rebuilt models (`models: rebuilt`, shown as "[rebuilt]"), so GeN is compared with
+fixed lr on the same starting weights.
 """
 
 from __future__ import annotations
@@ -59,13 +64,32 @@ GRID = (
 )
 
 
+# Fixed-lr settings rerun on the rebuilt models (forget10, every seed): (label, method, optimizer, lrs).
+CONTROLS = (
+    ("ngdiff", "ngdiff", "sgd", (0.07, 0.1)),
+    ("graddiff", "graddiff", "adamw_torch", (2e-4,)),
+)
+
+
+def control_plan(seeds: tuple[int, ...]) -> list[dict]:
+    return [
+        dict(label=label, method=method, split="forget10", seed=seed, optimizer=optimizer, learning_rate=lr,
+             gen=False, gen_gamma=0.9, models="rebuilt")
+        for seed in seeds for label, method, optimizer, lrs in CONTROLS for lr in lrs
+    ]  # fmt: skip
+
+
 def gen_probe(r: dict) -> str | None:
     """How a run's GeN probed: "fresh" (current) or "own_batch" (records from before the fix)."""
     return r.get("gen_probe", "own_batch") if r["gen"] else None
 
 
 def display_label(r: dict) -> str:
-    return r["label"] + (" (old probes)" if gen_probe(r) == "own_batch" else "")
+    return (
+        r["label"]
+        + (" (old probes)" if gen_probe(r) == "own_batch" else "")
+        + (" [rebuilt]" if r.get("models") == "rebuilt" else "")
+    )
 
 
 def plan(
@@ -95,6 +119,7 @@ def run_key(r: dict) -> tuple:
         r["gen"],
         r.get("gen_gamma", 0.9),
         gen_probe(r),
+        r.get("models"),
     )
 
 
@@ -155,6 +180,7 @@ def main() -> None:
     parser.add_argument("--only", help="run only records whose label equals this")
     parser.add_argument("--splits", default="forget10,forget05,forget01")
     parser.add_argument("--eval_epochs", default="2,4", help="epochs evaluated besides the last")
+    parser.add_argument("--controls", action="store_true", help="run the fixed-lr controls on rebuilt models")
     parser.add_argument("--plan", action="store_true")
     parser.add_argument("--report_only", action="store_true")
     parser.add_argument("--refresh_gen", nargs="*", default=[], help="run folders whose GeN logs to re-read")
@@ -163,6 +189,8 @@ def main() -> None:
     runs = plan(tuple(int(s) for s in args.seeds.split(",")), tuple(args.splits.split(",")))
     if args.only:
         runs = [r for r in runs if r["label"] == args.only]
+    if args.controls:
+        runs = control_plan(tuple(int(s) for s in args.seeds.split(",")))
     state = json.loads(out.read_text()) if out.exists() else {"baseline": {}, "runs": []}
     done = {run_key(r) for r in state["runs"]}
     todo = [r for r in runs if run_key(r) not in done]
@@ -308,14 +336,14 @@ def verdict(rows: list[dict], target_mu: float) -> dict:
     gen = [r for r in rows if r["label"].startswith("ngdiff+gen") and "old probes" not in r["label"]]
     good = [r for r in gen if r["forget_quality"] >= 0.1 and r["model_utility"] >= 0.95 * target_mu]
     undominated = [
-        g for g in rows if g["label"] == "graddiff"
+        g for g in rows if g["label"].startswith("graddiff")
         and not any(n["forget_quality"] >= g["forget_quality"] and n["model_utility"] >= g["model_utility"] for n in gen)
     ]  # fmt: skip
     return {
         "ngdiff_gen_reaches_fq_0.1_and_mu_0.95_target": bool(good),
         "ngdiff_gen_settings_meeting_it": [f"{_setting(r)} lr {r['learning_rate']:g}" for r in good],
         "every_graddiff_setting_matched_by_ngdiff_gen": not undominated,
-        "graddiff_settings_not_matched": [f"lr {r['learning_rate']:g}" for r in undominated],
+        "graddiff_settings_not_matched": [f"{r['label']} lr {r['learning_rate']:g}" for r in undominated],
     }
 
 

@@ -462,6 +462,9 @@ def main() -> None:
     args.preset = args.preset or ("full" if args.full else "cpu")
     args.work = args.work or str(REPO / "runs" / f"smollm2-tofu-{args.preset}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # fine-tuning progress (llm_unlearn logger)
     if not (Path(args.tofu_dir) / "full.json").is_file():
         raise SystemExit(f"no TOFU files in {args.tofu_dir}; pass --tofu_dir (a folder of TOFU's JSON files)")
     if args.time:

@@ -58,3 +58,29 @@ def test_smollm2_converts_once_to_a_plain_safetensors_folder_that_answers():
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0][ids["input_ids"].shape[1] :])
+
+
+@pytest.mark.slow
+def test_every_real_tofu_example_fits_the_default_max_length_in_smollm2s_chat_template(tofu_dir):
+    """The default --max_length is a check, never a truncation: every TOFU split fits it with this tokenizer."""
+    from transformers import AutoTokenizer
+
+    from llm_unlearn.config import DataArgs
+    from llm_unlearn.data import encode_qa, load_split
+
+    tok = AutoTokenizer.from_pretrained(sources.materialize("smollm2-135m-instruct"))
+    longest = 0
+    for split in (
+        "full",
+        "forget10_perturbed",
+        "retain_perturbed",
+        "real_authors_perturbed",
+        "world_facts_perturbed",
+    ):
+        for row in load_split(split, tofu_dir):
+            answers = [row["answer"], *row.get("perturbed_answer", []), row.get("paraphrased_answer") or ""]
+            for answer in answers:
+                if answer:
+                    ids = encode_qa(tok, row["question"], answer, "chat_template", DataArgs.max_length, None)
+                    longest = max(longest, len(ids["input_ids"]))
+    assert 100 < longest <= DataArgs.max_length
