@@ -114,9 +114,18 @@ def test_world_ngdiff_recipe_is_the_studys_best_measured_setting():
     groups: dict[tuple, list[dict]] = {}
     for r in study["runs"]:
         if r["split"] == "forget10" and r["epochs"] == recipe["num_train_epochs"]:
-            key = (r["method"], r["optimizer"], r["learning_rate"], r["gen"], r.get("gen_gamma", 0.9))
+            key = (r["method"], r["optimizer"], r["learning_rate"], r["gen"], r.get("gen_gamma", 0.9),
+                   r.get("gen_probe"), r.get("models"))  # fmt: skip
             groups.setdefault(key, []).append(r)
     passing = {k: statistics.fmean(r["model_utility"] for r in rs) for k, rs in groups.items()
                if len(rs) == 3 and all(r["forget_quality"] >= 0.1 for r in rs)}  # fmt: skip
     best = max(passing, key=passing.get)
-    assert best == (recipe["method"], recipe["optim"], recipe["learning_rate"], recipe["gen"], 0.9)
+    assert best == (
+        recipe["method"],
+        recipe["optim"],
+        recipe["learning_rate"],
+        recipe["gen"],
+        0.9,
+        None,
+        None,
+    )
