@@ -497,17 +497,18 @@ def plot(rows: list[dict], base: dict, path: Path, split: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for setting in sorted({_setting(r) for r in rows}):
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    settings = sorted({_setting(r) for r in rows})
+    colors = plt.get_cmap("tab20")
+    for i, setting in enumerate(settings):
         pts = [r for r in rows if _setting(r) == setting]
         front = sorted(pareto(pts), key=lambda r: r["model_utility"])
-        sc = ax.scatter(
-            [r["model_utility"] for r in pts], [r["forget_quality"] for r in pts], label=setting, alpha=0.8
-        )
+        # 20 distinct colours and a marker per setting, so no two settings look alike.
+        style = dict(color=colors(i % 20), marker="osD^v<>"[i % 7])
+        ax.scatter([r["model_utility"] for r in pts], [r["forget_quality"] for r in pts], label=setting,
+                   alpha=0.85, **style)  # fmt: skip
         ax.plot(
-            [r["model_utility"] for r in front],
-            [r["forget_quality"] for r in front],
-            color=sc.get_facecolor()[0],
+            [r["model_utility"] for r in front], [r["forget_quality"] for r in front], color=style["color"]
         )
     target_mu = base["target"]["model_utility"]
     ax.scatter([target_mu], [base["target"]["forget_quality"]], marker="*", s=150, color="k", label="target")
