@@ -73,6 +73,9 @@ class UnlearnTrainer(Trainer):
         self.reference_model = reference_model
         if reference_model is not None:
             reference_model.eval().requires_grad_(False)
+            if isinstance(reference_model, torch.nn.Module):
+                # Trainer places only the trained model; the frozen copy must sit on the same device.
+                reference_model.to(self.args.device)
         self.retain_stream = RetainStream(
             retain_dataset,
             self.args.retain_batch_size,
