@@ -404,16 +404,17 @@ def write_report(path: Path) -> None:
                 "",
                 f"## {protocol} protocol, {split} ({sel[0]['hardware']})",
                 "",
-                "| model | FQ | MU | forget ROUGE-L | forget truth ratio | forget prob | ra prob | ra TR | "
-                "wf prob | wf TR | train s | eval s |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|",
+                "| model | FQ | MU | forget ROUGE-L | forget truth ratio | forget prob | retain ROUGE-L | ra prob | "
+                "ra TR | ra ROUGE-L | wf prob | wf TR | wf ROUGE-L | train s | eval s |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             for r in sel:
                 name = r["model"] if r["method"] == "none" else r["method"]
                 lines.append(
                     f"| {name} | {r.get('forget_quality', math.nan):.3g} | {r['model_utility']:.3f} | "
                     f"{r['forget_rouge_l']:.3f} | {r['forget_truth_ratio']:.3f} | {r['forget_prob']:.3f} | "
-                    f"{r['ra_prob']:.3f} | {r['ra_truth_ratio']:.3f} | {r['wf_prob']:.3f} | {r['wf_truth_ratio']:.3f} | "
+                    f"{r['retain_rouge_l']:.3f} | {r['ra_prob']:.3f} | {r['ra_truth_ratio']:.3f} | {r['ra_rouge_l']:.3f} | "
+                    f"{r['wf_prob']:.3f} | {r['wf_truth_ratio']:.3f} | {r['wf_rouge_l']:.3f} | "
                     f"{r['train_s']:.0f} | {r['eval_s'] or 0:.0f} |"
                 )
     plot(rows, path.with_suffix(".png"))
