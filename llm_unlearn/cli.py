@@ -8,7 +8,8 @@
     llm-unlearn ls                                     # methods, recipes, cached models
     llm-unlearn bench --out FILE.json                  # NGDiff and GeN cost vs GradDiff, side by side
 
-Bad input ends with one line `error: <problem>; <fix>` on stderr and exit code 2.
+Bad input ends with one line `error: <problem>; <fix>` on stderr and exit code 2; `--debug` (anywhere
+on the line) shows the full traceback instead.
 """
 
 from __future__ import annotations
@@ -169,6 +170,8 @@ def _print_metrics(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
@@ -189,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         globals()[f"cmd_{command}"](rest)
     except (DataError, RunError, NonFiniteLossError, ValueError, FileNotFoundError, FileExistsError) as err:
+        if debug:
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

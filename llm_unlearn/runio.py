@@ -47,6 +47,56 @@ def write_status(run_dir: str | Path, state: str, **extra: Any) -> None:
     write_json_atomic(Path(run_dir) / STATUS_FILE, {"state": state, "time": time.time(), **extra})
 
 
+RUN_INFO_FILE = "run_info.json"
+_SECRET_OPTIONS = ("token", "password", "secret", "api_key")
+
+
+def redacted_argv(argv: list[str]) -> list[str]:
+    """The command line with the value of any token-like option replaced (`--hub_token X`, `--hub_token=X`)."""
+    out, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            out.append("<redacted>")
+            hide_next = False
+            continue
+        name = arg[2:].split("=", 1)[0].lower() if arg.startswith("--") else ""
+        if name and any(s in name for s in _SECRET_OPTIONS):
+            if "=" in arg:
+                out.append(arg.split("=", 1)[0] + "=<redacted>")
+            else:
+                out.append(arg)
+                hide_next = True
+            continue
+        out.append(arg)
+    return out
+
+
+def write_run_info(run_dir: str | Path, argv: list[str] | None = None) -> Path:
+    """`run_info.json`: the command (secrets redacted) and the library versions behind a run."""
+    import platform
+    import shlex
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    argv = list(sys.argv if argv is None else argv)
+    prog = Path(argv[0]).name if argv else "llm-unlearn"
+    if prog in ("cli.py", "__main__.py", "-m", "-c"):
+        prog = "llm-unlearn"
+    versions = {}
+    for package in ("llm_unlearn", "torch", "transformers", "accelerate", "peft", "huggingface_hub"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    info = {
+        "command": shlex.join([prog, *redacted_argv(argv[1:])]),
+        "python": platform.python_version(),
+        "versions": versions,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return write_json_atomic(Path(run_dir) / RUN_INFO_FILE, info)
+
+
 def read_status(run_dir: str | Path) -> dict | None:
     path = Path(run_dir) / STATUS_FILE
     return json.loads(path.read_text()) if path.is_file() else None

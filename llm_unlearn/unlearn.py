@@ -21,9 +21,19 @@ from .config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig, to_dict
 from .data import QACollator, QADataset, check_forget_retain, load_split, pad_id, paired_split
 from .methods import get_method
 from .methods.common import eval_mode
-from .runio import RunError, load_model, load_tokenizer, read_status, write_status, write_text_atomic
+from .runio import (
+    RunError,
+    load_model,
+    load_tokenizer,
+    read_status,
+    write_run_info,
+    write_status,
+    write_text_atomic,
+)
 
 logger = logging.getLogger("llm_unlearn")
+
+ADAPTER_DIR = "adapter"  # LoRA runs: the trained adapter, beside the merged model
 
 
 def resolve_retain_split(data: DataArgs) -> str:
@@ -136,6 +146,7 @@ def unlearn(
     out.mkdir(parents=True, exist_ok=True)
     resolved = to_dict(model_args, data, config, eval_args) | {"retain_split": retain_split}
     write_text_atomic(out / "unlearn_config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    write_run_info(out)
     write_status(out, "running", method=method.name)
     trainer = UnlearnTrainer(
         model=model,
@@ -152,7 +163,10 @@ def unlearn(
     try:
         trainer.train(resume_from_checkpoint=resume)
         if model_args.use_lora:
-            # A merged model is a plain HF folder that eval, push and from_pretrained read as is.
+            # The adapter alone (small, for `push`), then the merged model: a plain HF folder that
+            # eval, push and from_pretrained read as is.
+            if trainer.is_world_process_zero():
+                trainer.model.save_pretrained(str(out / ADAPTER_DIR))
             trainer.model = trainer.model.merge_and_unload()
         trainer.save_model(str(out))
     except BaseException as err:

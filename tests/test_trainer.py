@@ -326,3 +326,12 @@ def test_lora_graddiff_with_kl_trains_adapters_and_saves_a_merged_model(tiny, tm
     ]
     assert log[0]["loss_retain"] == pytest.approx(0.0, abs=1e-6)  # KL to itself before the first update
     assert log[1]["loss_retain"] > 0
+    # The adapter is kept beside the merged model (what `push` uploads for a LoRA run), safetensors only.
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert adapter and all("lora_" in k for k in adapter)
+    assert (out / "adapter" / "adapter_config.json").is_file() and not list(out.rglob("*.bin"))
+    info = json.loads((out / "run_info.json").read_text())
+    assert (
+        info["versions"]["torch"] == torch.__version__.split("+")[0]
+        or info["versions"]["torch"] == torch.__version__
+    )
