@@ -5,6 +5,7 @@
     llm-unlearn train --config recipes/world/finetune.yaml
     llm-unlearn unlearn --config recipes/world/graddiff.yaml [--key value ...]
     llm-unlearn eval --model_name_or_path RUN --data_dir DIR --reference_model REF
+    llm-unlearn push RUN --repo_id ORG/NAME [--private] [--revision R] [--merged] [--dry_run --output_dir DIR]
     llm-unlearn ls                                     # methods, recipes, cached models
     llm-unlearn bench --out FILE.json                  # NGDiff and GeN cost vs GradDiff, side by side
 
@@ -19,7 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-SUBCOMMANDS = ("demo", "world", "train", "unlearn", "eval", "ls", "bench")
+SUBCOMMANDS = ("demo", "world", "train", "unlearn", "eval", "push", "ls", "bench")
 USAGE = __doc__.split("\n\n")[1]
 
 
@@ -85,6 +86,10 @@ def cmd_unlearn(argv: list[str]) -> None:
     from .unlearn import unlearn
 
     model_args, data, config, eval_args = parse_config(argv)
+    if config.hub_token:
+        raise ValueError("--hub_token is refused: a token on the command line ends up in shell history and "
+                         "process lists; set HF_TOKEN or run `hf auth login`")  # fmt: skip
+    hub = _hub_target(config)
     if eval_args.do_final_eval:
         check_reference(eval_args)
     run_dir = unlearn(model_args, data, config, eval_args)
@@ -94,6 +99,28 @@ def cmd_unlearn(argv: list[str]) -> None:
         )
         _print_metrics(result)
     print(f"run complete: {run_dir}")
+    if hub is not None:
+        from accelerate import PartialState
+
+        from .push import push
+
+        if PartialState().is_main_process:
+            push(run_dir, **hub)
+
+
+def _hub_target(config) -> dict | None:
+    """Trainer's --push_to_hub, checked before any work and taken from Trainer, which would create the
+    repo at init and push every checkpoint: we push once, after the final evaluation, with the card."""
+    if not config.push_to_hub:
+        return None
+    from .push import check_repo_id, hub_token
+
+    if not config.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id ORG/NAME, the model repo to create or update")
+    check_repo_id(config.hub_model_id, "--hub_model_id")
+    hub_token()
+    config.push_to_hub = False
+    return dict(repo_id=config.hub_model_id, private=config.hub_private_repo, revision=config.hub_revision)
 
 
 def cmd_eval(argv: list[str]) -> None:
@@ -108,6 +135,12 @@ def cmd_eval(argv: list[str]) -> None:
     result = evaluate_with_reference(model_args.model_name_or_path, data, eval_args, model_args, out_path=out)
     _print_metrics(result)
     print(f"wrote {out}")
+
+
+def cmd_push(argv: list[str]) -> None:
+    from .push import push_cli
+
+    push_cli(argv)
 
 
 def cmd_ls(argv: list[str]) -> None:
