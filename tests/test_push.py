@@ -1,0 +1,311 @@
+"""`llm-unlearn push` and `unlearn --push_to_hub` with the real huggingface_hub client against a local Hub.
+
+Run: .venv/bin/python -m pytest -q tests/test_push.py   (tests/_hub_server.py is the Hub stand-in)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard, constants
+from huggingface_hub.repocard_data import model_index_to_eval_results
+
+from llm_unlearn.cli import main
+from llm_unlearn.runio import redacted_argv, write_status
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _hub_server import FakeHub  # noqa: E402
+
+TOKEN = f"hf_test_{secrets.token_hex(16)}"  # unique, so finding it anywhere means it leaked
+RECORDS = {"eval.json", "train_log.jsonl", "unlearn_config.yaml", "run_info.json"}
+TOKENIZER = {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
+FULL_MODEL = {"model.safetensors", "config.json", "generation_config.json"}
+ADAPTER = {"adapter_model.safetensors", "adapter_config.json"}
+CARDS = {"README.md", "data_card.md"}
+
+
+def _unlearn_argv(micro_world, micro_models, out, *extra) -> list[str]:
+    return [
+        "unlearn",
+        "--model_name_or_path", str(micro_models["target"]),
+        "--data_dir", str(micro_world),
+        "--forget_split", "forget10",
+        "--output_dir", str(out),
+        "--max_steps", "1",
+        "--per_device_train_batch_size", "4",
+        "--learning_rate", "1e-2",
+        "--use_cpu", "true",
+        "--reference_model", str(micro_models["retain"]["forget10"]),
+        "--eval_batch_size", "64",
+        "--max_new_tokens", "8",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(micro_world, micro_models, tmp_path_factory) -> dict[str, Path]:
+    """Two complete, evaluated runs on the micro world: full fine-tuning and LoRA."""
+    root = tmp_path_factory.mktemp("runs")
+    for name, extra in (("full", ()), ("lora", ("--use_lora", "true"))):
+        assert main(_unlearn_argv(micro_world, micro_models, root / name, *extra)) == 0
+    return {"full": root / "full", "lora": root / "lora"}
+
+
+@pytest.fixture
+def hub_env(monkeypatch, tmp_path):
+    """Starts local Hubs and points huggingface_hub at them; a token in HF_TOKEN and no saved login."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the suite runs offline; this Hub is local
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-login" / "token"))
+    monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    hubs = []
+
+    def start(**kwargs) -> FakeHub:
+        hub = FakeHub(token=TOKEN, timeout=120, **kwargs).__enter__()
+        hubs.append(hub)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        return hub
+
+    yield start
+    for hub in hubs:
+        hub.stop()
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and TOKEN not in captured.err + captured.out
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, captured.err
+    return errors[0]
+
+
+def _assert_card_matches_eval(readme: str, eval_json: dict) -> None:
+    path = Path(readme)
+    card = ModelCard.load(path)
+    values = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert values == {name: m["value"] for name, m in eval_json["metrics"].items()}
+    _, results = model_index_to_eval_results(card.data.to_dict()["model-index"])
+    assert {r.metric_type: r.metric_value for r in results} == values
+    assert {"llm-unlearn", "unlearning", "graddiff"} <= set(card.data.tags)
+    assert "arXiv:2203.12817" in card.text and "eprint        = {2203.12817}" in card.text
+    fq = eval_json["metrics"]["forget_quality"]["value"]
+    assert f"| {fq:.4g} | higher is better |" in card.text
+    assert eval_json["meta"]["forget_quality_reference"]["model"] in card.text
+
+
+@pytest.mark.parametrize("xet", [False, True], ids=["lfs", "xet-client"])
+def test_push_uploads_the_allow_listed_files_once_with_a_card_matching_eval_json(
+    runs, hub_env, monkeypatch, capsys, tmp_path, xet
+):
+    # With hf_xet active the client sends "lfs" files through Xet, which this Hub does not offer, so
+    # that variant gets every file inline: it checks that push works with the client's default path.
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", not xet)
+    hub = hub_env(lfs_suffixes=() if xet else (".safetensors",))
+    run = runs["full"]
+    before = _digest(run)
+    assert main(["push", str(run), "--repo_id", "org/world-graddiff"]) == 0
+    assert _digest(run) == before
+    out = capsys.readouterr()
+    assert f"{hub.url}/org/world-graddiff" in out.out and TOKEN not in out.out + out.err
+
+    files = hub.files("org/world-graddiff")
+    assert set(files) == FULL_MODEL | TOKENIZER | RECORDS | CARDS
+    assert files["model.safetensors"] == (run / "model.safetensors").read_bytes()
+    assert not [name for name in files if name.endswith((".bin", ".pt", ".pth", ".pkl"))]
+    assert not any(TOKEN.encode() in data for data in files.values())
+    commits = [path for method, path in hub.requests if path.endswith("/commit/main")]
+    assert len(commits) == 1
+    lfs = [path for method, path in hub.requests if path.endswith("/lfs/objects/batch")]
+    assert len(lfs) == (0 if xet else 1)
+    (tmp_path / "README.md").write_bytes(files["README.md"])
+    _assert_card_matches_eval(tmp_path / "README.md", json.loads((run / "eval.json").read_text()))
+
+
+def test_push_to_a_revision_creates_a_private_repo_and_the_branch(runs, hub_env):
+    hub = hub_env()
+    argv = ["push", str(runs["full"]), "--repo_id", "org/rev", "--private", "--revision", "v1"]
+    assert main(argv) == 0
+    assert hub.repos["org/rev"]["private"] is True
+    assert hub.files("org/rev", "main") == {}
+    assert "model.safetensors" in hub.files("org/rev", "v1")
+
+
+def test_a_failed_commit_is_one_error_line_and_leaves_the_run_unchanged(runs, hub_env, capsys):
+    hub = hub_env(fail_on=("commit",))
+    run = runs["full"]
+    before = _digest(run)
+    assert main(["push", str(run), "--repo_id", "org/broken"]) == 2
+    line = _error_line(capsys)
+    assert re.fullmatch(
+        rf"error: upload of {re.escape(str(run))} to org/broken failed \(HTTP 500 on /api/models/org/broken/commit/main"
+        rf": simulated server failure on commit\); nothing in {re.escape(str(run))} was changed; retry with "
+        rf"`llm-unlearn push {re.escape(str(run))} --repo_id org/broken` \(it sends the same files\)",
+        line,
+    ), line
+    # The upload got as far as the LFS transfer before the commit failed.
+    assert ("POST", "/org/broken.git/info/lfs/objects/verify") in hub.requests
+    assert hub.files("org/broken") == {}
+    assert _digest(run) == before
+
+
+def test_an_unreachable_endpoint_is_one_error_line(runs, hub_env, capsys, monkeypatch):
+    hub = hub_env()
+    hub.stop()  # nothing listens on that port any more
+    assert main(["push", str(runs["full"]), "--repo_id", "org/x"]) == 2
+    line = _error_line(capsys)
+    assert "failed (" in line and f"check the network and the endpoint ({hub.url}, from HF_ENDPOINT)" in line
+
+
+def test_a_rejected_token_names_the_fix(runs, hub_env, capsys, monkeypatch):
+    hub_env()
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    assert main(["push", str(runs["full"]), "--repo_id", "org/x"]) == 2
+    line = _error_line(capsys)
+    assert "HTTP 401 on /api/repos/create" in line and "check the token (HF_TOKEN or `hf auth login`)" in line
+
+
+def test_dry_run_writes_the_exact_folder_and_card_and_sends_no_request(runs, hub_env, tmp_path, capsys):
+    hub = hub_env()
+    run, out = runs["full"], tmp_path / "staged"
+    before = _digest(run)
+    assert main(["push", str(run), "--repo_id", "org/dry", "--dry_run", "--output_dir", str(out)]) == 0
+    assert hub.requests == []
+    assert set(_digest(out)) == FULL_MODEL | TOKENIZER | RECORDS | CARDS
+    for name in FULL_MODEL | TOKENIZER | RECORDS:
+        assert (out / name).read_bytes() == (run / name).read_bytes()
+    _assert_card_matches_eval(out / "README.md", json.loads((run / "eval.json").read_text()))
+    for folder in (out, run):
+        assert not [p for p in folder.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert _digest(run) == before
+    # A second dry run into the same, now full, folder is refused rather than mixing two folders.
+    assert main(["push", str(run), "--repo_id", "org/dry", "--dry_run", "--output_dir", str(out)]) == 2
+    assert "exists and is not empty" in _error_line(capsys)
+
+
+def test_lora_run_uploads_its_adapter_by_default_and_the_merged_model_on_request(runs, hub_env, tmp_path):
+    hub_env()
+    run = runs["lora"]
+    argv = ["push", str(run), "--repo_id", "org/lora", "--dry_run", "--output_dir"]
+    assert main([*argv, str(tmp_path / "adapter")]) == 0
+    assert set(_digest(tmp_path / "adapter")) == ADAPTER | TOKENIZER | RECORDS | CARDS
+    card = ModelCard.load(tmp_path / "adapter" / "README.md")
+    assert card.data.library_name == "peft" and "PeftModel.from_pretrained" in card.text
+    assert main([*argv, str(tmp_path / "merged"), "--merged"]) == 0
+    merged = set(_digest(tmp_path / "merged"))
+    assert merged == FULL_MODEL | TOKENIZER | RECORDS | CARDS | {f"adapter/{n}" for n in ADAPTER}
+    assert ModelCard.load(tmp_path / "merged" / "README.md").data.library_name == "transformers"
+
+
+def test_missing_token_is_one_clear_line_before_anything_is_staged(runs, hub_env, monkeypatch, capsys):
+    hub = hub_env()
+    monkeypatch.delenv("HF_TOKEN")
+    assert main(["push", str(runs["full"]), "--repo_id", "org/x"]) == 2
+    assert "no Hugging Face token: set HF_TOKEN" in _error_line(capsys)
+    assert hub.requests == []
+
+
+@pytest.mark.parametrize("state", ["running", "failed"])
+def test_an_unfinished_run_is_refused(runs, hub_env, tmp_path, capsys, state):
+    hub = hub_env()
+    run = tmp_path / "run"
+    shutil.copytree(runs["full"], run)
+    write_status(run, state, error="RuntimeError: boom" if state == "failed" else None)
+    assert main(["push", str(run), "--repo_id", "org/x"]) == 2
+    assert f"is {state}" in (line := _error_line(capsys)) and "push needs a complete run" in line
+    assert hub.requests == []
+
+
+def test_pickled_weights_are_refused(runs, hub_env, tmp_path, capsys):
+    hub_env()
+    run = tmp_path / "run"
+    shutil.copytree(runs["full"], run)
+    (run / "model.safetensors").rename(run / "pytorch_model.bin")
+    assert main(["push", str(run), "--repo_id", "org/x"]) == 2
+    line = _error_line(capsys)
+    assert "pickled weights only (pytorch_model.bin)" in line and "safetensors" in line
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--push_to_hub", "true"], "--push_to_hub needs --hub_model_id ORG/NAME"),
+        (["--push_to_hub", "true", "--hub_model_id", "no-org"], "--hub_model_id must be ORG/NAME"),
+        (["--hub_token", "hf_given_on_the_command_line"], "--hub_token is refused"),
+    ],
+)
+def test_unlearn_hub_options_are_checked_before_any_work(
+    micro_world, micro_models, hub_env, tmp_path, capsys, extra, message
+):
+    hub = hub_env()
+    out = tmp_path / "run"
+    assert main(_unlearn_argv(micro_world, micro_models, out, *extra)) == 2
+    assert message in _error_line(capsys)
+    assert not out.exists() and hub.requests == []
+
+
+def test_unlearn_push_to_hub_pushes_once_after_the_final_evaluation(
+    micro_world, micro_models, hub_env, tmp_path
+):
+    hub = hub_env()
+    out = tmp_path / "run"
+    extra = [
+        "--push_to_hub",
+        "true",
+        "--hub_model_id",
+        "org/e2e",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "1",
+    ]
+    assert main(_unlearn_argv(micro_world, micro_models, out, *extra)) == 0
+    commits = [path for method, path in hub.requests if "/commit/" in path]
+    assert commits == ["/api/models/org/e2e/commit/main"]  # no checkpoint pushes, one final upload
+    files = hub.files("org/e2e")
+    assert files["eval.json"] == (out / "eval.json").read_bytes()
+    (tmp_path / "README.md").write_bytes(files["README.md"])
+    _assert_card_matches_eval(tmp_path / "README.md", json.loads((out / "eval.json").read_text()))
+
+
+def test_redacted_argv_hides_the_values_of_token_like_options():
+    argv = ["--hub_token", "s3cret", "--lr", "1", "--hub_token=s3cret", "--api_key", "k", "--password=p"]
+    assert redacted_argv(argv) == [
+        "--hub_token", "<redacted>", "--lr", "1", "--hub_token=<redacted>", "--api_key", "<redacted>",
+        "--password=<redacted>",
+    ]  # fmt: skip
+
+
+def test_card_names_a_builtin_sources_upstream_model_and_a_hub_dataset(runs, tmp_path):
+    from llm_unlearn.card import build_card
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["full"], run)
+    config = yaml.safe_load((run / "unlearn_config.yaml").read_text())
+    config |= {
+        "model_name_or_path": "builtin:smollm2-135m-instruct",
+        "data_dir": None,
+        "dataset_name": "locuslab/TOFU",
+    }
+    (run / "unlearn_config.yaml").write_text(yaml.safe_dump(config))
+    card = build_card(run, "org/smol", adapter=False)
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and "de-quantized" in card.text
+    assert card.data.datasets == ["locuslab/TOFU"]
+    assert {r.dataset_type for r in card.data.eval_results} == {"locuslab/TOFU"}
