@@ -144,11 +144,26 @@ def cmd_push(argv: list[str]) -> None:
 
 
 def cmd_ls(argv: list[str]) -> None:
+    import dataclasses
+    from types import SimpleNamespace
+
+    from .config import UnlearnConfig
     from .methods import METHODS
 
-    print("methods:")
+    # needs_reference reads the config: ask it at the defaults, and with the KL retain term.
+    fields = dataclasses.fields(UnlearnConfig)
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    at_defaults, with_kl = SimpleNamespace(**defaults), SimpleNamespace(**defaults | {"retain_loss": "kl"})
+    print("methods (paper; frozen original model needed; combination; knobs = config fields it reads):")
     for name, method in sorted(METHODS.items()):
+        if method.needs_reference(at_defaults):
+            reference = "reference: yes"
+        else:
+            needs_kl = method.needs_reference(with_kl)
+            reference = "reference: with retain_loss kl" if needs_kl else "reference: no"
+        knobs = ", ".join(method.knobs) or "none"
         print(f"  {name:<10} {method.summary} ({method.paper})")
+        print(f"  {'':<10} {reference}; combine: {method.combine}; knobs: {knobs}")
     recipes = Path(__file__).resolve().parents[1] / "recipes"
     if recipes.is_dir():
         print("recipes:")

@@ -23,6 +23,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from .data import PROMPT_FORMATS
+from .methods import COMBINES
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -103,9 +104,30 @@ class UnlearnConfig(TrainingArguments):
         forget_weight / retain_weight (`float`, *optional*, default 1.0): weights of the loss terms.
         retain_batch_size (`int`, *optional*): retain micro-batch size; defaults to the forget batch size.
         retain_seed (`int`, *optional*, defaults to 0): seed of the retain loader's order.
-        combine (`str`, *optional*): `sum` (gradient of the weighted sum) or `normalized` (each term's
-            gradient normalized by its global L2 norm, then summed: NGDiff); defaults to the method's.
+        combine (`str`, *optional*): `sum` (gradient of the weighted sum), `normalized` (each term's
+            gradient normalized by its global L2 norm, then summed: NGDiff) or `pcgrad` (forget-side
+            gradients projected off the retain gradient when they conflict); defaults to the method's.
         max_grad_norm (`float`, *optional*): defaults to 1.0, or 0 (no clipping) for `normalized`.
+
+    Parameters of particular methods (`llm-unlearn ls` lists the ones each method reads; formulas
+    in each method's module docstring):
+        npo_beta (`float`, defaults to 0.1): NPO's inverse temperature (npo, and gc's NPO term).
+        simnpo_beta / simnpo_gamma (`float`, default 2.5 / 0.0): SimNPO's inverse temperature and margin.
+        dpo_beta (`float`, defaults to 0.1): DPO's inverse temperature (dpo).
+        refusals_file (`str`, *optional*): refusal answers, one per line (idkpo, dpo); the packaged list
+            by default.
+        rmu_layer (`int`, *optional*): decoder layer RMU steers; defaults to num_hidden_layers // 4.
+        rmu_coefficient (`float`, defaults to 6.5): length c of RMU's steering target c u.
+        rmu_train_layers (`str`, *optional*): comma-separated decoder layers RMU trains; default L-2..L.
+        rmu_train_params (`str`, defaults to `"mlp.down_proj"`): comma-separated parts of the names of
+            the parameters RMU trains within those layers.
+        undial_strength (`float`, defaults to 10.0): how far UNDIAL lowers the answer token's logit.
+        gc_chunks (`int`, defaults to 2): chunks of a forget micro-batch whose gradients gc collides.
+        gc_form (`str`, defaults to `"cosine"`): `cosine` (bounded) or `inner` (raw inner products).
+        gc_weight (`float`, defaults to 1.0): weight of the collision term.
+        gc_forget_loss (`str`, defaults to `"npo"`): gc's direct forgetting term, `npo` or `ga`.
+        gc_params (`str`, defaults to `""`): comma-separated parts of the names of the parameters whose
+            gradients collide; empty: every trainable parameter.
     """
 
     method: str = field(default="graddiff", metadata={"help": "Unlearning method (see `llm-unlearn ls`)."})
@@ -118,7 +140,9 @@ class UnlearnConfig(TrainingArguments):
     retain_seed: int = field(default=0, metadata={"help": "Seed of the retain loader's cyclic order."})
     combine: str | None = field(
         default=None,
-        metadata={"help": "How loss terms become one update: sum or normalized (default: the method's own)."},
+        metadata={
+            "help": "How loss terms become one update: sum, normalized or pcgrad (default: the method's own)."
+        },
     )
     gen: bool = field(
         default=False,
@@ -131,6 +155,40 @@ class UnlearnConfig(TrainingArguments):
     )
     gen_gamma: float = field(
         default=0.9, metadata={"help": "GeN smoothing: eta <- gamma*eta + (1-gamma)*eta*."}
+    )
+    npo_beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature beta (npo, gc)."})
+    simnpo_beta: float = field(default=2.5, metadata={"help": "SimNPO inverse temperature beta."})
+    simnpo_gamma: float = field(default=0.0, metadata={"help": "SimNPO margin gamma."})
+    dpo_beta: float = field(default=0.1, metadata={"help": "DPO inverse temperature beta (dpo)."})
+    refusals_file: str | None = field(
+        default=None,
+        metadata={"help": "Refusal answers, one per line, for idkpo and dpo (default: the packaged list)."},
+    )
+    rmu_layer: int | None = field(
+        default=None, metadata={"help": "Decoder layer RMU steers (default: num_hidden_layers // 4)."}
+    )
+    rmu_coefficient: float = field(default=6.5, metadata={"help": "Length c of RMU's steering target c*u."})
+    rmu_train_layers: str | None = field(
+        default=None, metadata={"help": "Comma-separated decoder layers RMU trains (default: L-2..L)."}
+    )
+    rmu_train_params: str = field(
+        default="mlp.down_proj",
+        metadata={"help": "Comma-separated parts of the names of the parameters RMU trains in those layers."},
+    )
+    undial_strength: float = field(
+        default=10.0, metadata={"help": "How far UNDIAL lowers the answer token's logit."}
+    )
+    gc_chunks: int = field(
+        default=2, metadata={"help": "Chunks of a forget micro-batch whose gradients gc collides."}
+    )
+    gc_form: str = field(default="cosine", metadata={"help": "gc collision form: cosine (bounded) or inner."})
+    gc_weight: float = field(default=1.0, metadata={"help": "Weight of gc's collision term."})
+    gc_forget_loss: str = field(default="npo", metadata={"help": "gc's direct forgetting term: npo or ga."})
+    gc_params: str = field(
+        default="",
+        metadata={
+            "help": "Comma-separated name parts of the parameters with colliding gradients (empty: all)."
+        },
     )
     max_grad_norm: float | None = field(
         default=None,
@@ -157,8 +215,8 @@ class UnlearnConfig(TrainingArguments):
         self._check_ranges()
         if self.combine is None:
             self.combine = get_method(self.method).combine
-        if self.combine not in ("sum", "normalized"):
-            raise ConfigError(f"unknown combine {self.combine!r}; choose sum or normalized")
+        if self.combine not in COMBINES:
+            raise ConfigError(f"unknown combine {self.combine!r}; choose {', '.join(COMBINES)}")
         if self.max_grad_norm is None:
             self.max_grad_norm = 0.0 if self.combine == "normalized" else 1.0
         elif self.combine == "normalized" and self.max_grad_norm > 0:
@@ -166,19 +224,36 @@ class UnlearnConfig(TrainingArguments):
                 "max_grad_norm=%g clips the normalized direction, whose norm is up to 2 by design; "
                 "set --max_grad_norm 0 to follow NGDiff exactly", self.max_grad_norm,
             )  # fmt: skip
-        if self.combine == "normalized":
+        if self.combine != "sum":
+            # Both combinations run each term's backward themselves, outside the loss scaler and the engine.
             if self.fp16:
                 raise ConfigError(
-                    "normalized combination does not work with fp16: the loss scale cancels in g/||g|| and "
-                    "the scaler then divides the step again; use --bf16 true or fp32"
+                    f"{self.combine} combination does not work with fp16: its per-term backward bypasses the "
+                    "loss scaler (and under normalized the scale cancels in g/||g||); use --bf16 true or fp32"
                 )
             if self.deepspeed:
                 raise ConfigError(
-                    "normalized combination (NGDiff) is not supported under DeepSpeed, whose engine clips and "
+                    f"{self.combine} combination is not supported under DeepSpeed, whose engine clips and "
                     "steps inside backward; use FSDP2 or DDP (recipes/accelerate/)"
                 )
-        if self.retain_loss not in ("nll", "kl"):
-            raise ConfigError(f"unknown retain_loss {self.retain_loss!r}; choose nll or kl")
+        for name, choices in (("retain_loss", ("nll", "kl")), ("gc_form", ("cosine", "inner")),
+                              ("gc_forget_loss", ("npo", "ga"))):  # fmt: skip
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose {' or '.join(choices)}")
+        if self.rmu_train_layers is not None and not all(
+            part.strip().isdigit() for part in self.rmu_train_layers.split(",")
+        ):
+            raise ConfigError(
+                f"--rmu_train_layers {self.rmu_train_layers!r} must be comma-separated layer indices, e.g. 5,6,7"
+            )
+        if self.refusals_file is not None:
+            path = Path(self.refusals_file)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"refusals file {path} not found; pass a text file with one refusal answer per line"
+                )
+            if not path.read_text(encoding="utf-8").strip():
+                raise ConfigError(f"refusals file {path} is empty; give one refusal answer per line")
         if self.retain_batch_size is None:
             self.retain_batch_size = self.per_device_train_batch_size
         import torch
@@ -228,6 +303,15 @@ class UnlearnConfig(TrainingArguments):
             )
         _require(self.gen_interval >= 1, "gen_interval", self.gen_interval, "at least 1 optimizer step")
         _require(0 <= self.gen_gamma < 1, "gen_gamma", self.gen_gamma, "in [0, 1)")
+        for name in ("npo_beta", "simnpo_beta", "dpo_beta", "rmu_coefficient", "undial_strength"):
+            value = getattr(self, name)
+            _require(math.isfinite(value) and value > 0, name, value, "a positive number")
+        for name in ("simnpo_gamma", "gc_weight"):
+            value = getattr(self, name)
+            _require(math.isfinite(value) and value >= 0, name, value, "a finite number >= 0")
+        if self.rmu_layer is not None:
+            _require(self.rmu_layer >= 0, "rmu_layer", self.rmu_layer, ">= 0 (a decoder layer index)")
+        _require(self.gc_chunks >= 2, "gc_chunks", self.gc_chunks, "at least 2 (gradients collide in pairs)")
         _require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, ">= 0 (a fraction of the steps when below 1)")  # fmt: skip
 
 

@@ -13,8 +13,10 @@ tokenizer's eos token (`<|im_end|>`-style chat models set eos to their end-of-tu
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,7 +227,11 @@ def encode_qa(
 
 
 class QADataset(torch.utils.data.Dataset):
-    """Tokenized question/answer pairs; `answer_key` picks which answer field to score."""
+    """Tokenized question/answer pairs; `answer_key` picks which answer field to score.
+
+    `with_alternative_answers` pairs every question with a second answer (e.g. a refusal), encoded
+    with the same prompt, for methods that declare `forget_alternatives`.
+    """
 
     def __init__(
         self,
@@ -236,10 +242,30 @@ class QADataset(torch.utils.data.Dataset):
         system_prompt: str | None = None,
         answer_key: str = "answer",
     ):
+        self.questions = [r["question"] for r in rows]
+        self.encoding = dict(
+            tokenizer=tokenizer,
+            prompt_format=prompt_format,
+            max_length=max_length,
+            system_prompt=system_prompt,
+        )
         self.features = [
-            encode_qa(tokenizer, r["question"], r[answer_key], prompt_format, max_length, system_prompt)
-            for r in rows
+            encode_qa(question=r["question"], answer=r[answer_key], **self.encoding) for r in rows
         ]
+
+    def with_alternative_answers(self, answers: Sequence[str], seed: int) -> QADataset:
+        """A copy whose examples also carry `alt_input_ids`/`alt_labels`: the same prompt, another answer.
+
+        Example i gets answers[k_i], k_i drawn by `random.Random(seed)` in example order: fixed for a
+        run, so a resumed run sees the same pairs.
+        """
+        rng = random.Random(seed)
+        paired = copy.copy(self)
+        paired.features = []
+        for question, feature in zip(self.questions, self.features):
+            alt = encode_qa(question=question, answer=answers[rng.randrange(len(answers))], **self.encoding)
+            paired.features.append(feature | {"alt_input_ids": alt["input_ids"], "alt_labels": alt["labels"]})
+        return paired
 
     def __len__(self) -> int:
         return len(self.features)
@@ -252,26 +278,34 @@ class QADataset(torch.utils.data.Dataset):
 class QACollator:
     """Pad a list of encoded examples on the right (left with `padding_side='left'`).
 
-    Padding positions get attention 0 and label -100, so they never carry loss.
+    Padding positions get attention 0 and label -100, so they never carry loss. Examples with an
+    alternative answer (`alt_input_ids`, `alt_labels`) get it padded apart, as `alt_*` tensors.
     """
 
     pad_token_id: int
     padding_side: str = "right"
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(f["input_ids"]) for f in features)
+        batch = self._pad(features, "")
+        if "alt_input_ids" in features[0]:
+            batch |= {f"alt_{key}": value for key, value in self._pad(features, "alt_").items()}
+        return batch
+
+    def _pad(self, features: Sequence[dict], prefix: str) -> dict[str, torch.Tensor]:
+        width = max(len(f[f"{prefix}input_ids"]) for f in features)
         ids, labels, mask = [], [], []
         for f in features:
-            pad = width - len(f["input_ids"])
-            body_labels = f.get("labels", [IGNORE_INDEX] * len(f["input_ids"]))
+            body = f[f"{prefix}input_ids"]
+            pad = width - len(body)
+            body_labels = f.get(f"{prefix}labels", [IGNORE_INDEX] * len(body))
             if self.padding_side == "right":
-                ids.append(f["input_ids"] + [self.pad_token_id] * pad)
+                ids.append(body + [self.pad_token_id] * pad)
                 labels.append(body_labels + [IGNORE_INDEX] * pad)
-                mask.append([1] * len(f["input_ids"]) + [0] * pad)
+                mask.append([1] * len(body) + [0] * pad)
             else:
-                ids.append([self.pad_token_id] * pad + f["input_ids"])
+                ids.append([self.pad_token_id] * pad + body)
                 labels.append([IGNORE_INDEX] * pad + body_labels)
-                mask.append([0] * pad + [1] * len(f["input_ids"]))
+                mask.append([0] * pad + [1] * len(body))
         return {
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "attention_mask": torch.tensor(mask, dtype=torch.long),

@@ -1,4 +1,4 @@
-"""Normalized combination of loss terms: the NGDiff update direction.
+"""Combinations of loss terms other than the plain sum: NGDiff's normalized sum and PCGrad.
 
 NGDiff (Bu, Jin et al., arXiv 2410.22086) treats forgetting and retaining as two tasks and
 combines their gradients after normalizing each by its global L2 norm:
@@ -26,6 +26,19 @@ FSDP2 and gradient accumulation: HF Trainer runs every micro-batch but the last 
 own unsharded buffers, where swapping `.grad` per term cannot keep the terms apart. In sharded mode
 every term's backward therefore runs with gradient sync forced on (`gradient_sync_forced`), so each
 micro-batch is reduce-scattered into that term's sharded buffer.
+
+PCGrad (Yu et al., "Gradient surgery for multi-task learning", arXiv 2001.06782) removes the part of
+a task's gradient that conflicts with another's. Unlearning gives the retain task priority (as in
+retention-prioritized gradient synthesis, arXiv 2604.14808): with G_R the weighted retain gradient
+(the retain stream's terms, summed) and G_k each other term's weighted gradient,
+
+    G_k' = G_k - min(0, <G_k, G_R>) / ||G_R||^2  G_R,        d = G_R + sum_k G_k',
+
+so a forget gradient that points against the retain gradient loses that component and d never
+decreases the retain terms to first order, while a non-conflicting one is left as it is. Yu et al.
+project every task symmetrically (G_R off G_F too); projecting only the forget side is the choice
+the issue asked for. A zero retain gradient projects nothing. `PCGradCombiner` reuses the per-term
+buffers, rank averaging and sharded norms above.
 """
 
 from __future__ import annotations
@@ -89,29 +102,25 @@ class NormalizedCombiner:
         for p in self.params:
             p.grad = None
 
-    def combine(self, weights: dict[str, float], world_size: int = 1) -> dict[str, float]:
+    def combine(
+        self, weights: dict[str, float], world_size: int = 1, streams: dict[str, str] | None = None
+    ) -> dict[str, float]:
         """Set each parameter's `.grad` to sum_k w_k G_k / ||G_k|| and return per-step statistics.
 
         The sum is written into the first kept term's buffer, so no third gradient copy is made.
+        `streams` (term -> stream) is what PCGrad needs; the normalized sum treats every term alike.
 
         Statistics: `grad_norm_<term>` for each term, `cos_<a>_<b>` between the first two terms'
         gradients as minimized (for ngdiff cos(-g_F, g_R) = -cos(g_F, g_R), matching `loss_forget` = -NLL), `dropped_terms` (how many had a zero or non-finite norm) and `skipped` (1 when
         all did).
         """
-        if world_size > 1 and not self.sharded:
-            for buffers in self.buffers.values():
-                for b in buffers:
-                    dist.all_reduce(b)
-                    b.div_(world_size)
+        self._average_across_ranks(world_size)
         names = list(self.buffers)
         # Squared norms of every term, then <G_a, G_b> of the first two: one reduction in sharded mode.
         sums = [_dot(self.buffers[n], self.buffers[n]) for n in names]
         if len(names) >= 2:
             sums.append(_dot(self.buffers[names[0]], self.buffers[names[1]]))
-        if self.sharded and world_size > 1:
-            reduced = torch.tensor(sums, dtype=torch.float64)
-            dist.all_reduce(reduced)
-            sums = reduced.tolist()
+        sums = self._reduce(sums, world_size)
         norms = {n: math.sqrt(s) if math.isfinite(s) else float("nan") for n, s in zip(names, sums)}
         stats: dict[str, float] = {f"grad_norm_{name}": n for name, n in norms.items()}
         if len(names) >= 2:
@@ -127,6 +136,76 @@ class NormalizedCombiner:
             direction = self.buffers[kept[0]][j].mul_(weights[kept[0]] / norms[kept[0]])
             for name in kept[1:]:
                 direction.add_(self.buffers[name][j], alpha=weights[name] / norms[name])
+            p.grad = direction
+        return stats
+
+    def _average_across_ranks(self, world_size: int) -> None:
+        """DDP: average every term's buffer over ranks (sharded buffers are averaged by backward itself)."""
+        if world_size > 1 and not self.sharded:
+            for buffers in self.buffers.values():
+                for b in buffers:
+                    dist.all_reduce(b)
+                    b.div_(world_size)
+
+    def _reduce(self, sums: list[float], world_size: int) -> list[float]:
+        """Sharded mode: sum per-rank partial dot products over ranks (one all-reduce)."""
+        if self.sharded and world_size > 1:
+            reduced = torch.tensor(sums, dtype=torch.float64)
+            dist.all_reduce(reduced)
+            return reduced.tolist()
+        return sums
+
+
+class PCGradCombiner(NormalizedCombiner):
+    """Per-term buffers as `NormalizedCombiner`, combined by PCGrad with the retain stream's terms protected."""
+
+    def combine(
+        self, weights: dict[str, float], world_size: int = 1, streams: dict[str, str] | None = None
+    ) -> dict[str, float]:
+        """Set `.grad` to d = G_R + sum_k G_k' (module docstring) and return per-step statistics.
+
+        Terms on the retain stream make up G_R; every other term is projected off G_R when
+        <w_k G_k, G_R> < 0. With G the Gram matrix of the unweighted buffers, d is
+        sum_{a in R} w_a (1 - sum_k c_k) G_a + sum_k w_k G_k with c_k = min(0, <w_k G_k, G_R>) / ||G_R||^2,
+        written into the first kept buffer. Statistics as `NormalizedCombiner.combine`, plus
+        `pcgrad_projected` (how many terms were projected this step).
+        """
+        self._average_across_ranks(world_size)
+        names = list(self.buffers)
+        pairs = [(i, j) for i in range(len(names)) for j in range(i, len(names))]
+        sums = self._reduce(
+            [_dot(self.buffers[names[i]], self.buffers[names[j]]) for i, j in pairs], world_size
+        )
+        gram = {(names[i], names[j]): v for (i, j), v in zip(pairs, sums)}
+        gram |= {(b, a): v for (a, b), v in list(gram.items())}
+        norms = {n: math.sqrt(gram[n, n]) if math.isfinite(gram[n, n]) else float("nan") for n in names}
+        stats: dict[str, float] = {f"grad_norm_{name}": n for name, n in norms.items()}
+        if len(names) >= 2:
+            a, b = names[:2]
+            stats[f"cos_{a}_{b}"] = gram[a, b] / max(norms[a] * norms[b], EPS)
+        kept = [n for n in names if math.isfinite(norms[n])]
+        retain = [n for n in kept if (streams or {}).get(n) == "retain"]
+        others = [n for n in kept if n not in retain]
+        retain_sq = sum(weights[a] * weights[b] * gram[a, b] for a in retain for b in retain)
+        shrink = 0.0
+        projected = 0
+        if retain_sq > EPS:
+            for k in others:
+                conflict = weights[k] * sum(weights[a] * gram[k, a] for a in retain)
+                if conflict < 0:
+                    shrink += conflict / retain_sq
+                    projected += 1
+        coefficients = {a: weights[a] * (1.0 - shrink) for a in retain} | {k: weights[k] for k in others}
+        stats["dropped_terms"] = float(len(names) - len(kept))
+        stats["skipped"] = float(not kept)
+        stats["pcgrad_projected"] = float(projected)
+        for j, p in enumerate(self.params):
+            if not kept:
+                p.grad = None
+                continue
+            direction = self.buffers[kept[0]][j].mul_(coefficients[kept[0]])
+            for name in kept[1:]:
+                direction.add_(self.buffers[name][j], alpha=coefficients[name])
             p.grad = direction
         return stats
 

@@ -32,7 +32,7 @@ from .data import IGNORE_INDEX
 from .gen import GenScheduler, probe_losses
 from .methods import Method, MethodContext, Term
 from .methods.common import eval_mode
-from .optim import NormalizedCombiner, local_shard
+from .optim import NormalizedCombiner, PCGradCombiner, local_shard
 from .streams import PROBE_SALT, ProbeStream, RetainStream, example_keys
 
 __all__ = ["NonFiniteLossError", "RetainStream", "UnlearnTrainer"]
@@ -62,13 +62,23 @@ class UnlearnTrainer(Trainer):
     def __init__(self, *args, retain_dataset, method: Method, reference_model=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.method = method
-        if self.is_fsdp_enabled and self.args.combine == "normalized":
+        if self.is_fsdp_enabled and self.args.combine != "sum":
             version = getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1)
             if version != 2:
                 raise ValueError(
-                    "normalized combination (NGDiff) under FSDP needs FSDP2, whose sharded gradients it "
+                    f"{self.args.combine} combination under FSDP needs FSDP2, whose sharded gradients it "
                     "accumulates per term; set fsdp_config version: 2 (or fsdp_version: 2 in the accelerate config)"
                 )
+        # What the method declared it needs (methods/__init__.py), provided without knowing which method.
+        if method.forget_alternatives is not None:
+            self.train_dataset = self.train_dataset.with_alternative_answers(
+                method.forget_alternatives(self.args), seed=self.args.seed
+            )
+        if method.trainable is not None:
+            keep = method.trainable(self.model, self.args)
+            for name, param in self.model.named_parameters():
+                if name not in keep:
+                    param.requires_grad_(False)
         self.retain_dataset = retain_dataset
         self.reference_model = reference_model
         if reference_model is not None:
@@ -168,8 +178,8 @@ class UnlearnTrainer(Trainer):
         tokens, sequences = self._window_counts[term.stream]
         count = tokens if term.reduction == "token" else sequences
         # Gradients are averaged over ranks: multiply by world size so the average is the global mean.
-        # Under normalized combination a weight scales the normalized gradient instead (optim.py).
-        weight = 1.0 if self.args.combine == "normalized" else term.weight
+        # Under normalized and pcgrad combination the combiner applies the weights (optim.py).
+        weight = term.weight if self.args.combine == "sum" else 1.0
         return weight * term.total * self.args.world_size / count.clamp_min(1).to(term.total.dtype)
 
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
@@ -194,7 +204,7 @@ class UnlearnTrainer(Trainer):
         forget = self._prepare_inputs(inputs["forget"])
         retain = self._prepare_inputs(inputs["retain"])
         ctx = MethodContext(config=self.args, reference_model=self.reference_model)
-        if self.args.combine == "normalized":
+        if self.args.combine != "sum":
             return self._normalized_step(model, forget, retain, ctx)
         with self.compute_loss_context_manager():
             terms = {
@@ -219,7 +229,8 @@ class UnlearnTrainer(Trainer):
         fsdp = self.is_fsdp_enabled
         if self._combiner is None:
             params = [p for p in model.parameters() if p.requires_grad]
-            self._combiner = NormalizedCombiner(params, sharded=fsdp, module=model if fsdp else None)
+            combiner = PCGradCombiner if self.args.combine == "pcgrad" else NormalizedCombiner
+            self._combiner = combiner(params, sharded=fsdp, module=model if fsdp else None)
         if self._window_start:
             self._combiner.reset()
             self._window_start = False
@@ -231,7 +242,8 @@ class UnlearnTrainer(Trainer):
             self._combiner.accumulate(terms)
         if self.accelerator.sync_gradients:
             weights = {name: t.weight for name, t in raw.items()}
-            stats = self._combiner.combine(weights, world_size=self.args.world_size)
+            streams = {name: t.stream for name, t in raw.items()}
+            stats = self._combiner.combine(weights, world_size=self.args.world_size, streams=streams)
             if stats["dropped_terms"]:
                 logger.warning("step %d: %d loss term(s) had a zero or non-finite gradient norm and were dropped%s",
                                self.state.global_step, int(stats["dropped_terms"]),

@@ -29,6 +29,15 @@ RANGE_CASES = [
     ("eval_batch_size", "0", "at least 1"),
     ("max_new_tokens", "0", "at least 1"),
     ("max_length", "1", "at least 2"),
+    ("npo_beta", "0", "a positive number"),
+    ("simnpo_beta", "-1", "a positive number"),
+    ("simnpo_gamma", "-0.5", "a finite number >= 0"),
+    ("dpo_beta", "inf", "a positive number"),
+    ("rmu_layer", "-1", ">= 0"),
+    ("rmu_coefficient", "0", "a positive number"),
+    ("undial_strength", "nan", "a positive number"),
+    ("gc_chunks", "1", "at least 2"),
+    ("gc_weight", "-1", "a finite number >= 0"),
 ]
 
 

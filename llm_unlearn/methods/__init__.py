@@ -5,6 +5,18 @@ A method is `fn(model, forget, retain, ctx) -> dict[str, Term]`: named quantitie
 option, which is why a method never sums its terms. Names are lowercase and unique; an unknown
 name gets a "did you mean"; a dotted path (`my_pkg.my_module.my_method`) loads a method that lives
 outside the package.
+
+What a method needs besides the two batches it declares when it registers, and the trainer
+provides it without knowing which method asked:
+- `needs_reference(config)`: the frozen original model, as `ctx.reference_model` (under LoRA, the
+  base model with the adapters switched off);
+- `forget_alternatives(config)`: a list of answers, one of which is paired with every forget
+  question (e.g. refusals): forget batches then also carry `alt_input_ids`, `alt_attention_mask`
+  and `alt_labels`, the same prompt answered by the alternative;
+- `trainable(model, config)`: the names of the parameters it trains; every other parameter is
+  frozen before the optimizer is built.
+Anything else (hidden states, second-order gradients) a method gets from the model itself, inside
+its own function.
 """
 
 from __future__ import annotations
@@ -17,19 +29,42 @@ from dataclasses import dataclass
 from .common import MethodContext, Term
 
 METHODS: dict[str, Method] = {}
+COMBINES = ("sum", "normalized", "pcgrad")
+
+
+def _never(config) -> bool:
+    return False
 
 
 @dataclass(frozen=True)
 class Method:
+    """A registered method: its term function, its paper, and what it needs (module docstring).
+
+    `knobs` are the config fields the method reads, listed by `llm-unlearn ls`; `combine` is the
+    combination used unless `--combine` says otherwise.
+    """
+
     name: str
     fn: Callable[..., dict[str, Term]]
     paper: str
-    needs_reference: Callable[[object], bool] = lambda config: False
+    needs_reference: Callable[[object], bool] = _never
     summary: str = ""
     combine: str = "sum"
+    knobs: tuple[str, ...] = ()
+    forget_alternatives: Callable[[object], list[str]] | None = None
+    trainable: Callable[[object, object], set[str]] | None = None
 
 
-def register(name: str, paper: str, summary: str, needs_reference=lambda config: False, combine: str = "sum"):
+def register(
+    name: str,
+    paper: str,
+    summary: str,
+    needs_reference: Callable[[object], bool] = _never,
+    combine: str = "sum",
+    knobs: tuple[str, ...] = (),
+    forget_alternatives: Callable[[object], list[str]] | None = None,
+    trainable: Callable[[object, object], set[str]] | None = None,
+):
     """Decorator: add a method to the registry under a lowercase, unique name."""
 
     def wrap(fn):
@@ -37,7 +72,11 @@ def register(name: str, paper: str, summary: str, needs_reference=lambda config:
             raise ValueError(f"method name {name!r} must be lowercase letters, digits and underscores")
         if name in METHODS:
             raise ValueError(f"method {name!r} is already registered (by {METHODS[name].fn.__module__})")
-        METHODS[name] = Method(name, fn, paper, needs_reference, summary, combine)
+        if combine not in COMBINES:
+            raise ValueError(f"method {name!r}: combine {combine!r} is not one of {', '.join(COMBINES)}")
+        METHODS[name] = Method(
+            name, fn, paper, needs_reference, summary, combine, tuple(knobs), forget_alternatives, trainable
+        )
         return fn
 
     return wrap
@@ -61,6 +100,6 @@ def get_method(name: str) -> Method:
     raise ValueError(f"unknown method {name!r}; {hint}registered: {', '.join(sorted(METHODS))}")
 
 
-from . import ga, graddiff, ngdiff  # noqa: E402,F401  (registration side effects)
+from . import dpo, ga, gc, graddiff, idkpo, ngdiff, npo, rmu, simnpo, undial  # noqa: E402,F401  (registration side effects)
 
-__all__ = ["METHODS", "Method", "MethodContext", "Term", "get_method", "register"]
+__all__ = ["COMBINES", "METHODS", "Method", "MethodContext", "Term", "get_method", "register"]

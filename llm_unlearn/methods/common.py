@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +63,23 @@ def nll_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return -logprobs.sum()
 
 
+def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(y | x) of each sequence's answer (end token included) and its length |y| in tokens: ([B], [B])."""
+    logprobs, mask = token_logprobs(model, batch)
+    return logprobs.sum(-1), mask.sum(-1)
+
+
+def reference_sequence_logprobs(reference_model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """log p_ref(y | x) of each sequence under the frozen reference model, without gradient: [B]."""
+    with torch.no_grad():
+        return sequence_logprobs(reference_model, batch)[0]
+
+
+def alternative(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The forget batch's alternative answers (`alt_*`, see `Method.forget_alternatives`) as a batch."""
+    return {key: batch[f"alt_{key}"] for key in ("input_ids", "attention_mask", "labels")}
+
+
 def kl_to_reference_sum(model, reference_model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum over answer tokens of KL(p_ref(.|y_<t) || p_model(.|y_<t)) on the full vocabulary.
 
@@ -77,6 +96,37 @@ def kl_to_reference_sum(model, reference_model, batch: dict[str, torch.Tensor]) 
     ref_logp = F.log_softmax(ref_logits[:, :-1].float(), dim=-1)
     kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
     return (kl * mask).sum()
+
+
+def retain_needs_reference(config) -> bool:
+    """Whether the retain term chosen by `retain_loss` needs the frozen original model (the KL does)."""
+    return config.retain_loss == "kl"
+
+
+def retain_term(model, retain: dict[str, torch.Tensor], ctx: MethodContext) -> Term:
+    """The retain term shared by most methods, chosen by `retain_loss`, weighted by `retain_weight`.
+
+    nll: sum over retain answer tokens of -log p(y_t | y_<t); kl: sum over the same tokens of
+    KL(p_ref(.|y_<t) || p_theta(.|y_<t)) to the frozen original model. Both are token reductions.
+    """
+    cfg = ctx.config
+    if cfg.retain_loss == "kl":
+        total = kl_to_reference_sum(model, ctx.reference_model, retain)
+    else:
+        total = nll_sum(model, retain)
+    return Term(total, stream="retain", weight=cfg.retain_weight)
+
+
+def refusal_answers(config) -> list[str]:
+    """The refusal answers of `--refusals_file` (one per line, blank lines skipped), or the packaged list.
+
+    The packaged list (`methods/refusals.txt`) is our own wording of "I don't know"-style answers.
+    """
+    if config.refusals_file:
+        text = Path(config.refusals_file).read_text(encoding="utf-8")
+    else:
+        text = resources.files(__package__).joinpath("refusals.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 @contextlib.contextmanager

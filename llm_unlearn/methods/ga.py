@@ -11,6 +11,8 @@ from . import register
 from .common import MethodContext, Term, nll_sum
 
 
-@register("ga", paper="arXiv:2401.06121", summary="gradient ascent on the forget NLL")
+@register(
+    "ga", paper="arXiv:2401.06121", summary="gradient ascent on the forget NLL", knobs=("forget_weight",)
+)
 def ga(model, forget, retain, ctx: MethodContext) -> dict[str, Term]:
     return {"forget": Term(-nll_sum(model, forget), stream="forget", weight=ctx.config.forget_weight)}

@@ -12,22 +12,18 @@ GradDiff and KL baselines (arXiv 2401.06121).
 from __future__ import annotations
 
 from . import register
-from .common import MethodContext, Term, kl_to_reference_sum, nll_sum
+from .common import MethodContext, Term, nll_sum, retain_needs_reference, retain_term
 
 
 @register(
     "graddiff",
     paper="arXiv:2203.12817",
     summary="ascend the forget NLL, descend the retain NLL (or KL to the original model)",
-    needs_reference=lambda config: config.retain_loss == "kl",
+    needs_reference=retain_needs_reference,
+    knobs=("retain_loss", "forget_weight", "retain_weight"),
 )
 def graddiff(model, forget, retain, ctx: MethodContext) -> dict[str, Term]:
-    cfg = ctx.config
-    if cfg.retain_loss == "kl":
-        retain_total = kl_to_reference_sum(model, ctx.reference_model, retain)
-    else:
-        retain_total = nll_sum(model, retain)
     return {
-        "forget": Term(-nll_sum(model, forget), stream="forget", weight=cfg.forget_weight),
-        "retain": Term(retain_total, stream="retain", weight=cfg.retain_weight),
+        "forget": Term(-nll_sum(model, forget), stream="forget", weight=ctx.config.forget_weight),
+        "retain": retain_term(model, retain, ctx),
     }

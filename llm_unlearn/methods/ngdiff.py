@@ -17,6 +17,7 @@ beat graddiff's trade-off on the built-in world; see benchmarks/ngdiff_vs_graddi
 from __future__ import annotations
 
 from . import register
+from .common import retain_needs_reference
 from .graddiff import graddiff
 
 # The same term function, registered with another combination: no subclassing, no copy.
@@ -24,6 +25,7 @@ register(
     "ngdiff",
     paper="arXiv:2410.22086",
     summary="graddiff's terms, each gradient normalized by its global L2 norm, then summed",
-    needs_reference=lambda config: config.retain_loss == "kl",
+    needs_reference=retain_needs_reference,
     combine="normalized",
+    knobs=("retain_loss", "forget_weight", "retain_weight"),
 )(graddiff)

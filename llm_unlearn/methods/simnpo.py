@@ -1,0 +1,43 @@
+"""Simple NPO (`simnpo`): NPO without the reference model, on the length-normalized likelihood.
+
+Objective (minimized), per forget sequence (x, y) with |y| answer tokens (end token included),
+beta = `simnpo_beta` and margin gamma = `simnpo_gamma`:
+
+    forget = (1/S_F) sum_forget -(2/beta) log sigmoid( -(beta/|y|) log p_theta(y | x) - gamma )
+    retain = graddiff's retain term: mean retain-token NLL, or the KL to the original model (`retain_loss`)
+
+S_F is the forget sequences in the window (a per-sequence reduction). -(1/|y|) log p is the answer's
+mean token NLL, so the term saturates once beta x (mean NLL) clears the margin gamma, and long
+answers are not pushed harder than short ones (NPO's reference ratio favours them). Question and
+padding tokens never count. Fan, Liu, Lin, Jia, Zhang, Mei, Liu, "Simplicity prevails: rethinking
+negative preference optimization for LLM unlearning" (arXiv 2410.07163). We follow the paper's
+equation; the authors' code writes the margin inside the product, beta x (mean NLL - gamma'), so
+their gamma' is our gamma / beta (the same at their TOFU default gamma = 0). Default beta 2.5 is
+the paper's TOFU forget05 setting.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from . import register
+from .common import MethodContext, Term, retain_needs_reference, retain_term, sequence_logprobs
+
+
+@register(
+    "simnpo",
+    paper="arXiv:2410.07163",
+    summary="reference-free NPO on the length-normalized likelihood, with a margin",
+    needs_reference=retain_needs_reference,
+    knobs=("simnpo_beta", "simnpo_gamma", "retain_loss", "forget_weight", "retain_weight"),
+)
+def simnpo(model, forget, retain, ctx: MethodContext) -> dict[str, Term]:
+    cfg = ctx.config
+    beta, gamma = cfg.simnpo_beta, cfg.simnpo_gamma
+    logp, length = sequence_logprobs(model, forget)
+    margin = -(beta / length.clamp_min(1)) * logp - gamma
+    forget_total = -(2.0 / beta) * F.logsigmoid(margin).sum()
+    return {
+        "forget": Term(forget_total, stream="forget", reduction="sequence", weight=cfg.forget_weight),
+        "retain": retain_term(model, retain, ctx),
+    }

@@ -1,0 +1,60 @@
+"""Unlearning by self-distillation on adjusted logits (`undial`): copy the original model, minus the fact.
+
+For each forget answer token y_t, the target distribution is the frozen original model's next-token
+distribution with the logit of y_t lowered by gamma = `undial_strength`:
+
+    q_t = softmax(z_ref,t - gamma e_{y_t})              (z_ref,t: the reference's logits at position t)
+    forget = (1/N_F) sum over forget answer tokens of KL(q_t || p_theta(. | y_<t))
+
+N_F is the forget answer tokens in the window (end token included; question and padding tokens
+never count). The paper minimizes the cross-entropy H(q_t, p_theta), which has the same gradient;
+the KL reads 0 at the target. There is no retain term: the target keeps every other token's share
+of the original distribution, which is what protects the rest of the model (the paper trains on the
+forget set alone, as does open-unlearning's default). Dong, Lin, Belinkov, Zhang, Wang, "UNDIAL:
+self-distillation with adjusted logits for robust unlearning in large language models"
+(arXiv 2402.10052). Default gamma 10, open-unlearning's setting.
+
+Why UNDIAL rather than WGA (arXiv 2502.19301): WGA re-weights gradient ascent's per-token terms by
+the token's own probability, so it is one more member of the gradient-ascent family we already
+ship (ga, graddiff, npo, simnpo) and stays unbounded below. UNDIAL is the one objective of a
+different kind: distillation towards a fixed target, minimized at a known model and bounded below
+by 0, so it cannot run away however long it trains; that is the property users ask for when the
+other methods collapse the model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..data import IGNORE_INDEX
+from . import register
+from .common import MethodContext, Term
+
+
+def undial_forget_total(
+    model, reference_model, batch: dict[str, torch.Tensor], strength: float
+) -> torch.Tensor:
+    """Sum over the batch's answer tokens of KL(softmax(z_ref - strength e_y) || p_theta)."""
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    with torch.no_grad():
+        ref_logits = reference_model(**inputs).logits[:, :-1].float()
+    logits = model(**inputs).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE_INDEX
+    lowered = F.one_hot(labels.clamp_min(0), ref_logits.size(-1)).to(ref_logits.dtype) * strength
+    target_logp = F.log_softmax(ref_logits - lowered, dim=-1)
+    kl = (target_logp.exp() * (target_logp - F.log_softmax(logits, dim=-1))).sum(-1)
+    return (kl * mask).sum()
+
+
+@register(
+    "undial",
+    paper="arXiv:2402.10052",
+    summary="self-distil the original model with the answer token's logit lowered",
+    needs_reference=lambda config: True,
+    knobs=("undial_strength", "forget_weight"),
+)
+def undial(model, forget, retain, ctx: MethodContext) -> dict[str, Term]:
+    total = undial_forget_total(model, ctx.reference_model, forget, ctx.config.undial_strength)
+    return {"forget": Term(total, stream="forget", weight=ctx.config.forget_weight)}
