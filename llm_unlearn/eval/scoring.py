@@ -8,6 +8,8 @@ Both run in batches sorted by length (less padding), then return results in the 
   every row's continuation starts at the same column; greedy decoding with the KV cache; the
   continuation is cut at the first end-of-turn token, decoded without special tokens, stripped.
 Batched results equal batch-1 results (to float rounding), which tests check.
+With a `Shard` of several processes each scores its share of those batches and all get every
+result (`shard.py`); the default is one process scoring all of them.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..data import IGNORE_INDEX, QACollator, encode_prompt, encode_qa, end_of_turn_id, pad_id
+from .shard import Shard
 
 
 def _batches(order: list[int], batch_size: int) -> list[list[int]]:
@@ -39,6 +41,7 @@ def answer_losses(
     batch_size: int = 32,
     progress: bool = False,
     desc: str = "loss",
+    shard: Shard | None = None,
 ) -> np.ndarray:
     """Mean answer NLL l(a|q) for each (question, answer) pair, shape [n]."""
     features = [
@@ -47,9 +50,9 @@ def answer_losses(
     ]
     collate = QACollator(pad_token_id=pad_id(tokenizer), padding_side="right")
     order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
-    out = np.empty(len(features), dtype=np.float64)
     model.eval()
-    for idx in tqdm(_batches(order, batch_size), desc=desc, disable=not progress):
+
+    def score(idx: list[int]) -> np.ndarray:
         batch = {k: v.to(model.device) for k, v in collate([features[i] for i in idx]).items()}
         logits = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
@@ -62,7 +65,11 @@ def answer_losses(
         total = torch.zeros(len(idx), dtype=torch.float64, device=mask.device).index_add_(
             0, row, nll.double()
         )
-        out[idx] = (total / mask.sum(1)).cpu().numpy()
+        return (total / mask.sum(1)).cpu().numpy()
+
+    out = np.empty(len(features), dtype=np.float64)
+    for idx, losses in (shard or Shard()).map_batches(_batches(order, batch_size), score, progress, desc):
+        out[idx] = losses
     return out
 
 
@@ -78,15 +85,16 @@ def generate_answers(
     max_new_tokens: int = 64,
     progress: bool = False,
     desc: str = "generate",
+    shard: Shard | None = None,
 ) -> list[str]:
     """Greedy answer to each question (continuation cut at the end-of-turn token, stripped)."""
     prompts = [{"input_ids": encode_prompt(tokenizer, q, prompt_format, system_prompt)} for q in questions]
     eos = end_of_turn_id(tokenizer)
     collate = QACollator(pad_token_id=pad_id(tokenizer), padding_side="left")
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]["input_ids"]))
-    out: list[str] = [""] * len(prompts)
     model.eval()
-    for idx in tqdm(_batches(order, batch_size), desc=desc, disable=not progress):
+
+    def score(idx: list[int]) -> list[str]:
         batch = collate([prompts[i] for i in idx])
         input_ids = batch["input_ids"].to(model.device)
         generated = model.generate(
@@ -99,8 +107,15 @@ def generate_answers(
             pad_token_id=pad_id(tokenizer),
             eos_token_id=eos,
         )
-        for i, row in zip(idx, generated[:, input_ids.size(1) :].tolist()):
+        texts = []
+        for row in generated[:, input_ids.size(1) :].tolist():
             if eos in row:
                 row = row[: row.index(eos)]
-            out[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+            texts.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+        return texts
+
+    out: list[str] = [""] * len(prompts)
+    for idx, texts in (shard or Shard()).map_batches(_batches(order, batch_size), score, progress, desc):
+        for i, text in zip(idx, texts, strict=True):
+            out[i] = text
     return out

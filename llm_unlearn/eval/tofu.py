@@ -11,8 +11,11 @@ eval.json:
                      per_sample?, per_sample_ratio? (raw truth ratios R), inputs? (model utility)}}
     losses: {role: {answer: [l], paraphrased?: [l], perturbed: [[l_j]]}}  (roles forget, retain, ra, wf)
     generations: {role: [{question, answer, generated}]}
-    meta: settings, split names and sizes, versions, hardware, timing; after add_forget_quality
-          also `forget_quality_reference`.
+    meta: settings, split names and sizes, versions, hardware, timing (with the processes and the
+          batches each scored); after add_forget_quality also `forget_quality_reference`.
+
+Under several processes (`shard`), each scores its share of every pass's batches and all get the
+whole result, identical to one process's (`shard.py`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from .metrics import (
     tofu_metrics,
 )
 from .scoring import answer_losses, generate_answers
+from .shard import Shard
 
 SCHEMA_VERSION = 1
 
@@ -58,7 +62,7 @@ def _questions_sha256(rows: list[dict]) -> str:
     return hashlib.sha256("\n".join(r["question"] for r in rows).encode("utf-8")).hexdigest()
 
 
-def _score_split(model, tokenizer, rows: list[dict], role: str, settings: dict, progress: bool):
+def _score_split(model, tokenizer, rows: list[dict], role: str, settings: dict, progress: bool, shard: Shard):
     """Losses of answer / paraphrase / perturbed answers in one length-sorted pass, then generations."""
     has_paraphrase = role in ("forget", "retain")  # ra / wf have no paraphrase: R uses the answer
     questions, texts = [], []
@@ -69,7 +73,14 @@ def _score_split(model, tokenizer, rows: list[dict], role: str, settings: dict, 
         questions += [r["question"]] * len(candidates)
         texts += candidates
     flat = answer_losses(
-        model, tokenizer, questions, texts, progress=progress, desc=f"{role} losses", **settings["loss"]
+        model,
+        tokenizer,
+        questions,
+        texts,
+        progress=progress,
+        desc=f"{role} losses",
+        shard=shard,
+        **settings["loss"],
     )
     answer, paraphrased, perturbed, i = [], [], [], 0
     for r in rows:
@@ -86,6 +97,7 @@ def _score_split(model, tokenizer, rows: list[dict], role: str, settings: dict, 
         [r["question"] for r in rows],
         progress=progress,
         desc=f"{role} generation",
+        shard=shard,
         **settings["gen"],
     )
     golds = [r["answer"] for r in rows]
@@ -133,12 +145,16 @@ def evaluate(
     truth_ratio_variant: str = "geometric",
     progress: bool = True,
     seeds: dict[str, int] | None = None,
+    shard: Shard | None = None,
 ) -> dict:
     """Run the TOFU eval sets on `model` and return the eval.json content (see the module docstring).
 
     Data come from `data_dir` (TOFU-format JSON files) or `dataset_name` (e.g. `locuslab/TOFU`).
-    `seeds` (e.g. the training and world seeds) are only recorded in `meta`.
+    `seeds` (e.g. the training and world seeds) are only recorded in `meta`. `shard` splits the
+    batches over the processes of a `torch.distributed` group (every rank must call this with the
+    same arguments, and gets the same result); by default this process scores everything.
     """
+    shard = shard or Shard()
     if truth_ratio_variant not in TRUTH_RATIO_VARIANTS:
         raise ValueError(
             f"unknown truth_ratio_variant {truth_ratio_variant!r}; choose one of {', '.join(TRUTH_RATIO_VARIANTS)}"
@@ -162,15 +178,16 @@ def evaluate(
         "loss": dict(prompt, max_length=max_length, batch_size=batch_size),
         "gen": dict(prompt, batch_size=batch_size, max_new_tokens=max_new_tokens),
     }
-    start = time.perf_counter()
+    start, batches_before = time.perf_counter(), shard.batches_run
     scores, generations, n_scored = {}, {}, 0
     model.eval()
     for role, role_rows in rows.items():
         scores[role], generations[role], n = _score_split(
-            model, tokenizer, role_rows, role, settings, progress
+            model, tokenizer, role_rows, role, settings, progress, shard
         )
         n_scored += n
     seconds = time.perf_counter() - start
+    batches_per_rank = shard.all_gather(shard.batches_run - batches_before)
 
     n_samples = sum(len(r) for r in rows.values())
     meta = {
@@ -206,6 +223,8 @@ def evaluate(
             "samples": n_samples,
             "sequences_scored": n_scored,
             "samples_per_s": round(n_samples / seconds, 2),
+            "processes": shard.world_size,
+            "batches_per_rank": batches_per_rank,
         },
     }
     if seeds:

@@ -1,0 +1,68 @@
+"""Data-parallel evaluation: each process scores a share of the batches, and all get every result.
+
+Per-sample scores depend on batch composition (a left-padded greedy generation can flip an argmax
+under different padding; float sums change with the rows beside them), so the unit of work is the
+exact batch one process would form after length sorting: rank r scores batches r, r + W, r + 2W, ...
+of every pass, and the gathered results are put back by sample index. Every per-sample value is
+then bit-identical to a one-process run (same kernels and thread count), and so is every aggregate.
+
+Gathers use `torch.distributed.all_gather_object`, which works on gloo (CPU) and NCCL (with the
+rank's CUDA device set, as `accelerate.PartialState` does). Every rank gets every result, so all
+ranks compute the same metrics and only the main process writes or prints them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+
+@dataclass
+class Shard:
+    """This process's part of an evaluation over `world_size` processes; the default is all of it.
+
+    `batches_run` counts the batches this process has scored, recorded in eval.json's timing as
+    evidence of how the work was split.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    batches_run: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_gather(self, obj: Any) -> list:
+        """`obj` from every rank, in rank order (no communication in a one-process run)."""
+        if self.world_size == 1:
+            return [obj]
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def map_batches(
+        self, batches: list[list[int]], score: Callable[[list[int]], T], progress: bool, desc: str
+    ) -> list[tuple[list[int], T]]:
+        """(indices, score(indices)) for every batch of every rank, this rank's share scored here."""
+        mine = batches[self.rank :: self.world_size]
+        done = [(idx, score(idx)) for idx in tqdm(mine, desc=desc, disable=not (progress and self.is_main))]
+        self.batches_run += len(mine)
+        return [piece for part in self.all_gather(done) for piece in part]
+
+
+def process_shard() -> Shard:
+    """The initialised `torch.distributed` process group as a Shard, or one process if there is none."""
+    if dist.is_available() and dist.is_initialized():
+        return Shard(rank=dist.get_rank(), world_size=dist.get_world_size())
+    return Shard()
