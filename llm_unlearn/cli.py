@@ -82,7 +82,7 @@ def cmd_train(argv: list[str]) -> None:
 
 def cmd_unlearn(argv: list[str]) -> None:
     from .config import parse_config
-    from .pipeline import check_reference, evaluate_with_reference
+    from .pipeline import check_reference, evaluate_with_reference, is_main_process
     from .unlearn import unlearn
 
     model_args, data, config, eval_args = parse_config(argv)
@@ -97,7 +97,8 @@ def cmd_unlearn(argv: list[str]) -> None:
         result = evaluate_with_reference(
             str(run_dir), data, eval_args, model_args, out_path=run_dir / "eval.json"
         )
-        _print_metrics(result)
+        if is_main_process():
+            _print_metrics(result)
     print(f"run complete: {run_dir}")
     if hub is not None:
         from accelerate import PartialState
@@ -125,7 +126,7 @@ def _hub_target(config) -> dict | None:
 
 def cmd_eval(argv: list[str]) -> None:
     from .config import DataArgs, EvalArgs, ModelArgs, parse_config
-    from .pipeline import default_eval_path, evaluate_with_reference
+    from .pipeline import default_eval_path, evaluate_with_reference, is_main_process
 
     argv, output_dir = _pop_option(argv, "--output_dir")
     model_args, data, eval_args = parse_config(argv, classes=(ModelArgs, DataArgs, EvalArgs))
@@ -133,8 +134,9 @@ def cmd_eval(argv: list[str]) -> None:
         raise ValueError("no --model_name_or_path given; pass the model folder or run directory to evaluate")
     out = default_eval_path(model_args.model_name_or_path, output_dir)
     result = evaluate_with_reference(model_args.model_name_or_path, data, eval_args, model_args, out_path=out)
-    _print_metrics(result)
-    print(f"wrote {out}")
+    if is_main_process():  # every rank has the result; one prints it
+        _print_metrics(result)
+        print(f"wrote {out}")
 
 
 def cmd_push(argv: list[str]) -> None:

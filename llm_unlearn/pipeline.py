@@ -4,12 +4,17 @@ Forget quality compares the model's per-sample forget truth ratios with those of
 reference model on the same split, format and code (TOFU, arXiv 2401.06121), so an evaluation
 either evaluates the reference too (`reference_model`) or reads its `eval.json` / a legacy TOFU
 `eval_log_aggregated.json` (`reference_eval`), and refuses otherwise.
+
+Launched on several processes (`accelerate launch`, `torchrun`), every rank runs these functions:
+each scores a share of the batches (`eval/shard.py`), all get the same result, and only rank 0
+writes eval.json and logs.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -17,9 +22,44 @@ import yaml
 from transformers import TrainerCallback
 
 from .config import DataArgs, EvalArgs, ModelArgs
+from .eval.shard import Shard, process_shard
 from .runio import RunError, is_missing_local_path, load_model_and_tokenizer, read_status, require_complete
 
 logger = logging.getLogger("llm_unlearn")
+
+
+def eval_shard() -> Shard:
+    """This process's share of an evaluation, joining the process group first under a multi-process launch.
+
+    accelerate and torchrun set WORLD_SIZE; `PartialState` then forms the group (gloo on CPU, NCCL on
+    GPUs) and sets this rank's CUDA device, or reuses the group a training run already formed.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+        from accelerate import PartialState
+        from accelerate.utils import parse_flag_from_env
+        from transformers.utils import logging as hf_logging
+
+        # Without cpu=True on a machine without GPUs, accelerate would see no distributed setup at all.
+        cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+        if not PartialState(cpu=cpu).is_main_process:
+            hf_logging.disable_progress_bar()  # rank 0 alone shows progress (loading weights, ...)
+    return process_shard()
+
+
+def is_main_process() -> bool:
+    """False on the ranks other than 0 of a multi-process launch, which print and write nothing."""
+    return process_shard().is_main
+
+
+def _parameters_sharded(model) -> bool:
+    """FSDP and DeepSpeed ZeRO-3 gather parameters inside each forward, so every rank must run the same forwards."""
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled() or any(
+        isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules()
+    )
 
 
 class EpochEvaluator(TrainerCallback):
@@ -28,6 +68,8 @@ class EpochEvaluator(TrainerCallback):
     Forget quality is taken against `reference` (an eval result of the retain-only model); each
     evaluation appends {"epoch": k, metric: value for metric in `keys`} to `sink`. Used by the
     sweeps in benchmarks/ to record a run's trajectory without saving a checkpoint per epoch.
+    Under multi-process training the ranks share the evaluation's batches, unless the parameters
+    are sharded (FSDP, ZeRO-3): then every rank evaluates everything, as the sharded forwards need.
     """
 
     def __init__(self, tokenizer, data: DataArgs, reference: dict, sink: list, keys, epochs=None):
@@ -44,6 +86,7 @@ class EpochEvaluator(TrainerCallback):
             model, self.tokenizer, data_dir=self.data.data_dir, dataset_name=self.data.dataset_name,
             forget_split=self.data.forget_split, prompt_format=self.data.prompt_format,
             system_prompt=self.data.system_prompt, progress=False,
+            shard=Shard() if _parameters_sharded(model) else process_shard(),
         )  # fmt: skip
         result = add_forget_quality(result, self.reference)
         model.train()
@@ -79,6 +122,26 @@ def check_reference(eval_args: EvalArgs) -> None:
         raise FileNotFoundError(
             f"reference eval file {eval_args.reference_eval} does not exist; evaluate the reference first"
         )
+    if eval_args.reference_eval:
+        _check_reference_file(Path(eval_args.reference_eval))
+
+
+def _check_reference_file(path: Path) -> None:
+    """Read the reference's eval file before any work, so a bad one never wastes a training run."""
+    from .eval.legacy import is_legacy_log
+
+    fix = "pass the eval.json of `llm-unlearn eval` on the retain-only model, or a TOFU eval_log_aggregated.json"
+    try:
+        reference = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunError(f"reference eval file {path} is not valid JSON ({err}); {fix}") from None
+    if not isinstance(reference, dict):
+        raise RunError(f"reference eval file {path} is not a JSON object; {fix}")
+    if is_legacy_log(reference):
+        return
+    entry = reference.get("metrics", {}).get("forget_truth_ratio", {})
+    if not isinstance(entry, dict) or "per_sample_ratio" not in entry:
+        raise RunError(f"reference eval file {path} has no per-sample forget truth ratios; {fix}")
 
 
 def _seeds(model_path: str, data: DataArgs) -> dict[str, int]:
@@ -103,9 +166,15 @@ def evaluate_path(
     reference: dict | str | None = None,
     out_path: str | Path | None = None,
 ) -> dict:
-    """Evaluate one model folder; attach forget quality from `reference` (an eval dict or file) if given."""
+    """Evaluate one model folder; attach forget quality from `reference` (an eval dict or file) if given.
+
+    Under a multi-process launch every rank calls this and gets the result; only rank 0 writes `out_path`.
+    """
     from .eval.tofu import add_forget_quality, evaluate, write_eval
 
+    shard = eval_shard()
+    # After multi-process training rank 0 alone writes the run and marks it complete: wait for it.
+    shard.barrier()
     require_complete(model_path, "eval")
     model_args = model_args or ModelArgs()
     model, tokenizer = load_model_and_tokenizer(
@@ -114,6 +183,10 @@ def evaluate_path(
         allow_pickle=model_args.allow_pickle,
         torch_dtype=model_args.torch_dtype,
     )
+    if shard.world_size > 1:
+        from accelerate import PartialState
+
+        model.to(PartialState().device)  # cuda:LOCAL_RANK on GPUs, the CPU otherwise
     start = time.perf_counter()
     result = evaluate(
         model,
@@ -128,13 +201,15 @@ def evaluate_path(
         max_new_tokens=eval_args.max_new_tokens,
         truth_ratio_variant=eval_args.truth_ratio_variant,
         seeds=_seeds(model_path, data),
+        shard=shard,
     )
     result["meta"]["model"] = str(model_path)
     if reference is not None:
         result = add_forget_quality(result, reference)
-    logger.info("evaluated %s in %.1f s", model_path, time.perf_counter() - start)
-    if out_path is not None:
-        write_eval(result, out_path)
+    if shard.is_main:
+        logger.info("evaluated %s in %.1f s", model_path, time.perf_counter() - start)
+        if out_path is not None:
+            write_eval(result, out_path)
     return result
 
 
