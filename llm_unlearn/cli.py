@@ -5,6 +5,7 @@
     llm-unlearn train --config recipes/world/finetune.yaml
     llm-unlearn unlearn --config recipes/world/graddiff.yaml [--key value ...]
     llm-unlearn eval --model_name_or_path RUN --data_dir DIR --reference_model REF
+    llm-unlearn probe RUN [--budgets 0,10,25,50,100] [--probes relearn,piggyback,quant] [--out FILE]
     llm-unlearn push RUN --repo_id ORG/NAME [--private] [--revision R] [--merged] [--dry_run --output_dir DIR]
     llm-unlearn ls                                     # methods, recipes, cached models
     llm-unlearn bench --out FILE.json                  # NGDiff and GeN cost vs GradDiff, side by side
@@ -20,7 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-SUBCOMMANDS = ("demo", "world", "train", "unlearn", "eval", "push", "ls", "bench")
+SUBCOMMANDS = ("demo", "world", "train", "unlearn", "eval", "probe", "push", "ls", "bench")
 USAGE = __doc__.split("\n\n")[1]
 
 
@@ -137,6 +138,12 @@ def cmd_eval(argv: list[str]) -> None:
     if is_main_process():  # every rank has the result; one prints it
         _print_metrics(result)
         print(f"wrote {out}")
+
+
+def cmd_probe(argv: list[str]) -> None:
+    from .probes.cli import probe_cli
+
+    probe_cli(argv)
 
 
 def cmd_push(argv: list[str]) -> None:

@@ -6,8 +6,13 @@ by hand; Gradient Collision's second-order gradient; the refusal data route; `ll
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
 import math
 import re
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -427,3 +432,53 @@ def test_ls_lists_every_method_with_its_paper_reference_need_and_knobs(capsys):
         detail = out.splitlines()[out.splitlines().index(line) + 1]
         assert "reference: " in detail and all(knob in detail for knob in method.knobs)
     assert "reference: yes" in out and "reference: with retain_loss kl" in out and "reference: no" in out
+
+
+# ----------------------------------------------------------------------------- benchmarks/methods.py
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "methods.py"
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("methods_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_methods_benchmark_plans_every_method_lora_and_each_combination_at_its_world_recipe():
+    bench = _bench_module()
+    assert all((bench.RECIPES / f"{m}.yaml").is_file() for m in METHODS), (
+        "every method needs recipes/world/<m>.yaml"
+    )
+    runs = bench.plan(NAMES, seeds=(0, 1, 2), splits=("forget10", "forget05"))
+    keys = [bench.run_key(r) for r in runs]
+    assert len(set(keys)) == len(keys)
+    for m in NAMES:
+        own = METHODS[m].combine
+        assert {(m, "forget10", s, False, own) for s in (0, 1, 2)} | {(m, "forget05", 0, False, own)} <= set(
+            keys
+        )
+        assert (m, "forget05", 1, False, own) not in keys  # other splits: the first seed only
+    assert all((m, "forget10", 0, True, METHODS[m].combine) in keys for m in bench.LORA_METHODS)
+    assert all((m, "forget10", 0, False, c) in keys for m in bench.COMBINE_METHODS for c in bench.COMBINES)
+
+
+@pytest.mark.slow
+def test_methods_benchmark_smoke_run_writes_records_table_and_plot(tmp_path):
+    out = tmp_path / "methods.json"
+    cmd = [sys.executable, str(BENCH), "--size", "micro", "--splits", "forget10", "--seeds", "0",
+           "--methods", "npo,idkpo", "--max_steps", "1", "--out", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = json.loads(out.read_text())["runs"]
+    assert {(r["method"], r["lora"], r["combine"]) for r in records} == {
+        ("npo", False, "sum"), ("npo", True, "sum"), ("npo", False, "normalized"), ("npo", False, "pcgrad"),
+        ("idkpo", False, "sum"),
+    }  # fmt: skip
+    fields = {"method", "split", "seed", "lora", "combine", "forget_quality", "model_utility", "forget_rouge_l",
+              "retain_fact_recall", "target_model_utility"}  # fmt: skip
+    assert all(fields <= r.keys() for r in records)
+    assert "Smoke run" in out.with_suffix(".md").read_text() and out.with_suffix(".png").stat().st_size > 0
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert "0 to run" in rerun.stdout and len(json.loads(out.read_text())["runs"]) == len(records)

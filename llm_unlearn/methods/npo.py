@@ -11,9 +11,9 @@ with S_F the forget sequences in the window (a per-sequence reduction: NPO is DP
 losing answer, and DPO scores whole sequences). As beta -> 0 the forget term tends to gradient
 ascent on the summed log-likelihood; unlike gradient ascent it is bounded below by 0, and its
 gradient, a GA gradient weighted by 2 sigmoid(beta r), fades as the model drops a forget answer.
-Question and padding tokens never count. Zhang, Lin, Bai, Mei, "Negative preference optimization:
-from catastrophic collapse to effective unlearning" (arXiv 2404.05868); beta 0.1 is the paper's
-TOFU setting.
+Question and padding tokens never count. Zhang et al., "Negative preference optimization: from
+catastrophic collapse to effective unlearning" (arXiv 2404.05868); beta 0.1 is the paper's TOFU
+setting.
 """
 
 from __future__ import annotations

@@ -7,10 +7,11 @@ beta = `simnpo_beta` and margin gamma = `simnpo_gamma`:
     retain = graddiff's retain term: mean retain-token NLL, or the KL to the original model (`retain_loss`)
 
 S_F is the forget sequences in the window (a per-sequence reduction). -(1/|y|) log p is the answer's
-mean token NLL, so the term saturates once beta x (mean NLL) clears the margin gamma, and long
-answers are not pushed harder than short ones (NPO's reference ratio favours them). Question and
-padding tokens never count. Fan, Liu, Lin, Jia, Zhang, Mei, Liu, "Simplicity prevails: rethinking
-negative preference optimization for LLM unlearning" (arXiv 2410.07163). We follow the paper's
+mean token NLL, so the term saturates once beta x (mean NLL) clears the margin gamma and long answers
+do not dominate the sum; dropping the reference removes what the paper calls NPO's reference-model
+bias (the effort spent on an answer follows how likely the original model found it). Question and
+padding tokens never count. Fan et al., "Simplicity prevails: rethinking negative preference
+optimization for LLM unlearning" (arXiv 2410.07163). We follow the paper's
 equation; the authors' code writes the margin inside the product, beta x (mean NLL - gamma'), so
 their gamma' is our gamma / beta (the same at their TOFU default gamma = 0). Default beta 2.5 is
 the paper's TOFU forget05 setting.

@@ -10,16 +10,17 @@ N_F is the forget answer tokens in the window (end token included; question and 
 never count). The paper minimizes the cross-entropy H(q_t, p_theta), which has the same gradient;
 the KL reads 0 at the target. There is no retain term: the target keeps every other token's share
 of the original distribution, which is what protects the rest of the model (the paper trains on the
-forget set alone, as does open-unlearning's default). Dong, Lin, Belinkov, Zhang, Wang, "UNDIAL:
-self-distillation with adjusted logits for robust unlearning in large language models"
-(arXiv 2402.10052). Default gamma 10, open-unlearning's setting.
+forget set alone, as does open-unlearning's default). Dong et al., "UNDIAL: self-distillation with
+adjusted logits for robust unlearning in large language models" (arXiv 2402.10052). Default gamma
+10, open-unlearning's setting.
 
-Why UNDIAL rather than WGA (arXiv 2502.19301): WGA re-weights gradient ascent's per-token terms by
-the token's own probability, so it is one more member of the gradient-ascent family we already
-ship (ga, graddiff, npo, simnpo) and stays unbounded below. UNDIAL is the one objective of a
-different kind: distillation towards a fixed target, minimized at a known model and bounded below
-by 0, so it cannot run away however long it trains; that is the property users ask for when the
-other methods collapse the model.
+Why UNDIAL rather than WGA (arXiv 2502.19301): WGA weights each token's gradient-ascent term by the
+token's (detached) probability, so its push fades as the token becomes unlikely: a refinement within
+the gradient-ascent family we already ship (ga, graddiff, npo, simnpo). UNDIAL is of another kind:
+distillation towards a fixed target that says what every next-token distribution should become (the
+original's, with the answer token demoted) instead of only pushing the answer down. Its loss is
+bounded below by 0, reached at a known model, so it cannot run away however long it trains, and it
+needs no retain data; that gives users a genuinely different point to compare against.
 """
 
 from __future__ import annotations
