@@ -3,6 +3,7 @@ probe and `llm-unlearn probe` on micro models. `pytest tests/test_probe.py`"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
@@ -307,3 +308,21 @@ def test_probe_command_refuses_bad_input_with_one_line(micro_run, tmp_path, caps
     plain.mkdir()
     assert "not a run directory" in _error(capsys, ["probe", str(plain)])
     assert not (failed / "probe.json").exists()
+
+
+@pytest.mark.slow
+def test_robustness_benchmark_quick_mode_writes_rows_for_every_method_and_a_table(micro_models, tmp_path):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness.py"
+    spec = importlib.util.spec_from_file_location("robustness_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--size", "micro", "--quick", "--out", str(tmp_path / "robustness.json")])
+    state = json.loads(out.read_text())
+    methods = {r["method"] for r in state["rows"]}
+    assert methods == {"graddiff", "ngdiff", "npo", "gc", "target", "retain"} and state["budgets"] == [0, 2]
+    assert {r["probe"] for r in state["rows"]} == {"relearn", "piggyback", "quant"}
+    assert {r["bits"] for r in state["rows"] if r["probe"] == "quant"} == {"32", "8", "4"}
+    fields = {"method", "probe", "budget", "bits", "metric", "value", "recovery"}
+    assert all(fields <= r.keys() for r in state["rows"])
+    table = out.with_suffix(".md").read_text()
+    assert "Smoke run" in table and "| gc | forget_prob |" in table
