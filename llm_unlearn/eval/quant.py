@@ -29,7 +29,7 @@ models with tied embeddings (ours, Llama-3.2-1B) quantizing it in place would qu
 embedding table too. Pass `skip=()` to quantize it as well.
 
 Where `bitsandbytes` and a CUDA device exist, `load_bnb_4bit` loads a model in bitsandbytes' NF4
-4-bit format instead (Zhang et al. report both); elsewhere `bnb_unavailable` says why it is skipped.
+4-bit format, a common way to serve 4-bit models on GPUs; elsewhere `bnb_unavailable` says why not.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def quantized_copy(
 def bnb_unavailable() -> str | None:
     """None where bitsandbytes 4-bit loading can run here, else the reason it cannot."""
     if importlib.util.find_spec("bitsandbytes") is None:
-        return "bitsandbytes is not installed"
+        return "bitsandbytes is not installed (pip install bitsandbytes)"
     if not torch.cuda.is_available():
         return "bitsandbytes 4-bit needs a CUDA device and none is available"
     return None

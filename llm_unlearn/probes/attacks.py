@@ -143,6 +143,8 @@ def probe_curve(
     """
     if probe not in PROBES:
         raise ValueError(f"unknown probe {probe!r}; choose one of {', '.join(PROBES)}")
+    if not budgets or min(budgets) < 0:
+        raise ValueError(f"step budgets {list(budgets)} must be one or more non-negative integers")
     torch.manual_seed(settings.seed)
     probed = copy.deepcopy(model)
     masks: list[PiggybackMask] = []

@@ -39,7 +39,11 @@ def make_parser() -> argparse.ArgumentParser:
         "--original_model", help="the model before unlearning (default: the run's model_name_or_path)"
     )
     p.add_argument("--reference_model", help="the retain-only model (default: the run's reference_model)")
-    p.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)), help="optimizer-step budgets")
+    p.add_argument(
+        "--budgets",
+        default=",".join(map(str, DEFAULT_BUDGETS)),
+        help="optimizer-step budgets (0, the unprobed model, is always measured)",
+    )
     p.add_argument("--probes", default=",".join(ALL_PROBES), help=f"any of {', '.join(ALL_PROBES)}")
     p.add_argument("--out", help=f"output file (default: RUN_DIR/{PROBE_FILE})")
     p.add_argument("--seed", type=int, default=d.seed, help="A/E split, LoRA init and batch order")
