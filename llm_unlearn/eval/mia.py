@@ -1,0 +1,189 @@
+"""Membership inference: can the forget set still be told apart from data the model never saw?
+
+Members are the forget set, non-members the `holdoutNN` split of the same size (fictitious authors
+never trained on, in TOFU and in the built-in world). Each attack gives every sample a score signed so
+that higher means "looks like a non-member"; the AUC of telling holdout (label 1) from forget
+(label 0) by that score is 1 when the forget set is plainly memorized, 0.5 when the two are
+indistinguishable, and below 0.5 when the forget set now looks *less* familiar than unseen data
+(over-unlearning, itself a tell). With l(a|q) the mean answer NLL (end token included), and
+log p_t the answer-token log-probs (end token excluded):
+
+    loss          l(a|q)                                                 (Yeom et al., arXiv 1709.01604)
+    zlib          l(a|q) / len(zlib.compress(answer text, utf-8))        (Carlini et al., arXiv 2012.07805)
+    min_k         -mean of the lowest ceil-free k-fraction of log p_t,   (Shi et al., arXiv 2310.16789)
+                  count max(1, floor(k n)), k = 0.4
+    min_k_pp      the same on z_t = (log p_t - mu_t) / sigma_t, with mu_t, sigma_t^2 the mean and variance
+                  of log p(v) under p(.|prefix), sigma^2 clamped >= 1e-6 (Zhang et al., arXiv 2404.02936)
+    reference     l_model(a|q) - l_reference(a|q), with the retain-only model as the reference
+
+privleak (MUSE, arXiv 2407.06460) compares the model's Min-K% AUC with the retain-only reference's:
+with u = 1 - AUC_model and r = 1 - AUC_reference, privleak = (u - r) / (r + 1e-10) * 100; 0 is ideal,
+-100 a model that still holds the forget set, positive values over-unlearning.
+
+The AUC is the Mann-Whitney statistic (ties count one half), exact and free of sklearn.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import IGNORE_INDEX, QACollator, encode_qa, pad_id
+from .shard import Shard
+
+ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
+MIN_K = 0.4
+
+
+def auc(scores_members: Sequence[float], scores_nonmembers: Sequence[float]) -> float:
+    """P(score of a random non-member > score of a random member) + 0.5 P(tie): ROC AUC with non-members as 1."""
+    members = np.asarray(scores_members, dtype=np.float64)
+    nonmembers = np.asarray(scores_nonmembers, dtype=np.float64)
+    if members.size == 0 or nonmembers.size == 0:
+        raise ValueError("membership AUC needs at least one member and one non-member score")
+    if not (np.isfinite(members).all() and np.isfinite(nonmembers).all()):
+        raise ValueError("membership scores must be finite")
+    both = np.concatenate([members, nonmembers])
+    ranks = _average_ranks(both)
+    rank_sum = ranks[members.size :].sum()
+    n1 = nonmembers.size
+    return float((rank_sum - n1 * (n1 + 1) / 2) / (n1 * members.size))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values sharing the mean of their ranks."""
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(values.size, dtype=np.float64)
+    sorted_values = values[order]
+    i = 0
+    while i < values.size:
+        j = i
+        while j + 1 < values.size and sorted_values[j + 1] == sorted_values[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def privleak(auc_model: float, auc_reference: float) -> float:
+    """MUSE's privleak from two Min-K% AUCs (module docstring); 0 is ideal."""
+    u, r = 1.0 - auc_model, 1.0 - auc_reference
+    return (u - r) / (r + 1e-10) * 100.0
+
+
+def min_k_score(values: Sequence[float], k: float = MIN_K) -> float:
+    """-mean of the lowest max(1, floor(k n)) values (n = len(values) > 0)."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    if v.size == 0:
+        raise ValueError("Min-K% needs at least one answer token")
+    return float(-v[: max(1, math.floor(v.size * k))].mean())
+
+
+def zlib_length(text: str) -> int:
+    return len(zlib.compress(text.encode("utf-8")))
+
+
+@torch.inference_mode()
+def sample_scores(
+    model,
+    tokenizer,
+    questions: Sequence[str],
+    answers: Sequence[str],
+    *,
+    prompt_format: str,
+    system_prompt: str | None = None,
+    max_length: int = 1024,
+    batch_size: int = 32,
+    k: float = MIN_K,
+    progress: bool = False,
+    desc: str = "mia",
+    shard: Shard | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-sample attack scores (`ATTACKS`, higher = looks like a non-member), each shape [n].
+
+    One forward per batch gives all four: the answer tokens' log-probs, and for Min-K%++ the mean
+    and variance of log p(v) over the vocabulary at the same positions. Batches are length-sorted
+    and sharded like the other scores (`scoring.py`), so results do not depend on the process count.
+    """
+    features = [
+        encode_qa(tokenizer, q, a, prompt_format, max_length, system_prompt)
+        for q, a in zip(questions, answers, strict=True)
+    ]
+    collate = QACollator(pad_token_id=pad_id(tokenizer), padding_side="right")
+    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    model.eval()
+
+    def score(idx: list[int]) -> list[tuple[float, float, float, str]]:
+        batch = {key: v.to(model.device) for key, v in collate([features[i] for i in idx]).items()}
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        out = []
+        for row in range(len(idx)):
+            positions = (labels[row] != IGNORE_INDEX).nonzero().squeeze(1)
+            logp = F.log_softmax(logits[row, positions].float(), dim=-1)  # [n+1, V], end token last
+            target = labels[row, positions]
+            token_logp = logp.gather(1, target.unsqueeze(1)).squeeze(1).double()
+            loss = float(-token_logp.mean())  # end token included, as l(a|q) everywhere else
+            answer = token_logp[:-1] if token_logp.numel() > 1 else token_logp  # end token excluded
+            probs = logp.exp()
+            mu = (probs * logp).sum(-1).double()
+            var = (probs * logp.square()).sum(-1).double() - mu.square()
+            z = (token_logp - mu) / var.clamp_min(1e-6).sqrt()
+            z = z[:-1] if z.numel() > 1 else z
+            text = tokenizer.decode(target[:-1].tolist(), skip_special_tokens=True)
+            out.append((loss, min_k_score(answer.cpu().numpy(), k), min_k_score(z.cpu().numpy(), k), text))
+        return out
+
+    loss = np.empty(len(features))
+    min_k = np.empty(len(features))
+    min_k_pp = np.empty(len(features))
+    texts = [""] * len(features)
+    for idx, rows in (shard or Shard()).map_batches(batches, score, progress, desc):
+        for i, (l_, mk, mkpp, text) in zip(idx, rows, strict=True):
+            loss[i], min_k[i], min_k_pp[i], texts[i] = l_, mk, mkpp, text
+    zlib_len = np.array([max(zlib_length(t), 1) for t in texts], dtype=np.float64)
+    return {"loss": loss, "zlib": loss / zlib_len, "min_k": min_k, "min_k_plus_plus": min_k_pp}
+
+
+def mia_metrics(
+    forget: dict[str, np.ndarray],
+    holdout: dict[str, np.ndarray],
+    reference: dict[str, dict[str, np.ndarray]] | None = None,
+) -> dict[str, dict]:
+    """`mia_auc_<attack>` entries (value, direction, per-sample scores) and, with the reference's
+    scores (`{"forget": ..., "holdout": ...}` from the retain-only model), `mia_auc_reference` and
+    `privleak`. Directions: an AUC should come close to 0.5, privleak close to 0.
+    """
+    metrics: dict[str, dict] = {}
+    for attack in ATTACKS:
+        metrics[f"mia_auc_{attack}"] = {
+            "value": auc(forget[attack], holdout[attack]),
+            "direction": "closer_to_0.5",
+            "per_sample_forget": [float(x) for x in forget[attack]],
+            "per_sample_holdout": [float(x) for x in holdout[attack]],
+        }
+    if reference is not None:
+        ref_forget, ref_holdout = reference["forget"], reference["holdout"]
+        diff_forget = np.asarray(forget["loss"]) - np.asarray(ref_forget["loss"])
+        diff_holdout = np.asarray(holdout["loss"]) - np.asarray(ref_holdout["loss"])
+        metrics["mia_auc_reference"] = {
+            "value": auc(diff_forget, diff_holdout),
+            "direction": "closer_to_0.5",
+            "per_sample_forget": diff_forget.tolist(),
+            "per_sample_holdout": diff_holdout.tolist(),
+        }
+        auc_ref = auc(ref_forget["min_k"], ref_holdout["min_k"])
+        metrics["privleak"] = {
+            "value": privleak(metrics["mia_auc_min_k"]["value"], auc_ref),
+            "direction": "closer_to_0",
+            "reference_auc_min_k": auc_ref,
+        }
+    return metrics
