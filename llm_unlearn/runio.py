@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -44,7 +45,12 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def write_status(run_dir: str | Path, state: str, **extra: Any) -> None:
-    write_json_atomic(Path(run_dir) / STATUS_FILE, {"state": state, "time": time.time(), **extra})
+    """Replace `status.json` atomically; a `running` status names its process so readers can tell a
+    live run from one that was killed (`run_state`)."""
+    record = {"state": state, "time": time.time(), **extra}
+    if state == "running":
+        record |= {"pid": os.getpid(), "host": socket.gethostname()}
+    write_json_atomic(Path(run_dir) / STATUS_FILE, record)
 
 
 RUN_INFO_FILE = "run_info.json"
@@ -99,18 +105,50 @@ def write_run_info(run_dir: str | Path, argv: list[str] | None = None) -> Path:
 
 def read_status(run_dir: str | Path) -> dict | None:
     path = Path(run_dir) / STATUS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        status = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        status = None
+    if not isinstance(status, dict) or "state" not in status:
+        raise RunError(f"{path} is not a status file of llm-unlearn; remove it or choose another directory")
+    return status
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def run_state(status: dict | None) -> str | None:
+    """`complete`, `failed`, `running` (its process is alive), or `interrupted` (status says running, but
+    the process that wrote it is gone: killed, or the machine went down)."""
+    if status is None:
+        return None
+    state = status["state"]
+    if state == "running" and status.get("host") == socket.gethostname() and "pid" in status:
+        if not _process_alive(int(status["pid"])):
+            return "interrupted"
+    return state
 
 
 def require_complete(run_dir: str | Path, action: str) -> None:
     """Refuse to evaluate or publish a run of ours that did not finish."""
     status = read_status(run_dir)
-    if status is not None and status["state"] != "complete":
+    state = run_state(status)
+    if status is not None and state != "complete":
         why = f": {status['error']}" if status.get("error") else ""
-        raise RunError(
-            f"run {run_dir} is {status['state']}{why}; {action} needs a complete run (resume it with the same "
-            "command and --output_dir, or start a new one)"
-        )
+        if state == "running":
+            fix = f"wait for it to finish (process {status.get('pid')})"
+        else:
+            fix = "resume it with the same command and --output_dir, or start a new one"
+        raise RunError(f"run {run_dir} is {state}{why}; {action} needs a complete run ({fix})")
 
 
 def is_missing_local_path(path: str) -> bool:
@@ -180,3 +218,37 @@ def load_model_and_tokenizer(
         path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, torch_dtype=torch_dtype
     )
     return model, tokenizer
+
+
+# ---------------------------------------------------------------------- checkpoints
+
+CHECKPOINT_MARK = "llm_unlearn_checkpoint.json"
+
+
+def _checkpoint_step(path: Path) -> int:
+    suffix = path.name.rpartition("-")[2]
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def checkpoints(run_dir: str | Path) -> tuple[list[Path], list[Path]]:
+    """(complete, incomplete) `checkpoint-N` folders of a run, oldest first.
+
+    A checkpoint is complete once its mark is written, which happens after every file of it
+    (weights, optimizer, scheduler, RNG and trainer state) is on disk; a folder without the mark was
+    being written when the run died and is never resumed from.
+    """
+    found = sorted(
+        (p for p in Path(run_dir).glob("checkpoint-*") if p.is_dir() and _checkpoint_step(p) >= 0),
+        key=_checkpoint_step,
+    )
+    complete = [p for p in found if (p / CHECKPOINT_MARK).is_file()]
+    return complete, [p for p in found if p not in complete]
+
+
+def mark_checkpoint(folder: str | Path, step: int, train_log_bytes: int) -> None:
+    """Declare a checkpoint complete; `train_log_bytes` is how much of `train_log.jsonl` it covers."""
+    write_json_atomic(Path(folder) / CHECKPOINT_MARK, {"step": step, "train_log_bytes": train_log_bytes})
+
+
+def read_checkpoint_mark(folder: str | Path) -> dict:
+    return json.loads((Path(folder) / CHECKPOINT_MARK).read_text())

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from .gen import GenScheduler, probe_losses
 from .methods import Method, MethodContext, Term
 from .methods.common import eval_mode
 from .optim import NormalizedCombiner, PCGradCombiner, local_shard
+from .runio import checkpoints, mark_checkpoint, read_status, write_status
 from .streams import PROBE_SALT, ProbeStream, RetainStream, example_keys
 
 __all__ = ["NonFiniteLossError", "RetainStream", "UnlearnTrainer"]
@@ -259,6 +261,8 @@ class UnlearnTrainer(Trainer):
         for name, value in terms.items():
             # Per-rank share of the window mean; `log` sums the shares over ranks.
             self._term_log[name] = self._term_log.get(name, 0.0) + value.item() / self.args.world_size
+        # Steps counted as they happen (not from global_step), so a resumed run averages correctly.
+        self._term_log_steps += int(self.accelerator.sync_gradients)
 
     # ------------------------------------------------------------------ GeN learning rate
 
@@ -380,15 +384,18 @@ class UnlearnTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._term_log:
-            steps = max(1, self.state.global_step - self._term_log_steps)
+            steps = max(1, self._term_log_steps)
             for name, total in self._term_log.items():
                 value = torch.tensor([total / steps], device=self.args.device)
                 if self.args.world_size > 1:
                     value = self.accelerator.reduce(value, reduction="sum")
                 logs[f"loss_{name}"] = value.item()
-            self._term_log, self._term_log_steps = {}, self.state.global_step
+            self._term_log, self._term_log_steps = {}, 0
             logs.update(self._step_stats)
             self._step_stats = {}
+        if "train_loss" in logs:
+            # Trainer's summary averages the steps this process ran; after a resume that is not the run.
+            logs["train_loss_first_step"] = self._initial_global_step + 1
         super().log(logs, start_time)
         self._append_log({"step": self.state.global_step, "epoch": self.state.epoch, **logs})
 
@@ -398,6 +405,36 @@ class UnlearnTrainer(Trainer):
             Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
             with open(Path(self.args.output_dir) / "train_log.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's checkpoint, then our mark, then rotation: a run killed at any point keeps a
+        complete checkpoint to resume from.
+
+        Trainer rotates (deletes older checkpoints) as the last part of its own save, before anything
+        could tell a finished checkpoint from one cut short; so rotation is held back until the new
+        checkpoint is marked complete (`runio.mark_checkpoint`), and `status.json` then names it.
+        """
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.world_size > 1:
+            self.accelerator.wait_for_everyone()  # every rank's shards are written before the mark
+        if not self.is_world_process_zero():
+            return
+        out = Path(self.args.output_dir)
+        step = self.state.global_step
+        folder = out / f"checkpoint-{step}"
+        log = out / "train_log.jsonl"
+        mark_checkpoint(folder, step, log.stat().st_size if log.is_file() else 0)
+        complete, _ = checkpoints(out)
+        if limit:
+            for old in complete[:-limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        if read_status(out) is not None:  # a run directory of `unlearn()`, not a bare Trainer output
+            write_status(out, "running", method=self.method.name, step=step, checkpoint=folder.name)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)

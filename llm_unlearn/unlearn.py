@@ -23,9 +23,12 @@ from .methods import get_method
 from .methods.common import eval_mode
 from .runio import (
     RunError,
+    checkpoints,
     load_model,
     load_tokenizer,
+    read_checkpoint_mark,
     read_status,
+    run_state,
     write_run_info,
     write_status,
     write_text_atomic,
@@ -41,23 +44,45 @@ def resolve_retain_split(data: DataArgs) -> str:
 
 
 def prepare_output_dir(output_dir: str | None) -> str | None:
-    """Refuse an existing directory unless it is our unfinished run; return a checkpoint to resume."""
+    """Refuse an existing directory unless it is our unfinished run; return a checkpoint to resume.
+
+    Only a checkpoint marked complete is resumed from; folders cut short by a kill are removed, and
+    `train_log.jsonl` is cut back to what the checkpoint covers (later steps will be run again).
+    """
     if not output_dir:
         raise RunError("no --output_dir given; pass a new directory for the run")
     out = Path(output_dir)
     if not out.exists():
         return None
+    if not out.is_dir():
+        raise RunError(f"output dir {out} is a file; choose a new --output_dir")
     status = read_status(out)
     if status is None:
+        if out.is_dir() and not any(out.iterdir()):
+            return None  # an empty folder made for the run
         raise RunError(f"output dir {out} exists and is not an llm-unlearn run; choose a new --output_dir")
-    if status["state"] == "complete":
+    state = run_state(status)
+    if state == "complete":
         raise RunError(f"output dir {out} holds a complete run; choose a new --output_dir")
-    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    checkpoints = [c for c in checkpoints if (c / "trainer_state.json").is_file()]
-    if checkpoints:
-        logger.info("resuming %s from %s", out, checkpoints[-1].name)
-        return str(checkpoints[-1])
-    logger.info("restarting unfinished run %s (no checkpoint yet)", out)
+    if state == "running":
+        raise RunError(
+            f"output dir {out} is in use by a running process ({status.get('pid')}); wait for it, or choose a "
+            "new --output_dir"
+        )
+    complete, partial = checkpoints(out)
+    for folder in partial:
+        logger.info("removing %s: it was being written when the run stopped", folder.name)
+        shutil.rmtree(folder)
+    log = out / "train_log.jsonl"
+    if complete:
+        covered = read_checkpoint_mark(complete[-1])["train_log_bytes"]
+        if log.is_file() and log.stat().st_size > covered:
+            with open(log, "r+b") as f:
+                f.truncate(covered)
+        logger.info("resuming %s from %s", out, complete[-1].name)
+        return str(complete[-1])
+    log.unlink(missing_ok=True)
+    logger.info("restarting unfinished run %s (no complete checkpoint yet)", out)
     return None
 
 
@@ -112,11 +137,22 @@ def unlearn(
     config: UnlearnConfig,
     eval_args: EvalArgs,
     callbacks: list | None = None,
+    command: list[str] | None = None,
 ) -> Path:
-    """Run one unlearning job and return its run directory (extra `TrainerCallback`s may be given)."""
+    """Run one unlearning job and return its run directory.
+
+    Extra `TrainerCallback`s may be given; `command` (argv, program first) is recorded in
+    `run_info.json` with secrets redacted (default: this process's `sys.argv`).
+    """
     from .trainer import UnlearnTrainer
 
     method = get_method(config.method)
+    if config.push_to_hub:
+        # Trainer would create the repo at start and push every checkpoint, before any evaluation.
+        raise RunError(
+            "unlearn() does not push: leave push_to_hub off and call llm_unlearn.push.push(run_dir, repo_id=...) "
+            "after evaluating, or use `llm-unlearn unlearn --push_to_hub --hub_model_id ORG/NAME`"
+        )
     if not model_args.model_name_or_path:
         raise RunError("no --model_name_or_path given; pass a model folder or Hub id")
     retain_split = resolve_retain_split(data)
@@ -143,22 +179,31 @@ def unlearn(
         reference = load_model(model_args.model_name_or_path, **load)
 
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    resolved = to_dict(model_args, data, config, eval_args) | {"retain_split": retain_split}
-    write_text_atomic(out / "unlearn_config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    write_run_info(out)
-    write_status(out, "running", method=method.name)
-    trainer = UnlearnTrainer(
-        model=model,
-        args=config,
-        train_dataset=forget_ds,
-        retain_dataset=retain_ds,
-        data_collator=QACollator(pad_id(tokenizer)),
-        processing_class=tokenizer,
-        method=method,
-        reference_model=reference,
-        callbacks=callbacks,
-    )
+    existed = out.exists()
+    try:
+        # Built before anything is written: a method that refuses its settings (a layer index out of
+        # range, say) fails here and leaves no run directory behind.
+        trainer = UnlearnTrainer(
+            model=model,
+            args=config,
+            train_dataset=forget_ds,
+            retain_dataset=retain_ds,
+            data_collator=QACollator(pad_id(tokenizer)),
+            processing_class=tokenizer,
+            method=method,
+            reference_model=reference,
+            callbacks=callbacks,
+        )
+    except BaseException:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # Trainer makes the output folder at start
+        raise
+    if trainer.is_world_process_zero():
+        out.mkdir(parents=True, exist_ok=True)
+        resolved = to_dict(model_args, data, config, eval_args) | {"retain_split": retain_split}
+        write_text_atomic(out / "unlearn_config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        write_run_info(out, command)
+        write_status(out, "running", method=method.name)
     start = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=resume)
@@ -175,8 +220,10 @@ def unlearn(
             write_status(out, "failed", method=method.name, error=f"{type(err).__name__}: {err}")
         raise
     if trainer.is_world_process_zero():
+        # Complete first, then drop the checkpoints: a kill in between leaves a complete run with
+        # spare checkpoints, never an unfinished run without any.
+        write_status(out, "complete", method=method.name, train_seconds=round(time.perf_counter() - start, 2))
         for checkpoint in out.glob("checkpoint-*"):
             shutil.rmtree(checkpoint)
-        write_status(out, "complete", method=method.name, train_seconds=round(time.perf_counter() - start, 2))
     logger.info("unlearning finished in %.1f s: %s", time.perf_counter() - start, out)
     return out
