@@ -93,7 +93,7 @@ def cmd_unlearn(argv: list[str]) -> None:
     hub = _hub_target(config)
     if eval_args.do_final_eval:
         check_reference(eval_args)
-    run_dir = unlearn(model_args, data, config, eval_args)
+    run_dir = unlearn(model_args, data, config, eval_args, command=["llm-unlearn", "unlearn", *argv])
     if eval_args.do_final_eval:
         result = evaluate_with_reference(
             str(run_dir), data, eval_args, model_args, out_path=run_dir / "eval.json"
@@ -130,7 +130,7 @@ def cmd_eval(argv: list[str]) -> None:
     from .pipeline import default_eval_path, evaluate_with_reference, is_main_process
 
     argv, output_dir = _pop_option(argv, "--output_dir")
-    model_args, data, eval_args = parse_config(argv, classes=(ModelArgs, DataArgs, EvalArgs))
+    model_args, data, eval_args = parse_config(argv, classes=(ModelArgs, DataArgs, EvalArgs), command="eval")
     if not model_args.model_name_or_path:
         raise ValueError("no --model_name_or_path given; pass the model folder or run directory to evaluate")
     out = default_eval_path(model_args.model_name_or_path, output_dir)
@@ -253,7 +253,33 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only folder: the system's words, where, and what to do
+        if debug:
+            raise
+        print(f"error: {_os_error_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(
+            "error: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr
+        )
+        return 130
     return 0
+
+
+def _os_error_line(err: OSError) -> str:
+    import errno
+
+    where = f" ({err.filename})" if err.filename else ""
+    if err.errno == errno.ENOSPC:
+        return (
+            f"no space left on the device{where}; free some space (or pass another --output_dir), then rerun "
+            "the same command: a run resumes from its last complete checkpoint"
+        )
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{err.strerror}{where}; choose a folder you can write to"
+    return f"{err.strerror or err}{where}; check the path and the device, then rerun the same command"
 
 
 if __name__ == "__main__":

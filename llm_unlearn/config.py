@@ -28,6 +28,9 @@ from .methods import COMBINES
 logger = logging.getLogger("llm_unlearn")
 
 
+TORCH_DTYPES = ("float32", "bfloat16", "float16")
+
+
 class ConfigError(ValueError):
     """An invalid configuration: the message names the key and the fix."""
 
@@ -59,6 +62,16 @@ class ModelArgs:
     lora_target_modules: str = field(
         default="all-linear", metadata={"help": "Comma-separated module names, or all-linear."}
     )
+
+    def __post_init__(self):
+        if self.torch_dtype not in TORCH_DTYPES:
+            raise ConfigError(
+                f"unknown torch_dtype {self.torch_dtype!r}{suggest(self.torch_dtype, TORCH_DTYPES)}; "
+                f"choose {', '.join(TORCH_DTYPES)}"
+            )
+        _require(self.lora_r >= 1, "lora_r", self.lora_r, "at least 1")
+        _require(math.isfinite(self.lora_alpha) and self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "> 0")
+        _require(0 <= self.lora_dropout < 1, "lora_dropout", self.lora_dropout, "in [0, 1)")
 
 
 @dataclass
@@ -92,6 +105,11 @@ class DataArgs:
         _require(
             self.max_length >= 2, "max_length", self.max_length, "at least 2 tokens (a prompt and an answer)"
         )
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(
+                f"unknown prompt_format {self.prompt_format!r}{suggest(self.prompt_format, PROMPT_FORMATS)}; "
+                f"choose {', '.join(PROMPT_FORMATS)}"
+            )
 
 
 @dataclass
@@ -261,6 +279,8 @@ class UnlearnConfig(TrainingArguments):
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; avoid torch's warning
         super().__post_init__()
+        if self.gen:
+            self._check_gen_schedule()
 
     def _check_ranges(self) -> None:
         """Every numeric option in range before any work starts (one line naming the option and the fix)."""
@@ -313,6 +333,39 @@ class UnlearnConfig(TrainingArguments):
             _require(self.rmu_layer >= 0, "rmu_layer", self.rmu_layer, ">= 0 (a decoder layer index)")
         _require(self.gc_chunks >= 2, "gc_chunks", self.gc_chunks, "at least 2 (gradients collide in pairs)")
         _require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, ">= 0 (a fraction of the steps when below 1)")  # fmt: skip
+        _require(self.max_steps == -1 or self.max_steps >= 1, "max_steps", self.max_steps, "-1 (use epochs) or at least 1")  # fmt: skip
+        _require(self.logging_steps > 0, "logging_steps", self.logging_steps, "> 0 (a fraction of the steps when below 1)")  # fmt: skip
+        if str(self.save_strategy) in ("steps", "SaveStrategy.STEPS"):
+            _require(self.save_steps > 0, "save_steps", self.save_steps, "> 0 (a fraction of the steps when below 1)")  # fmt: skip
+        if self.save_total_limit is not None:
+            _require(self.save_total_limit >= 1, "save_total_limit", self.save_total_limit, "at least 1 (a run resumes from its newest checkpoint)")  # fmt: skip
+        for name in ("adam_beta1", "adam_beta2"):
+            _require(0 <= getattr(self, name) < 1, name, getattr(self, name), "in [0, 1)")
+        _require(self.adam_epsilon > 0, "adam_epsilon", self.adam_epsilon, "> 0")
+        _require(self.seed >= 0, "seed", self.seed, ">= 0")
+        _require(self.retain_seed >= 0, "retain_seed", self.retain_seed, ">= 0")
+        _require(self.dataloader_num_workers >= 0, "dataloader_num_workers", self.dataloader_num_workers, ">= 0")  # fmt: skip
+
+    def _check_gen_schedule(self) -> None:
+        """GeN scales a multiplier schedule (`LambdaLR`); refuse any other before a model is loaded."""
+        import torch
+        from transformers import get_scheduler
+
+        dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        try:
+            schedule = get_scheduler(
+                self.lr_scheduler_type, optimizer=dummy, num_warmup_steps=0, num_training_steps=10,
+                scheduler_specific_kwargs=self.lr_scheduler_kwargs or {},
+            )  # fmt: skip
+        except (TypeError, ValueError) as err:
+            raise ConfigError(
+                f"--lr_scheduler_type {self.lr_scheduler_type}: {err}; fix the scheduler options"
+            ) from None
+        if not isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
+            raise ConfigError(
+                f"--gen composes with multiplier schedules (linear, cosine, constant, ...), not "
+                f"{getattr(self.lr_scheduler_type, 'value', self.lr_scheduler_type)}; choose one of those or set --gen false"
+            )
 
 
 def _require(ok: bool, name: str, value, requirement: str) -> None:
@@ -340,6 +393,10 @@ class EvalArgs:
     def __post_init__(self):
         _require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "at least 1")
         _require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "at least 1")
+        if self.truth_ratio_variant not in ("geometric", "arithmetic"):
+            raise ConfigError(
+                f"unknown truth_ratio_variant {self.truth_ratio_variant!r}; choose geometric or arithmetic"
+            )
 
 
 CONFIG_CLASSES = (ModelArgs, DataArgs, UnlearnConfig, EvalArgs)
@@ -371,18 +428,64 @@ def load_yaml(path: str | Path, classes=CONFIG_CLASSES) -> dict[str, Any]:
             f"config file {path} is not valid YAML ({problem}{where}); fix its syntax"
         ) from None
     if not isinstance(values, dict):
-        raise ConfigError(f"config file {path} must be a flat mapping of key: value")
+        raise ConfigError(
+            f"config file {path} must be a flat mapping of key: value; write one `key: value` per line "
+            "(see recipes/world/graddiff.yaml)"
+        )
     known = field_names(classes)
-    for key in values:
+    scalar = _scalar_fields(classes)
+    for key, value in values.items():
         if key not in known:
             raise ConfigError(f"unknown config key {key!r} in {path}{suggest(key, known)}")
+        if key in scalar and isinstance(value, (list, dict)):
+            raise ConfigError(
+                f"config key {key!r} in {path} must be a single {scalar[key]}, not a {type(value).__name__}; "
+                "fix its value"
+            )
     return values
 
 
-def parse_config(argv: list[str] | None = None, classes=CONFIG_CLASSES, overrides: dict | None = None):
+_SCALAR_TYPES = ("int", "float", "bool", "str")
+
+
+def _scalar_fields(classes) -> dict[str, str]:
+    """Fields holding one int, float, bool or str (optionally None): name -> type name."""
+    out = {}
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            text = f.type if isinstance(f.type, str) else str(f.type)
+            text = text.replace("<class '", "").replace("'>", "").replace(" | None", "")
+            if f.init and text in _SCALAR_TYPES:
+                out[f.name] = text
+    return out
+
+
+def _as_cli_text(value: Any) -> Any:
+    """A YAML scalar as the command line would spell it, so argparse checks and converts its type."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return value
+
+
+class _Parser(HfArgumentParser):
+    """HfArgumentParser whose errors (a bad type, a bad choice) are one ConfigError line, not usage + exit."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message}; see `llm-unlearn {self.prog.split()[-1]} --help`")
+
+
+def parse_config(
+    argv: list[str] | None = None,
+    classes=CONFIG_CLASSES,
+    overrides: dict | None = None,
+    command: str = "unlearn",
+):
     """Parse `--config FILE` and `--key value` flags into one instance of each dataclass.
 
     `overrides` (e.g. a subcommand's own defaults) sit between the dataclass defaults and the YAML.
+    YAML scalars are handed to argparse as text, so a recipe's values are type-checked exactly like flags.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     yaml_values: dict[str, Any] = {}
@@ -392,7 +495,9 @@ def parse_config(argv: list[str] | None = None, classes=CONFIG_CLASSES, override
             raise ConfigError("--config needs a YAML file path")
         yaml_values = load_yaml(argv[i + 1], classes)
         del argv[i : i + 2]
-    parser = HfArgumentParser(classes)
+    parser = _Parser(classes, prog=f"llm-unlearn {command}")
+    scalar = _scalar_fields(classes)
+    yaml_values = {k: _as_cli_text(v) if k in scalar else v for k, v in yaml_values.items()}
     parser.set_defaults(**{**(overrides or {}), **yaml_values})
     known = field_names(classes)
     for token in argv:
@@ -416,7 +521,7 @@ def to_dict(*configs) -> dict[str, Any]:
             value = getattr(cfg, f.name)
             if isinstance(value, enum.Enum):
                 value = value.value
-            if "token" in f.name and isinstance(value, str) and value:
+            if f.name.endswith("token") and isinstance(value, str) and value:  # hub_token, not *_tokens_seen
                 value = "<redacted>"
             if isinstance(value, (str, int, float, bool, type(None))):
                 out[f.name] = value

@@ -63,6 +63,10 @@ def _read_json_records(path: Path) -> list[dict]:
     return rows
 
 
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
+
+
 def load_split(
     split: str,
     data_dir: str | Path | None = None,
@@ -99,15 +103,30 @@ def load_split(
     if not rows:
         raise DataError(f"split {where} is empty; pick a split with at least one example")
     for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(
+                f"split {where} row {i} is {_a(type(row).__name__)}, not an object; every row is a JSON object "
+                f"with fields {', '.join(required)}"
+            )
         missing = [f for f in required if f not in row or row[f] is None]
         if missing:
             raise DataError(
                 f"split {where} row {i} lacks field(s) {', '.join(missing)}; every row needs {', '.join(required)}"
             )
+        for name in ("question", "answer", "paraphrased_answer"):
+            if name in required and not isinstance(row[name], str):
+                raise DataError(
+                    f"split {where} row {i} field {name} is {_a(type(row[name]).__name__)}, not a string; "
+                    "fix the file (TOFU format: question and answer are text)"
+                )
         if "perturbed_answer" in required:
             pert = row["perturbed_answer"]
             if isinstance(pert, str):
                 row["perturbed_answer"] = [pert]
+            elif not isinstance(pert, list) or not all(isinstance(a, str) for a in pert):
+                raise DataError(
+                    f"split {where} row {i} field perturbed_answer must be a list of strings; fix the file"
+                )
             elif not pert:
                 raise DataError(
                     f"split {where} row {i} has an empty perturbed_answer list; give at least one"
@@ -182,7 +201,10 @@ def _answer_text(answer: str, prompt_format: str) -> str:
 
 def end_of_turn_id(tokenizer) -> int:
     if tokenizer.eos_token_id is None:
-        raise DataError(f"tokenizer {tokenizer.name_or_path!r} has no eos token; set one to end answers")
+        raise DataError(
+            f"tokenizer {tokenizer.name_or_path!r} has no eos token (nor a pad token to fall back on), so answers "
+            "cannot be ended; set eos_token in the model folder's tokenizer_config.json"
+        )
     return tokenizer.eos_token_id
 
 

@@ -157,7 +157,7 @@ def finetune_cli(argv: list[str]) -> Path:
     from .config import DataArgs, ModelArgs, parse_config
 
     model_args, data, ft, args = parse_config(
-        argv, classes=(ModelArgs, DataArgs, FinetuneArgs, TrainingArguments)
+        argv, classes=(ModelArgs, DataArgs, FinetuneArgs, TrainingArguments), command="train"
     )
     if not model_args.model_name_or_path:
         raise ValueError("no --model_name_or_path given; pass the model folder or Hub id to fine-tune")

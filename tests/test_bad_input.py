@@ -1,18 +1,178 @@
-"""Bad input on the CLI: one line naming the problem and the fix, exit 2, nothing written. `pytest tests/test_bad_input.py`
+"""Bad input on the CLI, as one matrix: one line naming the problem and the fix, a non-zero exit, no
+traceback (unless `--debug`), no partial output, nothing saved before lost. `pytest tests/test_bad_input.py`
 
-Every case here fails before any model is loaded or any file is written (numeric ranges, YAML
-syntax, paths); cases that need data or a model live in tests/test_cli.py.
+Each case builds its own broken input in a fresh folder (a copy of the micro world, micro models),
+runs `llm-unlearn` in-process and checks:
+- exit code 2 (130 for an interrupt) and exactly one `error: ` line, the last on stderr, matching the case;
+- no `Traceback` anywhere on stderr;
+- every file that existed before the command is still there, byte for byte (cases that resume or fail
+  a run of their own list the files they may change);
+- the run directory gets no weights (`model.safetensors`), and is not created at all when the input
+  could be checked before any work.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
+import os
 import re
+import shutil
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from llm_unlearn.cli import main
 
-RANGE_CASES = [
+
+@dataclass
+class Env:
+    tmp: Path
+    world: Path
+    models: dict
+    out: Path
+
+    @property
+    def target(self) -> Path:
+        return Path(self.models["target"])
+
+    @property
+    def retain_model(self) -> Path:
+        return Path(self.models["retain"]["forget10"])
+
+    def unlearn(self, *extra: str, **replace: str) -> list[str]:
+        options = {
+            "model_name_or_path": str(self.target), "data_dir": str(self.world), "forget_split": "forget10",
+            "output_dir": str(self.out), "max_steps": "1", "per_device_train_batch_size": "4",
+            "learning_rate": "1e-2", "use_cpu": "true", "reference_model": str(self.retain_model),
+            "eval_batch_size": "64", "max_new_tokens": "4", "disable_tqdm": "true",
+        } | replace  # fmt: skip
+        return ["unlearn", *[x for k, v in options.items() for x in (f"--{k}", v)], *extra]
+
+    def recipe(self, text: str) -> list[str]:
+        path = self.tmp / "recipe.yaml"
+        path.write_text(text)
+        return ["unlearn", "--config", str(path), "--output_dir", str(self.out)]
+
+    def rows(self, split: str) -> list[dict]:
+        return [json.loads(line) for line in (self.world / f"{split}.json").read_text().splitlines() if line]
+
+    def write_rows(self, split: str, rows: list) -> None:
+        (self.world / f"{split}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def model_copy(self, name: str) -> Path:
+        dst = self.tmp / name
+        shutil.copytree(self.target, dst)
+        return dst
+
+    def status(self, run: Path, **record) -> Path:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "status.json").write_text(json.dumps(record))
+        return run
+
+
+@dataclass
+class Case:
+    id: str
+    argv: Callable[[Env], list[str]]
+    pattern: str
+    setup: Callable[[Env], None] = lambda env: None
+    code: int = 2
+    creates_run: bool = False  # fails during the run: the run directory exists, marked failed
+    may_change: tuple[str, ...] = ()  # files (relative to tmp) the failure may legitimately rewrite
+    patch: Callable[[pytest.MonkeyPatch], None] | None = None
+    after: Callable[[Env], None] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _drop(env: Env, name: str) -> None:
+    (env.world / name).unlink()
+
+
+def _nan_method(env: Env) -> None:
+    (env.tmp / "nan_method_pkg.py").write_text(
+        "from llm_unlearn.methods import Term\n"
+        "def nan_method(model, forget, retain, ctx):\n"
+        "    loss = model(input_ids=forget['input_ids']).logits.mean() * float('nan')\n"
+        "    return {'forget': Term(loss, stream='forget')}\n"
+    )
+
+
+def _pickle_only(env: Env) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    model = env.model_copy("pickled")
+    torch.save(load_file(model / "model.safetensors"), model / "pytorch_model.bin")
+    (model / "model.safetensors").unlink()
+
+
+def _no_eos_tokenizer(env: Env) -> None:
+    model = env.model_copy("no_eos")
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    for key in ("eos_token", "pad_token"):
+        config[key] = None
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    special = model / "special_tokens_map.json"
+    if special.is_file():
+        special.write_text(json.dumps({k: v for k, v in json.loads(special.read_text()).items()
+                                       if k not in ("eos_token", "pad_token")}))  # fmt: skip
+
+
+def _disk_full_at_checkpoint_4(monkeypatch) -> None:
+    from transformers import Trainer
+
+    save_rng_state = Trainer._save_rng_state
+
+    def full(self, output_dir):
+        if self.state.global_step == 4:
+            raise OSError(errno.ENOSPC, "No space left on device", os.path.join(output_dir, "rng_state.pth"))
+        return save_rng_state(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", full)
+
+
+def _after_disk_full(env: Env) -> None:
+    # The complete checkpoint before the failed save is kept (never rotated away), and the same
+    # command, with space again, resumes from it and finishes.
+    assert json.loads((env.out / "status.json").read_text())["state"] == "failed"
+    assert (env.out / "checkpoint-2" / "llm_unlearn_checkpoint.json").is_file()
+    assert main(_checkpointed(env)) == 0
+    assert json.loads((env.out / "status.json").read_text())["state"] == "complete"
+
+
+def _checkpointed(env: Env) -> list[str]:
+    return env.unlearn("--do_final_eval", "false", max_steps="6", save_strategy="steps", save_steps="2",
+                       per_device_train_batch_size="2")  # fmt: skip
+
+
+def _interrupt_at_step_2(monkeypatch) -> None:
+    from llm_unlearn.trainer import UnlearnTrainer
+
+    training_step = UnlearnTrainer.training_step
+
+    def interrupted(self, *args, **kwargs):
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt
+        return training_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(UnlearnTrainer, "training_step", interrupted)
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # reaped: no process has it (pids are not reused this soon)
+
+
+RANGES = [
     ("per_device_train_batch_size", "0", "at least 1"),
     ("retain_batch_size", "0", "at least 1"),
     ("gradient_accumulation_steps", "0", "at least 1"),
@@ -29,6 +189,14 @@ RANGE_CASES = [
     ("eval_batch_size", "0", "at least 1"),
     ("max_new_tokens", "0", "at least 1"),
     ("max_length", "1", "at least 2"),
+    ("max_steps", "0", "-1 .* or at least 1"),
+    ("logging_steps", "0", "> 0"),
+    ("adam_beta2", "1.0", r"in \[0, 1\)"),
+    ("adam_epsilon", "0", "> 0"),
+    ("seed", "-1", ">= 0"),
+    ("save_total_limit", "0", "at least 1"),
+    ("lora_r", "0", "at least 1"),
+    ("lora_dropout", "1.0", r"in \[0, 1\)"),
     ("npo_beta", "0", "a positive number"),
     ("simnpo_beta", "-1", "a positive number"),
     ("simnpo_gamma", "-0.5", "a finite number >= 0"),
@@ -40,43 +208,138 @@ RANGE_CASES = [
     ("gc_weight", "-1", "a finite number >= 0"),
 ]
 
+CASES = [
+    # ---- files: missing, empty, corrupt, wrong fields, wrong types
+    Case("data_dir_missing", lambda e: e.unlearn(data_dir=str(e.tmp / "nope")), r"data dir .*nope does not exist; create one"),
+    Case("split_file_missing", lambda e: e.unlearn(), r"retain90\.json not found; splits in", setup=lambda e: _drop(e, "retain90.json")),
+    Case("split_file_empty", lambda e: e.unlearn(), r"forget10\.json is empty; pick a split", setup=lambda e: (e.world / "forget10.json").write_text("")),
+    Case("split_file_corrupt", lambda e: e.unlearn(), r"forget10\.json:1 is not valid JSON .*fix or regenerate",
+         setup=lambda e: (e.world / "forget10.json").write_text('{"question": "Who', encoding="utf-8")),
+    Case("split_row_missing_field", lambda e: e.unlearn(), r"row 3 lacks field\(s\) answer; every row needs question, answer",
+         setup=lambda e: e.write_rows("forget10", [r if i != 3 else {"question": r["question"]} for i, r in enumerate(e.rows("forget10"))])),
+    Case("split_row_wrong_type", lambda e: e.unlearn(), r"row 0 field answer is an int, not a string",
+         setup=lambda e: e.write_rows("forget10", [{**r, "answer": 42} if i == 0 else r for i, r in enumerate(e.rows("forget10"))])),
+    Case("split_row_not_an_object", lambda e: e.unlearn(), r"row 1 is a list, not an object",
+         setup=lambda e: (e.world / "forget10.json").write_text(json.dumps(e.rows("forget10")[0]) + "\n" + json.dumps([[1, 2]]) + "\n")),
+    Case("forget_retain_overlap", lambda e: e.unlearn(), r"share 1 question\(s\) .*use a retain split disjoint",
+         setup=lambda e: e.write_rows("retain90", e.rows("retain90") + e.rows("forget10")[:1])),
+    Case("recipe_missing", lambda e: ["unlearn", "--config", str(e.tmp / "none.yaml")], r"config file .*none\.yaml not found; pass an existing YAML recipe"),
+    Case("recipe_broken_yaml", lambda e: e.recipe("method: graddiff\nlearning_rate: [1e-5\n"), r"not valid YAML .*line \d+.*fix its syntax"),
+    Case("recipe_not_a_mapping", lambda e: e.recipe("- graddiff\n- 1e-5\n"), r"must be a flat mapping of key: value"),
+    Case("reference_eval_missing", lambda e: e.unlearn(reference_eval=str(e.tmp / "ref.json")), r"reference eval file .*ref\.json does not exist; evaluate the reference first"),
+    Case("reference_eval_corrupt", lambda e: e.unlearn(reference_eval=str(e.tmp / "ref.json")), r"ref\.json is not valid JSON .*pass the eval\.json of `llm-unlearn eval`",
+         setup=lambda e: (e.tmp / "ref.json").write_text('{"metrics": ')),
+    Case("reference_eval_wrong_fields", lambda e: e.unlearn(reference_eval=str(e.tmp / "ref.json")), r"ref\.json has no per-sample forget truth ratios",
+         setup=lambda e: (e.tmp / "ref.json").write_text('{"metrics": {"forget_quality": {"value": 1}}, "meta": {}}')),
+    # ---- configs: unknown keys, wrong types, out-of-range values (RANGES below), conflicting options
+    Case("recipe_unknown_key", lambda e: e.recipe("learnig_rate: 1e-5\n"), r"unknown config key 'learnig_rate' .*did you mean 'learning_rate'"),
+    Case("recipe_list_for_a_number", lambda e: e.recipe("per_device_train_batch_size: [1, 2]\n"), r"'per_device_train_batch_size' .* must be a single int, not a list"),
+    Case("recipe_text_for_a_number", lambda e: e.recipe("learning_rate: fast\n"), r"--learning_rate.*invalid float value: 'fast'"),
+    Case("recipe_float_for_an_int", lambda e: e.recipe("gradient_accumulation_steps: 2.5\n"), r"--gradient_accumulation_steps.*invalid int value: '2\.5'"),
+    Case("option_unknown", lambda e: e.unlearn("--lerning_rate", "1"), r"unknown option --lerning_rate \(did you mean 'learning_rate'\?\)"),
+    Case("option_text_for_a_number", lambda e: e.unlearn(num_train_epochs="many"), r"--num_train_epochs.*invalid float value: 'many'"),
+    Case("option_not_a_bool", lambda e: e.unlearn(use_lora="maybe"), r"--use_lora.*maybe"),
+    Case("option_missing_value", lambda e: ["unlearn", "--config"], r"--config needs a YAML file path"),
+    Case("method_unknown", lambda e: e.unlearn(method="gradif"), r"unknown method 'gradif'; did you mean 'graddiff'\?"),
+    Case("combine_unknown", lambda e: e.unlearn(combine="average"), r"unknown combine 'average'"),
+    Case("prompt_format_unknown", lambda e: e.unlearn(prompt_format="chat_templat"), r"unknown prompt_format 'chat_templat' \(did you mean 'chat_template'\?\)"),
+    Case("torch_dtype_unknown", lambda e: e.unlearn(torch_dtype="fp8"), r"unknown torch_dtype 'fp8'; choose float32, bfloat16, float16"),
+    Case("conflict_fp16_with_normalized", lambda e: e.unlearn(method="ngdiff", fp16="true"), r"normalized combination does not work with fp16"),
+    Case("conflict_gen_with_plateau_schedule", lambda e: e.unlearn(gen="true", lr_scheduler_type="reduce_lr_on_plateau", eval_strategy="epoch"), r"--gen composes with multiplier schedules"),
+    Case("method_knob_beyond_the_model", lambda e: e.unlearn(method="rmu", rmu_layer="99"), r"--rmu_layer 99 is out of range for a model of \d+ decoder layer"),
+    Case("conflict_bf16_and_fp16", lambda e: e.unlearn(bf16="true", fp16="true"), r"fp16.*bf16|bf16.*fp16"),
+    # ---- models: missing, not a model, pickle-only, tokenizer without eos or pad
+    Case("model_path_missing", lambda e: e.unlearn(model_name_or_path=str(e.tmp / "no-model")), r"model path .*no-model does not exist"),
+    Case("model_bare_name_offline", lambda e: e.unlearn(model_name_or_path="nope"), r"no folder 'nope' here, and fetching it as a Hub id failed"),
+    Case("model_folder_without_config", lambda e: e.unlearn(model_name_or_path=str(e.tmp)), r"is not a model folder \(no config\.json\)"),
+    Case("model_pickle_only", lambda e: e.unlearn(model_name_or_path=str(e.tmp / "pickled")), r"has no safetensors weights; convert them, or pass --allow_pickle", setup=_pickle_only),
+    Case("tokenizer_without_eos_or_pad", lambda e: e.unlearn(model_name_or_path=str(e.tmp / "no_eos")), r"has no eos token \(nor a pad token .*set eos_token", setup=_no_eos_tokenizer),
+    Case("reference_model_missing", lambda e: e.unlearn(reference_model=str(e.tmp / "no-ref")), r"reference model .*no-ref does not exist"),
+    # ---- runs: the output dir, a full disk, a non-finite loss, an interrupt, runs that did not finish
+    Case("output_dir_not_ours", lambda e: e.unlearn(), r"exists and is not an llm-unlearn run; choose a new --output_dir",
+         setup=lambda e: (e.out.mkdir(), (e.out / "notes.txt").write_text("mine"))),
+    Case("output_dir_is_a_file", lambda e: e.unlearn(), r"output dir .* is a file; choose a new --output_dir", setup=lambda e: e.out.write_text("x")),
+    Case("output_dir_holds_a_complete_run", lambda e: e.unlearn(), r"holds a complete run; choose a new --output_dir",
+         setup=lambda e: e.status(e.out, state="complete")),
+    Case("output_dir_in_use", lambda e: e.unlearn(), r"in use by a running process \(\d+\); wait for it",
+         setup=lambda e: e.status(e.out, state="running", pid=os.getpid(), host=socket.gethostname())),
+    Case("output_dir_status_corrupt", lambda e: e.unlearn(), r"status\.json is not a status file of llm-unlearn",
+         setup=lambda e: (e.out.mkdir(), (e.out / "status.json").write_text("[1, 2"))),
+    Case("non_finite_loss", lambda e: e.unlearn(method="nan_method_pkg.nan_method"), r"non-finite .*lower --learning_rate",
+         setup=_nan_method, creates_run=True),
+    Case("disk_full_on_checkpoint_save", _checkpointed, r"no space left on the device \(.*rng_state\.pth\); free some space .*rerun the same command",
+         creates_run=True, patch=_disk_full_at_checkpoint_4, after=_after_disk_full),
+    Case("interrupted_by_the_user", _checkpointed, r"^error: interrupted; rerun the same command to resume", code=130,
+         creates_run=True, patch=_interrupt_at_step_2),
+    Case("eval_model_missing", lambda e: ["eval", "--model_name_or_path", "nope", "--reference_eval", str(e.tmp / "x.json")], r"model nope does not exist here"),
+    Case("eval_interrupted_run", lambda e: ["eval", "--model_name_or_path", str(e.out), "--data_dir", str(e.world), "--reference_model", str(e.retain_model)],
+         r"is interrupted; eval needs a complete run \(resume it",
+         setup=lambda e: e.status(e.out, state="running", pid=_dead_pid(), host=socket.gethostname())),
+    Case("eval_failed_run", lambda e: ["eval", "--model_name_or_path", str(e.out), "--data_dir", str(e.world), "--reference_model", str(e.retain_model)],
+         r"is failed: NonFiniteLossError: boom; eval needs a complete run",
+         setup=lambda e: e.status(e.out, state="failed", error="NonFiniteLossError: boom")),
+    Case("eval_without_a_model", lambda e: ["eval", "--reference_eval", str(e.tmp / "x.json")], r"no --model_name_or_path given"),
+]  # fmt: skip
+CASES += [
+    # max_steps -1 so that the epoch count is what decides the run's length.
+    Case(f"range_{name}_{value}", lambda e, n=name, v=value: e.unlearn(**{"max_steps": "-1", n: v}),
+         rf"--{name} {re.escape(value)}.* out of range; it must be {requirement}")
+    for name, value, requirement in RANGES
+]  # fmt: skip
 
-def _expect_one_line(capsys, argv, pattern: str) -> str:
-    assert main(argv) == 2
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.strip()]
-    errors = [line for line in err if line.startswith("error: ")]
-    assert len(errors) == 1 and err[-1] == errors[0], err
-    assert "Traceback" not in "\n".join(err)
-    assert re.search(pattern, errors[0]), errors[0]
-    return errors[0]
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
-@pytest.mark.parametrize("option, value, requirement", RANGE_CASES, ids=lambda x: str(x))
-def test_out_of_range_numbers_are_refused_before_any_work(capsys, tmp_path, option, value, requirement):
-    out = tmp_path / "run"
-    argv = ["unlearn", "--output_dir", str(out), "--model_name_or_path", str(tmp_path / "m"),
-            "--data_dir", str(tmp_path), f"--{option}", value]  # fmt: skip
-    _expect_one_line(capsys, argv, rf"--{option} {re.escape(value)}.* out of range; it must be {requirement}")
-    assert not out.exists()
-
-
-def test_broken_yaml_recipe_names_the_line(capsys, tmp_path):
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("method: graddiff\nlearning_rate: [1e-5\n")
-    _expect_one_line(
-        capsys, ["unlearn", "--config", str(recipe)], r"not valid YAML .*line \d+.*fix its syntax"
-    )
-
-
-def test_bare_missing_model_name_is_not_a_hub_traceback(capsys, tmp_path, monkeypatch, micro_world):
+@pytest.fixture
+def env(micro_world, micro_models, tmp_path, monkeypatch) -> Env:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    out = tmp_path / "run"
-    argv = ["unlearn", "--output_dir", str(out), "--model_name_or_path", "nope", "--data_dir", str(micro_world),
-            "--do_final_eval", "false"]  # fmt: skip
-    _expect_one_line(capsys, argv, r"no folder 'nope' here, and fetching it as a Hub id failed")
-    assert not out.exists()
+    monkeypatch.syspath_prepend(str(tmp_path))  # the non-finite case's method module
+    world = tmp_path / "world"
+    shutil.copytree(micro_world, world)
+    return Env(tmp=tmp_path, world=world, models=micro_models, out=tmp_path / "run")
 
 
-def test_eval_of_a_model_that_does_not_exist_says_so(capsys, tmp_path):
-    argv = ["eval", "--model_name_or_path", "nope", "--reference_eval", str(tmp_path / "x.json")]
-    _expect_one_line(capsys, argv, r"model nope does not exist here")
+def test_the_matrix_has_at_least_30_distinct_cases():
+    assert len({case.id for case in CASES}) == len(CASES) >= 30
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_bad_input_gets_one_line_and_loses_nothing(case: Case, env: Env, capsys, monkeypatch):
+    case.setup(env)
+    if case.patch is not None:
+        case.patch(monkeypatch)
+    existed = env.out.exists()
+    before = _snapshot(env.tmp)
+    assert main(case.argv(env)) == case.code
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], lines[-5:]
+    assert re.search(case.pattern, errors[0]), errors[0]
+    print(f"[{case.id}] {errors[0]}")  # `pytest -s` lists every case's message
+    # Nothing saved before is lost or changed.
+    after = _snapshot(env.tmp)
+    allowed = {"run/status.json", "run/train_log.jsonl", *case.may_change}
+    changed = [name for name, digest in before.items() if after.get(name) != digest and name not in allowed]
+    assert not changed, changed
+    # No partial output: no weights, and no run directory at all for input checked before the work.
+    if case.creates_run:
+        assert json.loads((env.out / "status.json").read_text())["state"] == "failed"
+        assert not (env.out / "model.safetensors").exists()
+    elif not existed:
+        assert not env.out.exists()
+    if case.after is not None:
+        monkeypatch.undo()
+        case.after(env)
+
+
+def test_debug_shows_the_traceback_instead(env: Env):
+    with pytest.raises(ValueError, match="unknown method 'gradif'"):
+        main([*env.unlearn(method="gradif"), "--debug"])

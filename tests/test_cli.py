@@ -218,18 +218,45 @@ def test_train_command_fine_tunes_on_a_split(micro_world, micro_models, tmp_path
     assert not (out / "training_args.bin").exists()
 
 
-def test_resolved_config_redacts_tokens(micro_world, micro_models, tmp_path):
+def test_a_token_on_the_command_line_is_refused_and_never_written(
+    micro_world, micro_models, tmp_path, capsys
+):
     out = tmp_path / "run"
     argv = _unlearn_argv(
         micro_world, micro_models, out, "--hub_token", "hf_secret_value", "--do_final_eval", "false"
     )
-    assert main(argv) == 0
-    text = (out / "unlearn_config.yaml").read_text()
-    assert "hf_secret_value" not in text and "hub_token: <redacted>" in text
-    assert "hf_secret_value" not in (out / "train_log.jsonl").read_text()
+    _expect_error(capsys, argv, r"--hub_token is refused: .*set HF_TOKEN", out)
+    assert not out.exists()
+    # Tokens reach a run only through the environment: none is written to the run directory.
+    assert main(_unlearn_argv(micro_world, micro_models, out, "--do_final_eval", "false")) == 0
+    command = json.loads((out / "run_info.json").read_text())["command"]
+    assert command.startswith("llm-unlearn unlearn --model_name_or_path")
+    assert (
+        "hub_token: <redacted>" in (out / "unlearn_config.yaml").read_text()
+        or "hub_token: null" in (out / "unlearn_config.yaml").read_text()
+    )
 
 
 def test_ls_lists_methods_and_recipes(capsys):
     assert main(["ls"]) == 0
     printed = capsys.readouterr().out
     assert "graddiff" in printed and "ga " in printed and "recipes/world/graddiff.yaml" in printed
+
+
+def test_same_seed_and_config_twice_gives_identical_weights_and_eval(micro_world, micro_models, tmp_path):
+    """Determinism end to end: NGDiff + GeN (probe batches, fitted lr) and the evaluation after it."""
+    runs = [tmp_path / "first", tmp_path / "second"]
+    for out in runs:
+        argv = _unlearn_argv(micro_world, micro_models, out, "--method", "ngdiff", "--gen", "true",
+                             "--gen_interval", "1", "--max_steps", "3", "--per_device_train_batch_size", "2")  # fmt: skip
+        assert main(argv) == 0
+    first, second = ((out / "model.safetensors").read_bytes() for out in runs)
+    assert first == second
+    evals = [json.loads((out / "eval.json").read_text()) for out in runs]
+    assert evals[0]["metrics"] == evals[1]["metrics"]  # every metric and per-sample value, exactly
+    logs = [
+        [{k: v for k, v in json.loads(line).items() if not k.startswith("train_") or k == "train_loss"}
+         for line in (out / "train_log.jsonl").read_text().splitlines()]
+        for out in runs
+    ]  # fmt: skip
+    assert any("gen_eta_star" in row for row in logs[0]) and logs[0] == logs[1]
