@@ -2,6 +2,7 @@
 
     llm-unlearn bench --threads 1 --out benchmarks/bench_cpu.json    # ~8 min on a 2-core CPU
     llm-unlearn bench --preset quick --out /tmp/bench.json       # seconds; checks the harness only
+    llm-unlearn bench --eval --out benchmarks/bench_eval.json    # evaluation: batched vs batch 1 (bench_eval.py)
 
 Setting: one randomly initialised Llama (preset `default`: 13.9M parameters, so one fp32 gradient
 copy is 56 MB) on forget/retain batches of 8 from the built-in micro world,
@@ -288,9 +289,22 @@ def bench_cli(argv: list[str]) -> None:
     parser.add_argument("--out", help="JSON file to write (required)")
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--eval", action="store_true", help="time evaluation instead: batched vs batch 1")
+    parser.add_argument("--size", default="default", help="--eval: world and model size (default, micro)")
+    parser.add_argument("--batch_size", type=int, default=32, help="--eval: the batched side's batch size")
+    parser.add_argument("--rounds", type=int, default=1, help="--eval: timed runs of each side")
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     parser.add_argument("--_workdir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.eval:
+        from .bench_eval import bench_eval, print_summary
+
+        if not args.out:
+            raise ValueError(
+                "no --out given; pass the JSON file to write, e.g. --out benchmarks/bench_eval.json"
+            )
+        print_summary(bench_eval(args.out, args.size, args.threads, args.batch_size, args.rounds), args.out)
+        return
     if args._child:
         if args.threads:
             torch.set_num_threads(args.threads)
