@@ -389,6 +389,10 @@ class EvalArgs:
         default=None, metadata={"help": "eval.json of the reference (or a legacy eval_log_aggregated.json)."}
     )
     do_final_eval: bool = field(default=True, metadata={"help": "Evaluate at the end of `unlearn`."})
+    mia: bool = field(
+        default=True,
+        metadata={"help": "Membership inference (forget vs holdout split) in the evaluation, where a holdout exists."},
+    )
 
     def __post_init__(self):
         _require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "at least 1")

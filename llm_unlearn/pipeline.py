@@ -200,6 +200,7 @@ def evaluate_path(
         batch_size=eval_args.eval_batch_size,
         max_new_tokens=eval_args.max_new_tokens,
         truth_ratio_variant=eval_args.truth_ratio_variant,
+        mia=eval_args.mia,
         seeds=_seeds(model_path, data),
         shard=shard,
     )

@@ -107,3 +107,41 @@ def test_the_target_is_told_from_holdout_and_the_metrics_are_complete(
     for name, entry in metrics.items():
         assert entry["direction"] in ("closer_to_0.5", "closer_to_0"), name
     assert len(metrics["mia_auc_min_k"]["per_sample_forget"]) == len(target["forget10"]["loss"])
+
+
+def test_evaluate_adds_membership_metrics_and_privleak_against_the_reference(
+    micro_target, micro_models, micro_world, tmp_path
+):
+    import shutil
+
+    from llm_unlearn.eval.tofu import add_forget_quality, evaluate
+    from llm_unlearn.runio import load_model_and_tokenizer
+
+    settings = dict(data_dir=micro_world, forget_split="forget10", max_new_tokens=2, progress=False)
+    target = evaluate(*micro_target, **settings)
+    reference = evaluate(*load_model_and_tokenizer(str(micro_models["retain"]["forget10"])), **settings)
+    assert target["meta"]["membership_inference"] == "forget set vs holdout10"
+    assert target["meta"]["splits"]["holdout"]["n"] == len(
+        target["metrics"]["mia_auc_loss"]["per_sample_holdout"]
+    )
+    with_ref = add_forget_quality(target, reference)
+
+    # privleak recomputed by hand from the two eval dicts' per-sample Min-K% scores
+    def min_k_auc(result):
+        entry = result["metrics"]["mia_auc_min_k"]
+        return _pairwise_auc(entry["per_sample_forget"], entry["per_sample_holdout"])
+
+    u, r = 1 - min_k_auc(target), 1 - min_k_auc(reference)
+    assert with_ref["metrics"]["privleak"]["value"] == pytest.approx((u - r) / (r + 1e-10) * 100, rel=1e-9)
+    loss_t, loss_r = target["metrics"]["mia_auc_loss"], reference["metrics"]["mia_auc_loss"]
+    diff_f = np.subtract(loss_t["per_sample_forget"], loss_r["per_sample_forget"])
+    diff_h = np.subtract(loss_t["per_sample_holdout"], loss_r["per_sample_holdout"])
+    assert with_ref["metrics"]["mia_auc_reference"]["value"] == pytest.approx(_pairwise_auc(diff_f, diff_h))
+
+    # No holdout split beside the forget split: skipped, and said so.
+    world = tmp_path / "world"
+    shutil.copytree(micro_world, world)
+    (world / "holdout10.json").unlink()
+    result = evaluate(*micro_target, **(settings | {"data_dir": world}))
+    assert "mia_auc_loss" not in result["metrics"]
+    assert result["meta"]["membership_inference"].startswith("skipped: no holdout10 split")

@@ -171,19 +171,47 @@ def mia_metrics(
             "per_sample_holdout": [float(x) for x in holdout[attack]],
         }
     if reference is not None:
-        ref_forget, ref_holdout = reference["forget"], reference["holdout"]
-        diff_forget = np.asarray(forget["loss"]) - np.asarray(ref_forget["loss"])
-        diff_holdout = np.asarray(holdout["loss"]) - np.asarray(ref_holdout["loss"])
-        metrics["mia_auc_reference"] = {
+        metrics |= reference_metrics(forget, holdout, reference["forget"], reference["holdout"])
+    return metrics
+
+
+def reference_metrics(
+    forget: dict[str, Sequence[float]],
+    holdout: dict[str, Sequence[float]],
+    ref_forget: dict[str, Sequence[float]],
+    ref_holdout: dict[str, Sequence[float]],
+) -> dict[str, dict]:
+    """`mia_auc_reference` (loss minus the reference's loss, per sample) and `privleak` (Min-K% AUCs),
+    from the model's and the retain-only reference's per-sample `loss` and `min_k` scores."""
+    diff_forget = np.asarray(forget["loss"], dtype=np.float64) - np.asarray(
+        ref_forget["loss"], dtype=np.float64
+    )
+    diff_holdout = np.asarray(holdout["loss"], dtype=np.float64) - np.asarray(
+        ref_holdout["loss"], dtype=np.float64
+    )
+    auc_model, auc_ref = (
+        auc(forget["min_k"], holdout["min_k"]),
+        auc(ref_forget["min_k"], ref_holdout["min_k"]),
+    )
+    return {
+        "mia_auc_reference": {
             "value": auc(diff_forget, diff_holdout),
             "direction": "closer_to_0.5",
             "per_sample_forget": diff_forget.tolist(),
             "per_sample_holdout": diff_holdout.tolist(),
-        }
-        auc_ref = auc(ref_forget["min_k"], ref_holdout["min_k"])
-        metrics["privleak"] = {
-            "value": privleak(metrics["mia_auc_min_k"]["value"], auc_ref),
+        },
+        "privleak": {
+            "value": privleak(auc_model, auc_ref),
             "direction": "closer_to_0",
             "reference_auc_min_k": auc_ref,
-        }
-    return metrics
+        },
+    }
+
+
+def scores_from_metrics(metrics: dict) -> tuple[dict[str, list], dict[str, list]] | None:
+    """(forget, holdout) per-sample scores by attack, read back from an eval.json's metrics; None if absent."""
+    if not all(f"mia_auc_{attack}" in metrics for attack in ("loss", "min_k")):
+        return None
+    forget = {a: metrics[f"mia_auc_{a}"]["per_sample_forget"] for a in ATTACKS if f"mia_auc_{a}" in metrics}
+    holdout = {a: metrics[f"mia_auc_{a}"]["per_sample_holdout"] for a in ATTACKS if f"mia_auc_{a}" in metrics}
+    return forget, holdout

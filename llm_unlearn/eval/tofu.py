@@ -7,8 +7,9 @@ numbers. `add_forget_quality` then compares the forget-set truth ratios with tho
 reference model (an eval.json of ours, or a legacy `eval_log_aggregated.json`).
 
 eval.json:
-    metrics: {name: {value, direction ("higher" | "lower" | "closer_to_reference"),
-                     per_sample?, per_sample_ratio? (raw truth ratios R), inputs? (model utility)}}
+    metrics: {name: {value, direction ("higher" | "lower" | "closer_to_reference" | "closer_to_0.5" | "closer_to_0"),
+                     per_sample?, per_sample_ratio? (raw truth ratios R), inputs? (model utility),
+                     per_sample_forget? / per_sample_holdout? (membership scores, `mia_auc_*`)}}
     losses: {role: {answer: [l], paraphrased?: [l], perturbed: [[l_j]]}}  (roles forget, retain, ra, wf)
     generations: {role: [{question, answer, generated}]}
     meta: settings, split names and sizes, versions, hardware, timing (with the processes and the
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import ANALOG_FIELDS, EVAL_FIELDS, PROMPT_FORMATS, load_split, paired_split
+from ..data import ANALOG_FIELDS, EVAL_FIELDS, PROMPT_FORMATS, DataError, load_split, paired_split, split_path
 from .legacy import is_legacy_log, legacy_scores
 from .metrics import (
     TRUTH_RATIO_VARIANTS,
@@ -42,6 +43,7 @@ from .metrics import (
     rouge_l_recall,
     tofu_metrics,
 )
+from .mia import mia_metrics, reference_metrics, sample_scores, scores_from_metrics
 from .scoring import answer_losses, generate_answers
 from .shard import Shard
 
@@ -116,6 +118,20 @@ def _score_split(model, tokenizer, rows: list[dict], role: str, settings: dict, 
     return scores, generations, len(texts)
 
 
+def _holdout(forget_split: str, data_dir, dataset_name) -> tuple[list[dict] | None, str]:
+    """The holdout split paired with the forget split (non-members for membership inference), if any."""
+    name = paired_split(forget_split, "holdout")
+    if data_dir is not None and not split_path(data_dir, name).is_file():
+        return None, f"skipped: no {name} split in {data_dir}"
+    try:
+        rows = load_split(name, data_dir=data_dir, dataset_name=dataset_name)
+    except (DataError, ValueError, FileNotFoundError) as err:
+        if data_dir is not None:
+            raise  # the file is there but broken: say so
+        return None, f"skipped: {name} not available from {dataset_name} ({str(err).splitlines()[0][:120]})"
+    return rows, f"forget set vs {name}"
+
+
 def _package_version() -> str:
     try:
         return importlib.metadata.version("llm-unlearn")
@@ -146,11 +162,14 @@ def evaluate(
     progress: bool = True,
     seeds: dict[str, int] | None = None,
     shard: Shard | None = None,
+    mia: bool = True,
 ) -> dict:
     """Run the TOFU eval sets on `model` and return the eval.json content (see the module docstring).
 
     Data come from `data_dir` (TOFU-format JSON files) or `dataset_name` (e.g. `locuslab/TOFU`).
-    `seeds` (e.g. the training and world seeds) are only recorded in `meta`. `shard` splits the
+    With `mia` (default) and a `holdoutNN` split beside the forget split, membership inference
+    (`mia.py`: forget set vs holdout) adds `mia_auc_*` metrics; without a holdout split it is skipped
+    and `meta.membership_inference` says why. `seeds` (e.g. the training and world seeds) are only recorded in `meta`. `shard` splits the
     batches over the processes of a `torch.distributed` group (every rank must call this with the
     same arguments, and gets the same result); by default this process scores everything.
     """
@@ -164,6 +183,7 @@ def evaluate(
             f"unknown prompt_format {prompt_format!r}; choose one of {', '.join(PROMPT_FORMATS)}"
         )
     names = eval_splits(forget_split)
+    holdout_rows, holdout_note = _holdout(forget_split, data_dir, dataset_name) if mia else (None, "off")
     rows = {
         role: load_split(
             split,
@@ -186,6 +206,16 @@ def evaluate(
             model, tokenizer, role_rows, role, settings, progress, shard
         )
         n_scored += n
+    membership = {}
+    if holdout_rows is not None:
+        mia_settings = dict(settings["loss"], progress=progress, shard=shard)
+        members = {
+            role: sample_scores(model, tokenizer, [r["question"] for r in role_rows], [r["answer"] for r in role_rows],
+                                desc=f"{role} membership", **mia_settings)
+            for role, role_rows in (("forget", rows["forget"]), ("holdout", holdout_rows))
+        }  # fmt: skip
+        membership = mia_metrics(members["forget"], members["holdout"])
+        n_scored += len(rows["forget"]) + len(holdout_rows)
     seconds = time.perf_counter() - start
     batches_per_rank = shard.all_gather(shard.batches_run - batches_before)
 
@@ -227,6 +257,12 @@ def evaluate(
             "batches_per_rank": batches_per_rank,
         },
     }
+    if holdout_rows is not None:
+        meta["splits"]["holdout"] = {
+            "name": paired_split(forget_split, "holdout"), "n": len(holdout_rows),
+            "questions_sha256": _questions_sha256(holdout_rows),
+        }  # fmt: skip
+    meta["membership_inference"] = holdout_note
     if seeds:
         meta["seeds"] = dict(seeds)
     chance = {
@@ -246,7 +282,7 @@ def evaluate(
     }
     return {
         "schema_version": SCHEMA_VERSION,
-        "metrics": tofu_metrics(scores, truth_ratio_variant),
+        "metrics": tofu_metrics(scores, truth_ratio_variant) | membership,
         "losses": losses,
         "generations": generations,
         "meta": meta,
@@ -314,7 +350,25 @@ def add_forget_quality(result: dict, reference: dict | str | Path) -> dict:
         "model": reference.get("meta", {}).get("model") if kind == "eval.json" else None,
         "n": len(ref_ratios),
     }
+    if kind == "eval.json":
+        out["metrics"] |= _membership_reference(result, reference, where)
     return out
+
+
+def _membership_reference(result: dict, reference: dict, where: str) -> dict:
+    """`mia_auc_reference` and `privleak` when both evaluations scored membership on the same splits."""
+    ours, theirs = scores_from_metrics(result["metrics"]), scores_from_metrics(reference.get("metrics", {}))
+    if ours is None or theirs is None:
+        return {}
+    for role in ("forget", "holdout"):
+        mine = result["meta"]["splits"].get(role, {}).get("questions_sha256")
+        other = reference.get("meta", {}).get("splits", {}).get(role, {}).get("questions_sha256")
+        if mine != other:
+            raise ValueError(
+                f"reference {where} scored membership on another {role} set than the model; re-evaluate the "
+                "reference on the same forget and holdout splits"
+            )
+    return reference_metrics(ours[0], ours[1], theirs[0], theirs[1])
 
 
 # ----------------------------------------------------------------------------- files
