@@ -91,13 +91,26 @@ def cmd_unlearn(argv: list[str]) -> None:
         raise ValueError("--hub_token is refused: a token on the command line ends up in shell history and "
                          "process lists; set HF_TOKEN or run `hf auth login`")  # fmt: skip
     hub = _hub_target(config)
-    if eval_args.do_final_eval:
+    # --auto is for users without a retain-only model: evaluate without forget quality rather than refuse.
+    no_reference = config.auto and not (eval_args.reference_model or eval_args.reference_eval)
+    if config.auto and config.output_dir == "trainer_output" and not _given(argv, "output_dir"):
+        import time
+
+        config.output_dir = f"runs/auto-{data.forget_split}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if eval_args.do_final_eval and not no_reference:
         check_reference(eval_args)
     run_dir = unlearn(model_args, data, config, eval_args, command=["llm-unlearn", "unlearn", *argv])
     if eval_args.do_final_eval:
-        result = evaluate_with_reference(
-            str(run_dir), data, eval_args, model_args, out_path=run_dir / "eval.json"
-        )
+        if no_reference:
+            from .pipeline import evaluate_path
+
+            result = evaluate_path(str(run_dir), data, eval_args, model_args, out_path=run_dir / "eval.json")
+            if is_main_process():
+                print("  (no --reference_model: forget quality not computed; the stop rule needed none)")
+        else:
+            result = evaluate_with_reference(
+                str(run_dir), data, eval_args, model_args, out_path=run_dir / "eval.json"
+            )
         if is_main_process():
             _print_metrics(result)
     print(f"run complete: {run_dir}")
@@ -108,6 +121,10 @@ def cmd_unlearn(argv: list[str]) -> None:
 
         if PartialState().is_main_process:
             push(run_dir, **hub)
+
+
+def _given(argv: list[str], name: str) -> bool:
+    return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)
 
 
 def _hub_target(config) -> dict | None:
@@ -220,6 +237,8 @@ def _print_metrics(result: dict) -> None:
         "forget_truth_ratio",
         "forget_rouge_l",
         "forget_fact_recall",
+        "mia_auc_loss",
+        "privleak",
     ):
         if name in result["metrics"]:
             print(f"  {name:<20} {result['metrics'][name]['value']:.4g}")

@@ -29,6 +29,13 @@ logger = logging.getLogger("llm_unlearn")
 
 
 TORCH_DTYPES = ("float32", "bfloat16", "float16")
+STOP_RULES = ("indistinguishable",)
+STOP_STATISTICS = ("auc", "ks")
+# `--auto`: what it sets, below anything given in a recipe or on the command line (parse_config).
+AUTO_SETTINGS = {
+    "method": "ngdiff", "gen": True, "optim": "sgd", "learning_rate": 0.1, "lr_scheduler_type": "constant",
+    "weight_decay": 0.0, "num_train_epochs": 20, "stop_rule": "indistinguishable",
+}  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -214,6 +221,38 @@ class UnlearnConfig(TrainingArguments):
             "help": "Gradient clipping; default 1.0, or none (0) for normalized combination (||d|| <= 2)."
         },
     )
+    auto: bool = field(
+        default=False,
+        metadata={
+            "help": "No tuning: ngdiff + GeN from lr 0.1 (SGD), stopped by --stop_rule indistinguishable; "
+            "explicit options still win."
+        },
+    )
+    stop_rule: str | None = field(
+        default=None,
+        metadata={
+            "help": "indistinguishable: stop once the forget set looks like the holdout split (stop.py)."
+        },
+    )
+    stop_statistic: str = field(default="auc", metadata={"help": "auc (loss AUC - 1/2) or ks (signed KS)."})
+    stop_check_interval: int = field(
+        default=0, metadata={"help": "Check every N optimizer steps; 0 = once per epoch."}
+    )
+    stop_patience: int = field(
+        default=3, metadata={"help": "Stop after N checks that bring the gap no closer to 0."}
+    )
+    stop_retain_tolerance: float = field(
+        default=0.5,
+        metadata={"help": "Stop (alarm) if the retain loss rises by more than this fraction first."},
+    )
+    stop_heldout_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Forget questions kept out of training and scored by the rule (per author)."},
+    )
+    stop_holdout_split: str | None = field(
+        default=None,
+        metadata={"help": "Unseen split to compare with (default: the forget split's holdoutNN)."},
+    )
     # Trainer defaults that are wrong for unlearning.
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep our tokenized columns."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps."})
@@ -254,8 +293,10 @@ class UnlearnConfig(TrainingArguments):
                     f"{self.combine} combination is not supported under DeepSpeed, whose engine clips and "
                     "steps inside backward; use FSDP2 or DDP (recipes/accelerate/)"
                 )
+        if self.stop_rule is not None and self.stop_rule not in STOP_RULES:
+            raise ConfigError(f"unknown stop_rule {self.stop_rule!r}{suggest(self.stop_rule, STOP_RULES)}; choose {', '.join(STOP_RULES)}")  # fmt: skip
         for name, choices in (("retain_loss", ("nll", "kl")), ("gc_form", ("cosine", "inner")),
-                              ("gc_forget_loss", ("npo", "ga"))):  # fmt: skip
+                              ("gc_forget_loss", ("npo", "ga")), ("stop_statistic", STOP_STATISTICS)):  # fmt: skip
             if getattr(self, name) not in choices:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose {' or '.join(choices)}")
         if self.rmu_train_layers is not None and not all(
@@ -322,6 +363,10 @@ class UnlearnConfig(TrainingArguments):
                 ">= 0 (0 = no clipping)",
             )
         _require(self.gen_interval >= 1, "gen_interval", self.gen_interval, "at least 1 optimizer step")
+        _require(self.stop_check_interval >= 0, "stop_check_interval", self.stop_check_interval, ">= 0 (0 = once per epoch)")  # fmt: skip
+        _require(self.stop_patience >= 1, "stop_patience", self.stop_patience, "at least 1 check")
+        _require(math.isfinite(self.stop_retain_tolerance) and self.stop_retain_tolerance > 0, "stop_retain_tolerance", self.stop_retain_tolerance, "a positive fraction (0.5 = +50%)")  # fmt: skip
+        _require(0 <= self.stop_heldout_fraction < 1, "stop_heldout_fraction", self.stop_heldout_fraction, "in [0, 1)")  # fmt: skip
         _require(0 <= self.gen_gamma < 1, "gen_gamma", self.gen_gamma, "in [0, 1)")
         for name in ("npo_beta", "simnpo_beta", "dpo_beta", "rmu_coefficient", "undial_strength"):
             value = getattr(self, name)
@@ -391,7 +436,9 @@ class EvalArgs:
     do_final_eval: bool = field(default=True, metadata={"help": "Evaluate at the end of `unlearn`."})
     mia: bool = field(
         default=True,
-        metadata={"help": "Membership inference (forget vs holdout split) in the evaluation, where a holdout exists."},
+        metadata={
+            "help": "Membership inference (forget vs holdout split) in the evaluation, where a holdout exists."
+        },
     )
 
     def __post_init__(self):
@@ -473,6 +520,18 @@ def _as_cli_text(value: Any) -> Any:
     return value
 
 
+def _wants_auto(argv: list[str], yaml_values: dict) -> bool:
+    """`--auto` (bare or `--auto true`) on the command line, or `auto: true` in the recipe."""
+    truthy = ("true", "1", "yes", "y", "t")
+    for i, token in enumerate(argv):
+        if token == "--auto":
+            value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else "true"
+            return value.lower() in truthy
+        if token.startswith("--auto="):
+            return token.split("=", 1)[1].lower() in truthy
+    return str(yaml_values.get("auto", "")).lower() in truthy
+
+
 class _Parser(HfArgumentParser):
     """HfArgumentParser whose errors (a bad type, a bad choice) are one ConfigError line, not usage + exit."""
 
@@ -499,6 +558,8 @@ def parse_config(
             raise ConfigError("--config needs a YAML file path")
         yaml_values = load_yaml(argv[i + 1], classes)
         del argv[i : i + 2]
+    if UnlearnConfig in classes and _wants_auto(argv, yaml_values):
+        overrides = {**(overrides or {}), **AUTO_SETTINGS}
     parser = _Parser(classes, prog=f"llm-unlearn {command}")
     scalar = _scalar_fields(classes)
     yaml_values = {k: _as_cli_text(v) if k in scalar else v for k, v in yaml_values.items()}

@@ -160,13 +160,20 @@ def unlearn(
     forget_rows = load_split(data.forget_split, **source)
     retain_rows = load_split(retain_split, **source)
     check_forget_retain(forget_rows, retain_rows, data.forget_split, retain_split)
+    stop_data = None
+    if config.stop_rule:
+        from .stop import load_stop_data
+
+        stop_data = load_stop_data(data, forget_rows, retain_rows, config)
     resume = prepare_output_dir(config.output_dir)
     load = dict(trust_remote_code=model_args.trust_remote_code)
     tokenizer = load_tokenizer(model_args.model_name_or_path, **load)
     encode = dict(
         prompt_format=data.prompt_format, max_length=data.max_length, system_prompt=data.system_prompt
     )
-    forget_ds = QADataset(forget_rows, tokenizer, **encode)
+    # The stop rule's held-out forget questions are scored, never trained on (stop.py).
+    heldout = set(stop_data["heldout"]) if stop_data else set()
+    forget_ds = QADataset([r for i, r in enumerate(forget_rows) if i not in heldout], tokenizer, **encode)
     retain_ds = QADataset(retain_rows, tokenizer, **encode)
     load |= dict(allow_pickle=model_args.allow_pickle, torch_dtype=model_args.torch_dtype)
     model = load_model(model_args.model_name_or_path, **load)
@@ -198,6 +205,13 @@ def unlearn(
         if not existed and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # Trainer makes the output folder at start
         raise
+    if stop_data is not None:
+        from .stop import IndistinguishableStop
+
+        score = dict(encode, batch_size=eval_args.eval_batch_size)
+        trainer.add_callback(
+            IndistinguishableStop(tokenizer, forget_rows, stop_data, config, score, trainer._append_log, out)
+        )
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
         resolved = to_dict(model_args, data, config, eval_args) | {"retain_split": retain_split}

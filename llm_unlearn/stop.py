@@ -1,0 +1,259 @@
+"""When to stop unlearning without a reference model: once the forget set looks like unseen data.
+
+TOFU and the built-in world ship a `holdoutNN` split: questions about authors the model never saw,
+of the same kind and number as the forget set. Every check (once per epoch by default, and once
+before the first step) scores, in eval mode and without gradients, the mean answer NLL of every
+forget example and every holdout example with the current weights, and compares the two samples:
+
+    gap = AUC(forget, holdout) - 1/2      (auc: the probability that a holdout example has the higher
+                                           loss, ties 1/2; Mann-Whitney, as in `eval/mia.py`)
+    gap = sign * KS(forget, holdout)      (ks: the two-sample Kolmogorov-Smirnov distance, signed +
+                                           while the forget median loss is below the holdout median)
+
+The target model has gap near +1/2: its forget set is far more familiar than unseen data. Unlearning
+drives the gap down; 0 is "indistinguishable"; below 0 the forget set is now *less* likely than
+unseen data, which over-unlearns and is itself a membership signal (arXiv 2407.06460 calls it a
+privacy leak). The rule stops at the first check at or below 0 (`crossed`), keeps the weights of
+the check closest to 0 (`best`) and restores them at the end. It also stops when the gap has not
+come closer to 0 for `patience` checks (`stalled`), and, before any crossing, when the retain loss
+(on a fixed sample of the retain set) has risen by more than `retain_tolerance` relative to its
+value before training (`retain_alarm`). Otherwise the run's own length (`max_steps` / epochs) is the
+safety net (`max_steps`).
+
+So that the decision is not judged only on the examples being trained on, a seeded
+`heldout_fraction` of the forget questions (by question within each author, `probes.split`) is
+kept out of training; the gap is decided on the whole forget set and logged for both parts
+(`stop_gap_trained`, `stop_gap_heldout`). Each check is a `train_log.jsonl` record.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from .data import DataError, load_split, paired_split
+from .eval.mia import auc
+from .eval.scoring import answer_losses
+from .eval.shard import process_shard
+from .methods.common import eval_mode
+
+logger = logging.getLogger("llm_unlearn")
+
+STOP_RULES = ("indistinguishable",)
+STOP_STATISTICS = ("auc", "ks")
+BEST_FILE = "stop_rule_best.safetensors"
+RETAIN_SAMPLE = 200  # retain examples scored per check: enough for a stable mean loss, cheap
+
+
+def signed_gap(forget_losses, holdout_losses, statistic: str = "auc") -> float:
+    """+ while the forget set is more familiar (lower loss) than the holdout, 0 when indistinguishable."""
+    forget = np.asarray(forget_losses, dtype=np.float64)
+    holdout = np.asarray(holdout_losses, dtype=np.float64)
+    if statistic == "auc":
+        return auc(forget, holdout) - 0.5
+    if statistic == "ks":
+        from scipy.stats import ks_2samp
+
+        distance = float(ks_2samp(forget, holdout).statistic)
+        return distance if np.median(forget) < np.median(holdout) else -distance
+    raise ValueError(f"unknown stop statistic {statistic!r}; choose {', '.join(STOP_STATISTICS)}")
+
+
+def load_stop_data(data, forget_rows: list[dict], retain_rows: list[dict], config) -> dict:
+    """Validate and return what the rule scores: holdout rows, the held-out forget indices, a retain sample.
+
+    Raises DataError (one line) for a missing holdout split, one of another size than the forget set,
+    or one that shares questions with the forget or retain set.
+    """
+    from .probes.split import attack_heldout_split
+
+    name = config.stop_holdout_split or paired_split(data.forget_split, "holdout")
+    try:
+        holdout = load_split(name, data_dir=data.data_dir, dataset_name=data.dataset_name)
+    except DataError as err:
+        raise DataError(
+            f"the stop rule needs a holdout split (unseen questions of the same kind as the forget set): {err}; "
+            "pass --stop_holdout_split NAME, or run without --stop_rule"
+        ) from None
+    if len(holdout) != len(forget_rows):
+        raise DataError(
+            f"holdout split {name} has {len(holdout)} examples but forget split {data.forget_split} has "
+            f"{len(forget_rows)}; the stop rule compares equal-sized sets: pass a holdout of the same size "
+            "(--stop_holdout_split)"
+        )
+    questions = {r["question"] for r in holdout}
+    for other, rows in ((data.forget_split, forget_rows), ("the retain split", retain_rows)):
+        shared = questions & {r["question"] for r in rows}
+        if shared:
+            raise DataError(
+                f"holdout split {name} shares {len(shared)} question(s) with {other} (e.g. {sorted(shared)[0]!r}); "
+                "the holdout must be data the model never saw: pass another --stop_holdout_split"
+            )
+    heldout: list[int] = []
+    if config.stop_heldout_fraction > 0:
+        _, heldout = attack_heldout_split(
+            forget_rows, seed=config.seed, heldout_fraction=config.stop_heldout_fraction
+        )
+    rng = random.Random(config.seed)
+    sample = sorted(rng.sample(range(len(retain_rows)), min(RETAIN_SAMPLE, len(retain_rows))))
+    return {
+        "holdout_name": name,
+        "holdout": holdout,
+        "heldout": heldout,
+        "retain_sample": [retain_rows[i] for i in sample],
+    }
+
+
+class IndistinguishableStop(TrainerCallback):
+    """The stop rule of the module docstring, as a `TrainerCallback` (one per run).
+
+    `log` writes one record (rank 0's `train_log.jsonl`); scoring is sharded over ranks like any
+    evaluation, so every rank takes the same decision.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        forget_rows: list[dict],
+        stop_data: dict,
+        config,
+        score_settings: dict,
+        log: Callable[[dict], None],
+        output_dir: str | Path,
+    ):
+        self.tokenizer = tokenizer
+        self.forget_rows = forget_rows
+        self.holdout = stop_data["holdout"]
+        self.heldout = set(stop_data["heldout"])
+        self.retain_sample = stop_data["retain_sample"]
+        self.statistic = config.stop_statistic
+        self.interval = config.stop_check_interval
+        self.patience = config.stop_patience
+        self.tolerance = config.stop_retain_tolerance
+        self.settings = score_settings
+        self.log = log
+        self.output_dir = Path(output_dir)
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.decision = "max_steps"
+
+    # ---------------------------------------------------------------- scoring
+
+    def _losses(self, model, rows: list[dict], desc: str) -> np.ndarray:
+        return answer_losses(
+            model, self.tokenizer, [r["question"] for r in rows], [r["answer"] for r in rows],
+            desc=desc, shard=process_shard(), **self.settings,
+        )  # fmt: skip
+
+    def check(self, model, step: int) -> str:
+        """Score, record, keep the best weights; return the decision."""
+        with eval_mode(model), torch.no_grad():
+            forget = self._losses(model, self.forget_rows, "stop rule: forget")
+            holdout = self._losses(model, self.holdout, "stop rule: holdout")
+            retain = float(self._losses(model, self.retain_sample, "stop rule: retain").mean())
+        gap = signed_gap(forget, holdout, self.statistic)
+        trained = [i for i in range(len(forget)) if i not in self.heldout]
+        record = {
+            "step": step, "stop_statistic": self.statistic, "stop_gap": gap,
+            "stop_gap_trained": signed_gap(forget[trained], holdout, self.statistic),
+            "stop_gap_heldout": signed_gap(forget[sorted(self.heldout)], holdout, self.statistic) if self.heldout else None,
+            "stop_forget_loss": float(forget.mean()), "stop_holdout_loss": float(holdout.mean()),
+            "stop_retain_loss": retain,
+        }  # fmt: skip
+        start = self.history[0]["stop_retain_loss"] if self.history else retain
+        record["stop_retain_rise"] = (retain - start) / max(start, 1e-12)
+        if self.best is None or abs(gap) < abs(self.best["stop_gap"]):
+            self.best = record
+            self.best_weights = {n: p.detach().to("cpu", copy=True) for n, p in _trainable(model)}
+            self._persist_best()
+        self.history.append(record)
+        decision = "continue"
+        if len(self.history) > 1:
+            checks_since_best = len(self.history) - 1 - self.history.index(self.best)
+            if gap <= 0:
+                decision = "crossed"
+            elif record["stop_retain_rise"] > self.tolerance:
+                decision = "retain_alarm"
+            elif checks_since_best >= self.patience:
+                decision = "stalled"
+        record["stop_decision"] = decision
+        self.log(dict(record))
+        if decision == "retain_alarm":
+            logger.warning(
+                "stop rule: the retain loss rose %.0f%% (tolerance %.0f%%) before the forget set became "
+                "indistinguishable from the holdout (gap %.3f); stopping and keeping step %d's weights",
+                100 * record["stop_retain_rise"], 100 * self.tolerance, gap, self.best["step"],
+            )  # fmt: skip
+        return decision
+
+    def _persist_best(self) -> None:
+        """The best weights on disk too, so a resumed run keeps them (rank 0, unsharded models)."""
+        if process_shard().rank != 0 or not self.output_dir.is_dir():
+            return
+        from safetensors.torch import save_file
+
+        from .runio import write_json_atomic
+
+        tmp = self.output_dir / f".{BEST_FILE}.tmp"
+        save_file({n: t.contiguous() for n, t in self.best_weights.items()}, str(tmp))
+        tmp.replace(self.output_dir / BEST_FILE)
+        write_json_atomic(self.output_dir / "stop_rule.json", {"best": self.best, "history": self.history})
+
+    # ---------------------------------------------------------------- Trainer hooks
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.interval <= 0:
+            per_epoch = state.max_steps / max(args.num_train_epochs, 1e-9) if args.max_steps <= 0 else None
+            self.interval = max(1, round(per_epoch)) if per_epoch else max(1, state.max_steps // 10)
+        saved = self.output_dir / "stop_rule.json"
+        if state.global_step > 0 and saved.is_file() and (self.output_dir / BEST_FILE).is_file():
+            import json
+
+            from safetensors.torch import load_file
+
+            record = json.loads(saved.read_text())
+            self.best, self.history = record["best"], record["history"]
+            self.best_weights = load_file(str(self.output_dir / BEST_FILE))
+            return
+        if not self.history:
+            self.check(model, state.global_step)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.interval:
+            return
+        decision = self.check(model, state.global_step)
+        if decision != "continue":
+            self.decision = decision
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.history and self.history[-1]["step"] != state.global_step:
+            self.check(model, state.global_step)  # the final weights are a candidate too
+        best = self.best
+        restored = best is not None and best["step"] != state.global_step
+        if restored:
+            with torch.no_grad():
+                for name, param in _trainable(model):
+                    param.copy_(self.best_weights[name].to(param.device, param.dtype))
+        self.log({
+            "step": state.global_step, "stop_reason": self.decision,
+            "stop_best_step": best["step"] if best else None, "stop_best_gap": best["stop_gap"] if best else None,
+            "stop_restored": restored,
+        })  # fmt: skip
+        logger.info(
+            "stop rule: %s at step %d; %s step %d (gap %.3f)", self.decision, state.global_step,
+            "restored the weights of" if restored else "kept", best["step"] if best else -1,
+            best["stop_gap"] if best else math.nan,
+        )  # fmt: skip
+
+
+def _trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]

@@ -1,0 +1,162 @@
+"""The stop rule (`llm_unlearn.stop`) and `--auto`. `pytest tests/test_stop.py`"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from transformers import TrainerControl
+
+from llm_unlearn.cli import main
+from llm_unlearn.config import parse_config
+from llm_unlearn.stop import IndistinguishableStop, signed_gap
+
+
+def test_signed_gap_by_hand():
+    # forget losses below every holdout loss: AUC 1, gap +1/2; above: gap -1/2; equal sets: 0
+    assert signed_gap([1, 2], [3, 4]) == 0.5
+    assert signed_gap([3, 4], [1, 2]) == -0.5
+    assert signed_gap([1, 2, 3], [1, 2, 3]) == 0.0
+    # [1, 3] vs [2]: one of two forget losses below 2 -> AUC 1/2, gap 0
+    assert signed_gap([1, 3], [2]) == 0.0
+    # KS: the largest CDF gap, + when the forget median loss is the lower
+    assert signed_gap([1, 2, 3, 4], [3, 4, 5, 6], "ks") == pytest.approx(0.5)
+    assert signed_gap([3, 4, 5, 6], [1, 2, 3, 4], "ks") == pytest.approx(-0.5)
+    with pytest.raises(ValueError, match="unknown stop statistic"):
+        signed_gap([1], [2], "t")
+
+
+def _rule(losses: list[tuple[list[float], list[float], float]], patience=3, tolerance=0.5, heldout=()):
+    """A stop rule whose scores are scripted: check k returns losses[k] (forget, holdout, retain)."""
+    config = SimpleNamespace(stop_statistic="auc", stop_check_interval=1, stop_patience=patience,
+                             stop_retain_tolerance=tolerance)  # fmt: skip
+    n = len(losses[0][0])
+    data = {"holdout": [None] * n, "heldout": list(heldout), "retain_sample": [None]}
+    records: list[dict] = []
+    rule = IndistinguishableStop(None, [None] * n, data, config, {}, records.append, "/nonexistent")
+    script = iter(losses)
+
+    def scripted(model, rows, desc):
+        if "forget" in desc:
+            rule._current = next(script)
+            return np.array(rule._current[0])
+        return np.array(rule._current[1] if "holdout" in desc else [rule._current[2]])
+
+    rule._losses = scripted
+    return rule, records
+
+
+def _train(rule, model, steps: int):
+    """Drive the callback like Trainer: begin, a step at a time (weights move), end."""
+    args = SimpleNamespace(max_steps=steps, num_train_epochs=1)
+    state = SimpleNamespace(global_step=0, max_steps=steps)
+    control = TrainerControl()
+    rule.on_train_begin(args, state, control, model=model)
+    weights = {0: model.weight.detach().clone()}
+    for step in range(1, steps + 1):
+        with torch.no_grad():
+            model.weight += 1.0
+        state.global_step = step
+        weights[step] = model.weight.detach().clone()
+        rule.on_step_end(args, state, control, model=model)
+        if control.should_training_stop:
+            break
+    rule.on_train_end(args, state, control, model=model)
+    return weights, state.global_step
+
+
+def test_stops_at_the_crossing_and_restores_the_check_closest_to_indistinguishable():
+    forget_down = [
+        ([1, 2], [3, 4], 1.0),
+        ([1, 3.5], [3, 4], 1.0),
+        ([3.5, 3.6], [3, 4], 1.0),
+        ([5, 6], [3, 4], 1.0),
+    ]
+    # gaps: +0.5 (start), +0.25, 0.0 (crossed, and the closest), never reaches the 4th
+    rule, records = _rule(forget_down)
+    model = torch.nn.Linear(1, 1, bias=False)
+    weights, last = _train(rule, model, steps=10)
+    assert last == 2 and records[-1]["stop_reason"] == "crossed"
+    assert [r["stop_decision"] for r in records[:-1]] == ["continue", "continue", "crossed"]
+    assert records[-1]["stop_best_step"] == 2 and not records[-1]["stop_restored"]
+    assert torch.equal(model.weight, weights[2])
+
+
+def test_an_overshoot_restores_the_earlier_closer_weights():
+    scripted = [([1, 2], [3, 4], 1.0), ([2.5, 3.5], [3, 4], 1.0), ([9, 9], [3, 4], 1.0)]
+    # gaps +0.5, +0.125 (best), -0.5 (crossed far): the weights of step 1 come back
+    rule, records = _rule(scripted)
+    model = torch.nn.Linear(1, 1, bias=False)
+    weights, last = _train(rule, model, steps=10)
+    assert last == 2 and records[-1] == {
+        **records[-1],
+        "stop_reason": "crossed",
+        "stop_best_step": 1,
+        "stop_restored": True,
+    }
+    assert torch.equal(model.weight, weights[1])
+
+
+def test_a_retain_loss_rise_before_the_crossing_raises_the_alarm():
+    scripted = [([1, 2], [3, 4], 1.0), ([1, 3.5], [3, 4], 1.2), ([1, 3.6], [3, 4], 1.7)]  # retain +70%
+    rule, records = _rule(scripted, tolerance=0.5)
+    weights, last = _train(rule, torch.nn.Linear(1, 1, bias=False), steps=10)
+    assert last == 2 and records[-1]["stop_reason"] == "retain_alarm"
+    assert records[2]["stop_retain_rise"] == pytest.approx(0.7)
+
+
+def test_no_progress_for_patience_checks_stops_as_stalled():
+    scripted = [([1, 2], [3, 4], 1.0), ([1, 3.5], [3, 4], 1.0)] + [([1, 2], [3, 4], 1.0)] * 3
+    rule, records = _rule(scripted, patience=2)
+    _, last = _train(rule, torch.nn.Linear(1, 1, bias=False), steps=10)
+    assert last == 3 and records[-1]["stop_reason"] == "stalled" and records[-1]["stop_best_step"] == 1
+
+
+def test_the_safety_net_ends_the_run_and_the_final_weights_are_checked():
+    scripted = [([1, 2], [3, 4], 1.0), ([1, 2.5], [3, 4], 1.0), ([1, 3.5], [3, 4], 1.0)]
+    rule, records = _rule(scripted, patience=5)
+    weights, last = _train(rule, torch.nn.Linear(1, 1, bias=False), steps=2)
+    assert last == 2 and records[-1]["stop_reason"] == "max_steps" and records[-1]["stop_best_step"] == 2
+
+
+def test_auto_sets_ngdiff_gen_and_the_rule_below_explicit_options():
+    _, _, config, _ = parse_config(["--auto", "--output_dir", "x"])
+    assert (config.method, config.gen, config.stop_rule, config.learning_rate) == (
+        "ngdiff",
+        True,
+        "indistinguishable",
+        0.1,
+    )
+    _, _, config, _ = parse_config(
+        ["--auto", "--learning_rate", "0.05", "--method", "graddiff", "--output_dir", "x"]
+    )
+    assert (config.method, config.learning_rate, config.stop_rule) == ("graddiff", 0.05, "indistinguishable")
+    _, _, config, _ = parse_config(["--output_dir", "x"])
+    assert config.stop_rule is None and not config.gen
+
+
+def test_auto_end_to_end_stops_records_its_trajectory_and_agrees_with_the_evaluation(
+    micro_models, micro_world, tmp_path, capsys
+):
+    out = tmp_path / "auto"
+    argv = ["unlearn", "--auto", "--model_name_or_path", str(micro_models["target"]), "--data_dir", str(micro_world),
+            "--forget_split", "forget10", "--output_dir", str(out), "--eval_batch_size", "64", "--max_new_tokens", "2",
+            "--disable_tqdm", "true"]  # fmt: skip
+    assert main(argv) == 0
+    assert "forget quality not computed" in capsys.readouterr().out
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    checks = [r for r in log if "stop_decision" in r]
+    end = [r for r in log if "stop_reason" in r]
+    assert checks[0]["step"] == 0 and checks[0]["stop_gap"] > 0.3  # the target knows its forget set
+    assert len(end) == 1 and end[0]["stop_reason"] in ("crossed", "stalled", "retain_alarm", "max_steps")
+    assert all(r["stop_gap_heldout"] is not None for r in checks)
+    # The evaluation's own membership AUC (eval/mia.py, separate code) on the same forget and holdout
+    # sets matches the gap the rule kept.
+    result = json.loads((out / "eval.json").read_text())
+    assert result["metrics"]["mia_auc_loss"]["value"] - 0.5 == pytest.approx(
+        end[0]["stop_best_gap"], abs=0.02
+    )
+    assert json.loads((out / "status.json").read_text())["state"] == "complete"
