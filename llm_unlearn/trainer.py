@@ -162,8 +162,8 @@ class UnlearnTrainer(Trainer):
         counts = self.accelerator.reduce(counts, reduction="sum") if self.args.world_size > 1 else counts
         self._window_counts = {"forget": counts[0], "retain": counts[1]}
         self._window_start = True
-        if self.args.gen:
-            # This rank's window examples, kept out of GeN's probe batches for this step.
+        if self.args.gen and self.lr_scheduler.should_probe(self.state.global_step):
+            # This rank's window examples, kept out of GeN's probe batches for this step (a probe step).
             self._window_exclude = {
                 "forget": {
                     self._forget_index[k] for f in forget for k in example_keys(f) if k in self._forget_index
