@@ -227,13 +227,16 @@ def encode_qa(
     prompt_format: str,
     max_length: int,
     system_prompt: str | None = None,
+    prompt_ids: list[int] | None = None,
 ) -> dict[str, list[int]]:
     """`input_ids` = prompt + answer + end-of-turn; `labels` = -100 on the prompt, ids elsewhere.
 
-    Raises DataError when the example is longer than `max_length`: truncating would silently drop
-    answer tokens (or the end token) from the loss.
+    `prompt_ids`: `encode_prompt`'s result for this question, when the caller already has it (scoring
+    many answers to one question). Raises DataError when the example is longer than `max_length`:
+    truncating would silently drop answer tokens (or the end token) from the loss.
     """
-    prompt_ids = encode_prompt(tokenizer, question, prompt_format, system_prompt)
+    if prompt_ids is None:
+        prompt_ids = encode_prompt(tokenizer, question, prompt_format, system_prompt)
     answer_ids = tokenizer(_answer_text(answer, prompt_format), add_special_tokens=False)["input_ids"]
     answer_ids = answer_ids + [end_of_turn_id(tokenizer)]
     n = len(prompt_ids) + len(answer_ids)

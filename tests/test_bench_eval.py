@@ -6,6 +6,7 @@ import copy
 import json
 import math
 
+import numpy as np
 import pytest
 
 from llm_unlearn.bench_eval import TARGETS, compare, identical
@@ -80,3 +81,26 @@ def test_eval_bench_refuses_a_batch_size_that_compares_nothing(tmp_path, capsys)
     )
     assert "--batch_size must be at least 2" in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.parametrize("batch_size", [2, 5, 64])
+def test_prompt_sharing_scores_equal_one_pair_at_a_time(micro_world, micro_models, batch_size):
+    """Batches share each question's prompt pass; 2 cuts a question's 7 answers into several groups."""
+    from llm_unlearn.data import load_split
+    from llm_unlearn.eval.scoring import answer_losses
+    from llm_unlearn.runio import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(str(micro_models["target"]))
+    rows = load_split("forget10_perturbed", data_dir=micro_world)[:6]
+    pairs = [
+        (r["question"], a)
+        for r in rows
+        for a in (r["answer"], r["paraphrased_answer"], *r["perturbed_answer"])
+    ]
+    questions, answers = zip(*pairs[::-1])  # a question's answers need not be adjacent
+    one = answer_losses(model, tokenizer, questions, answers, prompt_format="chat_template", batch_size=1)
+    shared = answer_losses(
+        model, tokenizer, questions, answers, prompt_format="chat_template", batch_size=batch_size
+    )
+    assert len(set(questions)) == 6 and len({len(a) for a in answers}) > 5
+    np.testing.assert_allclose(shared, one, rtol=0, atol=1e-5)

@@ -2,8 +2,12 @@
 
 Both run in batches sorted by length (less padding), then return results in the input order.
 - Loss: each pair is encoded as `data.encode_qa` does for training (prompt + answer + one end-of-turn
-  token, labels -100 on the prompt), padded on the right; l(a|q) = sum of -log p(y_t | y_<t) over
-  the answer tokens and the end token, divided by their count.
+  token, labels -100 on the prompt); l(a|q) = sum of -log p(y_t | y_<t) over the answer tokens and
+  the end token, divided by their count. With `batch_size` > 1, pairs that share a question (an
+  answer, its paraphrase, its perturbations) share one pass over the prompt: the prompts of a batch
+  run once, left-padded, with the KV cache, and every answer continues from its prompt's cache
+  (positions from the attention mask, as in generation), so the prompt tokens, often most of the
+  tokens, are not recomputed per answer. With `batch_size` 1 each pair runs alone, unpadded.
 - Generation: prompts from `data.encode_prompt`, padded on the left with an attention mask, so
   every row's continuation starts at the same column; greedy decoding with the KV cache; the
   continuation is cut at the first end-of-turn token, decoded without special tokens, stripped.
@@ -14,6 +18,7 @@ result (`shard.py`); the default is one process scoring all of them.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import numpy as np
@@ -44,33 +49,101 @@ def answer_losses(
     shard: Shard | None = None,
 ) -> np.ndarray:
     """Mean answer NLL l(a|q) for each (question, answer) pair, shape [n]."""
+    prompts = {q: encode_prompt(tokenizer, q, prompt_format, system_prompt) for q in dict.fromkeys(questions)}
     features = [
-        encode_qa(tokenizer, q, a, prompt_format, max_length, system_prompt)
+        encode_qa(tokenizer, q, a, prompt_format, max_length, system_prompt, prompt_ids=prompts[q])
         for q, a in zip(questions, answers, strict=True)
     ]
-    collate = QACollator(pad_token_id=pad_id(tokenizer), padding_side="right")
-    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+    n_prompt = [f["labels"].count(IGNORE_INDEX) for f in features]
     model.eval()
+    if batch_size > 1:
+        batches = _prompt_group_batches(features, n_prompt, batch_size)
+        score = _shared_prompt_scorer(model, tokenizer, features, n_prompt)
+    else:
+        batches = [[i] for i in range(len(features))]
+        score = _single_scorer(model, tokenizer, features)
+    out = np.empty(len(features), dtype=np.float64)
+    for idx, losses in (shard or Shard()).map_batches(batches, score, progress, desc):
+        out[idx] = losses
+    return out
+
+
+def _mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Per-row mean NLL of `labels` (-100 ignored) under `logits` [B, T, V] aligned with them, float64."""
+    mask = labels != IGNORE_INDEX
+    # Only the answer positions go through the float32 log-softmax.
+    nll = F.cross_entropy(logits[mask].float(), labels[mask], reduction="none")
+    row = torch.arange(labels.size(0), device=mask.device).unsqueeze(1).expand_as(mask)[mask]
+    total = torch.zeros(labels.size(0), dtype=torch.float64, device=mask.device).index_add_(
+        0, row, nll.double()
+    )
+    return (total / mask.sum(1)).cpu().numpy()
+
+
+def _single_scorer(model, tokenizer, features: list[dict]):
+    collate = QACollator(pad_token_id=pad_id(tokenizer), padding_side="right")
 
     def score(idx: list[int]) -> np.ndarray:
         batch = {k: v.to(model.device) for k, v in collate([features[i] for i in idx]).items()}
         logits = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).logits
-        labels = batch["labels"][:, 1:]
-        mask = labels != IGNORE_INDEX  # [B, T-1]: answer tokens and the end token
-        # Only the answer positions go through the float32 log-softmax (prompts are often half the tokens).
-        nll = F.cross_entropy(logits[:, :-1][mask].float(), labels[mask], reduction="none")
-        row = torch.arange(len(idx), device=mask.device).unsqueeze(1).expand_as(mask)[mask]
-        total = torch.zeros(len(idx), dtype=torch.float64, device=mask.device).index_add_(
-            0, row, nll.double()
-        )
-        return (total / mask.sum(1)).cpu().numpy()
+        return _mean_nll(logits[:, :-1], batch["labels"][:, 1:])
 
-    out = np.empty(len(features), dtype=np.float64)
-    for idx, losses in (shard or Shard()).map_batches(_batches(order, batch_size), score, progress, desc):
-        out[idx] = losses
-    return out
+    return score
+
+
+def _prompt_group_batches(features: list[dict], n_prompt: list[int], batch_size: int) -> list[list[int]]:
+    """Batches of at most `batch_size` pairs, the pairs of one prompt adjacent, longest groups first.
+
+    A prompt with more pairs than `batch_size` is cut into several groups.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, f in enumerate(features):
+        groups.setdefault(tuple(f["input_ids"][: n_prompt[i]]), []).append(i)
+    chunks = [g[k : k + batch_size] for g in groups.values() for k in range(0, len(g), batch_size)]
+    chunks.sort(key=lambda c: -max(len(features[i]["input_ids"]) for i in c))
+    batches: list[list[int]] = []
+    for chunk in chunks:
+        if batches and len(batches[-1]) + len(chunk) <= batch_size:
+            batches[-1] += chunk
+        else:
+            batches.append(list(chunk))
+    return batches
+
+
+def _shared_prompt_scorer(model, tokenizer, features: list[dict], n_prompt: list[int]):
+    left = QACollator(pad_token_id=pad_id(tokenizer), padding_side="left")
+    right = QACollator(pad_token_id=pad_id(tokenizer), padding_side="right")
+    keep_one = (
+        {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    )
+
+    def score(idx: list[int]) -> np.ndarray:
+        keys = [tuple(features[i]["input_ids"][: n_prompt[i]]) for i in idx]
+        group = {key: g for g, key in enumerate(dict.fromkeys(keys))}
+        prompts = left([{"input_ids": list(key)} for key in group])
+        p_ids, p_mask = prompts["input_ids"].to(model.device), prompts["attention_mask"].to(model.device)
+        out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(1) - 1).clamp_min(0),
+                    use_cache=True, **keep_one)  # fmt: skip
+        sel = torch.tensor([group[key] for key in keys], device=model.device)
+        # The last prompt position (left padding puts it in the last column) predicts each answer's first token.
+        logits = out.logits[:, -1][sel].unsqueeze(1)
+        answer_ids = [features[i]["input_ids"][n_prompt[i] :] for i in idx]
+        answers = right([{"input_ids": ids, "labels": ids} for ids in answer_ids])
+        labels = answers["labels"].to(model.device)
+        if labels.size(1) > 1:  # the other answer tokens, predicted from the answer's own positions
+            cache = out.cache
+            cache.reorder_cache(sel)
+            a_ids = answers["input_ids"][:, :-1].to(model.device)
+            mask = torch.cat([p_mask[sel], answers["attention_mask"][:, :-1].to(model.device)], dim=1)
+            positions = p_mask.sum(1)[sel].unsqueeze(1) + torch.arange(a_ids.size(1), device=model.device)
+            rest = model(input_ids=a_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                         use_cache=True).logits  # fmt: skip
+            logits = torch.cat([logits, rest], dim=1)
+        return _mean_nll(logits, labels)
+
+    return score
 
 
 @torch.inference_mode()
