@@ -6,9 +6,11 @@
     llm-unlearn unlearn --config recipes/world/graddiff.yaml [--key value ...]
     llm-unlearn eval --model_name_or_path RUN --data_dir DIR --reference_model REF
     llm-unlearn probe RUN [--budgets 0,10,25,50,100] [--probes relearn,piggyback,quant] [--out FILE]
+    llm-unlearn report RUN [RUN ...] --out DIR [--target_eval FILE]  # report.md + plots for runs or a folder of them
     llm-unlearn push RUN --repo_id ORG/NAME [--private] [--revision R] [--merged] [--dry_run --output_dir DIR]
     llm-unlearn ls                                     # methods, recipes, cached models
     llm-unlearn bench --out FILE.json                  # NGDiff and GeN cost vs GradDiff, side by side
+    llm-unlearn bench --eval --out FILE.json           # batched evaluation vs one sample at a time
 
 Bad input ends with one line `error: <problem>; <fix>` on stderr and exit code 2; `--debug` (anywhere
 on the line) shows the full traceback instead.
@@ -21,7 +23,7 @@ import logging
 import sys
 from pathlib import Path
 
-SUBCOMMANDS = ("demo", "world", "train", "unlearn", "eval", "probe", "push", "ls", "bench")
+SUBCOMMANDS = ("demo", "world", "train", "unlearn", "eval", "probe", "report", "push", "ls", "bench")
 USAGE = __doc__.split("\n\n")[1]
 
 
@@ -161,6 +163,12 @@ def cmd_probe(argv: list[str]) -> None:
     from .probes.cli import probe_cli
 
     probe_cli(argv)
+
+
+def cmd_report(argv: list[str]) -> None:
+    from .eval.report import report_cli
+
+    report_cli(argv)
 
 
 def cmd_push(argv: list[str]) -> None:

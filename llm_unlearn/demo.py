@@ -76,6 +76,7 @@ def demo(
     import torch
 
     from .eval.report import write_report
+    from .eval.runs import read_train_log
     from .eval.tofu import add_forget_quality, load_eval, write_eval
     from .models import build_default_models
     from .pipeline import evaluate_path
@@ -136,7 +137,12 @@ def demo(
     checks = {name: run_checks(results["target"], results[name]) for name in methods}
     t = time.perf_counter()
     title = f"llm-unlearn demo: {' and '.join(methods)} on {FORGET_SPLIT} of the built-in world ({size})"
-    write_report(results, out, title=title)
+    logs = {
+        name: read_train_log(d / "train_log.jsonl")
+        for name, d in run_dirs.items()
+        if (d / "train_log.jsonl").is_file()
+    }
+    write_report(results, out, title=title, target="target", train_logs=logs)
     stage("report", t)
     summary = {
         **{name: {k: v["value"] for k, v in r["metrics"].items()} for name, r in results.items()},

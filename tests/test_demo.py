@@ -23,6 +23,8 @@ def _assert_demo_outputs(out, methods=("graddiff", "ngdiff")):
     report = (out / "report.md").read_text()
     assert "forget_quality" in report and "fq_vs_mu.png" in report and all(m in report for m in methods)
     assert (out / "fq_vs_mu.png").stat().st_size > 0
+    assert "## Collateral damage" in report and all(f"- **{m}**: retain" in report for m in methods)
+    assert all((out / f"train_{m}.png").is_file() for m in methods)
     assert summary["retain"]["forget_quality"] == pytest.approx(1.0)
     return summary
 

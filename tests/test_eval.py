@@ -171,7 +171,7 @@ def test_report_lists_every_model_and_plots_only_those_with_forget_quality(resul
     assert "| forget_quality | higher | 1 | - |" in text
     assert "Not plotted (no forget quality: no reference given): no_reference." in text
     assert (tmp_path / "fq_vs_mu.png").stat().st_size > 0
-    assert (tmp_path / "forget_metrics.png").stat().st_size > 0
+    assert (tmp_path / "split_metrics.png").stat().st_size > 0
 
 
 def test_epoch_evaluator_records_the_chosen_epochs_of_a_run(micro_world, micro_models, tmp_path):

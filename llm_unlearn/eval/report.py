@@ -1,31 +1,50 @@
-"""A markdown report comparing eval.json results: a metric table, two plots, example generations.
+"""`llm-unlearn report`: a markdown report with plots for one run or many, from their eval.json files.
 
-Plots use matplotlib's object API with the Agg canvas (no pyplot, no display needed):
-`fq_vs_mu.png` puts forget quality (log scale) against model utility, the usual TOFU trade-off plot
-(arXiv 2401.06121, figure 5), and `forget_metrics.png` compares the forget-set metrics.
+    llm-unlearn report runs/demo --out runs/demo/report             # a folder of runs
+    llm-unlearn report runs/graddiff runs/ngdiff --target_eval runs/target/eval.json --out report/
+
+`report.md` holds the metric table (every metric with its direction), the collateral-damage lines,
+the figures of `plots.py` (forget quality vs model utility, per-split bars, membership ROC curves,
+relearning / Piggyback / quantization probes from probe.json, training curves from
+train_log.jsonl) and example generations.
+
+Collateral damage: model utility is the harmonic mean of nine numbers, six of them on real authors
+and world facts, which unlearning barely touches; so it can stay near the target's while the retain
+authors' facts are lost. The report therefore sets the retain set's own numbers (fact recall,
+probability, ROUGE-L) beside the original model's, as a share of what it had.
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
 from pathlib import Path
 
+from . import plots
 from .metrics import MODEL_UTILITY_INPUTS
+
+logger = logging.getLogger("llm_unlearn")
 
 HEADLINE = ("forget_quality", "model_utility")
 FORGET = ("forget_prob", "forget_rouge_l", "forget_truth_ratio", "forget_fact_recall")
+MIA = (*plots.ATTACKS, "privleak")
+COLLATERAL = {"retain_fact_recall": "fact recall", "retain_prob": "probability", "retain_rouge_l": "ROUGE-L"}
 N_EXAMPLES = {"forget": 3, "retain": 2}
+CONFIG_KEYS = ("method", "learning_rate", "num_train_epochs", "max_steps", "optim", "retain_loss", "gen")
 
 
 def _metric_order(results: dict[str, dict]) -> list[str]:
     present = {name for r in results.values() for name in r["metrics"]}
-    preferred = [*HEADLINE, *FORGET, *MODEL_UTILITY_INPUTS, "retain_fact_recall"]
+    preferred = [*HEADLINE, *FORGET, *MIA, *MODEL_UTILITY_INPUTS, "retain_fact_recall"]
     return [m for m in preferred if m in present] + sorted(present - set(preferred))
 
 
 def _fmt(name: str, value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:.3g}" if name == "forget_quality" else f"{value:.4f}"
+    if name == "forget_quality":
+        return f"{value:.3g}"
+    return f"{value:.1f}" if name == "privleak" else f"{value:.4f}"
 
 
 def _cell(text: str, limit: int = 160) -> str:
@@ -38,55 +57,68 @@ def _value(result: dict, name: str) -> float | None:
     return None if entry is None else entry["value"]
 
 
-def _fq_vs_mu_plot(results: dict[str, dict], path: Path) -> list[str]:
-    """Scatter of the models that have forget quality; returns the names left out."""
-    from matplotlib.figure import Figure
-
-    have = {name: r for name, r in results.items() if _value(r, "forget_quality") is not None}
-    fig = Figure(figsize=(5.5, 4), layout="constrained")
-    ax = fig.subplots()
-    for name, r in have.items():
-        # A KS p-value can underflow to 0; floor it so it still shows on the log axis.
-        x, y = _value(r, "model_utility"), max(_value(r, "forget_quality"), 1e-300)
-        ax.scatter([x], [y], s=40)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
-    ax.set_yscale("log")
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("model utility (higher is better)")
-    ax.set_ylabel("forget quality, KS p-value (higher is better)")
-    ax.grid(True, which="major", alpha=0.3)
-    fig.savefig(path, dpi=120)
-    return [name for name in results if name not in have]
+def collateral_damage(result: dict, target: dict) -> str | None:
+    """'retain fact recall 0.67 vs 0.96 (70% of the target's), ...; model utility 94% of the target's'."""
+    parts = []
+    for name, text in COLLATERAL.items():
+        mine, theirs = _value(result, name), _value(target, name)
+        if mine is None or theirs is None:
+            continue
+        share = f"{mine / theirs:.0%} of the target's" if theirs > 0 else "the target has 0"
+        parts.append(f"retain {text} {mine:.3f} vs {theirs:.3f} ({share})")
+    if not parts:
+        return None
+    mu, mu_target = _value(result, "model_utility"), _value(target, "model_utility")
+    if mu is not None and mu_target:
+        parts[-1] += f"; model utility {mu / mu_target:.0%} of the target's"
+    return ", ".join(parts)
 
 
-def _forget_bar_plot(results: dict[str, dict], path: Path) -> None:
-    from matplotlib.figure import Figure
+def _model_line(label: str, result: dict, config: dict | None) -> str:
+    meta = result["meta"]
+    ref = meta.get("forget_quality_reference", {}).get("path", "none")
+    split = meta.get("forget_split", meta.get("splits", {}).get("forget", {}).get("name"))
+    line = (
+        f"- **{label}**: forget split `{split}`, truth ratio `{meta.get('truth_ratio_variant')}`, "
+        f"prompt `{meta.get('prompt_format')}`, forget-quality reference `{ref}`"
+    )
+    if config:
+        keys = [k for k in CONFIG_KEYS if config.get(k) not in (None, False, -1)]
+        if "max_steps" in keys:  # then the epoch count is not what stopped the run
+            keys = [k for k in keys if k != "num_train_epochs"]
+        settings = ", ".join(f"{k} {config[k]}" for k in keys)
+        line += f"; unlearning: {settings}"
+    return line
 
-    names = [m for m in FORGET if any(m in r["metrics"] for r in results.values())]
-    fig = Figure(figsize=(max(5.5, 1.6 * len(names) * max(1, len(results)) / 2), 4), layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / len(results)
-    for k, (model, r) in enumerate(results.items()):
-        values = [_value(r, m) or 0.0 for m in names]
-        ax.bar([i + k * width for i in range(len(names))], values, width, label=model)
-    ax.set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(names))], [m[7:] for m in names])
-    ax.set_ylabel("forget set")
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120)
 
-
-def write_report(results: dict[str, dict], out_dir: str | Path, title: str = "Unlearning report") -> Path:
-    """Write `report.md`, `fq_vs_mu.png` and `forget_metrics.png` for the models in `results`.
+def write_report(
+    results: dict[str, dict],
+    out_dir: str | Path,
+    title: str = "Unlearning report",
+    *,
+    target: str | None = None,
+    train_logs: dict[str, list[dict]] | None = None,
+    probes: dict[str, dict] | None = None,
+    configs: dict[str, dict] | None = None,
+    notes: list[str] | None = None,
+    target_source: str | None = None,
+) -> Path:
+    """Write `report.md` and its PNG figures into `out_dir` for the models in `results`.
 
     `results` maps a model label (e.g. target, retain, graddiff) to its eval.json dict; columns keep
-    this order. A model without forget quality is listed in the table with "-" and left out of the
-    scatter plot.
+    this order. `target` names the original model among them (for the collateral-damage lines);
+    `train_logs`, `probes` and `configs` map labels to a run's train_log.jsonl rows, probe.json and
+    unlearn_config.yaml; `notes` are printed under the table (e.g. runs left out), `target_source`
+    says where the target's eval came from. A model without
+    forget quality is listed with "-" and left out of the scatter plot.
     """
     if not results:
         raise ValueError("write_report needs at least one result")
+    if target is not None and target not in results:
+        raise ValueError(f"target {target!r} is not one of the models: {', '.join(results)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    train_logs, probes, configs = train_logs or {}, probes or {}, configs or {}
     models = list(results)
     directions = {}
     for r in results.values():
@@ -101,30 +133,85 @@ def write_report(results: dict[str, dict], out_dir: str | Path, title: str = "Un
         better = directions[name].replace("_", " ")
         lines.append(f"| {name} | {better} | " + " | ".join(row) + " |")
     lines.append("")
-    for m in models:
-        meta = results[m]["meta"]
-        ref = meta.get("forget_quality_reference", {}).get("path", "none")
+    lines += [_model_line(m, results[m], configs.get(m)) for m in models]
+    lines += [f"- {note}" for note in notes or []]
+
+    lines += ["", "## Collateral damage: what the retain set lost", ""]
+    if target is None:
         lines.append(
-            f"- **{m}**: forget split `{meta.get('forget_split', meta.get('splits', {}).get('forget', {}).get('name'))}`, "
-            f"truth ratio `{meta.get('truth_ratio_variant')}`, prompt `{meta.get('prompt_format')}`, "
-            f"forget-quality reference `{ref}`"
+            "No eval of the original (target) model was found, so there is nothing to compare with: pass "
+            "`--target_eval TARGET/eval.json`."
         )
+    else:
+        lines.append(
+            f"Against **{target}**, the model before unlearning{f' ({target_source})' if target_source else ''}. "
+            "Model utility also averages real authors and "
+            "world facts, which unlearning barely touches, so the retain set's own numbers tell the damage:"
+        )
+        lines.append("")
+        for m in models:
+            text = collateral_damage(results[m], results[target]) if m != target else None
+            if text:
+                lines.append(f"- **{m}**: {text}")
 
     lines += ["", "## Forget quality vs model utility", ""]
     if any(_value(r, "forget_quality") is not None for r in results.values()):
-        missing = _fq_vs_mu_plot(results, out / "fq_vs_mu.png")
+        missing = plots.fq_vs_mu(results, out / "fq_vs_mu.png")
         lines.append("![forget quality vs model utility](fq_vs_mu.png)")
         if missing:
             lines += ["", f"Not plotted (no forget quality: no reference given): {', '.join(missing)}."]
     else:
         lines.append("No model has forget quality (no retain-only reference was given), so there is no plot.")
 
-    lines += ["", "## Forget-set metrics", "", "![forget-set metrics](forget_metrics.png)"]
-    _forget_bar_plot(results, out / "forget_metrics.png")
+    lines += ["", "## Metrics by eval set", "", "![metrics by eval set](split_metrics.png)"]
+    plots.split_bars(results, out / "split_metrics.png")
 
-    lines += ["", "## Example generations", ""]
-    for m in models:
-        gens = results[m].get("generations", {})
+    lines += ["", "## Membership inference", ""]
+    if plots.mia_roc(results, out / "mia_roc.png"):
+        lines += [
+            "Forget set (members) against the holdout split (never trained on); a curve on the diagonal means the "
+            "forget set looks unseen. The AUCs are the `mia_auc_*` rows above.",
+            "",
+            "![membership inference ROC curves](mia_roc.png)",
+        ]
+    else:
+        lines.append("No eval.json holds per-sample membership scores (no holdout split was evaluated).")
+
+    lines += _run_figures(out, probes, train_logs)
+    lines += _examples(results)
+    path = out / "report.md"
+    path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    return path
+
+
+def _run_figures(out: Path, probes: dict[str, dict], train_logs: dict[str, list[dict]]) -> list[str]:
+    from .runs import file_label
+
+    lines: list[str] = []
+    if probes:
+        lines += ["", "## Residual knowledge: relearning, Piggyback and quantization probes", ""]
+        for label, probe in probes.items():
+            name = file_label(label)
+            drawn = []
+            if plots.probe_curves(probe, out / f"probe_{name}.png", label):
+                drawn.append(f"![probes of {label}](probe_{name}.png)")
+            if plots.quant_curves(probe, out / f"quant_{name}.png", label):
+                drawn.append(f"![quantization probe of {label}](quant_{name}.png)")
+            lines += [f"### {label}", "", *(d + "\n" for d in drawn)]
+    drawn_logs = []
+    for label, log in train_logs.items():
+        name = file_label(label)
+        if plots.training_curves(log, out / f"train_{name}.png", label):
+            drawn_logs += [f"### {label}", "", f"![training curves of {label}](train_{name}.png)", ""]
+    if drawn_logs:
+        lines += ["", "## Training curves", "", *drawn_logs]
+    return lines
+
+
+def _examples(results: dict[str, dict]) -> list[str]:
+    lines = ["", "## Example generations", ""]
+    for m, result in results.items():
+        gens = result.get("generations", {})
         if not gens:
             continue
         lines += [f"### {m}", "", "| set | question | gold answer | generated |", "|---|---|---|---|"]
@@ -134,6 +221,44 @@ def write_report(results: dict[str, dict], out_dir: str | Path, title: str = "Un
                     f"| {role} | {_cell(g['question'])} | {_cell(g['answer'])} | {_cell(g['generated'])} |"
                 )
         lines.append("")
-    path = out / "report.md"
-    path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    return lines
+
+
+def report_runs(
+    paths: list[str], out_dir: str | Path, target_eval: str | None = None, title: str | None = None
+) -> Path:
+    """`llm-unlearn report`: collect the runs (`runs.py`), find the target's eval, write the report."""
+    from .runs import collect_runs, find_target
+
+    runs, skipped = collect_runs(paths)
+    target, how = find_target(runs, target_eval)
+    if target is not None and target not in runs:
+        runs.insert(0, target)
+    notes = [f"left out (not complete or not evaluated): {s}" for s in skipped]
+    return write_report(
+        {r.label: r.eval for r in runs},
+        out_dir,
+        title or f"Unlearning report: {', '.join(r.label for r in runs)}",
+        target=target.label if target else None,
+        train_logs={r.label: r.train_log for r in runs if r.train_log},
+        probes={r.label: r.probe for r in runs if r.probe},
+        configs={r.label: r.config for r in runs if r.config},
+        notes=notes,
+        target_source=how if target else None,
+    )
+
+
+def report_cli(argv: list[str]) -> Path:
+    parser = argparse.ArgumentParser(prog="llm-unlearn report", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "run_dirs", nargs="+", help="run directories (each with an eval.json) or folders of them"
+    )
+    parser.add_argument("--out", required=True, help="folder for report.md and the PNG figures")
+    parser.add_argument(
+        "--target_eval", help="eval.json of the original model (default: found from the runs' configs)"
+    )
+    parser.add_argument("--title", help="report title (default: lists the runs)")
+    args = parser.parse_args(argv)
+    path = report_runs(args.run_dirs, args.out, args.target_eval, args.title)
+    print(f"wrote {path}")
     return path

@@ -1,0 +1,225 @@
+"""`llm-unlearn report`: folders of runs, every figure, collateral damage, ROC areas, clear errors. `pytest tests/test_report.py`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+from llm_unlearn.cli import main
+from llm_unlearn.eval.mia import auc
+from llm_unlearn.eval.plots import fq_vs_mu_figure, roc_curve
+from llm_unlearn.eval.report import collateral_damage
+from llm_unlearn.runio import write_status
+
+DIRECTIONS = {"forget": "lower", "retain": "higher", "ra": "higher", "wf": "higher"}
+
+
+def fake_eval(model: str, seed: int, **values: float) -> dict:
+    """An eval.json with every metric the report reads; `values` overrides chosen metric values."""
+    rng = np.random.default_rng(seed)
+    metrics: dict = {}
+    for role, direction in DIRECTIONS.items():
+        for m in ("prob", "rouge_l", "truth_ratio", "fact_recall"):
+            metrics[f"{role}_{m}"] = {"value": float(rng.uniform(0.2, 0.9)), "direction": direction}
+    metrics["forget_truth_ratio"]["direction"] = "closer_to_reference"
+    metrics["model_utility"] = {"value": float(rng.uniform(0.4, 0.8)), "direction": "higher"}
+    metrics["forget_quality"] = {"value": 0.01, "direction": "higher"}
+    for attack in ("loss", "zlib", "min_k", "min_k_plus_plus"):
+        forget, holdout = rng.normal(0, 1, 20), rng.normal(1, 1, 20)
+        metrics[f"mia_auc_{attack}"] = {"value": auc(forget, holdout), "direction": "closer_to_0.5",
+                                        "per_sample_forget": forget.tolist(), "per_sample_holdout": holdout.tolist()}  # fmt: skip
+    metrics["privleak"] = {"value": -42.0, "direction": "closer_to_0", "reference_auc_min_k": 0.6}
+    for name, value in values.items():
+        metrics[name]["value"] = value
+    gens = {
+        role: [{"question": f"Q{i}?", "answer": "A.", "generated": "B."} for i in range(3)]
+        for role in DIRECTIONS
+    }
+    meta = {"model": model, "forget_split": "forget10_perturbed", "truth_ratio_variant": "geometric",
+            "prompt_format": "chat_template"}  # fmt: skip
+    return {"schema_version": 1, "metrics": metrics, "losses": {}, "generations": gens, "meta": meta}
+
+
+def fake_probe() -> dict:
+    def metrics(v: float) -> dict:
+        return {m: {"value": v, "direction": "lower"} for m in ("forget_prob", "forget_rouge_l")}
+
+    curve = [{"budget": b, "metrics": metrics(0.1 + b / 100)} for b in (0, 10, 25)]
+    section = {
+        "unlearned": curve,
+        "reference": [{**p, "metrics": metrics(0.1)} for p in curve],
+        "original": metrics(0.5),
+    }
+    quant = {who: {bits: {"metrics": metrics(v)} for bits in ("32", "8", "4")}
+             for who, v in (("unlearned", 0.2), ("original", 0.5), ("reference", 0.1))}  # fmt: skip
+    return {"schema_version": 1, "relearn": section, "piggyback": section, "quant": quant,
+            "directions": {"forget_prob": "lower", "forget_rouge_l": "lower"}}  # fmt: skip
+
+
+def train_log() -> str:
+    rows = [{"step": s, "epoch": s / 4, "loss": 1.0 / s, "loss_forget": -s, "loss_retain": 1.0, "grad_norm": 1.0,
+             "grad_norm_forget": 2.0, "grad_norm_retain": 0.5, "cos_forget_retain": -0.3, "learning_rate": 0.1}
+            for s in range(1, 9)]  # fmt: skip
+    rows += [{"step": s, "gen_lr": 0.1, "gen_eta_star": 0.2 if s % 4 else -1.0, "gen_accepted": float(s % 4 != 0),
+              "gen_acceptance_rate": 0.5} for s in (2, 4, 6, 8)]  # fmt: skip
+    rows.append({"step": 8, "train_loss": 0.3, "train_runtime": 1.0})
+    return "\n".join(json.dumps(r) for r in rows) + "\n"
+
+
+def _drop_figure_inputs(root) -> None:
+    """Keep only eval.json files, for tests about which runs are read (figures cost seconds)."""
+    for name in ("graddiff", "ngdiff"):
+        (root / name / "train_log.jsonl").unlink()
+    (root / "ngdiff" / "probe.json").unlink()
+
+
+@pytest.fixture()
+def runs(tmp_path):
+    """A demo-like folder: target/ and retain/ (eval.json only), graddiff/ and ngdiff/ (complete runs)."""
+    root = tmp_path / "runs"
+    target = str(tmp_path / "models" / "target")
+    evals = {
+        "target": fake_eval(target, 0, retain_fact_recall=0.96, retain_prob=0.8, model_utility=0.6),
+        "retain": fake_eval("retain", 1),
+        "graddiff": fake_eval("graddiff", 2, retain_fact_recall=0.672, retain_prob=0.4, model_utility=0.564),
+        "ngdiff": fake_eval("ngdiff", 3),
+    }
+    # Same forget quality and model utility: the two used to be labelled on top of each other.
+    for name in ("graddiff", "ngdiff"):
+        evals[name]["metrics"]["forget_quality"]["value"] = 0.2
+        evals[name]["metrics"]["model_utility"]["value"] = 0.564
+    for name, result in evals.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "eval.json").write_text(json.dumps(result))
+        if name in ("graddiff", "ngdiff"):
+            write_status(root / name, "complete")
+            config = {"model_name_or_path": target, "method": name, "learning_rate": 1e-4, "max_steps": 8}
+            (root / name / "unlearn_config.yaml").write_text(yaml.safe_dump(config))
+            (root / name / "train_log.jsonl").write_text(train_log())
+    (root / "ngdiff" / "probe.json").write_text(json.dumps(fake_probe()))
+    return root
+
+
+def test_report_of_a_folder_draws_every_figure_and_states_the_collateral_damage(runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "| metric | better | retain | target | graddiff | ngdiff |" in text
+    assert "| privleak | closer to 0 | -42.0 |" in text and "| mia_auc_min_k | closer to 0.5 |" in text
+    # target was found as the eval of the model the runs started from (their unlearn_config.yaml)
+    assert "Against **target**, the model before unlearning (the eval of" in text
+    line = next(x for x in text.splitlines() if x.startswith("- **graddiff**: retain fact recall"))
+    assert "retain fact recall 0.672 vs 0.960 (70% of the target's)" in line
+    assert "retain probability 0.400 vs 0.800 (50% of the target's)" in line
+    assert line.endswith("; model utility 94% of the target's")
+    assert "unlearning: method graddiff, learning_rate 0.0001, max_steps 8" in text
+    for png in (
+        "fq_vs_mu",
+        "split_metrics",
+        "mia_roc",
+        "probe_ngdiff",
+        "quant_ngdiff",
+        "train_graddiff",
+        "train_ngdiff",
+    ):
+        assert f"({png}.png)" in text and (out / f"{png}.png").stat().st_size > 10_000, png
+    assert not (out / "probe_graddiff.png").exists()
+    assert f"wrote {out / 'report.md'}" in capsys.readouterr().out
+
+
+def test_models_at_the_same_point_are_named_in_a_legend_beside_the_axes_not_in_labels():
+    same = fake_eval("a", 0)
+    fig = fq_vs_mu_figure({"graddiff": same, "ngdiff": same, "target": fake_eval("t", 1)})
+    FigureCanvasAgg(fig).draw()
+    (ax,) = fig.axes
+    assert len(ax.texts) == 0  # no annotations that could overlap
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["graddiff", "ngdiff", "target"]
+    renderer = fig.canvas.get_renderer()
+    box, axes_box = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert box.x0 >= axes_box.x1  # the legend lies to the right of the plot, inside the figure
+    assert box.x1 <= fig.bbox.x1 and box.y0 >= fig.bbox.y0
+
+
+def test_roc_curve_runs_corner_to_corner_and_its_area_is_the_membership_auc():
+    rng = np.random.default_rng(0)
+    members, nonmembers = (
+        rng.integers(0, 6, 30).astype(float),
+        rng.integers(2, 9, 25).astype(float),
+    )  # many ties
+    fpr, tpr = roc_curve(members, nonmembers)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    assert area == pytest.approx(auc(members, nonmembers), abs=1e-12)
+
+
+def test_collateral_damage_reads_shares_of_the_target_and_skips_missing_metrics():
+    target = fake_eval("t", 0, retain_fact_recall=0.5, retain_prob=0.0, retain_rouge_l=0.4, model_utility=0.5)
+    model = fake_eval(
+        "m", 1, retain_fact_recall=0.25, retain_prob=0.1, retain_rouge_l=0.4, model_utility=0.45
+    )
+    assert collateral_damage(model, target) == (
+        "retain fact recall 0.250 vs 0.500 (50% of the target's), retain probability 0.100 vs 0.000 "
+        "(the target has 0), retain ROUGE-L 0.400 vs 0.400 (100% of the target's); model utility 90% of the target's"
+    )
+    for name in ("retain_fact_recall", "retain_prob", "retain_rouge_l"):
+        del model["metrics"][name]
+    assert collateral_damage(model, target) is None
+
+
+def test_target_eval_given_on_the_command_line_and_a_report_without_any_target(runs, tmp_path):
+    _drop_figure_inputs(runs)
+    out = tmp_path / "one"
+    assert (
+        main(["report", str(runs / "ngdiff"), "--out", str(out), "--target_eval", str(runs / "target")]) == 0
+    )
+    text = (out / "report.md").read_text()
+    assert "| metric | better | target | ngdiff |" in text and "(--target_eval " in text
+    assert "- **ngdiff**: retain fact recall" in text
+    (runs / "ngdiff" / "unlearn_config.yaml").unlink()
+    assert main(["report", str(runs / "ngdiff"), "--out", str(tmp_path / "two")]) == 0
+    assert "No eval of the original (target) model was found" in (tmp_path / "two" / "report.md").read_text()
+
+
+def test_unfinished_runs_in_a_folder_are_left_out_and_named(runs, tmp_path):
+    _drop_figure_inputs(runs)
+    write_status(runs / "graddiff", "failed", error="loss is nan at step 3")
+    (runs / "half").mkdir()
+    write_status(runs / "half", "complete")  # finished, never evaluated
+    assert main(["report", str(runs), "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "| metric | better | retain | target | ngdiff |" in text
+    assert "left out (not complete or not evaluated):" in text and "loss is nan at step 3" in text
+    assert "half has no eval.json" in text
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path.parent
+
+
+BROKEN = {
+    "missing": (lambda r: r / "nowhere", "does not exist; pass a folder holding an eval.json"),
+    "no-runs": (lambda r: (r / "empty").mkdir() or r / "empty", "holds no eval.json and no run directories"),
+    "failed": (lambda r: write_status(r / "graddiff", "failed", error="disk full") or r / "graddiff", "is failed: disk full"),
+    "not-evaluated": (lambda r: (r / "graddiff" / "eval.json").unlink() or r / "graddiff", "has no eval.json; evaluate it first"),
+    "damaged-log": (lambda r: _write(r / "ngdiff" / "train_log.jsonl", '{"step": 1}\n{"step": 2, "lo\n'),
+                    "train_log.jsonl line 2 is not JSON"),
+    "bad-probe": (lambda r: _write(r / "ngdiff" / "probe.json", "{}"), "is not a probe.json"),
+    "bad-eval": (lambda r: _write(r / "retain" / "eval.json", "{"), "is not valid JSON"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_a_missing_or_incomplete_run_gets_one_clear_line(runs, tmp_path, capsys, case):
+    setup, message = BROKEN[case]
+    path = setup(runs)
+    assert main(["report", str(path), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "r" / "report.md").exists()
