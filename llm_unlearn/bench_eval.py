@@ -10,9 +10,11 @@ batch size of every loss pass, membership-scoring pass and greedy generation: `b
 padding at all). One untimed batched run comes first (warm-up); then `rounds` rounds each time one
 batched and one batch-1 run. The speedup compares median wall times around `evaluate`.
 
-Agreement. Likelihood numbers (per-sample answer losses, probabilities, truth ratios, membership
-scores and AUCs) must agree to 1e-5 in absolute terms (`eval_max_abs_diff`; raw truth ratios R =
-exp(loss difference) are compared relatively, as R can be large). Greedy generations may differ
+Agreement. Likelihood numbers (per-sample answer losses, probabilities, truth ratios, the LOSS,
+zlib and Min-K% membership scores, every AUC) must agree to 1e-5 in absolute terms
+(`eval_max_abs_diff`). Two kinds are reported apart: raw truth ratios R = exp(loss difference),
+compared relatively as R can be large, and Min-K%++ scores, which divide by the standard deviation of
+the next-token log-probabilities (z-scores, several units in size) and so scale float32 rounding up. Greedy generations may differ
 where padding flips a near-tied argmax, so they are compared as the fraction of identical answers
 and the difference of mean ROUGE-L recall per eval set. Determinism: the warm-up and the first
 timed batched run must give identical metrics, losses and generations.
@@ -20,6 +22,7 @@ timed batched run must give identical metrics, losses and generations.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -40,6 +43,8 @@ TARGETS = {
 GENERATION_MARKERS = ("rouge", "fact_recall", "model_utility")
 MODEL_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
 LIKELIHOOD_LISTS = ("per_sample", "per_sample_forget", "per_sample_holdout")
+# Per-sample scores standardized by a per-token standard deviation (mia.py): compared apart.
+STANDARDIZED = ("mia_auc_min_k_plus_plus",)
 
 
 def _is_generation_metric(name: str) -> bool:
@@ -69,14 +74,16 @@ def compare(batched: dict, single: dict) -> dict:
                 track(_max_diff(losses[kind], other[kind]), f"losses.{role}.{kind}")
         for i, (x, y) in enumerate(zip(losses["perturbed"], other["perturbed"], strict=True)):
             track(_max_diff(x, y), f"losses.{role}.perturbed[{i}]")
-    ratio_rel = 0.0
+    ratio_rel, standardized = 0.0, 0.0
     for name, entry in batched["metrics"].items():
         if _is_generation_metric(name):
             continue
         other = single["metrics"][name]
         track(abs(entry["value"] - other["value"]), f"metrics.{name}.value")
         for key in LIKELIHOOD_LISTS:
-            if key in entry:
+            if key in entry and name in STANDARDIZED:
+                standardized = max(standardized, _max_diff(entry[key], other[key]))
+            elif key in entry:
                 track(_max_diff(entry[key], other[key]), f"metrics.{name}.{key}")
         if "per_sample_ratio" in entry:
             r, s = np.asarray(entry["per_sample_ratio"]), np.asarray(other["per_sample_ratio"])
@@ -99,6 +106,7 @@ def compare(batched: dict, single: dict) -> dict:
         "eval_max_abs_diff": worst,
         "eval_max_abs_diff_at": where,
         "eval_max_rel_diff_truth_ratio": ratio_rel,
+        "eval_max_abs_diff_min_k_plus_plus_scores": standardized,
         "eval_generations_identical_fraction": same / total,
         "eval_generations_compared": total,
         "eval_rouge_l_mean_max_abs_diff": max(rouge_diff.values()),
@@ -125,6 +133,13 @@ def _hardware() -> str:
     except (OSError, StopIteration):
         return device()
     return f"{device()}: {name}"
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # not available on this platform
+        return None
 
 
 def _target_model(workdir: Path, size: str) -> tuple[Path, Path]:
@@ -155,7 +170,7 @@ def bench_eval(
         raise ValueError(f"--rounds must be at least 1, got {rounds}")
     if threads:
         torch.set_num_threads(threads)
-    start = time.perf_counter()
+    start, load_before = time.perf_counter(), _load_average()
     with tempfile.TemporaryDirectory(prefix="llm-unlearn-bench-eval-") as tmp:
         world, target = _target_model(Path(tmp), size)
         model, tokenizer = load_model_and_tokenizer(str(target))
@@ -211,6 +226,8 @@ def bench_eval(
         "command": "llm-unlearn " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "bench_eval()",
         "hardware": _hardware(),
         "torch_threads": torch.get_num_threads(),
+        # Other processes on the machine slow the compute-bound batched side more than batch 1.
+        "load_average_1min": {"start": load_before, "end": _load_average()},
         "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
         "date": date.today().isoformat(),
         "total_seconds": round(time.perf_counter() - start, 1),
@@ -228,4 +245,6 @@ def print_summary(r: dict, out: str) -> None:
         value = r[key] if isinstance(r[key], bool) else f"{r[key]:.4g}"
         print(f"{key:<40}{value!s:>12}   target {met['target']}: {'met' if met['met'] else 'NOT met'}")
     print(f"largest likelihood difference at {r['eval_max_abs_diff_at']}")
-    print(f"wrote {out} ({r['hardware']}, {r['torch_threads']} threads, {r['total_seconds']} s)")
+    load = r["load_average_1min"]
+    print(f"wrote {out} ({r['hardware']}, {r['torch_threads']} threads, {r['total_seconds']} s, "
+          f"1-min load average {load['start']} -> {load['end']})")  # fmt: skip

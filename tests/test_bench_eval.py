@@ -37,12 +37,14 @@ def test_compare_finds_the_largest_likelihood_difference_and_counts_changed_gene
     assert compare(target_eval, other)["eval_max_abs_diff"] == 0.0
     other["losses"]["retain"]["perturbed"][3][1] += 2e-5
     other["metrics"]["mia_auc_zlib"]["per_sample_holdout"][0] -= 1e-6
+    other["metrics"]["mia_auc_min_k_plus_plus"]["per_sample_forget"][2] += 3e-5  # reported apart
     gens = other["generations"]["forget"]
     gens[0]["generated"] += " changed"
     other["metrics"]["forget_rouge_l"]["value"] += 0.01
     diff = compare(target_eval, other)
     assert diff["eval_max_abs_diff"] == pytest.approx(2e-5, rel=1e-6)
     assert diff["eval_max_abs_diff_at"] == "losses.retain.perturbed[3]"
+    assert diff["eval_max_abs_diff_min_k_plus_plus_scores"] == pytest.approx(3e-5, rel=1e-6)
     total = sum(len(g) for g in target_eval["generations"].values())
     assert diff["eval_generations_identical_fraction"] == (total - 1) / total
     assert diff["eval_rouge_l_mean_max_abs_diff"] == pytest.approx(0.01)
@@ -55,7 +57,12 @@ def test_eval_bench_on_micro_writes_speedup_agreement_and_timings(micro_models, 
     argv = ["bench", "--eval", "--size", "micro", "--threads", "1", "--batch_size", "16", "--out", str(out)]
     assert main(argv) == 0
     r = json.loads(out.read_text())
-    for key in (*TARGETS, "eval_max_rel_diff_truth_ratio", "eval_model_utility_abs_diff"):
+    extra = (
+        "eval_max_rel_diff_truth_ratio",
+        "eval_max_abs_diff_min_k_plus_plus_scores",
+        "eval_model_utility_abs_diff",
+    )
+    for key in (*TARGETS, *extra):
         assert math.isfinite(r[key]), key
     assert set(r["targets"]) == {*TARGETS, "eval_deterministic"}
     assert r["eval_speedup_batched"] > 0 and r["eval_deterministic"] is True

@@ -230,7 +230,7 @@ def probe_curves(probe: dict, path: Path, title: str) -> bool:
             )
             ax.set_title(f"{PROBE_TITLES[name]}: {_metric_label(metric, None)}", fontsize=10)
             ax.set_xlabel("optimizer steps on the attack part")
-            ax.xaxis.set_major_locator(_integer_ticks())
+            ax.set_xticks([p["budget"] for p in section["unlearned"]])
             ax.set_ylabel(_metric_label(metric, directions.get(metric)), fontsize=9)
             ax.grid(True, alpha=0.3)
     fig.suptitle(
@@ -320,6 +320,8 @@ def training_curves(log: list[dict], path: Path, title: str) -> list[str]:
             if panel == "gradient cosine":
                 ax.axhline(0, color="0.5", lw=0.8)
                 ax.set_ylim(-1.05, 1.05)
+            elif panel != "loss terms (minimized)":  # norms and rates are >= 0; a constant lr reads plainly
+                ax.set_ylim(bottom=0)
             ax.legend(loc="best", fontsize=8, framealpha=0.8)
         ax.set_title(panel, fontsize=10)
         ax.set_xlabel("optimizer step")
