@@ -128,14 +128,16 @@ def sample_scores(
         out = []
         for row in range(len(idx)):
             positions = (labels[row] != IGNORE_INDEX).nonzero().squeeze(1)
-            logp = F.log_softmax(logits[row, positions].float(), dim=-1)  # [n+1, V], end token last
+            # float64 over the vocabulary: the variance below is a small difference of large sums,
+            # and float32 made it depend on the batch's padding (3e-5 between batch sizes).
+            logp = F.log_softmax(logits[row, positions].double(), dim=-1)  # [n+1, V], end token last
             target = labels[row, positions]
             token_logp = logp.gather(1, target.unsqueeze(1)).squeeze(1).double()
             loss = float(-token_logp.mean())  # end token included, as l(a|q) everywhere else
             answer = token_logp[:-1] if token_logp.numel() > 1 else token_logp  # end token excluded
             probs = logp.exp()
-            mu = (probs * logp).sum(-1).double()
-            var = (probs * logp.square()).sum(-1).double() - mu.square()
+            mu = (probs * logp).sum(-1)
+            var = (probs * (logp - mu.unsqueeze(1)).square()).sum(-1)
             z = (token_logp - mu) / var.clamp_min(1e-6).sqrt()
             z = z[:-1] if z.numel() > 1 else z
             text = tokenizer.decode(target[:-1].tolist(), skip_special_tokens=True)
