@@ -223,3 +223,18 @@ def test_a_missing_or_incomplete_run_gets_one_clear_line(runs, tmp_path, capsys,
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "r" / "report.md").exists()
+
+
+def test_training_curves_draw_the_stop_rule_trajectory_when_the_log_has_one(tmp_path):
+    from llm_unlearn.eval.plots import training_curves
+
+    log = [{"step": s, "loss": 1.0 - s / 10, "learning_rate": 0.1} for s in range(1, 7)]
+    log += [
+        {"step": s, "stop_statistic": "auc", "stop_gap": 0.5 - s / 10, "stop_gap_trained": 0.5 - s / 9,
+         "stop_gap_heldout": 0.5 - s / 12, "stop_retain_rise": s / 100, "stop_decision": "continue"}
+        for s in (0, 3, 6)
+    ]  # fmt: skip
+    log.append({"step": 6, "stop_reason": "max_steps", "stop_best_step": 6, "stop_best_gap": -0.1})
+    panels = training_curves(log, tmp_path / "train.png", "run")
+    assert "stop rule: forget vs holdout" in panels and (tmp_path / "train.png").stat().st_size > 0
+    assert "stop rule: forget vs holdout" not in training_curves(log[:6], tmp_path / "t2.png", "run")

@@ -304,6 +304,9 @@ def training_curves(log: list[dict], path: Path, title: str) -> list[str]:
     gen = [r for r in log if "gen_eta_star" in r]
     if gen:
         panels["GeN learning-rate fits"] = ["gen"]
+    stop = [r for r in log if "stop_decision" in r]
+    if stop:
+        panels["stop rule: forget vs holdout"] = ["stop"]
     if not panels:
         return []
     cols = min(len(panels), 3)
@@ -313,6 +316,8 @@ def training_curves(log: list[dict], path: Path, title: str) -> list[str]:
     for ax, (panel, ks) in zip(axes, panels.items()):
         if ks == ["gen"]:
             _gen_panel(ax, gen)
+        elif ks == ["stop"]:
+            _stop_panel(ax, stop, next((r for r in log if "stop_reason" in r), None))
         else:
             for k in ks:
                 x, y = _series(steps, k)
@@ -352,3 +357,22 @@ def _gen_panel(ax, gen: list[dict]) -> None:
         ax.set_yscale("log")
     ax.set_ylabel("learning rate")
     ax.legend(fontsize=8, title=f"acceptance {rate:.0%}" if rate is not None else None, title_fontsize=8)
+
+
+def _stop_panel(ax, checks: list[dict], end: dict | None) -> None:
+    """The stop rule's gap (forget vs holdout; 0 = indistinguishable) at each check, on the whole forget
+    set and its trained and held-out parts, the retain loss's relative rise, and the check it kept."""
+    x = [r["step"] for r in checks]
+    ax.plot(x, [r["stop_gap"] for r in checks], color="C0", lw=1.6, marker=".", label="gap, whole forget set")
+    ax.plot(x, [r["stop_gap_trained"] for r in checks], color="C1", lw=1.0, ls="--", label="gap, trained part")
+    held = [(r["step"], r["stop_gap_heldout"]) for r in checks if r.get("stop_gap_heldout") is not None]
+    if held:
+        ax.plot(*zip(*held), color="C2", lw=1.0, ls=":", label="gap, held-out part")
+    ax.plot(x, [r["stop_retain_rise"] for r in checks], color="C3", lw=1.0, ls="-.", label="retain loss rise")
+    ax.axhline(0, color="0.5", lw=0.8)
+    if end is not None and end.get("stop_best_step") is not None:
+        ax.axvline(end["stop_best_step"], color="k", lw=0.8, ls="--")
+        ax.text(end["stop_best_step"], 0.03, f" kept: step {end['stop_best_step']} ({end['stop_reason']})",
+                transform=ax.get_xaxis_transform(), fontsize=7, ha="right", va="bottom", rotation=90)  # fmt: skip
+    ax.set_ylabel(f"{checks[0]['stop_statistic']} gap / relative rise")
+    ax.legend(fontsize=7, loc="center left", framealpha=0.8)  # clear of the gaps (top) and the retain rise (0)
