@@ -15,9 +15,11 @@ drives the gap down; 0 is "indistinguishable"; below 0 the forget set is now *le
 unseen data, which over-unlearns and is itself a membership signal (arXiv 2407.06460 calls it a
 privacy leak). The rule stops at the first check at or below 0 (`crossed`), keeps the weights of
 the check closest to 0 (`best`) and restores them at the end. It also stops when the gap has not
-come closer to 0 for `patience` checks (`stalled`), and, before any crossing, when the retain loss
-(on a fixed sample of the retain set) has risen by more than `retain_tolerance` relative to its
-value before training (`retain_alarm`). Otherwise the run's own length (`max_steps` / epochs) is the
+come closer to 0 for `patience` checks (`stalled`), unless the gap is still saturated (+1/2 for auc,
++1 for ks: while every forget loss is below every holdout loss the statistic cannot move, however
+fast the forget loss rises), and, before any crossing, when the retain loss (on a fixed sample of
+the retain set) has risen by more than `retain_tolerance` relative to its value before training
+(`retain_alarm`). Otherwise the run's own length (`max_steps` / epochs) is the
 safety net (`max_steps`).
 
 So that the decision is not judged only on the examples being trained on, a seeded
@@ -50,6 +52,7 @@ STOP_RULES = ("indistinguishable",)
 STOP_STATISTICS = ("auc", "ks")
 BEST_FILE = "stop_rule_best.safetensors"
 RETAIN_SAMPLE = 200  # retain examples scored per check: enough for a stable mean loss, cheap
+SATURATED = {"auc": 0.5, "ks": 1.0}  # |gap| of two samples that do not overlap at all
 
 
 def signed_gap(forget_losses, holdout_losses, statistic: str = "auc") -> float:
@@ -182,7 +185,9 @@ class IndistinguishableStop(TrainerCallback):
                 decision = "crossed"
             elif record["stop_retain_rise"] > self.tolerance:
                 decision = "retain_alarm"
-            elif checks_since_best >= self.patience:
+            elif (
+                checks_since_best >= self.patience and abs(self.best["stop_gap"]) < SATURATED[self.statistic]
+            ):
                 decision = "stalled"
         record["stop_decision"] = decision
         self.log(dict(record))

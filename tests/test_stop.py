@@ -160,3 +160,14 @@ def test_auto_end_to_end_stops_records_its_trajectory_and_agrees_with_the_evalua
         end[0]["stop_best_gap"], abs=0.02
     )
     assert json.loads((out / "status.json").read_text())["state"] == "complete"
+
+
+def test_a_saturated_gap_is_not_a_stall():
+    # Forget losses rise but stay below every holdout loss (gap +0.5) for longer than the patience:
+    # the rule must keep going, not stop and restore the untouched target (step 0).
+    scripted = [([1, 2], [3, 4], 1.0), ([1.5, 2.2], [3, 4], 1.0), ([2, 2.5], [3, 4], 1.0),
+                ([2.5, 2.9], [3, 4], 1.0), ([3.5, 3.6], [3, 4], 1.0)]  # fmt: skip
+    rule, records = _rule(scripted, patience=2)
+    weights, last = _train(rule, torch.nn.Linear(1, 1, bias=False), steps=10)
+    assert [r["stop_decision"] for r in records[:-1]] == ["continue"] * 4 + ["crossed"]
+    assert last == 4 and records[-1]["stop_best_step"] == 4

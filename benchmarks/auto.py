@@ -1,0 +1,567 @@
+"""Unlearning without tuning: `--auto` against the shipped recipes and their oracle (issue 13).
+
+    python benchmarks/auto.py                      # the whole plan (resumable)
+    python benchmarks/auto.py --plan               # list the runs still to do, run nothing
+    python benchmarks/auto.py --report_only        # redo table and plot from the JSON
+    python benchmarks/auto.py --size micro --quick --out /tmp/auto-smoke.json   # smoke run (minutes)
+
+Worlds (`worlds` below): the built-in world at its default size (world seed 0, `WORLD_SIZES`) and
+a larger one from another seed (world seed 1, 50 authors), each with its own target and retain-only
+models; forget01/05/10; training seeds 0, 1, 2 (`--seed k --retain_seed k`). Arms:
+
+- `auto`: `llm-unlearn unlearn --auto --model_name_or_path TARGET --data_dir WORLD --forget_split S
+  --seed k --retain_seed k`, nothing tuned. The final model is evaluated afterwards against the
+  retain-only reference, for the benchmark only (users of `--auto` have no reference).
+- `graddiff`, `ngdiff`: the shipped recipes `recipes/world/<method>.yaml` (tuned on default-world
+  forget10 seed 0), unchanged, with the plan's model, data, split and seed; evaluated after every
+  epoch (`EpochEvaluator`, which needs the reference). Their final weights are the arm's result.
+- `oracle-graddiff`, `oracle-ngdiff`: the best evaluation point of that run's own trajectory: the
+  epoch with the highest forget quality among those keeping model utility >= 80% of the target's
+  (the highest model utility if none does). Not available to users: it needs the reference.
+- diagnostic arms, run on request (`--arms`) and not part of the goals: `auto-noalarm` is `--auto`
+  with the retain-loss alarm switched off (`--stop_retain_tolerance 1e9`); `auto-fine` also checks every
+  2 optimizer steps instead of once per epoch (`--stop_check_interval 2`).
+
+Every arm runs with the bench-only flags `--save_strategy no --do_final_eval false --disable_tqdm
+true --report_to none` and its own `--output_dir`. Wall seconds: the `unlearn()` call (model loading,
+training, the stop rule's checks, saving), less the time of the benchmark's per-epoch evaluations.
+Steps: optimizer steps taken (for `auto`, also the step whose weights it kept, `best_step`).
+
+One record per run in `<out>.json`, appended as soon as it ends (several workers with disjoint
+--worlds/--seeds may share one file); a rerun skips the runs already recorded. Writes `<out>.md`
+(tables, the issue's four goals, the failure cases, and the JSON's `notes`: what a reader must know
+about how the records were made) and `<out>.png` (forget quality vs model utility).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from llm_unlearn.config import EvalArgs, parse_config
+from llm_unlearn.models import build_default_models
+from llm_unlearn.pipeline import EpochEvaluator, evaluate_path
+from llm_unlearn.runio import write_json_atomic
+from llm_unlearn.unlearn import unlearn
+from llm_unlearn.world import WORLD_SIZES, WorldConfig, write_world
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes" / "world"
+KEYS = ("forget_quality", "model_utility", "retain_fact_recall", "forget_fact_recall", "forget_rouge_l")
+SPLITS = ("forget01", "forget05", "forget10")
+ARMS = ("auto", "graddiff", "ngdiff")
+# Diagnostic arms (--arms), not part of the goals: `--auto` with one of the rule's knobs changed.
+ABLATIONS = {
+    "auto-noalarm": ["--stop_retain_tolerance", "1e9"],
+    "auto-fine": ["--stop_retain_tolerance", "1e9", "--stop_check_interval", "2"],
+}
+SHOWN = ("auto", "graddiff", "ngdiff", "oracle-graddiff", "oracle-ngdiff", *ABLATIONS)
+MU_FLOOR, FQ_GOAL, FQ_SHARE = 0.8, 0.05, 0.8  # the issue's goals
+BENCH_FLAGS = [
+    "--save_strategy",
+    "no",
+    "--do_final_eval",
+    "false",
+    "--disable_tqdm",
+    "true",
+    "--report_to",
+    "none",
+]
+
+
+def worlds(size: str) -> dict[str, dict]:
+    """name -> WorldConfig fields: the size's own world (seed 0), and another seed at another size."""
+    other = {"default": dict(n_authors=50), "micro": dict(n_authors=12)}[size]
+    base = WORLD_SIZES[size]
+    return {
+        f"seed0-{base.get('n_authors', 34)}authors": dict(base, seed=0),
+        f"seed1-{other['n_authors']}authors": dict(base, seed=1, **other),
+    }
+
+
+def plan(
+    world_names: list[str], seeds: tuple[int, ...], splits: tuple[str, ...], arms: tuple[str, ...] = ARMS
+) -> list[dict]:
+    """World by world, seed by seed: stopping early leaves whole seeds of the first worlds."""
+    return [
+        dict(world=w, split=s, seed=k, arm=a)
+        for w in world_names
+        for k in seeds
+        for s in splits
+        for a in arms
+    ]
+
+
+def run_key(r: dict) -> tuple:
+    return (r["world"], r["split"], r["seed"], r["arm"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="default", choices=sorted(WORLD_SIZES))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "auto.json"))
+    parser.add_argument("--worlds", help="comma-separated subset of the world names (see --plan)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--splits", default=",".join(SPLITS))
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"subset of {', '.join((*ARMS, *ABLATIONS))}")
+    parser.add_argument("--quick", action="store_true", help="first world, first seed only (smoke runs)")
+    parser.add_argument("--work", default="/tmp/llm-unlearn-auto-bench", help="worlds, runs, reference evals")
+    parser.add_argument("--plan", action="store_true", help="list the runs still to do, run nothing")
+    parser.add_argument("--report_only", action="store_true", help="rewrite the table and plot from the JSON")
+    args = parser.parse_args()
+    out = Path(args.out)
+    names = list(worlds(args.size))
+    chosen = args.worlds.split(",") if args.worlds else names[:1] if args.quick else names
+    unknown = sorted(set(chosen) - set(names))
+    if unknown:
+        raise SystemExit(f"unknown world(s) {', '.join(unknown)}; choose from {', '.join(names)}")
+    seeds = tuple(int(s) for s in args.seeds.split(","))[: 1 if args.quick else None]
+    arms = tuple(args.arms.split(","))
+    if set(arms) - {*ARMS, *ABLATIONS}:
+        raise SystemExit(f"unknown arm(s) in {args.arms}; choose from {', '.join((*ARMS, *ABLATIONS))}")
+    runs = plan(chosen, seeds, tuple(args.splits.split(",")), arms)
+    state = json.loads(out.read_text()) if out.exists() else {"baseline": {}, "runs": []}
+    done = {run_key(r) for r in state["runs"]}
+    todo = [r for r in runs if run_key(r) not in done]
+    print(f"{len(runs)} runs planned, {len(runs) - len(todo)} already recorded, {len(todo)} to run")
+    if args.plan:
+        for r in todo:
+            print(r)
+        return
+    if todo and not args.report_only:
+        execute(todo, out, args)
+    with _locked(out):
+        write_outputs(json.loads(out.read_text()), out)
+
+
+def execute(todo: list[dict], out: Path, args) -> None:
+    """World by world: write it, build (or reuse) its models, evaluate target and references, run `todo`."""
+    work = Path(args.work) / args.size
+    for name, fields in worlds(args.size).items():
+        runs = [r for r in todo if r["world"] == name]
+        if not runs:
+            continue
+        world = work / name / "world"
+        if not world.is_dir():
+            write_world(world, WorldConfig(**fields))
+        splits = tuple(sorted({r["split"] for r in runs}))
+        models = build_default_models(world, forget_splits=splits, size=args.size)
+        tokenizer = AutoTokenizer.from_pretrained(models["target"])
+        references, baseline = {}, {}
+        for split in splits:
+            data = _data_args(world, split)
+            references[split] = _cached_eval(
+                work / name / f"reference-{split}.json", models["retain"][split], data
+            )
+            target = evaluate_path(str(models["target"]), data, EvalArgs(), reference=references[split])
+            baseline[f"{name}/{split}"] = {
+                "world": fields, "target": {k: target["metrics"][k]["value"] for k in KEYS},
+                "retain": {k: references[split]["metrics"][k]["value"] for k in KEYS if k != "forget_quality"},
+            }  # fmt: skip
+        for i, r in enumerate(runs):
+            base = baseline[f"{name}/{r['split']}"]
+            run_dir = work / name / f"run-{r['split']}-{r['seed']}-{r['arm']}-{time.strftime('%H%M%S')}"
+            records = run_arm(r, world, models, tokenizer, references[r["split"]], base, run_dir)
+            with _locked(out):
+                on_disk = json.loads(out.read_text()) if out.exists() else {"baseline": {}, "runs": []}
+                on_disk["baseline"] |= baseline
+                on_disk["size"] = args.size
+                on_disk["runs"] += records
+                write_json_atomic(out, on_disk)
+            for rec in records:
+                extra = f" {rec['stop_reason']} best step {rec['best_step']}" if "stop_reason" in rec else ""
+                print(
+                    f"[{name} {i + 1}/{len(runs)}] {rec['arm']:<15} {rec['split']} seed {rec['seed']} "
+                    f"FQ {rec['forget_quality']:.3g} MU {rec['model_utility']:.3f} steps {rec['steps']}{extra} "
+                    f"({rec['seconds']} s)",
+                    flush=True,
+                )
+
+
+def _data_args(world: Path, split: str):
+    return parse_config(["--data_dir", str(world), "--forget_split", split])[1]
+
+
+def _cached_eval(path: Path, model: Path, data) -> dict:
+    """The reference model's evaluation, kept beside the world so a resumed sweep does not redo it."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = evaluate_path(str(model), data, EvalArgs())
+    write_json_atomic(path, result)
+    return result
+
+
+class TimedEvaluator(EpochEvaluator):
+    """`EpochEvaluator` that also records the step of each evaluation and the seconds spent evaluating."""
+
+    seconds = 0.0
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        start = time.perf_counter()
+        super().on_epoch_end(args, state, control, model=model, **kwargs)
+        self.seconds += time.perf_counter() - start
+        self.sink[-1]["step"] = state.global_step
+
+
+def run_arm(
+    r: dict, world: Path, models: dict, tokenizer, reference: dict, base: dict, run_dir: Path
+) -> list[dict]:
+    """One run of the plan; a recipe run returns its oracle record too."""
+    common = ["--model_name_or_path", str(models["target"]), "--data_dir", str(world), "--forget_split", r["split"],
+              "--seed", str(r["seed"]), "--retain_seed", str(r["seed"])]  # fmt: skip
+    auto = r["arm"] == "auto" or r["arm"] in ABLATIONS
+    head = (
+        ["--auto", *ABLATIONS.get(r["arm"], [])] if auto else ["--config", str(RECIPES / f"{r['arm']}.yaml")]
+    )
+    model_args, data, config, eval_args = parse_config(
+        head + common + ["--output_dir", str(run_dir)] + BENCH_FLAGS
+    )
+    per_epoch: list[dict] = []
+    callbacks = [] if auto else [TimedEvaluator(tokenizer, data, reference, per_epoch, KEYS)]
+    start = time.perf_counter()
+    unlearn(model_args, data, config, eval_args, callbacks=callbacks)
+    seconds = round(time.perf_counter() - start - sum(c.seconds for c in callbacks), 1)
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    steps = max(x["step"] for x in log if "step" in x)
+    target_mu = base["target"]["model_utility"]
+    record = {**r, "steps": steps, "seconds": seconds, "date": time.strftime("%Y-%m-%d"), "target_model_utility": target_mu,
+              "target_forget_quality": base["target"]["forget_quality"]}  # fmt: skip
+    if auto:
+        result = evaluate_path(str(run_dir), data, EvalArgs(), reference=reference)
+        stop = next(x for x in log if "stop_reason" in x)
+        lrs = [x["learning_rate"] for x in log if "learning_rate" in x]
+        checks = [x for x in log if "stop_decision" in x]
+        record |= {k: result["metrics"][k]["value"] for k in KEYS} | {
+            "stop_reason": stop["stop_reason"], "best_step": stop["stop_best_step"], "best_gap": stop["stop_best_gap"],
+            "lr_final": lrs[-1] if lrs else None,
+            "checks": [{k: c[k] for k in ("step", "stop_gap", "stop_gap_heldout", "stop_retain_loss", "stop_retain_rise")}
+                       for c in checks],
+        }  # fmt: skip
+        return [record]
+    record |= {k: per_epoch[-1][k] for k in KEYS} | {"per_epoch": per_epoch}
+    feasible = [p for p in per_epoch if p["model_utility"] >= MU_FLOOR * target_mu]
+    best = (
+        max(feasible, key=lambda p: p["forget_quality"])
+        if feasible
+        else max(per_epoch, key=lambda p: p["model_utility"])
+    )
+    oracle = {**r, "arm": f"oracle-{r['arm']}", "steps": best["step"], "seconds": seconds, "date": record["date"],
+              "target_model_utility": target_mu,
+              "target_forget_quality": base["target"]["forget_quality"], **{k: best[k] for k in KEYS},
+              "oracle_epoch": best["epoch"], "oracle_feasible": bool(feasible)}  # fmt: skip
+    return [record, oracle]
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def seed_means(runs: list[dict]) -> dict[tuple, dict]:
+    """(world, split, arm) -> seed means and sd of the recorded values; FQ's geometric mean too."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["world"], r["split"], r["arm"]), []).append(r)
+    rows = {}
+    for key, rs in groups.items():
+        row = {"n_seeds": len(rs), "target_model_utility": rs[0]["target_model_utility"]}
+        for k in (*KEYS, "steps", "seconds"):
+            values = [x[k] for x in rs]
+            row[k] = statistics.fmean(values)
+            row[k + "_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        row["forget_quality_gmean"] = math.exp(
+            statistics.fmean(math.log(max(x["forget_quality"], 1e-300)) for x in rs)
+        )
+        rows[key] = row
+    return rows
+
+
+def dominates(a: dict, b: dict) -> bool:
+    """a at least as good as b on both axes (FQ, MU: higher is better) and better on one."""
+    ge = a["forget_quality"] >= b["forget_quality"] and a["model_utility"] >= b["model_utility"]
+    return ge and (a["forget_quality"] > b["forget_quality"] or a["model_utility"] > b["model_utility"])
+
+
+def goals(runs: list[dict], means: dict[tuple, dict]) -> dict:
+    """The issue's four goals for `auto`, with the runs or settings that miss each."""
+    auto = [r for r in runs if r["arm"] == "auto"]
+    collapsed = [r for r in auto if r["model_utility"] < MU_FLOOR * r["target_model_utility"]]
+    low_fq = [r for r in auto if r["forget_quality"] < FQ_GOAL]
+    dominated, slower = [], []
+    for (world, split, arm), row in sorted(means.items()):
+        if arm != "auto":
+            continue
+        for recipe in ("graddiff", "ngdiff"):
+            other = means.get((world, split, recipe))
+            if other is None:
+                continue
+            if dominates(other, row):
+                dominated.append(f"{world} {split}: by {recipe} (FQ {other['forget_quality']:.3g} vs "
+                                 f"{row['forget_quality']:.3g}, MU {other['model_utility']:.3f} vs {row['model_utility']:.3f})")  # fmt: skip
+            if row["seconds"] > other["seconds"]:
+                slower.append(f"{world} {split}: {row['seconds']:.1f} s vs {recipe} {other['seconds']:.1f} s")
+    fq_share = 1 - len(low_fq) / max(1, len(auto))
+    return {
+        "runs": len(auto),
+        "never_collapses": not collapsed and bool(auto),
+        "collapsed": [_run_name(r) for r in collapsed],
+        "fq_share_at_least_0.05": fq_share,
+        "fq_goal_met": fq_share >= FQ_SHARE and bool(auto),
+        "fq_below_0.05": [_run_name(r) for r in low_fq],
+        "not_dominated": not dominated,
+        "dominated": dominated,
+        "wall_time_at_most_recipes": not slower,
+        "slower_than_a_recipe": slower,
+    }
+
+
+def _run_name(r: dict) -> str:
+    return f"{r['world']} {r['split']} seed {r['seed']}"
+
+
+def write_outputs(state: dict, out: Path) -> None:
+    runs, size = state["runs"], state.get("size", "default")
+    means = seed_means(runs)
+    g = goals(runs, means)
+    state["goals"] = g
+    write_json_atomic(out, state)
+    yes = {True: "**met**", False: "**not met**"}
+    lines = [
+        f"# `--auto` against the shipped recipes and their oracle ({size} size)",
+        "",
+        "Command: `python benchmarks/auto.py` (resumable; its docstring gives the plan and the definitions).",
+        f"Measured on the 2-core x86-64 CPU of our workplace (torch 2.13 CPU, fp32), one torch thread, one run at a time{_dates(runs)}",
+        "(another one-thread benchmark shared the machine throughout, so seconds carry +-50% noise).",
+        "FQ = forget quality (KS p-value against the split's retain-only reference), MU = model utility;",
+        "seed means (FQ also as a geometric mean, `gm`); MU/target = the seed mean over the target's MU.",
+        "`auto` = `--auto` untouched; `graddiff`/`ngdiff` = the shipped world recipes unchanged (final weights);",
+        f"`oracle-*` = the best epoch of those same runs (highest FQ with MU >= {MU_FLOOR:g} x target's), which needs",
+        "the reference model. Seconds: training + the stop rule's checks, without the benchmark's evaluations",
+        "(an oracle costs its whole fixed run plus an evaluation per epoch, not counted).",
+        "",
+        "## Goals",
+        "",
+        f"- `auto` never collapses (MU >= {MU_FLOOR:g} x target's in every run): {yes[g['never_collapses']]}"
+        + (f"; misses: {', '.join(g['collapsed'])}" if g["collapsed"] else f" ({g['runs']} runs)"),
+        f"- FQ >= {FQ_GOAL:g} in at least {FQ_SHARE:.0%} of runs: {yes[g['fq_goal_met']]} "
+        f"({g['fq_share_at_least_0.05']:.0%} of {g['runs']})" + (f"; below: {', '.join(g['fq_below_0.05'])}" if g["fq_below_0.05"] else ""),
+        f"- on seed means, not dominated on both axes by either shipped recipe: {yes[g['not_dominated']]}"
+        + (f"; dominated: {'; '.join(g['dominated'])}" if g["dominated"] else ""),
+        f"- wall time at most the shipped recipes' (seed means): {yes[g['wall_time_at_most_recipes']]}"
+        + (f"; slower: {'; '.join(g['slower_than_a_recipe'])}" if g["slower_than_a_recipe"] else ""),
+        f"- total seconds over every (world, split, seed): {_totals(runs)}",
+    ]  # fmt: skip
+    if state.get("notes"):
+        lines += ["", "## Notes", "", *(f"- {note}" for note in state["notes"])]
+    lines += summary_table(means)
+    lines += diagnosis(runs)
+    world_names = sorted({r["world"] for r in runs}, key=lambda w: (w.split("-")[0], w))
+    for world in world_names:
+        lines += ["", f"## World {world}", ""]
+        for split in SPLITS:
+            base = state["baseline"].get(f"{world}/{split}")
+            if base is None or not any(k[:2] == (world, split) for k in means):
+                continue
+            t, ref = base["target"], base["retain"]
+            lines += [
+                f"**{split}**: target FQ {t['forget_quality']:.3g}, MU {t['model_utility']:.3f}, retain fact recall "
+                f"{t['retain_fact_recall']:.2f}; retain-only reference MU {ref['model_utility']:.3f}.",
+                "",
+                "| arm | seeds | FQ mean +- sd | FQ gm | MU +- sd | MU/target | retain fact recall | forget fact recall | steps | seconds |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+            ]  # fmt: skip
+            for arm in SHOWN:
+                row = means.get((world, split, arm))
+                if row is None:
+                    continue
+                lines.append(
+                    f"| {arm} | {row['n_seeds']} | {row['forget_quality']:.3g} +- {row['forget_quality_sd']:.2g} | "
+                    f"{row['forget_quality_gmean']:.3g} | {row['model_utility']:.3f} +- {row['model_utility_sd']:.3f} | "
+                    f"{_ratio(row['model_utility'], row['target_model_utility'])} | {row['retain_fact_recall']:.2f} | "
+                    f"{row['forget_fact_recall']:.2f} | {row['steps']:.0f} | {row['seconds']:.0f} |"
+                )
+            lines.append("")
+    lines += ["", "## Every `auto` run", "", "Stop reason, the step whose weights were kept (best), steps trained, the gap",
+              "(loss AUC - 1/2, forget vs holdout) at each check (once per epoch; every 2 steps for auto-fine), the retain loss's relative rise",
+              "at the last check (the alarm's tolerance is 0.5), GeN's final lr; `!` marks a missed goal.", "",
+              "| arm | world | split | seed | stop | best step / steps | gap per check | retain rise | final lr | FQ | MU/target | seconds |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in sorted(
+        (r for r in runs if "stop_reason" in r), key=lambda r: (r["arm"], r["world"], r["split"], r["seed"])
+    ):
+        mu = r["model_utility"] / r["target_model_utility"] if r["target_model_utility"] > 0 else math.inf
+        gaps = " ".join(f"{c['stop_gap']:.2f}" for c in r["checks"])
+        lines.append(
+            f"| {r['arm']} | {r['world']} | {r['split']} | {r['seed']} | {r['stop_reason']} | {r['best_step']} / {r['steps']} | "
+            f"{gaps} | {r['checks'][-1]['stop_retain_rise']:+.2f} | {r['lr_final']:.3g} | "
+            f"{r['forget_quality']:.3g}{' !' if r['forget_quality'] < FQ_GOAL else ''} | "
+            f"{mu:.2f}{' !' if mu < MU_FLOOR else ''} | {r['seconds']:.0f} |"
+        )  # fmt: skip
+    png = out.with_suffix(".png")
+    plot(runs, means, state["baseline"], world_names, png)
+    lines += ["", f"![forget quality vs model utility]({png.name})", ""]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}, {out.with_suffix('.md')}, {png}")
+
+
+def diagnosis(runs: list[dict]) -> list[str]:
+    """Why `auto` stops where it does: stop reasons, where the retain alarm fires, what the ablations reach."""
+    lines = ["", "## Why `auto` stops where it does", ""]
+    for arm in ("auto", *ABLATIONS):
+        rs = [r for r in runs if r["arm"] == arm]
+        if not rs:
+            continue
+        reasons = statistics.multimode([r["stop_reason"] for r in rs])
+        counts = ", ".join(
+            f"{k} {sum(r['stop_reason'] == k for r in rs)}" for k in sorted({r["stop_reason"] for r in rs})
+        )
+        near = [r for r in rs if abs(r["best_gap"]) <= 0.05]
+        lines.append(
+            f"- `{arm}` ({len(rs)} runs): stops {counts} (mostly {', '.join(reasons)}); FQ >= {FQ_GOAL:g} in "
+            f"{sum(r['forget_quality'] >= FQ_GOAL for r in rs)}; MU >= {MU_FLOOR:g} x target's in "
+            f"{sum(r['model_utility'] >= MU_FLOOR * r['target_model_utility'] for r in rs)}; kept a check with "
+            f"|gap| <= 0.05 in {len(near)}"
+            + (f", whose FQ ranges {min(r['forget_quality'] for r in near):.2g} to "
+               f"{max(r['forget_quality'] for r in near):.2g}" if near else "") + "."
+        )  # fmt: skip
+        alarms = [r for r in rs if r["stop_reason"] == "retain_alarm"]
+        if alarms:
+            rise = [r["checks"][-1]["stop_retain_rise"] for r in alarms]
+            start = [
+                r["checks"][0]["stop_retain_loss"] for r in alarms if "stop_retain_loss" in r["checks"][0]
+            ]
+            gaps = [r["checks"][-1]["stop_gap"] for r in alarms]
+            mu = [r["model_utility"] / r["target_model_utility"] for r in alarms]
+            lines.append(
+                f"  The retain alarm fired with the gap still at {min(gaps):.2f} to {max(gaps):.2f} (median "
+                f"{statistics.median(gaps):.2f}), the retain loss up {min(rise):+.0%} to {max(rise):+.0%} of its "
+                f"starting value" + (f" ({min(start):.2f} to {max(start):.2f} nats: the target has memorized the retain set)" if start else "")
+                + f", and MU still {min(mu):.2f} to {max(mu):.2f} of the target's."
+            )  # fmt: skip
+    return lines
+
+
+def _totals(runs: list[dict]) -> str:
+    """Seconds summed per arm over the (world, split, seed) that every main arm has run."""
+    keys = {
+        a: {(r["world"], r["split"], r["seed"]): r["seconds"] for r in runs if r["arm"] == a} for a in ARMS
+    }
+    common = set.intersection(*(set(k) for k in keys.values()))
+    return ", ".join(f"{a} {sum(keys[a][k] for k in common):.0f} s" for a in ARMS) + f" ({len(common)} each)"
+
+
+def summary_table(means: dict[tuple, dict]) -> list[str]:
+    """One row per world and split: each arm's seed-mean FQ and MU/target."""
+    arms = [a for a in SHOWN if any(k[2] == a for k in means)]
+    lines = ["", "## Summary (seed means: FQ / MU as a fraction of the target's)", "",
+             "| world | split | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]  # fmt: skip
+    for world, split in sorted({k[:2] for k in means}, key=lambda k: (k[0].split("-")[0], k[0], k[1])):
+        cells = []
+        for arm in arms:
+            row = means.get((world, split, arm))
+            cells.append(
+                f"{row['forget_quality']:.2g} / {_ratio(row['model_utility'], row['target_model_utility'])}"
+                if row
+                else ""
+            )
+        lines.append(f"| {world} | {split} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _ratio(value: float, target: float) -> str:
+    return f"{value / target:.2f}" if target > 0 else "n/a"
+
+
+def _dates(runs: list[dict]) -> str:
+    dates = sorted({r["date"] for r in runs if "date" in r})
+    return f", {dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else "") if dates else ""
+
+
+STYLE = {
+    "auto": dict(color="tab:red", marker="*", s=220, zorder=4),
+    "graddiff": dict(color="tab:blue", marker="o", s=90),
+    "ngdiff": dict(color="tab:green", marker="s", s=90),
+    "oracle-graddiff": dict(color="tab:blue", marker="o", s=260, facecolors="none"),
+    "oracle-ngdiff": dict(color="tab:green", marker="s", s=260, facecolors="none"),
+    "auto-noalarm": dict(color="tab:orange", marker="P", s=130),
+    "auto-fine": dict(color="tab:purple", marker="D", s=90),
+}
+
+
+def plot(runs: list[dict], means: dict, baseline: dict, world_names: list[str], path: Path) -> None:
+    """One panel per world and split: every run (small) and the seed means (large), FQ on a log axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        len(world_names), len(SPLITS), figsize=(15, 4.3 * len(world_names) + 0.8), squeeze=False
+    )
+    for i, world in enumerate(world_names):
+        for j, split in enumerate(SPLITS):
+            ax = axes[i][j]
+            base = baseline.get(f"{world}/{split}")
+            if base is None:
+                ax.set_visible(False)
+                continue
+            for arm in SHOWN:
+                style = dict(STYLE[arm])
+                pts = [r for r in runs if (r["world"], r["split"], r["arm"]) == (world, split, arm)]
+                row = means.get((world, split, arm))
+                if row is None:
+                    continue
+                small = dict(style, s=style["s"] / 4, alpha=0.45)
+                if "facecolors" in style:
+                    small["edgecolors"] = small.pop("color")
+                    style["edgecolors"] = style.pop("color")
+                ax.scatter(
+                    [r["model_utility"] for r in pts], [max(r["forget_quality"], 1e-30) for r in pts], **small
+                )
+                ax.scatter(
+                    [row["model_utility"]],
+                    [max(row["forget_quality"], 1e-30)],
+                    label=arm,
+                    linewidths=1.5,
+                    **style,
+                )
+            t = base["target"]
+            ax.scatter(
+                [t["model_utility"]],
+                [max(t["forget_quality"], 1e-30)],
+                marker="X",
+                s=90,
+                color="black",
+                label="target",
+            )
+            ax.axvline(MU_FLOOR * t["model_utility"], color="grey", ls="--", lw=0.8)
+            ax.axhline(FQ_GOAL, color="grey", ls=":", lw=0.8)
+            ax.set_yscale("log")
+            ax.set_title(f"{world}, {split}", fontsize=10)
+            ax.set_xlabel("model utility")
+            ax.set_ylabel("forget quality (log)")
+    handles, labels = next(ax for row in axes for ax in row if ax.get_visible()).get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+    fig.suptitle(f"--auto vs shipped recipes vs oracle (rings: the oracle, often on its recipe's final point): large = seed "
+                 f"mean, small = one seed; dashed: MU = {MU_FLOOR:g} x target's, dotted: FQ = {FQ_GOAL:g}", fontsize=11)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
