@@ -140,7 +140,23 @@ def test_epoch_evaluator_shares_the_batches_across_ranks_unless_the_parameters_a
     else:
         assert two["timing"]["batches_per_rank"] == [n_batches]
     for key in ("sink", "metrics", "losses", "generations"):
-        assert two[key] == one[key], key
+        if mode == "ddp":
+            assert two[key] == one[key], key  # the same batches on the same weights: bit-identical
+        else:
+            # FSDP2 computes every forward from all-gathered shards inside its own hooks; with the
+            # prompt-sharing KV-cache pass that moved values by ~1e-9 relative (not bit-identical).
+            assert _close(two[key], one[key]), key
+
+
+def _close(a, b, rel: float = 1e-6) -> bool:
+    """Equal structure and strings, floats within `rel` (relative) or 1e-9 (absolute)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k], rel) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_close(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, (int, float)):
+        return abs(a - b) <= max(rel * abs(b), 1e-9)
+    return a == b
 
 
 @pytest.mark.slow

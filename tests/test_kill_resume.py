@@ -93,7 +93,9 @@ def test_a_run_killed_in_training_and_in_a_checkpoint_save_resumes_bit_exact(tin
     assert complete == "checkpoint-2" and (killed / complete / CHECKPOINT_MARK).is_file()
     assert read_status(killed)["checkpoint"] == "checkpoint-2"
     # A run that did not finish is refused by eval, saying it was interrupted.
-    (tmp_path / "ref.json").write_text("{}")
+    (tmp_path / "ref.json").write_text(
+        '{"metrics": {"forget_truth_ratio": {"per_sample_ratio": [1.0]}}, "meta": {}}'
+    )
     assert (
         main(["eval", "--model_name_or_path", str(killed), "--reference_eval", str(tmp_path / "ref.json")])
         == 2
