@@ -63,7 +63,10 @@ ABLATIONS = {
     "auto-noalarm": ["--stop_retain_tolerance", "1e9"],
     "auto-fine": ["--stop_retain_tolerance", "1e9", "--stop_check_interval", "2"],
 }
-SHOWN = ("auto", "graddiff", "ngdiff", "oracle-graddiff", "oracle-ngdiff", *ABLATIONS)
+# Records of earlier versions of the rule, kept for comparison (not rerun): `auto-v1` is `--auto` with
+# the retain alarm relative to the retain loss itself (before 2026-12-02's change to its lead over unseen data).
+HISTORICAL = ("auto-v1",)
+SHOWN = ("auto", "graddiff", "ngdiff", "oracle-graddiff", "oracle-ngdiff", *ABLATIONS, *HISTORICAL)
 MU_FLOOR, FQ_GOAL, FQ_SHARE = 0.8, 0.05, 0.8  # the issue's goals
 BENCH_FLAGS = [
     "--save_strategy",
@@ -421,7 +424,7 @@ def write_outputs(state: dict, out: Path) -> None:
 def diagnosis(runs: list[dict]) -> list[str]:
     """Why `auto` stops where it does: stop reasons, where the retain alarm fires, what the ablations reach."""
     lines = ["", "## Why `auto` stops where it does", ""]
-    for arm in ("auto", *ABLATIONS):
+    for arm in ("auto", *HISTORICAL, *ABLATIONS):
         rs = [r for r in runs if r["arm"] == arm]
         if not rs:
             continue
@@ -448,8 +451,9 @@ def diagnosis(runs: list[dict]) -> list[str]:
             mu = [r["model_utility"] / r["target_model_utility"] for r in alarms]
             lines.append(
                 f"  The retain alarm fired with the gap still at {min(gaps):.2f} to {max(gaps):.2f} (median "
-                f"{statistics.median(gaps):.2f}), the retain loss up {min(rise):+.0%} to {max(rise):+.0%} of its "
-                f"starting value" + (f" ({min(start):.2f} to {max(start):.2f} nats: the target has memorized the retain set)" if start else "")
+                f"{statistics.median(gaps):.2f}), the retain loss up {min(rise):+.0%} to {max(rise):+.0%} of "
+                + ("its starting value" + (f" ({min(start):.2f} to {max(start):.2f} nats: the target has memorized the retain set)" if start else "")
+                   if arm == "auto-v1" else "its lead over unseen data before training (holdout loss - retain loss)")
                 + f", and MU still {min(mu):.2f} to {max(mu):.2f} of the target's."
             )  # fmt: skip
     return lines

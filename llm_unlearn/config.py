@@ -243,7 +243,10 @@ class UnlearnConfig(TrainingArguments):
     )
     stop_retain_tolerance: float = field(
         default=0.5,
-        metadata={"help": "Stop (alarm) if the retain loss rises by more than this fraction first."},
+        metadata={
+            "help": "Stop (alarm) if the retain loss gives up more than this share of its lead over unseen "
+            "data (holdout loss - retain loss) before the forget set looks unseen."
+        },
     )
     stop_heldout_fraction: float = field(
         default=0.1,
@@ -365,7 +368,7 @@ class UnlearnConfig(TrainingArguments):
         _require(self.gen_interval >= 1, "gen_interval", self.gen_interval, "at least 1 optimizer step")
         _require(self.stop_check_interval >= 0, "stop_check_interval", self.stop_check_interval, ">= 0 (0 = once per epoch)")  # fmt: skip
         _require(self.stop_patience >= 1, "stop_patience", self.stop_patience, "at least 1 check")
-        _require(math.isfinite(self.stop_retain_tolerance) and self.stop_retain_tolerance > 0, "stop_retain_tolerance", self.stop_retain_tolerance, "a positive fraction (0.5 = +50%)")  # fmt: skip
+        _require(math.isfinite(self.stop_retain_tolerance) and self.stop_retain_tolerance > 0, "stop_retain_tolerance", self.stop_retain_tolerance, "a positive fraction (0.5 = half the retain set's lead over unseen data)")  # fmt: skip
         _require(0 <= self.stop_heldout_fraction < 1, "stop_heldout_fraction", self.stop_heldout_fraction, "in [0, 1)")  # fmt: skip
         _require(0 <= self.gen_gamma < 1, "gen_gamma", self.gen_gamma, "in [0, 1)")
         for name in ("npo_beta", "simnpo_beta", "dpo_beta", "rmu_coefficient", "undial_strength"):

@@ -18,7 +18,9 @@ the check closest to 0 (`best`) and restores them at the end. It also stops when
 come closer to 0 for `patience` checks (`stalled`), unless the gap is still saturated (+1/2 for auc,
 +1 for ks: while every forget loss is below every holdout loss the statistic cannot move, however
 fast the forget loss rises), and, before any crossing, when the retain loss (on a fixed sample of
-the retain set) has risen by more than `retain_tolerance` relative to its value before training
+the retain set) has given up more than `retain_tolerance` of its lead over unseen data before training
+(rise / (holdout loss - retain loss), both at the first check; relative to the retain loss itself
+if the retain set was no better known than the holdout)
 (`retain_alarm`). Otherwise the run's own length (`max_steps` / epochs) is the
 safety net (`max_steps`).
 
@@ -171,8 +173,12 @@ class IndistinguishableStop(TrainerCallback):
             "stop_forget_loss": float(forget.mean()), "stop_holdout_loss": float(holdout.mean()),
             "stop_retain_loss": retain,
         }  # fmt: skip
-        start = self.history[0]["stop_retain_loss"] if self.history else retain
-        record["stop_retain_rise"] = (retain - start) / max(start, 1e-12)
+        # The retain loss's rise as a share of its lead over unseen data before training (holdout loss
+        # - retain loss): scale-free, unlike a rise relative to a loss the target has memorized to ~0.
+        first = self.history[0] if self.history else record
+        lead = first["stop_holdout_loss"] - first["stop_retain_loss"]
+        base = lead if lead > 1e-6 else max(first["stop_retain_loss"], 1e-12)
+        record["stop_retain_rise"] = (retain - first["stop_retain_loss"]) / base
         if self.best is None or abs(gap) < abs(self.best["stop_gap"]):
             self.best = record
             self.best_weights = {n: p.detach().to("cpu", copy=True) for n, p in _trainable(model)}
@@ -193,7 +199,7 @@ class IndistinguishableStop(TrainerCallback):
         self.log(dict(record))
         if decision == "retain_alarm":
             logger.warning(
-                "stop rule: the retain loss rose %.0f%% (tolerance %.0f%%) before the forget set became "
+                "stop rule: the retain loss gave up %.0f%% of its lead over unseen data (tolerance %.0f%%) before the forget set became "
                 "indistinguishable from the holdout (gap %.3f); stopping and keeping step %d's weights",
                 100 * record["stop_retain_rise"], 100 * self.tolerance, gap, self.best["step"],
             )  # fmt: skip

@@ -101,11 +101,15 @@ def test_an_overshoot_restores_the_earlier_closer_weights():
 
 
 def test_a_retain_loss_rise_before_the_crossing_raises_the_alarm():
-    scripted = [([1, 2], [3, 4], 1.0), ([1, 3.5], [3, 4], 1.2), ([1, 3.6], [3, 4], 1.7)]  # retain +70%
+    # holdout mean 3.5, retain 1.0 before training: a lead of 2.5 nats. +0.7 (28% of it) is tolerated,
+    # +1.5 (60%) is not, although both are large rises relative to the retain loss itself.
+    scripted = [([1, 2], [3, 4], 1.0), ([1, 3.5], [3, 4], 1.7), ([1, 3.6], [3, 4], 2.5)]
     rule, records = _rule(scripted, tolerance=0.5)
     weights, last = _train(rule, torch.nn.Linear(1, 1, bias=False), steps=10)
     assert last == 2 and records[-1]["stop_reason"] == "retain_alarm"
-    assert records[2]["stop_retain_rise"] == pytest.approx(0.7)
+    assert [records[1]["stop_decision"], records[2]["stop_decision"]] == ["continue", "retain_alarm"]
+    assert records[1]["stop_retain_rise"] == pytest.approx(0.7 / 2.5)
+    assert records[2]["stop_retain_rise"] == pytest.approx(1.5 / 2.5)
 
 
 def test_no_progress_for_patience_checks_stops_as_stalled():
