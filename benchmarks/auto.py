@@ -503,6 +503,7 @@ STYLE = {
     "oracle-ngdiff": dict(color="tab:green", marker="s", s=260, facecolors="none"),
     "auto-noalarm": dict(color="tab:orange", marker="P", s=130),
     "auto-fine": dict(color="tab:purple", marker="D", s=90),
+    "auto-v1": dict(color="tab:gray", marker="X", s=110),
 }
 
 
