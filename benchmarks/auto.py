@@ -36,8 +36,6 @@ about how the records were made) and `<out>.png` (forget quality vs model utilit
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import math
 import statistics
@@ -49,7 +47,7 @@ from transformers import AutoTokenizer
 from llm_unlearn.config import EvalArgs, parse_config
 from llm_unlearn.models import build_default_models
 from llm_unlearn.pipeline import EpochEvaluator, evaluate_path
-from llm_unlearn.runio import write_json_atomic
+from llm_unlearn.runio import locked, write_json_atomic
 from llm_unlearn.unlearn import unlearn
 from llm_unlearn.world import WORLD_SIZES, WorldConfig, write_world
 
@@ -141,7 +139,7 @@ def main() -> None:
         return
     if todo and not args.report_only:
         execute(todo, out, args)
-    with _locked(out):
+    with locked(out):
         write_outputs(json.loads(out.read_text()), out)
 
 
@@ -173,7 +171,7 @@ def execute(todo: list[dict], out: Path, args) -> None:
             base = baseline[f"{name}/{r['split']}"]
             run_dir = work / name / f"run-{r['split']}-{r['seed']}-{r['arm']}-{time.strftime('%H%M%S')}"
             records = run_arm(r, world, models, tokenizer, references[r["split"]], base, run_dir)
-            with _locked(out):
+            with locked(out):
                 on_disk = json.loads(out.read_text()) if out.exists() else {"baseline": {}, "runs": []}
                 on_disk["baseline"] |= baseline
                 on_disk["size"] = args.size
@@ -261,17 +259,6 @@ def run_arm(
               "target_forget_quality": base["target"]["forget_quality"], **{k: best[k] for k in KEYS},
               "oracle_epoch": best["epoch"], "oracle_feasible": bool(feasible)}  # fmt: skip
     return [record, oracle]
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def seed_means(runs: list[dict]) -> dict[tuple, dict]:

@@ -25,8 +25,6 @@ utility, every setting).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import math
 import statistics
@@ -38,7 +36,7 @@ from llm_unlearn.config import EvalArgs, parse_config
 from llm_unlearn.methods import METHODS
 from llm_unlearn.models import build_default_models
 from llm_unlearn.pipeline import evaluate_path
-from llm_unlearn.runio import write_json_atomic
+from llm_unlearn.runio import locked, write_json_atomic
 from llm_unlearn.unlearn import unlearn
 from llm_unlearn.world import WORLD_SIZES, WorldConfig, write_world
 
@@ -107,7 +105,7 @@ def main() -> None:
         return
     if todo and not args.report_only:
         execute(todo, out, args)
-    with _locked(out):
+    with locked(out):
         write_outputs(json.loads(out.read_text()), out, args)
 
 
@@ -154,7 +152,7 @@ def execute(todo: list[dict], out: Path, args) -> None:
             "max_steps": args.max_steps,
             "seconds": seconds,
         }
-        with _locked(out):
+        with locked(out):
             on_disk = json.loads(out.read_text()) if out.exists() else {"baseline": {}, "runs": []}
             on_disk["baseline"] |= baseline
             on_disk["size"] = args.size
@@ -165,17 +163,6 @@ def execute(todo: list[dict], out: Path, args) -> None:
             f"{config.combine:<10} FQ {record['forget_quality']:.3g} MU {record['model_utility']:.3f} ({seconds} s)",
             flush=True,
         )
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def label(r: dict) -> str:

@@ -30,8 +30,6 @@ fixed lr on the same starting weights.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import math
 import statistics
@@ -44,7 +42,7 @@ from transformers import AutoTokenizer
 from llm_unlearn.config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig
 from llm_unlearn.models import build_default_models
 from llm_unlearn.pipeline import EpochEvaluator, evaluate_path
-from llm_unlearn.runio import write_json_atomic
+from llm_unlearn.runio import locked, write_json_atomic
 from llm_unlearn.unlearn import unlearn
 from llm_unlearn.world import WORLD_SIZES, WorldConfig, write_world
 
@@ -196,7 +194,7 @@ def main() -> None:
     todo = [r for r in runs if run_key(r) not in done]
     print(f"{len(runs)} runs planned, {len(runs) - len(todo)} already recorded, {len(todo)} to run")
     if args.refresh_gen:
-        with _locked(out):
+        with locked(out):
             state = json.loads(out.read_text())
             print(f"refreshed GeN fields of {refresh_gen(state, [Path(d) for d in args.refresh_gen])} runs")
             write_json_atomic(out, state)
@@ -207,7 +205,7 @@ def main() -> None:
         return
     if todo and not args.report_only:
         execute(todo, state, out, args)
-    with _locked(out):
+    with locked(out):
         write_outputs(json.loads(out.read_text()), out, args.size)
 
 
@@ -266,7 +264,7 @@ def execute(todo: list[dict], state: dict, out: Path, args) -> None:
         }
         if r["gen"]:
             record |= gen_summary(run_dir / "train_log.jsonl")
-        with _locked(out):  # several workers (disjoint --seeds/--splits) may share one file
+        with locked(out):  # several workers (disjoint --seeds/--splits) may share one file
             on_disk = json.loads(out.read_text()) if out.exists() else {"baseline": {}, "runs": []}
             on_disk["baseline"] |= state["baseline"]
             on_disk["runs"].append(record)
@@ -278,16 +276,6 @@ def execute(todo: list[dict], state: dict, out: Path, args) -> None:
             f"({record['seconds']} s)",
             flush=True,
         )
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def by_setting(runs: list[dict], split: str) -> dict[tuple, list[dict]]:

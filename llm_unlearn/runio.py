@@ -8,6 +8,7 @@ remote code runs only when asked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -32,6 +33,22 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
         f.write("\n")
     os.replace(tmp, path)
     return path
+
+
+@contextlib.contextmanager
+def locked(path: str | Path):
+    """Hold an exclusive lock on `<path>.lock` (a sibling file): workers sharing one records file take it
+    around each read-modify-write, so none loses another's record."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
