@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import IGNORE_INDEX, QACollator, encode_qa, pad_id
+from .scoring import _batches
 from .shard import Shard
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
@@ -116,7 +117,7 @@ def sample_scores(
     ]
     collate = QACollator(pad_token_id=pad_id(tokenizer), padding_side="right")
     order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = _batches(order, batch_size)
     model.eval()
 
     def score(idx: list[int]) -> list[tuple[float, float, float, str]]:

@@ -364,7 +364,9 @@ def _stop_panel(ax, checks: list[dict], end: dict | None) -> None:
     set and its trained and held-out parts, the retain loss's relative rise, and the check it kept."""
     x = [r["step"] for r in checks]
     ax.plot(x, [r["stop_gap"] for r in checks], color="C0", lw=1.6, marker=".", label="gap, whole forget set")
-    ax.plot(x, [r["stop_gap_trained"] for r in checks], color="C1", lw=1.0, ls="--", label="gap, trained part")
+    ax.plot(
+        x, [r["stop_gap_trained"] for r in checks], color="C1", lw=1.0, ls="--", label="gap, trained part"
+    )
     held = [(r["step"], r["stop_gap_heldout"]) for r in checks if r.get("stop_gap_heldout") is not None]
     if held:
         ax.plot(*zip(*held), color="C2", lw=1.0, ls=":", label="gap, held-out part")
@@ -375,4 +377,5 @@ def _stop_panel(ax, checks: list[dict], end: dict | None) -> None:
         ax.text(end["stop_best_step"], 0.03, f" kept: step {end['stop_best_step']} ({end['stop_reason']})",
                 transform=ax.get_xaxis_transform(), fontsize=7, ha="right", va="bottom", rotation=90)  # fmt: skip
     ax.set_ylabel(f"{checks[0]['stop_statistic']} gap / relative rise")
-    ax.legend(fontsize=7, loc="center left", framealpha=0.8)  # clear of the gaps (top) and the retain rise (0)
+    # Center left is clear of the gaps (near the top) and of the retain rise (near 0).
+    ax.legend(fontsize=7, loc="center left", framealpha=0.8)
