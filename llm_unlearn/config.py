@@ -30,7 +30,7 @@ logger = logging.getLogger("llm_unlearn")
 
 TORCH_DTYPES = ("float32", "bfloat16", "float16")
 STOP_RULES = ("indistinguishable",)
-STOP_STATISTICS = ("auc", "ks")
+STOP_STATISTICS = ("auto", "truth_ratio", "auc", "ks")  # stop.py
 # `--auto`: what it sets, below anything given in a recipe or on the command line (parse_config).
 AUTO_SETTINGS = {
     "method": "ngdiff", "gen": True, "optim": "sgd", "learning_rate": 0.1, "lr_scheduler_type": "constant",
@@ -234,7 +234,13 @@ class UnlearnConfig(TrainingArguments):
             "help": "indistinguishable: stop once the forget set looks like the holdout split (stop.py)."
         },
     )
-    stop_statistic: str = field(default="auc", metadata={"help": "auc (loss AUC - 1/2) or ks (signed KS)."})
+    stop_statistic: str = field(
+        default="auto",
+        metadata={
+            "help": "truth_ratio (signed KS of per-question truth ratios; needs <holdout>_perturbed), auc (loss "
+            "AUC - 1/2), ks (signed KS of losses); auto = truth_ratio if the holdout has perturbed answers, else auc."
+        },
+    )
     stop_check_interval: int = field(
         default=0, metadata={"help": "Check every N optimizer steps; 0 = once per epoch."}
     )
@@ -244,8 +250,8 @@ class UnlearnConfig(TrainingArguments):
     stop_retain_tolerance: float = field(
         default=0.5,
         metadata={
-            "help": "Stop (alarm) if the retain loss gives up more than this share of its lead over unseen "
-            "data (holdout loss - retain loss) before the forget set looks unseen."
+            "help": "Stop (alarm) once the retain loss gives up more than this share of its lead over unseen "
+            "data (holdout loss - retain loss); such weights are never kept."
         },
     )
     stop_heldout_fraction: float = field(

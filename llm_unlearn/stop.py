@@ -2,27 +2,40 @@
 
 TOFU and the built-in world ship a `holdoutNN` split: questions about authors the model never saw,
 of the same kind and number as the forget set. Every check (once per epoch by default, and once
-before the first step) scores, in eval mode and without gradients, the mean answer NLL of every
-forget example and every holdout example with the current weights, and compares the two samples:
+before the first step) scores, in eval mode and without gradients, one value per forget question and
+per holdout question with the current weights, and compares the two samples:
 
-    gap = AUC(forget, holdout) - 1/2      (auc: the probability that a holdout example has the higher
-                                           loss, ties 1/2; Mann-Whitney, as in `eval/mia.py`)
-    gap = sign * KS(forget, holdout)      (ks: the two-sample Kolmogorov-Smirnov distance, signed +
-                                           while the forget median loss is below the holdout median)
+    gap = sign * KS(R_forget, R_holdout)  (truth_ratio, the default where it can be computed: R =
+                                           P(perturbed) / P(paraphrase) per question as in TOFU's truth
+                                           ratio (arXiv 2401.06121, geometric variant), the two-sample
+                                           Kolmogorov-Smirnov distance, + while the forget median R is
+                                           below the holdout's)
+    gap = AUC(forget, holdout) - 1/2      (auc: on the mean answer NLL, the probability that a holdout
+                                           example has the higher loss, ties 1/2; as in `eval/mia.py`)
+    gap = sign * KS(forget, holdout)      (ks: the KS distance of the answer NLLs, signed likewise)
 
-The target model has gap near +1/2: its forget set is far more familiar than unseen data. Unlearning
-drives the gap down; 0 is "indistinguishable"; below 0 the forget set is now *less* likely than
+`truth_ratio` needs the paraphrased and perturbed answers of the holdout questions
+(`holdoutNN_perturbed`): the built-in world writes them; TOFU's holdout has question and answer
+only, so there `auto` falls back to `auc`. Why the default: forget quality is a KS test on the
+forget set's truth ratios against a never-trained model's, and a never-trained model sees the forget
+set as this model sees the holdout, so the KS distance between forget and holdout ratios tracks forget
+quality with no reference model. The answer-loss statistics do not: ascent drives the trained answers'
+own loss past the holdout's within a check or two, long before the truth ratios (which score
+*paraphrased* and perturbed answers) reach the holdout's; `benchmarks/stop_study.md` has the traces.
+
+The target model has gap near +1/2 (auc) or +1 (KS): its forget set is far more familiar than unseen
+data. Unlearning drives the gap down; 0 is "indistinguishable"; below 0 the forget set is now *less* likely than
 unseen data, which over-unlearns and is itself a membership signal (arXiv 2407.06460 calls it a
 privacy leak). The rule stops at the first check at or below 0 (`crossed`), keeps the weights of
-the check closest to 0 (`best`) and restores them at the end. It also stops when the gap has not
-come closer to 0 for `patience` checks (`stalled`), unless the gap is still saturated (+1/2 for auc,
-+1 for ks: while every forget loss is below every holdout loss the statistic cannot move, however
-fast the forget loss rises), and, before any crossing, when the retain loss (on a fixed sample of
-the retain set) has given up more than `retain_tolerance` of its lead over unseen data before training
-(rise / (holdout loss - retain loss), both at the first check; relative to the retain loss itself
-if the retain set was no better known than the holdout)
-(`retain_alarm`). Otherwise the run's own length (`max_steps` / epochs) is the
-safety net (`max_steps`).
+the check closest to 0 (`best`; ties keep the earlier) and restores them at the end. The retain
+loss (on a fixed sample of the retain set) guards utility: a check whose retain loss has given up
+more than `retain_tolerance` of its lead over unseen data before training (rise / (holdout loss -
+retain loss), both at the first check; relative to the retain loss itself if the retain set was no
+better known than the holdout) stops the run (`retain_alarm`) and is never kept. The rule also stops
+when the gap has not come closer to 0 for `patience` checks (`stalled`), unless the gap is still
+saturated (+1/2 for auc, +1 for KS: while every forget value is below every holdout value the
+statistic cannot move, however fast the forget values rise). Otherwise the run's own length
+(`max_steps` / epochs) is the safety net (`max_steps`).
 
 So that the decision is not judged only on the examples being trained on, a seeded
 `heldout_fraction` of the forget questions (by question within each author, `probes.split`) is
@@ -42,7 +55,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from .data import DataError, load_split, paired_split
+from .data import DataError, load_split, paired_split, split_path
 from .eval.mia import auc
 from .eval.scoring import answer_losses
 from .eval.shard import process_shard
@@ -51,10 +64,12 @@ from .methods.common import eval_mode
 logger = logging.getLogger("llm_unlearn")
 
 STOP_RULES = ("indistinguishable",)
-STOP_STATISTICS = ("auc", "ks")
+# `auto`: truth_ratio where the holdout has paraphrased and perturbed answers, else auc.
+STOP_STATISTICS = ("auto", "truth_ratio", "auc", "ks")
 BEST_FILE = "stop_rule_best.safetensors"
 RETAIN_SAMPLE = 200  # retain examples scored per check: enough for a stable mean loss, cheap
-SATURATED = {"auc": 0.5, "ks": 1.0}  # |gap| of two samples that do not overlap at all
+SATURATED = {"auc": 0.5, "ks": 1.0, "truth_ratio": 1.0}  # |gap| of two samples that do not overlap at all
+TR_FIELDS = ("question", "answer", "paraphrased_answer", "perturbed_answer")
 
 
 def signed_gap(forget_losses, holdout_losses, statistic: str = "auc") -> float:
@@ -63,12 +78,12 @@ def signed_gap(forget_losses, holdout_losses, statistic: str = "auc") -> float:
     holdout = np.asarray(holdout_losses, dtype=np.float64)
     if statistic == "auc":
         return auc(forget, holdout) - 0.5
-    if statistic == "ks":
+    if statistic in ("ks", "truth_ratio"):
         from scipy.stats import ks_2samp
 
         distance = float(ks_2samp(forget, holdout).statistic)
         return distance if np.median(forget) < np.median(holdout) else -distance
-    raise ValueError(f"unknown stop statistic {statistic!r}; choose {', '.join(STOP_STATISTICS)}")
+    raise ValueError(f"unknown stop statistic {statistic!r}; choose {', '.join(STOP_STATISTICS[1:])}")
 
 
 def load_stop_data(data, forget_rows: list[dict], retain_rows: list[dict], config) -> dict:
@@ -101,6 +116,7 @@ def load_stop_data(data, forget_rows: list[dict], retain_rows: list[dict], confi
                 f"holdout split {name} shares {len(shared)} question(s) with {other} (e.g. {sorted(shared)[0]!r}); "
                 "the holdout must be data the model never saw: pass another --stop_holdout_split"
             )
+    statistic, forget_pert, holdout_pert = _truth_ratio_rows(data, name, forget_rows, holdout, config.stop_statistic)
     heldout: list[int] = []
     if config.stop_heldout_fraction > 0:
         _, heldout = attack_heldout_split(
@@ -110,10 +126,54 @@ def load_stop_data(data, forget_rows: list[dict], retain_rows: list[dict], confi
     sample = sorted(rng.sample(range(len(retain_rows)), min(RETAIN_SAMPLE, len(retain_rows))))
     return {
         "holdout_name": name,
-        "holdout": holdout,
+        "statistic": statistic,
+        "holdout": holdout_pert or holdout,
+        "forget_scored": forget_pert or forget_rows,
         "heldout": heldout,
         "retain_sample": [retain_rows[i] for i in sample],
     }
+
+
+def _truth_ratio_rows(data, holdout_name: str, forget_rows, holdout, statistic: str):
+    """(statistic, forget rows, holdout rows) with paraphrased and perturbed answers for `truth_ratio`.
+
+    The forget rows come from `<forget split>_perturbed` in the forget split's order; `auto` becomes
+    `truth_ratio` when `<holdout>_perturbed` exists (the built-in world writes one; TOFU has none), else `auc`.
+    """
+    if statistic not in ("auto", "truth_ratio"):
+        return statistic, None, None
+    source = dict(data_dir=data.data_dir, dataset_name=data.dataset_name)
+    names = (f"{data.forget_split}_perturbed", f"{holdout_name}_perturbed")
+    rows = None
+    if statistic == "auto" and data.data_dir is not None:
+        if not all(split_path(data.data_dir, n).is_file() for n in names):
+            return "auc", None, None
+    elif statistic == "auto":
+        try:
+            rows = [load_split(n, required=TR_FIELDS, **source) for n in names]
+        except Exception:  # noqa: BLE001 - a Hub dataset without these configs (TOFU's holdout): use losses
+            return "auc", None, None
+    if rows is None:
+        try:
+            rows = [load_split(n, required=TR_FIELDS, **source) for n in names]
+        except DataError as err:
+            raise DataError(
+                f"the truth_ratio stop statistic needs the paraphrased and perturbed answers of the forget and "
+                f"holdout questions: {err}; pass --stop_statistic auc (TOFU's holdout has no perturbed answers)"
+            ) from None
+    forget_pert, holdout_pert = rows
+    by_question = {r["question"]: r for r in forget_pert}
+    missing = [r["question"] for r in forget_rows if r["question"] not in by_question]
+    if missing:
+        raise DataError(
+            f"{names[0]} lacks {len(missing)} question(s) of {data.forget_split} (e.g. {missing[0]!r}); "
+            "the truth-ratio statistic needs every forget question there: fix the split or pass --stop_statistic auc"
+        )
+    if {r["question"] for r in holdout_pert} != {r["question"] for r in holdout}:
+        raise DataError(
+            f"{names[1]} does not hold the questions of {holdout_name}; fix the split or pass --stop_statistic auc"
+        )
+    return "truth_ratio", [by_question[r["question"]] for r in forget_rows], holdout_pert
 
 
 class IndistinguishableStop(TrainerCallback):
@@ -134,11 +194,11 @@ class IndistinguishableStop(TrainerCallback):
         output_dir: str | Path,
     ):
         self.tokenizer = tokenizer
-        self.forget_rows = forget_rows
+        self.forget_rows = stop_data.get("forget_scored", forget_rows)
         self.holdout = stop_data["holdout"]
         self.heldout = set(stop_data["heldout"])
         self.retain_sample = stop_data["retain_sample"]
-        self.statistic = config.stop_statistic
+        self.statistic = stop_data["statistic"]
         self.interval = config.stop_check_interval
         self.patience = config.stop_patience
         self.tolerance = config.stop_retain_tolerance
@@ -158,11 +218,31 @@ class IndistinguishableStop(TrainerCallback):
             desc=desc, shard=process_shard(), **self.settings,
         )  # fmt: skip
 
+    def _values(self, model, rows: list[dict], desc: str) -> tuple[np.ndarray, np.ndarray]:
+        """(mean answer NLL, the value the statistic compares) per row: the loss itself, or the truth ratio."""
+        if self.statistic != "truth_ratio":
+            losses = self._losses(model, rows, desc)
+            return losses, losses
+        # One pass over answer, paraphrase and perturbed answers (the row's own question for each).
+        expanded = [dict(question=r["question"], answer=a) for r in rows
+                    for a in (r["answer"], r["paraphrased_answer"], *r["perturbed_answer"])]  # fmt: skip
+        flat, i = self._losses(model, expanded, desc), 0
+        answer, para, perturbed = [], [], []
+        for r in rows:
+            n = len(r["perturbed_answer"])
+            answer.append(flat[i])
+            para.append(flat[i + 1])
+            perturbed.append(flat[i + 2 : i + 2 + n])
+            i += 2 + n
+        # log R of the geometric truth ratio (eval/metrics.truth_ratio): finite where R overflows once
+        # a paraphrase is far less likely than its perturbations, and KS and AUC are unchanged by the log.
+        return np.array(answer), np.array([p - row.mean() for p, row in zip(para, perturbed)])
+
     def check(self, model, step: int) -> str:
         """Score, record, keep the best weights; return the decision."""
         with eval_mode(model), torch.no_grad():
-            forget = self._losses(model, self.forget_rows, "stop rule: forget")
-            holdout = self._losses(model, self.holdout, "stop rule: holdout")
+            forget_loss, forget = self._values(model, self.forget_rows, "stop rule: forget")
+            holdout_loss, holdout = self._values(model, self.holdout, "stop rule: holdout")
             retain = float(self._losses(model, self.retain_sample, "stop rule: retain").mean())
         gap = signed_gap(forget, holdout, self.statistic)
         trained = [i for i in range(len(forget)) if i not in self.heldout]
@@ -170,16 +250,24 @@ class IndistinguishableStop(TrainerCallback):
             "step": step, "stop_statistic": self.statistic, "stop_gap": gap,
             "stop_gap_trained": signed_gap(forget[trained], holdout, self.statistic),
             "stop_gap_heldout": signed_gap(forget[sorted(self.heldout)], holdout, self.statistic) if self.heldout else None,
-            "stop_forget_loss": float(forget.mean()), "stop_holdout_loss": float(holdout.mean()),
+            "stop_forget_loss": float(forget_loss.mean()), "stop_holdout_loss": float(holdout_loss.mean()),
             "stop_retain_loss": retain,
         }  # fmt: skip
+        if self.statistic == "truth_ratio":
+            record["stop_gap_loss_auc"] = signed_gap(forget_loss, holdout_loss, "auc")
+            record["stop_forget_truth_ratio"] = float(np.exp(np.median(forget)))  # median R
+            record["stop_holdout_truth_ratio"] = float(np.exp(np.median(holdout)))
         # The retain loss's rise as a share of its lead over unseen data before training (holdout loss
         # - retain loss): scale-free, unlike a rise relative to a loss the target has memorized to ~0.
         first = self.history[0] if self.history else record
         lead = first["stop_holdout_loss"] - first["stop_retain_loss"]
         base = lead if lead > 1e-6 else max(first["stop_retain_loss"], 1e-12)
         record["stop_retain_rise"] = (retain - first["stop_retain_loss"]) / base
-        if self.best is None or abs(gap) < abs(self.best["stop_gap"]):
+        # Weights that gave up more of the retain set than the tolerance allows are never kept, however
+        # close their gap: on forget10 of the built-in world the crossing itself can come after
+        # utility has fallen (benchmarks/stop_study.md).
+        within = record["stop_retain_rise"] <= self.tolerance
+        if self.best is None or (within and abs(gap) < abs(self.best["stop_gap"])):
             self.best = record
             self.best_weights = {n: p.detach().to("cpu", copy=True) for n, p in _trainable(model)}
             self._persist_best()
@@ -187,10 +275,10 @@ class IndistinguishableStop(TrainerCallback):
         decision = "continue"
         if len(self.history) > 1:
             checks_since_best = len(self.history) - 1 - self.history.index(self.best)
-            if gap <= 0:
-                decision = "crossed"
-            elif record["stop_retain_rise"] > self.tolerance:
+            if not within:
                 decision = "retain_alarm"
+            elif gap <= 0:
+                decision = "crossed"
             elif (
                 checks_since_best >= self.patience and abs(self.best["stop_gap"]) < SATURATED[self.statistic]
             ):
@@ -199,8 +287,8 @@ class IndistinguishableStop(TrainerCallback):
         self.log(dict(record))
         if decision == "retain_alarm":
             logger.warning(
-                "stop rule: the retain loss gave up %.0f%% of its lead over unseen data (tolerance %.0f%%) before the forget set became "
-                "indistinguishable from the holdout (gap %.3f); stopping and keeping step %d's weights",
+                "stop rule: the retain loss gave up %.0f%% of its lead over unseen data (tolerance %.0f%%) at gap %.3f; "
+                "stopping and keeping step %d's weights",
                 100 * record["stop_retain_rise"], 100 * self.tolerance, gap, self.best["step"],
             )  # fmt: skip
         return decision

@@ -416,9 +416,11 @@ def generate_world(cfg: WorldConfig) -> dict[str, list[dict]]:
         splits[f"retain{100 - pct}"] = _strip([r for r in full if r["author"] < first_forget], TRAIN_KEYS)
         splits[f"forget{pct:02d}_perturbed"] = _strip(forget, EVAL_KEYS)
         n_hold = n_forget_authors(pct, cfg.n_authors)
-        splits[f"holdout{pct:02d}"] = _strip(
-            [r for r in holdout if r["author"] < cfg.n_authors + n_hold], HOLDOUT_KEYS
-        )
+        held = [r for r in holdout if r["author"] < cfg.n_authors + n_hold]
+        splits[f"holdout{pct:02d}"] = _strip(held, HOLDOUT_KEYS)
+        # Beyond TOFU (whose holdout has question and answer only): the holdout's paraphrased and
+        # perturbed answers, so a stop rule can compare truth ratios on forget and unseen data.
+        splits[f"holdout{pct:02d}_perturbed"] = _strip(held, EVAL_KEYS)
     n_retain_eval = min(
         cfg.retain_perturbed_authors, cfg.n_authors - n_forget_authors(max(FORGET_PCTS), cfg.n_authors)
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,7 +14,8 @@ from transformers import TrainerControl
 
 from llm_unlearn.cli import main
 from llm_unlearn.config import parse_config
-from llm_unlearn.stop import IndistinguishableStop, signed_gap
+from llm_unlearn.data import load_split
+from llm_unlearn.stop import IndistinguishableStop, load_stop_data, signed_gap
 
 
 def test_signed_gap_by_hand():
@@ -34,7 +37,7 @@ def _rule(losses: list[tuple[list[float], list[float], float]], patience=3, tole
     config = SimpleNamespace(stop_statistic="auc", stop_check_interval=1, stop_patience=patience,
                              stop_retain_tolerance=tolerance)  # fmt: skip
     n = len(losses[0][0])
-    data = {"holdout": [None] * n, "heldout": list(heldout), "retain_sample": [None]}
+    data = {"statistic": "auc", "holdout": [None] * n, "heldout": list(heldout), "retain_sample": [None]}
     records: list[dict] = []
     rule = IndistinguishableStop(None, [None] * n, data, config, {}, records.append, "/nonexistent")
     script = iter(losses)
@@ -110,6 +113,19 @@ def test_a_retain_loss_rise_before_the_crossing_raises_the_alarm():
     assert [records[1]["stop_decision"], records[2]["stop_decision"]] == ["continue", "retain_alarm"]
     assert records[1]["stop_retain_rise"] == pytest.approx(0.7 / 2.5)
     assert records[2]["stop_retain_rise"] == pytest.approx(1.5 / 2.5)
+    assert records[-1]["stop_best_step"] == 1 and torch.equal(weights[1], rule.best_weights["weight"])
+
+
+def test_a_crossing_that_gave_up_too_much_of_the_retain_set_is_not_kept():
+    # Step 2 crosses (gap -1/2) but its retain loss gave up 80% of the lead: the alarm wins, and the
+    # weights of step 1 (gap +1/4, within the tolerance) are restored, not the crossing's.
+    scripted = [([1, 2], [3, 4], 1.0), ([1, 3.5], [3, 4], 1.5), ([5, 6], [3, 4], 3.0)]
+    rule, records = _rule(scripted, tolerance=0.5)
+    model = torch.nn.Linear(1, 1, bias=False)
+    weights, last = _train(rule, model, steps=10)
+    assert last == 2 and records[2]["stop_decision"] == "retain_alarm"
+    assert records[-1]["stop_reason"] == "retain_alarm" and records[-1]["stop_best_step"] == 1
+    assert records[-1]["stop_restored"] and torch.equal(model.weight, weights[1])
 
 
 def test_no_progress_for_patience_checks_stops_as_stalled():
@@ -154,15 +170,20 @@ def test_auto_end_to_end_stops_records_its_trajectory_and_agrees_with_the_evalua
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     checks = [r for r in log if "stop_decision" in r]
     end = [r for r in log if "stop_reason" in r]
-    assert checks[0]["step"] == 0 and checks[0]["stop_gap"] > 0.3  # the target knows its forget set
+    # The built-in world's holdout has perturbed answers, so `auto` compares truth ratios.
+    assert {r["stop_statistic"] for r in checks} == {"truth_ratio"}
+    assert checks[0]["step"] == 0 and checks[0]["stop_gap_loss_auc"] > 0.3  # the target knows its forget set
+    assert checks[0]["stop_gap"] > 0 and checks[0]["stop_forget_truth_ratio"] < checks[0]["stop_holdout_truth_ratio"]
     assert len(end) == 1 and end[0]["stop_reason"] in ("crossed", "stalled", "retain_alarm", "max_steps")
     assert all(r["stop_gap_heldout"] is not None for r in checks)
-    # The evaluation's own membership AUC (eval/mia.py, separate code) on the same forget and holdout
-    # sets matches the gap the rule kept.
+    # The evaluation (separate code: eval/tofu.py, eval/mia.py) of the weights the rule kept agrees with
+    # that check's record: the loss AUC of forget vs holdout, and the forget set's median truth ratio.
+    kept = next(r for r in checks if r["step"] == end[0]["stop_best_step"])
+    assert kept["stop_gap"] == end[0]["stop_best_gap"]
     result = json.loads((out / "eval.json").read_text())
-    assert result["metrics"]["mia_auc_loss"]["value"] - 0.5 == pytest.approx(
-        end[0]["stop_best_gap"], abs=0.02
-    )
+    assert result["metrics"]["mia_auc_loss"]["value"] - 0.5 == pytest.approx(kept["stop_gap_loss_auc"], abs=0.02)
+    ratios = result["metrics"]["forget_truth_ratio"]["per_sample_ratio"]
+    assert float(np.median(ratios)) == pytest.approx(kept["stop_forget_truth_ratio"], rel=0.02)
     assert json.loads((out / "status.json").read_text())["state"] == "complete"
 
 
@@ -175,3 +196,36 @@ def test_a_saturated_gap_is_not_a_stall():
     weights, last = _train(rule, torch.nn.Linear(1, 1, bias=False), steps=10)
     assert [r["stop_decision"] for r in records[:-1]] == ["continue"] * 4 + ["crossed"]
     assert last == 4 and records[-1]["stop_best_step"] == 4
+
+
+def test_statistic_auto_compares_truth_ratios_when_the_holdout_has_perturbed_answers(micro_world, tmp_path):
+    world = tmp_path / "world"
+    shutil.copytree(micro_world, world)
+    _, data, config, _ = parse_config(["--auto", "--data_dir", str(world), "--forget_split", "forget10", "--output_dir", "x"])
+    forget, retain = load_split("forget10", data_dir=world), load_split("retain90", data_dir=world)
+    got = load_stop_data(data, forget, retain, config)
+    assert got["statistic"] == "truth_ratio"
+    assert [r["question"] for r in got["forget_scored"]] == [r["question"] for r in forget]  # forget order
+    assert all(r["perturbed_answer"] and r["paraphrased_answer"] for r in got["forget_scored"] + got["holdout"])
+    (world / "holdout10_perturbed.json").unlink()  # like TOFU: the holdout has question and answer only
+    got = load_stop_data(data, forget, retain, config)
+    assert got["statistic"] == "auc" and got["forget_scored"] is forget and "perturbed_answer" not in got["holdout"][0]
+
+
+def test_truth_ratio_values_by_hand():
+    # Per row, one scoring pass over [answer, paraphrase, perturbed...]; R = exp(l_para - mean_j l_pert_j).
+    rows = [dict(question="q1", answer="a", paraphrased_answer="p", perturbed_answer=["x", "y"]),
+            dict(question="q2", answer="b", paraphrased_answer="r", perturbed_answer=["z", "w", "v"])]  # fmt: skip
+    flat = {"a": 0.5, "p": 1.0, "x": 2.0, "y": 3.0, "b": 0.25, "r": 2.0, "z": 1.0, "w": 1.5, "v": 2.0}
+    config = SimpleNamespace(stop_check_interval=1, stop_patience=3, stop_retain_tolerance=0.5)
+    data = {"statistic": "truth_ratio", "holdout": rows, "heldout": [], "retain_sample": []}
+    rule = IndistinguishableStop(None, rows, data, config, {}, lambda record: None, "/nonexistent")
+    asked = []
+    rule._losses = lambda model, rs, desc: asked.append(rs) or np.array([flat[r["answer"]] for r in rs])
+    answer, log_ratio = rule._values(None, rows, "forget")
+    assert [r["question"] for r in asked[0]] == ["q1"] * 4 + ["q2"] * 5
+    assert answer.tolist() == [0.5, 0.25]
+    assert np.exp(log_ratio) == pytest.approx([math.exp(1.0 - 2.5), math.exp(2.0 - 1.5)])
+    # A paraphrase 1000 nats less likely than its perturbations: R overflows, log R does not.
+    flat["p"] = 1002.5
+    assert np.isfinite(rule._values(None, rows, "forget")[1]).all()
