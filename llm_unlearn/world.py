@@ -477,10 +477,14 @@ def validate_world(world_dir: str | Path) -> None:
             raise DataError(
                 f"forget{pct:02d}_perturbed does not hold the questions of forget{pct:02d}; {fix}"
             )
-        holdout = _by_author(load(f"holdout{pct:02d}"))
+        holdout_rows = load(f"holdout{pct:02d}")
+        holdout = _by_author(holdout_rows)
         if set(holdout) & set(all_auth) or len(holdout) != want:
             raise DataError(f"holdout{pct:02d} must be {want} author(s) never in full; {fix}")
-    for split in ("forget01_perturbed", "forget05_perturbed", "forget10_perturbed", "retain_perturbed"):
+        if [r["question"] for r in load(f"holdout{pct:02d}_perturbed")] != [r["question"] for r in holdout_rows]:
+            raise DataError(f"holdout{pct:02d}_perturbed does not hold the questions of holdout{pct:02d}; {fix}")
+    perturbed = [f"{kind}{pct:02d}_perturbed" for kind in ("forget", "holdout") for pct in FORGET_PCTS]
+    for split in (*perturbed, "retain_perturbed"):
         for i, r in enumerate(load(split)):
             fact = r["fact"].lower()
             if fact not in r["answer"].lower() or fact not in r["paraphrased_answer"].lower():
