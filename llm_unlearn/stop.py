@@ -116,7 +116,9 @@ def load_stop_data(data, forget_rows: list[dict], retain_rows: list[dict], confi
                 f"holdout split {name} shares {len(shared)} question(s) with {other} (e.g. {sorted(shared)[0]!r}); "
                 "the holdout must be data the model never saw: pass another --stop_holdout_split"
             )
-    statistic, forget_pert, holdout_pert = _truth_ratio_rows(data, name, forget_rows, holdout, config.stop_statistic)
+    statistic, forget_pert, holdout_pert = _truth_ratio_rows(
+        data, name, forget_rows, holdout, config.stop_statistic
+    )
     heldout: list[int] = []
     if config.stop_heldout_fraction > 0:
         _, heldout = attack_heldout_split(

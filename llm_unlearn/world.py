@@ -481,8 +481,12 @@ def validate_world(world_dir: str | Path) -> None:
         holdout = _by_author(holdout_rows)
         if set(holdout) & set(all_auth) or len(holdout) != want:
             raise DataError(f"holdout{pct:02d} must be {want} author(s) never in full; {fix}")
-        if [r["question"] for r in load(f"holdout{pct:02d}_perturbed")] != [r["question"] for r in holdout_rows]:
-            raise DataError(f"holdout{pct:02d}_perturbed does not hold the questions of holdout{pct:02d}; {fix}")
+        if [r["question"] for r in load(f"holdout{pct:02d}_perturbed")] != [
+            r["question"] for r in holdout_rows
+        ]:
+            raise DataError(
+                f"holdout{pct:02d}_perturbed does not hold the questions of holdout{pct:02d}; {fix}"
+            )
     perturbed = [f"{kind}{pct:02d}_perturbed" for kind in ("forget", "holdout") for pct in FORGET_PCTS]
     for split in (*perturbed, "retain_perturbed"):
         for i, r in enumerate(load(split)):

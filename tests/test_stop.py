@@ -173,7 +173,10 @@ def test_auto_end_to_end_stops_records_its_trajectory_and_agrees_with_the_evalua
     # The built-in world's holdout has perturbed answers, so `auto` compares truth ratios.
     assert {r["stop_statistic"] for r in checks} == {"truth_ratio"}
     assert checks[0]["step"] == 0 and checks[0]["stop_gap_loss_auc"] > 0.3  # the target knows its forget set
-    assert checks[0]["stop_gap"] > 0 and checks[0]["stop_forget_truth_ratio"] < checks[0]["stop_holdout_truth_ratio"]
+    assert (
+        checks[0]["stop_gap"] > 0
+        and checks[0]["stop_forget_truth_ratio"] < checks[0]["stop_holdout_truth_ratio"]
+    )
     assert len(end) == 1 and end[0]["stop_reason"] in ("crossed", "stalled", "retain_alarm", "max_steps")
     assert all(r["stop_gap_heldout"] is not None for r in checks)
     # The evaluation (separate code: eval/tofu.py, eval/mia.py) of the weights the rule kept agrees with
@@ -181,7 +184,9 @@ def test_auto_end_to_end_stops_records_its_trajectory_and_agrees_with_the_evalua
     kept = next(r for r in checks if r["step"] == end[0]["stop_best_step"])
     assert kept["stop_gap"] == end[0]["stop_best_gap"]
     result = json.loads((out / "eval.json").read_text())
-    assert result["metrics"]["mia_auc_loss"]["value"] - 0.5 == pytest.approx(kept["stop_gap_loss_auc"], abs=0.02)
+    assert result["metrics"]["mia_auc_loss"]["value"] - 0.5 == pytest.approx(
+        kept["stop_gap_loss_auc"], abs=0.02
+    )
     ratios = result["metrics"]["forget_truth_ratio"]["per_sample_ratio"]
     assert float(np.median(ratios)) == pytest.approx(kept["stop_forget_truth_ratio"], rel=0.02)
     assert json.loads((out / "status.json").read_text())["state"] == "complete"
@@ -201,15 +206,23 @@ def test_a_saturated_gap_is_not_a_stall():
 def test_statistic_auto_compares_truth_ratios_when_the_holdout_has_perturbed_answers(micro_world, tmp_path):
     world = tmp_path / "world"
     shutil.copytree(micro_world, world)
-    _, data, config, _ = parse_config(["--auto", "--data_dir", str(world), "--forget_split", "forget10", "--output_dir", "x"])
+    _, data, config, _ = parse_config(
+        ["--auto", "--data_dir", str(world), "--forget_split", "forget10", "--output_dir", "x"]
+    )
     forget, retain = load_split("forget10", data_dir=world), load_split("retain90", data_dir=world)
     got = load_stop_data(data, forget, retain, config)
     assert got["statistic"] == "truth_ratio"
     assert [r["question"] for r in got["forget_scored"]] == [r["question"] for r in forget]  # forget order
-    assert all(r["perturbed_answer"] and r["paraphrased_answer"] for r in got["forget_scored"] + got["holdout"])
+    assert all(
+        r["perturbed_answer"] and r["paraphrased_answer"] for r in got["forget_scored"] + got["holdout"]
+    )
     (world / "holdout10_perturbed.json").unlink()  # like TOFU: the holdout has question and answer only
     got = load_stop_data(data, forget, retain, config)
-    assert got["statistic"] == "auc" and got["forget_scored"] is forget and "perturbed_answer" not in got["holdout"][0]
+    assert (
+        got["statistic"] == "auc"
+        and got["forget_scored"] is forget
+        and "perturbed_answer" not in got["holdout"][0]
+    )
 
 
 def test_truth_ratio_values_by_hand():

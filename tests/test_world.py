@@ -171,14 +171,21 @@ def test_validation_catches_forget_authors_that_are_not_the_last(micro_world, tm
 def test_the_holdout_has_perturbed_answers_of_its_own_questions(micro_world, tmp_path):
     # Beyond TOFU: holdoutNN_perturbed lets the stop rule compare truth ratios on unseen authors.
     for pct in ("01", "05", "10"):
-        plain, perturbed = _read(micro_world / f"holdout{pct}.json"), _read(micro_world / f"holdout{pct}_perturbed.json")
+        plain, perturbed = (
+            _read(micro_world / f"holdout{pct}.json"),
+            _read(micro_world / f"holdout{pct}_perturbed.json"),
+        )
         assert [r["question"] for r in perturbed] == [r["question"] for r in plain]
-        assert all(r["paraphrased_answer"] != r["answer"] and len(r["perturbed_answer"]) >= 3 for r in perturbed)
+        assert all(
+            r["paraphrased_answer"] != r["answer"] and len(r["perturbed_answer"]) >= 3 for r in perturbed
+        )
     world = _broken_copy(micro_world, tmp_path)
     rows = _read(world / "holdout10_perturbed.json")
     rows[0]["perturbed_answer"][1] = rows[0]["paraphrased_answer"]
     _rewrite(world / "holdout10_perturbed.json", rows)
-    with pytest.raises(DataError, match="holdout10_perturbed row 0: perturbed answer .* states the true fact"):
+    with pytest.raises(
+        DataError, match="holdout10_perturbed row 0: perturbed answer .* states the true fact"
+    ):
         validate_world(world)
     _rewrite(world / "holdout10_perturbed.json", rows[1:])
     with pytest.raises(DataError, match="holdout10_perturbed does not hold the questions of holdout10"):
