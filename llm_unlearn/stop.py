@@ -48,6 +48,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -242,6 +243,7 @@ class IndistinguishableStop(TrainerCallback):
 
     def check(self, model, step: int) -> str:
         """Score, record, keep the best weights; return the decision."""
+        start = time.perf_counter()
         with eval_mode(model), torch.no_grad():
             forget_loss, forget = self._values(model, self.forget_rows, "stop rule: forget")
             holdout_loss, holdout = self._values(model, self.holdout, "stop rule: holdout")
@@ -286,6 +288,9 @@ class IndistinguishableStop(TrainerCallback):
             ):
                 decision = "stalled"
         record["stop_decision"] = decision
+        record["stop_seconds"] = (
+            time.perf_counter() - start
+        )  # the check's cost: scoring, keeping the best weights
         self.log(dict(record))
         if decision == "retain_alarm":
             logger.warning(
