@@ -61,10 +61,14 @@ ABLATIONS = {
     "auto-noalarm": ["--stop_retain_tolerance", "1e9"],
     "auto-fine": ["--stop_retain_tolerance", "1e9", "--stop_check_interval", "2"],
 }
-# Records of earlier versions of the rule, kept for comparison (not rerun): `auto-v1` is `--auto` with
-# the retain alarm relative to the retain loss itself (before 2026-12-02's change to its lead over unseen data).
-HISTORICAL = ("auto-v1",)
-SHOWN = ("auto", "graddiff", "ngdiff", "oracle-graddiff", "oracle-ngdiff", *ABLATIONS, *HISTORICAL)
+# Records of earlier versions of the rule, kept for comparison (not rerun). `auto-v1`: the loss-AUC
+# statistic with the retain alarm relative to the retain loss itself; `auto-v2`: the loss-AUC statistic
+# with the alarm relative to the retain set's lead over unseen data (until 2026-12-02's truth-ratio
+# statistic, benchmarks/stop_study.py); `auto-v2-noalarm`, `auto-v2-fine`: v2's diagnostic arms.
+HISTORICAL = ("auto-v2", "auto-v1")
+HISTORICAL_DIAGNOSTIC = ("auto-v2-noalarm", "auto-v2-fine")
+SUMMARY = ("auto", "graddiff", "ngdiff", "oracle-graddiff", "oracle-ngdiff", *ABLATIONS, *HISTORICAL)
+SHOWN = (*SUMMARY, *HISTORICAL_DIAGNOSTIC)
 MU_FLOOR, FQ_GOAL, FQ_SHARE = 0.8, 0.05, 0.8  # the issue's goals
 BENCH_FLAGS = [
     "--save_strategy",
@@ -242,6 +246,8 @@ def run_arm(
         checks = [x for x in log if "stop_decision" in x]
         record |= {k: result["metrics"][k]["value"] for k in KEYS} | {
             "stop_reason": stop["stop_reason"], "best_step": stop["stop_best_step"], "best_gap": stop["stop_best_gap"],
+            "stop_statistic": checks[0]["stop_statistic"],
+            "check_seconds": round(sum(c.get("stop_seconds", 0.0) for c in checks), 2),
             "lr_final": lrs[-1] if lrs else None,
             "checks": [{k: c[k] for k in ("step", "stop_gap", "stop_gap_heldout", "stop_retain_loss", "stop_retain_rise")}
                        for c in checks],
@@ -386,7 +392,8 @@ def write_outputs(state: dict, out: Path) -> None:
                 )
             lines.append("")
     lines += ["", "## Every `auto` run", "", "Stop reason, the step whose weights were kept (best), steps trained, the gap",
-              "(loss AUC - 1/2, forget vs holdout) at each check (once per epoch; every 2 steps for auto-fine), the retain loss's relative rise",
+              "(forget vs holdout: the signed truth-ratio KS distance for `auto`, loss AUC - 1/2 for `auto-v1`/`auto-v2*`) at each check",
+              "(once per epoch; every 2 steps for the `-fine` arms), the retain loss's rise as a share of its lead",
               "at the last check (the alarm's tolerance is 0.5), GeN's final lr; `!` marks a missed goal.", "",
               "| arm | world | split | seed | stop | best step / steps | gap per check | retain rise | final lr | FQ | MU/target | seconds |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -411,7 +418,7 @@ def write_outputs(state: dict, out: Path) -> None:
 def diagnosis(runs: list[dict]) -> list[str]:
     """Why `auto` stops where it does: stop reasons, where the retain alarm fires, what the ablations reach."""
     lines = ["", "## Why `auto` stops where it does", ""]
-    for arm in ("auto", *HISTORICAL, *ABLATIONS):
+    for arm in ("auto", *ABLATIONS, *HISTORICAL, *HISTORICAL_DIAGNOSTIC):
         rs = [r for r in runs if r["arm"] == arm]
         if not rs:
             continue
@@ -419,12 +426,14 @@ def diagnosis(runs: list[dict]) -> list[str]:
         counts = ", ".join(
             f"{k} {sum(r['stop_reason'] == k for r in rs)}" for k in sorted({r["stop_reason"] for r in rs})
         )
-        near = [r for r in rs if abs(r["best_gap"]) <= 0.05]
+        # "Near" 0 on the statistic's own scale: the loss AUC spans +-1/2, a KS distance +-1.
+        tol = 0.1 if rs[0].get("stop_statistic") == "truth_ratio" else 0.05
+        near = [r for r in rs if abs(r["best_gap"]) <= tol]
         lines.append(
             f"- `{arm}` ({len(rs)} runs): stops {counts} (mostly {', '.join(reasons)}); FQ >= {FQ_GOAL:g} in "
             f"{sum(r['forget_quality'] >= FQ_GOAL for r in rs)}; MU >= {MU_FLOOR:g} x target's in "
             f"{sum(r['model_utility'] >= MU_FLOOR * r['target_model_utility'] for r in rs)}; kept a check with "
-            f"|gap| <= 0.05 in {len(near)}"
+            f"|gap| <= {tol:g} in {len(near)}"
             + (f", whose FQ ranges {min(r['forget_quality'] for r in near):.2g} to "
                f"{max(r['forget_quality'] for r in near):.2g}" if near else "") + "."
         )  # fmt: skip
@@ -435,13 +444,14 @@ def diagnosis(runs: list[dict]) -> list[str]:
                 r["checks"][0]["stop_retain_loss"] for r in alarms if "stop_retain_loss" in r["checks"][0]
             ]
             gaps = [r["checks"][-1]["stop_gap"] for r in alarms]
+            kept = [r["best_gap"] for r in alarms]
             mu = [r["model_utility"] / r["target_model_utility"] for r in alarms]
             lines.append(
-                f"  The retain alarm fired with the gap still at {min(gaps):.2f} to {max(gaps):.2f} (median "
+                f"  The retain alarm fired at gaps {min(gaps):.2f} to {max(gaps):.2f} (median "
                 f"{statistics.median(gaps):.2f}), the retain loss up {min(rise):+.0%} to {max(rise):+.0%} of "
                 + ("its starting value" + (f" ({min(start):.2f} to {max(start):.2f} nats: the target has memorized the retain set)" if start else "")
                    if arm == "auto-v1" else "its lead over unseen data before training (holdout loss - retain loss)")
-                + f", and MU still {min(mu):.2f} to {max(mu):.2f} of the target's."
+                + f"; the weights kept (gaps {min(kept):.2f} to {max(kept):.2f}) have MU {min(mu):.2f} to {max(mu):.2f} of the target's."
             )  # fmt: skip
     return lines
 
@@ -452,12 +462,14 @@ def _totals(runs: list[dict]) -> str:
         a: {(r["world"], r["split"], r["seed"]): r["seconds"] for r in runs if r["arm"] == a} for a in ARMS
     }
     common = set.intersection(*(set(k) for k in keys.values()))
-    return ", ".join(f"{a} {sum(keys[a][k] for k in common):.0f} s" for a in ARMS) + f" ({len(common)} each)"
+    checks = [r["check_seconds"] for r in runs if r["arm"] == "auto" and "check_seconds" in r]
+    share = f"; `auto`'s stop-rule checks: {sum(checks):.0f} s of it" if checks else ""
+    return ", ".join(f"{a} {sum(keys[a][k] for k in common):.0f} s" for a in ARMS) + f" ({len(common)} each){share}"
 
 
 def summary_table(means: dict[tuple, dict]) -> list[str]:
     """One row per world and split: each arm's seed-mean FQ and MU/target."""
-    arms = [a for a in SHOWN if any(k[2] == a for k in means)]
+    arms = [a for a in SUMMARY if any(k[2] == a for k in means)]
     lines = ["", "## Summary (seed means: FQ / MU as a fraction of the target's)", "",
              "| world | split | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]  # fmt: skip
     for world, split in sorted({k[:2] for k in means}, key=lambda k: (k[0].split("-")[0], k[0], k[1])):
@@ -490,7 +502,10 @@ STYLE = {
     "oracle-ngdiff": dict(color="tab:green", marker="s", s=260, facecolors="none"),
     "auto-noalarm": dict(color="tab:orange", marker="P", s=130),
     "auto-fine": dict(color="tab:purple", marker="D", s=90),
+    "auto-v2": dict(color="tab:gray", marker="P", s=120),
     "auto-v1": dict(color="tab:gray", marker="X", s=110),
+    "auto-v2-noalarm": dict(color="tab:orange", marker="P", s=90),
+    "auto-v2-fine": dict(color="tab:purple", marker="D", s=70),
 }
 
 
