@@ -464,7 +464,10 @@ def _totals(runs: list[dict]) -> str:
     common = set.intersection(*(set(k) for k in keys.values()))
     checks = [r["check_seconds"] for r in runs if r["arm"] == "auto" and "check_seconds" in r]
     share = f"; `auto`'s stop-rule checks: {sum(checks):.0f} s of it" if checks else ""
-    return ", ".join(f"{a} {sum(keys[a][k] for k in common):.0f} s" for a in ARMS) + f" ({len(common)} each){share}"
+    return (
+        ", ".join(f"{a} {sum(keys[a][k] for k in common):.0f} s" for a in ARMS)
+        + f" ({len(common)} each){share}"
+    )
 
 
 def summary_table(means: dict[tuple, dict]) -> list[str]:
