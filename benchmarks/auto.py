@@ -18,7 +18,9 @@ models; forget01/05/10; training seeds 0, 1, 2 (`--seed k --retain_seed k`). Arm
 - `oracle-graddiff`, `oracle-ngdiff`: the best evaluation point of that run's own trajectory: the
   epoch with the highest forget quality among those keeping model utility >= 80% of the target's
   (the highest model utility if none does). Not available to users: it needs the reference.
-- diagnostic arms, run on request (`--arms`) and not part of the goals: `auto-noalarm` is `--auto`
+- diagnostic arms, run on request (`--arms`) and not part of the goals: `auto-damped` is `--auto
+  --stop_lr_damping true` (the lr scaled by the share of the gap left after each check), `auto-damped-t35`
+  the same with `--stop_retain_tolerance 0.35`; `auto-noalarm` is `--auto`
   with the retain-loss alarm switched off (`--stop_retain_tolerance 1e9`); `auto-fine` also checks every
   2 optimizer steps instead of once per epoch (`--stop_check_interval 2`).
 
@@ -58,6 +60,8 @@ SPLITS = ("forget01", "forget05", "forget10")
 ARMS = ("auto", "graddiff", "ngdiff")
 # Diagnostic arms (--arms), not part of the goals: `--auto` with one of the rule's knobs changed.
 ABLATIONS = {
+    "auto-damped": ["--stop_lr_damping", "true"],
+    "auto-damped-t35": ["--stop_lr_damping", "true", "--stop_retain_tolerance", "0.35"],
     "auto-noalarm": ["--stop_retain_tolerance", "1e9"],
     "auto-fine": ["--stop_retain_tolerance", "1e9", "--stop_check_interval", "2"],
 }
@@ -505,6 +509,8 @@ STYLE = {
     "oracle-ngdiff": dict(color="tab:green", marker="s", s=260, facecolors="none"),
     "auto-noalarm": dict(color="tab:orange", marker="P", s=130),
     "auto-fine": dict(color="tab:purple", marker="D", s=90),
+    "auto-damped": dict(color="tab:brown", marker="v", s=110),
+    "auto-damped-t35": dict(color="tab:pink", marker="^", s=110),
     "auto-v2": dict(color="tab:gray", marker="P", s=120),
     "auto-v1": dict(color="tab:gray", marker="X", s=110),
     "auto-v2-noalarm": dict(color="tab:orange", marker="P", s=90),

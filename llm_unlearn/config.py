@@ -258,6 +258,13 @@ class UnlearnConfig(TrainingArguments):
         default=0.1,
         metadata={"help": "Forget questions kept out of training and scored by the rule (per author)."},
     )
+    stop_lr_damping: bool = field(
+        default=False,
+        metadata={
+            "help": "After each check, scale the learning rate by the share of the gap still left (gap / first "
+            "gap, at least 0.1), so that the crossing is approached in smaller steps; composes with GeN."
+        },
+    )
     stop_holdout_split: str | None = field(
         default=None,
         metadata={"help": "Unseen split to compare with (default: the forget split's holdoutNN)."},
@@ -331,6 +338,12 @@ class UnlearnConfig(TrainingArguments):
         super().__post_init__()
         if self.gen:
             self._check_gen_schedule()
+        if self.stop_lr_damping:
+            if not self.stop_rule:
+                raise ConfigError(
+                    "--stop_lr_damping scales the lr by the stop rule's gap: pass --stop_rule indistinguishable (or --auto)"
+                )
+            self._check_gen_schedule("--stop_lr_damping", "set --stop_lr_damping false")
 
     def _check_ranges(self) -> None:
         """Every numeric option in range before any work starts (one line naming the option and the fix)."""
@@ -400,8 +413,8 @@ class UnlearnConfig(TrainingArguments):
         _require(self.retain_seed >= 0, "retain_seed", self.retain_seed, ">= 0")
         _require(self.dataloader_num_workers >= 0, "dataloader_num_workers", self.dataloader_num_workers, ">= 0")  # fmt: skip
 
-    def _check_gen_schedule(self) -> None:
-        """GeN scales a multiplier schedule (`LambdaLR`); refuse any other before a model is loaded."""
+    def _check_gen_schedule(self, option: str = "--gen", fix: str = "set --gen false") -> None:
+        """GeN (and the stop rule's damping) scale a multiplier schedule (`LambdaLR`); refuse any other early."""
         import torch
         from transformers import get_scheduler
 
@@ -417,8 +430,8 @@ class UnlearnConfig(TrainingArguments):
             ) from None
         if not isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
             raise ConfigError(
-                f"--gen composes with multiplier schedules (linear, cosine, constant, ...), not "
-                f"{getattr(self.lr_scheduler_type, 'value', self.lr_scheduler_type)}; choose one of those or set --gen false"
+                f"{option} composes with multiplier schedules (linear, cosine, constant, ...), not "
+                f"{getattr(self.lr_scheduler_type, 'value', self.lr_scheduler_type)}; choose one of those or {fix}"
             )
 
 

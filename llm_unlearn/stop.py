@@ -37,6 +37,10 @@ saturated (+1/2 for auc, +1 for KS: while every forget value is below every hold
 statistic cannot move, however fast the forget values rise). Otherwise the run's own length
 (`max_steps` / epochs) is the safety net (`max_steps`).
 
+With `lr_damping` (off by default) each check also multiplies the learning rate by the share of the
+gap left, gap / first gap (at least 0.1), so that the crossing is approached in smaller steps; GeN
+keeps fitting the undamped step size. `benchmarks/auto.md` measures it (`auto-damped*` arms).
+
 So that the decision is not judged only on the examples being trained on, a seeded
 `heldout_fraction` of the forget questions (by question within each author, `probes.split`) is
 kept out of training; the gap is decided on the whole forget set and logged for both parts
@@ -69,6 +73,7 @@ STOP_RULES = ("indistinguishable",)
 STOP_STATISTICS = ("auto", "truth_ratio", "auc", "ks")
 BEST_FILE = "stop_rule_best.safetensors"
 RETAIN_SAMPLE = 200  # retain examples scored per check: enough for a stable mean loss, cheap
+DAMPING_FLOOR = 0.1  # --stop_lr_damping never slows the steps more than tenfold
 SATURATED = {"auc": 0.5, "ks": 1.0, "truth_ratio": 1.0}  # |gap| of two samples that do not overlap at all
 TR_FIELDS = ("question", "answer", "paraphrased_answer", "perturbed_answer")
 
@@ -212,6 +217,10 @@ class IndistinguishableStop(TrainerCallback):
         self.best: dict | None = None
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.decision = "max_steps"
+        self.damping = (
+            1.0 if getattr(config, "stop_lr_damping", False) else None
+        )  # lr multiplier (module doc)
+        self._undamped = None
 
     # ---------------------------------------------------------------- scoring
 
@@ -287,6 +296,10 @@ class IndistinguishableStop(TrainerCallback):
                 checks_since_best >= self.patience and abs(self.best["stop_gap"]) < SATURATED[self.statistic]
             ):
                 decision = "stalled"
+        if self.damping is not None:
+            first_gap = self.history[0]["stop_gap"]
+            self.damping = min(1.0, max(DAMPING_FLOOR, gap / first_gap)) if first_gap > 0 else 1.0
+            record["stop_lr_damping"] = self.damping
         record["stop_decision"] = decision
         record["stop_seconds"] = (
             time.perf_counter() - start
@@ -327,15 +340,40 @@ class IndistinguishableStop(TrainerCallback):
 
             record = json.loads(saved.read_text())
             self.best, self.history = record["best"], record["history"]
+            if self.damping is not None:
+                self.damping = self.history[-1].get("stop_lr_damping", 1.0)
             self.best_weights = load_file(str(self.output_dir / BEST_FILE))
             return
         if not self.history:
             self.check(model, state.global_step)
 
+    def _damp(self, scheduler) -> None:
+        """Scale the schedule's multiplier by `self.damping` from now on (GeN's factor, LambdaLR's lambdas).
+
+        GeN keeps its estimate in the schedule's units, so it goes on fitting the undamped step size.
+        """
+        if self._undamped is not None or scheduler is None:
+            return
+        if hasattr(scheduler, "factor"):  # gen.GenScheduler
+            self._undamped = scheduler.factor
+            scheduler.factor = lambda k: self._undamped(k) * self.damping
+        elif isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            self._undamped = list(scheduler.lr_lambdas)
+            scheduler.lr_lambdas = [lambda k, f=f: f(k) * self.damping for f in self._undamped]
+        else:  # config refuses other schedules with --stop_lr_damping
+            raise ValueError(f"--stop_lr_damping needs a multiplier schedule, not {type(scheduler).__name__}")
+
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.damping is not None:
+            self._damp(kwargs.get("lr_scheduler"))
         if state.global_step % self.interval:
             return
+        before = self.damping
         decision = self.check(model, state.global_step)
+        if self.damping is not None and self.damping != before and kwargs.get("optimizer") is not None:
+            # The next step's lr was set before this check: rescale it now rather than one step late.
+            for group in kwargs["optimizer"].param_groups:
+                group["lr"] *= self.damping / before
         if decision != "continue":
             self.decision = decision
             control.should_training_stop = True

@@ -260,6 +260,8 @@ CASES = [
          setup=lambda e: e.write_rows("holdout10", e.rows("holdout10")[:-1] + e.rows("forget10")[:1])),
     Case("stop_rule_holdout_overlaps_retain", lambda e: e.unlearn("--auto"), r"holdout split holdout10 shares 1 question\(s\) with the retain split",
          setup=lambda e: e.write_rows("holdout10", e.rows("holdout10")[:-1] + e.rows("retain90")[:1])),
+    Case("stop_lr_damping_without_the_rule", lambda e: e.unlearn("--stop_lr_damping", "true"),
+         r"--stop_lr_damping scales the lr by the stop rule's gap: pass --stop_rule indistinguishable"),
     Case("stop_truth_ratio_without_holdout_perturbed", lambda e: e.unlearn("--auto", "--stop_statistic", "truth_ratio"),
          r"the truth_ratio stop statistic needs .*holdout10_perturbed\.json not found.*pass --stop_statistic auc",
          setup=lambda e: _drop(e, "holdout10_perturbed.json")),

@@ -32,10 +32,12 @@ def test_signed_gap_by_hand():
         signed_gap([1], [2], "t")
 
 
-def _rule(losses: list[tuple[list[float], list[float], float]], patience=3, tolerance=0.5, heldout=()):
+def _rule(
+    losses: list[tuple[list[float], list[float], float]], patience=3, tolerance=0.5, heldout=(), damping=False
+):
     """A stop rule whose scores are scripted: check k returns losses[k] (forget, holdout, retain)."""
     config = SimpleNamespace(stop_statistic="auc", stop_check_interval=1, stop_patience=patience,
-                             stop_retain_tolerance=tolerance)  # fmt: skip
+                             stop_retain_tolerance=tolerance, stop_lr_damping=damping)  # fmt: skip
     n = len(losses[0][0])
     data = {"statistic": "auc", "holdout": [None] * n, "heldout": list(heldout), "retain_sample": [None]}
     records: list[dict] = []
@@ -242,3 +244,45 @@ def test_truth_ratio_values_by_hand():
     # A paraphrase 1000 nats less likely than its perturbations: R overflows, log R does not.
     flat["p"] = 1002.5
     assert np.isfinite(rule._values(None, rows, "forget")[1]).all()
+
+
+@pytest.mark.parametrize("schedule", ["lambda", "gen"])
+def test_lr_damping_scales_the_schedule_by_the_share_of_the_gap_left(schedule):
+    from llm_unlearn.gen import GenScheduler
+
+    # Gaps +1/2, +1/4, +1/4 (AUC): after the second check the lr is half the schedule's, at once and
+    # for every later step; GeN's own estimate (eta) is not touched.
+    scripted = [([1, 2], [3, 4], 1.0), ([1, 3.5], [3, 4], 1.0), ([2.5, 3.5], [3, 4], 1.0)]
+    rule, records = _rule(scripted, damping=True)
+    model = torch.nn.Linear(1, 1, bias=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = (
+        GenScheduler(optimizer)
+        if schedule == "gen"
+        else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1.0)
+    )
+    args = SimpleNamespace(max_steps=10, num_train_epochs=1)
+    state, control = SimpleNamespace(global_step=0, max_steps=10), TrainerControl()
+    rule.on_train_begin(args, state, control, model=model)
+    lrs = []
+    for step in (1, 2):
+        optimizer.step()
+        sched.step()
+        state.global_step = step
+        rule.on_step_end(args, state, control, model=model, optimizer=optimizer, lr_scheduler=sched)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    sched.step()
+    assert lrs == pytest.approx([0.05, 0.05]) and optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert [r["stop_lr_damping"] for r in records] == [1.0, 0.5, 0.5]
+    if schedule == "gen":
+        assert sched.etas == [0.1]
+
+
+def test_lr_damping_needs_the_stop_rule_and_a_multiplier_schedule():
+    from llm_unlearn.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--stop_lr_damping scales the lr by the stop rule's gap"):
+        parse_config(["--output_dir", "x", "--stop_lr_damping", "true"])
+    with pytest.raises(ConfigError, match="--stop_lr_damping composes with multiplier schedules"):
+        parse_config(["--auto", "--output_dir", "x", "--stop_lr_damping", "true", "--gen", "false",
+                      "--lr_scheduler_type", "reduce_lr_on_plateau", "--eval_strategy", "epoch"])  # fmt: skip
