@@ -571,7 +571,9 @@ def plot(runs: list[dict], means: dict, baseline: dict, world_names: list[str], 
             ax.set_xlabel("model utility")
             ax.set_ylabel("forget quality (log)")
     handles, labels = next(ax for row in axes for ax in row if ax.get_visible()).get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=math.ceil(len(labels) / 2), fontsize=9, frameon=False)
+    fig.legend(
+        handles, labels, loc="lower center", ncol=math.ceil(len(labels) / 2), fontsize=9, frameon=False
+    )
     fig.suptitle(f"--auto vs shipped recipes vs oracle (rings: the oracle, often on its recipe's final point): large = seed "
                  f"mean, small = one seed; dashed: MU = {MU_FLOOR:g} x target's, dotted: FQ = {FQ_GOAL:g}", fontsize=11)  # fmt: skip
     fig.tight_layout(rect=(0, 0.08, 1, 0.97))
