@@ -51,6 +51,10 @@ def main(model_dir: str, data_dir: str, out_file: str, batch_size: int, method: 
     if trainer.is_world_process_zero():
         update = {n: (p.detach() - before[n]).contiguous() for n, p in trainer.model.named_parameters()}
         save_file(update, out_file)
+    if torch.distributed.is_initialized():
+        # A gloo group alive at interpreter exit can abort the process after the work is done.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -93,6 +93,7 @@ def main(model_dir: str, data_dir: str, out_file: str, mode: str = "forced") -> 
             },
             out_file,
         )
+    dist.barrier()  # both ranks done (rank 0 has written) before the group goes away
     dist.destroy_process_group()
 
 
