@@ -41,7 +41,8 @@ from auto import BENCH_FLAGS, MU_FLOOR, _cached_eval, _data_args, worlds  # noqa
 from llm_unlearn import stop  # noqa: E402
 from llm_unlearn.config import parse_config  # noqa: E402
 from llm_unlearn.data import load_split  # noqa: E402
-from llm_unlearn.eval.metrics import forget_quality, truth_ratio  # noqa: E402
+from llm_unlearn.eval.metrics import forget_quality, log_truth_ratio, truth_ratio  # noqa: E402
+from llm_unlearn.eval.scoring import answer_losses, candidate_pairs, split_candidates  # noqa: E402
 from llm_unlearn.eval.tofu import add_forget_quality, evaluate  # noqa: E402
 from llm_unlearn.methods.common import eval_mode  # noqa: E402
 from llm_unlearn.models import build_default_models  # noqa: E402
@@ -55,23 +56,10 @@ TUNE, JUDGE = "seed0-34authors", "seed1-50authors"
 
 
 def _tr_losses(model, tokenizer, rows, settings):
-    """Paraphrase loss and perturbed losses per row, in one scoring pass."""
-    questions, texts = [], []
-    for r in rows:
-        questions += [r["question"]] * (1 + len(r["perturbed_answer"]))
-        texts += [r["paraphrased_answer"], *r["perturbed_answer"]]
-    flat = stop.answer_losses(model, tokenizer, questions, texts, **settings)
-    para, pert, i = [], [], 0
-    for r in rows:
-        para.append(flat[i])
-        pert.append(flat[i + 1 : i + 1 + len(r["perturbed_answer"])])
-        i += 1 + len(r["perturbed_answer"])
-    return np.array(para), pert
-
-
-def _log_ratio(para, perturbed) -> np.ndarray:
-    """log R (geometric truth ratio): finite where R itself overflows, and KS/AUC are unchanged by the log."""
-    return np.array([p - np.mean(row) for p, row in zip(para, perturbed)])
+    """Paraphrase loss and perturbed losses per row, in one scoring pass (the answers too, unused)."""
+    questions, texts = candidate_pairs(rows)
+    _, para, perturbed = split_candidates(answer_losses(model, tokenizer, questions, texts, **settings), rows)
+    return para, perturbed
 
 
 class Tracer:
@@ -96,7 +84,7 @@ class Tracer:
         with eval_mode(model), torch.no_grad():
             f_para, f_pert = _tr_losses(model, self.tokenizer, self.forget, rule.settings)
             h_para, h_pert = _tr_losses(model, self.tokenizer, self.holdout, rule.settings)
-        f_tr, h_tr = _log_ratio(f_para, f_pert), _log_ratio(h_para, h_pert)
+        f_tr, h_tr = log_truth_ratio(f_para, f_pert), log_truth_ratio(h_para, h_pert)
         rec |= {
             "fq": forget_quality(truth_ratio(f_para, f_pert), self.ref_ratios),
             "tr_gap": stop.signed_gap(f_tr, h_tr, "auc"),

@@ -61,8 +61,9 @@ import torch
 from transformers import TrainerCallback
 
 from .data import DataError, load_split, paired_split, split_path
+from .eval.metrics import log_truth_ratio
 from .eval.mia import auc
-from .eval.scoring import answer_losses
+from .eval.scoring import answer_losses, candidate_pairs, split_candidates
 from .eval.shard import process_shard
 from .methods.common import eval_mode
 
@@ -217,9 +218,7 @@ class IndistinguishableStop(TrainerCallback):
         self.best: dict | None = None
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.decision = "max_steps"
-        self.damping = (
-            1.0 if getattr(config, "stop_lr_damping", False) else None
-        )  # lr multiplier (module doc)
+        self.damping = 1.0 if config.stop_lr_damping else None  # lr multiplier (module doc)
         self._undamped = None
 
     # ---------------------------------------------------------------- scoring
@@ -235,20 +234,13 @@ class IndistinguishableStop(TrainerCallback):
         if self.statistic != "truth_ratio":
             losses = self._losses(model, rows, desc)
             return losses, losses
-        # One pass over answer, paraphrase and perturbed answers (the row's own question for each).
-        expanded = [dict(question=r["question"], answer=a) for r in rows
-                    for a in (r["answer"], r["paraphrased_answer"], *r["perturbed_answer"])]  # fmt: skip
-        flat, i = self._losses(model, expanded, desc), 0
-        answer, para, perturbed = [], [], []
-        for r in rows:
-            n = len(r["perturbed_answer"])
-            answer.append(flat[i])
-            para.append(flat[i + 1])
-            perturbed.append(flat[i + 2 : i + 2 + n])
-            i += 2 + n
-        # log R of the geometric truth ratio (eval/metrics.truth_ratio): finite where R overflows once
-        # a paraphrase is far less likely than its perturbations, and KS and AUC are unchanged by the log.
-        return np.array(answer), np.array([p - row.mean() for p, row in zip(para, perturbed)])
+        # One pass over answer, paraphrase and perturbed answers (the row's own question for each);
+        # log R keeps the values finite once a paraphrase is far less likely than its perturbations,
+        # and KS and AUC are unchanged by the log.
+        questions, texts = candidate_pairs(rows)
+        flat = self._losses(model, [dict(question=q, answer=a) for q, a in zip(questions, texts)], desc)
+        answer, para, perturbed = split_candidates(flat, rows)
+        return answer, log_truth_ratio(para, perturbed)
 
     def check(self, model, step: int) -> str:
         """Score, record, keep the best weights; return the decision."""

@@ -232,7 +232,9 @@ def test_truth_ratio_values_by_hand():
     rows = [dict(question="q1", answer="a", paraphrased_answer="p", perturbed_answer=["x", "y"]),
             dict(question="q2", answer="b", paraphrased_answer="r", perturbed_answer=["z", "w", "v"])]  # fmt: skip
     flat = {"a": 0.5, "p": 1.0, "x": 2.0, "y": 3.0, "b": 0.25, "r": 2.0, "z": 1.0, "w": 1.5, "v": 2.0}
-    config = SimpleNamespace(stop_check_interval=1, stop_patience=3, stop_retain_tolerance=0.5)
+    config = SimpleNamespace(
+        stop_check_interval=1, stop_patience=3, stop_retain_tolerance=0.5, stop_lr_damping=False
+    )
     data = {"statistic": "truth_ratio", "holdout": rows, "heldout": [], "retain_sample": []}
     rule = IndistinguishableStop(None, rows, data, config, {}, lambda record: None, "/nonexistent")
     asked = []

@@ -59,8 +59,17 @@ def truth_ratio(
     if len(rows) != len(para):
         raise ValueError(f"{len(para)} paraphrase losses but {len(rows)} rows of perturbed losses")
     if variant == "geometric":
-        return np.array([np.exp(p - row.mean()) for p, row in zip(para, rows)])
+        return np.exp(log_truth_ratio(para, rows))
     return np.array([np.exp(p - row).mean() for p, row in zip(para, rows)])
+
+
+def log_truth_ratio(para_loss: Sequence[float], perturbed_losses: Sequence[Sequence[float]]) -> np.ndarray:
+    """log R of the geometric truth ratio, l_para - mean_j l_pert_j: finite where R itself overflows."""
+    para = np.asarray(para_loss, dtype=np.float64)
+    rows = _as_rows(perturbed_losses)
+    if len(rows) != len(para):
+        raise ValueError(f"{len(para)} paraphrase losses but {len(rows)} rows of perturbed losses")
+    return np.array([p - row.mean() for p, row in zip(para, rows)])
 
 
 def forget_truth_ratio(ratios: Sequence[float]) -> np.ndarray:

@@ -33,6 +33,30 @@ def _batches(order: list[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def candidate_pairs(rows: Sequence[dict], paraphrase: bool = True) -> tuple[list[str], list[str]]:
+    """(questions, texts) to score: per row its answer, its paraphrase (if `paraphrase`), its perturbed answers."""
+    questions, texts = [], []
+    for r in rows:
+        candidates = [r["answer"], *([r["paraphrased_answer"]] if paraphrase else []), *r["perturbed_answer"]]
+        questions += [r["question"]] * len(candidates)
+        texts += candidates
+    return questions, texts
+
+
+def split_candidates(flat: Sequence[float], rows: Sequence[dict], paraphrase: bool = True):
+    """Undo `candidate_pairs` on its losses: (answer [n], paraphrase [n] or None, perturbed: one array per row)."""
+    answer, para, perturbed, i = [], [], [], 0
+    for r in rows:
+        answer.append(flat[i])
+        i += 1
+        if paraphrase:
+            para.append(flat[i])
+            i += 1
+        perturbed.append(np.asarray(flat[i : i + len(r["perturbed_answer"])]))
+        i += len(r["perturbed_answer"])
+    return np.array(answer), np.array(para) if paraphrase else None, perturbed
+
+
 @torch.inference_mode()
 def answer_losses(
     model,

@@ -44,7 +44,7 @@ from .metrics import (
     tofu_metrics,
 )
 from .mia import mia_metrics, reference_metrics, sample_scores, scores_from_metrics
-from .scoring import answer_losses, generate_answers
+from .scoring import answer_losses, candidate_pairs, generate_answers, split_candidates
 from .shard import Shard
 
 SCHEMA_VERSION = 1
@@ -67,13 +67,7 @@ def _questions_sha256(rows: list[dict]) -> str:
 def _score_split(model, tokenizer, rows: list[dict], role: str, settings: dict, progress: bool, shard: Shard):
     """Losses of answer / paraphrase / perturbed answers in one length-sorted pass, then generations."""
     has_paraphrase = role in ("forget", "retain")  # ra / wf have no paraphrase: R uses the answer
-    questions, texts = [], []
-    for r in rows:
-        candidates = (
-            [r["answer"]] + ([r["paraphrased_answer"]] if has_paraphrase else []) + r["perturbed_answer"]
-        )
-        questions += [r["question"]] * len(candidates)
-        texts += candidates
+    questions, texts = candidate_pairs(rows, has_paraphrase)
     flat = answer_losses(
         model,
         tokenizer,
@@ -84,15 +78,7 @@ def _score_split(model, tokenizer, rows: list[dict], role: str, settings: dict, 
         shard=shard,
         **settings["loss"],
     )
-    answer, paraphrased, perturbed, i = [], [], [], 0
-    for r in rows:
-        answer.append(flat[i])
-        i += 1
-        if has_paraphrase:
-            paraphrased.append(flat[i])
-            i += 1
-        perturbed.append(flat[i : i + len(r["perturbed_answer"])])
-        i += len(r["perturbed_answer"])
+    answer, paraphrased, perturbed = split_candidates(flat, rows, has_paraphrase)
     generated = generate_answers(
         model,
         tokenizer,
@@ -104,8 +90,8 @@ def _score_split(model, tokenizer, rows: list[dict], role: str, settings: dict, 
     )
     golds = [r["answer"] for r in rows]
     scores = SplitScores(
-        answer_loss=np.array(answer),
-        paraphrased_loss=np.array(paraphrased) if has_paraphrase else None,
+        answer_loss=answer,
+        paraphrased_loss=paraphrased,
         perturbed_loss=perturbed,
         rouge_l=rouge_l_recall(golds, generated),
         fact_hit=fact_recall([r["fact"] for r in rows], generated)
