@@ -292,22 +292,10 @@ def main(argv: list[str] | None = None) -> int:
             "error: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr
         )
         return 130
-    _close_process_group()
+    from .eval.shard import exit_process_group
+
+    exit_process_group()  # multi-process runs end here (see its docstring); one process returns
     return 0
-
-
-def _close_process_group() -> None:
-    """Under torchrun / accelerate launch, leave the process group before the interpreter shuts down.
-
-    A gloo group still alive at interpreter exit can abort the process (SIGABRT, "terminate called
-    without an active exception") after all the work is done. Only on success: a rank that failed
-    would wait here for peers that never come (the failure paths above exit instead).
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 def _os_error_line(err: OSError) -> str:

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llm_unlearn.config import UnlearnConfig
 from llm_unlearn.data import QACollator, QADataset, load_split, pad_id
+from llm_unlearn.eval.shard import exit_process_group
 from llm_unlearn.methods import get_method
 from llm_unlearn.trainer import UnlearnTrainer
 
@@ -51,10 +52,7 @@ def main(model_dir: str, data_dir: str, out_file: str, batch_size: int, method: 
     if trainer.is_world_process_zero():
         update = {n: (p.detach() - before[n]).contiguous() for n, p in trainer.model.named_parameters()}
         save_file(update, out_file)
-    if torch.distributed.is_initialized():
-        # A gloo group alive at interpreter exit can abort the process after the work is done.
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    exit_process_group()  # gloo teardown can hang or abort after the work is done
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import llm_unlearn.optim
 from llm_unlearn.data import QACollator, QADataset, load_split, pad_id
+from llm_unlearn.eval.shard import exit_process_group
 from llm_unlearn.methods.common import nll_sum
 from llm_unlearn.optim import NormalizedCombiner
 
@@ -93,8 +94,7 @@ def main(model_dir: str, data_dir: str, out_file: str, mode: str = "forced") -> 
             },
             out_file,
         )
-    dist.barrier()  # both ranks done (rank 0 has written) before the group goes away
-    dist.destroy_process_group()
+    exit_process_group()  # both ranks done (rank 0 has written); gloo teardown can hang or abort
 
 
 if __name__ == "__main__":
