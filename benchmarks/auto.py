@@ -60,6 +60,7 @@ SPLITS = ("forget01", "forget05", "forget10")
 ARMS = ("auto", "graddiff", "ngdiff")
 # Diagnostic arms (--arms), not part of the goals: `--auto` with one of the rule's knobs changed.
 ABLATIONS = {
+    "auto-unscreened": ["--stop_screen", "false"],
     "auto-damped": ["--stop_lr_damping", "true"],
     "auto-damped-t35": ["--stop_lr_damping", "true", "--stop_retain_tolerance", "0.35"],
     "auto-noalarm": ["--stop_retain_tolerance", "1e9"],
@@ -68,8 +69,9 @@ ABLATIONS = {
 # Records of earlier versions of the rule, kept for comparison (not rerun). `auto-v1`: the loss-AUC
 # statistic with the retain alarm relative to the retain loss itself; `auto-v2`: the loss-AUC statistic
 # with the alarm relative to the retain set's lead over unseen data (until 2026-12-02's truth-ratio
-# statistic, benchmarks/stop_study.py); `auto-v2-noalarm`, `auto-v2-fine`: v2's diagnostic arms.
-HISTORICAL = ("auto-v2", "auto-v1")
+# statistic, benchmarks/stop_study.py); `auto-v2-noalarm`, `auto-v2-fine`: v2's diagnostic arms;
+# `auto-v3`: the truth-ratio statistic scored at every check (before screening, stop.py).
+HISTORICAL = ("auto-v3", "auto-v2", "auto-v1")
 HISTORICAL_DIAGNOSTIC = ("auto-v2-noalarm", "auto-v2-fine")
 SUMMARY = ("auto", "graddiff", "ngdiff", "oracle-graddiff", "oracle-ngdiff", *ABLATIONS, *HISTORICAL)
 SHOWN = (*SUMMARY, *HISTORICAL_DIAGNOSTIC)
@@ -253,7 +255,8 @@ def run_arm(
             "stop_statistic": checks[0]["stop_statistic"],
             "check_seconds": round(sum(c.get("stop_seconds", 0.0) for c in checks), 2),
             "lr_final": lrs[-1] if lrs else None,
-            "checks": [{k: c[k] for k in ("step", "stop_gap", "stop_gap_heldout", "stop_retain_loss", "stop_retain_rise")}
+            "checks": [{k: c.get(k) for k in ("step", "stop_gap", "stop_gap_heldout", "stop_retain_loss",
+                                              "stop_retain_rise", "stop_gap_loss_auc", "stop_screened", "stop_seconds")}
                        for c in checks],
         }  # fmt: skip
         return [record]
@@ -397,7 +400,7 @@ def write_outputs(state: dict, out: Path) -> None:
             lines.append("")
     lines += ["", "## Every `auto` run", "", "Stop reason, the step whose weights were kept (best), steps trained, the gap",
               "(forget vs holdout: the signed truth-ratio KS distance for `auto`, loss AUC - 1/2 for `auto-v1`/`auto-v2*`) at each check",
-              "(once per epoch; every 2 steps for the `-fine` arms), the retain loss's rise as a share of its lead",
+              "(once per epoch; every 2 steps for the `-fine` arms; `s` = screened: answers only, no truth-ratio gap), the retain loss's rise as a share of its lead",
               "at the last check (the alarm's tolerance is 0.5), GeN's final lr; `!` marks a missed goal.", "",
               "| arm | world | split | seed | stop | best step / steps | gap per check | retain rise | final lr | FQ | MU/target | seconds |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -405,7 +408,7 @@ def write_outputs(state: dict, out: Path) -> None:
         (r for r in runs if "stop_reason" in r), key=lambda r: (r["arm"], r["world"], r["split"], r["seed"])
     ):
         mu = r["model_utility"] / r["target_model_utility"] if r["target_model_utility"] > 0 else math.inf
-        gaps = " ".join(f"{c['stop_gap']:.2f}" for c in r["checks"])
+        gaps = " ".join("s" if c["stop_gap"] is None else f"{c['stop_gap']:.2f}" for c in r["checks"])
         lines.append(
             f"| {r['arm']} | {r['world']} | {r['split']} | {r['seed']} | {r['stop_reason']} | {r['best_step']} / {r['steps']} | "
             f"{gaps} | {r['checks'][-1]['stop_retain_rise']:+.2f} | {r['lr_final']:.3g} | "
@@ -432,7 +435,7 @@ def diagnosis(runs: list[dict]) -> list[str]:
         )
         # "Near" 0 on the statistic's own scale: the loss AUC spans +-1/2, a KS distance +-1.
         tol = 0.1 if rs[0].get("stop_statistic") == "truth_ratio" else 0.05
-        near = [r for r in rs if abs(r["best_gap"]) <= tol]
+        near = [r for r in rs if r["best_gap"] is not None and abs(r["best_gap"]) <= tol]
         lines.append(
             f"- `{arm}` ({len(rs)} runs): stops {counts} (mostly {', '.join(reasons)}); FQ >= {FQ_GOAL:g} in "
             f"{sum(r['forget_quality'] >= FQ_GOAL for r in rs)}; MU >= {MU_FLOOR:g} x target's in "
@@ -447,8 +450,9 @@ def diagnosis(runs: list[dict]) -> list[str]:
             start = [
                 r["checks"][0]["stop_retain_loss"] for r in alarms if "stop_retain_loss" in r["checks"][0]
             ]
-            gaps = [r["checks"][-1]["stop_gap"] for r in alarms]
-            kept = [r["best_gap"] for r in alarms]
+            # A screened check (module doc of stop.py) has no truth-ratio gap: left out here.
+            gaps = [g for r in alarms if (g := r["checks"][-1]["stop_gap"]) is not None] or [math.nan]
+            kept = [g for r in alarms if (g := r["best_gap"]) is not None] or [math.nan]
             mu = [r["model_utility"] / r["target_model_utility"] for r in alarms]
             lines.append(
                 f"  The retain alarm fired at gaps {min(gaps):.2f} to {max(gaps):.2f} (median "

@@ -265,6 +265,13 @@ class UnlearnConfig(TrainingArguments):
             "gap, at least 0.1), so that the crossing is approached in smaller steps; composes with GeN."
         },
     )
+    stop_screen: bool = field(
+        default=True,
+        metadata={
+            "help": "With the truth_ratio statistic, score only the answers (1 of 7 candidates per question) "
+            "while their loss gap is still > 0, and truth ratios from its first crossing on (stop.py)."
+        },
+    )
     stop_holdout_split: str | None = field(
         default=None,
         metadata={"help": "Unseen split to compare with (default: the forget split's holdoutNN)."},

@@ -37,6 +37,18 @@ saturated (+1/2 for auc, +1 for KS: while every forget value is below every hold
 statistic cannot move, however fast the forget values rise). Otherwise the run's own length
 (`max_steps` / epochs) is the safety net (`max_steps`).
 
+Screening (`screen`, on by default, truth_ratio only, not with damping): a truth-ratio check scores
+7 texts per question (answer, paraphrase, 5 perturbed); the answer alone is 1 of them. Until the
+answer-loss AUC gap first reaches 0, a check scores only the answers and the retain sample, and
+logs `stop_gap` as None (`stop_screened`). Ascent pushes the trained answers' own loss past the
+holdout's before the truth ratios reach the holdout's (above), so a screened check is never the
+crossing; while screening, the latest check within the retain tolerance is the one kept (its
+truth-ratio gap is unknown, and any scored check within tolerance replaces it, except that if the
+first scored check has already crossed, the kept screened check's weights are scored too and the
+nearer of the two is kept, `stop_previous_gap`). Replayed on the 18
+traces of `benchmarks/stop_study.md`, this keeps the same check in 18 of 18 and scores truth ratios
+at 74 of the 126 checks.
+
 With `lr_damping` (off by default) each check also multiplies the learning rate by the share of the
 gap left, gap / first gap (at least 0.1), so that the crossing is approached in smaller steps; GeN
 keeps fitting the undamped step size. `benchmarks/auto.md` measures it (`auto-damped*` arms).
@@ -219,6 +231,10 @@ class IndistinguishableStop(TrainerCallback):
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.decision = "max_steps"
         self.damping = 1.0 if config.stop_lr_damping else None  # lr multiplier (module doc)
+        # Damping needs the gap at every check, so it turns screening off.
+        self.screening = (
+            self.statistic == "truth_ratio" and getattr(config, "stop_screen", False) and self.damping is None
+        )
         self._undamped = None
 
     # ---------------------------------------------------------------- scoring
@@ -245,47 +261,51 @@ class IndistinguishableStop(TrainerCallback):
     def check(self, model, step: int) -> str:
         """Score, record, keep the best weights; return the decision."""
         start = time.perf_counter()
-        with eval_mode(model), torch.no_grad():
-            forget_loss, forget = self._values(model, self.forget_rows, "stop rule: forget")
-            holdout_loss, holdout = self._values(model, self.holdout, "stop rule: holdout")
-            retain = float(self._losses(model, self.retain_sample, "stop rule: retain").mean())
-        gap = signed_gap(forget, holdout, self.statistic)
-        trained = [i for i in range(len(forget)) if i not in self.heldout]
-        record = {
-            "step": step, "stop_statistic": self.statistic, "stop_gap": gap,
-            "stop_gap_trained": signed_gap(forget[trained], holdout, self.statistic),
-            "stop_gap_heldout": signed_gap(forget[sorted(self.heldout)], holdout, self.statistic) if self.heldout else None,
-            "stop_forget_loss": float(forget_loss.mean()), "stop_holdout_loss": float(holdout_loss.mean()),
-            "stop_retain_loss": retain,
-        }  # fmt: skip
-        if self.statistic == "truth_ratio":
-            record["stop_gap_loss_auc"] = signed_gap(forget_loss, holdout_loss, "auc")
-            record["stop_forget_truth_ratio"] = float(np.exp(np.median(forget)))  # median R
-            record["stop_holdout_truth_ratio"] = float(np.exp(np.median(holdout)))
+        record = self._screen(model, step) if self.screening and self.history else None
+        if record is None:
+            record = self._score(model, step)
+        gap = record["stop_gap"]
         # The retain loss's rise as a share of its lead over unseen data before training (holdout loss
         # - retain loss): scale-free, unlike a rise relative to a loss the target has memorized to ~0.
         first = self.history[0] if self.history else record
         lead = first["stop_holdout_loss"] - first["stop_retain_loss"]
         base = lead if lead > 1e-6 else max(first["stop_retain_loss"], 1e-12)
-        record["stop_retain_rise"] = (retain - first["stop_retain_loss"]) / base
+        record["stop_retain_rise"] = (record["stop_retain_loss"] - first["stop_retain_loss"]) / base
         # Weights that gave up more of the retain set than the tolerance allows are never kept, however
         # close their gap: on forget10 of the built-in world the crossing itself can come after
-        # utility has fallen (benchmarks/stop_study.md).
+        # utility has fallen (benchmarks/stop_study.md). A screened check (gap None) within tolerance
+        # replaces the previous best, and any scored one replaces it (module doc).
         within = record["stop_retain_rise"] <= self.tolerance
-        if self.best is None or (within and abs(gap) < abs(self.best["stop_gap"])):
+        if (
+            within
+            and gap is not None
+            and gap <= 0
+            and self.best is not None
+            and self.best["stop_gap"] is None
+        ):
+            # Crossed at the first scored check: was the screened check kept so far nearer 0? Score it.
+            record["stop_previous_gap"] = self._rescore_best(model)
+        if (
+            self.best is None
+            or (within and gap is None)
+            or (within and (self.best["stop_gap"] is None or abs(gap) < abs(self.best["stop_gap"])))
+        ):
             self.best = record
             self.best_weights = {n: p.detach().to("cpu", copy=True) for n, p in _trainable(model)}
-            self._persist_best()
+            self._persist_best_weights()
         self.history.append(record)
         decision = "continue"
         if len(self.history) > 1:
-            checks_since_best = len(self.history) - 1 - self.history.index(self.best)
+            checks_since_best = sum(r["step"] > self.best["step"] for r in self.history)
+            best_gap = self.best["stop_gap"]
             if not within:
                 decision = "retain_alarm"
-            elif gap <= 0:
+            elif gap is not None and gap <= 0:
                 decision = "crossed"
             elif (
-                checks_since_best >= self.patience and abs(self.best["stop_gap"]) < SATURATED[self.statistic]
+                best_gap is not None
+                and checks_since_best >= self.patience
+                and abs(best_gap) < SATURATED[self.statistic]
             ):
                 decision = "stalled"
         if self.damping is not None:
@@ -296,27 +316,101 @@ class IndistinguishableStop(TrainerCallback):
         record["stop_seconds"] = (
             time.perf_counter() - start
         )  # the check's cost: scoring, keeping the best weights
+        self._persist_history()
         self.log(dict(record))
         if decision == "retain_alarm":
+            kept = self.best["stop_gap"]
             logger.warning(
-                "stop rule: the retain loss gave up %.0f%% of its lead over unseen data (tolerance %.0f%%) at gap %.3f; "
-                "stopping and keeping step %d's weights",
-                100 * record["stop_retain_rise"], 100 * self.tolerance, gap, self.best["step"],
+                "stop rule: the retain loss gave up %.0f%% of its lead over unseen data (tolerance %.0f%%) at gap %s; "
+                "stopping and keeping step %d's weights (gap %s)",
+                100 * record["stop_retain_rise"], 100 * self.tolerance, _fmt(gap), self.best["step"], _fmt(kept),
             )  # fmt: skip
         return decision
 
-    def _persist_best(self) -> None:
+    def _score(self, model, step: int) -> dict:
+        """A full check's record: the statistic on forget vs holdout, losses, the retain loss."""
+        with eval_mode(model), torch.no_grad():
+            forget_loss, forget = self._values(model, self.forget_rows, "stop rule: forget")
+            holdout_loss, holdout = self._values(model, self.holdout, "stop rule: holdout")
+            retain = float(self._losses(model, self.retain_sample, "stop rule: retain").mean())
+        trained = [i for i in range(len(forget)) if i not in self.heldout]
+        record = {
+            "step": step, "stop_statistic": self.statistic,
+            "stop_gap": signed_gap(forget, holdout, self.statistic),
+            "stop_gap_trained": signed_gap(forget[trained], holdout, self.statistic),
+            "stop_gap_heldout": signed_gap(forget[sorted(self.heldout)], holdout, self.statistic) if self.heldout else None,
+            "stop_forget_loss": float(forget_loss.mean()), "stop_holdout_loss": float(holdout_loss.mean()),
+            "stop_retain_loss": retain,
+        }  # fmt: skip
+        if self.statistic == "truth_ratio":
+            record["stop_gap_loss_auc"] = signed_gap(forget_loss, holdout_loss, "auc")
+            record["stop_forget_truth_ratio"] = float(np.exp(np.median(forget)))  # median R
+            record["stop_holdout_truth_ratio"] = float(np.exp(np.median(holdout)))
+            record["stop_screened"] = False
+        return record
+
+    def _rescore_best(self, model) -> float:
+        """Score the kept (screened) check's weights in full, update its record, return its gap.
+
+        The current weights wait on the CPU meanwhile and are put back.
+        """
+        params = _trainable(model)
+        current = {n: p.detach().to("cpu", copy=True) for n, p in params}
+        with torch.no_grad():
+            for name, param in params:
+                param.copy_(self.best_weights[name].to(param.device, param.dtype))
+            scored = self._score(model, self.best["step"])
+            for name, param in params:
+                param.copy_(current[name].to(param.device, param.dtype))
+        keep = (
+            "stop_gap",
+            "stop_gap_trained",
+            "stop_gap_heldout",
+            "stop_forget_truth_ratio",
+            "stop_holdout_truth_ratio",
+        )
+        self.best.update({k: scored[k] for k in keep}, stop_rescored=True)
+        return self.best["stop_gap"]
+
+    def _screen(self, model, step: int) -> dict | None:
+        """A screened check's record (answers only), or None once the answer-loss gap has reached 0.
+
+        From then on every check is scored in full (module doc: screening).
+        """
+        with eval_mode(model), torch.no_grad():
+            forget_loss = self._losses(model, self.forget_rows, "stop rule: forget answers")
+            holdout_loss = self._losses(model, self.holdout, "stop rule: holdout answers")
+            loss_gap = signed_gap(forget_loss, holdout_loss, "auc")
+            if loss_gap <= 0:
+                self.screening = False
+                return None
+            retain = float(self._losses(model, self.retain_sample, "stop rule: retain").mean())
+        return {
+            "step": step, "stop_statistic": self.statistic, "stop_gap": None, "stop_gap_trained": None,
+            "stop_gap_heldout": None, "stop_forget_loss": float(forget_loss.mean()),
+            "stop_holdout_loss": float(holdout_loss.mean()), "stop_retain_loss": retain,
+            "stop_gap_loss_auc": loss_gap, "stop_screened": True,
+        }  # fmt: skip
+
+    def _persist_best_weights(self) -> None:
         """The best weights on disk too, so a resumed run keeps them (rank 0, unsharded models)."""
         if process_shard().rank != 0 or not self.output_dir.is_dir():
             return
         from safetensors.torch import save_file
 
-        from .runio import write_json_atomic
-
         tmp = self.output_dir / f".{BEST_FILE}.tmp"
         save_file({n: t.contiguous() for n, t in self.best_weights.items()}, str(tmp))
         tmp.replace(self.output_dir / BEST_FILE)
-        write_json_atomic(self.output_dir / "stop_rule.json", {"best": self.best, "history": self.history})
+
+    def _persist_history(self) -> None:
+        """Every check so far and which one is kept (stop_rule.json), rewritten after each check."""
+        if process_shard().rank != 0 or not self.output_dir.is_dir():
+            return
+        from .runio import write_json_atomic
+
+        write_json_atomic(
+            self.output_dir / "stop_rule.json", {"best_step": self.best["step"], "history": self.history}
+        )
 
     # ---------------------------------------------------------------- Trainer hooks
 
@@ -331,7 +425,15 @@ class IndistinguishableStop(TrainerCallback):
             from safetensors.torch import load_file
 
             record = json.loads(saved.read_text())
-            self.best, self.history = record["best"], record["history"]
+            # Checks after the checkpoint are dropped (the resumed run repeats them); the kept one stays
+            # kept even if it came after the checkpoint: its weights are on disk.
+            self.best = next(
+                (r for r in record["history"] if r["step"] == record.get("best_step")), record.get("best")
+            )  # "best": the record itself, as runs before 2026-12-02's screening wrote it
+            self.history = [r for r in record["history"] if r["step"] <= state.global_step]
+            self.screening = self.screening and not any(
+                r.get("stop_screened") is False for r in self.history[1:]
+            )
             if self.damping is not None:
                 self.damping = self.history[-1].get("stop_lr_damping", 1.0)
             self.best_weights = load_file(str(self.output_dir / BEST_FILE))
@@ -383,12 +485,18 @@ class IndistinguishableStop(TrainerCallback):
             "step": state.global_step, "stop_reason": self.decision,
             "stop_best_step": best["step"] if best else None, "stop_best_gap": best["stop_gap"] if best else None,
             "stop_restored": restored,
+            # The kept check as finally scored (a screened check re-scored at the crossing has its gap here).
+            "stop_best_check": dict(best) if best else None,
         })  # fmt: skip
         logger.info(
-            "stop rule: %s at step %d; %s step %d (gap %.3f)", self.decision, state.global_step,
+            "stop rule: %s at step %d; %s step %d (gap %s)", self.decision, state.global_step,
             "restored the weights of" if restored else "kept", best["step"] if best else -1,
-            best["stop_gap"] if best else math.nan,
+            _fmt(best["stop_gap"] if best else math.nan),
         )  # fmt: skip
+
+
+def _fmt(gap: float | None) -> str:
+    return "not scored (screened)" if gap is None else f"{gap:.3f}"
 
 
 def _trainable(model) -> list[tuple[str, torch.nn.Parameter]]:

@@ -180,11 +180,19 @@ def test_auto_end_to_end_stops_records_its_trajectory_and_agrees_with_the_evalua
         and checks[0]["stop_forget_truth_ratio"] < checks[0]["stop_holdout_truth_ratio"]
     )
     assert len(end) == 1 and end[0]["stop_reason"] in ("crossed", "stalled", "retain_alarm", "max_steps")
-    assert all(r["stop_gap_heldout"] is not None for r in checks)
+    # Screening: answers only while their loss gap is > 0, then truth ratios at every check.
+    screened = [r for r in checks if r["stop_screened"]]
+    assert not checks[0]["stop_screened"]
+    assert all(r["stop_gap"] is None and r["stop_gap_loss_auc"] > 0 for r in screened)
+    first_full = next((i for i, r in enumerate(checks[1:], 1) if not r["stop_screened"]), len(checks))
+    assert screened == checks[1:first_full], "once truth ratios are scored, every later check scores them"
+    assert all(r["stop_gap_heldout"] is not None for r in checks if not r["stop_screened"])
     # The evaluation (separate code: eval/tofu.py, eval/mia.py) of the weights the rule kept agrees with
     # that check's record: the loss AUC of forget vs holdout, and the forget set's median truth ratio.
-    kept = next(r for r in checks if r["step"] == end[0]["stop_best_step"])
-    assert kept["stop_gap"] == end[0]["stop_best_gap"]
+    kept = end[0]["stop_best_check"]  # as finally scored: a screened check may be re-scored at the crossing
+    logged = next(r for r in checks if r["step"] == end[0]["stop_best_step"])
+    assert kept["step"] == logged["step"] and kept["stop_gap"] == end[0]["stop_best_gap"] is not None
+    assert kept["stop_gap_loss_auc"] == logged["stop_gap_loss_auc"]
     result = json.loads((out / "eval.json").read_text())
     assert result["metrics"]["mia_auc_loss"]["value"] - 0.5 == pytest.approx(
         kept["stop_gap_loss_auc"], abs=0.02
@@ -288,3 +296,105 @@ def test_lr_damping_needs_the_stop_rule_and_a_multiplier_schedule():
     with pytest.raises(ConfigError, match="--stop_lr_damping composes with multiplier schedules"):
         parse_config(["--auto", "--output_dir", "x", "--stop_lr_damping", "true", "--gen", "false",
                       "--lr_scheduler_type", "reduce_lr_on_plateau", "--eval_strategy", "epoch"])  # fmt: skip
+
+
+def _screening_rule(script: dict[int, tuple], tolerance=0.5):
+    """A truth-ratio rule and a one-weight model; the scores are scripted by the weight w: script[w] =
+    (forget answer losses, holdout answer losses, forget log R, holdout log R, retain loss)."""
+    config = SimpleNamespace(stop_check_interval=1, stop_patience=3, stop_retain_tolerance=tolerance,
+                             stop_lr_damping=False, stop_screen=True)  # fmt: skip
+    data = {"statistic": "truth_ratio", "holdout": [None] * 2, "heldout": [], "retain_sample": [None]}
+    records: list[dict] = []
+    rule = IndistinguishableStop(None, [None] * 2, data, config, {}, records.append, "/nonexistent")
+    full = []  # the weights at which truth ratios were scored
+
+    def at(model):
+        return script[int(model.weight.item())]
+
+    def losses(model, rows, desc):
+        fa, ha, _, _, retain = at(model)
+        return np.array(fa if "forget" in desc else ha if "holdout" in desc else [retain], dtype=float)
+
+    def values(model, rows, desc):
+        fa, ha, ftr, htr, _ = at(model)
+        if "forget" in desc:
+            full.append(int(model.weight.item()))
+        return (
+            (np.array(fa, float), np.array(ftr, float))
+            if "forget" in desc
+            else (np.array(ha, float), np.array(htr, float))
+        )
+
+    rule._losses, rule._values = losses, values
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()  # _train adds 1 per step: the weight is the step
+    return rule, records, full, model
+
+
+# (forget answers, holdout answers): loss AUC gap +1/2, +1/4, -1/2; (forget, holdout) log R: KS gap +1, +1/2, 0, -1
+A_FAR, A_NEAR, A_CROSSED = ([1, 1], [3, 3]), ([1, 3], [3, 3]), ([5, 5], [3, 3])
+R_FAR, R_HALF, R_SAME, R_OVER = ([0, 0], [5, 5]), ([0, 6], [5, 5]), ([5, 5], [5, 5]), ([9, 9], [5, 5])
+
+
+def test_screening_scores_truth_ratios_only_after_the_answer_loss_gap_crosses():
+    script = {0: (*A_FAR, *R_FAR, 1.0), 1: (*A_FAR, *R_FAR, 1.1), 2: (*A_NEAR, *R_FAR, 1.2),
+              3: (*A_CROSSED, *R_HALF, 1.3), 4: (*A_CROSSED, *R_SAME, 1.4), 5: (*A_CROSSED, *R_OVER, 1.5)}  # fmt: skip
+    rule, records, full, model = _screening_rule(script)
+    weights, last = _train(rule, model, steps=5)
+    checks = [r for r in records if "stop_decision" in r]
+    assert [r["stop_screened"] for r in checks] == [False, True, True, False, False]
+    assert [r["stop_gap"] for r in checks] == [1.0, None, None, 0.5, 0.0]
+    assert [r["stop_gap_loss_auc"] for r in checks] == [0.5, 0.5, 0.25, -0.5, -0.5]
+    assert full == [0, 3, 4]  # truth ratios at the first check and from the crossing of the answer losses on
+    assert last == 4 and records[-1]["stop_reason"] == "crossed" and records[-1]["stop_best_step"] == 4
+
+
+def test_screening_rescores_the_kept_check_when_the_first_scored_check_has_overshot():
+    # Answers and truth ratios cross at the same check, the truth ratios far past 0 (-1): the screened
+    # check before it (step 2) is scored with its own weights (+1/2), is nearer 0, and is kept.
+    script = {0: (*A_FAR, *R_FAR, 1.0), 1: (*A_FAR, *R_FAR, 1.1), 2: (*A_NEAR, *R_HALF, 1.2),
+              3: (*A_CROSSED, *R_OVER, 1.3)}  # fmt: skip
+    rule, records, full, model = _screening_rule(script)
+    weights, last = _train(rule, model, steps=3)
+    checks = [r for r in records if "stop_decision" in r]
+    assert full == [0, 3, 2]  # step 2 scored with step 2's weights, after step 3's
+    assert checks[-1]["stop_gap"] == -1.0 and checks[-1]["stop_previous_gap"] == 0.5
+    end = {k: v for k, v in records[-1].items() if k != "stop_best_check"}
+    assert end == {
+        "step": 3,
+        "stop_reason": "crossed",
+        "stop_best_step": 2,
+        "stop_best_gap": 0.5,
+        "stop_restored": True,
+    }
+    assert records[-1]["stop_best_check"]["stop_rescored"] and records[-1]["stop_best_check"]["stop_screened"]
+    assert torch.equal(model.weight, weights[2])
+
+
+def test_a_retain_alarm_while_screening_keeps_the_last_screened_check_within_tolerance():
+    # lead = holdout answer loss 3 - retain loss 1 = 2; tolerance 0.5: a retain loss above 2 alarms.
+    script = {0: (*A_FAR, *R_FAR, 1.0), 1: (*A_FAR, *R_FAR, 1.5), 2: (*A_NEAR, *R_FAR, 2.5)}
+    rule, records, full, model = _screening_rule(script)
+    weights, last = _train(rule, model, steps=2)
+    assert full == [0]
+    assert records[-1]["stop_reason"] == "retain_alarm" and records[-1]["stop_best_step"] == 1
+    assert records[-1]["stop_best_gap"] is None and torch.equal(model.weight, weights[1])
+
+
+def test_a_resumed_run_goes_on_screening_only_if_no_truth_ratio_check_has_been_scored(tmp_path):
+    script = {0: (*A_FAR, *R_FAR, 1.0), 1: (*A_FAR, *R_FAR, 1.1), 2: (*A_NEAR, *R_FAR, 1.2),
+              3: (*A_CROSSED, *R_HALF, 1.3), 4: (*A_CROSSED, *R_HALF, 1.4)}  # fmt: skip
+    args = SimpleNamespace(max_steps=4, num_train_epochs=1)
+    for stopped_at, screening in ((2, True), (3, False)):
+        out = tmp_path / f"at{stopped_at}"
+        out.mkdir()
+        first, _, _, model = _screening_rule(script)
+        first.output_dir = out
+        weights, _ = _train(first, model, steps=stopped_at)  # stop_rule.json and the best weights on disk
+        resumed, records, full, model = _screening_rule(script)
+        resumed.output_dir = out
+        state = SimpleNamespace(global_step=stopped_at, max_steps=4)
+        resumed.on_train_begin(args, state, TrainerControl(), model=model)
+        assert resumed.screening is screening and resumed.best["step"] == stopped_at
+        assert torch.equal(resumed.best_weights["weight"], weights[stopped_at])

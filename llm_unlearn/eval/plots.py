@@ -17,6 +17,7 @@ labels beside points, so two models at the same spot never print on top of each 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -363,10 +364,15 @@ def _stop_panel(ax, checks: list[dict], end: dict | None) -> None:
     """The stop rule's gap (forget vs holdout; 0 = indistinguishable) at each check, on the whole forget
     set and its trained and held-out parts, the retain loss's relative rise, and the check it kept."""
     x = [r["step"] for r in checks]
-    ax.plot(x, [r["stop_gap"] for r in checks], color="C0", lw=1.6, marker=".", label="gap, whole forget set")
-    ax.plot(
-        x, [r["stop_gap_trained"] for r in checks], color="C1", lw=1.0, ls="--", label="gap, trained part"
-    )
+
+    def values(key: str) -> list[float]:  # a screened check has no gap (None): a hole in the line
+        return [math.nan if r.get(key) is None else r[key] for r in checks]
+
+    ax.plot(x, values("stop_gap"), color="C0", lw=1.6, marker=".", label="gap, whole forget set")
+    ax.plot(x, values("stop_gap_trained"), color="C1", lw=1.0, ls="--", label="gap, trained part")
+    if any(r.get("stop_screened") for r in checks):
+        ax.plot(x, values("stop_gap_loss_auc"), color="0.55", lw=1.0, marker="x", ms=4,
+                label="answer-loss AUC gap (screening)")  # fmt: skip
     held = [(r["step"], r["stop_gap_heldout"]) for r in checks if r.get("stop_gap_heldout") is not None]
     if held:
         ax.plot(*zip(*held), color="C2", lw=1.0, ls=":", label="gap, held-out part")
