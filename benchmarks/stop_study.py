@@ -220,12 +220,39 @@ def replay(
     return len(trace) - 1, best
 
 
-SHIPPED = "truth-ratio KS, guarded (the rule now)"
+def replay_screened(trace: list[dict], tolerance: float = 0.5, patience: int = 3) -> tuple[int, int, int]:
+    """(stop, keep, checks with truth ratios scored): the guarded truth-ratio rule with `--stop_screen`
+    (stop.py): until the answer-loss gap first reaches 0 a check scores answers only, its truth-ratio
+    gap is unknown, and the latest such check within tolerance is kept; if the first scored check has
+    already crossed, the kept screened check is scored too and the nearer of the two kept."""
+    key, best, best_gap, screening, scored = "tr_gap_ks", 0, trace[0]["tr_gap_ks"], True, 1
+    for i, c in enumerate(trace[1:], 1):
+        within = c["stop_retain_rise"] <= tolerance
+        screening = screening and c["stop_gap"] > 0
+        if screening:
+            if within:
+                best, best_gap = i, None
+        else:
+            scored += 1
+            if within and best_gap is None and c[key] <= 0:
+                best_gap, scored = trace[best][key], scored + 1  # the kept screened check, re-scored
+            if within and (best_gap is None or abs(c[key]) < abs(best_gap)):
+                best, best_gap = i, c[key]
+        if not within or (not screening and c[key] <= 0):
+            return i, best, scored
+        if best_gap is not None and i - best >= patience and abs(best_gap) < 1.0:
+            return i, best, scored
+    return len(trace) - 1, best, scored
+
+
+UNSCREENED = "truth-ratio KS, guarded (auto-v3, scored at every check)"
+SHIPPED = "truth-ratio KS, guarded, screened (the rule now)"
 RULES = {
     "loss AUC (auto-v2, the rule before)": lambda t: replay(t, "stop_gap", 0.5),
     "truth-ratio KS, unguarded": lambda t: replay(t, "tr_gap_ks", 1.0),
     "truth-ratio AUC, unguarded": lambda t: replay(t, "tr_gap", 0.5),
-    SHIPPED: lambda t: replay(t, "tr_gap_ks", 1.0, guarded=True),
+    UNSCREENED: lambda t: replay(t, "tr_gap_ks", 1.0, guarded=True),
+    SHIPPED: lambda t: replay_screened(t)[:2],
     "truth-ratio KS, guarded, tolerance 0.4": lambda t: replay(
         t, "tr_gap_ks", 1.0, tolerance=0.4, guarded=True
     ),
@@ -240,23 +267,41 @@ def _mu_ok(run: dict, check: dict) -> bool:
 
 
 def _replay_vs_real(state: dict) -> list[str]:
-    """Does the replay keep what the real rule kept? Compared with benchmarks/auto.json's `auto` arm."""
+    """Does the replay keep what the real rule kept? Compared with benchmarks/auto.json's runs of the
+    rule now (`auto`) and of the rule before screening (`auto-v3`, `auto-unscreened`)."""
     real_path = ROOT / "benchmarks" / "auto.json"
     if not real_path.is_file():
         return []
     traces = {
         (r["world"], r["split"], r["seed"]): r["trace"] for r in state["runs"] if not r.get("check_interval")
     }
-    real = [r for r in json.loads(real_path.read_text())["runs"] if r["arm"] == "auto"]
-    pairs = [(r, traces[k]) for r in real if (k := (r["world"], r["split"], r["seed"])) in traces]
-    same = 0
-    for r, trace in pairs:
-        kept = trace[RULES[SHIPPED](trace)[1]]
-        same += kept["step"] == r["best_step"] and math.isclose(
-            kept["fq"], r["forget_quality"], rel_tol=1e-4, abs_tol=1e-9
-        )
-    return ["", f"Replay vs a real run: of the {len(pairs)} `auto` runs in benchmarks/auto.json with a trace here, the",
-            f"replayed rule now keeps the same step, with the same FQ (1e-4 relative), in {same}.", ""]  # fmt: skip
+    lines = [""]
+    for arm, name in (("auto", SHIPPED), ("auto-unscreened", UNSCREENED), ("auto-v3", UNSCREENED)):
+        real = [r for r in json.loads(real_path.read_text())["runs"] if r["arm"] == arm]
+        pairs = [(r, traces[k]) for r in real if (k := (r["world"], r["split"], r["seed"])) in traces]
+        same = 0
+        for r, trace in pairs:
+            kept = trace[RULES[name](trace)[1]]
+            same += kept["step"] == r["best_step"] and math.isclose(
+                kept["fq"], r["forget_quality"], rel_tol=1e-4, abs_tol=1e-9
+            )
+        if pairs:
+            lines.append(f"- Replay vs real runs, `{arm}` ({name}): of the {len(pairs)} runs in benchmarks/auto.json with a "
+                         f"trace here, the replay keeps the same step, with the same FQ (1e-4 relative), in {same}.")  # fmt: skip
+    return [*lines, ""]
+
+
+def _screening_summary(state: dict) -> list[str]:
+    """What screening saves and whether it changes the kept check (traces checked once per epoch)."""
+    runs = [r for r in state["runs"] if not r.get("check_interval")]
+    same = scored = checks = 0
+    for r in runs:
+        stop_at, keep, n = replay_screened(r["trace"])
+        same += keep == RULES[UNSCREENED](r["trace"])[1]
+        scored, checks = scored + n, checks + RULES[UNSCREENED](r["trace"])[0] + 1
+    return ["", f"Screening: over the {len(runs)} once-per-epoch traces, the screened rule keeps the same check as the",
+            f"rule scoring truth ratios at every check in {same}, and scores truth ratios at {scored} of the {checks}",
+            "checks that rule scores (the rest score the answers only).", ""]  # fmt: skip
 
 
 def report(state: dict, path: Path) -> None:
@@ -289,6 +334,7 @@ def report(state: dict, path: Path) -> None:
             mu_ok = sum(_mu_ok(r, c) for r, c in zip(runs, kept))
             lines.append(f"| {label} | {name} | {len(runs)} | {sum(f >= 0.05 for f in fqs)} | {gm:.3g} | {mu_ok} | "
                          f"{statistics.fmean(steps):.1f} | {oracle} |")  # fmt: skip
+    lines += _screening_summary(state)
     lines += _replay_vs_real(state)
     lines += ["", "## Runs", "", "Per run: the check kept by the loss-AUC rule and by the rule now (step: FQ, MU/target), and the oracle's.", "",
               "| world | split | seed | loss AUC kept | truth-ratio KS guarded kept | oracle |", "|---|---|---|---|---|---|"]  # fmt: skip
