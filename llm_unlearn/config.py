@@ -30,7 +30,8 @@ logger = logging.getLogger("llm_unlearn")
 
 TORCH_DTYPES = ("float32", "bfloat16", "float16")
 STOP_RULES = ("indistinguishable",)
-STOP_STATISTICS = ("auto", "truth_ratio", "auc", "ks")  # stop.py
+# stop.py; `auto`: truth_ratio where the holdout has paraphrased and perturbed answers, else auc.
+STOP_STATISTICS = ("auto", "truth_ratio", "auc", "ks")
 # `--auto`: what it sets, below anything given in a recipe or on the command line (parse_config).
 AUTO_SETTINGS = {
     "method": "ngdiff", "gen": True, "optim": "sgd", "learning_rate": 0.1, "lr_scheduler_type": "constant",

@@ -10,6 +10,8 @@ the machine and nothing pickled does (a pickle runs code when loaded):
   and its plots, `train_log.jsonl`, `unlearn_config.yaml` (the resolved recipe) and `run_info.json`
   (the command, with secrets redacted, and library versions);
 - `README.md`, the model card (`card.py`), and the data card of the data the run used.
+In the text records and the card, the user's home folder is written `~` (a path under it names
+the user); other local paths are kept, since they say where the run's inputs were.
 Never `training_args.bin`, checkpoints, optimizer states or any `.bin`/`.pt`/`.pkl` file; a run
 whose weights are not safetensors is refused.
 
@@ -40,6 +42,19 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 RECORD_FILES = ("eval.json", "report.md", "*.png", "train_log.jsonl", "unlearn_config.yaml", "run_info.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 ADAPTER_DIR = "adapter"  # as in unlearn.py
+
+
+TEXT_RECORDS = (".json", ".jsonl", ".yaml", ".md")
+
+
+def redact_home(text: str, home: str | None = None) -> str:
+    """`text` with the user's home folder (as an absolute path, and as its real path) written `~`."""
+    home = home or os.path.expanduser("~")
+    for path in sorted({home, os.path.realpath(home)}, key=len, reverse=True):
+        if path and path != os.sep:  # a home of "/" would rewrite every path
+            text = text.replace(path.rstrip(os.sep) + os.sep, "~" + os.sep)
+            text = text.replace(path.rstrip(os.sep) + '"', '~"')  # the home itself, quoted in JSON
+    return text
 
 
 def _matches(folder: Path, patterns: tuple[str, ...]) -> list[Path]:
@@ -118,13 +133,18 @@ def stage(
     run, dest = Path(run_dir), Path(dest)
     files = plan_files(run, merged=merged)
     for name, src in files.items():
-        _place(src, dest / name, link)
+        if src.suffix in TEXT_RECORDS:  # rewritten, never linked: the run's own file stays as it is
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).write_text(redact_home(src.read_text(encoding="utf-8")), encoding="utf-8")
+        else:
+            _place(src, dest / name, link)
     config = yaml.safe_load((run / "unlearn_config.yaml").read_text(encoding="utf-8"))
     data_card = data_card_path(config)
     if data_card is not None:
         shutil.copyfile(data_card, dest / "data_card.md")
     adapter = (run / ADAPTER_DIR).is_dir() and not merged
     card = build_card(run, repo_id, adapter=adapter, data_card="data_card.md" if data_card else None)
+    card.content = redact_home(card.content)
     card.save(dest / "README.md")
     return sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
 

@@ -162,7 +162,7 @@ def unlearn(
     check_forget_retain(forget_rows, retain_rows, data.forget_split, retain_split)
     stop_data = None
     if config.stop_rule:
-        from .stop import load_stop_data
+        from .stop_data import load_stop_data
 
         stop_data = load_stop_data(data, forget_rows, retain_rows, config)
     resume = prepare_output_dir(config.output_dir)

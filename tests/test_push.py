@@ -19,6 +19,7 @@ from huggingface_hub import ModelCard, constants
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from llm_unlearn.cli import main
+from llm_unlearn.push import redact_home
 from llm_unlearn.runio import redacted_argv, write_status
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -309,3 +310,26 @@ def test_card_names_a_builtin_sources_upstream_model_and_a_hub_dataset(runs, tmp
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and "de-quantized" in card.text
     assert card.data.datasets == ["locuslab/TOFU"]
     assert {r.dataset_type for r in card.data.eval_results} == {"locuslab/TOFU"}
+
+
+def test_redact_home_writes_the_home_folder_as_tilde_and_nothing_else():
+    text = '{"a": "/home/ann/runs/x", "b": "/home/annie/y", "c": "/home/ann", "d": "/tmp/z"}'
+    assert (
+        redact_home(text, "/home/ann") == '{"a": "~/runs/x", "b": "/home/annie/y", "c": "~", "d": "/tmp/z"}'
+    )
+    assert redact_home(text, "/") == text  # a home of "/" is left alone
+
+
+def test_a_staged_folder_names_no_path_under_the_home_folder(runs, hub_env, tmp_path, monkeypatch):
+    run, out = runs["full"], tmp_path / "staged"
+    home = str(run.parent)  # as if the runs lived in the user's home folder
+    monkeypatch.setenv("HOME", home)
+    before = _digest(run)
+    assert main(["push", str(run), "--repo_id", "org/home", "--dry_run", "--output_dir", str(out)]) == 0
+    texts = {p.name: p.read_text() for p in out.rglob("*") if p.suffix in (".json", ".jsonl", ".yaml", ".md")}
+    assert home in (run / "unlearn_config.yaml").read_text()
+    assert not [name for name, text in texts.items() if home in text]
+    assert f"~/{run.name}" in texts["unlearn_config.yaml"] and "~/" in texts["README.md"]
+    for name in FULL_MODEL | TOKENIZER:
+        assert (out / name).read_bytes() == (run / name).read_bytes()
+    assert _digest(run) == before

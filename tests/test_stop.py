@@ -15,7 +15,8 @@ from transformers import TrainerControl
 from llm_unlearn.cli import main
 from llm_unlearn.config import parse_config
 from llm_unlearn.data import load_split
-from llm_unlearn.stop import IndistinguishableStop, load_stop_data, signed_gap
+from llm_unlearn.stop import IndistinguishableStop, signed_gap
+from llm_unlearn.stop_data import load_stop_data
 
 
 def test_signed_gap_by_hand():

@@ -1,0 +1,108 @@
+"""What the stop rule (`stop.py`) scores, loaded and checked before training starts.
+
+The holdout split (unseen questions of the same kind and number as the forget set), for the
+truth-ratio statistic the paraphrased and perturbed answers of the forget and holdout questions, the
+forget questions kept out of training (`--stop_heldout_fraction`), and a fixed retain sample for the
+utility guard. Every problem is one `DataError` line naming the fix, raised before any training.
+"""
+
+from __future__ import annotations
+
+import random
+
+from .data import DataError, load_split, paired_split, split_path
+
+RETAIN_SAMPLE = 200  # retain examples scored per check: enough for a stable mean loss, cheap
+TR_FIELDS = ("question", "answer", "paraphrased_answer", "perturbed_answer")
+
+
+def load_stop_data(data, forget_rows: list[dict], retain_rows: list[dict], config) -> dict:
+    """Validate and return what the rule scores: holdout rows, the held-out forget indices, a retain sample.
+
+    Raises DataError (one line) for a missing holdout split, one of another size than the forget set,
+    or one that shares questions with the forget or retain set.
+    """
+    from .probes.split import attack_heldout_split
+
+    name = config.stop_holdout_split or paired_split(data.forget_split, "holdout")
+    try:
+        holdout = load_split(name, data_dir=data.data_dir, dataset_name=data.dataset_name)
+    except DataError as err:
+        raise DataError(
+            f"the stop rule needs a holdout split (unseen questions of the same kind as the forget set): {err}; "
+            "pass --stop_holdout_split NAME, or run without --stop_rule"
+        ) from None
+    if len(holdout) != len(forget_rows):
+        raise DataError(
+            f"holdout split {name} has {len(holdout)} examples but forget split {data.forget_split} has "
+            f"{len(forget_rows)}; the stop rule compares equal-sized sets: pass a holdout of the same size "
+            "(--stop_holdout_split)"
+        )
+    questions = {r["question"] for r in holdout}
+    for other, rows in ((data.forget_split, forget_rows), ("the retain split", retain_rows)):
+        shared = questions & {r["question"] for r in rows}
+        if shared:
+            raise DataError(
+                f"holdout split {name} shares {len(shared)} question(s) with {other} (e.g. {sorted(shared)[0]!r}); "
+                "the holdout must be data the model never saw: pass another --stop_holdout_split"
+            )
+    statistic, forget_pert, holdout_pert = _truth_ratio_rows(
+        data, name, forget_rows, holdout, config.stop_statistic
+    )
+    heldout: list[int] = []
+    if config.stop_heldout_fraction > 0:
+        _, heldout = attack_heldout_split(
+            forget_rows, seed=config.seed, heldout_fraction=config.stop_heldout_fraction
+        )
+    rng = random.Random(config.seed)
+    sample = sorted(rng.sample(range(len(retain_rows)), min(RETAIN_SAMPLE, len(retain_rows))))
+    return {
+        "holdout_name": name,
+        "statistic": statistic,
+        "holdout": holdout_pert or holdout,
+        "forget_scored": forget_pert or forget_rows,
+        "heldout": heldout,
+        "retain_sample": [retain_rows[i] for i in sample],
+    }
+
+
+def _truth_ratio_rows(data, holdout_name: str, forget_rows, holdout, statistic: str):
+    """(statistic, forget rows, holdout rows) with paraphrased and perturbed answers for `truth_ratio`.
+
+    The forget rows come from `<forget split>_perturbed` in the forget split's order; `auto` becomes
+    `truth_ratio` when `<holdout>_perturbed` exists (the built-in world writes one; TOFU has none), else `auc`.
+    """
+    if statistic not in ("auto", "truth_ratio"):
+        return statistic, None, None
+    source = dict(data_dir=data.data_dir, dataset_name=data.dataset_name)
+    names = (f"{data.forget_split}_perturbed", f"{holdout_name}_perturbed")
+    rows = None
+    if statistic == "auto" and data.data_dir is not None:
+        if not all(split_path(data.data_dir, n).is_file() for n in names):
+            return "auc", None, None
+    elif statistic == "auto":
+        try:
+            rows = [load_split(n, required=TR_FIELDS, **source) for n in names]
+        except Exception:  # noqa: BLE001 - a Hub dataset without these configs (TOFU's holdout): use losses
+            return "auc", None, None
+    if rows is None:
+        try:
+            rows = [load_split(n, required=TR_FIELDS, **source) for n in names]
+        except DataError as err:
+            raise DataError(
+                f"the truth_ratio stop statistic needs the paraphrased and perturbed answers of the forget and "
+                f"holdout questions: {err}; pass --stop_statistic auc (TOFU's holdout has no perturbed answers)"
+            ) from None
+    forget_pert, holdout_pert = rows
+    by_question = {r["question"]: r for r in forget_pert}
+    missing = [r["question"] for r in forget_rows if r["question"] not in by_question]
+    if missing:
+        raise DataError(
+            f"{names[0]} lacks {len(missing)} question(s) of {data.forget_split} (e.g. {missing[0]!r}); "
+            "the truth-ratio statistic needs every forget question there: fix the split or pass --stop_statistic auc"
+        )
+    if {r["question"] for r in holdout_pert} != {r["question"] for r in holdout}:
+        raise DataError(
+            f"{names[1]} does not hold the questions of {holdout_name}; fix the split or pass --stop_statistic auc"
+        )
+    return "truth_ratio", [by_question[r["question"]] for r in forget_rows], holdout_pert
