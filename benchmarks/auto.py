@@ -22,7 +22,10 @@ models; forget01/05/10; training seeds 0, 1, 2 (`--seed k --retain_seed k`). Arm
   `--auto --stop_screen false` (truth ratios scored at every check, the rule before screening; it
   measures what screening saves, run side by side with `auto`); `auto-damped` is `--auto
   --stop_lr_damping true` (the lr scaled by the share of the gap left after each check), `auto-damped-t35`
-  the same with `--stop_retain_tolerance 0.35`; `auto-noalarm` is `--auto`
+  the same with `--stop_retain_tolerance 0.35`; `auto-mu` adds the utility guard
+  (`--stop_utility_tolerance 0.2`: stop once model utility, estimated at each check on 20 retain,
+  real-author and world-fact questions, has lost 20% of the first check's), `auto-damped-mu` adds it
+  to `auto-damped`; `auto-noalarm` is `--auto`
   with the retain-loss alarm switched off (`--stop_retain_tolerance 1e9`); `auto-fine` also checks every
   2 optimizer steps instead of once per epoch (`--stop_check_interval 2`).
 
@@ -49,6 +52,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from llm_unlearn.config import EvalArgs, parse_config
+from llm_unlearn.eval.metrics import MODEL_UTILITY_INPUTS
 from llm_unlearn.models import build_default_models
 from llm_unlearn.pipeline import EpochEvaluator, evaluate_path
 from llm_unlearn.runio import locked, write_json_atomic
@@ -65,6 +69,8 @@ ABLATIONS = {
     "auto-unscreened": ["--stop_screen", "false"],
     "auto-damped": ["--stop_lr_damping", "true"],
     "auto-damped-t35": ["--stop_lr_damping", "true", "--stop_retain_tolerance", "0.35"],
+    "auto-mu": ["--stop_utility_tolerance", "0.2"],
+    "auto-damped-mu": ["--stop_lr_damping", "true", "--stop_utility_tolerance", "0.2"],
     "auto-noalarm": ["--stop_retain_tolerance", "1e9"],
     "auto-fine": ["--stop_retain_tolerance", "1e9", "--stop_check_interval", "2"],
 }
@@ -183,7 +189,7 @@ def execute(todo: list[dict], out: Path, args) -> None:
             )
             target = evaluate_path(str(models["target"]), data, EvalArgs(), reference=references[split])
             baseline[f"{name}/{split}"] = {
-                "world": fields, "target": {k: target["metrics"][k]["value"] for k in KEYS},
+                "world": fields, "target": {k: target["metrics"][k]["value"] for k in KEYS} | _mu_parts(target),
                 "retain": {k: references[split]["metrics"][k]["value"] for k in KEYS if k != "forget_quality"},
             }  # fmt: skip
         for i, r in enumerate(runs):
@@ -217,6 +223,11 @@ def _cached_eval(path: Path, model: Path, data) -> dict:
     result = evaluate_path(str(model), data, EvalArgs())
     write_json_atomic(path, result)
     return result
+
+
+def _mu_parts(result: dict) -> dict:
+    """The nine numbers model utility is the harmonic mean of (to see which ones a collapse takes down)."""
+    return {"mu_parts": {k: result["metrics"][k]["value"] for k in MODEL_UTILITY_INPUTS}}
 
 
 class TimedEvaluator(EpochEvaluator):
@@ -253,13 +264,14 @@ def run_arm(
     steps = max(x["step"] for x in log if "step" in x)
     target_mu = base["target"]["model_utility"]
     record = {**r, "steps": steps, "seconds": seconds, "date": time.strftime("%Y-%m-%d"), "target_model_utility": target_mu,
+              "target_mu_parts": base["target"].get("mu_parts"),
               "target_forget_quality": base["target"]["forget_quality"]}  # fmt: skip
     if auto:
         result = evaluate_path(str(run_dir), data, EvalArgs(), reference=reference)
         stop = next(x for x in log if "stop_reason" in x)
         lrs = [x["learning_rate"] for x in log if "learning_rate" in x]
         checks = [x for x in log if "stop_decision" in x]
-        record |= {k: result["metrics"][k]["value"] for k in KEYS} | {
+        record |= {k: result["metrics"][k]["value"] for k in KEYS} | _mu_parts(result) | {
             "stop_reason": stop["stop_reason"], "best_step": stop["stop_best_step"], "best_gap": stop["stop_best_gap"],
             "stop_statistic": checks[0]["stop_statistic"],
             "check_seconds": round(sum(c.get("stop_seconds", 0.0) for c in checks), 2),
@@ -454,6 +466,7 @@ def diagnosis(runs: list[dict]) -> list[str]:
             + (f", whose FQ ranges {min(r['forget_quality'] for r in near):.2g} to "
                f"{max(r['forget_quality'] for r in near):.2g}" if near else "") + "."
         )  # fmt: skip
+        lines += _collapses(rs)
         alarms = [r for r in rs if r["stop_reason"] == "retain_alarm"]
         if alarms:
             rise = [r["checks"][-1]["stop_retain_rise"] for r in alarms]
@@ -472,6 +485,25 @@ def diagnosis(runs: list[dict]) -> list[str]:
                 + f"; the weights kept (gaps {min(kept):.2f} to {max(kept):.2f}) have MU {min(mu):.2f} to {max(mu):.2f} of the target's."
             )  # fmt: skip
     return lines
+
+
+def _collapses(rs: list[dict]) -> list[str]:
+    """For runs below the utility floor that recorded the parts of model utility: each part over the
+    target's, grouped by kind (answer probability, ROUGE-L of the greedy answer, truth ratio)."""
+    out = []
+    for r in rs:
+        target = r.get("target_mu_parts")
+        if "mu_parts" not in r or not target or r["model_utility"] >= MU_FLOOR * r["target_model_utility"]:
+            continue
+        kinds = {kind: [r["mu_parts"][k] / target[k] for k in r["mu_parts"] if k.endswith(kind) and target[k] > 0]
+                 for kind in ("prob", "rouge_l", "truth_ratio")}  # fmt: skip
+        out.append(
+            f"  Below the floor: {r['world']} {r['split']} seed {r['seed']} (MU {r['model_utility'] / r['target_model_utility']:.2f} x); "
+            "its parts over the target's (retain, real authors, world facts): "
+            + "; ".join(f"{kind} " + " / ".join(f"{v:.2f}" for v in vals) for kind, vals in kinds.items())
+            + "."
+        )  # fmt: skip
+    return out
 
 
 def _totals(runs: list[dict]) -> str:
@@ -549,6 +581,8 @@ STYLE = {
     "auto-fine": dict(color="tab:purple", marker="D", s=90),
     "auto-damped": dict(color="tab:brown", marker="v", s=110),
     "auto-damped-t35": dict(color="tab:pink", marker="^", s=110),
+    "auto-mu": dict(color="tab:olive", marker="h", s=110),
+    "auto-damped-mu": dict(color="tab:cyan", marker="p", s=120),
     "auto-v2": dict(color="tab:gray", marker="P", s=120),
     "auto-v1": dict(color="tab:gray", marker="X", s=110),
     "auto-v2-noalarm": dict(color="tab:orange", marker="P", s=90),

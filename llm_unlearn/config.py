@@ -266,6 +266,18 @@ class UnlearnConfig(TrainingArguments):
             "gap, at least 0.1), so that the crossing is approached in smaller steps; composes with GeN."
         },
     )
+    stop_utility_tolerance: float = field(
+        default=0.0,
+        metadata={
+            "help": "Also estimate model utility at each check, on --stop_utility_sample questions each of retain, "
+            "real authors and world facts (as the evaluation scores them, greedy answers included); a check that "
+            "lost more than this share of the first check's estimate stops the run (utility_alarm) and is never "
+            "kept. 0 = off; 0.2 = the 80% floor."
+        },
+    )
+    stop_utility_sample: int = field(
+        default=20, metadata={"help": "Questions per role scored by --stop_utility_tolerance's estimate."}
+    )
     stop_screen: bool = field(
         default=True,
         metadata={
@@ -352,6 +364,10 @@ class UnlearnConfig(TrainingArguments):
                     "--stop_lr_damping scales the lr by the stop rule's gap: pass --stop_rule indistinguishable (or --auto)"
                 )
             self._check_gen_schedule("--stop_lr_damping", "set --stop_lr_damping false")
+        if self.stop_utility_tolerance > 0 and not self.stop_rule:
+            raise ConfigError(
+                "--stop_utility_tolerance guards the stop rule's checks: pass --stop_rule indistinguishable (or --auto)"
+            )
 
     def _check_ranges(self) -> None:
         """Every numeric option in range before any work starts (one line naming the option and the fix)."""
@@ -396,6 +412,8 @@ class UnlearnConfig(TrainingArguments):
         _require(self.stop_check_interval >= 0, "stop_check_interval", self.stop_check_interval, ">= 0 (0 = once per epoch)")  # fmt: skip
         _require(self.stop_patience >= 1, "stop_patience", self.stop_patience, "at least 1 check")
         _require(math.isfinite(self.stop_retain_tolerance) and self.stop_retain_tolerance > 0, "stop_retain_tolerance", self.stop_retain_tolerance, "a positive fraction (0.5 = half the retain set's lead over unseen data)")  # fmt: skip
+        _require(0 <= self.stop_utility_tolerance < 1, "stop_utility_tolerance", self.stop_utility_tolerance, "in [0, 1) (0 = off; 0.2 = keep 80% of the estimated utility)")  # fmt: skip
+        _require(self.stop_utility_sample >= 2, "stop_utility_sample", self.stop_utility_sample, "at least 2 questions per role")  # fmt: skip
         _require(0 <= self.stop_heldout_fraction < 1, "stop_heldout_fraction", self.stop_heldout_fraction, "in [0, 1)")  # fmt: skip
         _require(0 <= self.gen_gamma < 1, "gen_gamma", self.gen_gamma, "in [0, 1)")
         for name in ("npo_beta", "simnpo_beta", "dpo_beta", "rmu_coefficient", "undial_strength"):

@@ -125,7 +125,10 @@ class IndistinguishableStop(TrainerCallback):
         self.interval = config.stop_check_interval
         self.patience = config.stop_patience
         self.tolerance = config.stop_retain_tolerance
-        self.settings = score_settings
+        self.settings = {k: v for k, v in score_settings.items() if k != "max_new_tokens"}
+        self.max_new_tokens = score_settings.get("max_new_tokens", 64)
+        self.utility_rows = stop_data.get("utility_rows")
+        self.utility_tolerance = getattr(config, "stop_utility_tolerance", 0.0)
         self.log = log
         self.output_dir = Path(output_dir)
         self.history: list[dict] = []
@@ -177,7 +180,14 @@ class IndistinguishableStop(TrainerCallback):
         # close their gap: on forget10 of the built-in world the crossing itself can come after
         # utility has fallen (benchmarks/stop_study.md). A screened check (gap None) within tolerance
         # replaces the previous best, and any scored one replaces it (module doc).
-        within = record["stop_retain_rise"] <= self.tolerance
+        retain_ok = record["stop_retain_rise"] <= self.tolerance
+        utility_ok = True
+        if self.utility_rows:
+            record["stop_utility"] = self._utility(model)
+            start_utility = first.get("stop_utility", record["stop_utility"])
+            record["stop_utility_drop"] = 1 - record["stop_utility"] / start_utility if start_utility > 0 else 0.0
+            utility_ok = record["stop_utility_drop"] <= self.utility_tolerance
+        within = retain_ok and utility_ok
         if (
             within
             and gap is not None
@@ -201,7 +211,7 @@ class IndistinguishableStop(TrainerCallback):
             checks_since_best = sum(r["step"] > self.best["step"] for r in self.history)
             best_gap = self.best["stop_gap"]
             if not within:
-                decision = "retain_alarm"
+                decision = "retain_alarm" if not retain_ok else "utility_alarm"
             elif gap is not None and gap <= 0:
                 decision = "crossed"
             elif (
@@ -220,6 +230,13 @@ class IndistinguishableStop(TrainerCallback):
         )  # the check's cost: scoring, keeping the best weights
         self._persist_history()
         self.log(dict(record))
+        if decision == "utility_alarm":
+            logger.warning(
+                "stop rule: the estimated model utility fell %.0f%% below the first check's (tolerance %.0f%%) at "
+                "gap %s; stopping and keeping step %d's weights (gap %s)",
+                100 * record["stop_utility_drop"], 100 * self.utility_tolerance, _fmt(gap), self.best["step"],
+                _fmt(self.best["stop_gap"]),
+            )  # fmt: skip
         if decision == "retain_alarm":
             kept = self.best["stop_gap"]
             logger.warning(
@@ -250,6 +267,21 @@ class IndistinguishableStop(TrainerCallback):
             record["stop_holdout_truth_ratio"] = float(np.exp(np.median(holdout)))
             record["stop_screened"] = False
         return record
+
+    def _utility(self, model) -> float:
+        """Model utility (the evaluation's nine numbers and their harmonic mean) on the sampled questions."""
+        from .eval.metrics import tofu_metrics
+        from .eval.tofu import score_split
+
+        loss = self.settings
+        gen = {k: loss[k] for k in ("prompt_format", "system_prompt", "batch_size") if k in loss}
+        settings = {"loss": loss, "gen": dict(gen, max_new_tokens=self.max_new_tokens)}
+        with eval_mode(model), torch.no_grad():
+            scores = {
+                role: score_split(model, self.tokenizer, rows, role, settings, False, process_shard())[0]
+                for role, rows in self.utility_rows.items()
+            }
+        return float(tofu_metrics(scores)["model_utility"]["value"])
 
     def _rescore_best(self, model) -> float:
         """Score the kept (screened) check's weights in full, update its record, return its gap.

@@ -56,7 +56,9 @@ def load_stop_data(data, forget_rows: list[dict], retain_rows: list[dict], confi
         )
     rng = random.Random(config.seed)
     sample = sorted(rng.sample(range(len(retain_rows)), min(RETAIN_SAMPLE, len(retain_rows))))
+    utility = _utility_rows(data, config) if getattr(config, "stop_utility_tolerance", 0) > 0 else None
     return {
+        "utility_rows": utility,
         "holdout_name": name,
         "statistic": statistic,
         "holdout": holdout_pert or holdout,
@@ -106,3 +108,28 @@ def _truth_ratio_rows(data, holdout_name: str, forget_rows, holdout, statistic: 
             f"{names[1]} does not hold the questions of {holdout_name}; fix the split or pass --stop_statistic auc"
         )
     return "truth_ratio", [by_question[r["question"]] for r in forget_rows], holdout_pert
+
+
+def _utility_rows(data, config) -> dict[str, list[dict]]:
+    """A seeded sample of `stop_utility_sample` questions per model-utility role (retain, ra, wf)."""
+    from .data import ANALOG_FIELDS, EVAL_FIELDS
+    from .eval.tofu import eval_splits
+
+    names = eval_splits(data.forget_split)
+    out = {}
+    for role in ("retain", "ra", "wf"):
+        try:
+            rows = load_split(
+                names[role], data_dir=data.data_dir, dataset_name=data.dataset_name,
+                required=EVAL_FIELDS if role == "retain" else ANALOG_FIELDS,
+            )  # fmt: skip
+        except DataError as err:
+            raise DataError(
+                f"--stop_utility_tolerance estimates model utility on retain, real-author and world-fact questions: "
+                f"{err}; add the split or pass --stop_utility_tolerance 0"
+            ) from None
+        rng = random.Random(f"{config.seed}-{role}")
+        out[role] = [
+            rows[i] for i in sorted(rng.sample(range(len(rows)), min(config.stop_utility_sample, len(rows))))
+        ]
+    return out

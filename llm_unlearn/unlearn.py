@@ -208,7 +208,7 @@ def unlearn(
     if stop_data is not None:
         from .stop import IndistinguishableStop
 
-        score = dict(encode, batch_size=eval_args.eval_batch_size)
+        score = dict(encode, batch_size=eval_args.eval_batch_size, max_new_tokens=eval_args.max_new_tokens)
         trainer.add_callback(
             IndistinguishableStop(tokenizer, forget_rows, stop_data, config, score, trainer._append_log, out)
         )

@@ -399,3 +399,51 @@ def test_a_resumed_run_goes_on_screening_only_if_no_truth_ratio_check_has_been_s
         resumed.on_train_begin(args, state, TrainerControl(), model=model)
         assert resumed.screening is screening and resumed.best["step"] == stopped_at
         assert torch.equal(resumed.best_weights["weight"], weights[stopped_at])
+
+
+def test_utility_guard_stops_on_the_estimated_utility_and_never_keeps_such_weights():
+    # AUC gaps +1/2, +1/4, +1/8 (never crossing); the estimate falls 10%, then 30% (tolerance 20%).
+    scripted = [
+        ([1, 2], [3, 4], 1.0),
+        ([1, 3.5], [3, 4], 1.0),
+        ([1, 3.75], [3, 4], 1.0),
+        ([3, 3], [3, 4], 1.0),
+    ]
+    rule, records = _rule(scripted)
+    rule.utility_rows, rule.utility_tolerance = {"retain": [None]}, 0.2
+    estimates = iter([0.8, 0.72, 0.56])
+    rule._utility = lambda model: next(estimates)
+    weights, last = _train(rule, torch.nn.Linear(1, 1, bias=False), steps=5)
+    checks = [r for r in records if "stop_decision" in r]
+    assert [r["stop_utility_drop"] for r in checks] == pytest.approx([0.0, 0.1, 0.3])
+    assert [r["stop_decision"] for r in checks] == ["continue", "continue", "utility_alarm"]
+    assert last == 2 and records[-1]["stop_reason"] == "utility_alarm" and records[-1]["stop_best_step"] == 1
+
+
+def test_utility_estimate_is_the_evaluations_model_utility_on_the_sample(micro_models, micro_world, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm_unlearn.eval.tofu import evaluate
+    from llm_unlearn.stop_data import load_stop_data
+
+    # With a sample as large as the splits, the guard's estimate is the evaluation's model utility.
+    _, data, config, _ = parse_config(["--auto", "--data_dir", str(micro_world), "--forget_split", "forget10",
+                                       "--output_dir", "x", "--stop_utility_tolerance", "0.2",
+                                       "--stop_utility_sample", "100000"])  # fmt: skip
+    forget, retain = (
+        load_split("forget10", data_dir=micro_world),
+        load_split("retain90", data_dir=micro_world),
+    )
+    stop_data = load_stop_data(data, forget, retain, config)
+    assert len(stop_data["utility_rows"]["wf"]) == len(
+        load_split("world_facts_perturbed", data_dir=micro_world)
+    )
+    model = AutoModelForCausalLM.from_pretrained(micro_models["target"])
+    tok = AutoTokenizer.from_pretrained(micro_models["target"])
+    settings = dict(
+        prompt_format="chat_template", max_length=512, system_prompt=None, batch_size=64, max_new_tokens=8
+    )
+    rule = IndistinguishableStop(tok, forget, stop_data, config, settings, lambda r: None, tmp_path)
+    result = evaluate(model, tok, data_dir=micro_world, forget_split="forget10", batch_size=64, max_new_tokens=8,
+                      max_length=512, progress=False, mia=False)  # fmt: skip
+    assert rule._utility(model) == pytest.approx(result["metrics"]["model_utility"]["value"], rel=1e-9)

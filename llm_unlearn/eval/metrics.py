@@ -183,7 +183,7 @@ def tofu_metrics(scores: dict[str, SplitScores], variant: str = "geometric") -> 
     model utility. Truth-ratio entries keep the raw per-sample R as `per_sample_ratio`.
     """
     metrics: dict[str, dict] = {}
-    for role in ROLES:
+    for role in (r for r in ROLES if r in scores):  # without forget: model utility alone (stop.py's guard)
         s = scores[role]
         ratios = s.ratios(variant)
         if role in ("ra", "wf"):

@@ -64,7 +64,7 @@ def _questions_sha256(rows: list[dict]) -> str:
     return hashlib.sha256("\n".join(r["question"] for r in rows).encode("utf-8")).hexdigest()
 
 
-def _score_split(model, tokenizer, rows: list[dict], role: str, settings: dict, progress: bool, shard: Shard):
+def score_split(model, tokenizer, rows: list[dict], role: str, settings: dict, progress: bool, shard: Shard):
     """Losses of answer / paraphrase / perturbed answers in one length-sorted pass, then generations."""
     has_paraphrase = role in ("forget", "retain")  # ra / wf have no paraphrase: R uses the answer
     questions, texts = candidate_pairs(rows, has_paraphrase)
@@ -188,7 +188,7 @@ def evaluate(
     scores, generations, n_scored = {}, {}, 0
     model.eval()
     for role, role_rows in rows.items():
-        scores[role], generations[role], n = _score_split(
+        scores[role], generations[role], n = score_split(
             model, tokenizer, role_rows, role, settings, progress, shard
         )
         n_scored += n
