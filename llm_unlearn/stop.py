@@ -185,7 +185,9 @@ class IndistinguishableStop(TrainerCallback):
         if self.utility_rows:
             record["stop_utility"] = self._utility(model)
             start_utility = first.get("stop_utility", record["stop_utility"])
-            record["stop_utility_drop"] = 1 - record["stop_utility"] / start_utility if start_utility > 0 else 0.0
+            record["stop_utility_drop"] = (
+                1 - record["stop_utility"] / start_utility if start_utility > 0 else 0.0
+            )
             utility_ok = record["stop_utility_drop"] <= self.utility_tolerance
         within = retain_ok and utility_ok
         if (
