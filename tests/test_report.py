@@ -238,3 +238,19 @@ def test_training_curves_draw_the_stop_rule_trajectory_when_the_log_has_one(tmp_
     panels = training_curves(log, tmp_path / "train.png", "run")
     assert "stop rule: forget vs holdout" in panels and (tmp_path / "train.png").stat().st_size > 0
     assert "stop rule: forget vs holdout" not in training_curves(log[:6], tmp_path / "t2.png", "run")
+
+
+def test_training_curves_draw_screened_checks_and_the_utility_drop(tmp_path):
+    from llm_unlearn.eval.plots import training_curves
+
+    # Screened checks have no truth-ratio gap (None); the utility guard adds its drop.
+    log = [{"step": s, "loss": 1.0 - s / 10, "learning_rate": 0.1} for s in range(1, 10)]
+    log += [
+        {"step": s, "stop_statistic": "truth_ratio", "stop_gap": gap, "stop_gap_trained": gap, "stop_gap_heldout": gap,
+         "stop_gap_loss_auc": 0.5 - s / 10, "stop_screened": gap is None, "stop_retain_rise": s / 100,
+         "stop_utility_drop": s / 50, "stop_decision": "continue"}
+        for s, gap in ((0, 0.8), (3, None), (6, 0.2), (9, -0.1))
+    ]  # fmt: skip
+    log.append({"step": 9, "stop_reason": "crossed", "stop_best_step": 6, "stop_best_gap": 0.2})
+    panels = training_curves(log, tmp_path / "train.png", "run")
+    assert "stop rule: forget vs holdout" in panels and (tmp_path / "train.png").stat().st_size > 0

@@ -362,7 +362,8 @@ def _gen_panel(ax, gen: list[dict]) -> None:
 
 def _stop_panel(ax, checks: list[dict], end: dict | None) -> None:
     """The stop rule's gap (forget vs holdout; 0 = indistinguishable) at each check, on the whole forget
-    set and its trained and held-out parts, the retain loss's relative rise, and the check it kept."""
+    set and its trained and held-out parts, the retain loss's relative rise, the estimated utility's
+    drop (with --stop_utility_tolerance), and the check it kept."""
     x = [r["step"] for r in checks]
 
     def values(key: str) -> list[float]:  # a screened check has no gap (None): a hole in the line
@@ -377,6 +378,9 @@ def _stop_panel(ax, checks: list[dict], end: dict | None) -> None:
     if held:
         ax.plot(*zip(*held), color="C2", lw=1.0, ls=":", label="gap, held-out part")
     ax.plot(x, [r["stop_retain_rise"] for r in checks], color="C3", lw=1.0, ls="-.", label="retain loss rise")
+    if any("stop_utility_drop" in r for r in checks):
+        ax.plot(x, values("stop_utility_drop"), color="C4", lw=1.0, ls=":", marker="^", ms=3,
+                label="estimated utility drop")  # fmt: skip
     ax.axhline(0, color="0.5", lw=0.8)
     if end is not None and end.get("stop_best_step") is not None:
         ax.axvline(end["stop_best_step"], color="k", lw=0.8, ls="--")
