@@ -49,6 +49,16 @@ nearer of the two is kept, `stop_previous_gap`). Replayed on the 18
 traces of `benchmarks/stop_study.md`, this keeps the same check in 18 of 18 and scores truth ratios
 at 74 of the 126 checks.
 
+With `utility_tolerance` > 0 (off by default) each check also estimates model utility itself, as
+`eval/tofu.py` scores it (answer probability, greedy answer's ROUGE-L and truth ratio on retain, real
+authors and world facts; their harmonic mean) on `utility_sample` seeded questions per role; a check
+whose estimate has lost more than that share of the first check's stops the run (`utility_alarm`)
+and is never kept. The retain loss is a coarse stand-in: the three `auto-damped` runs of
+`benchmarks/auto.md` that fell below 80% of the target's utility had lost it in ROUGE-L of the greedy
+answers (0.43 to 0.73 of the target's) and in retain answer probability (0.60 to 0.67), while their
+truth ratios stayed at 0.91 to 1.01. The estimate costs a greedy generation per sampled question
+at every check.
+
 With `lr_damping` (off by default) each check also multiplies the learning rate by the share of the
 gap left, gap / first gap (at least 0.1), so that the crossing is approached in smaller steps; GeN
 keeps fitting the undamped step size. `benchmarks/auto.md` measures it (`auto-damped*` arms).

@@ -402,7 +402,7 @@ def test_a_resumed_run_goes_on_screening_only_if_no_truth_ratio_check_has_been_s
 
 
 def test_utility_guard_stops_on_the_estimated_utility_and_never_keeps_such_weights():
-    # AUC gaps +1/2, +1/4, +1/8 (never crossing); the estimate falls 10%, then 30% (tolerance 20%).
+    # AUC gaps +1/2, +1/4, +1/4 (not crossing); the estimate falls 10%, then 30% (tolerance 20%).
     scripted = [
         ([1, 2], [3, 4], 1.0),
         ([1, 3.5], [3, 4], 1.0),
