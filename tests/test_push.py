@@ -24,6 +24,7 @@ from llm_unlearn.runio import redacted_argv, write_status
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _hub_server import FakeHub  # noqa: E402
+from test_cli import _unlearn_argv  # noqa: E402  (the same short unlearn run)
 
 TOKEN = f"hf_test_{secrets.token_hex(16)}"  # unique, so finding it anywhere means it leaked
 RECORDS = {"eval.json", "train_log.jsonl", "unlearn_config.yaml", "run_info.json"}
@@ -31,24 +32,6 @@ TOKENIZER = {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
 FULL_MODEL = {"model.safetensors", "config.json", "generation_config.json"}
 ADAPTER = {"adapter_model.safetensors", "adapter_config.json"}
 CARDS = {"README.md", "data_card.md"}
-
-
-def _unlearn_argv(micro_world, micro_models, out, *extra) -> list[str]:
-    return [
-        "unlearn",
-        "--model_name_or_path", str(micro_models["target"]),
-        "--data_dir", str(micro_world),
-        "--forget_split", "forget10",
-        "--output_dir", str(out),
-        "--max_steps", "1",
-        "--per_device_train_batch_size", "4",
-        "--learning_rate", "1e-2",
-        "--use_cpu", "true",
-        "--reference_model", str(micro_models["retain"]["forget10"]),
-        "--eval_batch_size", "64",
-        "--max_new_tokens", "8",
-        *extra,
-    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
