@@ -282,7 +282,8 @@ class UnlearnConfig(TrainingArguments):
         default=True,
         metadata={
             "help": "With the truth_ratio statistic, score only the answers (1 of 7 candidates per question) "
-            "while their loss gap is still > 0, and truth ratios from its first crossing on (stop.py)."
+            "while their loss gap is still > 0, and truth ratios from its first crossing on (stop.py). Off with "
+            "--stop_lr_damping, which needs the gap at every check."
         },
     )
     stop_holdout_split: str | None = field(
