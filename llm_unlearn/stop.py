@@ -27,7 +27,9 @@ The target model has gap near +1/2 (auc) or +1 (KS): its forget set is far more 
 data. Unlearning drives the gap down; 0 is "indistinguishable"; below 0 the forget set is now *less* likely than
 unseen data, which over-unlearns and is itself a membership signal (arXiv 2407.06460 calls it a
 privacy leak). The rule stops at the first check at or below 0 (`crossed`), keeps the weights of
-the check closest to 0 (`best`; ties keep the earlier) and restores them at the end. The retain
+the check closest to 0 (`best`; ties keep the earlier) and restores them at the end. A gap at or
+below 0 before any training (the model does not know its forget set: often the wrong model) is
+warned about and ends the run with the model unchanged (`already_indistinguishable`). The retain
 loss (on a fixed sample of the retain set) guards utility: a check whose retain loss has given up
 more than `retain_tolerance` of its lead over unseen data before training (rise / (holdout loss -
 retain loss), both at the first check; relative to the retain loss itself if the retain set was no
@@ -132,6 +134,7 @@ class IndistinguishableStop(TrainerCallback):
         self.heldout = set(stop_data["heldout"])
         self.retain_sample = stop_data["retain_sample"]
         self.statistic = stop_data["statistic"]
+        self.holdout_name = stop_data.get("holdout_name", "the holdout split")
         self.interval = config.stop_check_interval
         self.patience = config.stop_patience
         self.tolerance = config.stop_retain_tolerance
@@ -219,6 +222,18 @@ class IndistinguishableStop(TrainerCallback):
             self._persist_best_weights()
         self.history.append(record)
         decision = "continue"
+        if len(self.history) == 1 and gap is not None and gap <= 0:
+            decision = "already_indistinguishable"
+            logger.warning(
+                "stop rule: before any training the forget set already looks like unseen data to this model (gap "
+                "%.3f <= 0 against %s); there is nothing for the rule to unlearn, so the model is kept unchanged: "
+                "check that --model_name_or_path was trained on the forget split", gap, self.holdout_name,
+            )  # fmt: skip
+        if self.utility_rows and len(self.history) == 1 and record["stop_utility"] <= 0:
+            logger.warning(
+                "stop rule: the utility estimate is 0 at the first check (one of its parts is 0 on the sample), so "
+                "--stop_utility_tolerance cannot act; raise --stop_utility_sample or check the model and data"
+            )
         if len(self.history) > 1:
             checks_since_best = sum(r["step"] > self.best["step"] for r in self.history)
             best_gap = self.best["stop_gap"]
@@ -385,7 +400,10 @@ class IndistinguishableStop(TrainerCallback):
             self.best_weights = load_file(str(self.output_dir / BEST_FILE))
             return
         if not self.history:
-            self.check(model, state.global_step)
+            decision = self.check(model, state.global_step)
+            if decision != "continue":  # already indistinguishable: the Trainer stops after its first step
+                self.decision = decision
+                control.should_training_stop = True
 
     def _damp(self, scheduler) -> None:
         """Scale the schedule's multiplier by `self.damping` from now on (GeN's factor, LambdaLR's lambdas).
@@ -419,7 +437,11 @@ class IndistinguishableStop(TrainerCallback):
             control.should_training_stop = True
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if self.history and self.history[-1]["step"] != state.global_step:
+        if (
+            self.history
+            and self.history[-1]["step"] != state.global_step
+            and self.decision != "already_indistinguishable"
+        ):
             self.check(model, state.global_step)  # the final weights are a candidate too
         best = self.best
         restored = best is not None and best["step"] != state.global_step

@@ -447,3 +447,23 @@ def test_utility_estimate_is_the_evaluations_model_utility_on_the_sample(micro_m
     result = evaluate(model, tok, data_dir=micro_world, forget_split="forget10", batch_size=64, max_new_tokens=8,
                       max_length=512, progress=False, mia=False)  # fmt: skip
     assert rule._utility(model) == pytest.approx(result["metrics"]["model_utility"]["value"], rel=1e-9)
+
+
+def test_a_forget_set_already_like_unseen_data_stops_at_once_and_keeps_the_model(caplog):
+    # Gap 0 before training (the model never learned its forget set): warn, stop, keep the untouched weights.
+    scripted = [([3, 4], [3, 4], 1.0), ([1, 2], [3, 4], 1.0)]
+    rule, records = _rule(scripted)
+    model = torch.nn.Linear(1, 1, bias=False)
+    args = SimpleNamespace(max_steps=10, num_train_epochs=1)
+    state, control = SimpleNamespace(global_step=0, max_steps=10), TrainerControl()
+    untouched = model.weight.detach().clone()
+    with caplog.at_level("WARNING", logger="llm_unlearn"):
+        rule.on_train_begin(args, state, control, model=model)
+    assert control.should_training_stop and "nothing for the rule to unlearn" in caplog.text
+    with torch.no_grad():
+        model.weight += 1.0  # the one step the Trainer takes before it sees the stop
+    state.global_step = 1
+    rule.on_train_end(args, state, control, model=model)
+    assert records[-1]["stop_reason"] == "already_indistinguishable" and records[-1]["stop_best_step"] == 0
+    assert len([r for r in records if "stop_decision" in r]) == 1  # no check of the stepped weights
+    assert torch.equal(model.weight, untouched)
