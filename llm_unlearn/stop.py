@@ -218,7 +218,7 @@ class IndistinguishableStop(TrainerCallback):
             or (within and (self.best["stop_gap"] is None or abs(gap) < abs(self.best["stop_gap"])))
         ):
             self.best = record
-            self.best_weights = {n: p.detach().to("cpu", copy=True) for n, p in _trainable(model)}
+            self.best_weights = _snapshot(model)
             self._persist_best_weights()
         self.history.append(record)
         decision = "continue"
@@ -278,15 +278,12 @@ class IndistinguishableStop(TrainerCallback):
         with eval_mode(model), torch.no_grad():
             forget_loss, forget = self._values(model, self.forget_rows, "stop rule: forget")
             holdout_loss, holdout = self._values(model, self.holdout, "stop rule: holdout")
-            retain = float(self._losses(model, self.retain_sample, "stop rule: retain").mean())
+            record = self._record(model, step, forget_loss, holdout_loss)
         trained = [i for i in range(len(forget)) if i not in self.heldout]
-        record = {
-            "step": step, "stop_statistic": self.statistic,
+        record |= {
             "stop_gap": signed_gap(forget, holdout, self.statistic),
             "stop_gap_trained": signed_gap(forget[trained], holdout, self.statistic),
             "stop_gap_heldout": signed_gap(forget[sorted(self.heldout)], holdout, self.statistic) if self.heldout else None,
-            "stop_forget_loss": float(forget_loss.mean()), "stop_holdout_loss": float(holdout_loss.mean()),
-            "stop_retain_loss": retain,
         }  # fmt: skip
         if self.statistic == "truth_ratio":
             record["stop_gap_loss_auc"] = signed_gap(forget_loss, holdout_loss, "auc")
@@ -315,14 +312,10 @@ class IndistinguishableStop(TrainerCallback):
 
         The current weights wait on the CPU meanwhile and are put back.
         """
-        params = _trainable(model)
-        current = {n: p.detach().to("cpu", copy=True) for n, p in params}
-        with torch.no_grad():
-            for name, param in params:
-                param.copy_(self.best_weights[name].to(param.device, param.dtype))
-            scored = self._score(model, self.best["step"])
-            for name, param in params:
-                param.copy_(current[name].to(param.device, param.dtype))
+        current = _snapshot(model)
+        _load(model, self.best_weights)
+        scored = self._score(model, self.best["step"])
+        _load(model, current)
         keep = (
             "stop_gap",
             "stop_gap_trained",
@@ -345,12 +338,18 @@ class IndistinguishableStop(TrainerCallback):
             if loss_gap <= 0:
                 self.screening = False
                 return None
-            retain = float(self._losses(model, self.retain_sample, "stop rule: retain").mean())
-        return {
-            "step": step, "stop_statistic": self.statistic, "stop_gap": None, "stop_gap_trained": None,
-            "stop_gap_heldout": None, "stop_forget_loss": float(forget_loss.mean()),
-            "stop_holdout_loss": float(holdout_loss.mean()), "stop_retain_loss": retain,
+            record = self._record(model, step, forget_loss, holdout_loss)
+        return record | {
+            "stop_gap": None, "stop_gap_trained": None, "stop_gap_heldout": None,
             "stop_gap_loss_auc": loss_gap, "stop_screened": True,
+        }  # fmt: skip
+
+    def _record(self, model, step: int, forget_loss: np.ndarray, holdout_loss: np.ndarray) -> dict:
+        """What every check records, full or screened: the mean answer losses and the retain sample's."""
+        retain = float(self._losses(model, self.retain_sample, "stop rule: retain").mean())
+        return {
+            "step": step, "stop_statistic": self.statistic, "stop_forget_loss": float(forget_loss.mean()),
+            "stop_holdout_loss": float(holdout_loss.mean()), "stop_retain_loss": retain,
         }  # fmt: skip
 
     def _persist_best_weights(self) -> None:
@@ -446,9 +445,7 @@ class IndistinguishableStop(TrainerCallback):
         best = self.best
         restored = best is not None and best["step"] != state.global_step
         if restored:
-            with torch.no_grad():
-                for name, param in _trainable(model):
-                    param.copy_(self.best_weights[name].to(param.device, param.dtype))
+            _load(model, self.best_weights)
         self.log({
             "step": state.global_step, "stop_reason": self.decision,
             "stop_best_step": best["step"] if best else None, "stop_best_gap": best["stop_gap"] if best else None,
@@ -469,3 +466,15 @@ def _fmt(gap: float | None) -> str:
 
 def _trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    """A CPU copy of the trainable weights."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in _trainable(model)}
+
+
+def _load(model, weights: dict[str, torch.Tensor]) -> None:
+    """Copy `weights` (a `_snapshot`) back into the model's trainable parameters."""
+    with torch.no_grad():
+        for name, param in _trainable(model):
+            param.copy_(weights[name].to(param.device, param.dtype))
