@@ -179,6 +179,11 @@ def cmd_push(argv: list[str]) -> None:
 
 def cmd_ls(argv: list[str]) -> None:
     import dataclasses
+
+    parser = argparse.ArgumentParser(
+        prog="llm-unlearn ls", description="List the registered methods, the shipped recipes and cached models."
+    )
+    parser.parse_args(argv)
     from types import SimpleNamespace
 
     from .config import UnlearnConfig
@@ -258,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from importlib.metadata import version
+
+        print(f"llm-unlearn {version('llm_unlearn')}")
         return 0
     command, rest = argv[0], argv[1:]
     if command not in SUBCOMMANDS:

@@ -14,6 +14,7 @@ import difflib
 import enum
 import logging
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -582,7 +583,17 @@ def _wants_auto(argv: list[str], yaml_values: dict) -> bool:
 
 
 class _Parser(HfArgumentParser):
-    """HfArgumentParser whose errors (a bad type, a bad choice) are one ConfigError line, not usage + exit."""
+    """HfArgumentParser whose errors (a bad type, a bad choice) are one ConfigError line, not usage + exit.
+
+    argparse %-formats every help string when `--help` prints, so a literal percent sign in a field's
+    help ("the 80% floor") would crash `--help`; every bare `%` is escaped once the fields are added.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for action in self._actions:
+            if isinstance(action.help, str):
+                action.help = re.sub(r"%%|%\(|%", lambda m: "%%" if m.group() == "%" else m.group(), action.help)
 
     def error(self, message: str):
         raise ConfigError(f"{message}; see `llm-unlearn {self.prog.split()[-1]} --help`")
