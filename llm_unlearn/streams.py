@@ -44,7 +44,7 @@ class RetainStream:
 class ProbeStream:
     """GeN's probe micro-batch of one stream for optimizer step `step`: fresh examples where possible.
 
-    A permutation of the dataset seeded by (seed, salt, step); the examples of the step's own window
+    A permutation of the dataset seeded by (seed, salt, step); the examples of the step's window on every rank
     (`exclude`) are moved to its end, so the probe is made of examples the step was not computed from
     whenever the set has enough of them, and rank r takes positions r*b .. r*b + b - 1 (cyclically).
     Why fresh: a fit on the step's own batch measures how fast that batch's loss falls, whose slope is

@@ -163,16 +163,31 @@ class UnlearnTrainer(Trainer):
         self._window_counts = {"forget": counts[0], "retain": counts[1]}
         self._window_start = True
         if self.args.gen and self.lr_scheduler.should_probe(self.state.global_step):
-            # This rank's window examples, kept out of GeN's probe batches for this step (a probe step).
-            self._window_exclude = {
+            # The window's examples on every rank, kept out of GeN's probe batches for this step. The union
+            # (not this rank's rows alone): the step was computed from all of them, and every rank must
+            # exclude the same set for the probe stream's rank slices to stay disjoint.
+            local = {
                 "forget": {
                     self._forget_index[k] for f in forget for k in example_keys(f) if k in self._forget_index
                 },
                 "retain": {i for k in range(len(forget)) for i in self.retain_stream.indices(first + k)},
             }
+            self._window_exclude = {name: self._union_over_ranks(rows) for name, rows in local.items()}
         samples = [{"forget": f, "retain": r} for f, r in zip(forget, retain)]
         # No `num_items_in_batch`: our terms are normalized by the window counts above.
         return samples, None
+
+    def _union_over_ranks(self, rows: set[int]) -> set[int]:
+        """The union of every rank's set of dataset indices (one padded all-gather of tensors, no pickling)."""
+        if self.args.world_size == 1:
+            return rows
+        ids = torch.tensor(sorted(rows), dtype=torch.long, device=self.args.device)
+        longest = int(self.accelerator.gather(torch.tensor([len(ids)], device=self.args.device)).max())
+        if longest == 0:
+            return set()
+        padded = torch.full((longest,), -1, dtype=torch.long, device=self.args.device)
+        padded[: len(ids)] = ids
+        return {int(i) for i in self.accelerator.gather(padded).tolist() if i >= 0}
 
     # ------------------------------------------------------------------ loss
 

@@ -84,3 +84,31 @@ def test_fsdp2_sharded_combination_with_accumulation_equals_the_unsharded_direct
         return
     assert error < 1e-6
     assert result["stats"]["grad_norm_forget"] == pytest.approx(result["norm_forget"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_gen_probes_on_two_ranks_avoid_every_ranks_window_and_each_other(tiny, tmp_path):  # noqa: F811
+    """GeN's probe rows must come from outside the step's window on all ranks, not only the prober's own.
+
+    Each rank records its window rows (from the batches themselves) and its probe rows; with 8 forget
+    and 12 retain examples, a window of 2 x 2 rows per stream leaves at least 4 fresh rows for the
+    2 x 2 probe rows.
+    """
+    import json
+
+    prefix = tmp_path / "probes"
+    script = [str(HERE / "_dist_gen_probes.py"), str(tiny["dir"] / "model"), str(tiny["data_dir"]), str(prefix)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *script]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads(Path(f"{prefix}.rank{r}.json").read_text()) for r in range(2)]
+    probe_steps = [s for s in ranks[0] if "probe_forget" in ranks[0][s]]
+    assert len(probe_steps) >= 3
+    for step in probe_steps:
+        for stream in ("forget", "retain"):
+            window = set(ranks[0][step][f"window_{stream}"]) | set(ranks[1][step][f"window_{stream}"])
+            assert len(window) == 4, (step, stream, window)  # the two ranks' windows are disjoint
+            probes = [set(r[step][f"probe_{stream}"]) for r in ranks]
+            assert not (probes[0] | probes[1]) & window, (step, stream, probes, window)
+            assert not probes[0] & probes[1], (step, stream, probes)
