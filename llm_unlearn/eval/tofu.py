@@ -118,6 +118,37 @@ def _holdout(forget_split: str, data_dir, dataset_name) -> tuple[list[dict] | No
     return rows, f"forget set vs {name}"
 
 
+def system_prompt_used(tokenizer, prompt_format: str, system_prompt: str | None) -> str | None:
+    """The system message in the prompts as rendered: the one given, the chat template's default, or None.
+
+    The template is rendered for one question with and without a sentinel system message; the common
+    tail is the user turn, so what precedes it is the system turn, whose content is read between the
+    sentinel's header and footer. A template that wraps system text in a way this cannot parse yields
+    the rendered system turn itself, markup included, rather than a guess.
+    """
+    if prompt_format != "chat_template":
+        return system_prompt
+    if system_prompt:
+        return system_prompt
+    sentinel, question = "\x00SYSTEM\x00", "\x00QUESTION\x00"
+
+    def render(messages):
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    user = [{"role": "user", "content": question}]
+    plain, marked = render(user), render([{"role": "system", "content": sentinel}, *user])
+    tail = len(os.path.commonprefix([plain[::-1], marked[::-1]]))
+    head_plain, head_marked = plain[: len(plain) - tail], marked[: len(marked) - tail]
+    if not head_plain.strip() or sentinel not in head_marked:
+        return None
+    before, after = head_marked.split(sentinel, 1)
+    bos = os.path.commonprefix([head_plain, before])
+    if head_plain.startswith(before) and head_plain.endswith(after) and len(head_plain) >= len(before) + len(after):
+        return head_plain[len(before) : len(head_plain) - len(after)]
+    rest = head_plain[len(bos) :]  # what the template put before the user turn, past a shared bos
+    return rest or None
+
+
 def _package_version() -> str:
     try:
         return importlib.metadata.version("llm-unlearn")
@@ -220,6 +251,8 @@ def evaluate(
         "truth_ratio_variant": truth_ratio_variant,
         "prompt_format": prompt_format,
         "system_prompt": system_prompt,
+        # What the model actually saw: a chat template may insert a default system message of its own.
+        "system_prompt_used": system_prompt_used(tokenizer, prompt_format, system_prompt),
         "max_length": max_length,
         "batch_size": batch_size,
         "generation": {

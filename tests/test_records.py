@@ -1,0 +1,69 @@
+"""What records say about how they were made: the system prompt actually shown, every part of model
+utility, and no machine-specific paths (`benchmarks/smollm2.json` and the script that writes it)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from llm_unlearn.eval.tofu import system_prompt_used
+from llm_unlearn.tiny import train_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import smollm2_tofu  # noqa: E402
+
+# A ChatML template that, like SmolLM2's, inserts its own system message when none is given.
+DEFAULT_SYSTEM_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are Tiny, a test model.<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(["What did Ada write? She wrote novels."] * 4, vocab_size=120, min_frequency=1)
+
+
+def test_system_prompt_used_reads_the_templates_default_the_given_one_or_none(tokenizer):
+    assert system_prompt_used(tokenizer, "chat_template", None) is None  # the built-in template has none
+    assert system_prompt_used(tokenizer, "chat_template", "Be brief.") == "Be brief."
+    assert system_prompt_used(tokenizer, "qa", None) is None
+    tokenizer.chat_template = DEFAULT_SYSTEM_TEMPLATE
+    assert system_prompt_used(tokenizer, "chat_template", None) == "You are Tiny, a test model."
+    assert system_prompt_used(tokenizer, "chat_template", "Be brief.") == "Be brief."
+
+
+def test_a_record_holds_every_part_of_model_utility_and_the_system_prompt_used():
+    parts = [f"{role}_{m}" for role in ("retain", "ra", "wf") for m in ("prob", "truth_ratio", "rouge_l")]
+    assert set(parts) <= set(smollm2_tofu.KEYS)
+    metrics = {k: {"value": 0.5} for k in smollm2_tofu.KEYS}
+    result = {"metrics": metrics, "meta": {"system_prompt": None, "system_prompt_used": "Be kind."}}
+    row = smollm2_tofu.record(result, model="m")
+    assert row["system_prompt"] == "Be kind." and all(row[k] == 0.5 for k in parts)
+    del metrics["retain_truth_ratio"]
+    with pytest.raises(ValueError, match="retain_truth_ratio"):
+        smollm2_tofu.record(result, model="m")
+
+
+def test_commands_and_slices_hold_no_machine_specific_paths(tmp_path):
+    assert smollm2_tofu._portable(REPO / "benchmarks" / "smollm2.json") == "benchmarks/smollm2.json"
+    assert smollm2_tofu._portable(REPO.parent / "shared" / "data") == "../shared/data"
+    assert not smollm2_tofu._portable(tmp_path / "work").startswith("/")
+    argv = ["--out", str(REPO / "benchmarks" / "smollm2.json"), "--threads", "2", "--tofu_dir", str(tmp_path)]
+    assert smollm2_tofu._portable_argv(argv) == [
+        "--out", "benchmarks/smollm2.json", "--threads", "2", "--tofu_dir", tmp_path.name,
+    ]  # fmt: skip
+
+
+def test_committed_smollm2_rows_name_the_system_prompt_and_no_absolute_path():
+    rows = json.loads((REPO / "benchmarks" / "smollm2.json").read_text())
+    for row in rows:
+        assert not any(a.startswith("/") for a in row["command"].split()), row["command"]
+        assert row["system_prompt"], "SmolLM2's template inserts a default system prompt: record it"
+        for key in smollm2_tofu.KEYS[1:]:
+            assert key in row and (row[key] is not None or key in row.get("not_recorded", [])), key
