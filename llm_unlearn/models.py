@@ -9,6 +9,8 @@ folders:
     target  base fine-tuned on `full` (every fictitious author)
     retain  base fine-tuned on `retainNN` only: the reference that forget quality compares against
 
+The byte-level BPE tokenizer (`tiny.train_tokenizer`) learns from the analog facts and the
+`retain90` authors only, never from a forget or holdout author, so that it treats the two alike.
 Fine-tuning states each fact in several phrasings (`answer` + `train_answers`) and replays the
 pretraining rows, so the analog knowledge survives (see `tiny.TRAINING_SIZES`). Models are cached
 under `$LLM_UNLEARN_CACHE` (default `~/.cache/llm_unlearn`), keyed by a hash of everything that
@@ -44,7 +46,7 @@ from transformers import (
 from .data import DataError, QACollator, QADataset, load_split, pad_id, paired_split
 from .runio import load_model_and_tokenizer
 from .tiny import MODEL_SIZES, TRAINING_SIZES, generation_config, tiny_llama_config, train_tokenizer
-from .world import load_world_config
+from .world import FORGET_PCTS, load_world_config
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -55,7 +57,7 @@ WORLD_TEXT_SPLITS = (
     "pretrain",
     "forget10_perturbed",
     "retain_perturbed",
-    "holdout10",
+    "holdout10_perturbed",
     "real_authors_perturbed",
     "world_facts_perturbed",
 )
@@ -215,13 +217,29 @@ def _training_kwargs(hp: dict, epochs: int) -> dict:
     )
 
 
-def _world_texts(world_dir: Path) -> list[str]:
+def _texts(rows: Sequence[dict]) -> list[str]:
     texts = []
-    for split in WORLD_TEXT_SPLITS:
-        for r in load_split(split, data_dir=world_dir):
-            texts += [r["question"], r["answer"], *r.get("train_answers", []), *r.get("perturbed_answer", [])]
-            texts += [r[k] for k in ("paraphrased_answer", "paraphrased_question") if k in r]
+    for r in rows:
+        texts += [r["question"], r["answer"], *r.get("train_answers", []), *r.get("perturbed_answer", [])]
+        texts += [r[k] for k in ("paraphrased_answer", "paraphrased_question") if k in r]
     return texts
+
+
+def _world_texts(world_dir: Path) -> list[str]:
+    """Every string of the splits the models are trained and evaluated on (the round-trip check)."""
+    return [t for split in WORLD_TEXT_SPLITS for t in _texts(load_split(split, data_dir=world_dir))]
+
+
+def _tokenizer_texts(world_dir: Path) -> list[str]:
+    """What the tokenizer learns from: the analog facts and the core authors (those of `retain90`,
+    in every retain split), never a forget or holdout author, so that no token marks either set
+    as the one the tokenizer saw (see `world.py` on exchangeable forget and holdout authors)."""
+    core = load_split(f"retain{100 - max(FORGET_PCTS)}", data_dir=world_dir)
+    authors = {r["author"] for r in core}
+    rows = core + [r for r in load_split("retain_perturbed", data_dir=world_dir) if r["author"] in authors]
+    for split in ("pretrain", "real_authors_perturbed", "world_facts_perturbed"):
+        rows += load_split(split, data_dir=world_dir)
+    return _texts(rows)
 
 
 def _cache_key(world_dir: Path, size: str) -> str:
@@ -231,6 +249,8 @@ def _cache_key(world_dir: Path, size: str) -> str:
     payload = {
         "world": dataclasses.asdict(load_world_config(world_dir)),
         "world_files": digest.hexdigest(),
+        # The tokenizer's own training text: a change in what it learns from is a new model.
+        "tokenizer_text": hashlib.sha256("\n".join(_tokenizer_texts(world_dir)).encode()).hexdigest(),
         "tokenizer": TOKENIZER_SETTINGS,
         "model": MODEL_SIZES[size],
         "training": TRAINING_SIZES[size],
@@ -242,8 +262,8 @@ def _cache_key(world_dir: Path, size: str) -> str:
 
 def _pretrain(world_dir: Path, size: str, out: Path) -> None:
     hp = TRAINING_SIZES[size]
+    tokenizer = train_tokenizer(_tokenizer_texts(world_dir), **TOKENIZER_SETTINGS)
     texts = _world_texts(world_dir)
-    tokenizer = train_tokenizer(texts, **TOKENIZER_SETTINGS)
     bad = next(
         (t for t in texts if tokenizer.decode(tokenizer.encode(t, add_special_tokens=False)) != t), None
     )

@@ -190,3 +190,46 @@ def test_the_holdout_has_perturbed_answers_of_its_own_questions(micro_world, tmp
     _rewrite(world / "holdout10_perturbed.json", rows[1:])
     with pytest.raises(DataError, match="holdout10_perturbed does not hold the questions of holdout10"):
         validate_world(world)
+
+
+def _names(rows: list[dict]) -> dict[int, str]:
+    """Author -> full name (each author's rows start with its name fact)."""
+    names: dict[int, str] = {}
+    for r in rows:
+        names.setdefault(r["author"], r["fact"])
+    return names
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_forget_and_holdout_authors_share_both_name_parts_with_retain_authors(seed):
+    # Exchangeability (world.py docstring): how many name parts an author shares with retain
+    # authors drove the retain-only model's loss on it, so every forget10 and holdout10 author
+    # shares both, and none is a retain author.
+    splits = generate_world(WorldConfig(**{**WORLD_SIZES["default"], "seed": seed}))
+    core = _names(splits["retain90"]).values()
+    firsts, lasts = {n.split()[0] for n in core}, {n.split()[1] for n in core}
+    outside = [*_names(splits["forget10"]).values(), *_names(splits["holdout10"]).values()]
+    assert len(set(outside)) == len(outside) and not set(outside) & set(core)
+    assert [(n.split()[0] in firsts, n.split()[1] in lasts) for n in outside] == [(True, True)] * len(outside)
+
+
+def test_the_tokenizer_learns_from_neither_forget_nor_holdout_authors(micro_world, tmp_path):
+    from llm_unlearn.models import _cache_key, _tokenizer_texts
+
+    texts = set(_tokenizer_texts(micro_world))
+    for split in ("forget10_perturbed", "holdout10_perturbed"):
+        rows = _read(micro_world / f"{split}.json")
+        own = (
+            {r["question"] for r in rows}
+            | {r["answer"] for r in rows}
+            | {r["paraphrased_answer"] for r in rows}
+        )
+        assert not own & texts, f"the tokenizer's text holds {split} rows"
+    assert {r["answer"] for r in _read(micro_world / "retain90.json")} <= texts
+    # What the tokenizer learns from is part of the models' cache key.
+    world = _broken_copy(micro_world, tmp_path)
+    before = _cache_key(world, "micro")
+    rows = _read(world / "retain_perturbed.json")
+    rows[0]["paraphrased_answer"] += " Indeed."
+    _rewrite(world / "retain_perturbed.json", rows)
+    assert _cache_key(world, "micro") != before
