@@ -175,7 +175,10 @@ def test_auto_end_to_end_stops_records_its_trajectory_and_agrees_with_the_evalua
     end = [r for r in log if "stop_reason" in r]
     # The built-in world's holdout has perturbed answers, so `auto` compares truth ratios.
     assert {r["stop_statistic"] for r in checks} == {"truth_ratio"}
-    assert checks[0]["step"] == 0 and checks[0]["stop_gap_loss_auc"] > 0.3  # the target knows its forget set
+    # The target knows its forget set, if only a little at the micro size: loss AUC 0.64 against the
+    # retain-only model's 0.43 (world seed 0). Before forget and holdout authors were made
+    # exchangeable (world.py), the tokenizer alone gave the retain-only model 0.78 here.
+    assert checks[0]["step"] == 0 and checks[0]["stop_gap_loss_auc"] > 0.1
     assert (
         checks[0]["stop_gap"] > 0
         and checks[0]["stop_forget_truth_ratio"] < checks[0]["stop_holdout_truth_ratio"]
