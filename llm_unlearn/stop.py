@@ -397,6 +397,16 @@ class IndistinguishableStop(TrainerCallback):
             if self.damping is not None:
                 self.damping = self.history[-1].get("stop_lr_damping", 1.0)
             self.best_weights = load_file(str(self.output_dir / BEST_FILE))
+            # A decision taken at or before the checkpoint stands: the resumed run trains no further
+            # (UnlearnTrainer runs no epoch once the stop flag is up) and ends as the first run would have.
+            last = self.history[-1] if self.history else {}
+            if last.get("stop_decision", "continue") != "continue":
+                self.decision = last["stop_decision"]
+                control.should_training_stop = True
+                logger.info(
+                    "stop rule: resumed after its decision (%s at step %d); training ends here",
+                    self.decision, last["step"],
+                )  # fmt: skip
             return
         if not self.history:
             decision = self.check(model, state.global_step)

@@ -189,6 +189,13 @@ class UnlearnTrainer(Trainer):
         padded[: len(ids)] = ids
         return {int(i) for i in self.accelerator.gather(padded).tolist() if i >= 0}
 
+    def _run_epoch(self, *args, **kwargs):
+        # Trainer checks the stop flag only after a step; one raised before any (the stop rule's decision
+        # restored on resume, or a forget set already like unseen data) must not train another step.
+        if self.control.should_training_stop:
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     # ------------------------------------------------------------------ loss
 
     def _normalize(self, term: Term) -> torch.Tensor:

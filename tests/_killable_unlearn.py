@@ -4,6 +4,7 @@ KILL_AT=train:N  stall in the first micro-batch after optimizer step N (mid-step
                  of steps <= N are complete, train_log.jsonl holds records past the last one)
 KILL_AT=save:N   stall inside the checkpoint save of step N, after its weights and optimizer are
                  written and before its RNG and trainer state (a half-written checkpoint)
+KILL_AT=saved:N  stall right after the checkpoint of step N is complete (marked and rotated)
 On reaching the point, the process writes the file $KILL_FLAG and sleeps until it is killed.
 Nothing here changes what the run computes; without KILL_AT it is plain `llm-unlearn`.
 """
@@ -38,6 +39,15 @@ if kind == "save":
         return save_rng_state(self, output_dir)
 
     Trainer._save_rng_state = _save_rng_state
+elif kind == "saved":
+    save_checkpoint = UnlearnTrainer._save_checkpoint
+
+    def _save_checkpoint(self, *args, **kwargs):
+        save_checkpoint(self, *args, **kwargs)
+        if self.state.global_step == int(when):
+            _stall()
+
+    UnlearnTrainer._save_checkpoint = _save_checkpoint
 elif kind == "train":
     training_step = UnlearnTrainer.training_step
 

@@ -117,3 +117,37 @@ def test_a_run_killed_in_training_and_in_a_checkpoint_save_resumes_bit_exact(tin
     assert _log(killed) == _log(straight)
     summary = json.loads((killed / "train_log.jsonl").read_text().splitlines()[-1])
     assert summary["train_loss_first_step"] == 3  # the last process resumed after step 2
+
+
+def test_auto_killed_after_every_checkpoint_resumes_to_the_same_decision_and_weights(
+    micro_models, micro_world, tmp_path
+):
+    """`--auto` with a checkpoint at every stop-rule check, killed right after each one completes and
+    resumed each time: the stop decision survives (no step is trained after it), and the run ends with
+    the uninterrupted run's log, decision and kept weights."""
+    argv = [
+        "unlearn", "--auto", "--model_name_or_path", str(micro_models["target"]), "--data_dir", str(micro_world),
+        "--forget_split", "forget10", "--eval_batch_size", "64", "--disable_tqdm", "true",
+        "--do_final_eval", "false", "--save_strategy", "steps", "--save_steps", "3", "--stop_check_interval", "3",
+        "--seed", "3",
+    ]  # fmt: skip
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    _run([*argv, "--output_dir", str(straight)])
+    log = _log(straight)
+    (end,) = [r for r in log if "stop_reason" in r]
+    assert end["stop_reason"] != "max_steps", "the micro run must stop by the rule for this test to mean anything"
+    decided = end["step"]
+    flag = tmp_path / "stalled"
+    for step in range(3, decided + 1, 3):
+        _kill_at([*argv, "--output_dir", str(killed)], f"saved:{step}", flag)
+        assert read_status(killed)["checkpoint"] == f"checkpoint-{step}"
+    _run([*argv, "--output_dir", str(killed)])  # resumes after the checkpoint of the deciding step
+    resumed = _log(killed)
+    assert max(r["step"] for r in resumed) == decided, "the resumed run trained past the stop decision"
+
+    def untimed(record):  # a check's own cost (stop_seconds) is timing, here and in the kept check's copy
+        return {k: untimed(v) if isinstance(v, dict) else v for k, v in record.items() if k != "stop_seconds"}
+
+    assert [untimed(r) for r in resumed] == [untimed(r) for r in log]
+    want, got = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert all((want[name] == got[name]).all() for name in want)
