@@ -193,7 +193,10 @@ def cmd_ls(argv: list[str]) -> None:
     fields = dataclasses.fields(UnlearnConfig)
     defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
     at_defaults, with_kl = SimpleNamespace(**defaults), SimpleNamespace(**defaults | {"retain_loss": "kl"})
-    print("methods (paper; frozen original model needed; combination; knobs = config fields it reads):")
+    print(
+        "methods (paper; frozen original model needed; combination; knobs = config fields it reads; "
+        "where the defaults differ from the paper, and the options that give the paper's setting):"
+    )
     for name, method in sorted(METHODS.items()):
         if method.needs_reference(at_defaults):
             reference = "reference: yes"
@@ -201,8 +204,15 @@ def cmd_ls(argv: list[str]) -> None:
             needs_kl = method.needs_reference(with_kl)
             reference = "reference: with retain_loss kl" if needs_kl else "reference: no"
         knobs = ", ".join(method.knobs) or "none"
+        # The KL retain term is shared (methods/common.py), so its one deviation is stated here once.
+        retain_kl = (
+            "; retain_loss kl scores answer positions (TOFU: all, --retain_kl_positions all)"
+            if "retain_loss" in method.knobs
+            else ""
+        )
         print(f"  {name:<10} {method.summary} ({method.paper})")
         print(f"  {'':<10} {reference}; combine: {method.combine}; knobs: {knobs}")
+        print(f"  {'':<10} differs from paper: {method.deviations}{retain_kl}")
     recipes = Path(__file__).resolve().parents[1] / "recipes"
     if recipes.is_dir():
         print("recipes:")

@@ -128,6 +128,9 @@ class UnlearnConfig(TrainingArguments):
     Parameters that control the method:
         method (`str`, *optional*, defaults to `"graddiff"`): registered method name or dotted path.
         retain_loss (`str`, *optional*, defaults to `"nll"`): `nll` or `kl` (to the frozen original model).
+        retain_kl_positions (`str`, *optional*, defaults to `"answer"`): where the `kl` retain term is
+            scored: `answer` (the answer tokens, as the NLL) or `all` (every non-padding position, as
+            TOFU's and open-unlearning's KL; see methods/common.py).
         forget_weight / retain_weight (`float`, *optional*, default 1.0): weights of the loss terms.
         retain_batch_size (`int`, *optional*): retain micro-batch size; defaults to the forget batch size.
         retain_seed (`int`, *optional*, defaults to 0): seed of the retain loader's order.
@@ -143,7 +146,8 @@ class UnlearnConfig(TrainingArguments):
         dpo_beta (`float`, defaults to 0.1): DPO's inverse temperature (dpo).
         refusals_file (`str`, *optional*): refusal answers, one per line (idkpo, dpo); the packaged list
             by default.
-        rmu_layer (`int`, *optional*): decoder layer RMU steers; defaults to num_hidden_layers // 4.
+        rmu_layer (`int`, *optional*): decoder layer RMU steers; defaults to (7 * num_hidden_layers) // 32,
+            the paper's layer 7 of 32 at any depth.
         rmu_coefficient (`float`, defaults to 6.5): length c of RMU's steering target c u.
         rmu_train_layers (`str`, *optional*): comma-separated decoder layers RMU trains; default L-2..L.
         rmu_train_params (`str`, defaults to `"mlp.down_proj"`): comma-separated parts of the names of
@@ -159,6 +163,10 @@ class UnlearnConfig(TrainingArguments):
 
     method: str = field(default="graddiff", metadata={"help": "Unlearning method (see `llm-unlearn ls`)."})
     retain_loss: str = field(default="nll", metadata={"help": "Retain term of graddiff: nll or kl."})
+    retain_kl_positions: str = field(
+        default="answer",
+        metadata={"help": "Positions the kl retain term scores: answer (answer tokens) or all (TOFU's: every one)."},
+    )
     forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget term."})
     retain_weight: float = field(default=1.0, metadata={"help": "Weight of the retain term."})
     retain_batch_size: int | None = field(
@@ -192,7 +200,8 @@ class UnlearnConfig(TrainingArguments):
         metadata={"help": "Refusal answers, one per line, for idkpo and dpo (default: the packaged list)."},
     )
     rmu_layer: int | None = field(
-        default=None, metadata={"help": "Decoder layer RMU steers (default: num_hidden_layers // 4)."}
+        default=None,
+        metadata={"help": "Decoder layer RMU steers (default: (7 * num_hidden_layers) // 32, the paper's 7 of 32)."},
     )
     rmu_coefficient: float = field(default=6.5, metadata={"help": "Length c of RMU's steering target c*u."})
     rmu_train_layers: str | None = field(
@@ -333,7 +342,8 @@ class UnlearnConfig(TrainingArguments):
                 )
         if self.stop_rule is not None and self.stop_rule not in STOP_RULES:
             raise ConfigError(f"unknown stop_rule {self.stop_rule!r}{suggest(self.stop_rule, STOP_RULES)}; choose {', '.join(STOP_RULES)}")  # fmt: skip
-        for name, choices in (("retain_loss", ("nll", "kl")), ("gc_form", ("cosine", "inner")),
+        for name, choices in (("retain_loss", ("nll", "kl")), ("retain_kl_positions", ("answer", "all")),
+                              ("gc_form", ("cosine", "inner")),
                               ("gc_forget_loss", ("npo", "ga")), ("stop_statistic", STOP_STATISTICS)):  # fmt: skip
             if getattr(self, name) not in choices:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose {' or '.join(choices)}")

@@ -150,7 +150,7 @@ def _undial(m, r, cfg):
 
 
 def _rmu(m, r, cfg):
-    layer = LAYERS // 4  # the default: a quarter of the depth
+    layer = (7 * LAYERS) // 32  # the default: the paper's layer 7 of 32, at the same relative depth
     g = torch.Generator().manual_seed(cfg.seed)
     u = torch.rand(HIDDEN, generator=g).double().numpy()
     target = cfg.rmu_coefficient * u / np.linalg.norm(u)
@@ -395,6 +395,7 @@ def test_packaged_refusal_list_is_used_by_default(tmp_path):
     [
         ("gc_form", "dot", r"unknown gc_form 'dot'; choose cosine or inner"),
         ("gc_forget_loss", "kl", r"unknown gc_forget_loss 'kl'; choose npo or ga"),
+        ("retain_kl_positions", "every", r"unknown retain_kl_positions 'every'; choose answer or all"),
         ("combine", "pcgard", r"unknown combine 'pcgard'; choose sum, normalized, pcgrad"),
         ("rmu_train_layers", "5-7", r"--rmu_train_layers '5-7' must be comma-separated layer indices"),
         ("refusals_file", "no-such-file.txt", r"refusals file no-such-file\.txt not found; pass a text file"),

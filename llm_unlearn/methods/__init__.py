@@ -41,7 +41,9 @@ class Method:
     """A registered method: its term function, its paper, and what it needs (module docstring).
 
     `knobs` are the config fields the method reads, listed by `llm-unlearn ls`; `combine` is the
-    combination used unless `--combine` says otherwise.
+    combination used unless `--combine` says otherwise; `deviations` is one line saying where the
+    defaults depart from the paper (and open-unlearning) and which options restore the paper's
+    setting, or "none" (the module docstring gives the reasons).
     """
 
     name: str
@@ -53,6 +55,7 @@ class Method:
     knobs: tuple[str, ...] = ()
     forget_alternatives: Callable[[object], list[str]] | None = None
     trainable: Callable[[object, object], set[str]] | None = None
+    deviations: str = ""
 
 
 def register(
@@ -64,8 +67,12 @@ def register(
     knobs: tuple[str, ...] = (),
     forget_alternatives: Callable[[object], list[str]] | None = None,
     trainable: Callable[[object, object], set[str]] | None = None,
+    deviations: str = "",
 ):
-    """Decorator: add a method to the registry under a lowercase, unique name."""
+    """Decorator: add a method to the registry under a lowercase, unique name.
+
+    A registered method must state its `deviations` from its paper, on one line ("none" if there are none).
+    """
 
     def wrap(fn):
         if name != name.lower() or not name.replace("_", "").isalnum():
@@ -74,9 +81,14 @@ def register(
             raise ValueError(f"method {name!r} is already registered (by {METHODS[name].fn.__module__})")
         if combine not in COMBINES:
             raise ValueError(f"method {name!r}: combine {combine!r} is not one of {', '.join(COMBINES)}")
+        if not deviations.strip() or "\n" in deviations:
+            raise ValueError(
+                f"method {name!r}: give deviations, one line on where its defaults differ from its paper, or 'none'"
+            )
         METHODS[name] = Method(
-            name, fn, paper, needs_reference, summary, combine, tuple(knobs), forget_alternatives, trainable
-        )
+            name, fn, paper, needs_reference, summary, combine, tuple(knobs), forget_alternatives, trainable,
+            deviations,
+        )  # fmt: skip
         return fn
 
     return wrap

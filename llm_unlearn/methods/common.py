@@ -80,22 +80,37 @@ def alternative(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: batch[f"alt_{key}"] for key in ("input_ids", "attention_mask", "labels")}
 
 
+def token_kl_to_reference(model, reference_model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """KL(p_ref(.|x_<=t) || p_model(.|x_<=t)) on the full vocabulary at every position: [B, T].
+
+    The reference is the frozen model from before unlearning; position t is the distribution of the
+    token after x_t (the last position's, after the sequence, included).
+    """
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    with torch.no_grad():
+        ref_logp = F.log_softmax(reference_model(**inputs).logits.float(), dim=-1)
+    logp = F.log_softmax(model(**inputs).logits.float(), dim=-1)
+    return (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+
+
 def kl_to_reference_sum(model, reference_model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum over answer tokens of KL(p_ref(.|y_<t) || p_model(.|y_<t)) on the full vocabulary.
 
-    The reference is the frozen model from before unlearning; only positions whose label is scored
-    (answer tokens and the end token) count, as for the NLL.
+    Only positions whose label is scored (answer tokens and the end token) count, as for the NLL.
     """
-    with torch.no_grad():
-        ref_logits = reference_model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).logits
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    mask = (batch["labels"][:, 1:] != IGNORE_INDEX).float()
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    ref_logp = F.log_softmax(ref_logits[:, :-1].float(), dim=-1)
-    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
-    return (kl * mask).sum()
+    kl = token_kl_to_reference(model, reference_model, batch)[:, :-1]
+    return (kl * (batch["labels"][:, 1:] != IGNORE_INDEX)).sum()
+
+
+def kl_to_reference_sequence_means(model, reference_model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum over sequences of each one's mean KL(p_ref || p_model) over all its positions (padding excluded).
+
+    Every non-padding position counts, question and template tokens and the one after the end token
+    included, as TOFU's KL retain term; averaged per sequence so that padding never counts.
+    """
+    kl = token_kl_to_reference(model, reference_model, batch)
+    mask = batch["attention_mask"].to(kl.dtype)
+    return ((kl * mask).sum(-1) / mask.sum(-1).clamp_min(1)).sum()
 
 
 def retain_needs_reference(config) -> bool:
@@ -106,14 +121,27 @@ def retain_needs_reference(config) -> bool:
 def retain_term(model, retain: dict[str, torch.Tensor], ctx: MethodContext) -> Term:
     """The retain term shared by most methods, chosen by `retain_loss`, weighted by `retain_weight`.
 
-    nll: sum over retain answer tokens of -log p(y_t | y_<t); kl: sum over the same tokens of
-    KL(p_ref(.|y_<t) || p_theta(.|y_<t)) to the frozen original model. Both are token reductions.
+    nll: sum over retain answer tokens of -log p(y_t | y_<t) (a token reduction). kl, with
+    `retain_kl_positions` answer (default): sum over the same tokens of KL(p_ref(.|y_<t) ||
+    p_theta(.|y_<t)) to the frozen original model (a token reduction); with `retain_kl_positions`
+    all: the KL averaged over every non-padding position of each sequence, then summed over
+    sequences (a sequence reduction).
+
+    TOFU's KL baseline (arXiv 2401.06121), NPO's NPO+KL (arXiv 2404.05868) and open-unlearning
+    average the KL over every position of the padded batch (`kl_div(..., reduction="batchmean")` on
+    the flattened [B*T, V] log-probabilities). Our default scores the answer positions only, so
+    that the KL constrains exactly what the NLL it replaces scores, is normalized by the same answer
+    token counts (one `retain_weight` means the same for both), and does not depend on how a batch
+    was padded. `retain_kl_positions: all` gives their value on any batch without padding; padding
+    positions never count here (in their code they do, so their value moves with the padding).
     """
     cfg = ctx.config
-    if cfg.retain_loss == "kl":
-        total = kl_to_reference_sum(model, ctx.reference_model, retain)
-    else:
-        total = nll_sum(model, retain)
+    if cfg.retain_loss == "nll":
+        return Term(nll_sum(model, retain), stream="retain", weight=cfg.retain_weight)
+    if cfg.retain_kl_positions == "all":
+        total = kl_to_reference_sequence_means(model, ctx.reference_model, retain)
+        return Term(total, stream="retain", reduction="sequence", weight=cfg.retain_weight)
+    total = kl_to_reference_sum(model, ctx.reference_model, retain)
     return Term(total, stream="retain", weight=cfg.retain_weight)
 
 

@@ -11,8 +11,13 @@ included) are scored. With beta = `dpo_beta` and the frozen original model as re
 
 S_F is the forget sequences in the window (a per-sequence reduction). Rafailov et al., "Direct
 preference optimization" (arXiv 2305.18290), used for unlearning with refusal answers as in
-TOFU's and NPO's baselines (arXiv 2401.06121, 2404.05868). This is the paper's loss; open-unlearning's
-IdkDPO scales it by 2/beta instead. Default beta 0.1.
+TOFU's and NPO's baselines (arXiv 2401.06121, 2404.05868). Default beta 0.1.
+
+Scale. This is the paper's loss, -log sigmoid(beta m), and we keep it. open-unlearning's DPO (its
+IdkDPO) multiplies it by 2/beta, 20 at beta 0.1, the factor of NPO's loss. With the paper's scale
+the loss starts at log 2 whatever beta is, so changing beta does not also reweigh the forget term
+against the retain term, and `dpo` is the DPO its paper defines. `--forget_weight`
+2/beta (20 at beta 0.1) gives open-unlearning's objective; tests/test_fidelity.py checks both.
 """
 
 from __future__ import annotations
@@ -36,8 +41,16 @@ from .common import (
     paper="arXiv:2305.18290",
     summary="DPO with a refusal preferred over the forget answer, against the original model",
     needs_reference=lambda config: True,
-    knobs=("dpo_beta", "refusals_file", "retain_loss", "forget_weight", "retain_weight"),
+    knobs=(
+        "dpo_beta",
+        "refusals_file",
+        "retain_loss",
+        "retain_kl_positions",
+        "forget_weight",
+        "retain_weight",
+    ),
     forget_alternatives=refusal_answers,
+    deviations="none: the paper's loss (open-unlearning's is 2/beta times it: --forget_weight 20 at beta 0.1)",
 )
 def dpo(model, forget, retain, ctx: MethodContext) -> dict[str, Term]:
     cfg = ctx.config

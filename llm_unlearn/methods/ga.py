@@ -12,7 +12,11 @@ from .common import MethodContext, Term, nll_sum
 
 
 @register(
-    "ga", paper="arXiv:2401.06121", summary="gradient ascent on the forget NLL", knobs=("forget_weight",)
+    "ga",
+    paper="arXiv:2401.06121",
+    summary="gradient ascent on the forget NLL",
+    knobs=("forget_weight",),
+    deviations="none",
 )
 def ga(model, forget, retain, ctx: MethodContext) -> dict[str, Term]:
     return {"forget": Term(-nll_sum(model, forget), stream="forget", weight=ctx.config.forget_weight)}

@@ -5,7 +5,8 @@ Objective (minimized), with N_F / N_R the forget / retain answer tokens in the w
     retain = (1/N_R) sum_retain -log p(y_t | y_<t)                      (retain_loss: nll)
           or (1/N_R) sum_retain KL(p_ref(.|y_<t) || p_theta(.|y_<t))      (retain_loss: kl)
 where p_ref is the frozen model from before unlearning and only answer tokens (and the end token)
-count. Liu et al., "Continual learning and private unlearning" (arXiv 2203.12817); TOFU's
+count. TOFU's KL baseline averages the KL over every position instead (`retain_kl_positions: all`;
+why answer tokens are our default: methods/common.py, `retain_term`). Liu et al., "Continual learning and private unlearning" (arXiv 2203.12817); TOFU's
 GradDiff and KL baselines (arXiv 2401.06121).
 """
 
@@ -20,7 +21,8 @@ from .common import MethodContext, Term, nll_sum, retain_needs_reference, retain
     paper="arXiv:2203.12817",
     summary="ascend the forget NLL, descend the retain NLL (or KL to the original model)",
     needs_reference=retain_needs_reference,
-    knobs=("retain_loss", "forget_weight", "retain_weight"),
+    knobs=("retain_loss", "retain_kl_positions", "forget_weight", "retain_weight"),
+    deviations="none",
 )
 def graddiff(model, forget, retain, ctx: MethodContext) -> dict[str, Term]:
     return {

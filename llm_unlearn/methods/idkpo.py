@@ -34,8 +34,9 @@ from .common import (
     paper="arXiv:2401.06121",
     summary="fine-tune on refusal answers to forget questions, keep the retain set (TOFU's PO)",
     needs_reference=retain_needs_reference,
-    knobs=("refusals_file", "retain_loss", "forget_weight", "retain_weight"),
+    knobs=("refusals_file", "retain_loss", "retain_kl_positions", "forget_weight", "retain_weight"),
     forget_alternatives=refusal_answers,
+    deviations="refusal NLL averaged per question (TOFU's code: over all refusal tokens of a batch)",
 )
 def idkpo(model, forget, retain, ctx: MethodContext) -> dict[str, Term]:
     logp, length = sequence_logprobs(model, alternative(forget))

@@ -35,7 +35,8 @@ def npo_loss_sum(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> tor
     paper="arXiv:2404.05868",
     summary="negative preference optimization: bounded push of forget likelihood below the original's",
     needs_reference=lambda config: True,
-    knobs=("npo_beta", "retain_loss", "forget_weight", "retain_weight"),
+    knobs=("npo_beta", "retain_loss", "retain_kl_positions", "forget_weight", "retain_weight"),
+    deviations="none",
 )
 def npo(model, forget, retain, ctx: MethodContext) -> dict[str, Term]:
     cfg = ctx.config

@@ -15,6 +15,15 @@ optimization for LLM unlearning" (arXiv 2410.07163). We follow the paper's
 equation; the authors' code writes the margin inside the product, beta x (mean NLL - gamma'), so
 their gamma' is our gamma / beta (the same at their TOFU default gamma = 0). Default beta 2.5 is
 the paper's TOFU forget05 setting.
+
+Weights. The paper's objective is forget + lambda x retain, the forget term unweighted, which is
+our default (`forget_weight` 1, `retain_weight` lambda = 1). The authors' TOFU configuration
+instead multiplies the forget term by 0.1375 and the retain term by 1 (lambda moved onto the forget
+term), and open-unlearning's SimNPO weighs its forget term by 0.125. We keep 1: `forget_weight` is
+one toolkit-wide option whose default weighs every method's forget term alike, so that methods
+compare at their own formulas, and 0.1375 was chosen with Llama-2-7B at lr 1e-5, while our recipes'
+learning rates were set at weight 1. `--forget_weight 0.1375` gives the authors' TOFU objective
+(tests/test_fidelity.py checks it against their formula), `--forget_weight 0.125` open-unlearning's.
 """
 
 from __future__ import annotations
@@ -30,7 +39,16 @@ from .common import MethodContext, Term, retain_needs_reference, retain_term, se
     paper="arXiv:2410.07163",
     summary="reference-free NPO on the length-normalized likelihood, with a margin",
     needs_reference=retain_needs_reference,
-    knobs=("simnpo_beta", "simnpo_gamma", "retain_loss", "forget_weight", "retain_weight"),
+    knobs=(
+        "simnpo_beta",
+        "simnpo_gamma",
+        "retain_loss",
+        "retain_kl_positions",
+        "forget_weight",
+        "retain_weight",
+    ),
+    deviations="forget_weight 1, the paper's equation (authors' TOFU code: 0.1375, open-unlearning: 0.125; "
+    "--forget_weight 0.1375)",
 )
 def simnpo(model, forget, retain, ctx: MethodContext) -> dict[str, Term]:
     cfg = ctx.config

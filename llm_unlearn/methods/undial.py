@@ -55,6 +55,7 @@ def undial_forget_total(
     summary="self-distil the original model with the answer token's logit lowered",
     needs_reference=lambda config: True,
     knobs=("undial_strength", "forget_weight"),
+    deviations="KL to the target instead of the paper's cross-entropy (same gradient; the value is 0 at the target)",
 )
 def undial(model, forget, retain, ctx: MethodContext) -> dict[str, Term]:
     total = undial_forget_total(model, ctx.reference_model, forget, ctx.config.undial_strength)
