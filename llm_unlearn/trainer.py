@@ -253,8 +253,11 @@ class UnlearnTrainer(Trainer):
         fsdp = self.is_fsdp_enabled
         if self._combiner is None:
             params = [p for p in model.parameters() if p.requires_grad]
-            combiner = PCGradCombiner if self.args.combine == "pcgrad" else NormalizedCombiner
-            self._combiner = combiner(params, sharded=fsdp, module=model if fsdp else None)
+            module = model if fsdp else None
+            if self.args.combine == "pcgrad":
+                self._combiner = PCGradCombiner(params, sharded=fsdp, module=module, seed=self.args.seed)
+            else:
+                self._combiner = NormalizedCombiner(params, sharded=fsdp, module=module)
         if self._window_start:
             self._combiner.reset()
             self._window_start = False
@@ -266,8 +269,7 @@ class UnlearnTrainer(Trainer):
             self._combiner.accumulate(terms)
         if self.accelerator.sync_gradients:
             weights = {name: t.weight for name, t in raw.items()}
-            streams = {name: t.stream for name, t in raw.items()}
-            stats = self._combiner.combine(weights, world_size=self.args.world_size, streams=streams)
+            stats = self._combiner.combine(weights, world_size=self.args.world_size, step=self.state.global_step)
             if stats["dropped_terms"]:
                 logger.warning("step %d: %d loss term(s) had a zero or non-finite gradient norm and were dropped%s",
                                self.state.global_step, int(stats["dropped_terms"]),

@@ -290,23 +290,22 @@ def test_every_method_trains_under_each_combination(tiny, tmp_path, name, combin
 @pytest.mark.parametrize(
     ("forget", "retain", "expected"),
     [
-        ((-1.0, 1.0), (1.0, 0.0), (1.0, 1.0)),  # conflict: forget loses its (-1, 0) part along retain
+        # conflict: forget loses its (-1, 0) part along retain, retain its (-1/2, 1/2) part along forget
+        ((-1.0, 1.0), (1.0, 0.0), (0.5, 1.5)),
         ((1.0, 1.0), (1.0, 0.0), (2.0, 1.0)),  # no conflict: plain sum
-        ((-2.0, 0.0), (1.0, 0.0), (1.0, 0.0)),  # exactly opposed: the forget gradient vanishes
+        ((-2.0, 0.0), (1.0, 0.0), (0.0, 0.0)),  # exactly opposed: both gradients vanish
         ((-1.0, 3.0), (0.0, 0.0), (-1.0, 3.0)),  # zero retain gradient: nothing to project off
     ],
 )
-def test_pcgrad_projects_the_forget_gradient_off_the_retain_gradient_only_when_they_conflict(
-    forget, retain, expected
-):
+def test_pcgrad_projects_each_gradient_off_the_other_only_when_they_conflict(forget, retain, expected):
     p = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
     combiner = PCGradCombiner([p])
     # Linear terms: their gradients are exactly the given vectors.
     combiner.accumulate({"forget": (torch.tensor(forget, dtype=torch.float64) * p).sum(),
                          "retain": (torch.tensor(retain, dtype=torch.float64) * p).sum()})  # fmt: skip
-    stats = combiner.combine({"forget": 1.0, "retain": 1.0}, streams={"forget": "forget", "retain": "retain"})
+    stats = combiner.combine({"forget": 1.0, "retain": 1.0})
     assert p.grad.tolist() == pytest.approx(list(expected))
-    assert stats["pcgrad_projected"] == float(np.dot(forget, retain) < 0 and any(retain))
+    assert stats["pcgrad_projected"] == 2.0 * (np.dot(forget, retain) < 0 and any(retain))
 
 
 def test_pcgrad_weights_scale_each_gradient_before_projecting():
@@ -314,9 +313,9 @@ def test_pcgrad_weights_scale_each_gradient_before_projecting():
     combiner = PCGradCombiner([p])
     combiner.accumulate({"forget": (torch.tensor([-1.0, 1.0], dtype=torch.float64) * p).sum(),
                          "retain": (torch.tensor([1.0, 0.0], dtype=torch.float64) * p).sum()})  # fmt: skip
-    combiner.combine({"forget": 2.0, "retain": 0.5}, streams={"forget": "forget", "retain": "retain"})
-    # 2 G_F = (-2, 2) loses its (-2, 0) part along G_R; d = 0.5 (1, 0) + (0, 2).
-    assert p.grad.tolist() == pytest.approx([0.5, 2.0])
+    combiner.combine({"forget": 2.0, "retain": 0.5})
+    # 2 G_F = (-2, 2) loses its (-2, 0) part along G_R = (0.5, 0); G_R loses (-1/4, 1/4) along 2 G_F.
+    assert p.grad.tolist() == pytest.approx([0.25, 2.25])
 
 
 # ----------------------------------------------------------------------------- gc's second-order term
