@@ -27,6 +27,12 @@ own unsharded buffers, where swapping `.grad` per term cannot keep the terms apa
 every term's backward therefore runs with gradient sync forced on (`gradient_sync_forced`), so each
 micro-batch is reduce-scattered into that term's sharded buffer.
 
+HSDP (FSDP2 on a 2D mesh, sharded within a replica group and replicated across groups: accelerate's
+`ParallelismConfig(dp_replicate_size > 1)`): backward reduce-scatters within the group and
+all-reduces across groups, so each buffer already holds the average over every rank. Partial dot
+products are then summed over the sharded mesh dimension only; summing over every rank would count
+each shard once per replica (norms sqrt(2) too large, NGDiff's d 1/sqrt(2) too short, with 2).
+
 PCGrad (Yu et al., "Gradient surgery for multi-task learning", arXiv 2001.06782) removes, from each
 term's gradient, the parts that conflict with the others'. With g_k = w_k G_k the weighted term
 gradients, each g_i is projected in turn off every other original g_j it still conflicts with, the
@@ -159,10 +165,17 @@ class NormalizedCombiner:
                     b.div_(world_size)
 
     def _reduce(self, sums: list[float], world_size: int) -> list[float]:
-        """Sharded mode: sum per-rank partial dot products over ranks (one all-reduce)."""
+        """Sharded mode: sum per-rank partial dot products over the ranks that hold disjoint shards.
+
+        Under FSDP2 that is every rank; under HSDP the ranks of one replica group only (module
+        docstring), i.e. the mesh dimensions on which the parameters are sharded, reduced in turn.
+        """
         if self.sharded and world_size > 1:
             reduced = torch.tensor(sums, dtype=torch.float64)
-            dist.all_reduce(reduced)
+            mesh, placements = self.params[0].device_mesh, self.params[0].placements
+            for dim, placement in enumerate(placements):
+                if placement.is_shard():
+                    dist.all_reduce(reduced, group=mesh.get_group(dim))
             return reduced.tolist()
         return sums
 
