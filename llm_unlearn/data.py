@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import random
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ PROMPT_FORMATS = ("chat_template", "tofu_llama2", "qa")
 EVAL_FIELDS = ("question", "answer", "paraphrased_answer", "perturbed_answer")
 ANALOG_FIELDS = ("question", "answer", "perturbed_answer")
 
+logger = logging.getLogger("llm_unlearn")
+
 
 class DataError(ValueError):
     """Bad input data: the message names the problem and the fix."""
@@ -38,9 +41,22 @@ def split_path(data_dir: str | Path, split: str) -> Path:
     return Path(data_dir) / f"{split}.json"
 
 
+def read_utf8(path: Path) -> str:
+    """A file's text; a byte that is not UTF-8 is one DataError naming the file, its line and byte offset."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise DataError(
+            f"{path} line {line} (byte {err.start}) is not UTF-8 ({err.reason}: {raw[err.start : err.end]!r}); "
+            "re-save the file as UTF-8"
+        ) from None
+
+
 def _read_json_records(path: Path) -> list[dict]:
     """Read JSON lines, one JSON array, or several arrays one per line (all seen in TOFU copies)."""
-    text = path.read_text(encoding="utf-8").strip()
+    text = read_utf8(path).strip()
     if not text:
         return []
     if text.startswith("["):
@@ -131,7 +147,65 @@ def load_split(
                 raise DataError(
                     f"split {where} row {i} has an empty perturbed_answer list; give at least one"
                 )
+        _refuse_empty_text(row, i, where, required)
     return rows
+
+
+def _refuse_empty_text(row: dict, i: int, where: str, required: Sequence[str]) -> None:
+    """An empty question or answer trains on, or scores, the end-of-turn token alone: refuse it by row."""
+    texts = [(name, row[name]) for name in ("question", "answer", "paraphrased_answer") if name in required]
+    if "perturbed_answer" in required:
+        texts += [(f"perturbed_answer[{j}]", a) for j, a in enumerate(row["perturbed_answer"])]
+    for name, text in texts:
+        if not text.strip():
+            asked = f" (question {row['question'][:60]!r})" if name != "question" else ""
+            raise DataError(
+                f"split {where} row {i} has an empty {name}{asked}; "
+                f"give it a non-empty {name.partition('[')[0]} or drop the row"
+            )
+
+
+def check_unique_questions(rows: list[dict], where: str, refuse: bool = True) -> None:
+    """Refuse (or, with `refuse=False`, warn about) a question asked in two rows of one split, by name."""
+    first: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        j = first.setdefault(row["question"], i)
+        if j == i:
+            continue
+        repeats = sum(r["question"] == row["question"] for r in rows)
+        problem = f"split {where} asks question {row['question'][:80]!r} {repeats} times (rows {j} and {i}"
+        problem += ", ...)" if repeats > 2 else ")"
+        if refuse:
+            raise DataError(
+                f"{problem}; per-question scores are matched by question and row, so keep one row per question"
+            )
+        logger.warning("%s; training sees each of its rows", problem)
+        return
+
+
+def check_companion(base: list[dict], base_where: str, companion: list[dict], companion_where: str) -> None:
+    """A `<split>_perturbed` companion must hold the split's questions, in the same order, with the same answers.
+
+    Its per-sample scores are read as the split's (forget quality, model utility), so a row off is a wrong
+    number, not an error, unless refused here.
+    """
+    fix = f"regenerate {companion_where} from {base_where} (same questions, same order)"
+    for i, (a, b) in enumerate(zip(base, companion)):
+        if a["question"] != b["question"]:
+            where = "elsewhere in" if any(r["question"] == b["question"] for r in base) else "not in"
+            raise DataError(
+                f"{companion_where} row {i} asks {b['question'][:60]!r} where {base_where} asks "
+                f"{a['question'][:60]!r} (that question is {where} {base_where}); {fix}"
+            )
+        if a["answer"] != b["answer"]:
+            raise DataError(
+                f"{companion_where} row {i} answers {b['answer'][:60]!r} where {base_where} answers "
+                f"{a['answer'][:60]!r} (question {a['question'][:60]!r}); {fix}"
+            )
+    if len(base) != len(companion):
+        raise DataError(
+            f"{companion_where} has {len(companion)} rows but {base_where} has {len(base)}; {fix}"
+        )
 
 
 def check_forget_retain(forget: list[dict], retain: list[dict], forget_name: str, retain_name: str) -> None:

@@ -217,8 +217,22 @@ def evaluate_path(
 def evaluate_with_reference(
     model_path: str, data: DataArgs, eval_args: EvalArgs, model_args: ModelArgs | None = None, out_path=None
 ) -> dict:
-    """Evaluate a model and its reference (or read the reference's eval file), then forget quality."""
+    """Evaluate a model and its reference (or read the reference's eval file), then forget quality.
+
+    Every input is checked before the first model is scored: the data and the reference eval file
+    (`inputs.validate_inputs`), and that the model and the reference model share one tokenizer.
+    """
+    from .inputs import check_same_vocabulary, validate_inputs
+
     check_reference(eval_args)
+    validate_inputs(data, eval_args)
+    if eval_args.reference_model:
+        eval_shard().barrier()  # after multi-process training, rank 0 may still be writing the run
+        require_complete(model_path, "eval")
+        check_same_vocabulary(
+            {"model": model_path, "reference model": eval_args.reference_model},
+            trust_remote_code=(model_args or ModelArgs()).trust_remote_code,
+        )
     reference: dict | str
     if eval_args.reference_eval:
         reference = eval_args.reference_eval

@@ -1,7 +1,8 @@
 """`unlearn()`: the Python API behind `llm-unlearn unlearn` (load, validate, train, save, evaluate).
 
 Everything that can be checked before training is checked first (data, method, model path, run
-directory), so bad input fails with one line and leaves nothing behind. During training the run
+directory; with the final evaluation, its data and the reference's tokenizer too: `inputs.py`), so bad
+input fails with one line and leaves nothing behind. During training the run
 directory carries `status.json` = running; a failure marks it failed with the error, and only a
 finished run is marked complete.
 """
@@ -19,6 +20,7 @@ from transformers import ProgressCallback
 
 from .config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig, to_dict
 from .data import QACollator, QADataset, check_forget_retain, load_split, pad_id, paired_split
+from .inputs import check_same_vocabulary, validate_inputs
 from .methods import get_method
 from .methods.common import eval_mode
 from .runio import (
@@ -165,6 +167,13 @@ def unlearn(
         from .stop_data import load_stop_data
 
         stop_data = load_stop_data(data, forget_rows, retain_rows, config)
+    final_eval = eval_args if eval_args.do_final_eval else None
+    validate_inputs(data, final_eval, retain_split=retain_split)
+    if final_eval is not None and eval_args.reference_model:
+        check_same_vocabulary(
+            {"model": model_args.model_name_or_path, "reference model": eval_args.reference_model},
+            trust_remote_code=model_args.trust_remote_code,
+        )
     resume = prepare_output_dir(config.output_dir)
     load = dict(trust_remote_code=model_args.trust_remote_code)
     tokenizer = load_tokenizer(model_args.model_name_or_path, **load)

@@ -60,7 +60,7 @@ def eval_splits(forget_split: str) -> dict[str, str]:
     }
 
 
-def _questions_sha256(rows: list[dict]) -> str:
+def questions_sha256(rows: list[dict]) -> str:
     return hashlib.sha256("\n".join(r["question"] for r in rows).encode("utf-8")).hexdigest()
 
 
@@ -244,7 +244,7 @@ def evaluate(
         "dtype": str(model.dtype).removeprefix("torch."),
         "forget_split": names["forget"],
         "splits": {
-            role: {"name": names[role], "n": len(r), "questions_sha256": _questions_sha256(r)}
+            role: {"name": names[role], "n": len(r), "questions_sha256": questions_sha256(r)}
             for role, r in rows.items()
         },
         "data": {"data_dir": str(data_dir) if data_dir is not None else None, "dataset_name": dataset_name},
@@ -279,7 +279,7 @@ def evaluate(
     if holdout_rows is not None:
         meta["splits"]["holdout"] = {
             "name": paired_split(forget_split, "holdout"), "n": len(holdout_rows),
-            "questions_sha256": _questions_sha256(holdout_rows),
+            "questions_sha256": questions_sha256(holdout_rows),
         }  # fmt: skip
     meta["membership_inference"] = holdout_note
     if seeds:
@@ -328,7 +328,12 @@ def _reference_ratios(result: dict, reference: dict, where: str) -> tuple[np.nda
     checks = [("truth_ratio_variant", ref_meta.get("truth_ratio_variant"), variant)]
     ours, theirs = meta["splits"]["forget"], ref_meta.get("splits", {}).get("forget", {})
     checks.append(("forget split", theirs.get("name"), ours.get("name")))
-    if "questions_sha256" in ours and "questions_sha256" in theirs:
+    if "questions_sha256" in ours:
+        if "questions_sha256" not in theirs:
+            raise ValueError(
+                f"reference {where} records no hash of the forget questions it was scored on "
+                "(meta.splits.forget.questions_sha256), so it may be of another split; re-evaluate the reference"
+            )
         checks.append(("forget questions (sha256)", theirs["questions_sha256"], ours["questions_sha256"]))
     if ref_meta.get("source") != "legacy_log":
         checks += [(key, ref_meta.get(key), meta.get(key)) for key in ("prompt_format", "system_prompt")]

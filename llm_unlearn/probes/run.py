@@ -32,7 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import suggest
-from ..data import DataError, load_split, paired_split, split_path
+from ..data import DataError, paired_split
+from ..inputs import QA_FIELDS, SplitSource, check_same_vocabulary, check_splits
 from ..runio import load_model_and_tokenizer, write_json_atomic
 from .attacks import PROBES, ProbeSettings, probe_curve
 from .measure import DIRECTIONS, EvalSettings, forget_metrics, recovery
@@ -55,19 +56,20 @@ def load_probe_rows(
     The forget rows come from `forgetNN_perturbed` (paraphrased and perturbed answers: the truth ratio)
     where it exists, else from `forget_split` itself; the holdout (MIA non-members) from `holdoutNN`.
     """
-    source = dict(data_dir=data_dir, dataset_name=dataset_name)
+    source = SplitSource(data_dir, dataset_name)
 
     def available(split: str) -> bool:
-        return data_dir is None or split_path(data_dir, split).is_file()
+        return data_dir is None or source.has(split)
 
     try:
         perturbed, holdout = paired_split(forget_split, "perturbed"), paired_split(forget_split, "holdout")
     except DataError:  # not a forgetNN name: no paired splits
         perturbed = holdout = None
     split = perturbed if perturbed and available(perturbed) else forget_split
-    rows = load_split(split, **source)
-    holdout_rows = load_split(holdout, **source) if holdout and available(holdout) else None
-    return rows, split, holdout_rows, holdout if holdout_rows is not None else None
+    read = {split: QA_FIELDS} | ({holdout: QA_FIELDS} if holdout and available(holdout) else {})
+    check_splits(source, read, forget_split)  # companions, repeated questions, holdout overlap
+    holdout_rows = source.rows.get(holdout) if holdout else None
+    return source.rows[split], split, holdout_rows, holdout if holdout_rows is not None else None
 
 
 def parse_budgets(text: str) -> tuple[int, ...]:
@@ -195,6 +197,14 @@ def run_probes(
     settings, eval_settings = settings or ProbeSettings(), eval_settings or EvalSettings()
     start = time.perf_counter()
     rows, eval_split, holdout_rows, holdout_split = load_probe_rows(data_dir, dataset_name, forget_split)
+    check_same_vocabulary(
+        {
+            "unlearned model": str(run_dir),
+            "original model": str(original_model),
+            "reference model": str(reference_model),
+        },
+        trust_remote_code=(load or {}).get("trust_remote_code", False),
+    )
     attack_idx, heldout_idx = attack_heldout_split(
         rows, seed=settings.seed, heldout_fraction=heldout_fraction, by=split_by
     )
