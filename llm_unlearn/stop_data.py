@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from .data import DataError, load_split, paired_split, split_path
+from .data import DataError, check_unique_questions, load_split, paired_split, split_path
 
 RETAIN_SAMPLE = 200  # retain examples scored per check: enough for a stable mean loss, cheap
 TR_FIELDS = ("question", "answer", "paraphrased_answer", "perturbed_answer")
@@ -32,6 +32,8 @@ def load_stop_data(data, forget_rows: list[dict], retain_rows: list[dict], confi
             f"the stop rule needs a holdout split (unseen questions of the same kind as the forget set): {err}; "
             "pass --stop_holdout_split NAME, or run without --stop_rule"
         ) from None
+    where = split_path(data.data_dir, name) if data.data_dir is not None else f"{data.dataset_name}:{name}"
+    check_unique_questions(holdout, str(where))  # the statistic pairs each holdout question with its scores
     if len(holdout) != len(forget_rows):
         raise DataError(
             f"holdout split {name} has {len(holdout)} examples but forget split {data.forget_split} has "

@@ -182,6 +182,8 @@ CASES = [
     Case("duplicated_question_in_an_eval_split", lambda e: e.eval(),
          r"split .*real_authors_perturbed\.json asks question .* 2 times \(rows 0 and 1\)",
          setup=_repeat_question("real_authors_perturbed", 1, 0)),
+    Case("duplicated_question_in_the_stop_rules_holdout", lambda e: e.unlearn(auto="true", do_final_eval="false"),
+         r"split .*holdout10\.json asks question .* 2 times \(rows 0 and 3\)", setup=_repeat_question("holdout10", 3, 0)),
     Case("empty_answer_in_the_forget_split", lambda e: e.unlearn(), r"split .*forget10\.json row 4 has an empty answer \(question .*\); give it a non-empty answer or drop the row",
          setup=lambda e: e.edit_rows("forget10", lambda i, r: r | {"answer": "  "} if i == 4 else r)),
     Case("empty_perturbed_answer_in_an_eval_split", lambda e: e.unlearn(), r"world_facts_perturbed\.json row 2 has an empty perturbed_answer\[1\]",
