@@ -135,9 +135,8 @@ class UnlearnConfig(TrainingArguments):
         retain_batch_size (`int`, *optional*): retain micro-batch size; defaults to the forget batch size.
         retain_seed (`int`, *optional*, defaults to 0): seed of the retain loader's order.
         combine (`str`, *optional*): `sum` (gradient of the weighted sum), `normalized` (each term's
-            gradient normalized by its global L2 norm, then summed: NGDiff) or `pcgrad` (PCGrad, arXiv
-            2001.06782: each term's gradient projected off every other it conflicts with, in an order
-            seeded by `seed` and the step); defaults to the method's.
+            gradient normalized by its global L2 norm, then summed: NGDiff) or `pcgrad` (forget-side
+            gradients projected off the retain gradient when they conflict); defaults to the method's.
         max_grad_norm (`float`, *optional*): defaults to 1.0, or 0 (no clipping) for `normalized`.
 
     Parameters of particular methods (`llm-unlearn ls` lists the ones each method reads; formulas
@@ -177,8 +176,7 @@ class UnlearnConfig(TrainingArguments):
     combine: str | None = field(
         default=None,
         metadata={
-            "help": "How loss terms become one update: sum, normalized (NGDiff) or pcgrad (each term's gradient "
-            "projected off every other it conflicts with; arXiv 2001.06782) (default: the method's own)."
+            "help": "How loss terms become one update: sum, normalized or pcgrad (default: the method's own)."
         },
     )
     gen: bool = field(
@@ -649,7 +647,10 @@ def parse_config(
 
 
 def to_dict(*configs) -> dict[str, Any]:
-    """Flat dict of all fields, with secrets redacted, for `unlearn_config.yaml`."""
+    """Flat dict of all fields, with secrets redacted (`runio.is_secret_option`, and any Hugging Face
+    token in a text value), for `unlearn_config.yaml`."""
+    from .runio import REDACTED, is_secret_option, redact_secrets
+
     out: dict[str, Any] = {}
     for cfg in configs:
         for f in dataclasses.fields(cfg):
@@ -658,8 +659,8 @@ def to_dict(*configs) -> dict[str, Any]:
             value = getattr(cfg, f.name)
             if isinstance(value, enum.Enum):
                 value = value.value
-            if f.name.endswith("token") and isinstance(value, str) and value:  # hub_token, not *_tokens_seen
-                value = "<redacted>"
+            if isinstance(value, str) and value:
+                value = REDACTED if is_secret_option(f.name) else redact_secrets(value)
             if isinstance(value, (str, int, float, bool, type(None))):
                 out[f.name] = value
             elif isinstance(value, (list, tuple)):

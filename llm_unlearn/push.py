@@ -11,7 +11,8 @@ the machine and nothing pickled does (a pickle runs code when loaded):
   (the command, with secrets redacted, and library versions);
 - `README.md`, the model card (`card.py`), and the data card of the data the run used.
 In the text records and the card, the user's home folder is written `~` (a path under it names
-the user); other local paths are kept, since they say where the run's inputs were.
+the user), and any Hugging Face token (`hf_...`) is replaced by `<redacted>`; other local paths are
+kept, since they say where the run's inputs were.
 Never `training_args.bin`, checkpoints, optimizer states or any `.bin`/`.pt`/`.pkl` file; a run
 whose weights are not safetensors is refused.
 
@@ -29,7 +30,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .runio import RunError, read_status, require_complete
+from .runio import RunError, read_status, redact_secrets, require_complete
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -135,7 +136,8 @@ def stage(
     for name, src in files.items():
         if src.suffix in TEXT_RECORDS:  # rewritten, never linked: the run's own file stays as it is
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            (dest / name).write_text(redact_home(src.read_text(encoding="utf-8")), encoding="utf-8")
+            text = redact_secrets(redact_home(src.read_text(encoding="utf-8")))
+            (dest / name).write_text(text, encoding="utf-8")
         else:
             _place(src, dest / name, link)
     config = yaml.safe_load((run / "unlearn_config.yaml").read_text(encoding="utf-8"))
@@ -144,7 +146,7 @@ def stage(
         shutil.copyfile(data_card, dest / "data_card.md")
     adapter = (run / ADAPTER_DIR).is_dir() and not merged
     card = build_card(run, repo_id, adapter=adapter, data_card="data_card.md" if data_card else None)
-    card.content = redact_home(card.content)
+    card.content = redact_secrets(redact_home(card.content))
     card.save(dest / "README.md")
     return sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
 

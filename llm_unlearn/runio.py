@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import tempfile
 import time
@@ -71,26 +72,43 @@ def write_status(run_dir: str | Path, state: str, **extra: Any) -> None:
 
 
 RUN_INFO_FILE = "run_info.json"
-_SECRET_OPTIONS = ("token", "password", "secret", "api_key")
+# An option holds a secret when its name is one of these words or ends in `_<word>` (`--hub_token`,
+# `--token`, `--openai_api_key`). Counts and sizes of tokens (`--max_new_tokens`) end otherwise, and
+# the tokenizer's special tokens are named, not secret.
+_SECRET_WORDS = ("token", "password", "passwd", "secret", "api_key", "apikey")
+_NOT_SECRET = {f"{kind}_token" for kind in ("pad", "eos", "bos", "unk", "sep", "cls", "mask")}
+# A Hugging Face access token: `hf_` and 34 letters and digits today; 30 or more is matched.
+_HF_TOKEN = re.compile(r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{30,}")
+REDACTED = "<redacted>"
+
+
+def is_secret_option(name: str) -> bool:
+    """True for an option (or config field) whose value is a secret: `hub_token`, not `max_new_tokens`."""
+    name = name.lstrip("-").lower().replace("-", "_")
+    return name not in _NOT_SECRET and any(name == w or name.endswith(f"_{w}") for w in _SECRET_WORDS)
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with every Hugging Face token in it (`hf_...`) replaced, wherever it appears."""
+    return _HF_TOKEN.sub(REDACTED, text)
 
 
 def redacted_argv(argv: list[str]) -> list[str]:
-    """The command line with the value of any token-like option replaced (`--hub_token X`, `--hub_token=X`)."""
+    """The command line with the value of every secret option replaced (`--hub_token X`, `--hub_token=X`,
+    see `is_secret_option`) and any Hugging Face token replaced wherever it appears."""
     out, hide_next = [], False
     for arg in argv:
-        if hide_next:
-            out.append("<redacted>")
+        if hide_next and not arg.startswith("--"):
+            out.append(REDACTED)
             hide_next = False
             continue
-        name = arg[2:].split("=", 1)[0].lower() if arg.startswith("--") else ""
-        if name and any(s in name for s in _SECRET_OPTIONS):
-            if "=" in arg:
-                out.append(arg.split("=", 1)[0] + "=<redacted>")
-            else:
-                out.append(arg)
-                hide_next = True
+        hide_next = False
+        name, eq, _ = arg.partition("=")
+        if arg.startswith("--") and is_secret_option(name):
+            out.append(f"{name}={REDACTED}" if eq else arg)
+            hide_next = not eq
             continue
-        out.append(arg)
+        out.append(redact_secrets(arg))
     return out
 
 
