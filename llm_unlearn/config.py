@@ -135,8 +135,9 @@ class UnlearnConfig(TrainingArguments):
         retain_batch_size (`int`, *optional*): retain micro-batch size; defaults to the forget batch size.
         retain_seed (`int`, *optional*, defaults to 0): seed of the retain loader's order.
         combine (`str`, *optional*): `sum` (gradient of the weighted sum), `normalized` (each term's
-            gradient normalized by its global L2 norm, then summed: NGDiff) or `pcgrad` (forget-side
-            gradients projected off the retain gradient when they conflict); defaults to the method's.
+            gradient normalized by its global L2 norm, then summed: NGDiff) or `pcgrad` (PCGrad, arXiv
+            2001.06782: each term's gradient projected off every other it conflicts with, in an order
+            seeded by `seed` and the step); defaults to the method's.
         max_grad_norm (`float`, *optional*): defaults to 1.0, or 0 (no clipping) for `normalized`.
 
     Parameters of particular methods (`llm-unlearn ls` lists the ones each method reads; formulas
@@ -176,7 +177,8 @@ class UnlearnConfig(TrainingArguments):
     combine: str | None = field(
         default=None,
         metadata={
-            "help": "How loss terms become one update: sum, normalized or pcgrad (default: the method's own)."
+            "help": "How loss terms become one update: sum, normalized (NGDiff) or pcgrad (each term's gradient "
+            "projected off every other it conflicts with; arXiv 2001.06782) (default: the method's own)."
         },
     )
     gen: bool = field(
