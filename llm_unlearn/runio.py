@@ -2,8 +2,11 @@
 
 A run directory explains itself: `status.json` says whether it is `running`, `complete` or `failed`
 (with the error); files are written under a temporary name and renamed, so a crash never leaves a
-file that looks complete. Models load as safetensors only unless pickle is explicitly allowed, and
-remote code runs only when asked.
+file that looks complete. One process at a time writes into a run directory: `claim_run_dir` holds
+an exclusive lock on a file in it, which the kernel drops when the process ends, however it ends.
+Models load as safetensors only unless pickle is explicitly allowed, remote code runs only when
+asked, and weights that do not fit their config (or a tokenizer that outgrows the embeddings) are
+refused rather than initialised at random.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import re
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +190,58 @@ def require_complete(run_dir: str | Path, action: str) -> None:
         raise RunError(f"run {run_dir} is {state}{why}; {action} needs a complete run ({fix})")
 
 
+CLAIM_FILE = ".llm_unlearn.lock"
+
+
+@contextlib.contextmanager
+def claim_run_dir(run_dir: str | Path) -> Iterator[Path]:
+    """Hold `run_dir` for this process alone while the block runs; a second process is refused at once.
+
+    The claim is an exclusive `flock` on `run_dir/.llm_unlearn.lock` (holding `pid@host`), taken before
+    anything is written into the folder and released, with the file, when the block ends. The kernel
+    drops the lock of a process that dies (SIGKILL included), so a stale claim is never in the way of
+    resuming. A folder this claim had to create is removed again if it is still empty at the end.
+    """
+    import fcntl
+
+    out = Path(run_dir)
+    try:
+        out.mkdir(parents=True)
+        created = True
+    except FileExistsError:
+        created = False
+    if not out.is_dir():
+        raise RunError(f"output dir {out} is a file; choose a new --output_dir")
+    lock = out / CLAIM_FILE
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip()
+            os.close(fd)
+            raise RunError(
+                f"output dir {out} is in use by another llm-unlearn process{f' ({holder})' if holder else ''}; "
+                "wait for it to finish, or choose a new --output_dir"
+            ) from None
+        try:
+            current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)  # its holder finished and removed it between our open and our lock: claim afresh
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}@{socket.gethostname()}".encode())
+    try:
+        yield out
+    finally:
+        os.unlink(lock)  # before the lock is dropped, so no one can lock the file being removed
+        os.close(fd)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+
+
 def is_missing_local_path(path: str) -> bool:
     """True for a path meant to be local (`./x`, `/x`, `~/x`, `a/b/c`) that does not exist.
 
@@ -227,7 +283,11 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
 def load_model(
     path: str, *, trust_remote_code: bool = False, allow_pickle: bool = False, torch_dtype: str = "float32"
 ):
-    """Load a causal LM from a folder, Hub id or `builtin:NAME` (safetensors unless pickle is allowed)."""
+    """Load a causal LM from a folder, Hub id or `builtin:NAME` (safetensors unless pickle is allowed).
+
+    Every weight the config asks for must be in the files, with the config's shape, and every tensor in
+    the files must have a place: transformers would initialise the rest at random and only warn.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -240,9 +300,71 @@ def load_model(
             f"{path} has no safetensors weights; convert them, or pass --allow_pickle if you trust the files"
         )
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[torch_dtype]
-    return AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True
-    )
+    with _without_load_report():
+        model, info = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+            ignore_mismatched_sizes=True,  # reported below, as one line
+            output_loading_info=True,
+        )
+    _check_loading_info(path, info)
+    return model
+
+
+def _names(keys, limit: int = 3) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _check_loading_info(path: str, info: dict) -> None:
+    problems = []
+    if info["mismatched_keys"]:
+        shapes = sorted(info["mismatched_keys"])
+        key, in_file, in_config = shapes[0]
+        problems.append(
+            f"{len(shapes)} tensor(s) of another shape ({key}: {tuple(in_file)} in the weights, "
+            f"{tuple(in_config)} by the config"
+            f"{f', and {len(shapes) - 1} more' if len(shapes) > 1 else ''})"
+        )
+    if info["missing_keys"]:
+        problems.append(f"{len(info['missing_keys'])} weight(s) missing ({_names(info['missing_keys'])})")
+    if info["unexpected_keys"]:
+        unexpected = info["unexpected_keys"]
+        problems.append(f"{len(unexpected)} tensor(s) the config has no place for ({_names(unexpected)})")
+    if problems:
+        raise RunError(
+            f"the weights in {path} do not fit its config.json: {'; '.join(problems)}; put the config.json "
+            "saved with these weights beside them (or save the model again with save_pretrained)"
+        )
+
+
+@contextlib.contextmanager
+def _without_load_report():
+    """Hide transformers' multi-line load report: `_check_loading_info` says the same in one line."""
+    import logging
+
+    def no_report(record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    logger.addFilter(no_report)
+    try:
+        yield
+    finally:
+        logger.removeFilter(no_report)
+
+
+def check_tokenizer_fits(tokenizer, model, path: str) -> None:
+    """Refuse a tokenizer with ids past the model's input embeddings (they would fail mid-run)."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise RunError(
+            f"the tokenizer in {path} has {len(tokenizer)} tokens but the model's input embeddings have {rows} "
+            "rows; use the tokenizer the model was trained with, or resize the embeddings "
+            "(model.resize_token_embeddings(len(tokenizer))) and save the model again"
+        )
 
 
 def load_model_and_tokenizer(
@@ -252,6 +374,7 @@ def load_model_and_tokenizer(
     model = load_model(
         path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, torch_dtype=torch_dtype
     )
+    check_tokenizer_fits(tokenizer, model, path)
     return model, tokenizer
 
 

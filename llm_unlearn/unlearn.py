@@ -9,7 +9,9 @@ finished run is marked complete.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -24,8 +26,11 @@ from .inputs import check_same_vocabulary, validate_inputs
 from .methods import get_method
 from .methods.common import eval_mode
 from .runio import (
+    CLAIM_FILE,
     RunError,
+    check_tokenizer_fits,
     checkpoints,
+    claim_run_dir,
     load_model,
     load_tokenizer,
     read_checkpoint_mark,
@@ -45,11 +50,10 @@ def resolve_retain_split(data: DataArgs) -> str:
     return data.retain_split or paired_split(data.forget_split, "retain")
 
 
-def prepare_output_dir(output_dir: str | None) -> str | None:
-    """Refuse an existing directory unless it is our unfinished run; return a checkpoint to resume.
+def check_output_dir(output_dir: str | None) -> dict | None:
+    """Refuse an existing directory unless it is our unfinished run; return its status (None: a new run).
 
-    Only a checkpoint marked complete is resumed from; folders cut short by a kill are removed, and
-    `train_log.jsonl` is cut back to what the checkpoint covers (later steps will be run again).
+    Only reads: it runs once before any work, and again under the run's claim (`prepare_output_dir`).
     """
     if not output_dir:
         raise RunError("no --output_dir given; pass a new directory for the run")
@@ -60,8 +64,8 @@ def prepare_output_dir(output_dir: str | None) -> str | None:
         raise RunError(f"output dir {out} is a file; choose a new --output_dir")
     status = read_status(out)
     if status is None:
-        if out.is_dir() and not any(out.iterdir()):
-            return None  # an empty folder made for the run
+        if all(p.name == CLAIM_FILE for p in out.iterdir()):
+            return None  # an empty folder made for the run, or left by one killed before its first write
         raise RunError(f"output dir {out} exists and is not an llm-unlearn run; choose a new --output_dir")
     state = run_state(status)
     if state == "complete":
@@ -71,6 +75,18 @@ def prepare_output_dir(output_dir: str | None) -> str | None:
             f"output dir {out} is in use by a running process ({status.get('pid')}); wait for it, or choose a "
             "new --output_dir"
         )
+    return status
+
+
+def prepare_output_dir(output_dir: str | None) -> str | None:
+    """Check the (claimed) output directory again and return a checkpoint to resume, if any.
+
+    Only a checkpoint marked complete is resumed from; folders cut short by a kill are removed, and
+    `train_log.jsonl` is cut back to what the checkpoint covers (later steps will be run again).
+    """
+    if check_output_dir(output_dir) is None:
+        return None
+    out = Path(output_dir)
     complete, partial = checkpoints(out)
     for folder in partial:
         logger.info("removing %s: it was being written when the run stopped", folder.name)
@@ -174,31 +190,35 @@ def unlearn(
             {"model": model_args.model_name_or_path, "reference model": eval_args.reference_model},
             trust_remote_code=model_args.trust_remote_code,
         )
-    resume = prepare_output_dir(config.output_dir)
-    load = dict(trust_remote_code=model_args.trust_remote_code)
-    tokenizer = load_tokenizer(model_args.model_name_or_path, **load)
-    encode = dict(
-        prompt_format=data.prompt_format, max_length=data.max_length, system_prompt=data.system_prompt
-    )
-    # The stop rule's held-out forget questions are scored, never trained on (stop.py).
-    heldout = set(stop_data["heldout"]) if stop_data else set()
-    forget_ds = QADataset([r for i, r in enumerate(forget_rows) if i not in heldout], tokenizer, **encode)
-    retain_ds = QADataset(retain_rows, tokenizer, **encode)
-    load |= dict(allow_pickle=model_args.allow_pickle, torch_dtype=model_args.torch_dtype)
-    model = load_model(model_args.model_name_or_path, **load)
-    reference = None
-    if model_args.use_lora:
-        model = add_lora(model, model_args)
-        if method.needs_reference(config):
-            reference = AdaptersDisabled(model)
-    elif method.needs_reference(config):
-        reference = load_model(model_args.model_name_or_path, **load)
+    check_output_dir(config.output_dir)  # a folder that is not ours is refused before any work
+    # Claimed before anything is written into it: of two runs started on one folder, one goes on and
+    # the other is refused. Only rank 0 writes into the run directory, so only rank 0 claims it.
+    rank_zero = int(os.environ.get("RANK", "0")) == 0
+    with claim_run_dir(config.output_dir) if rank_zero else contextlib.nullcontext():
+        resume = prepare_output_dir(config.output_dir)
+        load = dict(trust_remote_code=model_args.trust_remote_code)
+        tokenizer = load_tokenizer(model_args.model_name_or_path, **load)
+        encode = dict(
+            prompt_format=data.prompt_format, max_length=data.max_length, system_prompt=data.system_prompt
+        )
+        # The stop rule's held-out forget questions are scored, never trained on (stop.py).
+        heldout = set(stop_data["heldout"]) if stop_data else set()
+        forget_ds = QADataset([r for i, r in enumerate(forget_rows) if i not in heldout], tokenizer, **encode)
+        retain_ds = QADataset(retain_rows, tokenizer, **encode)
+        load |= dict(allow_pickle=model_args.allow_pickle, torch_dtype=model_args.torch_dtype)
+        model = load_model(model_args.model_name_or_path, **load)
+        check_tokenizer_fits(tokenizer, model, model_args.model_name_or_path)
+        reference = None
+        if model_args.use_lora:
+            model = add_lora(model, model_args)
+            if method.needs_reference(config):
+                reference = AdaptersDisabled(model)
+        elif method.needs_reference(config):
+            reference = load_model(model_args.model_name_or_path, **load)
 
-    out = Path(config.output_dir)
-    existed = out.exists()
-    try:
+        out = Path(config.output_dir)
         # Built before anything is written: a method that refuses its settings (a layer index out of
-        # range, say) fails here and leaves no run directory behind.
+        # range, say) fails here, and the claim removes the run directory it made.
         trainer = UnlearnTrainer(
             model=model,
             args=config,
@@ -210,43 +230,45 @@ def unlearn(
             reference_model=reference,
             callbacks=callbacks,
         )
-    except BaseException:
-        if not existed and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # Trainer makes the output folder at start
-        raise
-    if stop_data is not None:
-        from .stop import IndistinguishableStop
+        if stop_data is not None:
+            from .stop import IndistinguishableStop
 
-        score = dict(encode, batch_size=eval_args.eval_batch_size, max_new_tokens=eval_args.max_new_tokens)
-        trainer.add_callback(
-            IndistinguishableStop(tokenizer, forget_rows, stop_data, config, score, trainer._append_log, out)
-        )
-    if trainer.is_world_process_zero():
-        out.mkdir(parents=True, exist_ok=True)
-        resolved = to_dict(model_args, data, config, eval_args) | {"retain_split": retain_split}
-        write_text_atomic(out / "unlearn_config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-        write_run_info(out, command)
-        write_status(out, "running", method=method.name)
-    start = time.perf_counter()
-    try:
-        trainer.train(resume_from_checkpoint=resume)
-        if model_args.use_lora:
-            # The adapter alone (small, for `push`), then the merged model: a plain HF folder that
-            # eval, push and from_pretrained read as is.
-            if trainer.is_world_process_zero():
-                trainer.model.save_pretrained(str(out / ADAPTER_DIR))
-            trainer.model = trainer.model.merge_and_unload()
-        trainer.save_model(str(out))
-    except BaseException as err:
-        _close_progress_bars(trainer)
+            score = dict(
+                encode, batch_size=eval_args.eval_batch_size, max_new_tokens=eval_args.max_new_tokens
+            )
+            trainer.add_callback(
+                IndistinguishableStop(
+                    tokenizer, forget_rows, stop_data, config, score, trainer._append_log, out
+                )
+            )
         if trainer.is_world_process_zero():
-            write_status(out, "failed", method=method.name, error=f"{type(err).__name__}: {err}")
-        raise
-    if trainer.is_world_process_zero():
-        # Complete first, then drop the checkpoints: a kill in between leaves a complete run with
-        # spare checkpoints, never an unfinished run without any.
-        write_status(out, "complete", method=method.name, train_seconds=round(time.perf_counter() - start, 2))
-        for checkpoint in out.glob("checkpoint-*"):
-            shutil.rmtree(checkpoint)
-    logger.info("unlearning finished in %.1f s: %s", time.perf_counter() - start, out)
-    return out
+            out.mkdir(parents=True, exist_ok=True)
+            resolved = to_dict(model_args, data, config, eval_args) | {"retain_split": retain_split}
+            write_text_atomic(out / "unlearn_config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+            write_run_info(out, command)
+            write_status(out, "running", method=method.name)
+        start = time.perf_counter()
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+            if model_args.use_lora:
+                # The adapter alone (small, for `push`), then the merged model: a plain HF folder that
+                # eval, push and from_pretrained read as is.
+                if trainer.is_world_process_zero():
+                    trainer.model.save_pretrained(str(out / ADAPTER_DIR))
+                trainer.model = trainer.model.merge_and_unload()
+            trainer.save_model(str(out))
+        except BaseException as err:
+            _close_progress_bars(trainer)
+            if trainer.is_world_process_zero():
+                write_status(out, "failed", method=method.name, error=f"{type(err).__name__}: {err}")
+            raise
+        if trainer.is_world_process_zero():
+            # Complete first, then drop the checkpoints: a kill in between leaves a complete run with
+            # spare checkpoints, never an unfinished run without any.
+            write_status(
+                out, "complete", method=method.name, train_seconds=round(time.perf_counter() - start, 2)
+            )
+            for checkpoint in out.glob("checkpoint-*"):
+                shutil.rmtree(checkpoint)
+        logger.info("unlearning finished in %.1f s: %s", time.perf_counter() - start, out)
+        return out
