@@ -13,14 +13,17 @@
     llm-unlearn bench --eval --out FILE.json           # batched evaluation vs one sample at a time
 
 Bad input ends with one line `error: <problem>; <fix>` on stderr and exit code 2; `--debug` (anywhere
-on the line) shows the full traceback instead.
+on the line) shows the full traceback instead. Ctrl-C (exit code 130) and SIGTERM (143) stop a run
+with one line too; the same command resumes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 SUBCOMMANDS = ("demo", "world", "train", "unlearn", "eval", "probe", "report", "push", "ls", "bench")
@@ -293,6 +296,18 @@ def main(argv: list[str] | None = None) -> int:
     from .runio import RunError
     from .trainer import NonFiniteLossError
 
+    # SIGTERM (a scheduler's stop, `kill`, a timeout) ends a run as Ctrl-C does: the run is marked
+    # failed with its last complete checkpoint kept, one line says how to resume, and the exit code
+    # is 143 (128 + SIGTERM) where Ctrl-C gives 130.
+    class Terminated(KeyboardInterrupt):
+        pass
+
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+        raise Terminated
+
+    handled = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
+    previous = signal.signal(signal.SIGTERM, terminate) if handled else None
     try:
         globals()[f"cmd_{command}"](rest)
     except (DataError, RunError, NonFiniteLossError, ValueError, FileNotFoundError, FileExistsError) as err:
@@ -305,13 +320,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {_os_error_line(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if debug:
             raise
-        print(
-            "error: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr
-        )
-        return 130
+        how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        print(f"error: {how}; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
+    finally:
+        if handled:  # `main` also runs in-process (tests, notebooks): leave SIGTERM as it was
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     from .eval.shard import exit_process_group
 
     exit_process_group()  # multi-process runs end here (see its docstring); one process returns

@@ -1,0 +1,346 @@
+"""Runs handled roughly, and models that do not fit: two runs started at once on one folder, SIGTERM
+mid-training, weights or a tokenizer at odds with the config, secrets in recorded and published
+commands. `pytest tests/test_bad_input_runs.py` (`-m "not slow"` skips the real-process races)
+
+The house rule, as in test_bad_input.py: one line `error: <problem>; <fix>`, a non-zero exit, no
+traceback, nothing half-written or damaged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from test_trainer import tiny  # noqa: F401  (module fixture: micro model and data)
+
+from llm_unlearn.cli import main
+from llm_unlearn.config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig, to_dict
+from llm_unlearn.runio import (
+    CLAIM_FILE,
+    RunError,
+    claim_run_dir,
+    is_secret_option,
+    load_model_and_tokenizer,
+    read_status,
+    redacted_argv,
+    run_state,
+)
+
+HERE = Path(__file__).parent
+KILLABLE = HERE / "_killable_unlearn.py"
+MAX_STEPS = 4
+
+
+def _argv(tiny, out: Path, *extra: str) -> list[str]:  # noqa: F811
+    return [
+        "unlearn", "--model_name_or_path", str(tiny["dir"] / "model"), "--data_dir", str(tiny["data_dir"]),
+        "--output_dir", str(out), "--max_steps", str(MAX_STEPS), "--save_strategy", "steps", "--save_steps", "2",
+        "--per_device_train_batch_size", "2", "--learning_rate", "0.01", "--seed", "7", "--use_cpu", "true",
+        "--disable_tqdm", "true", "--do_final_eval", "false", "--logging_steps", "1", *extra,
+    ]  # fmt: skip
+
+
+def _env() -> dict:
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+    for name in ("KILL_AT", "KILL_FLAG"):
+        env.pop(name, None)
+    return env
+
+
+def _one_error_line(stderr: str) -> str:
+    """The single `error: ` line, which is the last line of stderr; no traceback anywhere."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], lines[-5:]
+    return errors[0]
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _step_records(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if line]
+    return [r for r in rows if "step" in r and "train_runtime" not in r]
+
+
+# ---------------------------------------------------------------- A: one run per folder
+
+
+def test_a_claimed_output_dir_refuses_a_second_run_with_one_line_and_is_left_untouched(
+    tiny,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    out = tmp_path / "run"
+    with claim_run_dir(out):
+        before = _snapshot(tmp_path)
+        assert main(_argv(tiny, out)) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert re.search(rf"in use by another llm-unlearn process \({os.getpid()}@[^)]+\); wait for it", line)
+        assert _snapshot(tmp_path) == before
+    assert not out.exists()  # the claim made the folder, and nothing else was put in it
+
+
+def test_a_claim_is_released_at_the_end_and_one_left_by_a_killed_process_is_taken_over(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(KeyError), claim_run_dir(out):
+        raise KeyError("failed before writing anything")
+    assert not out.exists()  # made for the claim, removed with it
+    out.mkdir()
+    (out / "notes.txt").write_text("kept")
+    (out / CLAIM_FILE).write_text("4194000@elsewhere")  # a killed process's claim: its lock died with it
+    with claim_run_dir(out):
+        assert (out / CLAIM_FILE).read_text() == f"{os.getpid()}@{socket.gethostname()}"
+        with pytest.raises(RunError, match="in use by another llm-unlearn process"), claim_run_dir(out):
+            pass
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_run_killed_before_its_first_write_leaves_a_claim_file_that_the_rerun_takes_over(
+    tiny,  # noqa: F811
+    tmp_path,
+):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / CLAIM_FILE).write_text("4194000@" + socket.gethostname())
+    assert main(_argv(tiny, out, "--max_steps", "1")) == 0
+    assert run_state(read_status(out)) == "complete" and not (out / CLAIM_FILE).exists()
+
+
+# A barrier: both processes import everything, say they are ready, and start the command together.
+RACER = """
+import sys, time
+from pathlib import Path
+import torch
+import llm_unlearn.unlearn, llm_unlearn.pipeline, llm_unlearn.trainer
+from llm_unlearn.cli import main
+torch.set_num_threads(1)
+go, ready = Path(sys.argv[1]), Path(sys.argv[2])
+ready.touch()
+while not go.exists():
+    time.sleep(0.001)
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.slow
+def test_two_runs_started_at_the_same_moment_on_one_folder_one_runs_and_the_other_gets_one_line(
+    tiny,  # noqa: F811
+    tmp_path,
+):
+    for round_ in range(2):
+        out, go = tmp_path / f"run{round_}", tmp_path / f"go{round_}"
+        ready = [tmp_path / f"ready{round_}-{i}" for i in range(2)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", RACER, str(go), str(flag), *_argv(tiny, out)],
+                env=_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for flag in ready
+        ]
+        deadline = time.monotonic() + 300
+        while not all(flag.exists() for flag in ready):
+            assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        go.touch()
+        results = [(p.wait(timeout=600), p.communicate()[1]) for p in procs]
+        codes = sorted(code for code, _ in results)
+        assert codes == [0, 2], [err[-2000:] for _, err in results]
+        (loser_err,) = [err for code, err in results if code == 2]
+        line = _one_error_line(loser_err)
+        assert re.search(r"output dir .* is in use by (another llm-unlearn|a running) process", line), line
+        assert "resuming" not in loser_err and "restarting" not in loser_err
+        assert run_state(read_status(out)) == "complete"
+        steps = [r["step"] for r in _step_records(out)]
+        assert steps == list(range(1, MAX_STEPS + 1)), steps  # one run's log, no record twice
+        assert not (out / CLAIM_FILE).exists()
+
+
+# ---------------------------------------------------------------- B: SIGTERM
+
+
+@pytest.mark.slow
+def test_sigterm_mid_training_ends_with_one_line_and_the_rerun_resumes_to_the_uninterrupted_weights(
+    tiny,  # noqa: F811
+    tmp_path,
+):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    done = subprocess.run([sys.executable, str(KILLABLE), *_argv(tiny, straight)], env=_env(), capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    flag = tmp_path / "stalled"
+    env = _env() | {"KILL_AT": "train:3", "KILL_FLAG": str(flag)}  # stalls mid-step 4, checkpoint-2 complete
+    argv = _argv(tiny, stopped)
+    proc = subprocess.Popen([sys.executable, str(KILLABLE), *argv], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not flag.exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143
+    line = _one_error_line(stderr)
+    assert line == "error: terminated (SIGTERM); rerun the same command to resume from the last checkpoint"
+    status = read_status(stopped)
+    assert status["state"] == "failed" and "Terminated" in status["error"]
+    assert not (stopped / "model.safetensors").exists() and not (stopped / CLAIM_FILE).exists()
+
+    done = subprocess.run([sys.executable, str(KILLABLE), *argv], env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming" in done.stderr and "checkpoint-2" in done.stderr
+    assert run_state(read_status(stopped)) == "complete"
+    want, got = load_file(straight / "model.safetensors"), load_file(stopped / "model.safetensors")
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[name], got[name]) for name in want)
+    assert [r["step"] for r in _step_records(stopped)] == list(range(1, MAX_STEPS + 1))
+
+
+def test_sigterm_handler_is_only_installed_while_main_runs(tiny, tmp_path):  # noqa: F811
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["ls"]) == 0
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+# ---------------------------------------------------------------- C: models that do not fit
+
+
+def _edit_config(model: Path, **changes) -> None:
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(config | changes))
+
+
+def _edit_weights(model: Path, edit) -> None:
+    weights = load_file(model / "model.safetensors")
+    edit(weights)
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+
+
+def _smaller_embeddings(model: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(model)
+    loaded.resize_token_embeddings(loaded.config.vocab_size - 20)
+    loaded.save_pretrained(model)
+
+
+BROKEN_MODELS = {
+    "weights_of_another_shape": (
+        lambda m: _edit_config(m, intermediate_size=128),
+        r"the weights in .*/weights_of_another_shape do not fit its config\.json: 3 tensor\(s\) of another "
+        r"shape \(model\.layers\.0\.mlp\.\w+\.weight: \(\d+, \d+\) in the weights, \(\d+, \d+\) by the config, "
+        r"and 2 more\); put the config\.json saved with these weights beside them",
+    ),
+    "weight_missing": (
+        lambda m: _edit_weights(m, lambda w: w.pop("model.layers.0.mlp.up_proj.weight")),
+        r"the weights in .*/weight_missing do not fit its config\.json: 1 weight\(s\) missing "
+        r"\(model\.layers\.0\.mlp\.up_proj\.weight\); put the config\.json",
+    ),
+    "tensor_without_a_place": (
+        lambda m: _edit_weights(m, lambda w: w.update({"model.layers.7.extra.weight": torch.zeros(2)})),
+        r"the weights in .*/tensor_without_a_place do not fit its config\.json: 1 tensor\(s\) the config has "
+        r"no place for \(model\.layers\.7\.extra\.weight\)",
+    ),
+    "tokenizer_beyond_embeddings": (
+        _smaller_embeddings,
+        r"the tokenizer in .*/tokenizer_beyond_embeddings has (\d+) tokens but the model's input embeddings "
+        r"have \d+ rows; use the tokenizer the model was trained with, or resize the embeddings",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_MODELS))
+def test_a_model_whose_weights_or_tokenizer_do_not_fit_is_one_line_naming_the_folder(
+    case,
+    tiny,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    breakage, pattern = BROKEN_MODELS[case]
+    model = tmp_path / case
+    shutil.copytree(tiny["dir"] / "model", model)
+    breakage(model)
+    before = _snapshot(tmp_path)
+    out = tmp_path / "run"
+    assert main(_argv(tiny, out, "--model_name_or_path", str(model))) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert re.search(pattern, line), line
+    assert "LOAD REPORT" not in capsys.readouterr().err
+    assert not out.exists() and _snapshot(tmp_path) == before
+    with pytest.raises(RunError, match=pattern):  # what eval, probe and train load through
+        load_model_and_tokenizer(str(model))
+
+
+# ---------------------------------------------------------------- D: secrets, and only secrets, redacted
+
+HF_TOKEN = "hf_" + "aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1dE3f"
+
+
+def test_redacted_argv_hides_secret_values_and_hf_tokens_and_keeps_counts_of_tokens():
+    argv = [
+        "--max_new_tokens", "64", "--max_tokens=32", "--num_tokens", "8", "--pad_token", "<pad>",
+        "--hub_token", "s3cret", "--hub_token=s3cret", "--token", "t", "--openai_api_key=k",
+        "--model_name_or_path", HF_TOKEN, f"--note=use {HF_TOKEN} here", HF_TOKEN, "--hub_token", "--lr",
+    ]  # fmt: skip
+    assert redacted_argv(argv) == [
+        "--max_new_tokens", "64", "--max_tokens=32", "--num_tokens", "8", "--pad_token", "<pad>",
+        "--hub_token", "<redacted>", "--hub_token=<redacted>", "--token", "<redacted>", "--openai_api_key=<redacted>",
+        "--model_name_or_path", "<redacted>", "--note=use <redacted> here", "<redacted>", "--hub_token", "--lr",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, secret",
+    [("hub_token", True), ("--hub-token", True), ("token", True), ("HF_TOKEN", True), ("password", True),
+     ("db_passwd", True), ("client_secret", True), ("api_key", True), ("openai_apikey", True),
+     ("max_new_tokens", False), ("num_input_tokens_seen", False), ("include_num_input_tokens_seen", False),
+     ("eos_token", False), ("pad_token", False), ("tokenizer_name", False), ("token_budget", False),
+     ("average_tokens_across_devices", False), ("secretary", False), ("keyword", False)],
+)  # fmt: skip
+def test_an_option_is_secret_only_when_its_name_ends_in_a_secret_word(name, secret):
+    assert is_secret_option(name) is secret
+
+
+def test_unlearn_config_redacts_the_hub_token_and_hf_tokens_and_keeps_everything_else():
+    config = UnlearnConfig(output_dir="x", hub_token="s3cret", run_name=f"run-{HF_TOKEN}")
+    values = to_dict(ModelArgs(), DataArgs(), config, EvalArgs(max_new_tokens=64))
+    assert values["hub_token"] == "<redacted>" and values["run_name"] == "run-<redacted>"
+    assert values["max_new_tokens"] == 64 and values["output_dir"] == "x"
+
+
+def test_the_published_card_and_run_info_keep_max_new_tokens(tiny, tmp_path, capsys):  # noqa: F811
+    out, staged = tmp_path / "run", tmp_path / "staged"
+    assert main(_argv(tiny, out, "--max_steps", "1", "--max_new_tokens", "64", "--run_name", HF_TOKEN)) == 0
+    command = json.loads((out / "run_info.json").read_text())["command"]
+    assert "--max_new_tokens 64" in command and "--run_name '<redacted>'" in command
+    assert HF_TOKEN not in (out / "unlearn_config.yaml").read_text()
+    assert yaml.safe_load((out / "unlearn_config.yaml").read_text())["max_new_tokens"] == 64
+    assert main(["push", str(out), "--repo_id", "org/card", "--dry_run", "--output_dir", str(staged)]) == 0
+    card = (staged / "README.md").read_text()
+    assert "--max_new_tokens 64" in card and "max_new_tokens: 64" in card
+    assert "'<redacted>'" not in card.replace("--run_name '<redacted>'", "")
+    assert not any(HF_TOKEN in p.read_text(errors="replace") for p in staged.rglob("*") if p.is_file())
