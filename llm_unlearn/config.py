@@ -496,6 +496,13 @@ class EvalArgs:
         default=None, metadata={"help": "eval.json of the reference (or a legacy eval_log_aggregated.json)."}
     )
     do_final_eval: bool = field(default=True, metadata={"help": "Evaluate at the end of `unlearn`."})
+    eval_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "Reuse an earlier evaluation whose model files, data files, scoring code and settings are all "
+            "the same (content hashes, in $LLM_UNLEARN_CACHE/evals; eval/cache.py); false recomputes."
+        },
+    )
     mia: bool = field(
         default=True,
         metadata={

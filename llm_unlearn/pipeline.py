@@ -170,6 +170,7 @@ def evaluate_path(
 
     Under a multi-process launch every rank calls this and gets the result; only rank 0 writes `out_path`.
     """
+    from .eval import cache
     from .eval.tofu import add_forget_quality, evaluate, write_eval
 
     shard = eval_shard()
@@ -177,41 +178,68 @@ def evaluate_path(
     shard.barrier()
     require_complete(model_path, "eval")
     model_args = model_args or ModelArgs()
-    model, tokenizer = load_model_and_tokenizer(
-        model_path,
-        trust_remote_code=model_args.trust_remote_code,
-        allow_pickle=model_args.allow_pickle,
-        torch_dtype=model_args.torch_dtype,
-    )
-    if shard.world_size > 1:
-        from accelerate import PartialState
-
-        model.to(PartialState().device)  # cuda:LOCAL_RANK on GPUs, the CPU otherwise
     start = time.perf_counter()
-    result = evaluate(
-        model,
-        tokenizer,
-        data_dir=data.data_dir,
-        dataset_name=data.dataset_name,
-        forget_split=data.forget_split,
-        prompt_format=data.prompt_format,
-        system_prompt=data.system_prompt,
-        max_length=data.max_length,
-        batch_size=eval_args.eval_batch_size,
-        max_new_tokens=eval_args.max_new_tokens,
-        truth_ratio_variant=eval_args.truth_ratio_variant,
-        mia=eval_args.mia,
-        seeds=_seeds(model_path, data),
-        shard=shard,
-    )
+    keyed = _cache_key(model_path, data, eval_args, model_args) if shard.world_size == 1 else None
+    result = cache.load(keyed[0]) if keyed else None
+    if result is not None:
+        result["meta"]["eval_cache"]["hit"] = True
+        result["meta"].pop("seeds", None)
+        if seeds := _seeds(model_path, data):
+            result["meta"]["seeds"] = seeds
+        logger.info("evaluation of %s reused: same weights, data, code and settings (eval cache)", model_path)
+    else:
+        model, tokenizer = load_model_and_tokenizer(
+            model_path,
+            trust_remote_code=model_args.trust_remote_code,
+            allow_pickle=model_args.allow_pickle,
+            torch_dtype=model_args.torch_dtype,
+        )
+        if shard.world_size > 1:
+            from accelerate import PartialState
+
+            model.to(PartialState().device)  # cuda:LOCAL_RANK on GPUs, the CPU otherwise
+        result = evaluate(
+            model,
+            tokenizer,
+            data_dir=data.data_dir,
+            dataset_name=data.dataset_name,
+            forget_split=data.forget_split,
+            prompt_format=data.prompt_format,
+            system_prompt=data.system_prompt,
+            max_length=data.max_length,
+            batch_size=eval_args.eval_batch_size,
+            max_new_tokens=eval_args.max_new_tokens,
+            truth_ratio_variant=eval_args.truth_ratio_variant,
+            mia=eval_args.mia,
+            seeds=_seeds(model_path, data),
+            shard=shard,
+        )
+        if keyed:
+            result = cache.store(*keyed, result)
+        if shard.is_main:
+            logger.info("evaluated %s in %.1f s", model_path, time.perf_counter() - start)
     result["meta"]["model"] = str(model_path)
     if reference is not None:
         result = add_forget_quality(result, reference)
-    if shard.is_main:
-        logger.info("evaluated %s in %.1f s", model_path, time.perf_counter() - start)
-        if out_path is not None:
-            write_eval(result, out_path)
+    if shard.is_main and out_path is not None:
+        write_eval(result, out_path)
     return result
+
+
+def _cache_key(model_path: str, data: DataArgs, eval_args: EvalArgs, model_args: ModelArgs):
+    """(key, inputs) of this evaluation for eval/cache.py, or None when it must be computed."""
+    if not eval_args.eval_cache or model_args.trust_remote_code:  # remote code is an input we do not hash
+        return None
+    from .eval import cache
+    from .sources import resolve
+
+    settings = {
+        "forget_split": data.forget_split, "prompt_format": data.prompt_format, "system_prompt": data.system_prompt,
+        "max_length": data.max_length, "batch_size": eval_args.eval_batch_size,
+        "max_new_tokens": eval_args.max_new_tokens, "truth_ratio_variant": eval_args.truth_ratio_variant,
+        "mia": eval_args.mia, "torch_dtype": model_args.torch_dtype, "allow_pickle": model_args.allow_pickle,
+    }  # fmt: skip
+    return cache.eval_key(resolve(model_path), data.data_dir, data.dataset_name, settings)
 
 
 def evaluate_with_reference(
@@ -225,10 +253,10 @@ def evaluate_with_reference(
     from .inputs import check_same_vocabulary, validate_inputs
 
     check_reference(eval_args)
+    eval_shard().barrier()  # after multi-process training, rank 0 may still be writing the run
+    require_complete(model_path, "eval")  # an unfinished run is the first thing to say, whatever the data
     validate_inputs(data, eval_args)
     if eval_args.reference_model:
-        eval_shard().barrier()  # after multi-process training, rank 0 may still be writing the run
-        require_complete(model_path, "eval")
         check_same_vocabulary(
             {"model": model_path, "reference model": eval_args.reference_model},
             trust_remote_code=(model_args or ModelArgs()).trust_remote_code,
