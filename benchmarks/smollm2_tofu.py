@@ -258,7 +258,9 @@ def record(result: dict, **fields) -> dict:
     metrics = result["metrics"]
     missing = [k for k in KEYS if k not in metrics and k != "forget_quality"]
     if missing:
-        raise ValueError(f"evaluation lacks {', '.join(missing)}; rerun its eval stage (delete its eval json)")
+        raise ValueError(
+            f"evaluation lacks {', '.join(missing)}; rerun its eval stage (delete its eval json)"
+        )
     system = result["meta"].get("system_prompt_used", result["meta"].get("system_prompt"))
     return {**fields, "system_prompt": system, **{k: metrics[k]["value"] for k in KEYS if k in metrics}}
 
@@ -418,7 +420,9 @@ def write_report(path: Path) -> None:
                 name = r["model"] if r["method"] == "none" else r["method"]
                 cells = [f"{r.get('forget_quality', math.nan):.3g}"]
                 cells += ["n/r" if r.get(k) is None else f"{r[k]:.3f}" for k in KEYS[1:]]
-                lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['train_s']:.0f} | {r['eval_s'] or 0:.0f} |")
+                lines.append(
+                    f"| {name} | " + " | ".join(cells) + f" | {r['train_s']:.0f} | {r['eval_s'] or 0:.0f} |"
+                )
             if any(r.get("not_recorded") for r in sel):
                 lines += ["", "n/r: not recorded by the run that made these rows (the script then kept 7 of the 9 parts "
                           "of model utility); a rerun of its eval stage records them."]  # fmt: skip

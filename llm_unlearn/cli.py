@@ -184,7 +184,8 @@ def cmd_ls(argv: list[str]) -> None:
     import dataclasses
 
     parser = argparse.ArgumentParser(
-        prog="llm-unlearn ls", description="List the registered methods, the shipped recipes and cached models."
+        prog="llm-unlearn ls",
+        description="List the registered methods, the shipped recipes and cached models.",
     )
     parser.parse_args(argv)
     from types import SimpleNamespace

@@ -166,7 +166,9 @@ class UnlearnConfig(TrainingArguments):
     retain_loss: str = field(default="nll", metadata={"help": "Retain term of graddiff: nll or kl."})
     retain_kl_positions: str = field(
         default="answer",
-        metadata={"help": "Positions the kl retain term scores: answer (answer tokens) or all (TOFU's: every one)."},
+        metadata={
+            "help": "Positions the kl retain term scores: answer (answer tokens) or all (TOFU's: every one)."
+        },
     )
     forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget term."})
     retain_weight: float = field(default=1.0, metadata={"help": "Weight of the retain term."})
@@ -203,7 +205,9 @@ class UnlearnConfig(TrainingArguments):
     )
     rmu_layer: int | None = field(
         default=None,
-        metadata={"help": "Decoder layer RMU steers (default: (7 * num_hidden_layers) // 32, the paper's 7 of 32)."},
+        metadata={
+            "help": "Decoder layer RMU steers (default: (7 * num_hidden_layers) // 32, the paper's 7 of 32)."
+        },
     )
     rmu_coefficient: float = field(default=6.5, metadata={"help": "Length c of RMU's steering target c*u."})
     rmu_train_layers: str | None = field(
@@ -612,7 +616,9 @@ class _Parser(HfArgumentParser):
         super().__init__(*args, **kwargs)
         for action in self._actions:
             if isinstance(action.help, str):
-                action.help = re.sub(r"%%|%\(|%", lambda m: "%%" if m.group() == "%" else m.group(), action.help)
+                action.help = re.sub(
+                    r"%%|%\(|%", lambda m: "%%" if m.group() == "%" else m.group(), action.help
+                )
 
     def error(self, message: str):
         raise ConfigError(f"{message}; see `llm-unlearn {self.prog.split()[-1]} --help`")

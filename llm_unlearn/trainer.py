@@ -269,7 +269,9 @@ class UnlearnTrainer(Trainer):
             self._combiner.accumulate(terms)
         if self.accelerator.sync_gradients:
             weights = {name: t.weight for name, t in raw.items()}
-            stats = self._combiner.combine(weights, world_size=self.args.world_size, step=self.state.global_step)
+            stats = self._combiner.combine(
+                weights, world_size=self.args.world_size, step=self.state.global_step
+            )
             if stats["dropped_terms"]:
                 logger.warning("step %d: %d loss term(s) had a zero or non-finite gradient norm and were dropped%s",
                                self.state.global_step, int(stats["dropped_terms"]),

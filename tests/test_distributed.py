@@ -97,7 +97,12 @@ def test_gen_probes_on_two_ranks_avoid_every_ranks_window_and_each_other(tiny, t
     import json
 
     prefix = tmp_path / "probes"
-    script = [str(HERE / "_dist_gen_probes.py"), str(tiny["dir"] / "model"), str(tiny["data_dir"]), str(prefix)]
+    script = [
+        str(HERE / "_dist_gen_probes.py"),
+        str(tiny["dir"] / "model"),
+        str(tiny["data_dir"]),
+        str(prefix),
+    ]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *script]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)

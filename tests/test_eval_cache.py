@@ -56,7 +56,9 @@ def _evaluate(model, world, out=None, model_args=None, **changes):
     return pipeline.evaluate_path(str(model), data, eval_args, model_args, out_path=out)
 
 
-def test_the_same_inputs_are_evaluated_once_and_read_back_identically(counted, model_copy, world_copy, tmp_path):
+def test_the_same_inputs_are_evaluated_once_and_read_back_identically(
+    counted, model_copy, world_copy, tmp_path
+):
     first = _evaluate(model_copy, world_copy, out=tmp_path / "a.json")
     second = _evaluate(model_copy, world_copy, out=tmp_path / "b.json")
     assert len(counted) == 1

@@ -135,7 +135,9 @@ def test_auto_killed_after_every_checkpoint_resumes_to_the_same_decision_and_wei
     _run([*argv, "--output_dir", str(straight)])
     log = _log(straight)
     (end,) = [r for r in log if "stop_reason" in r]
-    assert end["stop_reason"] != "max_steps", "the micro run must stop by the rule for this test to mean anything"
+    assert end["stop_reason"] != "max_steps", (
+        "the micro run must stop by the rule for this test to mean anything"
+    )
     decided = end["step"]
     flag = tmp_path / "stalled"
     for step in range(3, decided + 1, 3):

@@ -59,7 +59,9 @@ def _file_digest(path: Path) -> str:
 
 def _is_model_file(path: Path) -> bool:
     name = path.name
-    return path.is_file() and (name in MODEL_FILES or name.startswith(MODEL_PREFIXES) or name.endswith(".model"))
+    return path.is_file() and (
+        name in MODEL_FILES or name.startswith(MODEL_PREFIXES) or name.endswith(".model")
+    )
 
 
 def model_digest(path: str | Path) -> dict[str, str] | None:
@@ -126,7 +128,9 @@ def load(key: str) -> dict | None:
         logger.warning("ignoring unreadable evaluation cache entry %s (%s); recomputing", path, err)
         return None
     if not isinstance(result, dict) or result.get("meta", {}).get("eval_cache", {}).get("key") != key:
-        logger.warning("ignoring evaluation cache entry %s: it was stored under another key; recomputing", path)
+        logger.warning(
+            "ignoring evaluation cache entry %s: it was stored under another key; recomputing", path
+        )
         return None
     return result
 

@@ -143,7 +143,11 @@ def system_prompt_used(tokenizer, prompt_format: str, system_prompt: str | None)
         return None
     before, after = head_marked.split(sentinel, 1)
     bos = os.path.commonprefix([head_plain, before])
-    if head_plain.startswith(before) and head_plain.endswith(after) and len(head_plain) >= len(before) + len(after):
+    if (
+        head_plain.startswith(before)
+        and head_plain.endswith(after)
+        and len(head_plain) >= len(before) + len(after)
+    ):
         return head_plain[len(before) : len(head_plain) - len(after)]
     rest = head_plain[len(bos) :]  # what the template put before the user turn, past a shared bos
     return rest or None
