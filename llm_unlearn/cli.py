@@ -285,10 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in SUBCOMMANDS:
-        from .config import suggest
-
         print(
-            f"error: unknown command {command!r}{suggest(command, SUBCOMMANDS)}; choose one of {', '.join(SUBCOMMANDS)}",
+            f"error: unknown command {command!r}{_did_you_mean(command, rest)}; choose one of {', '.join(SUBCOMMANDS)}",
             file=sys.stderr,
         )
         return 2
@@ -334,6 +332,19 @@ def main(argv: list[str] | None = None) -> int:
 
     exit_process_group()  # multi-process runs end here (see its docstring); one process returns
     return 0
+
+
+def _did_you_mean(command: str, rest: list[str]) -> str:
+    """A near subcommand, or the flag meant by `help`/`version` typed as a command (`llm-unlearn help ls`)."""
+    from .config import suggest
+
+    word = command.lstrip("-").lower()
+    if word in ("help", "h"):
+        about = f"{rest[0]} " if rest and rest[0] in SUBCOMMANDS else ""
+        return f" (did you mean 'llm-unlearn {about}--help'?)"
+    if word in ("version", "v"):
+        return " (did you mean 'llm-unlearn --version'?)"
+    return suggest(command, SUBCOMMANDS)
 
 
 def _os_error_line(err: OSError) -> str:

@@ -605,20 +605,105 @@ def _wants_auto(argv: list[str], yaml_values: dict) -> bool:
     return str(yaml_values.get("auto", "")).lower() in truthy
 
 
+# `--help` sections, in a recipe's order (model, data, method, training, evaluation), then Trainer's own
+# options. UnlearnConfig's own fields go to the section `_FIELD_SECTIONS` names, else to the method knobs
+# (those a registered method reads) or "unlearning, other options"; any TrainingArguments field in
+# `_TRAINING_FIELDS` to "training", the others last; another dataclass's fields to its `_CLASS_SECTIONS`
+# title (else its docstring's first line), with its docstring's first line below the title.
+TRAINER_SECTION = "transformers.TrainingArguments options (standard Trainer settings)"
+_METHOD_SECTION = "unlearning method and combination"
+_KNOBS_SECTION = "options of particular methods (`llm-unlearn ls` lists which method reads which)"
+_OTHER_SECTION = "unlearning, other options"
+_GEN_SECTION = "GeN learning rate (arXiv 2407.02772)"
+_STOP_SECTION = "stop rule (stop.py): stop once the forget set looks unseen"
+_TRAINING_SECTION = "training (the Trainer settings most runs set)"
+_CLASS_SECTIONS = {
+    "ModelArgs": "model",
+    "DataArgs": "data",
+    "FinetuneArgs": "fine-tuning",
+    "EvalArgs": "evaluation",
+}
+_FIELD_SECTIONS = {
+    **dict.fromkeys(
+        ("method", "auto", "combine", "retain_loss", "retain_kl_positions", "forget_weight", "retain_weight",
+         "retain_batch_size", "retain_seed", "max_grad_norm"),
+        _METHOD_SECTION,
+    ),
+    **dict.fromkeys(("gen", "gen_interval", "gen_gamma"), _GEN_SECTION),
+}  # fmt: skip
+_TRAINING_FIELDS = (
+    "output_dir", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "learning_rate", "lr_scheduler_type", "warmup_steps", "optim", "weight_decay", "seed", "bf16",
+    "logging_steps", "save_strategy", "save_total_limit", "remove_unused_columns", "push_to_hub", "hub_model_id",
+)  # fmt: skip
+_SECTION_ORDER = ("model", "data", "fine-tuning", None, _METHOD_SECTION, _KNOBS_SECTION, _OTHER_SECTION,
+                  _GEN_SECTION, _STOP_SECTION, _TRAINING_SECTION, "evaluation", TRAINER_SECTION)  # fmt: skip
+
+
+def help_section(cls: type, f: dataclasses.Field) -> str:
+    """The `--help` section of field `f` of dataclass `cls` (see `_FIELD_SECTIONS`)."""
+    from .methods import METHODS
+
+    if issubclass(cls, TrainingArguments):
+        inherited = TrainingArguments.__dataclass_fields__.get(f.name) is f  # not redeclared by `cls`
+        if not inherited and f.name in _FIELD_SECTIONS:
+            return _FIELD_SECTIONS[f.name]
+        if f.name in _TRAINING_FIELDS:
+            return _TRAINING_SECTION
+        if inherited:
+            return TRAINER_SECTION
+        if f.name == "stop_rule" or f.name.startswith("stop_"):
+            return _STOP_SECTION
+        return _KNOBS_SECTION if any(f.name in m.knobs for m in METHODS.values()) else _OTHER_SECTION
+    return _CLASS_SECTIONS.get(cls.__name__) or _first_line(cls)
+
+
+def _first_line(cls: type) -> str:
+    return (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+
+
 class _Parser(HfArgumentParser):
-    """HfArgumentParser whose errors (a bad type, a bad choice) are one ConfigError line, not usage + exit.
+    """HfArgumentParser whose errors (a bad type, a bad choice) are one ConfigError line, not usage + exit,
+    and whose `--help` shows our options first, in sections (`help_section`), and Trainer's last.
 
     argparse %-formats every help string when `--help` prints, so a literal percent sign in a field's
     help ("the 80% floor") would crash `--help`; every bare `%` is escaped once the fields are added.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, dataclass_types, **kwargs):
+        kwargs.setdefault("usage", "%(prog)s [--config RECIPE.yaml] [--OPTION VALUE ...]")
+        kwargs.setdefault(
+            "description",
+            "Options are the fields of a flat YAML recipe (--config) and flags; a flag wins over the recipe, "
+            "which wins over the defaults. Booleans take true/false.",
+        )
+        super().__init__(dataclass_types, **kwargs)
         for action in self._actions:
             if isinstance(action.help, str):
                 action.help = re.sub(
                     r"%%|%\(|%", lambda m: "%%" if m.group() == "%" else m.group(), action.help
                 )
+        self._group_help(dataclass_types)
+
+    def _group_help(self, dataclass_types) -> None:
+        """Move each option (and its `--no_` twin, same dest) into its section's argument group; parsing
+        does not see groups, only `--help` does."""
+        classes = dataclass_types if isinstance(dataclass_types, (list, tuple)) else [dataclass_types]
+        section = {f.name: help_section(cls, f) for cls in classes for f in dataclasses.fields(cls) if f.init}
+        rank = {title: i for i, title in enumerate(_SECTION_ORDER)}
+        titles = sorted(dict.fromkeys(section.values()), key=lambda t: rank.get(t, rank[None]))
+        described = {help_section(cls, f): _first_line(cls) for cls in classes
+                     if not issubclass(cls, TrainingArguments) for f in dataclasses.fields(cls)}  # fmt: skip
+        groups = {title: self.add_argument_group(title, described.get(title)) for title in titles}
+        for action in self._actions:
+            if action.dest in section:
+                for group in self._action_groups:
+                    if action in group._group_actions:
+                        group._group_actions.remove(action)
+                groups[section[action.dest]]._group_actions.append(action)
+        listed = {name: i for i, name in enumerate([*_FIELD_SECTIONS, *_TRAINING_FIELDS])}  # in listed order
+        for group in groups.values():
+            group._group_actions.sort(key=lambda action: listed.get(action.dest, len(listed)))
 
     def error(self, message: str):
         raise ConfigError(f"{message}; see `llm-unlearn {self.prog.split()[-1]} --help`")
@@ -650,11 +735,13 @@ def parse_config(
     yaml_values = {k: _as_cli_text(v) if k in scalar else v for k, v in yaml_values.items()}
     parser.set_defaults(**{**(overrides or {}), **yaml_values})
     known = field_names(classes)
-    for token in argv:
+    for i, token in enumerate(argv):
+        if token == "-help" or (i == 0 and token == "help"):
+            raise ConfigError(f"unknown argument {token!r} (did you mean '--help'?)")
         if token.startswith("--") and token != "--help":
             key = token[2:].split("=", 1)[0]
             if key not in known:
-                raise ConfigError(f"unknown option --{key}{suggest(key, known)}")
+                raise ConfigError(f"unknown option --{key}{suggest(key, known | {'help'})}")
     try:
         return parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:

@@ -39,3 +39,57 @@ def test_a_percent_sign_in_a_help_string_is_printed_not_formatted():
     parser = _Parser(CONFIG_CLASSES, prog="llm-unlearn unlearn")
     text = parser.format_help()  # raises TypeError/ValueError if any help string has a bare %
     assert "80% floor" in text
+
+
+def test_unlearn_help_shows_our_options_in_sections_before_the_trainer_options():
+    result = _run("unlearn", "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout
+    titles = ["model:", "data:", "unlearning method and combination:", "GeN learning rate", "stop rule",
+              "training (", "evaluation:", "transformers.TrainingArguments options"]  # fmt: skip
+    positions = [text.index(f"\n{title}") for title in titles]
+    assert positions == sorted(positions)  # every section, in a recipe's order, Trainer's last
+    assert text.index("--method") < text.index("--adam_beta1")
+    assert text.index("--stop_rule") < text.index("--adam_beta1")
+    assert text.index("--adam_beta1") > text.index("\ntransformers.TrainingArguments options")
+    assert "[--config RECIPE.yaml]" in text.splitlines()[0]  # a one-line usage, not 150 lines of flags
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_train_and_eval_help_list_model_and_data_options_first(command):
+    from transformers import TrainingArguments
+
+    from llm_unlearn.config import DataArgs, EvalArgs, ModelArgs, _Parser
+    from llm_unlearn.models import FinetuneArgs
+
+    classes = {"train": (ModelArgs, DataArgs, FinetuneArgs, TrainingArguments),
+               "eval": (ModelArgs, DataArgs, EvalArgs)}[command]  # fmt: skip
+    text = _Parser(classes, prog=f"llm-unlearn {command}").format_help()
+    assert text.index("\nmodel:") < text.index("--model_name_or_path") < text.index("\ndata:")
+    assert text.index("\ndata:") < text.index("--forget_split")
+    if command == "train":
+        assert text.index("--train_split") < text.index("--output_dir") < text.index("--adam_beta1")
+        assert text.index("\nfine-tuning:") < text.index("\ntraining (") < text.index("\ntransformers.")
+    else:
+        assert "transformers.TrainingArguments" not in text and "\nevaluation:" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["help"], "did you mean 'llm-unlearn --help'?"),
+        (["help", "unlearn"], "did you mean 'llm-unlearn unlearn --help'?"),
+        (["-help"], "did you mean 'llm-unlearn --help'?"),
+        (["version"], "did you mean 'llm-unlearn --version'?"),
+        (["unlern"], "did you mean 'unlearn'?"),
+        (["unlearn", "help"], "did you mean '--help'?"),
+        (["unlearn", "-help"], "did you mean '--help'?"),
+        (["eval", "--hlep"], "did you mean 'help'?"),
+    ],
+)
+def test_help_like_mistakes_get_a_did_you_mean_line(argv, hint, capsys):
+    from llm_unlearn.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and hint in err and len(err.strip().splitlines()) == 1

@@ -129,3 +129,26 @@ def test_world_ngdiff_recipe_is_the_studys_best_measured_setting():
         None,
         None,
     )
+
+
+def test_help_sections_leave_parsing_unchanged():
+    """`--help` regroups the options; every option keeps its flags, dest, default, type and choices."""
+    from transformers import HfArgumentParser
+
+    from llm_unlearn.config import TRAINER_SECTION, _Parser
+
+    def actions(parser):
+        # a choice field's type is a fresh closure per parser: compare its name
+        types = [a.type.__qualname__ if a.type else None for a in parser._actions]
+        return [
+            (type(a).__name__, a.option_strings, a.dest, a.default, a.choices, a.nargs, a.required, a.const)
+            for a in parser._actions
+        ] + types
+
+    plain, ours = HfArgumentParser(CONFIG_CLASSES), _Parser(CONFIG_CLASSES)
+    assert actions(ours) == actions(plain)
+    grouped = [a for g in ours._action_groups for a in g._group_actions]
+    assert sorted(map(id, grouped)) == sorted(map(id, ours._actions))  # each option in exactly one section
+    assert ours._action_groups[-1].title == TRAINER_SECTION
+    assert "adam_beta1" in {a.dest for a in ours._action_groups[-1]._group_actions}
+    assert "method" not in {a.dest for a in ours._action_groups[-1]._group_actions}
