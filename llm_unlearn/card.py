@@ -1,29 +1,39 @@
 """The model card pushed with a run: what was forgotten, how, how well, and what that does not prove.
 
 `build_card(run_dir, repo_id, adapter=...)` reads only the run directory (`unlearn_config.yaml`,
-`eval.json`, `run_info.json`, `train_log.jsonl`) and, where the data folder still exists, counts the
-forget and retain rows. The metadata block is `huggingface_hub.ModelCardData`: base model, tags,
-datasets and every number of eval.json as `model-index` results, so the Hub and other tools read
-them without parsing prose. The body repeats the numbers as a table with each metric's direction,
-names the reference that forget quality was measured against, and cites the method's paper and
-TOFU (arXiv 2401.06121), whose metrics these are.
+`eval.json`, `run_info.json`, `train_log.jsonl`, the weights' `config.json` and safetensors header)
+and, where the data folder still exists, counts the forget and retain rows. The metadata block is
+`huggingface_hub.ModelCardData`: base model, tags, datasets and every number of eval.json as
+`model-index` results, so the Hub and other tools read them without parsing prose. The body
+repeats the numbers as a table with each metric's direction, names the reference that forget
+quality was measured against, and cites the method's paper and TOFU (arXiv 2401.06121), whose
+metrics these are. Each number is tied to the eval sets it was measured on, by their split names in
+eval.json: membership inference and privleak to the forget set against the holdout set, model
+utility to the retain set, real authors and world facts.
+
+A local model folder is never named by its path on the training machine (`push.local_name`). A
+model of the built-in world (`models.build_default_models`) is said to be one, with its parameter
+count: a toy trained on a synthetic world to demonstrate the pipeline, not a useful language model.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .methods import get_method
+from .push import HUB_SNAPSHOT, WORLD_MODELS, local_name, redact_paths
 from .runio import is_missing_local_path
 from .sources import BUILTIN_MODELS, PREFIX, is_builtin
 
 TOFU = "arXiv:2401.06121"
 GEN = "arXiv:2407.02772"
 NGDIFF = "arXiv:2410.22086"
+MUSE = "arXiv:2407.06460"
 # Titles for the BibTeX entries of the papers our methods and options cite; the arXiv id is the key.
 PAPER_TITLES = {
     "2401.06121": "TOFU: A Task of Fictitious Unlearning for LLMs",
@@ -37,7 +47,11 @@ PAPER_TITLES = {
     "2403.03218": "The WMDP Benchmark: Measuring and Reducing Malicious Use With Unlearning",
     "2308.09971": "Disposable Transfer Learning for Selective Source Task Unlearning",
 }
-SPLIT_ROLES = {"forget": "forget set", "retain": "retain set", "ra": "real authors", "wf": "world facts"}
+SPLIT_ROLES = {"forget": "forget set", "retain": "retain set", "ra": "real authors", "wf": "world facts",
+               "holdout": "holdout set"}  # fmt: skip
+UTILITY_ROLES = ("retain", "ra", "wf")  # model utility's eval sets (metrics.MODEL_UTILITY_INPUTS)
+ATTACKS = {"loss": "LOSS", "zlib": "zlib", "min_k": "Min-K%", "min_k_plus_plus": "Min-K%++",
+           "reference": "loss minus the reference's loss"}  # fmt: skip
 MEASURES = {"prob": "probability", "rouge_l": "ROUGE-L recall", "truth_ratio": "truth ratio",
             "fact_recall": "fact recall", "quality": "quality", "utility": "utility"}  # fmt: skip
 HEADLINE = ("forget_quality", "model_utility")
@@ -45,7 +59,11 @@ DIRECTIONS = {
     "higher": "higher is better",
     "lower": "lower is better",
     "closer_to_reference": "closer to the retain-only reference is better",
+    "closer_to_0.5": "closer to 0.5 (chance) is better",
+    "closer_to_0": "closer to 0 is better",
 }
+WORLD_ROLES = {"base": ("base model", "pretrained on the world's analog facts"),
+               "target": ("target model", "fine-tuned on every fictitious author")}  # fmt: skip
 DATA_CARDS = Path(__file__).resolve().parents[1] / "data_cards"
 
 
@@ -68,15 +86,66 @@ def read_run(run_dir: Path) -> dict:
     }
 
 
-def base_model(name_or_path: str) -> tuple[str | None, str]:
-    """(Hub id for the `base_model` metadata or None, how the card names the starting model)."""
+def world_model(name_or_path: str, run_dir: Path) -> dict | None:
+    """{"size", "parameters"} when the run's model is one of the built-in world's toy models, else None.
+
+    Told by the cache folder `models.build_default_models` wrote it to (`world-SIZE-HASH/ROLE`), or,
+    where that folder was moved, by the run's `config.json` having the dimensions of a `tiny.MODEL_SIZES`
+    entry. The count is of the run's own weights (their safetensors headers), tied embeddings once.
+    """
+    from safetensors import safe_open
+
+    from .tiny import MODEL_SIZES
+
+    folder = next((part for part in Path(name_or_path).parts if WORLD_MODELS.fullmatch(part)), None)
+    if folder is not None:
+        size = folder.split("-")[1]
+    else:
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        size = next((name for name, dims in MODEL_SIZES.items() if config.get("model_type") == "llama"
+                     and all(config.get(k) == v for k, v in dims.items())), None)  # fmt: skip
+        if size is None:
+            return None
+    parameters = 0
+    for weights in run_dir.glob("model*.safetensors"):
+        with safe_open(weights, "pt") as f:
+            parameters += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+    return {"size": size, "parameters": parameters}
+
+
+def describe_model(name_or_path: str) -> tuple[str | None, str]:
+    """(Hub id for the `base_model` metadata or None, how the card names the model).
+
+    A local folder is named without the machine's path: a Hugging Face cache snapshot by its Hub id,
+    a model of the built-in world as such, any other folder by its name alone.
+    """
     if is_builtin(name_or_path):
         spec = BUILTIN_MODELS[name_or_path[len(PREFIX) :]]
         return spec.upstream, f"[{spec.upstream}](https://huggingface.co/{spec.upstream}) ({spec.note})"
-    if Path(name_or_path).expanduser().exists() or is_missing_local_path(name_or_path):
+    if match := HUB_SNAPSHOT.search(name_or_path):
+        name_or_path = match["id"].replace("--", "/")
+    elif Path(name_or_path).expanduser().exists() or is_missing_local_path(name_or_path):
         # The Hub only links `base_model` to a model id, so a local folder is named in the text alone.
-        return None, f"the local model folder `{name_or_path}` (not a Hub id)"
+        path = Path(name_or_path).expanduser().absolute()
+        if any(WORLD_MODELS.fullmatch(part) for part in path.parts[:-1]):
+            role, what = WORLD_ROLES.get(path.name, (f"model `{path.name}`", None))
+            if path.name.startswith("retain-"):
+                split = path.name.removeprefix("retain-")
+                role, what = f"retain-only model for `{split}`", f"trained without the `{split}` authors"
+            detail = f", {what}" if what else ""
+            return None, f"the built-in world's {role} (`{local_name(str(path))}`{detail})"
+        return None, f"the local model folder `{local_name(str(path))}` (not a Hub id)"
     return name_or_path, f"[{name_or_path}](https://huggingface.co/{name_or_path})"
+
+
+def toy_note(toy: dict) -> str:
+    """What the card says first about a model of the built-in world."""
+    return (
+        f"**This is a toy model.** It is the built-in world's `{toy['size']}`-size Llama of "
+        f"{toy['parameters']:,} parameters ({toy['parameters'] / 1e6:.2g}M), trained from scratch by llm-unlearn "
+        "on a synthetic world of fictitious authors to demonstrate the unlearning pipeline end to end. It is "
+        "not a useful language model: it has seen no text but that world's facts and questions."
+    )
 
 
 def describe_data(config: dict, *, count: bool = True) -> dict:
@@ -92,7 +161,8 @@ def describe_data(config: dict, *, count: bool = True) -> dict:
         name = f"the built-in fictitious-author world ({world['n_authors']} authors, seed {world['seed']})"
         kind, card = "llm-unlearn-world", "world.md"
     else:
-        name, kind, card = f"a local TOFU-format folder `{data_dir}`", "local-tofu-format", "tofu.md"
+        name = f"a local TOFU-format folder `{local_name(str(Path(data_dir).absolute()))}`"
+        kind, card = "local-tofu-format", "tofu.md"
     counts = {}
     if count and data_dir is not None and Path(data_dir).is_dir():
         from .data import load_split
@@ -112,29 +182,57 @@ def data_card_path(config: dict) -> Path | None:
 
 
 def eval_results(result: dict, config: dict, data: dict) -> list[EvalResult]:
-    """One model-index entry per number in eval.json, on the eval split it was computed from."""
+    """One model-index entry per number in eval.json, on the eval split(s) it was computed from."""
     splits = result["meta"].get("splits", {})
-    out = []
-    for name, entry in _ordered(result["metrics"]):
-        role = name.split("_", 1)[0]
-        out.append(
-            EvalResult(
-                task_type="text-generation",
-                task_name="Machine unlearning (TOFU metrics)",
-                dataset_type=data["type"],
-                dataset_name=data["name"].replace("`", ""),
-                dataset_config=config["forget_split"],
-                dataset_split=splits[role]["name"] if role in splits else None,
-                metric_type=name,
-                metric_name=f"{_label(name)} ({_direction(entry)})",
-                metric_value=entry["value"],
-            )
+    return [
+        EvalResult(
+            task_type="text-generation",
+            task_name="Machine unlearning (TOFU metrics)",
+            dataset_type=data["type"],
+            dataset_name=data["name"].replace("`", ""),
+            dataset_config=config["forget_split"],
+            dataset_split=eval_sets(name, splits)[1],
+            metric_type=name,
+            metric_name=f"{_label(name)} ({_direction(entry)})",
+            metric_value=entry["value"],
         )
-    return out
+        for name, entry in _ordered(result["metrics"])
+    ]
+
+
+def eval_sets(name: str, splits: dict) -> tuple[str, str | None]:
+    """(Where the table says metric `name` was measured, its model-index split), from eval.json's split names.
+
+    Membership inference scores the forget set (members) against the holdout set (never trained on);
+    model utility averages the retain set, real authors and world facts.
+    """
+
+    def named(role: str) -> str:
+        return f"{SPLIT_ROLES[role]} (`{splits[role]['name']}`)"
+
+    if name.startswith("mia_auc_") or name == "privleak":
+        where = f"{named('forget')} vs {named('holdout')}"
+        if name == "privleak":
+            where += ", this model's AUC vs the reference's"
+        return where, f"{splits['forget']['name']} vs {splits['holdout']['name']}"
+    if name == "model_utility":
+        roles = [role for role in UTILITY_ROLES if role in splits]
+        return ", ".join(map(named, roles)), ", ".join(splits[role]["name"] for role in roles) or None
+    role = name.split("_", 1)[0]
+    if role not in splits:
+        return "-", None
+    if name == "forget_quality":
+        return f"{named('forget')} vs reference", splits["forget"]["name"]
+    return named(role), splits[role]["name"]
 
 
 def _label(name: str) -> str:
     """`forget_rouge_l` -> "Forget ROUGE-L recall"; names we do not know are shown as they are."""
+    if name.startswith("mia_auc_"):
+        attack = name.removeprefix("mia_auc_")
+        return f"Membership-inference AUC, {ATTACKS.get(attack, attack)}"
+    if name == "privleak":
+        return "PrivLeak (Min-K% AUC relative to the reference's)"
     role, _, measure = name.partition("_")
     prefix = {**SPLIT_ROLES, "model": "model"}.get(role, role).split(" set")[0]
     label = f"{prefix} {MEASURES.get(measure, measure.replace('_', ' '))}"
@@ -174,27 +272,29 @@ def _metrics_section(result: dict | None, config: dict, data: dict) -> list[str]
     splits = meta.get("splits", {})
     lines = ["## Evaluation", "", "| metric | eval set | value | direction |", "|---|---|---|---|"]
     for name, entry in _ordered(result["metrics"]):
-        role = name.split("_", 1)[0]
-        where = (
-            f"{SPLIT_ROLES[role]} (`{splits[role]['name']}`)"
-            if role in splits
-            else "retain, real authors, world facts"
-        )
-        if name == "forget_quality":
-            where = f"forget set (`{splits['forget']['name']}`) vs reference"
+        where = eval_sets(name, splits)[0]
         lines.append(f"| {_label(name)} (`{name}`) | {where} | {entry['value']:.4g} | {_direction(entry)} |")
     sizes = ", ".join(f"{SPLIT_ROLES[r]} {s['n']}" for r, s in splits.items() if r in SPLIT_ROLES)
     lines += ["", f"Questions per eval set: {sizes}."]
     ref = meta.get("forget_quality_reference")
     if ref is not None:
-        source = config.get("reference_eval") or ref.get("model") or ref.get("path")
         lines += [
             "",
             f"**Forget quality** is the p-value of a two-sample Kolmogorov-Smirnov test between this model's "
-            f"per-question truth ratios on the forget eval set and those of the retain-only reference model "
-            f"(`{source}`, a model trained without the forget authors), {ref['n']} questions each "
-            f"({TOFU}). A high value means the two distributions cannot be told apart; it says nothing about "
-            "any single fact.",
+            f"per-question truth ratios on the forget eval set and those of the retain-only reference, "
+            f"{_reference_text(ref, config)}, a model trained without the forget authors ({ref['n']} questions "
+            f"each, {TOFU}). A high value means the two distributions cannot be told apart; it says nothing "
+            "about any single fact.",
+        ]
+    if "holdout" in splits and any(name.startswith("mia_auc_") for name in result["metrics"]):
+        lines += [
+            "",
+            f"**Membership inference** (`mia_auc_*`) tells the forget set (`{splits['forget']['name']}`, trained "
+            f"on before unlearning) from the holdout set (`{splits['holdout']['name']}`, fictitious authors never "
+            "trained on) by each attack's per-question score: 0.5 means the forget set looks unseen, 1 that it is "
+            "plainly remembered, below 0.5 that it looks less familiar than unseen data. **PrivLeak** "
+            f"(`privleak`, {MUSE}) compares this model's Min-K% AUC on the same two sets with the reference's: "
+            "0 is ideal, -100 a model that still holds the forget set.",
         ]
     generation = meta.get("generation", {})
     lines += [
@@ -204,6 +304,14 @@ def _metrics_section(result: dict | None, config: dict, data: dict) -> list[str]
         f"`{meta.get('dtype')}`, on {meta.get('hardware')}. Per-question values are in `eval.json`.",
     ]
     return lines
+
+
+def _reference_text(ref: dict, config: dict) -> str:
+    """The reference model by name (never its local path), and its eval file when one was given."""
+    names = [describe_model(ref["model"])[1]] if ref.get("model") else []
+    if config.get("reference_eval"):
+        names.append(f"evaluated in `{local_name(str(Path(config['reference_eval']).absolute()))}`")
+    return ", ".join(names) or "whose model the reference evaluation did not record"
 
 
 def _data_section(config: dict, data: dict, card_file: str | None) -> list[str]:
@@ -252,8 +360,12 @@ def _usage_section(repo_id: str, adapter: bool, base_text: str, base_id: str | N
     return [
         "## Use",
         "",
-        f"This repo holds the LoRA adapter; apply it to {base_text}. (`adapter_config.json` names the "
-        "path the base model had on the training machine.)",
+        f"This repo holds the LoRA adapter; apply it to {base_text}."
+        + (
+            ""
+            if base_id
+            else " (`adapter_config.json` names that folder without the training machine's path.)"
+        ),
         "",
         "```python",
         *code,
@@ -292,7 +404,8 @@ def build_card(
     run = read_run(run_dir)
     config, result, info = run["config"], run["eval"], run["info"]
     method = get_method(config["method"])
-    base_id, base_text = base_model(config["model_name_or_path"])
+    base_id, base_text = describe_model(config["model_name_or_path"])
+    toy = world_model(config["model_name_or_path"], run_dir)
     data = describe_data(config)
     model_name = repo_id.split("/")[-1]
     papers = [p for p in (method.paper, NGDIFF if config.get("combine") == "normalized" else None,
@@ -324,6 +437,7 @@ def build_card(
         f"This {what} is {base_text} after unlearning the forget split `{config['forget_split']}` with "
         f"`{method.name}`{paper}{summary}. It was made and evaluated with llm-unlearn.",
         "",
+        *([toy_note(toy), ""] if toy else []),
         *_usage_section(repo_id, adapter, base_text, base_id),
         "",
         *_data_section(config, data, data_card),
@@ -339,7 +453,7 @@ def build_card(
         "Command:",
         "",
         "```bash",
-        info.get("command", "(not recorded)"),
+        redact_paths(info.get("command", "(not recorded)")),
         "```",
         "",
         "Versions: "
@@ -350,7 +464,7 @@ def build_card(
         "<details><summary>Resolved recipe (unlearn_config.yaml)</summary>",
         "",
         "```yaml",
-        (run_dir / "unlearn_config.yaml").read_text(encoding="utf-8").rstrip(),
+        redact_paths((run_dir / "unlearn_config.yaml").read_text(encoding="utf-8").rstrip()),
         "```",
         "",
         "</details>",

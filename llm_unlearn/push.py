@@ -10,9 +10,11 @@ the machine and nothing pickled does (a pickle runs code when loaded):
   and its plots, `train_log.jsonl`, `unlearn_config.yaml` (the resolved recipe) and `run_info.json`
   (the command, with secrets redacted, and library versions);
 - `README.md`, the model card (`card.py`), and the data card of the data the run used.
-In the text records and the card, the user's home folder is written `~` (a path under it names
-the user), and any Hugging Face token (`hf_...`) is replaced by `<redacted>`; other local paths are
-kept, since they say where the run's inputs were.
+In the text records and the card, every local path is written without the machine's folders
+(`local_name`): a path names the user and says nothing to anyone else. A Hugging Face cache snapshot
+becomes its Hub id, a model of the built-in world `.../world-SIZE-HASH/ROLE`, anything else
+`.../NAME`. Any Hugging Face token (`hf_...`) is replaced by `<redacted>`. The tokenizer's files are
+uploaded as they are (a vocabulary may hold a token that looks like a path).
 Never `training_args.bin`, checkpoints, optimizer states or any `.bin`/`.pt`/`.pkl` file; a run
 whose weights are not safetensors is refused.
 
@@ -26,9 +28,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .runio import RunError, read_status, redact_secrets, require_complete
 
@@ -48,14 +51,35 @@ ADAPTER_DIR = "adapter"  # as in unlearn.py
 TEXT_RECORDS = (".json", ".jsonl", ".yaml", ".md")
 
 
-def redact_home(text: str, home: str | None = None) -> str:
-    """`text` with the user's home folder (as an absolute path, and as its real path) written `~`."""
+# An absolute or home-relative path, not part of a URL, a relative path or an HTML closing tag.
+LOCAL_PATH = re.compile(r"(?<![\w.~/:<-])~?/[^\s\"'`,;()\[\]{}<>|]+")
+HUB_SNAPSHOT = re.compile(r"models--(?P<id>[^/]+)/snapshots/[0-9a-f]+")
+WORLD_MODELS = re.compile(r"world-[a-z]+-[0-9a-f]{16}")  # models.build_default_models' cache folder
+
+
+def local_name(path: str, home: str | None = None) -> str:
+    """`path` without the machine's folders: a Hub cache snapshot's Hub id, `.../world-SIZE-HASH/ROLE` for
+    a model of the built-in world, else `.../NAME` (`.../FOLDER/NAME` for a file); the home folder is `...`.
+    """
+    if match := HUB_SNAPSHOT.search(path):
+        return match["id"].replace("--", "/")
     home = home or os.path.expanduser("~")
-    for path in sorted({home, os.path.realpath(home)}, key=len, reverse=True):
-        if path and path != os.sep:  # a home of "/" would rewrite every path
-            text = text.replace(path.rstrip(os.sep) + os.sep, "~" + os.sep)
-            text = text.replace(path.rstrip(os.sep) + '"', '~"')  # the home itself, quoted in JSON
-    return text
+    pure = PurePosixPath(path)
+    parts = pure.parts[1:]  # without "/" or "~"
+    for root in {home, os.path.realpath(home)} - {os.sep, ""}:
+        if pure.is_relative_to(root):
+            parts = pure.relative_to(root).parts
+    world = next((i for i, part in enumerate(parts) if WORLD_MODELS.fullmatch(part)), None)
+    if world is not None:
+        kept = parts[world:]
+    else:
+        kept = parts[-2:] if len(parts) > 1 and pure.suffix else parts[-1:]
+    return "/".join(("...", *kept))
+
+
+def redact_paths(text: str, home: str | None = None) -> str:
+    """`text` with every absolute or `~/` path written as its `local_name`."""
+    return LOCAL_PATH.sub(lambda match: local_name(match.group(), home), text)
 
 
 def _matches(folder: Path, patterns: tuple[str, ...]) -> list[Path]:
@@ -134,9 +158,11 @@ def stage(
     run, dest = Path(run_dir), Path(dest)
     files = plan_files(run, merged=merged)
     for name, src in files.items():
-        if src.suffix in TEXT_RECORDS:  # rewritten, never linked: the run's own file stays as it is
+        if src.suffix in TEXT_RECORDS and name not in TOKENIZER_FILES:
+            # Rewritten, never linked: the run's own file stays as it is. The tokenizer's files are
+            # data (a vocabulary may hold "/usr"), copied as they are.
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            text = redact_secrets(redact_home(src.read_text(encoding="utf-8")))
+            text = redact_secrets(redact_paths(src.read_text(encoding="utf-8")))
             (dest / name).write_text(text, encoding="utf-8")
         else:
             _place(src, dest / name, link)
@@ -146,7 +172,7 @@ def stage(
         shutil.copyfile(data_card, dest / "data_card.md")
     adapter = (run / ADAPTER_DIR).is_dir() and not merged
     card = build_card(run, repo_id, adapter=adapter, data_card="data_card.md" if data_card else None)
-    card.content = redact_secrets(redact_home(card.content))
+    card.content = redact_secrets(redact_paths(card.content))
     card.save(dest / "README.md")
     return sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
 

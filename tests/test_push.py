@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import secrets
 import shutil
@@ -17,9 +18,10 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard, constants
 from huggingface_hub.repocard_data import model_index_to_eval_results
+from safetensors.torch import load_file
 
 from llm_unlearn.cli import main
-from llm_unlearn.push import redact_home
+from llm_unlearn.push import LOCAL_PATH, local_name, redact_paths
 from llm_unlearn.runio import redacted_argv, write_status
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -92,7 +94,8 @@ def _assert_card_matches_eval(readme: str, eval_json: dict) -> None:
     assert "arXiv:2203.12817" in card.text and "eprint        = {2203.12817}" in card.text
     fq = eval_json["metrics"]["forget_quality"]["value"]
     assert f"| {fq:.4g} | higher is better |" in card.text
-    assert eval_json["meta"]["forget_quality_reference"]["model"] in card.text
+    reference = eval_json["meta"]["forget_quality_reference"]["model"]
+    assert local_name(reference) in card.text and reference not in card.text
 
 
 @pytest.mark.parametrize("xet", [False, True], ids=["lfs", "xet-client"])
@@ -173,8 +176,10 @@ def test_dry_run_writes_the_exact_folder_and_card_and_sends_no_request(runs, hub
     assert main(["push", str(run), "--repo_id", "org/dry", "--dry_run", "--output_dir", str(out)]) == 0
     assert hub.requests == []
     assert set(_digest(out)) == FULL_MODEL | TOKENIZER | RECORDS | CARDS
-    for name in FULL_MODEL | TOKENIZER | RECORDS:
+    for name in FULL_MODEL | TOKENIZER:
         assert (out / name).read_bytes() == (run / name).read_bytes()
+    for name in RECORDS:  # the same records, local paths written without the machine's folders
+        assert (out / name).read_text() == redact_paths((run / name).read_text())
     _assert_card_matches_eval(out / "README.md", json.loads((run / "eval.json").read_text()))
     for folder in (out, run):
         assert not [p for p in folder.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
@@ -264,7 +269,7 @@ def test_unlearn_push_to_hub_pushes_once_after_the_final_evaluation(
     commits = [path for method, path in hub.requests if "/commit/" in path]
     assert commits == ["/api/models/org/e2e/commit/main"]  # no checkpoint pushes, one final upload
     files = hub.files("org/e2e")
-    assert files["eval.json"] == (out / "eval.json").read_bytes()
+    assert files["eval.json"].decode() == redact_paths((out / "eval.json").read_text())
     (tmp_path / "README.md").write_bytes(files["README.md"])
     _assert_card_matches_eval(tmp_path / "README.md", json.loads((out / "eval.json").read_text()))
 
@@ -295,24 +300,106 @@ def test_card_names_a_builtin_sources_upstream_model_and_a_hub_dataset(runs, tmp
     assert {r.dataset_type for r in card.data.eval_results} == {"locuslab/TOFU"}
 
 
-def test_redact_home_writes_the_home_folder_as_tilde_and_nothing_else():
-    text = '{"a": "/home/ann/runs/x", "b": "/home/annie/y", "c": "/home/ann", "d": "/tmp/z"}'
-    assert (
-        redact_home(text, "/home/ann") == '{"a": "~/runs/x", "b": "/home/annie/y", "c": "~", "d": "/tmp/z"}'
+def test_local_paths_lose_the_machine_folders_and_nothing_else_changes():
+    text = (
+        '{"a": "/home/ann/runs/x", "b": "/home/annie/y/eval.json", "c": "/home/ann", "d": "~/z", '
+        '"e": "/data/hf/hub/models--org--name/snapshots/0123abcd", '
+        '"f": "/home/ann/.cache/llm_unlearn/world-default-0123456789abcdef/target"}'
+        " https://huggingface.co/org/name </details> forget/retain 1/2 a / b runs/demo"
     )
-    assert redact_home(text, "/") == text  # a home of "/" is left alone
+    assert redact_paths(text, "/home/ann") == (
+        '{"a": ".../x", "b": ".../y/eval.json", "c": "...", "d": ".../z", "e": "org/name", '
+        '"f": ".../world-default-0123456789abcdef/target"}'
+        " https://huggingface.co/org/name </details> forget/retain 1/2 a / b runs/demo"
+    )
 
 
-def test_a_staged_folder_names_no_path_under_the_home_folder(runs, hub_env, tmp_path, monkeypatch):
+def _machine_paths(tmp_path_factory) -> list[str]:
+    """Folders of this machine that a published file must not name: the test area, the cache, home."""
+    return [str(tmp_path_factory.getbasetemp()), os.environ["LLM_UNLEARN_CACHE"], os.path.expanduser("~")]
+
+
+def test_a_staged_folder_names_no_local_path_and_no_home_folder(
+    runs, tmp_path, tmp_path_factory, monkeypatch
+):
     run, out = runs["full"], tmp_path / "staged"
-    home = str(run.parent)  # as if the runs lived in the user's home folder
-    monkeypatch.setenv("HOME", home)
+    monkeypatch.setenv("HOME", str(run.parent))  # as if the runs lived in the user's home folder
     before = _digest(run)
     assert main(["push", str(run), "--repo_id", "org/home", "--dry_run", "--output_dir", str(out)]) == 0
-    texts = {p.name: p.read_text() for p in out.rglob("*") if p.suffix in (".json", ".jsonl", ".yaml", ".md")}
-    assert home in (run / "unlearn_config.yaml").read_text()
-    assert not [name for name, text in texts.items() if home in text]
-    assert f"~/{run.name}" in texts["unlearn_config.yaml"] and "~/" in texts["README.md"]
+    assert str(run.parent) in (run / "unlearn_config.yaml").read_text()
+    for path in out.rglob("*"):
+        data = path.read_bytes()
+        assert not [m for m in _machine_paths(tmp_path_factory) if m.encode() in data], path.name
+    for name in (*RECORDS, *CARDS):
+        assert LOCAL_PATH.findall((out / name).read_text()) == [], name
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model is None  # a local folder is no Hub id
+    assert "This model is the built-in world's target model (`.../world-micro-" in card.text
+    assert f"output_dir: .../{run.name}" in (out / "unlearn_config.yaml").read_text()
     for name in FULL_MODEL | TOKENIZER:
         assert (out / name).read_bytes() == (run / name).read_bytes()
     assert _digest(run) == before
+
+
+def test_card_ties_membership_rows_to_the_forget_and_holdout_splits(runs, tmp_path):
+    run, out = runs["full"], tmp_path / "staged"
+    assert main(["push", str(run), "--repo_id", "org/mia", "--dry_run", "--output_dir", str(out)]) == 0
+    splits = json.loads((run / "eval.json").read_text())["meta"]["splits"]
+    forget, holdout = splits["forget"]["name"], splits["holdout"]["name"]
+    card = ModelCard.load(out / "README.md")
+    rows = {re.search(r"\(`(\w+)`\) \|", line)[1]: line.split(" | ")[1]
+            for line in card.text.splitlines() if line.startswith("| ") and "(`" in line}  # fmt: skip
+    membership = [name for name in rows if name.startswith("mia_auc_") or name == "privleak"]
+    assert len(membership) == 6
+    for name in membership:
+        assert rows[name].startswith(f"forget set (`{forget}`) vs holdout set (`{holdout}`)"), rows[name]
+    utility = ", ".join(f"{what} (`{splits[role]['name']}`)" for role, what in
+                        (("retain", "retain set"), ("ra", "real authors"), ("wf", "world facts")))  # fmt: skip
+    assert rows["model_utility"] == utility
+    split_of = {r.metric_type: r.dataset_split for r in card.data.eval_results}
+    assert {split_of[name] for name in membership} == {f"{forget} vs {holdout}"}
+    assert split_of["forget_prob"] == forget and split_of["retain_prob"] == splits["retain"]["name"]
+
+
+def test_card_says_a_model_of_the_builtin_world_is_a_toy_with_its_parameter_count(runs, tmp_path):
+    from llm_unlearn.card import build_card
+
+    run, out = runs["full"], tmp_path / "staged"
+    assert main(["push", str(run), "--repo_id", "org/toy", "--dry_run", "--output_dir", str(out)]) == 0
+    n = sum(t.numel() for t in load_file(run / "model.safetensors").values())
+    text = ModelCard.load(out / "README.md").text
+    note = next(line for line in text.splitlines() if line.startswith("**This is a toy model.**"))
+    assert f"`micro`-size Llama of {n:,} parameters" in note and "not a useful language model" in note
+    assert "synthetic world" in note and "demonstrate the unlearning pipeline" in note
+
+    # The cache folder moved: the weights' dimensions still say which model it is.
+    copy = tmp_path / "moved"
+    shutil.copytree(run, copy)
+    config = yaml.safe_load((copy / "unlearn_config.yaml").read_text())
+    (copy / "unlearn_config.yaml").write_text(
+        yaml.safe_dump(config | {"model_name_or_path": str(tmp_path / "m")})
+    )
+    assert "**This is a toy model.**" in build_card(copy, "org/toy", adapter=False).text
+
+    # A Hub model of other dimensions is no toy, and is named by its Hub id.
+    model_config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps(model_config | {"hidden_size": 4096}))
+    (copy / "unlearn_config.yaml").write_text(
+        yaml.safe_dump(config | {"model_name_or_path": "org/real-model"})
+    )
+    card = build_card(copy, "org/real", adapter=False)
+    assert "toy model" not in card.text and card.data.base_model == "org/real-model"
+
+
+def test_license_and_citation_files_exist_and_the_citation_has_the_package_version():
+    root = Path(__file__).resolve().parents[1]
+    pyproject = (root / "pyproject.toml").read_text()  # tomllib is Python 3.11+, and we support 3.10
+    project = {key: re.search(rf'^{key} = "(.+)"$', pyproject, re.M)[1] for key in ("version", "license")}
+    assert project["license"] == "Apache-2.0"
+    assert (
+        "Apache License" in (root / "LICENSE").read_text() and "Version 2.0" in (root / "LICENSE").read_text()
+    )
+    citation = yaml.safe_load((root / "CITATION.cff").read_text())
+    assert citation["cff-version"] == "1.2.0" and citation["title"] == "llm_unlearn"
+    assert citation["version"] == project["version"] and citation["license"] == project["license"]
+    assert citation["authors"] == [{"name": "llm_unlearn developers"}] and citation["message"]
