@@ -254,3 +254,36 @@ def test_training_curves_draw_screened_checks_and_the_utility_drop(tmp_path):
     log.append({"step": 9, "stop_reason": "crossed", "stop_best_step": 6, "stop_best_gap": 0.2})
     panels = training_curves(log, tmp_path / "train.png", "run")
     assert "stop rule: forget vs holdout" in panels and (tmp_path / "train.png").stat().st_size > 0
+
+
+def test_report_names_paths_relative_to_its_folder_and_the_reference_by_its_model(
+    runs, tmp_path, monkeypatch
+):
+    _drop_figure_inputs(runs)
+    monkeypatch.setenv("HOME", "/home/ann")  # the reference model is in the built-in world's cache there
+    reference_model = "/home/ann/.cache/llm_unlearn/world-default-0123456789abcdef/retain-forget10"
+    for name in ("retain", "graddiff", "ngdiff"):
+        result = json.loads((runs / name / "eval.json").read_text())
+        # The reference's own eval.json got its forget quality from a dict in memory (as the demo does).
+        path = "<in-memory eval dict>" if name == "retain" else str(runs / "retain" / "eval.json")
+        result["meta"]["forget_quality_reference"] = {"path": path, "ratios_from": "eval.json",
+                                                      "model": reference_model, "n": 20}  # fmt: skip
+        (runs / name / "eval.json").write_text(json.dumps(result))
+    (runs / "broken").mkdir()
+    write_status(runs / "broken", "failed", error="disk full")
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert str(tmp_path) not in text and "/home/ann" not in text and "<in-memory" not in text
+    # Beside the report: relative to its folder. Elsewhere: without the machine's folders.
+    reference = "forget-quality reference `.../world-default-0123456789abcdef/retain-forget10`"
+    assert (
+        f"- **retain**: forget split `forget10_perturbed`, truth ratio `geometric`, prompt `chat_template`, {reference}"
+        in text
+    )
+    assert f"{reference} (eval `../runs/retain/eval.json`)" in text
+    assert "Against **target**, the model before unlearning (the eval of ../models/target, where" in text
+    assert (
+        "- left out (not complete or not evaluated): ../runs/broken: run ../runs/broken is failed: disk full"
+        in text
+    )

@@ -12,14 +12,20 @@ Collateral damage: model utility is the harmonic mean of nine numbers, six of th
 and world facts, which unlearning barely touches; so it can stay near the target's while the retain
 authors' facts are lost. The report therefore sets the retain set's own numbers (fact recall,
 probability, ROUGE-L) beside the original model's, as a share of what it had.
+
+Paths in `report.md` are relative to the report folder when they lie beside it (in its parent
+folder), else named without the machine's folders (`push.local_name`), so a report can be moved,
+shared or published as it is. The forget-quality reference is named by its model and eval file.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
+from ..push import LOCAL_PATH, local_name
 from . import plots
 from .metrics import MODEL_UTILITY_INPUTS
 
@@ -74,13 +80,46 @@ def collateral_damage(result: dict, target: dict) -> str | None:
     return ", ".join(parts)
 
 
-def _model_line(label: str, result: dict, config: dict | None) -> str:
+def shown_path(path: str | Path, out: Path) -> str:
+    """`path` as report.md writes it: relative to the report folder `out` when it lies in the folder's
+    parent, else its `local_name` (no machine folders)."""
+    path = Path(path).expanduser().absolute()
+    relative = Path(os.path.relpath(path, out.absolute()))
+    if relative.parts[:2] != ("..", ".."):
+        return relative.as_posix()
+    return local_name(str(path))
+
+
+def shown_paths(text: str, out: Path) -> str:
+    """`text` with each absolute or `~/` path in it written as `shown_path` writes it."""
+    return LOCAL_PATH.sub(lambda match: shown_path(match.group(), out), text)
+
+
+def _shown_model(name: str, out: Path) -> str:
+    """A model folder as `shown_path` writes it; a Hub id (no such folder here) as it is."""
+    path = Path(name).expanduser()
+    return shown_path(path, out) if path.is_absolute() or path.exists() else name
+
+
+def _reference(meta: dict, out: Path) -> str:
+    """The forget-quality reference by its model's name, and by its eval file where it was read from one."""
+    ref = meta.get("forget_quality_reference")
+    if ref is None:
+        return "none"
+    names = [f"`{_shown_model(ref['model'], out)}`"] if ref.get("model") else []
+    if Path(ref["path"]).is_file():
+        names.append(
+            f"(eval `{shown_path(ref['path'], out)}`)" if names else f"`{shown_path(ref['path'], out)}`"
+        )
+    return " ".join(names) or "not recorded"
+
+
+def _model_line(label: str, result: dict, config: dict | None, out: Path) -> str:
     meta = result["meta"]
-    ref = meta.get("forget_quality_reference", {}).get("path", "none")
     split = meta.get("forget_split", meta.get("splits", {}).get("forget", {}).get("name"))
     line = (
         f"- **{label}**: forget split `{split}`, truth ratio `{meta.get('truth_ratio_variant')}`, "
-        f"prompt `{meta.get('prompt_format')}`, forget-quality reference `{ref}`"
+        f"prompt `{meta.get('prompt_format')}`, forget-quality reference {_reference(meta, out)}"
     )
     if config:
         keys = [k for k in CONFIG_KEYS if config.get(k) not in (None, False, -1)]
@@ -109,8 +148,8 @@ def write_report(
     this order. `target` names the original model among them (for the collateral-damage lines);
     `train_logs`, `probes` and `configs` map labels to a run's train_log.jsonl rows, probe.json and
     unlearn_config.yaml; `notes` are printed under the table (e.g. runs left out), `target_source`
-    says where the target's eval came from. A model without
-    forget quality is listed with "-" and left out of the scatter plot.
+    says where the target's eval came from. A model without forget quality is listed with "-" and left
+    out of the scatter plot.
     """
     if not results:
         raise ValueError("write_report needs at least one result")
@@ -133,8 +172,8 @@ def write_report(
         better = directions[name].replace("_", " ")
         lines.append(f"| {name} | {better} | " + " | ".join(row) + " |")
     lines.append("")
-    lines += [_model_line(m, results[m], configs.get(m)) for m in models]
-    lines += [f"- {note}" for note in notes or []]
+    lines += [_model_line(m, results[m], configs.get(m), out) for m in models]
+    lines += [f"- {shown_paths(note, out)}" for note in notes or []]
 
     lines += ["", "## Collateral damage: what the retain set lost", ""]
     if target is None:
@@ -143,8 +182,9 @@ def write_report(
             "`--target_eval TARGET/eval.json`."
         )
     else:
+        source = f" ({shown_paths(target_source, out)})" if target_source else ""
         lines.append(
-            f"Against **{target}**, the model before unlearning{f' ({target_source})' if target_source else ''}. "
+            f"Against **{target}**, the model before unlearning{source}. "
             "Model utility also averages real authors and "
             "world facts, which unlearning barely touches, so the retain set's own numbers tell the damage:"
         )
