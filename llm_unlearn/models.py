@@ -76,21 +76,48 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
+def duration(seconds: float) -> str:
+    """`0.4 s`, `41 s`, `12 min 05 s`, `2 h 05 min`: a time span as a progress line states it."""
+    if seconds < 9.95:
+        return f"{max(seconds, 0):.1f} s"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def eta(done: int, total: int, elapsed: float) -> str:
+    """`41 s elapsed, ~40 s left`: the time left estimated from the rate so far (`done` of `total` steps
+    in `elapsed` seconds)."""
+    if done <= 0:
+        return f"{duration(elapsed)} elapsed"
+    return f"{duration(elapsed)} elapsed, ~{duration(elapsed * max(total - done, 0) / done)} left"
+
+
 class _ProgressLog(TrainerCallback):
-    """One log line per Trainer log event, through `logging` instead of tqdm bars or printed dicts."""
+    """One log line per Trainer log event, with the time elapsed and left, through `logging` instead of
+    tqdm bars or printed dicts."""
 
     def __init__(self, name: str):
         self.name = name
+        self.start = self.first_step = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.first_step = time.perf_counter(), state.global_step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
+            done, total = state.global_step - self.first_step, state.max_steps - self.first_step
             logger.info(
-                "%s: step %d/%d loss %.4f lr %.2e",
+                "%s: step %d/%d loss %.4f lr %.2e, %s",
                 self.name,
                 state.global_step,
                 state.max_steps,
                 logs["loss"],
                 logs.get("learning_rate", float("nan")),
+                eta(done, total, time.perf_counter() - self.start),
             )
 
 
@@ -310,22 +337,26 @@ def build_default_models(
         "retain": {s: root / f"retain-{s}" for s in forget_splits},
     }
 
-    def stage(name: str, out: Path, build) -> None:
-        if out.is_dir() and not no_cache:
+    def finetuned(split: str):
+        return lambda out: _finetune_from(
+            paths["base"], load_split(split, data_dir=world_dir), world_dir, size, out
+        )
+
+    stages = [
+        ("base", paths["base"], lambda out: _pretrain(world_dir, size, out)),
+        ("target", paths["target"], finetuned("full")),
+        *(
+            (f"retain-only ({s})", out, finetuned(paired_split(s, "retain")))
+            for s, out in paths["retain"].items()
+        ),
+    ]
+    todo = [name for name, out, _ in stages if no_cache or not out.is_dir()]
+    for name, out, build in stages:
+        if name not in todo:
             logger.info("cache hit: %s model at %s", name, out)
-            return
+            continue
+        logger.info("building %s model (%d of %d)", name, todo.index(name) + 1, len(todo))
         start = time.perf_counter()
         build(out)
-        logger.info("built %s model in %.1f s: %s", name, time.perf_counter() - start, out)
-
-    stage("base", paths["base"], lambda out: _pretrain(world_dir, size, out))
-    full = load_split("full", data_dir=world_dir)
-    stage("target", paths["target"], lambda out: _finetune_from(paths["base"], full, world_dir, size, out))
-    for split, out in paths["retain"].items():
-        retain = load_split(paired_split(split, "retain"), data_dir=world_dir)
-        stage(
-            f"retain-only ({split})",
-            out,
-            lambda out, rows=retain: _finetune_from(paths["base"], rows, world_dir, size, out),
-        )
+        logger.info("built %s model in %s: %s", name, duration(time.perf_counter() - start), out)
     return paths

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import torch
@@ -84,3 +85,26 @@ def test_finetune_leaves_no_partial_folder_when_training_fails(micro_models, tmp
 def test_unknown_size_is_refused_with_the_choices(micro_world):
     with pytest.raises(ValueError, match="choose one of micro, default"):
         build_default_models(micro_world, size="huge")
+
+
+def test_duration_and_eta_state_the_time_left_from_the_rate_so_far():
+    from llm_unlearn.models import duration, eta
+
+    assert [duration(s) for s in (0.04, 3.21, 41.4, 125, 3599.6, 7500)] == [
+        "0.0 s", "3.2 s", "41 s", "2 min 05 s", "1 h 00 min", "2 h 05 min"
+    ]  # fmt: skip
+    assert eta(380, 756, 41.0) == "41 s elapsed, ~41 s left"  # 41 s per 380 steps, 376 to go
+    assert eta(756, 756, 80.0) == "1 min 20 s elapsed, ~0.0 s left"
+    assert eta(0, 756, 2.0) == "2.0 s elapsed"  # no rate yet, no guess
+
+
+def test_finetune_progress_lines_carry_the_time_elapsed_and_left(micro_models, tmp_path, caplog):
+    model = AutoModelForCausalLM.from_pretrained(micro_models["base"])
+    tokenizer = AutoTokenizer.from_pretrained(micro_models["base"])
+    rows = [{"question": "Who?", "answer": "A writer."}] * 8
+    with caplog.at_level(logging.INFO, logger="llm_unlearn"):
+        finetune(model, tokenizer, rows, tmp_path / "out", max_length=64, num_train_epochs=2,
+                 per_device_train_batch_size=4, logging_steps=1)  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if ": step " in r.getMessage()]
+    assert len(lines) == 4
+    assert all(re.fullmatch(r"out: step \d/4 loss \S+ lr \S+, \S+ s elapsed, ~\S+ s left", x) for x in lines)
