@@ -267,7 +267,7 @@ def record(result: dict, **fields) -> dict:
 
 def _portable(path: str | Path) -> str:
     """A path as a record may hold it: relative to the repository (or its parent, where ../shared lies)."""
-    path = Path(path).resolve()
+    path = Path(os.path.abspath(path))  # not resolve(): ../shared may be a link, and is still ../shared
     for root, prefix in ((REPO, ""), (REPO.parent, "../")):
         if path.is_relative_to(root):
             return prefix + str(path.relative_to(root))
