@@ -9,6 +9,7 @@ nearest valid one.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import enum
@@ -662,6 +663,15 @@ def _first_line(cls: type) -> str:
     return (cls.__doc__ or cls.__name__).strip().splitlines()[0]
 
 
+class _DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: ...)" suffix, except where the help already states its default in words."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(HfArgumentParser):
     """HfArgumentParser whose errors (a bad type, a bad choice) are one ConfigError line, not usage + exit,
     and whose `--help` shows our options first, in sections (`help_section`), and Trainer's last.
@@ -671,6 +681,7 @@ class _Parser(HfArgumentParser):
     """
 
     def __init__(self, dataclass_types, **kwargs):
+        kwargs.setdefault("formatter_class", _DefaultsOnceFormatter)
         kwargs.setdefault("usage", "%(prog)s [--config RECIPE.yaml] [--OPTION VALUE ...]")
         kwargs.setdefault(
             "description",

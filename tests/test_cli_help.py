@@ -93,3 +93,12 @@ def test_help_like_mistakes_get_a_did_you_mean_line(argv, hint, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and hint in err and len(err.strip().splitlines()) == 1
+
+
+def test_each_option_states_its_default_once():
+    from llm_unlearn.config import CONFIG_CLASSES, _Parser
+
+    parser = _Parser(CONFIG_CLASSES, prog="llm-unlearn unlearn")
+    for action in parser._actions:
+        text = parser.formatter_class(prog="x")._get_help_string(action) or ""
+        assert text.count("(default:") <= 1, action.option_strings
