@@ -72,7 +72,32 @@ def run_checks(target: dict, unlearned: dict) -> list[dict]:
 def demo(
     size: str = "default", output_dir: str = "runs/demo", no_cache: bool = False, threads: int | None = None
 ) -> dict:
-    """Run the demo and return its summary (also written to `<output_dir>/summary.json`)."""
+    """Run the demo and return its summary (also written to `<output_dir>/summary.json`).
+
+    The output folder is claimed (`runio.claim_run_dir`) before it is cleared, so two demos started on
+    one folder cannot delete each other's files: the second gets one line.
+    """
+    from .runio import CLAIM_FILE, claim_run_dir
+
+    out = Path(output_dir)
+    _refuse_foreign(out)
+    with claim_run_dir(out):
+        _refuse_foreign(out)  # again, now that no other demo can be writing it
+        for child in out.iterdir():
+            if child.name != CLAIM_FILE:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        return _demo(size, out, no_cache, threads)
+
+
+def _refuse_foreign(out: Path) -> None:
+    if out.is_dir() and not (out / "summary.json").exists() and not (out / "world").exists():
+        from .runio import CLAIM_FILE
+
+        if any(child.name != CLAIM_FILE for child in out.iterdir()):
+            raise FileExistsError(f"{out} exists and is not a demo folder; pass another --output_dir")
+
+
+def _demo(size: str, out: Path, no_cache: bool, threads: int | None) -> dict:
     import torch
 
     from .eval.report import write_report
@@ -85,12 +110,6 @@ def demo(
 
     if threads:
         torch.set_num_threads(threads)
-    out = Path(output_dir)
-    if out.exists():
-        if not (out / "summary.json").exists() and any(out.iterdir()) and not (out / "world").exists():
-            raise FileExistsError(f"{out} exists and is not a demo folder; pass another --output_dir")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     times: dict[str, float] = {}
 
     def stage(name: str, start: float) -> None:

@@ -42,3 +42,24 @@ def test_default_demo_passes_its_three_checks(tmp_path):
     summary = demo(size="default", output_dir=str(tmp_path / "demo"))
     _assert_demo_outputs(tmp_path / "demo")
     assert summary["passed"], summary["checks"]
+
+
+def test_a_demo_folder_in_use_is_refused_untouched_and_a_finished_one_is_rerun_cleanly(tmp_path):
+    from llm_unlearn.runio import CLAIM_FILE, RunError, claim_run_dir
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")  # an earlier demo's output, being rewritten by another demo
+    (out / "graddiff").mkdir()
+    with claim_run_dir(out):
+        with pytest.raises(RunError, match="in use by another llm-unlearn process"):
+            demo(size="micro", output_dir=str(out))
+        assert sorted(p.name for p in out.iterdir()) == sorted([CLAIM_FILE, "graddiff", "summary.json"])
+    demo(size="micro", output_dir=str(out))  # the other one finished: this one clears and reruns
+    _assert_demo_outputs(out)
+    assert not (out / CLAIM_FILE).exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a demo folder"):
+        demo(size="micro", output_dir=str(tmp_path / "mine"))
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
