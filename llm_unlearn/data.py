@@ -137,7 +137,7 @@ def load_split(
                 )
         if "perturbed_answer" in required:
             pert = row["perturbed_answer"]
-            if isinstance(pert, str):
+            if isinstance(pert, str):  # one perturbed answer given bare, not as a list of one: taken as such
                 row["perturbed_answer"] = [pert]
             elif not isinstance(pert, list) or not all(isinstance(a, str) for a in pert):
                 raise DataError(
