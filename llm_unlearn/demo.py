@@ -133,6 +133,7 @@ def _demo(size: str, out: Path, no_cache: bool, threads: int | None) -> dict:
             data,
             UnlearnConfig(output_dir=str(out / name), disable_tqdm=True, save_strategy="no", **settings),
             eval_args,
+            progress_bar_only=True,
         )
         for name, settings in methods.items()
     }

@@ -141,6 +141,13 @@ def add_lora(model, model_args: ModelArgs):
     return get_peft_model(model, lora)
 
 
+class _BarOnly(ProgressCallback):
+    """Trainer's progress bar (steps, rate, time left) without its per-step log lines."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
 def _close_progress_bars(trainer) -> None:
     """Close Trainer's bar on failure, so the error message starts on a line of its own."""
     for callback in trainer.callback_handler.callbacks:
@@ -156,11 +163,14 @@ def unlearn(
     eval_args: EvalArgs,
     callbacks: list | None = None,
     command: list[str] | None = None,
+    progress_bar_only: bool = False,
 ) -> Path:
     """Run one unlearning job and return its run directory.
 
     Extra `TrainerCallback`s may be given; `command` (argv, program first) is recorded in
-    `run_info.json` with secrets redacted (default: this process's `sys.argv`).
+    `run_info.json` with secrets redacted (default: this process's `sys.argv`). `progress_bar_only`
+    (the demo's choice) shows one progress bar with its time estimate and no per-step log lines on
+    stdout; `train_log.jsonl` records every step either way.
     """
     from .trainer import UnlearnTrainer
 
@@ -230,6 +240,12 @@ def unlearn(
             reference_model=reference,
             callbacks=callbacks,
         )
+        if progress_bar_only:
+            from transformers import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
+            trainer.remove_callback(ProgressCallback)
+            trainer.add_callback(_BarOnly())
         if stop_data is not None:
             from .stop import IndistinguishableStop
 

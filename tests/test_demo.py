@@ -34,6 +34,11 @@ def test_micro_demo_runs_end_to_end_and_writes_report_summary_and_evals(tmp_path
     _assert_demo_outputs(tmp_path / "demo")
     printed = capsys.readouterr().out
     assert "[demo] models" in printed and ("PASS" in printed or "FAIL" in printed)
+    assert "'loss':" not in printed  # a progress bar per run, not Trainer's per-step log lines
+    assert all(
+        len((tmp_path / "demo" / m / "train_log.jsonl").read_text().splitlines()) > 1
+        for m in ("graddiff", "ngdiff")
+    )
     assert set(summary["stage_seconds"]) == {"world", "models", "unlearn", "eval", "report"}
 
 
