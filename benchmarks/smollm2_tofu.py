@@ -266,17 +266,19 @@ def record(result: dict, **fields) -> dict:
 
 
 def _portable(path: str | Path) -> str:
-    """A path as a record may hold it: relative to the repository (or its parent, where ../shared lies)."""
+    """A path as a record may hold it: relative inside the repository, `../shared/...` for the shared data,
+    and otherwise `.../NAME`: the machine's folders (a home, a temporary folder) are never recorded."""
     path = Path(os.path.abspath(path))  # not resolve(): ../shared may be a link, and is still ../shared
-    for root, prefix in ((REPO, ""), (REPO.parent, "../")):
-        if path.is_relative_to(root):
-            return prefix + str(path.relative_to(root))
-    return path.name  # elsewhere on this machine: the folder name says what it was, not whose home it was in
+    if path.is_relative_to(REPO):
+        return str(path.relative_to(REPO))
+    if path.is_relative_to(REPO.parent / "shared"):
+        return "../" + str(path.relative_to(REPO.parent))
+    return f".../{path.name}"
 
 
 def _portable_argv(argv: list[str]) -> list[str]:
     """The command line with every existing absolute path made portable."""
-    return [_portable(a) if a.startswith("/") and Path(a).exists() else a for a in argv]
+    return [_portable(a) if a.startswith("/") else a for a in argv]  # existing or not: a run writes its --out
 
 
 def append_records(path: Path, rows: list[dict]) -> None:

@@ -28,9 +28,11 @@ LAUNCHERS = {
 
 def _eval(micro_world, micro_models, out: Path, launcher: str | None = None, data_dir=None):
     """Run `llm-unlearn eval` of the target against the retain model's evaluation; (process, seconds)."""
+    # Every side computes: multi-process runs never use the evaluation cache, so the one-process run must not.
     cli = ["-m", "llm_unlearn.cli", "eval", "--model_name_or_path", str(micro_models["target"]),
            "--data_dir", str(data_dir or micro_world), "--reference_model", str(micro_models["retain"]["forget10"]),
-           "--output_dir", str(out), "--eval_batch_size", str(BATCH_SIZE), "--max_new_tokens", "8"]  # fmt: skip
+           "--output_dir", str(out), "--eval_batch_size", str(BATCH_SIZE), "--max_new_tokens", "8",
+           "--eval_cache", "false"]  # fmt: skip  # fmt: skip  (every side computes: multi-process runs never use the cache)
     launch = []
     if launcher == "torchrun":
         launch = [*LAUNCHERS[launcher], "--log-dir", str(out.parent / f"{out.name}-logs")]
