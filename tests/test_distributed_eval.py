@@ -32,7 +32,7 @@ def _eval(micro_world, micro_models, out: Path, launcher: str | None = None, dat
     cli = ["-m", "llm_unlearn.cli", "eval", "--model_name_or_path", str(micro_models["target"]),
            "--data_dir", str(data_dir or micro_world), "--reference_model", str(micro_models["retain"]["forget10"]),
            "--output_dir", str(out), "--eval_batch_size", str(BATCH_SIZE), "--max_new_tokens", "8",
-           "--eval_cache", "false"]  # fmt: skip  # fmt: skip  (every side computes: multi-process runs never use the cache)
+           "--eval_cache", "false"]  # fmt: skip
     launch = []
     if launcher == "torchrun":
         launch = [*LAUNCHERS[launcher], "--log-dir", str(out.parent / f"{out.name}-logs")]
