@@ -21,6 +21,7 @@ leaves a folder that looks complete.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -350,13 +351,21 @@ def build_default_models(
             for s, out in paths["retain"].items()
         ),
     ]
-    todo = [name for name, out, _ in stages if no_cache or not out.is_dir()]
-    for name, out, build in stages:
-        if name not in todo:
-            logger.info("cache hit: %s model at %s", name, out)
-            continue
-        logger.info("building %s model (%d of %d)", name, todo.index(name) + 1, len(todo))
-        start = time.perf_counter()
-        build(out)
-        logger.info("built %s model in %s: %s", name, duration(time.perf_counter() - start), out)
+    # One builder per cache folder: a second process (another demo, a test worker) waits, then finds the
+    # models built instead of training the same ones again beside the first.
+    with open(root / ".build.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("another process is building the models in %s; waiting for it", root)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        todo = [name for name, out, _ in stages if no_cache or not out.is_dir()]
+        for name, out, build in stages:
+            if name not in todo:
+                logger.info("cache hit: %s model at %s", name, out)
+                continue
+            logger.info("building %s model (%d of %d)", name, todo.index(name) + 1, len(todo))
+            start = time.perf_counter()
+            build(out)
+            logger.info("built %s model in %s: %s", name, duration(time.perf_counter() - start), out)
     return paths

@@ -108,3 +108,36 @@ def test_finetune_progress_lines_carry_the_time_elapsed_and_left(micro_models, t
     lines = [r.getMessage() for r in caplog.records if ": step " in r.getMessage()]
     assert len(lines) == 4
     assert all(re.fullmatch(r"out: step \d/4 loss \S+ lr \S+, \S+ s elapsed, ~\S+ s left", x) for x in lines)
+
+
+def test_two_processes_building_one_cache_folder_train_each_model_once(micro_world, tmp_path):
+    """Two real processes start `build_default_models` on the same world and an empty cache together:
+    one builds, the other waits and finds every model built, and both get the same folders."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, logging, sys; logging.basicConfig(level=logging.INFO, format='%(message)s'); "
+        "from llm_unlearn.models import build_default_models; "
+        "print(json.dumps({k: str(v) for k, v in build_default_models(sys.argv[1], size='micro').items() "
+        "if k != 'retain'}))"
+    )
+    env = {**os.environ, "LLM_UNLEARN_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(micro_world)],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in results]
+    logs = "".join(err for _, err in results)
+    assert logs.count("built base model") == logs.count("built target model") == 1
+    assert logs.count("cache hit: target model") == 1
+    assert json.loads(results[0][0]) == json.loads(results[1][0])
