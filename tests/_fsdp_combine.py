@@ -37,12 +37,9 @@ def no_sync_fsdp2(model):
         model.set_requires_gradient_sync(True)
 
 
-def main(model_dir: str, data_dir: str, out_file: str, mode: str = "forced") -> None:
-    if mode == "unforced":
-        llm_unlearn.optim.gradient_sync_forced = lambda module: contextlib.nullcontext()
-    torch.set_default_dtype(torch.float64)
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+def two_term_setup(model_dir: str, data_dir: str, world: int):
+    """The forget and retain micro-batches of every rank and the graddiff terms over them (also used by
+    tests/_hsdp_combine.py): micro-batch m of rank r holds examples 4m + 2r and 4m + 2r + 1."""
     tok = AutoTokenizer.from_pretrained(model_dir)
     encode = dict(prompt_format="chat_template", max_length=128)
     collate = QACollator(pad_id(tok))
@@ -50,7 +47,6 @@ def main(model_dir: str, data_dir: str, out_file: str, mode: str = "forced") -> 
         "forget": QADataset(load_split("forget10", data_dir)[:8], tok, **encode),
         "retain": QADataset(load_split("retain90", data_dir)[:8], tok, **encode),
     }
-    # micro-batch m of rank r: examples 4m + 2r, 4m + 2r + 1
     batches = {
         s: [[collate([ds[4 * m + 2 * r], ds[4 * m + 2 * r + 1]]) for m in range(2)] for r in range(world)]
         for s, ds in streams.items()
@@ -61,8 +57,18 @@ def main(model_dir: str, data_dir: str, out_file: str, mode: str = "forced") -> 
     sign = {"forget": -1.0, "retain": 1.0}
 
     def terms(model, r, m):
-        return {s: sign[s] * nll_sum(model, batches[s][r][m]) / tokens[s] for s in streams}
+        return {s: sign[s] * nll_sum(model, batches[s][r][m]) / tokens[s] for s in batches}
 
+    return batches, terms
+
+
+def main(model_dir: str, data_dir: str, out_file: str, mode: str = "forced") -> None:
+    if mode == "unforced":
+        llm_unlearn.optim.gradient_sync_forced = lambda module: contextlib.nullcontext()
+    torch.set_default_dtype(torch.float64)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    batches, terms = two_term_setup(model_dir, data_dir, world)
     reference_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)
     for layer in model.model.layers:
@@ -81,7 +87,7 @@ def main(model_dir: str, data_dir: str, out_file: str, mode: str = "forced") -> 
     if rank == 0:
         ref_params = [p for p in reference_model.parameters() if p.requires_grad]
         grads = {}
-        for s in streams:
+        for s in batches:
             total = sum(terms(reference_model, r, m)[s] for r in range(world) for m in range(2))
             grads[s] = torch.cat([g.flatten() for g in torch.autograd.grad(total, ref_params)])
         d = grads["retain"] / grads["retain"].norm() + grads["forget"] / grads["forget"].norm()

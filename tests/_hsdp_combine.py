@@ -16,24 +16,13 @@ import sys
 
 import torch
 import torch.distributed as dist
+from _fsdp_combine import no_sync_fsdp2, two_term_setup  # noqa: E402  (tests/ is the script's folder)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
-from llm_unlearn.data import QACollator, QADataset, load_split, pad_id
 from llm_unlearn.eval.shard import exit_process_group
-from llm_unlearn.methods.common import nll_sum
 from llm_unlearn.optim import NormalizedCombiner, PCGradCombiner, pcgrad_orders
-
-
-@contextlib.contextmanager
-def no_sync_fsdp2(model):
-    """What `Accelerator.no_sync` does for an FSDP2 model (accelerate 1.15)."""
-    model.set_requires_gradient_sync(False)
-    try:
-        yield
-    finally:
-        model.set_requires_gradient_sync(True)
 
 
 def _reduce_over_all_ranks(self, sums, world_size):
@@ -49,26 +38,8 @@ def main(model_dir: str, data_dir: str, out_file: str, mode: str = "shard_group"
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh("cpu", (world, 1), mesh_dim_names=("replicate", "shard"))
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    encode = dict(prompt_format="chat_template", max_length=128)
-    collate = QACollator(pad_id(tok))
-    streams = {
-        "forget": QADataset(load_split("forget10", data_dir)[:8], tok, **encode),
-        "retain": QADataset(load_split("retain90", data_dir)[:8], tok, **encode),
-    }
-    # micro-batch m of rank r: examples 4m + 2r, 4m + 2r + 1
-    batches = {
-        s: [[collate([ds[4 * m + 2 * r], ds[4 * m + 2 * r + 1]]) for m in range(2)] for r in range(world)]
-        for s, ds in streams.items()
-    }
-    tokens = {
-        s: sum(int(b["labels"][:, 1:].ne(-100).sum()) for rb in bs for b in rb) for s, bs in batches.items()
-    }
-    sign = {"forget": -1.0, "retain": 1.0}
+    batches, terms = two_term_setup(model_dir, data_dir, world)
     weights = {"forget": 1.0, "retain": 0.5}
-
-    def terms(model, r, m):
-        return {s: sign[s] * nll_sum(model, batches[s][r][m]) / tokens[s] for s in streams}
 
     reference_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)
@@ -94,12 +65,12 @@ def main(model_dir: str, data_dir: str, out_file: str, mode: str = "shard_group"
     if rank == 0:
         ref_params = [p for p in reference_model.parameters() if p.requires_grad]
         grads = {}
-        for s in streams:
+        for s in batches:
             total = sum(terms(reference_model, r, m)[s] for r in range(world) for m in range(2))
             grads[s] = torch.cat([g.flatten() for g in torch.autograd.grad(total, ref_params)])
-        out["reference_normalized"] = sum(weights[s] * grads[s] / grads[s].norm() for s in streams)
+        out["reference_normalized"] = sum(weights[s] * grads[s] / grads[s].norm() for s in batches)
         # PCGrad by its definition on explicit vectors, in the order the combiner draws for (3, 5).
-        gs = [weights[s] * grads[s] for s in streams]
+        gs = [weights[s] * grads[s] for s in batches]
         total = torch.zeros_like(gs[0])
         for i, order in enumerate(pcgrad_orders(2, 3, 5)):
             g = gs[i].clone()
