@@ -10,7 +10,6 @@ scoring or training, no run directory, no eval.json, every file as it was.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from test_bad_input import _snapshot  # every file's digest: what a refused command must leave unchanged
 
 from llm_unlearn.cli import main
 
@@ -219,14 +219,6 @@ CASES = [
          r"was scored on other forget questions than .*forget10_perturbed\.json \(forget10_perturbed, (\d+) rows there; \1 rows here; first difference at row 3",
          setup=_rename_question),
 ]  # fmt: skip
-
-
-def _snapshot(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and "__pycache__" not in p.parts
-    }
 
 
 @pytest.fixture(scope="module")
