@@ -28,7 +28,6 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import os
 from pathlib import Path
 
 logger = logging.getLogger("llm_unlearn")
@@ -114,7 +113,9 @@ def eval_key(model_path: str, data_dir, dataset_name, settings: dict) -> tuple[s
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("LLM_UNLEARN_CACHE", Path.home() / ".cache" / "llm_unlearn")) / "evals"
+    from ..models import cache_root  # the one place that reads $LLM_UNLEARN_CACHE
+
+    return cache_root() / "evals"
 
 
 def load(key: str) -> dict | None:
