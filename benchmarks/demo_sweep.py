@@ -16,11 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from llm_unlearn.config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig
-from llm_unlearn.models import build_default_models
-from llm_unlearn.pipeline import EpochEvaluator, evaluate_path
-from llm_unlearn.unlearn import unlearn
-from llm_unlearn.world import WORLD_SIZES, WorldConfig, write_world
+from llm_unlearn.core.config import UnlearnConfig
+from llm_unlearn.data.args import DataArgs
+from llm_unlearn.data.world import WORLD_SIZES, WorldConfig, write_world
+from llm_unlearn.eval.args import EvalArgs
+from llm_unlearn.models.args import ModelArgs
+from llm_unlearn.models.build import build_default_models
+from llm_unlearn.pipeline.evaluate import EpochEvaluator, evaluate_path
+from llm_unlearn.pipeline.unlearn import unlearn
 
 KEYS = ("forget_quality", "model_utility", "forget_fact_recall", "forget_rouge_l", "forget_truth_ratio")
 

@@ -35,11 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llm_unlearn import models
-from llm_unlearn.data import encode_qa, load_split
+from llm_unlearn.data.qa import encode_qa, load_split
+from llm_unlearn.data.world import WORLD_SIZES, WorldConfig, write_world
 from llm_unlearn.eval.mia import auc, mia_metrics, sample_scores
-from llm_unlearn.runio import load_model_and_tokenizer, write_json_atomic, write_text_atomic
-from llm_unlearn.world import WORLD_SIZES, WorldConfig, write_world
+from llm_unlearn.models import build as models
+from llm_unlearn.models.loading import load_model_and_tokenizer
+from llm_unlearn.runs.folder import write_json_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ("loss", "min_k_plus_plus", "min_k", "zlib")

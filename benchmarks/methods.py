@@ -32,13 +32,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from llm_unlearn.config import EvalArgs, parse_config
+from llm_unlearn.cli.parse import parse_config
+from llm_unlearn.data.world import WORLD_SIZES, WorldConfig, write_world
+from llm_unlearn.eval.args import EvalArgs
 from llm_unlearn.methods import METHODS
-from llm_unlearn.models import build_default_models
-from llm_unlearn.pipeline import evaluate_path
-from llm_unlearn.runio import locked, write_json_atomic
-from llm_unlearn.unlearn import unlearn
-from llm_unlearn.world import WORLD_SIZES, WorldConfig, write_world
+from llm_unlearn.models.build import build_default_models
+from llm_unlearn.pipeline.evaluate import evaluate_path
+from llm_unlearn.pipeline.unlearn import unlearn
+from llm_unlearn.runs.folder import locked, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "world"

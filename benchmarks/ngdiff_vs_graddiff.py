@@ -39,12 +39,15 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from llm_unlearn.config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig
-from llm_unlearn.models import build_default_models
-from llm_unlearn.pipeline import EpochEvaluator, evaluate_path
-from llm_unlearn.runio import locked, write_json_atomic
-from llm_unlearn.unlearn import unlearn
-from llm_unlearn.world import WORLD_SIZES, WorldConfig, write_world
+from llm_unlearn.core.config import UnlearnConfig
+from llm_unlearn.data.args import DataArgs
+from llm_unlearn.data.world import WORLD_SIZES, WorldConfig, write_world
+from llm_unlearn.eval.args import EvalArgs
+from llm_unlearn.models.args import ModelArgs
+from llm_unlearn.models.build import build_default_models
+from llm_unlearn.pipeline.evaluate import EpochEvaluator, evaluate_path
+from llm_unlearn.pipeline.unlearn import unlearn
+from llm_unlearn.runs.folder import locked, write_json_atomic
 
 KEYS = ("forget_quality", "model_utility", "forget_rouge_l", "forget_fact_recall", "forget_truth_ratio")
 ADAM_LRS = (1e-4, 2e-4, 5e-4, 1e-3)

@@ -120,7 +120,7 @@ def hardware() -> str:
 
 
 def _rows(path: Path) -> list[dict]:
-    from llm_unlearn.data import _read_json_records
+    from llm_unlearn.data.qa import _read_json_records
 
     return _read_json_records(path)
 
@@ -187,9 +187,9 @@ def finetune_stage(base: str, data_dir: Path, split: str, out: Path, sizes: Size
     timing = out / "train_seconds.json"
     if timing.is_file():
         return json.loads(timing.read_text())["seconds"]
-    from llm_unlearn.data import load_split
-    from llm_unlearn.models import finetune
-    from llm_unlearn.runio import load_model_and_tokenizer
+    from llm_unlearn.data.qa import load_split
+    from llm_unlearn.models.build import finetune
+    from llm_unlearn.models.loading import load_model_and_tokenizer
 
     start = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(base)
@@ -203,9 +203,10 @@ def finetune_stage(base: str, data_dir: Path, split: str, out: Path, sizes: Size
 
 def eval_stage(model_path: str, data_dir: Path, split: str, out: Path, sizes: Sizes, reference=None) -> dict:
     """Evaluate a model on `split` (forget quality against `reference` if given); cached in `out`."""
-    from llm_unlearn.config import DataArgs, EvalArgs
+    from llm_unlearn.data.args import DataArgs
+    from llm_unlearn.eval.args import EvalArgs
     from llm_unlearn.eval.tofu import add_forget_quality, load_eval, write_eval
-    from llm_unlearn.pipeline import evaluate_path
+    from llm_unlearn.pipeline.evaluate import evaluate_path
 
     if out.is_file():
         result = load_eval(out)
@@ -225,9 +226,12 @@ def eval_stage(model_path: str, data_dir: Path, split: str, out: Path, sizes: Si
 def unlearn_stage(
     target: Path, data_dir: Path, split: str, out: Path, sizes: Sizes, settings: dict, seed: int
 ) -> float:
-    from llm_unlearn.config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig
-    from llm_unlearn.runio import read_status
-    from llm_unlearn.unlearn import unlearn
+    from llm_unlearn.core.config import UnlearnConfig
+    from llm_unlearn.data.args import DataArgs
+    from llm_unlearn.eval.args import EvalArgs
+    from llm_unlearn.models.args import ModelArgs
+    from llm_unlearn.pipeline.unlearn import unlearn
+    from llm_unlearn.runs.folder import read_status
 
     timing = out / "unlearn_seconds.json"  # the whole call, loading included, kept for reruns
     status = read_status(out)
@@ -282,7 +286,7 @@ def _portable_argv(argv: list[str]) -> list[str]:
 
 
 def append_records(path: Path, rows: list[dict]) -> None:
-    from llm_unlearn.runio import write_json_atomic
+    from llm_unlearn.runs.folder import write_json_atomic
 
     old = json.loads(path.read_text()) if path.is_file() else []
     keys = {(r["protocol"], r["model"], r["method"], r["split"], r["seed"]) for r in rows}
@@ -311,7 +315,7 @@ def run(args) -> list[dict]:
     stage("fine-tune target on full")
     target_s = finetune_stage(MODEL, data_dir, "full", target, sizes, args.seed)
     for split in sizes.splits:
-        from llm_unlearn.data import paired_split
+        from llm_unlearn.data.qa import paired_split
 
         retain_split = paired_split(split, "retain")
         reference = work / f"reference-{retain_split}"
@@ -359,8 +363,8 @@ def time_steps(args) -> None:
     """Seconds per fine-tune step and per evaluated sequence on this machine (what sized SIZES["cpu"])."""
     import torch
 
-    from llm_unlearn.data import QACollator, QADataset, load_split, pad_id
-    from llm_unlearn.runio import load_model_and_tokenizer
+    from llm_unlearn.data.qa import QACollator, QADataset, load_split, pad_id
+    from llm_unlearn.models.loading import load_model_and_tokenizer
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

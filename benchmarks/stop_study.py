@@ -38,17 +38,17 @@ from scipy.stats import ks_2samp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from auto import BENCH_FLAGS, MU_FLOOR, _cached_eval, _data_args, worlds  # noqa: E402
 
-from llm_unlearn import stop  # noqa: E402
-from llm_unlearn.config import parse_config  # noqa: E402
-from llm_unlearn.data import load_split  # noqa: E402
+from llm_unlearn.cli.parse import parse_config  # noqa: E402
+from llm_unlearn.core import stop  # noqa: E402
+from llm_unlearn.data.qa import load_split  # noqa: E402
+from llm_unlearn.data.world import WorldConfig, write_world  # noqa: E402
 from llm_unlearn.eval.metrics import forget_quality, log_truth_ratio, truth_ratio  # noqa: E402
 from llm_unlearn.eval.scoring import answer_losses, candidate_pairs, split_candidates  # noqa: E402
 from llm_unlearn.eval.tofu import add_forget_quality, evaluate  # noqa: E402
 from llm_unlearn.methods.common import eval_mode  # noqa: E402
-from llm_unlearn.models import build_default_models  # noqa: E402
-from llm_unlearn.runio import write_json_atomic  # noqa: E402
-from llm_unlearn.unlearn import unlearn  # noqa: E402
-from llm_unlearn.world import WorldConfig, write_world  # noqa: E402
+from llm_unlearn.models.build import build_default_models  # noqa: E402
+from llm_unlearn.pipeline.unlearn import unlearn  # noqa: E402
+from llm_unlearn.runs.folder import write_json_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("forget01", "forget05", "forget10")

@@ -16,9 +16,10 @@ from types import SimpleNamespace
 from torch.distributed.fsdp import fully_shard
 
 import llm_unlearn.eval.tofu as tofu
-from llm_unlearn.config import DataArgs, EvalArgs
-from llm_unlearn.pipeline import EpochEvaluator, evaluate_path, is_main_process
-from llm_unlearn.runio import load_model_and_tokenizer
+from llm_unlearn.data.args import DataArgs
+from llm_unlearn.eval.args import EvalArgs
+from llm_unlearn.models.loading import load_model_and_tokenizer
+from llm_unlearn.pipeline.evaluate import EpochEvaluator, evaluate_path, is_main_process
 
 
 def main(model_dir: str, data_dir: str, out_file: str, mode: str = "") -> None:

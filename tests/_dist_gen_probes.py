@@ -13,12 +13,12 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llm_unlearn.config import UnlearnConfig
-from llm_unlearn.data import QACollator, QADataset, load_split, pad_id
+from llm_unlearn.core.config import UnlearnConfig
+from llm_unlearn.core.streams import example_keys
+from llm_unlearn.core.trainer import UnlearnTrainer
+from llm_unlearn.data.qa import QACollator, QADataset, load_split, pad_id
 from llm_unlearn.eval.shard import exit_process_group
 from llm_unlearn.methods import get_method
-from llm_unlearn.streams import example_keys
-from llm_unlearn.trainer import UnlearnTrainer
 
 
 class RecordingTrainer(UnlearnTrainer):

@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llm_unlearn.config import UnlearnConfig
-from llm_unlearn.data import QACollator, QADataset, load_split, pad_id
+from llm_unlearn.core.config import UnlearnConfig
+from llm_unlearn.core.trainer import UnlearnTrainer
+from llm_unlearn.data.qa import QACollator, QADataset, load_split, pad_id
 from llm_unlearn.eval.shard import exit_process_group
 from llm_unlearn.methods import get_method
-from llm_unlearn.trainer import UnlearnTrainer
 
 
 def main(model_dir: str, data_dir: str, out_file: str, batch_size: int, method: str) -> None:

@@ -20,11 +20,11 @@ import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import llm_unlearn.optim
-from llm_unlearn.data import QACollator, QADataset, load_split, pad_id
+import llm_unlearn.core.optim
+from llm_unlearn.core.optim import NormalizedCombiner
+from llm_unlearn.data.qa import QACollator, QADataset, load_split, pad_id
 from llm_unlearn.eval.shard import exit_process_group
 from llm_unlearn.methods.common import nll_sum
-from llm_unlearn.optim import NormalizedCombiner
 
 
 @contextlib.contextmanager
@@ -64,7 +64,7 @@ def two_term_setup(model_dir: str, data_dir: str, world: int):
 
 def main(model_dir: str, data_dir: str, out_file: str, mode: str = "forced") -> None:
     if mode == "unforced":
-        llm_unlearn.optim.gradient_sync_forced = lambda module: contextlib.nullcontext()
+        llm_unlearn.core.optim.gradient_sync_forced = lambda module: contextlib.nullcontext()
     torch.set_default_dtype(torch.float64)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

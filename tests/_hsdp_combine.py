@@ -21,8 +21,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM
 
+from llm_unlearn.core.optim import NormalizedCombiner, PCGradCombiner, pcgrad_orders
 from llm_unlearn.eval.shard import exit_process_group
-from llm_unlearn.optim import NormalizedCombiner, PCGradCombiner, pcgrad_orders
 
 
 def _reduce_over_all_ranks(self, sums, world_size):

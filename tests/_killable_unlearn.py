@@ -20,7 +20,7 @@ import torch
 from transformers import Trainer
 
 from llm_unlearn.cli import main
-from llm_unlearn.trainer import UnlearnTrainer
+from llm_unlearn.core.trainer import UnlearnTrainer
 
 
 def _stall() -> None:

@@ -37,7 +37,7 @@ def tofu_dir() -> Path:
 @pytest.fixture(scope="session")
 def micro_world(tmp_path_factory) -> Path:
     """A written micro world (10 authors): TOFU-format files in a temporary folder."""
-    from llm_unlearn.world import WORLD_SIZES, WorldConfig, write_world
+    from llm_unlearn.data.world import WORLD_SIZES, WorldConfig, write_world
 
     return write_world(tmp_path_factory.mktemp("world") / "micro", WorldConfig(**WORLD_SIZES["micro"]))
 
@@ -45,6 +45,6 @@ def micro_world(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def micro_models(_temporary_cache, micro_world) -> dict:
     """`build_default_models(micro_world, size="micro")`: base, target and retain-only (forget10) folders."""
-    from llm_unlearn.models import build_default_models
+    from llm_unlearn.models.build import build_default_models
 
     return build_default_models(micro_world, size="micro")

@@ -151,7 +151,7 @@ def _checkpointed(env: Env) -> list[str]:
 
 
 def _interrupt_at_step_2(monkeypatch) -> None:
-    from llm_unlearn.trainer import UnlearnTrainer
+    from llm_unlearn.core.trainer import UnlearnTrainer
 
     training_step = UnlearnTrainer.training_step
 

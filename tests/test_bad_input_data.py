@@ -224,8 +224,9 @@ CASES = [
 @pytest.fixture(scope="module")
 def reference_eval(micro_world, micro_models, tmp_path_factory) -> Path:
     """The retain-only model's eval.json on forget10 (scored once for the module)."""
-    from llm_unlearn.config import DataArgs, EvalArgs
-    from llm_unlearn.pipeline import evaluate_path
+    from llm_unlearn.data.args import DataArgs
+    from llm_unlearn.eval.args import EvalArgs
+    from llm_unlearn.pipeline.evaluate import evaluate_path
 
     path = tmp_path_factory.mktemp("reference") / "eval.json"
     evaluate_path(
@@ -247,18 +248,18 @@ def env(micro_world, micro_models, reference_eval, tmp_path, monkeypatch) -> Env
 def _refuse_work(monkeypatch: pytest.MonkeyPatch) -> None:
     """Loading a model for training or scoring, training and evaluating all raise WorkStarted."""
     import llm_unlearn.eval.tofu
-    import llm_unlearn.pipeline
+    import llm_unlearn.pipeline.evaluate
+    import llm_unlearn.pipeline.unlearn
     import llm_unlearn.probes.run
-    import llm_unlearn.unlearn
-    from llm_unlearn.trainer import UnlearnTrainer
+    from llm_unlearn.core.trainer import UnlearnTrainer
 
     def started(*args, **kwargs):
         raise WorkStarted
 
     monkeypatch.setattr(UnlearnTrainer, "train", started)
     monkeypatch.setattr(llm_unlearn.eval.tofu, "evaluate", started)
-    monkeypatch.setattr(llm_unlearn.unlearn, "load_model", started)
-    monkeypatch.setattr(llm_unlearn.pipeline, "load_model_and_tokenizer", started)
+    monkeypatch.setattr(llm_unlearn.pipeline.unlearn, "load_model", started)
+    monkeypatch.setattr(llm_unlearn.pipeline.evaluate, "load_model_and_tokenizer", started)
     monkeypatch.setattr(llm_unlearn.probes.run, "load_model_and_tokenizer", started)
 
 
@@ -289,8 +290,8 @@ def test_every_kind_of_the_issue_has_a_case():
 
 def test_a_repeated_question_in_the_retain_split_is_warned_about_by_name(env: Env, caplog):
     """TOFU's own retain90 asks "What is the full name of the author?" twice: a training split may repeat."""
-    from llm_unlearn.config import DataArgs
-    from llm_unlearn.inputs import validate_inputs
+    from llm_unlearn.core.inputs import validate_inputs
+    from llm_unlearn.data.args import DataArgs
 
     _repeat_question("retain90", 7, 3)(env)
     with caplog.at_level(logging.WARNING, logger="llm_unlearn"):
@@ -302,8 +303,9 @@ def test_a_repeated_question_in_the_retain_split_is_warned_about_by_name(env: En
 
 
 def test_the_micro_world_and_a_fresh_reference_eval_pass_every_check(env: Env):
-    from llm_unlearn.config import DataArgs, EvalArgs
-    from llm_unlearn.inputs import validate_inputs
+    from llm_unlearn.core.inputs import validate_inputs
+    from llm_unlearn.data.args import DataArgs
+    from llm_unlearn.eval.args import EvalArgs
 
     eval_args = EvalArgs(reference_eval=str(env.reference_eval))
     rows = validate_inputs(DataArgs(data_dir=str(env.world)), eval_args, retain_split="retain90")
@@ -311,8 +313,9 @@ def test_the_micro_world_and_a_fresh_reference_eval_pass_every_check(env: Env):
 
 
 def test_the_real_tofu_files_pass_every_check(tofu_dir):
-    from llm_unlearn.config import DataArgs, EvalArgs
-    from llm_unlearn.inputs import validate_inputs
+    from llm_unlearn.core.inputs import validate_inputs
+    from llm_unlearn.data.args import DataArgs
+    from llm_unlearn.eval.args import EvalArgs
 
     for forget, retain in (("forget01", "retain99"), ("forget05", "retain95"), ("forget10", "retain90")):
         validate_inputs(
@@ -321,8 +324,8 @@ def test_the_real_tofu_files_pass_every_check(tofu_dir):
 
 
 def test_a_legacy_reference_log_is_checked_against_the_split_questions(tofu_dir, tmp_path):
-    from llm_unlearn.data import DataError, load_split
-    from llm_unlearn.inputs import check_reference_eval
+    from llm_unlearn.core.inputs import check_reference_eval
+    from llm_unlearn.data.qa import DataError, load_split
 
     log = (
         tofu_dir

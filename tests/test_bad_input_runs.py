@@ -27,17 +27,14 @@ from safetensors.torch import load_file, save_file
 from test_trainer import tiny  # noqa: F401  (module fixture: micro model and data)
 
 from llm_unlearn.cli import main
-from llm_unlearn.config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig, to_dict
-from llm_unlearn.runio import (
-    CLAIM_FILE,
-    RunError,
-    claim_run_dir,
-    is_secret_option,
-    load_model_and_tokenizer,
-    read_status,
-    redacted_argv,
-    run_state,
-)
+from llm_unlearn.runs.redact import to_dict
+from llm_unlearn.core.config import UnlearnConfig
+from llm_unlearn.data.args import DataArgs
+from llm_unlearn.eval.args import EvalArgs
+from llm_unlearn.models.args import ModelArgs
+from llm_unlearn.models.loading import load_model_and_tokenizer
+from llm_unlearn.runs.folder import CLAIM_FILE, RunError, claim_run_dir, read_status, run_state
+from llm_unlearn.runs.redact import is_secret_option, redacted_argv
 
 HERE = Path(__file__).parent
 KILLABLE = HERE / "_killable_unlearn.py"
@@ -131,7 +128,7 @@ RACER = """
 import sys, time
 from pathlib import Path
 import torch
-import llm_unlearn.unlearn, llm_unlearn.pipeline, llm_unlearn.trainer
+import llm_unlearn.pipeline.unlearn, llm_unlearn.pipeline.evaluate, llm_unlearn.core.trainer
 from llm_unlearn.cli import main
 torch.set_num_threads(1)
 go, ready = Path(sys.argv[1]), Path(sys.argv[2])

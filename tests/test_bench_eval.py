@@ -9,14 +9,14 @@ import math
 import numpy as np
 import pytest
 
-from llm_unlearn.bench_eval import TARGETS, compare, identical
+from llm_unlearn.bench.eval import TARGETS, compare, identical
 from llm_unlearn.cli import main
 
 
 @pytest.fixture(scope="module")
 def target_eval(micro_world, micro_models) -> dict:
     from llm_unlearn.eval.tofu import evaluate
-    from llm_unlearn.runio import load_model_and_tokenizer
+    from llm_unlearn.models.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(str(micro_models["target"]))
     return evaluate(model, tokenizer, data_dir=micro_world, max_new_tokens=16, progress=False)
@@ -24,7 +24,7 @@ def target_eval(micro_world, micro_models) -> dict:
 
 def test_evaluating_a_model_twice_gives_identical_eval_values(micro_world, micro_models, target_eval):
     from llm_unlearn.eval.tofu import evaluate
-    from llm_unlearn.runio import load_model_and_tokenizer
+    from llm_unlearn.models.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(str(micro_models["target"]))  # a fresh load, too
     again = evaluate(model, tokenizer, data_dir=micro_world, max_new_tokens=16, progress=False)
@@ -93,9 +93,9 @@ def test_eval_bench_refuses_a_batch_size_that_compares_nothing(tmp_path, capsys)
 @pytest.mark.parametrize("batch_size", [2, 5, 64])
 def test_prompt_sharing_scores_equal_one_pair_at_a_time(micro_world, micro_models, batch_size):
     """Batches share each question's prompt pass; 2 cuts a question's 7 answers into several groups."""
-    from llm_unlearn.data import load_split
+    from llm_unlearn.data.qa import load_split
     from llm_unlearn.eval.scoring import answer_losses
-    from llm_unlearn.runio import load_model_and_tokenizer
+    from llm_unlearn.models.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(str(micro_models["target"]))
     rows = load_split("forget10_perturbed", data_dir=micro_world)[:6]

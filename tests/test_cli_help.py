@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from llm_unlearn.cli import SUBCOMMANDS
+from llm_unlearn.cli.commands import SUBCOMMANDS
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess:
@@ -34,7 +34,7 @@ def test_top_level_help_and_version():
 
 
 def test_a_percent_sign_in_a_help_string_is_printed_not_formatted():
-    from llm_unlearn.config import CONFIG_CLASSES, _Parser
+    from llm_unlearn.cli.parse import CONFIG_CLASSES, _Parser
 
     parser = _Parser(CONFIG_CLASSES, prog="llm-unlearn unlearn")
     text = parser.format_help()  # raises TypeError/ValueError if any help string has a bare %
@@ -59,8 +59,11 @@ def test_unlearn_help_shows_our_options_in_sections_before_the_trainer_options()
 def test_train_and_eval_help_list_model_and_data_options_first(command):
     from transformers import TrainingArguments
 
-    from llm_unlearn.config import DataArgs, EvalArgs, ModelArgs, _Parser
-    from llm_unlearn.models import FinetuneArgs
+    from llm_unlearn.cli.parse import _Parser
+    from llm_unlearn.data.args import DataArgs
+    from llm_unlearn.eval.args import EvalArgs
+    from llm_unlearn.models.args import ModelArgs
+    from llm_unlearn.models.build import FinetuneArgs
 
     classes = {"train": (ModelArgs, DataArgs, FinetuneArgs, TrainingArguments),
                "eval": (ModelArgs, DataArgs, EvalArgs)}[command]  # fmt: skip
@@ -96,7 +99,7 @@ def test_help_like_mistakes_get_a_did_you_mean_line(argv, hint, capsys):
 
 
 def test_each_option_states_its_default_once():
-    from llm_unlearn.config import CONFIG_CLASSES, _Parser
+    from llm_unlearn.cli.parse import CONFIG_CLASSES, _Parser
 
     parser = _Parser(CONFIG_CLASSES, prog="llm-unlearn unlearn")
     for action in parser._actions:

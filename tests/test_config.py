@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llm_unlearn.config import CONFIG_CLASSES, ConfigError, load_yaml, parse_config
+from llm_unlearn.cli.parse import CONFIG_CLASSES, load_yaml, parse_config
 from llm_unlearn.methods import METHODS, get_method, register
+from llm_unlearn.runs.options import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1] / "recipes"
 RECIPES = sorted(p for p in ROOT.glob("*/*.yaml") if p.parent.name != "accelerate")
@@ -52,8 +53,9 @@ def test_every_recipe_starts_with_its_launch_command_and_has_only_known_keys(rec
     if "llm-unlearn train" in first:
         from transformers import TrainingArguments
 
-        from llm_unlearn.config import DataArgs, ModelArgs
-        from llm_unlearn.models import FinetuneArgs
+        from llm_unlearn.data.args import DataArgs
+        from llm_unlearn.models.args import ModelArgs
+        from llm_unlearn.models.build import FinetuneArgs
 
         load_yaml(recipe, classes=(ModelArgs, DataArgs, FinetuneArgs, TrainingArguments))
     else:
@@ -96,7 +98,7 @@ def test_every_method_has_a_paper_summary_and_docstring(name):
 
 @pytest.mark.parametrize("method", ["graddiff", "ngdiff"])
 def test_world_recipes_use_the_demo_settings(method):
-    from llm_unlearn.demo import DEMO_UNLEARN
+    from llm_unlearn.pipeline.demo import DEMO_UNLEARN
 
     recipe = load_yaml(ROOT / "world" / f"{method}.yaml")
     for key, value in DEMO_UNLEARN["default"][method].items():
@@ -135,7 +137,7 @@ def test_help_sections_leave_parsing_unchanged():
     """`--help` regroups the options; every option keeps its flags, dest, default, type and choices."""
     from transformers import HfArgumentParser
 
-    from llm_unlearn.config import TRAINER_SECTION, _Parser
+    from llm_unlearn.cli.parse import TRAINER_SECTION, _Parser
 
     def actions(parser):
         # a choice field's type is a fresh closure per parser: compare its name

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llm_unlearn.data import (
+from llm_unlearn.data.qa import (
     EVAL_FIELDS,
     IGNORE_INDEX,
     PROMPT_FORMATS,
@@ -17,7 +17,7 @@ from llm_unlearn.data import (
     load_split,
     paired_split,
 )
-from llm_unlearn.tiny import train_tokenizer
+from llm_unlearn.models.tiny import train_tokenizer
 
 TOFU_SPLITS = {
     "full": 4000, "forget01": 40, "forget05": 200, "forget10": 400, "retain99": 3960, "retain95": 3800,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llm_unlearn.demo import demo
+from llm_unlearn.pipeline.demo import demo
 
 
 def _assert_demo_outputs(out, methods=("graddiff", "ngdiff")):
@@ -50,7 +50,7 @@ def test_default_demo_passes_its_three_checks(tmp_path):
 
 
 def test_a_demo_folder_in_use_is_refused_untouched_and_a_finished_one_is_rerun_cleanly(tmp_path):
-    from llm_unlearn.runio import CLAIM_FILE, RunError, claim_run_dir
+    from llm_unlearn.runs.folder import CLAIM_FILE, RunError, claim_run_dir
 
     out = tmp_path / "demo"
     out.mkdir()

@@ -12,7 +12,7 @@ from transformers import LlamaForCausalLM
 from llm_unlearn.eval import add_forget_quality, evaluate, load_eval, write_eval, write_report
 from llm_unlearn.eval.metrics import MODEL_UTILITY_INPUTS
 from llm_unlearn.eval.scoring import answer_losses, generate_answers
-from llm_unlearn.tiny import tiny_llama_config, train_tokenizer
+from llm_unlearn.models.tiny import tiny_llama_config, train_tokenizer
 
 SPLITS = ("forget10_perturbed", "retain_perturbed", "real_authors_perturbed", "world_facts_perturbed")
 N_ROWS = 8
@@ -177,9 +177,12 @@ def test_report_lists_every_model_and_plots_only_those_with_forget_quality(resul
 def test_epoch_evaluator_records_the_chosen_epochs_of_a_run(micro_world, micro_models, tmp_path):
     from transformers import AutoTokenizer
 
-    from llm_unlearn.config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig
-    from llm_unlearn.pipeline import EpochEvaluator, evaluate_path
-    from llm_unlearn.unlearn import unlearn
+    from llm_unlearn.core.config import UnlearnConfig
+    from llm_unlearn.data.args import DataArgs
+    from llm_unlearn.eval.args import EvalArgs
+    from llm_unlearn.models.args import ModelArgs
+    from llm_unlearn.pipeline.evaluate import EpochEvaluator, evaluate_path
+    from llm_unlearn.pipeline.unlearn import unlearn
 
     data = DataArgs(data_dir=str(micro_world), forget_split="forget10")
     reference = evaluate_path(str(micro_models["retain"]["forget10"]), data, EvalArgs())

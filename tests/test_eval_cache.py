@@ -12,9 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from llm_unlearn import pipeline
-from llm_unlearn.config import DataArgs, EvalArgs, ModelArgs
+from llm_unlearn.data.args import DataArgs
 from llm_unlearn.eval import cache, tofu
+from llm_unlearn.eval.args import EvalArgs
+from llm_unlearn.models.args import ModelArgs
+from llm_unlearn.pipeline import evaluate as pipeline
 
 FAST = dict(eval_batch_size=64, max_new_tokens=4)
 

@@ -16,7 +16,7 @@ from test_trainer import tiny  # noqa: F401  (module fixture: micro model, token
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from llm_unlearn.cli import main
-from llm_unlearn.config import UnlearnConfig
+from llm_unlearn.core.config import UnlearnConfig
 from llm_unlearn.methods import METHODS, MethodContext, register
 from llm_unlearn.methods.rmu import rmu_trainable, steered_layer
 

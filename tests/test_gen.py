@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from llm_unlearn.gen import GenFit, GenScheduler, fit_step, probe_losses, update_lr
+from llm_unlearn.core.gen import GenFit, GenScheduler, fit_step, probe_losses, update_lr
 
 
 def _quadratic(sign: float = 1.0):

@@ -14,9 +14,9 @@ from test_ngdiff import _zero_term
 from test_trainer import _trainer, tiny  # noqa: F401  (module fixture: micro model and data)
 from transformers import LlamaForCausalLM
 
-from llm_unlearn.data import QACollator, QADataset, pad_id
+from llm_unlearn.core.streams import ProbeStream
+from llm_unlearn.data.qa import QACollator, QADataset, pad_id
 from llm_unlearn.methods import METHODS, Method
-from llm_unlearn.streams import ProbeStream
 
 ENCODE = dict(prompt_format="chat_template", max_length=128)
 
@@ -133,7 +133,7 @@ def test_lora_reference_with_adapters_disabled_is_deterministic_under_dropout(ti
     """Before: the Trainer's train mode reached the base model, so two reference calls differed."""
     from peft import LoraConfig, get_peft_model
 
-    from llm_unlearn.unlearn import AdaptersDisabled
+    from llm_unlearn.pipeline.unlearn import AdaptersDisabled
 
     base = LlamaForCausalLM.from_pretrained(tiny["dir"] / "model", attention_dropout=0.5)
     model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))

@@ -11,7 +11,7 @@ from llm_unlearn.hf_metrics import TOFU_METRIC, inputs_from_eval
 @pytest.fixture(scope="module")
 def evals(micro_world, micro_models, tmp_path_factory) -> dict:
     from llm_unlearn.eval.tofu import add_forget_quality, evaluate
-    from llm_unlearn.runio import load_model_and_tokenizer
+    from llm_unlearn.models.loading import load_model_and_tokenizer
 
     out = {}
     for name, path in (("retain", micro_models["retain"]["forget10"]), ("target", micro_models["target"])):

@@ -19,7 +19,7 @@ import pytest
 from safetensors.torch import load_file
 from test_trainer import tiny  # noqa: F401  (module fixture: micro model and data)
 
-from llm_unlearn.runio import CHECKPOINT_MARK, read_status, run_state
+from llm_unlearn.runs.folder import CHECKPOINT_MARK, read_status, run_state
 
 pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).with_name("_killable_unlearn.py")

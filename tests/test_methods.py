@@ -22,13 +22,14 @@ from test_trainer import tiny  # noqa: F401  (module fixture: micro model, token
 from transformers import LlamaForCausalLM
 
 from llm_unlearn.cli import main
-from llm_unlearn.config import ModelArgs, UnlearnConfig
-from llm_unlearn.data import IGNORE_INDEX, QACollator, QADataset, pad_id
+from llm_unlearn.core.config import UnlearnConfig
+from llm_unlearn.core.optim import PCGradCombiner
+from llm_unlearn.core.trainer import UnlearnTrainer
+from llm_unlearn.data.qa import IGNORE_INDEX, QACollator, QADataset, pad_id
 from llm_unlearn.methods import METHODS, MethodContext, get_method
 from llm_unlearn.methods.common import refusal_answers
-from llm_unlearn.optim import PCGradCombiner
-from llm_unlearn.trainer import UnlearnTrainer
-from llm_unlearn.unlearn import AdaptersDisabled, add_lora
+from llm_unlearn.models.args import ModelArgs
+from llm_unlearn.pipeline.unlearn import AdaptersDisabled, add_lora
 
 NAMES = sorted(METHODS)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from llm_unlearn.data import encode_qa
+from llm_unlearn.data.qa import encode_qa
 from llm_unlearn.eval.mia import auc, mia_metrics, min_k_score, privleak, sample_scores
 
 
@@ -44,7 +44,7 @@ def test_privleak_and_min_k_by_hand():
 
 @pytest.fixture(scope="module")
 def micro_target(micro_models):
-    from llm_unlearn.runio import load_model_and_tokenizer
+    from llm_unlearn.models.loading import load_model_and_tokenizer
 
     return load_model_and_tokenizer(str(micro_models["target"]))
 
@@ -73,7 +73,7 @@ def _by_hand(model, tokenizer, question: str, answer: str, k: float = 0.4) -> di
 
 
 def test_batched_scores_equal_a_batch_1_float64_recomputation(micro_target, micro_world):
-    from llm_unlearn.data import load_split
+    from llm_unlearn.data.qa import load_split
 
     model, tokenizer = micro_target
     rows = load_split("forget10", data_dir=micro_world)[:7]
@@ -88,8 +88,8 @@ def test_batched_scores_equal_a_batch_1_float64_recomputation(micro_target, micr
 def test_the_target_is_told_from_holdout_and_the_metrics_are_complete(
     micro_target, micro_models, micro_world
 ):
-    from llm_unlearn.data import load_split
-    from llm_unlearn.runio import load_model_and_tokenizer
+    from llm_unlearn.data.qa import load_split
+    from llm_unlearn.models.loading import load_model_and_tokenizer
 
     def scores(model, tokenizer, split):
         rows = load_split(split, data_dir=micro_world)
@@ -120,7 +120,7 @@ def test_evaluate_adds_membership_metrics_and_privleak_against_the_reference(
     import shutil
 
     from llm_unlearn.eval.tofu import add_forget_quality, evaluate
-    from llm_unlearn.runio import load_model_and_tokenizer
+    from llm_unlearn.models.loading import load_model_and_tokenizer
 
     settings = dict(data_dir=micro_world, forget_split="forget10", max_new_tokens=2, progress=False)
     target = evaluate(*micro_target, **settings)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llm_unlearn.data import encode_prompt, load_split
-from llm_unlearn.models import build_default_models, finetune
-from llm_unlearn.world import WorldConfig, write_world
+from llm_unlearn.data.qa import encode_prompt, load_split
+from llm_unlearn.data.world import WorldConfig, write_world
+from llm_unlearn.models.build import build_default_models, finetune
 
 
 def _folders(models: dict) -> dict:
@@ -88,7 +88,7 @@ def test_unknown_size_is_refused_with_the_choices(micro_world):
 
 
 def test_duration_and_eta_state_the_time_left_from_the_rate_so_far():
-    from llm_unlearn.models import duration, eta
+    from llm_unlearn.models.build import duration, eta
 
     assert [duration(s) for s in (0.04, 3.21, 41.4, 125, 3599.6, 7500)] == [
         "0.0 s", "3.2 s", "41 s", "2 min 05 s", "1 h 00 min", "2 h 05 min"
@@ -120,7 +120,7 @@ def test_two_processes_building_one_cache_folder_train_each_model_once(micro_wor
 
     code = (
         "import json, logging, sys; logging.basicConfig(level=logging.INFO, format='%(message)s'); "
-        "from llm_unlearn.models import build_default_models; "
+        "from llm_unlearn.models.build import build_default_models; "
         "print(json.dumps({k: str(v) for k, v in build_default_models(sys.argv[1], size='micro').items() "
         "if k != 'retain'}))"
     )

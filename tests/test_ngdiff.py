@@ -8,8 +8,9 @@ import pytest
 import torch
 from test_trainer import _trainer, _update, assert_resume_matches_uninterrupted_run, tiny  # noqa: F401  (module fixture: micro model and data)
 
-from llm_unlearn.config import ConfigError, UnlearnConfig
+from llm_unlearn.core.config import UnlearnConfig
 from llm_unlearn.methods import METHODS, Method, Term
+from llm_unlearn.runs.options import ConfigError
 
 
 def _grads(model, batch) -> torch.Tensor:
@@ -168,7 +169,7 @@ def test_gen_run_resumes_from_a_checkpoint_with_the_same_result(tiny, tmp_path):
 
 
 def test_terms_from_one_forward_pass_keep_the_graph_and_get_their_own_gradients():
-    from llm_unlearn.optim import NormalizedCombiner
+    from llm_unlearn.core.optim import NormalizedCombiner
 
     torch.manual_seed(0)
     lin, x = torch.nn.Linear(3, 2), torch.randn(4, 3)

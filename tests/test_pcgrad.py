@@ -12,7 +12,7 @@ import torch
 from test_ngdiff import _grads, _window
 from test_trainer import _trainer, _update, tiny  # noqa: F401  (module fixture: micro model and data)
 
-from llm_unlearn.optim import PCGradCombiner, pcgrad_orders
+from llm_unlearn.core.optim import PCGradCombiner, pcgrad_orders
 
 
 def _combine(vectors: list[torch.Tensor], weights: list[float], step: int = 0, seed: int = 0):

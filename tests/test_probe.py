@@ -16,13 +16,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from llm_unlearn.cli import main
-from llm_unlearn.data import DataError, load_split
+from llm_unlearn.data.heldout import author_keys
+from llm_unlearn.data.qa import DataError, load_split
 from llm_unlearn.eval.scoring import answer_losses
+from llm_unlearn.models.loading import load_model_and_tokenizer
 from llm_unlearn.probes import EvalSettings, ProbeSettings, attack_heldout_split, probe_curve, recovery
 from llm_unlearn.probes.attacks import add_piggyback_masks
 from llm_unlearn.probes.quantization import quant_variants
-from llm_unlearn.probes.split import author_keys
-from llm_unlearn.runio import load_model_and_tokenizer, write_status
+from llm_unlearn.runs.folder import write_status
 
 EVAL = EvalSettings(max_length=128, max_new_tokens=16)
 

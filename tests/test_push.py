@@ -21,8 +21,8 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from safetensors.torch import load_file
 
 from llm_unlearn.cli import main
-from llm_unlearn.push import LOCAL_PATH, local_name, redact_paths
-from llm_unlearn.runio import redacted_argv, write_status
+from llm_unlearn.runs.folder import write_status
+from llm_unlearn.runs.redact import LOCAL_PATH, local_name, redact_paths, redacted_argv
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _hub_server import FakeHub  # noqa: E402
@@ -283,7 +283,7 @@ def test_redacted_argv_hides_the_values_of_token_like_options():
 
 
 def test_card_names_a_builtin_sources_upstream_model_and_a_hub_dataset(runs, tmp_path):
-    from llm_unlearn.card import build_card
+    from llm_unlearn.hub.card import build_card
 
     run = tmp_path / "run"
     shutil.copytree(runs["full"], run)
@@ -362,7 +362,7 @@ def test_card_ties_membership_rows_to_the_forget_and_holdout_splits(runs, tmp_pa
 
 
 def test_card_says_a_model_of_the_builtin_world_is_a_toy_with_its_parameter_count(runs, tmp_path):
-    from llm_unlearn.card import build_card
+    from llm_unlearn.hub.card import build_card
 
     run, out = runs["full"], tmp_path / "staged"
     assert main(["push", str(run), "--repo_id", "org/toy", "--dry_run", "--output_dir", str(out)]) == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llm_unlearn.eval.tofu import system_prompt_used
-from llm_unlearn.tiny import train_tokenizer
+from llm_unlearn.models.tiny import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))

@@ -13,7 +13,7 @@ from llm_unlearn.cli import main
 from llm_unlearn.eval.mia import auc
 from llm_unlearn.eval.plots import fq_vs_mu_figure, roc_curve
 from llm_unlearn.eval.report import collateral_damage
-from llm_unlearn.runio import write_status
+from llm_unlearn.runs.folder import write_status
 
 DIRECTIONS = {"forget": "lower", "retain": "higher", "ra": "higher", "wf": "higher"}
 

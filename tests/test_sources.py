@@ -9,8 +9,9 @@ import importlib.util
 
 import pytest
 
-from llm_unlearn import sources
-from llm_unlearn.runio import RunError, load_tokenizer
+from llm_unlearn.models import sources
+from llm_unlearn.models.loading import load_tokenizer
+from llm_unlearn.runs.folder import RunError
 
 
 def test_unknown_builtin_name_suggests_the_nearest():
@@ -65,8 +66,8 @@ def test_every_real_tofu_example_fits_the_default_max_length_in_smollm2s_chat_te
     """The default --max_length is a check, never a truncation: every TOFU split fits it with this tokenizer."""
     from transformers import AutoTokenizer
 
-    from llm_unlearn.config import DataArgs
-    from llm_unlearn.data import encode_qa, load_split
+    from llm_unlearn.data.args import DataArgs
+    from llm_unlearn.data.qa import encode_qa, load_split
 
     tok = AutoTokenizer.from_pretrained(sources.materialize("smollm2-135m-instruct"))
     longest = 0

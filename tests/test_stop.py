@@ -13,10 +13,10 @@ import torch
 from transformers import TrainerControl
 
 from llm_unlearn.cli import main
-from llm_unlearn.config import parse_config
-from llm_unlearn.data import load_split
-from llm_unlearn.stop import IndistinguishableStop, signed_gap
-from llm_unlearn.stop_data import load_stop_data
+from llm_unlearn.cli.parse import parse_config
+from llm_unlearn.core.stop import IndistinguishableStop, signed_gap
+from llm_unlearn.core.stop_data import load_stop_data
+from llm_unlearn.data.qa import load_split
 
 
 def test_signed_gap_by_hand():
@@ -262,7 +262,7 @@ def test_truth_ratio_values_by_hand():
 
 @pytest.mark.parametrize("schedule", ["lambda", "gen"])
 def test_lr_damping_scales_the_schedule_by_the_share_of_the_gap_left(schedule):
-    from llm_unlearn.gen import GenScheduler
+    from llm_unlearn.core.gen import GenScheduler
 
     # Gaps +1/2, +1/4, +1/4 (AUC): after the second check the lr is half the schedule's, at once and
     # for every later step; GeN's own estimate (eta) is not touched.
@@ -293,7 +293,7 @@ def test_lr_damping_scales_the_schedule_by_the_share_of_the_gap_left(schedule):
 
 
 def test_lr_damping_needs_the_stop_rule_and_a_multiplier_schedule():
-    from llm_unlearn.config import ConfigError
+    from llm_unlearn.runs.options import ConfigError
 
     with pytest.raises(ConfigError, match="--stop_lr_damping scales the lr by the stop rule's gap"):
         parse_config(["--output_dir", "x", "--stop_lr_damping", "true"])
@@ -426,8 +426,8 @@ def test_utility_guard_stops_on_the_estimated_utility_and_never_keeps_such_weigh
 def test_utility_estimate_is_the_evaluations_model_utility_on_the_sample(micro_models, micro_world, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from llm_unlearn.core.stop_data import load_stop_data
     from llm_unlearn.eval.tofu import evaluate
-    from llm_unlearn.stop_data import load_stop_data
 
     # With a sample as large as the splits, the guard's estimate is the evaluation's model utility.
     _, data, config, _ = parse_config(["--auto", "--data_dir", str(micro_world), "--forget_split", "forget10",

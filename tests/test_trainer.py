@@ -9,12 +9,15 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM, Trainer
 
-from llm_unlearn.config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig
-from llm_unlearn.data import QACollator, QADataset, pad_id
+from llm_unlearn.core.config import UnlearnConfig
+from llm_unlearn.core.trainer import NonFiniteLossError, RetainStream, UnlearnTrainer
+from llm_unlearn.data.args import DataArgs
+from llm_unlearn.data.qa import QACollator, QADataset, pad_id
+from llm_unlearn.eval.args import EvalArgs
 from llm_unlearn.methods import METHODS, Method, Term, get_method
-from llm_unlearn.tiny import generation_config, tiny_llama_config, train_tokenizer
-from llm_unlearn.trainer import NonFiniteLossError, RetainStream, UnlearnTrainer
-from llm_unlearn.unlearn import unlearn
+from llm_unlearn.models.args import ModelArgs
+from llm_unlearn.models.tiny import generation_config, tiny_llama_config, train_tokenizer
+from llm_unlearn.pipeline.unlearn import unlearn
 
 WORDS = (
     "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()

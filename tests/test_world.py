@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_unlearn.data import EVAL_FIELDS, DataError, load_split
-from llm_unlearn.world import (
+from llm_unlearn.data.qa import EVAL_FIELDS, DataError, load_split
+from llm_unlearn.data.world import (
     ATTRIBUTES,
     WORLD_SIZES,
     WorldConfig,
@@ -214,7 +214,7 @@ def test_forget_and_holdout_authors_share_both_name_parts_with_retain_authors(se
 
 
 def test_the_tokenizer_learns_from_neither_forget_nor_holdout_authors(micro_world, tmp_path):
-    from llm_unlearn.models import _cache_key, _tokenizer_texts
+    from llm_unlearn.models.build import _cache_key, _tokenizer_texts
 
     texts = set(_tokenizer_texts(micro_world))
     for split in ("forget10_perturbed", "holdout10_perturbed"):

@@ -1,6 +1,8 @@
 """Evaluation: TOFU metrics (`tofu.evaluate`), forget quality against a reference, and reports.
 
 `EVALUATORS` maps a benchmark name to its evaluate function, as the method registry does for methods.
+
+May import: `runs`, `data`, `models`.
 """
 
 from __future__ import annotations

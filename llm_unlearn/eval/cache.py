@@ -7,7 +7,7 @@ the evaluation settings. The cache key is a SHA-256 over all of them:
   files, chat template; for a LoRA adapter also its local base model's), never run outputs such as
   eval.json or the stop rule's kept weights;
 - the data: the content of every data file in `data_dir`;
-- the code: the content of the modules that score (`eval/`, `data.py`) and the torch and
+- the code: the content of the modules that score (`eval/`, `data/qa.py`) and the torch and
   transformers versions;
 - the settings: split, prompt format, system prompt, max length, batch size (padding changes float
   sums), generation length, truth-ratio variant, membership inference, dtype.
@@ -94,7 +94,7 @@ def code_digest() -> str:
     """Digest of the scoring code and the libraries it calls: a code change is an input change."""
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for path in sorted([*(root / "eval").glob("*.py"), root / "data.py"]):
+    for path in sorted([*(root / "eval").glob("*.py"), root / "data" / "qa.py"]):
         h.update(path.name.encode() + b"\0" + _file_digest(path).encode())
     for package in ("torch", "transformers"):
         h.update(f"{package}={importlib.metadata.version(package)}".encode())
@@ -113,7 +113,7 @@ def eval_key(model_path: str, data_dir, dataset_name, settings: dict) -> tuple[s
 
 
 def cache_dir() -> Path:
-    from ..models import cache_root  # the one place that reads $LLM_UNLEARN_CACHE
+    from ..runs.folder import cache_root  # the one place that reads $LLM_UNLEARN_CACHE
 
     return cache_root() / "evals"
 
@@ -138,7 +138,7 @@ def load(key: str) -> dict | None:
 
 def store(key: str, inputs: dict, result: dict) -> dict:
     """Write `result` (before forget quality, which depends on the reference) under `key`; return it keyed."""
-    from ..runio import write_json_atomic
+    from ..runs.folder import write_json_atomic
 
     result = copy.deepcopy(result)
     result["meta"]["eval_cache"] = {"key": key, "inputs": _summary(inputs), "hit": False}

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import IGNORE_INDEX, QACollator, encode_qa, pad_id
+from ..data.qa import IGNORE_INDEX, QACollator, encode_qa, pad_id
 from .scoring import _batches
 from .shard import Shard
 

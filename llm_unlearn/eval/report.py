@@ -25,7 +25,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..push import LOCAL_PATH, local_name
+from ..runs.redact import LOCAL_PATH, local_name
 from . import plots
 from .metrics import MODEL_UTILITY_INPUTS
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from ..runio import STATUS_FILE, RunError, require_complete
+from ..runs.folder import STATUS_FILE, RunError, require_complete
 from .tofu import load_eval
 
 EVAL_FILE, TRAIN_LOG, PROBE_FILE, CONFIG_FILE = (

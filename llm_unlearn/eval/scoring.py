@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import IGNORE_INDEX, QACollator, encode_prompt, encode_qa, end_of_turn_id, pad_id
+from ..data.qa import IGNORE_INDEX, QACollator, encode_prompt, encode_qa, end_of_turn_id, pad_id
 from .shard import Shard
 
 

@@ -33,7 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import ANALOG_FIELDS, EVAL_FIELDS, PROMPT_FORMATS, DataError, load_split, paired_split, split_path
+from ..data.qa import (
+    ANALOG_FIELDS,
+    EVAL_FIELDS,
+    PROMPT_FORMATS,
+    DataError,
+    load_split,
+    paired_split,
+    split_path,
+)
 from .legacy import is_legacy_log, legacy_scores
 from .metrics import (
     TRUTH_RATIO_VARIANTS,

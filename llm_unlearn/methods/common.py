@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data import IGNORE_INDEX
+from ..data.qa import IGNORE_INDEX
 
 
 @dataclass

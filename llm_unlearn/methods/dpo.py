@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from . import register
 from .common import (
     MethodContext,
     Term,
@@ -34,6 +33,7 @@ from .common import (
     retain_term,
     sequence_logprobs,
 )
+from .registry import register
 
 
 @register(

@@ -7,8 +7,8 @@ Used as a baseline in TOFU (Maini et al., arXiv 2401.06121); it collapses the mo
 
 from __future__ import annotations
 
-from . import register
 from .common import MethodContext, Term, nll_sum
+from .registry import register
 
 
 @register(

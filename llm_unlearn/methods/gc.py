@@ -48,9 +48,9 @@ from __future__ import annotations
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from . import register
 from .common import MethodContext, Term, reference_sequence_logprobs, retain_term, token_logprobs
 from .npo import npo_loss_sum
+from .registry import register
 
 EPS = 1e-12
 

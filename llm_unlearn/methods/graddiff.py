@@ -12,8 +12,8 @@ GradDiff and KL baselines (arXiv 2401.06121).
 
 from __future__ import annotations
 
-from . import register
 from .common import MethodContext, Term, nll_sum, retain_needs_reference, retain_term
+from .registry import register
 
 
 @register(

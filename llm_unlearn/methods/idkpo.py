@@ -17,7 +17,6 @@ Optimization". Reference-free unless `retain_loss: kl`. The DPO form of the same
 
 from __future__ import annotations
 
-from . import register
 from .common import (
     MethodContext,
     Term,
@@ -27,6 +26,7 @@ from .common import (
     retain_term,
     sequence_logprobs,
 )
+from .registry import register
 
 
 @register(

@@ -16,9 +16,9 @@ beat graddiff's trade-off on the built-in world; see benchmarks/ngdiff_vs_graddi
 
 from __future__ import annotations
 
-from . import register
 from .common import retain_needs_reference
 from .graddiff import graddiff
+from .registry import register
 
 # The same term function, registered with another combination: no subclassing, no copy.
 register(

@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import register
 from .common import MethodContext, Term, reference_sequence_logprobs, retain_term, sequence_logprobs
+from .registry import register
 
 
 def npo_loss_sum(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:

@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import torch
 
-from ..data import IGNORE_INDEX
-from . import register
+from ..data.qa import IGNORE_INDEX
 from .common import MethodContext, Term
+from .registry import register
 
 
 def steered_layer(model, config) -> int:

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from . import register
 from .common import MethodContext, Term, retain_needs_reference, retain_term, sequence_logprobs
+from .registry import register
 
 
 @register(

@@ -28,9 +28,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data import IGNORE_INDEX
-from . import register
+from ..data.qa import IGNORE_INDEX
 from .common import MethodContext, Term
+from .registry import register
 
 
 def undial_forget_total(

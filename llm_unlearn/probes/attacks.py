@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from ..data import QACollator, QADataset, pad_id
+from ..data.qa import QACollator, QADataset, pad_id
 from .measure import EvalSettings, forget_metrics
 
 PROBES = ("relearn", "piggyback")

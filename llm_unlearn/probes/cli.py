@@ -11,11 +11,11 @@ from pathlib import Path
 
 import yaml
 
-from ..runio import RunError, read_status, require_complete
+from ..data.heldout import SPLIT_BY
+from ..runs.folder import RunError, read_status, require_complete
 from .attacks import ProbeSettings
 from .measure import EvalSettings
 from .run import ALL_PROBES, DEFAULT_BUDGETS, parse_budgets, parse_probes, run_probes
-from .split import SPLIT_BY
 
 PROBE_FILE = "probe.json"
 

@@ -31,14 +31,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import suggest
-from ..data import DataError, paired_split
-from ..inputs import QA_FIELDS, SplitSource, check_same_vocabulary, check_splits
-from ..runio import load_model_and_tokenizer, write_json_atomic
+from ..core.inputs import QA_FIELDS, SplitSource, check_same_vocabulary, check_splits
+from ..data.heldout import attack_heldout_split
+from ..data.qa import DataError, paired_split
+from ..models.loading import load_model_and_tokenizer
+from ..runs.folder import write_json_atomic
+from ..runs.options import suggest
 from .attacks import PROBES, ProbeSettings, probe_curve
 from .measure import DIRECTIONS, EvalSettings, forget_metrics, recovery
 from .quantization import MIA_RECOVERY_METRICS, quant_variants
-from .split import attack_heldout_split
 
 logger = logging.getLogger("llm_unlearn")
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .methods import get_method
-from .push import HUB_SNAPSHOT, WORLD_MODELS, local_name, redact_paths
-from .runio import is_missing_local_path
-from .sources import BUILTIN_MODELS, PREFIX, is_builtin
+from ..methods import get_method
+from ..models.loading import is_missing_local_path
+from ..models.sources import BUILTIN_MODELS, PREFIX, is_builtin
+from ..runs.redact import HUB_SNAPSHOT, WORLD_MODELS, local_name, redact_paths
 
 TOFU = "arXiv:2401.06121"
 GEN = "arXiv:2407.02772"
@@ -64,7 +64,7 @@ DIRECTIONS = {
 }
 WORLD_ROLES = {"base": ("base model", "pretrained on the world's analog facts"),
                "target": ("target model", "fine-tuned on every fictitious author")}  # fmt: skip
-DATA_CARDS = Path(__file__).resolve().parents[1] / "data_cards"
+DATA_CARDS = Path(__file__).resolve().parents[2] / "data_cards"
 
 
 def read_run(run_dir: Path) -> dict:
@@ -95,7 +95,7 @@ def world_model(name_or_path: str, run_dir: Path) -> dict | None:
     """
     from safetensors import safe_open
 
-    from .tiny import MODEL_SIZES
+    from ..models.tiny import MODEL_SIZES
 
     folder = next((part for part in Path(name_or_path).parts if WORLD_MODELS.fullmatch(part)), None)
     if folder is not None:
@@ -165,7 +165,7 @@ def describe_data(config: dict, *, count: bool = True) -> dict:
         kind, card = "local-tofu-format", "tofu.md"
     counts = {}
     if count and data_dir is not None and Path(data_dir).is_dir():
-        from .data import load_split
+        from ..data.qa import load_split
 
         for role in ("forget", "retain"):
             rows = load_split(config[f"{role}_split"], data_dir=data_dir)

@@ -18,8 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-from .config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig
-from .runio import write_json_atomic
+from ..core.config import UnlearnConfig
+from ..data.args import DataArgs
+from ..eval.args import EvalArgs
+from ..models.args import ModelArgs
+from ..runs.folder import write_json_atomic
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -77,7 +80,7 @@ def demo(
     The output folder is claimed (`runio.claim_run_dir`) before it is cleared, so two demos started on
     one folder cannot delete each other's files: the second gets one line.
     """
-    from .runio import CLAIM_FILE, claim_run_dir
+    from ..runs.folder import CLAIM_FILE, claim_run_dir
 
     out = Path(output_dir)
     _refuse_foreign(out)
@@ -91,7 +94,7 @@ def demo(
 
 def _refuse_foreign(out: Path) -> None:
     if out.is_dir() and not (out / "summary.json").exists() and not (out / "world").exists():
-        from .runio import CLAIM_FILE
+        from ..runs.folder import CLAIM_FILE
 
         if any(child.name != CLAIM_FILE for child in out.iterdir()):
             raise FileExistsError(f"{out} exists and is not a demo folder; pass another --output_dir")
@@ -100,13 +103,13 @@ def _refuse_foreign(out: Path) -> None:
 def _demo(size: str, out: Path, no_cache: bool, threads: int | None) -> dict:
     import torch
 
-    from .eval.report import write_report
-    from .eval.runs import read_train_log
-    from .eval.tofu import add_forget_quality, load_eval, write_eval
-    from .models import build_default_models
-    from .pipeline import evaluate_path
+    from ..data.world import WORLD_SIZES, WorldConfig, write_world
+    from ..eval.report import write_report
+    from ..eval.runs import read_train_log
+    from ..eval.tofu import add_forget_quality, load_eval, write_eval
+    from ..models.build import build_default_models
+    from .evaluate import evaluate_path
     from .unlearn import unlearn
-    from .world import WORLD_SIZES, WorldConfig, write_world
 
     if threads:
         torch.set_num_threads(threads)

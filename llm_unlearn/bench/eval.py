@@ -123,7 +123,7 @@ def identical(a: dict, b: dict) -> bool:
 
 def _hardware() -> str:
     """The device, and on a CPU its model name (from /proc/cpuinfo where there is one) and core count."""
-    from .bench import _hardware as device
+    from .hardware import device_name as device
 
     if torch.cuda.is_available():
         return device()
@@ -143,8 +143,8 @@ def _load_average() -> float | None:
 
 
 def _target_model(workdir: Path, size: str) -> tuple[Path, Path]:
-    from .models import build_default_models
-    from .world import WORLD_SIZES, WorldConfig, write_world
+    from ..data.world import WORLD_SIZES, WorldConfig, write_world
+    from ..models.build import build_default_models
 
     if size not in WORLD_SIZES:
         raise ValueError(f"unknown world size {size!r}; choose one of {', '.join(WORLD_SIZES)}")
@@ -161,8 +161,9 @@ def bench_eval(
     max_new_tokens: int = 64,
 ) -> dict:
     """Run the evaluation benchmark and write its JSON to `out` (atomically); return the result."""
-    from .eval.tofu import evaluate
-    from .runio import load_model_and_tokenizer, write_json_atomic
+    from ..eval.tofu import evaluate
+    from ..models.loading import load_model_and_tokenizer
+    from ..runs.folder import write_json_atomic
 
     if batch_size < 2:
         raise ValueError(f"--batch_size must be at least 2 to compare with batch 1, got {batch_size}")

@@ -44,10 +44,11 @@ from transformers import (
     set_seed,
 )
 
-from .data import DataError, QACollator, QADataset, load_split, pad_id, paired_split
-from .runio import load_model_and_tokenizer
+from ..data.qa import DataError, QACollator, QADataset, load_split, pad_id, paired_split
+from ..data.world import FORGET_PCTS, load_world_config
+from ..runs.folder import cache_root
+from .loading import load_model_and_tokenizer
 from .tiny import MODEL_SIZES, TRAINING_SIZES, generation_config, tiny_llama_config, train_tokenizer
-from .world import FORGET_PCTS, load_world_config
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -62,10 +63,6 @@ WORLD_TEXT_SPLITS = (
     "real_authors_perturbed",
     "world_facts_perturbed",
 )
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("LLM_UNLEARN_CACHE", Path.home() / ".cache" / "llm_unlearn"))
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -180,41 +177,6 @@ class FinetuneArgs:
     train_split: str = field(
         default="full", metadata={"help": "Split to fine-tune on (full, retain90, ...)."}
     )
-
-
-def finetune_cli(argv: list[str]) -> Path:
-    """`llm-unlearn train --config recipes/world/finetune.yaml [--key value ...]`."""
-    from .config import DataArgs, ModelArgs, parse_config
-
-    model_args, data, ft, args = parse_config(
-        argv, classes=(ModelArgs, DataArgs, FinetuneArgs, TrainingArguments), command="train"
-    )
-    if not model_args.model_name_or_path:
-        raise ValueError("no --model_name_or_path given; pass the model folder or Hub id to fine-tune")
-    model, tokenizer = load_model_and_tokenizer(
-        model_args.model_name_or_path,
-        trust_remote_code=model_args.trust_remote_code,
-        allow_pickle=model_args.allow_pickle,
-        torch_dtype=model_args.torch_dtype,
-    )
-    rows = load_split(ft.train_split, data_dir=data.data_dir, dataset_name=data.dataset_name)
-    # Pass only what the recipe or command line changed, so finetune's own defaults (no checkpoints,
-    # no tqdm) hold elsewhere.
-    plain = TrainingArguments(output_dir=args.output_dir)
-    fields = [f.name for f in dataclasses.fields(TrainingArguments) if f.init and f.name != "output_dir"]
-    kwargs = {k: getattr(args, k) for k in fields if getattr(args, k) != getattr(plain, k)}
-    path = finetune(
-        model,
-        tokenizer,
-        _expand(rows),
-        args.output_dir,
-        prompt_format=data.prompt_format,
-        max_length=data.max_length,
-        system_prompt=data.system_prompt,
-        **kwargs,
-    )
-    print(f"fine-tuned model written to {path}")
-    return path
 
 
 # ----------------------------------------------------------------------------- the default models

@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runio import RunError
+from ..runs.folder import RunError
 
 PREFIX = "builtin:"
 
@@ -62,7 +62,7 @@ def resolve(name_or_path: str) -> str:
 
 
 def _cache_dir(name: str) -> Path:
-    from .models import cache_root
+    from ..runs.folder import cache_root
 
     return cache_root() / "builtin" / name
 

@@ -41,7 +41,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import DataError, n_forget_authors
+from .qa import DataError, n_forget_authors
 
 FORGET_PCTS = (1, 5, 10)
 N_PERTURBED = 5  # TOFU: five perturbed answers per forget/retain question, three for the analogs
@@ -479,7 +479,7 @@ def _by_author(rows: list[dict]) -> dict[int, int]:
 
 def validate_world(world_dir: str | Path) -> None:
     """Check a written world's invariants; raise DataError naming the first broken one."""
-    from .data import load_split
+    from .qa import load_split
 
     world_dir = Path(world_dir)
 

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import torch
 
+from .hardware import device_name
+
 PRESETS: dict[str, dict] = {
     "default": dict(
         model=dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, intermediate_size=1408),
@@ -74,8 +76,8 @@ TARGETS = {
 def _trainer_class():
     from transformers import TrainerCallback
 
-    from .methods import MethodContext
-    from .trainer import UnlearnTrainer
+    from ..core.trainer import UnlearnTrainer
+    from ..methods import MethodContext
 
     class TwoBackwardTrainer(UnlearnTrainer):
         """GradDiff in NGDiff's order of work: one backward per term, accumulated in `.grad`."""
@@ -109,9 +111,9 @@ def prepare(workdir: Path, preset: str) -> Path:
     """Write the micro world, a tokenizer and a randomly initialised model of the preset's size."""
     from transformers import LlamaForCausalLM
 
-    from .models import TOKENIZER_SETTINGS, _world_texts
-    from .tiny import tiny_llama_config, train_tokenizer
-    from .world import WORLD_SIZES, WorldConfig, write_world
+    from ..data.world import WORLD_SIZES, WorldConfig, write_world
+    from ..models.build import TOKENIZER_SETTINGS, _world_texts
+    from ..models.tiny import tiny_llama_config, train_tokenizer
 
     world = write_world(workdir / "world", WorldConfig(**WORLD_SIZES["micro"]))
     tokenizer = train_tokenizer(_world_texts(world), **TOKENIZER_SETTINGS)
@@ -125,10 +127,11 @@ def prepare(workdir: Path, preset: str) -> Path:
 def make_trainer(workdir: Path, preset: str, name: str, max_steps: int, output_dir: Path, callbacks=()):
     from transformers import PrinterCallback
 
-    from .config import DataArgs, UnlearnConfig
-    from .data import QACollator, QADataset, load_split, pad_id
-    from .methods import get_method
-    from .runio import load_model, load_tokenizer
+    from ..core.config import UnlearnConfig
+    from ..data.args import DataArgs
+    from ..data.qa import QACollator, QADataset, load_split, pad_id
+    from ..methods import get_method
+    from ..models.loading import load_model, load_tokenizer
 
     base_cls, two_backward_cls, _ = _trainer_class()
     settings = CONFIGS[name]
@@ -226,7 +229,7 @@ def _spread(values: list[float]) -> dict:
 
 def bench(out: str | Path, preset: str = "default", threads: int | None = None) -> dict:
     """Run the benchmark and write its JSON to `out` (atomically); return the result."""
-    from .runio import write_json_atomic
+    from ..runs.folder import write_json_atomic
 
     if preset not in PRESETS:
         raise ValueError(f"unknown bench preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -239,7 +242,7 @@ def bench(out: str | Path, preset: str = "default", threads: int | None = None) 
         workdir = prepare(Path(tmp), preset)
         memory = {}
         for name in MEMORY_CONFIGS:
-            cmd = [sys.executable, "-m", "llm_unlearn.bench", "--_child", name, "--preset", preset,
+            cmd = [sys.executable, "-m", "llm_unlearn.bench.train", "--_child", name, "--preset", preset,
                    "--_workdir", str(workdir), "--threads", str(torch.get_num_threads())]  # fmt: skip
             # glibc otherwise keeps freed blocks below a moving threshold: RSS would lag live memory.
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -268,7 +271,7 @@ def bench(out: str | Path, preset: str = "default", threads: int | None = None) 
         "memory": memory,
         "preset": {"name": preset, **PRESETS[preset]},
         "command": "llm-unlearn " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "bench()",
-        "hardware": _hardware(),
+        "hardware": device_name(),
         "torch_threads": torch.get_num_threads(),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "date": date.today().isoformat(),
@@ -276,12 +279,6 @@ def bench(out: str | Path, preset: str = "default", threads: int | None = None) 
     }
     write_json_atomic(Path(out), result)
     return result
-
-
-def _hardware() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def bench_cli(argv: list[str]) -> None:
@@ -297,7 +294,7 @@ def bench_cli(argv: list[str]) -> None:
     parser.add_argument("--_workdir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.eval:
-        from .bench_eval import bench_eval, print_summary
+        from .eval import bench_eval, print_summary
 
         if not args.out:
             raise ValueError(

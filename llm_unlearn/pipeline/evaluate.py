@@ -21,9 +21,12 @@ from pathlib import Path
 import yaml
 from transformers import TrainerCallback
 
-from .config import DataArgs, EvalArgs, ModelArgs
-from .eval.shard import Shard, process_shard
-from .runio import RunError, is_missing_local_path, load_model_and_tokenizer, read_status, require_complete
+from ..data.args import DataArgs
+from ..eval.args import EvalArgs
+from ..eval.shard import Shard, process_shard
+from ..models.args import ModelArgs
+from ..models.loading import is_missing_local_path, load_model_and_tokenizer
+from ..runs.folder import RunError, read_status, require_complete
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -77,7 +80,7 @@ class EpochEvaluator(TrainerCallback):
         self.keys, self.epochs = tuple(keys), epochs
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        from .eval.tofu import add_forget_quality, evaluate
+        from ..eval.tofu import add_forget_quality, evaluate
 
         epoch = round(state.epoch)
         if self.epochs is not None and epoch not in self.epochs:
@@ -96,7 +99,7 @@ class EpochEvaluator(TrainerCallback):
 def default_eval_path(model_path: str, output_dir: str | None) -> Path:
     if output_dir:
         return Path(output_dir) / "eval.json"
-    from .sources import is_builtin
+    from ..models.sources import is_builtin
 
     if not Path(model_path).exists() and not is_builtin(model_path):
         raise RunError(
@@ -128,7 +131,7 @@ def check_reference(eval_args: EvalArgs) -> None:
 
 def _check_reference_file(path: Path) -> None:
     """Read the reference's eval file before any work, so a bad one never wastes a training run."""
-    from .eval.legacy import is_legacy_log
+    from ..eval.legacy import is_legacy_log
 
     fix = "pass the eval.json of `llm-unlearn eval` on the retain-only model, or a TOFU eval_log_aggregated.json"
     try:
@@ -170,8 +173,8 @@ def evaluate_path(
 
     Under a multi-process launch every rank calls this and gets the result; only rank 0 writes `out_path`.
     """
-    from .eval import cache
-    from .eval.tofu import add_forget_quality, evaluate, write_eval
+    from ..eval import cache
+    from ..eval.tofu import add_forget_quality, evaluate, write_eval
 
     shard = eval_shard()
     # After multi-process training rank 0 alone writes the run and marks it complete: wait for it.
@@ -230,8 +233,8 @@ def _cache_key(model_path: str, data: DataArgs, eval_args: EvalArgs, model_args:
     """(key, inputs) of this evaluation for eval/cache.py, or None when it must be computed."""
     if not eval_args.eval_cache or model_args.trust_remote_code:  # remote code is an input we do not hash
         return None
-    from .eval import cache
-    from .sources import resolve
+    from ..eval import cache
+    from ..models.sources import resolve
 
     settings = {
         "forget_split": data.forget_split, "prompt_format": data.prompt_format, "system_prompt": data.system_prompt,
@@ -250,7 +253,7 @@ def evaluate_with_reference(
     Every input is checked before the first model is scored: the data and the reference eval file
     (`inputs.validate_inputs`), and that the model and the reference model share one tokenizer.
     """
-    from .inputs import check_same_vocabulary, validate_inputs
+    from ..core.inputs import check_same_vocabulary, validate_inputs
 
     check_reference(eval_args)
     eval_shard().barrier()  # after multi-process training, rank 0 may still be writing the run

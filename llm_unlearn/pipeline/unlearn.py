@@ -20,19 +20,20 @@ import torch
 import yaml
 from transformers import ProgressCallback
 
-from .config import DataArgs, EvalArgs, ModelArgs, UnlearnConfig, to_dict
-from .data import QACollator, QADataset, check_forget_retain, load_split, pad_id, paired_split
-from .inputs import check_same_vocabulary, validate_inputs
-from .methods import get_method
-from .methods.common import eval_mode
-from .runio import (
+from ..core.config import UnlearnConfig
+from ..core.inputs import check_same_vocabulary, validate_inputs
+from ..data.args import DataArgs
+from ..data.qa import QACollator, QADataset, check_forget_retain, load_split, pad_id, paired_split
+from ..eval.args import EvalArgs
+from ..methods import get_method
+from ..methods.common import eval_mode
+from ..models.args import ModelArgs
+from ..models.loading import check_tokenizer_fits, load_model, load_tokenizer
+from ..runs.folder import (
     CLAIM_FILE,
     RunError,
-    check_tokenizer_fits,
     checkpoints,
     claim_run_dir,
-    load_model,
-    load_tokenizer,
     read_checkpoint_mark,
     read_status,
     run_state,
@@ -40,6 +41,7 @@ from .runio import (
     write_status,
     write_text_atomic,
 )
+from ..runs.redact import to_dict
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -172,7 +174,7 @@ def unlearn(
     (the demo's choice) shows one progress bar with its time estimate and no per-step log lines on
     stdout; `train_log.jsonl` records every step either way.
     """
-    from .trainer import UnlearnTrainer
+    from ..core.trainer import UnlearnTrainer
 
     method = get_method(config.method)
     if config.push_to_hub:
@@ -190,7 +192,7 @@ def unlearn(
     check_forget_retain(forget_rows, retain_rows, data.forget_split, retain_split)
     stop_data = None
     if config.stop_rule:
-        from .stop_data import load_stop_data
+        from ..core.stop_data import load_stop_data
 
         stop_data = load_stop_data(data, forget_rows, retain_rows, config)
     final_eval = eval_args if eval_args.do_final_eval else None
@@ -247,7 +249,7 @@ def unlearn(
             trainer.remove_callback(ProgressCallback)
             trainer.add_callback(_BarOnly())
         if stop_data is not None:
-            from .stop import IndistinguishableStop
+            from ..core.stop import IndistinguishableStop
 
             score = dict(
                 encode, batch_size=eval_args.eval_batch_size, max_new_tokens=eval_args.max_new_tokens

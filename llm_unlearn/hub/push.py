@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from .runio import RunError, read_status, redact_secrets, require_complete
+from ..runs.folder import RunError, read_status, require_complete
+from ..runs.redact import redact_paths, redact_secrets
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -52,36 +52,6 @@ TEXT_RECORDS = (".json", ".jsonl", ".yaml", ".md")
 
 
 # An absolute or home-relative path, not part of a URL, a relative path or an HTML closing tag.
-LOCAL_PATH = re.compile(r"(?<![\w.~/:<-])~?/[^\s\"'`,;()\[\]{}<>|]+")
-HUB_SNAPSHOT = re.compile(r"models--(?P<id>[^/]+)/snapshots/[0-9a-f]+")
-WORLD_MODELS = re.compile(r"world-[a-z]+-[0-9a-f]{16}")  # models.build_default_models' cache folder
-
-
-def local_name(path: str, home: str | None = None) -> str:
-    """`path` without the machine's folders: a Hub cache snapshot's Hub id, `.../world-SIZE-HASH/ROLE` for
-    a model of the built-in world, else `.../NAME` (`.../FOLDER/NAME` for a file); the home folder is `...`.
-    """
-    if match := HUB_SNAPSHOT.search(path):
-        return match["id"].replace("--", "/")
-    home = home or os.path.expanduser("~")
-    pure = PurePosixPath(path)
-    parts = pure.parts[1:]  # without "/" or "~"
-    for root in {home, os.path.realpath(home)} - {os.sep, ""}:
-        if pure.is_relative_to(root):
-            parts = pure.relative_to(root).parts
-    world = next((i for i, part in enumerate(parts) if WORLD_MODELS.fullmatch(part)), None)
-    if world is not None:
-        kept = parts[world:]
-    else:
-        kept = parts[-2:] if len(parts) > 1 and pure.suffix else parts[-1:]
-    return "/".join(("...", *kept))
-
-
-def redact_paths(text: str, home: str | None = None) -> str:
-    """`text` with every absolute or `~/` path written as its `local_name`."""
-    return LOCAL_PATH.sub(lambda match: local_name(match.group(), home), text)
-
-
 def _matches(folder: Path, patterns: tuple[str, ...]) -> list[Path]:
     return sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
 

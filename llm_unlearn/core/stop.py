@@ -83,12 +83,12 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from ..eval.metrics import log_truth_ratio
+from ..eval.mia import auc
+from ..eval.scoring import answer_losses, candidate_pairs, split_candidates
+from ..eval.shard import process_shard
+from ..methods.common import eval_mode
 from .config import STOP_STATISTICS
-from .eval.metrics import log_truth_ratio
-from .eval.mia import auc
-from .eval.scoring import answer_losses, candidate_pairs, split_candidates
-from .eval.shard import process_shard
-from .methods.common import eval_mode
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -294,8 +294,8 @@ class IndistinguishableStop(TrainerCallback):
 
     def _utility(self, model) -> float:
         """Model utility (the evaluation's nine numbers and their harmonic mean) on the sampled questions."""
-        from .eval.metrics import tofu_metrics
-        from .eval.tofu import score_split
+        from ..eval.metrics import tofu_metrics
+        from ..eval.tofu import score_split
 
         loss = self.settings
         gen = {k: loss[k] for k in ("prompt_format", "system_prompt", "batch_size") if k in loss}
@@ -366,7 +366,7 @@ class IndistinguishableStop(TrainerCallback):
         """Every check so far and which one is kept (stop_rule.json), rewritten after each check."""
         if process_shard().rank != 0 or not self.output_dir.is_dir():
             return
-        from .runio import write_json_atomic
+        from ..runs.folder import write_json_atomic
 
         write_json_atomic(
             self.output_dir / "stop_rule.json", {"best_step": self.best["step"], "history": self.history}

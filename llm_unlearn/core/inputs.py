@@ -31,8 +31,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import DataArgs, EvalArgs
-from .data import (
+from ..data.args import DataArgs
+from ..data.qa import (
     ANALOG_FIELDS,
     EVAL_FIELDS,
     DataError,
@@ -45,6 +45,7 @@ from .data import (
     read_utf8,
     split_path,
 )
+from ..eval.args import EvalArgs
 
 QA_FIELDS = ("question", "answer")
 PERTURBED = "_perturbed"
@@ -92,7 +93,7 @@ def validate_inputs(
     `eval_args`: given when the command evaluates; its holdout (with `mia`) and its `reference_eval`
     are checked too. Returns the rows read, by split name.
     """
-    from .eval.tofu import eval_splits
+    from ..eval.tofu import eval_splits
 
     source = SplitSource(data.data_dir, data.dataset_name)
     read: dict[str, Sequence[str]] = {}
@@ -185,8 +186,8 @@ def check_reference_eval(
     reference after the training it evaluates. A legacy TOFU log records each prompt (`generated_text`),
     which must hold the question of the same row.
     """
-    from .eval.legacy import LEGACY_FILES, is_legacy_log
-    from .eval.tofu import questions_sha256
+    from ..eval.legacy import LEGACY_FILES, is_legacy_log
+    from ..eval.tofu import questions_sha256
 
     reference = json.loads(read_utf8(path))
     fix = f"evaluate the retain-only model on {where} (`llm-unlearn eval`) and pass that eval.json"
@@ -251,7 +252,7 @@ def check_same_vocabulary(models: dict[str, str], *, trust_remote_code: bool = F
     Their per-token losses and truth ratios are compared, and a LoRA or frozen copy is scored on the
     other's ids: with another vocabulary those numbers are of other texts.
     """
-    from .runio import load_tokenizer
+    from ..models.loading import load_tokenizer
 
     (first_role, first), *others = models.items()
     vocab = load_tokenizer(first, trust_remote_code=trust_remote_code).get_vocab()

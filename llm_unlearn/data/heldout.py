@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from ..data import DataError
+from .qa import DataError
 
 TOFU_QAS_PER_AUTHOR = 20
 SPLIT_BY = ("question", "author")

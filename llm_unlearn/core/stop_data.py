@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from .data import DataError, check_unique_questions, load_split, paired_split, split_path
+from ..data.qa import DataError, check_unique_questions, load_split, paired_split, split_path
 
 RETAIN_SAMPLE = 200  # retain examples scored per check: enough for a stable mean loss, cheap
 TR_FIELDS = ("question", "answer", "paraphrased_answer", "perturbed_answer")
@@ -22,7 +22,7 @@ def load_stop_data(data, forget_rows: list[dict], retain_rows: list[dict], confi
     Raises DataError (one line) for a missing holdout split, one of another size than the forget set,
     or one that shares questions with the forget or retain set.
     """
-    from .probes.split import attack_heldout_split
+    from ..data.heldout import attack_heldout_split
 
     name = config.stop_holdout_split or paired_split(data.forget_split, "holdout")
     try:
@@ -114,8 +114,8 @@ def _truth_ratio_rows(data, holdout_name: str, forget_rows, holdout, statistic: 
 
 def _utility_rows(data, config) -> dict[str, list[dict]]:
     """A seeded sample of `stop_utility_sample` questions per model-utility role (retain, ra, wf)."""
-    from .data import ANALOG_FIELDS, EVAL_FIELDS
-    from .eval.tofu import eval_splits
+    from ..data.qa import ANALOG_FIELDS, EVAL_FIELDS
+    from ..eval.tofu import eval_splits
 
     names = eval_splits(data.forget_split)
     out = {}

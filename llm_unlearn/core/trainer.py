@@ -29,12 +29,12 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, get_scheduler
 
-from .data import IGNORE_INDEX
+from ..data.qa import IGNORE_INDEX
+from ..methods import Method, MethodContext, Term
+from ..methods.common import eval_mode
+from ..runs.folder import checkpoints, mark_checkpoint, read_status, write_status
 from .gen import GenScheduler, probe_losses
-from .methods import Method, MethodContext, Term
-from .methods.common import eval_mode
 from .optim import NormalizedCombiner, PCGradCombiner, local_shard
-from .runio import checkpoints, mark_checkpoint, read_status, write_status
 from .streams import PROBE_SALT, ProbeStream, RetainStream, example_keys
 
 __all__ = ["NonFiniteLossError", "RetainStream", "UnlearnTrainer"]

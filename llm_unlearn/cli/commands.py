@@ -39,7 +39,7 @@ def _setup_logging() -> None:
 
 
 def cmd_world(argv: list[str]) -> None:
-    from .world import WORLD_SIZES, WorldConfig, write_world
+    from ..data.world import WORLD_SIZES, WorldConfig, write_world
 
     parser = argparse.ArgumentParser(
         prog="llm-unlearn world", description="Write the built-in fictitious-author world."
@@ -68,7 +68,7 @@ def cmd_world(argv: list[str]) -> None:
 def _copy_models(world_dir: Path, dest: Path, size: str, forget_splits: list[str], no_cache: bool) -> None:
     import shutil
 
-    from .models import build_default_models
+    from ..models.build import build_default_models
 
     if dest.exists():
         raise FileExistsError(f"models folder {dest} exists; remove it or pass another --models")
@@ -81,15 +81,14 @@ def _copy_models(world_dir: Path, dest: Path, size: str, forget_splits: list[str
 
 
 def cmd_train(argv: list[str]) -> None:
-    from .models import finetune_cli
 
     finetune_cli(argv)
 
 
 def cmd_unlearn(argv: list[str]) -> None:
-    from .config import parse_config
-    from .pipeline import check_reference, evaluate_with_reference, is_main_process
-    from .unlearn import unlearn
+    from ..pipeline.evaluate import check_reference, evaluate_with_reference, is_main_process
+    from ..pipeline.unlearn import unlearn
+    from .parse import parse_config
 
     model_args, data, config, eval_args = parse_config(argv)
     if config.hub_token:
@@ -107,7 +106,7 @@ def cmd_unlearn(argv: list[str]) -> None:
     run_dir = unlearn(model_args, data, config, eval_args, command=["llm-unlearn", "unlearn", *argv])
     if eval_args.do_final_eval:
         if no_reference:
-            from .pipeline import evaluate_path
+            from ..pipeline.evaluate import evaluate_path
 
             result = evaluate_path(str(run_dir), data, eval_args, model_args, out_path=run_dir / "eval.json")
             if is_main_process():
@@ -122,7 +121,7 @@ def cmd_unlearn(argv: list[str]) -> None:
     if hub is not None:
         from accelerate import PartialState
 
-        from .push import push
+        from ..hub.push import push
 
         if PartialState().is_main_process:
             push(run_dir, **hub)
@@ -137,7 +136,7 @@ def _hub_target(config) -> dict | None:
     repo at init and push every checkpoint: we push once, after the final evaluation, with the card."""
     if not config.push_to_hub:
         return None
-    from .push import check_repo_id, hub_token
+    from ..hub.push import check_repo_id, hub_token
 
     if not config.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id ORG/NAME, the model repo to create or update")
@@ -148,8 +147,11 @@ def _hub_target(config) -> dict | None:
 
 
 def cmd_eval(argv: list[str]) -> None:
-    from .config import DataArgs, EvalArgs, ModelArgs, parse_config
-    from .pipeline import default_eval_path, evaluate_with_reference, is_main_process
+    from ..data.args import DataArgs
+    from ..eval.args import EvalArgs
+    from ..models.args import ModelArgs
+    from ..pipeline.evaluate import default_eval_path, evaluate_with_reference, is_main_process
+    from .parse import parse_config
 
     argv, output_dir = _pop_option(argv, "--output_dir")
     model_args, data, eval_args = parse_config(argv, classes=(ModelArgs, DataArgs, EvalArgs), command="eval")
@@ -163,19 +165,19 @@ def cmd_eval(argv: list[str]) -> None:
 
 
 def cmd_probe(argv: list[str]) -> None:
-    from .probes.cli import probe_cli
+    from ..probes.cli import probe_cli
 
     probe_cli(argv)
 
 
 def cmd_report(argv: list[str]) -> None:
-    from .eval.report import report_cli
+    from ..eval.report import report_cli
 
     report_cli(argv)
 
 
 def cmd_push(argv: list[str]) -> None:
-    from .push import push_cli
+    from ..hub.push import push_cli
 
     push_cli(argv)
 
@@ -190,8 +192,8 @@ def cmd_ls(argv: list[str]) -> None:
     parser.parse_args(argv)
     from types import SimpleNamespace
 
-    from .config import UnlearnConfig
-    from .methods import METHODS
+    from ..core.config import UnlearnConfig
+    from ..methods import METHODS
 
     # needs_reference reads the config: ask it at the defaults, and with the KL retain term.
     fields = dataclasses.fields(UnlearnConfig)
@@ -217,13 +219,13 @@ def cmd_ls(argv: list[str]) -> None:
         print(f"  {name:<10} {method.summary} ({method.paper})")
         print(f"  {'':<10} {reference}; combine: {method.combine}; knobs: {knobs}")
         print(f"  {'':<10} differs from paper: {method.deviations}{retain_kl}")
-    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
     if recipes.is_dir():
         print("recipes:")
         for path in sorted(recipes.glob("*/*.yaml")):
             print(f"  {path.relative_to(recipes.parent)}")
-    from .models import cache_root
-    from .sources import BUILTIN_MODELS, PREFIX
+    from ..models.sources import BUILTIN_MODELS, PREFIX
+    from ..runs.folder import cache_root
 
     print("built-in models (--model_name_or_path):")
     for name, spec in BUILTIN_MODELS.items():
@@ -237,13 +239,13 @@ def cmd_ls(argv: list[str]) -> None:
 
 
 def cmd_demo(argv: list[str]) -> None:
-    from .demo import demo_cli
+    from ..pipeline.demo import demo_cli
 
     demo_cli(argv)
 
 
 def cmd_bench(argv: list[str]) -> None:
-    from .bench import bench_cli
+    from ..bench.train import bench_cli
 
     bench_cli(argv)
 
@@ -291,9 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     _setup_logging()
-    from .data import DataError
-    from .runio import RunError
-    from .trainer import NonFiniteLossError
+    from ..core.trainer import NonFiniteLossError
+    from ..data.qa import DataError
+    from ..runs.folder import RunError
 
     # SIGTERM (a scheduler's stop, `kill`, a timeout) ends a run as Ctrl-C does: the run is marked
     # failed with its last complete checkpoint kept, one line says how to resume, and the exit code
@@ -328,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if handled:  # `main` also runs in-process (tests, notebooks): leave SIGTERM as it was
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-    from .eval.shard import exit_process_group
+    from ..eval.shard import exit_process_group
 
     exit_process_group()  # multi-process runs end here (see its docstring); one process returns
     return 0
@@ -336,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _did_you_mean(command: str, rest: list[str]) -> str:
     """A near subcommand, or the flag meant by `help`/`version` typed as a command (`llm-unlearn help ls`)."""
-    from .config import suggest
+    from ..runs.options import suggest
 
     word = command.lstrip("-").lower()
     if word in ("help", "h"):
@@ -359,6 +361,50 @@ def _os_error_line(err: OSError) -> str:
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{err.strerror}{where}; choose a folder you can write to"
     return f"{err.strerror or err}{where}; check the path and the device, then rerun the same command"
+
+
+def finetune_cli(argv: list[str]) -> Path:
+    """`llm-unlearn train --config recipes/world/finetune.yaml [--key value ...]`."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from ..data.args import DataArgs
+    from ..data.qa import load_split
+    from ..models.args import ModelArgs
+    from ..models.build import FinetuneArgs, _expand, finetune
+    from ..models.loading import load_model_and_tokenizer
+    from .parse import parse_config
+
+    model_args, data, ft, args = parse_config(
+        argv, classes=(ModelArgs, DataArgs, FinetuneArgs, TrainingArguments), command="train"
+    )
+    if not model_args.model_name_or_path:
+        raise ValueError("no --model_name_or_path given; pass the model folder or Hub id to fine-tune")
+    model, tokenizer = load_model_and_tokenizer(
+        model_args.model_name_or_path,
+        trust_remote_code=model_args.trust_remote_code,
+        allow_pickle=model_args.allow_pickle,
+        torch_dtype=model_args.torch_dtype,
+    )
+    rows = load_split(ft.train_split, data_dir=data.data_dir, dataset_name=data.dataset_name)
+    # Pass only what the recipe or command line changed, so finetune's own defaults (no checkpoints,
+    # no tqdm) hold elsewhere.
+    plain = TrainingArguments(output_dir=args.output_dir)
+    fields = [f.name for f in dataclasses.fields(TrainingArguments) if f.init and f.name != "output_dir"]
+    kwargs = {k: getattr(args, k) for k in fields if getattr(args, k) != getattr(plain, k)}
+    path = finetune(
+        model,
+        tokenizer,
+        _expand(rows),
+        args.output_dir,
+        prompt_format=data.prompt_format,
+        max_length=data.max_length,
+        system_prompt=data.system_prompt,
+        **kwargs,
+    )
+    print(f"fine-tuned model written to {path}")
+    return path
 
 
 if __name__ == "__main__":

@@ -1,0 +1,311 @@
+"""`UnlearnConfig`: `transformers.TrainingArguments` plus the options of the training core.
+
+As TRL's `DPOConfig` does, it extends `TrainingArguments`, so every Trainer field is a config key
+too. The options of the core (method choice and term weights, the combination of per-term
+gradients, GeN, the stop rule and `--auto`) are declared here; the options of particular methods
+come from `methods/args.py` (`MethodOptions`, a mixin). Parsing recipes and command lines is
+`cli/parse.py`'s job.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from ..methods import COMBINES
+from ..methods.args import MethodOptions
+from ..runs.options import ConfigError, require, suggest
+
+logger = logging.getLogger("llm_unlearn")
+
+
+STOP_RULES = ("indistinguishable",)
+# stop.py; `auto`: truth_ratio where the holdout has paraphrased and perturbed answers, else auc.
+STOP_STATISTICS = ("auto", "truth_ratio", "auc", "ks")
+# `--auto`: what it sets, below anything given in a recipe or on the command line (parse_config).
+AUTO_SETTINGS = {
+    "method": "ngdiff", "gen": True, "optim": "sgd", "learning_rate": 0.1, "lr_scheduler_type": "constant",
+    "weight_decay": 0.0, "num_train_epochs": 20, "stop_rule": "indistinguishable",
+}  # fmt: skip
+
+
+@dataclass
+class UnlearnConfig(MethodOptions, TrainingArguments):
+    """`TrainingArguments` plus the fields that control unlearning.
+
+    Parameters that control the method:
+        method (`str`, *optional*, defaults to `"graddiff"`): registered method name or dotted path.
+        retain_loss (`str`, *optional*, defaults to `"nll"`): `nll` or `kl` (to the frozen original model).
+        retain_kl_positions (`str`, *optional*, defaults to `"answer"`): where the `kl` retain term is
+            scored: `answer` (the answer tokens, as the NLL) or `all` (every non-padding position, as
+            TOFU's and open-unlearning's KL; see methods/common.py).
+        forget_weight / retain_weight (`float`, *optional*, default 1.0): weights of the loss terms.
+        retain_batch_size (`int`, *optional*): retain micro-batch size; defaults to the forget batch size.
+        retain_seed (`int`, *optional*, defaults to 0): seed of the retain loader's order.
+        combine (`str`, *optional*): `sum` (gradient of the weighted sum), `normalized` (each term's
+            gradient normalized by its global L2 norm, then summed: NGDiff) or `pcgrad` (PCGrad, arXiv
+            2001.06782: each term's gradient projected off every other it conflicts with, in an order
+            seeded by `seed` and the step); defaults to the method's.
+        max_grad_norm (`float`, *optional*): defaults to 1.0, or 0 (no clipping) for `normalized`.
+
+    Options of particular methods (npo_beta, rmu_layer, gc_form, ...) are in `methods/args.py`.
+    """
+
+    method: str = field(default="graddiff", metadata={"help": "Unlearning method (see `llm-unlearn ls`)."})
+    retain_loss: str = field(default="nll", metadata={"help": "Retain term of graddiff: nll or kl."})
+    retain_kl_positions: str = field(
+        default="answer",
+        metadata={
+            "help": "Positions the kl retain term scores: answer (answer tokens) or all (TOFU's: every one)."
+        },
+    )
+    forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget term."})
+    retain_weight: float = field(default=1.0, metadata={"help": "Weight of the retain term."})
+    retain_batch_size: int | None = field(
+        default=None, metadata={"help": "Retain micro-batch size per device."}
+    )
+    retain_seed: int = field(default=0, metadata={"help": "Seed of the retain loader's cyclic order."})
+    combine: str | None = field(
+        default=None,
+        metadata={
+            "help": "How loss terms become one update: sum, normalized (NGDiff) or pcgrad (each term's gradient "
+            "projected off every other it conflicts with; arXiv 2001.06782) (default: the method's own)."
+        },
+    )
+    gen: bool = field(
+        default=False,
+        metadata={
+            "help": "Set the learning rate by GeN's quadratic fit along the update (arXiv 2407.02772)."
+        },
+    )
+    gen_interval: int = field(
+        default=4, metadata={"help": "Probe and refit the GeN learning rate every N steps."}
+    )
+    gen_gamma: float = field(
+        default=0.9, metadata={"help": "GeN smoothing: eta <- gamma*eta + (1-gamma)*eta*."}
+    )
+    max_grad_norm: float | None = field(
+        default=None,
+        metadata={
+            "help": "Gradient clipping; default 1.0, or none (0) for normalized combination (||d|| <= 2)."
+        },
+    )
+    auto: bool = field(
+        default=False,
+        metadata={
+            "help": "No tuning: ngdiff + GeN from lr 0.1 (SGD), stopped by --stop_rule indistinguishable; "
+            "explicit options still win."
+        },
+    )
+    stop_rule: str | None = field(
+        default=None,
+        metadata={
+            "help": "indistinguishable: stop once the forget set looks like the holdout split (stop.py)."
+        },
+    )
+    stop_statistic: str = field(
+        default="auto",
+        metadata={
+            "help": "truth_ratio (signed KS of per-question truth ratios; needs <holdout>_perturbed), auc (loss "
+            "AUC - 1/2), ks (signed KS of losses); auto = truth_ratio if the holdout has perturbed answers, else auc."
+        },
+    )
+    stop_check_interval: int = field(
+        default=0, metadata={"help": "Check every N optimizer steps; 0 = once per epoch."}
+    )
+    stop_patience: int = field(
+        default=3, metadata={"help": "Stop after N checks that bring the gap no closer to 0."}
+    )
+    stop_retain_tolerance: float = field(
+        default=0.5,
+        metadata={
+            "help": "Stop (alarm) once the retain loss gives up more than this share of its lead over unseen "
+            "data (holdout loss - retain loss); such weights are never kept."
+        },
+    )
+    stop_heldout_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Forget questions kept out of training and scored by the rule (per author)."},
+    )
+    stop_lr_damping: bool = field(
+        default=False,
+        metadata={
+            "help": "After each check, scale the learning rate by the share of the gap still left (gap / first "
+            "gap, at least 0.1), so that the crossing is approached in smaller steps; composes with GeN."
+        },
+    )
+    stop_utility_tolerance: float = field(
+        default=0.0,
+        metadata={
+            "help": "Also estimate model utility at each check, on --stop_utility_sample questions each of retain, "
+            "real authors and world facts (as the evaluation scores them, greedy answers included); a check that "
+            "lost more than this share of the first check's estimate stops the run (utility_alarm) and is never "
+            "kept. 0 = off; 0.2 = the 80% floor."
+        },
+    )
+    stop_utility_sample: int = field(
+        default=20, metadata={"help": "Questions per role scored by --stop_utility_tolerance's estimate."}
+    )
+    stop_screen: bool = field(
+        default=True,
+        metadata={
+            "help": "With the truth_ratio statistic, score only the answers (1 of 7 candidates per question) "
+            "while their loss gap is still > 0, and truth ratios from its first crossing on (stop.py). Off with "
+            "--stop_lr_damping, which needs the gap at every check."
+        },
+    )
+    stop_holdout_split: str | None = field(
+        default=None,
+        metadata={"help": "Unseen split to compare with (default: the forget split's holdoutNN)."},
+    )
+    # Trainer defaults that are wrong for unlearning.
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep our tokenized columns."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps."})
+    save_strategy: str = field(
+        default="epoch", metadata={"help": "Checkpoint every epoch so a run can resume."}
+    )
+    save_total_limit: int | None = field(default=1, metadata={"help": "Keep only the newest checkpoint."})
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate."})
+    num_train_epochs: float = field(default=5.0, metadata={"help": "Passes over the forget set."})
+    per_device_train_batch_size: int = field(
+        default=8, metadata={"help": "Forget micro-batch size per device."}
+    )
+
+    def __post_init__(self):
+        from ..methods import get_method
+
+        self._check_ranges()
+        if self.combine is None:
+            self.combine = get_method(self.method).combine
+        if self.combine not in COMBINES:
+            raise ConfigError(f"unknown combine {self.combine!r}; choose {', '.join(COMBINES)}")
+        if self.max_grad_norm is None:
+            self.max_grad_norm = 0.0 if self.combine == "normalized" else 1.0
+        elif self.combine == "normalized" and self.max_grad_norm > 0:
+            logger.warning(
+                "max_grad_norm=%g clips the normalized direction, whose norm is up to 2 by design; "
+                "set --max_grad_norm 0 to follow NGDiff exactly", self.max_grad_norm,
+            )  # fmt: skip
+        if self.combine != "sum":
+            # Both combinations run each term's backward themselves, outside the loss scaler and the engine.
+            if self.fp16:
+                raise ConfigError(
+                    f"{self.combine} combination does not work with fp16: its per-term backward bypasses the "
+                    "loss scaler (and under normalized the scale cancels in g/||g||); use --bf16 true or fp32"
+                )
+            if self.deepspeed:
+                raise ConfigError(
+                    f"{self.combine} combination is not supported under DeepSpeed, whose engine clips and "
+                    "steps inside backward; use FSDP2 or DDP (recipes/accelerate/)"
+                )
+        if self.stop_rule is not None and self.stop_rule not in STOP_RULES:
+            raise ConfigError(f"unknown stop_rule {self.stop_rule!r}{suggest(self.stop_rule, STOP_RULES)}; choose {', '.join(STOP_RULES)}")  # fmt: skip
+        for name, choices in (("retain_loss", ("nll", "kl")), ("retain_kl_positions", ("answer", "all")),
+                              ("stop_statistic", STOP_STATISTICS)):  # fmt: skip
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose {' or '.join(choices)}")
+        self.check_method_options()
+        if self.retain_batch_size is None:
+            self.retain_batch_size = self.per_device_train_batch_size
+        import torch
+
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; avoid torch's warning
+        super().__post_init__()
+        if self.gen:
+            self._check_gen_schedule()
+        if self.stop_lr_damping:
+            if not self.stop_rule:
+                raise ConfigError(
+                    "--stop_lr_damping scales the lr by the stop rule's gap: pass --stop_rule indistinguishable (or --auto)"
+                )
+            self._check_gen_schedule("--stop_lr_damping", "set --stop_lr_damping false")
+        if self.stop_utility_tolerance > 0 and not self.stop_rule:
+            raise ConfigError(
+                "--stop_utility_tolerance guards the stop rule's checks: pass --stop_rule indistinguishable (or --auto)"
+            )
+
+    def _check_ranges(self) -> None:
+        """Every numeric option in range before any work starts (one line naming the option and the fix)."""
+        require(
+            self.per_device_train_batch_size >= 1,
+            "per_device_train_batch_size",
+            self.per_device_train_batch_size,
+            "at least 1",
+        )
+        if self.retain_batch_size is not None:
+            require(self.retain_batch_size >= 1, "retain_batch_size", self.retain_batch_size, "at least 1")
+        require(
+            self.gradient_accumulation_steps >= 1,
+            "gradient_accumulation_steps",
+            self.gradient_accumulation_steps,
+            "at least 1",
+        )
+        require(
+            math.isfinite(self.learning_rate) and self.learning_rate > 0,
+            "learning_rate",
+            self.learning_rate,
+            "a positive number",
+        )
+        if self.max_steps is None or self.max_steps <= 0:
+            require(
+                math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0,
+                "num_train_epochs",
+                self.num_train_epochs,
+                "a positive number (or set --max_steps)",
+            )
+        for name in ("forget_weight", "retain_weight", "weight_decay"):
+            value = getattr(self, name)
+            require(math.isfinite(value) and value >= 0, name, value, "a finite number >= 0")
+        if self.max_grad_norm is not None:
+            require(
+                math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0,
+                "max_grad_norm",
+                self.max_grad_norm,
+                ">= 0 (0 = no clipping)",
+            )
+        require(self.gen_interval >= 1, "gen_interval", self.gen_interval, "at least 1 optimizer step")
+        require(self.stop_check_interval >= 0, "stop_check_interval", self.stop_check_interval, ">= 0 (0 = once per epoch)")  # fmt: skip
+        require(self.stop_patience >= 1, "stop_patience", self.stop_patience, "at least 1 check")
+        require(math.isfinite(self.stop_retain_tolerance) and self.stop_retain_tolerance > 0, "stop_retain_tolerance", self.stop_retain_tolerance, "a positive fraction (0.5 = half the retain set's lead over unseen data)")  # fmt: skip
+        require(0 <= self.stop_utility_tolerance < 1, "stop_utility_tolerance", self.stop_utility_tolerance, "in [0, 1) (0 = off; 0.2 = keep 80% of the estimated utility)")  # fmt: skip
+        require(self.stop_utility_sample >= 2, "stop_utility_sample", self.stop_utility_sample, "at least 2 questions per role")  # fmt: skip
+        require(0 <= self.stop_heldout_fraction < 1, "stop_heldout_fraction", self.stop_heldout_fraction, "in [0, 1)")  # fmt: skip
+        require(0 <= self.gen_gamma < 1, "gen_gamma", self.gen_gamma, "in [0, 1)")
+        require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, ">= 0 (a fraction of the steps when below 1)")  # fmt: skip
+        require(self.max_steps == -1 or self.max_steps >= 1, "max_steps", self.max_steps, "-1 (use epochs) or at least 1")  # fmt: skip
+        require(self.logging_steps > 0, "logging_steps", self.logging_steps, "> 0 (a fraction of the steps when below 1)")  # fmt: skip
+        if str(self.save_strategy) in ("steps", "SaveStrategy.STEPS"):
+            require(self.save_steps > 0, "save_steps", self.save_steps, "> 0 (a fraction of the steps when below 1)")  # fmt: skip
+        if self.save_total_limit is not None:
+            require(self.save_total_limit >= 1, "save_total_limit", self.save_total_limit, "at least 1 (a run resumes from its newest checkpoint)")  # fmt: skip
+        for name in ("adam_beta1", "adam_beta2"):
+            require(0 <= getattr(self, name) < 1, name, getattr(self, name), "in [0, 1)")
+        require(self.adam_epsilon > 0, "adam_epsilon", self.adam_epsilon, "> 0")
+        require(self.seed >= 0, "seed", self.seed, ">= 0")
+        require(self.retain_seed >= 0, "retain_seed", self.retain_seed, ">= 0")
+        require(self.dataloader_num_workers >= 0, "dataloader_num_workers", self.dataloader_num_workers, ">= 0")  # fmt: skip
+
+    def _check_gen_schedule(self, option: str = "--gen", fix: str = "set --gen false") -> None:
+        """GeN (and the stop rule's damping) scale a multiplier schedule (`LambdaLR`); refuse any other early."""
+        import torch
+        from transformers import get_scheduler
+
+        dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        try:
+            schedule = get_scheduler(
+                self.lr_scheduler_type, optimizer=dummy, num_warmup_steps=0, num_training_steps=10,
+                scheduler_specific_kwargs=self.lr_scheduler_kwargs or {},
+            )  # fmt: skip
+        except (TypeError, ValueError) as err:
+            raise ConfigError(
+                f"--lr_scheduler_type {self.lr_scheduler_type}: {err}; fix the scheduler options"
+            ) from None
+        if not isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
+            raise ConfigError(
+                f"{option} composes with multiplier schedules (linear, cosine, constant, ...), not "
+                f"{getattr(self.lr_scheduler_type, 'value', self.lr_scheduler_type)}; choose one of those or {fix}"
+            )
