@@ -1,0 +1,11 @@
+"""The command line, the top layer: `llm-unlearn SUBCOMMAND ...`.
+
+    parse.py     recipes (flat YAML) + command-line options over every feature's option dataclass; `--help`
+    commands.py  the subcommands: demo, world, train, unlearn, eval, probe, report, push, ls, bench
+
+May import: every layer.
+"""
+
+from .commands import main
+
+__all__ = ["main"]

@@ -1,0 +1,255 @@
+"""The YAML + command-line parser and `--help`, over the option dataclasses of every feature.
+
+A recipe is a flat YAML file whose keys are fields of `ModelArgs` (models/args.py), `DataArgs`
+(data/args.py), `UnlearnConfig` (core/config.py, which adds `MethodOptions` from methods/args.py to
+`transformers.TrainingArguments`) and `EvalArgs` (eval/args.py); precedence is dataclass default <
+YAML < command line. Field names are unique across the dataclasses, so a flat key always means one
+thing, and an unknown key is an error that names the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from ..core.config import AUTO_SETTINGS, UnlearnConfig
+from ..data.args import DataArgs
+from ..eval.args import EvalArgs
+from ..models.args import ModelArgs
+from ..runs.options import ConfigError, suggest
+
+CONFIG_CLASSES = (ModelArgs, DataArgs, UnlearnConfig, EvalArgs)
+
+
+def field_names(classes=CONFIG_CLASSES) -> set[str]:
+    return {f.name for cls in classes for f in dataclasses.fields(cls) if f.init}
+
+
+def load_yaml(path: str | Path, classes=CONFIG_CLASSES) -> dict[str, Any]:
+    """Read a flat recipe; refuse unknown keys with a suggestion."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"config file {path} not found; pass an existing YAML recipe (see recipes/README.md)"
+        )
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "unparsable"
+        raise ConfigError(
+            f"config file {path} is not valid YAML ({problem}{where}); fix its syntax"
+        ) from None
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"config file {path} must be a flat mapping of key: value; write one `key: value` per line "
+            "(see recipes/world/graddiff.yaml)"
+        )
+    known = field_names(classes)
+    scalar = _scalar_fields(classes)
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown config key {key!r} in {path}{suggest(key, known)}")
+        if key in scalar and isinstance(value, (list, dict)):
+            raise ConfigError(
+                f"config key {key!r} in {path} must be a single {scalar[key]}, not a {type(value).__name__}; "
+                "fix its value"
+            )
+    return values
+
+
+_SCALAR_TYPES = ("int", "float", "bool", "str")
+
+
+def _scalar_fields(classes) -> dict[str, str]:
+    """Fields holding one int, float, bool or str (optionally None): name -> type name."""
+    out = {}
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            text = f.type if isinstance(f.type, str) else str(f.type)
+            text = text.replace("<class '", "").replace("'>", "").replace(" | None", "")
+            if f.init and text in _SCALAR_TYPES:
+                out[f.name] = text
+    return out
+
+
+def _as_cli_text(value: Any) -> Any:
+    """A YAML scalar as the command line would spell it, so argparse checks and converts its type."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return value
+
+
+def _wants_auto(argv: list[str], yaml_values: dict) -> bool:
+    """`--auto` (bare or `--auto true`) on the command line, or `auto: true` in the recipe."""
+    truthy = ("true", "1", "yes", "y", "t")
+    for i, token in enumerate(argv):
+        if token == "--auto":
+            value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else "true"
+            return value.lower() in truthy
+        if token.startswith("--auto="):
+            return token.split("=", 1)[1].lower() in truthy
+    return str(yaml_values.get("auto", "")).lower() in truthy
+
+
+# `--help` sections, in a recipe's order (model, data, method, training, evaluation), then Trainer's own
+# options. UnlearnConfig's own fields go to the section `_FIELD_SECTIONS` names, else to the method knobs
+# (those a registered method reads) or "unlearning, other options"; any TrainingArguments field in
+# `_TRAINING_FIELDS` to "training", the others last; another dataclass's fields to its `_CLASS_SECTIONS`
+# title (else its docstring's first line), with its docstring's first line below the title.
+TRAINER_SECTION = "transformers.TrainingArguments options (standard Trainer settings)"
+_METHOD_SECTION = "unlearning method and combination"
+_KNOBS_SECTION = "options of particular methods (`llm-unlearn ls` lists which method reads which)"
+_OTHER_SECTION = "unlearning, other options"
+_GEN_SECTION = "GeN learning rate (arXiv 2407.02772)"
+_STOP_SECTION = "stop rule (stop.py): stop once the forget set looks unseen"
+_TRAINING_SECTION = "training (the Trainer settings most runs set)"
+_CLASS_SECTIONS = {
+    "ModelArgs": "model",
+    "DataArgs": "data",
+    "FinetuneArgs": "fine-tuning",
+    "EvalArgs": "evaluation",
+}
+_FIELD_SECTIONS = {
+    **dict.fromkeys(
+        ("method", "auto", "combine", "retain_loss", "retain_kl_positions", "forget_weight", "retain_weight",
+         "retain_batch_size", "retain_seed", "max_grad_norm"),
+        _METHOD_SECTION,
+    ),
+    **dict.fromkeys(("gen", "gen_interval", "gen_gamma"), _GEN_SECTION),
+}  # fmt: skip
+_TRAINING_FIELDS = (
+    "output_dir", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "learning_rate", "lr_scheduler_type", "warmup_steps", "optim", "weight_decay", "seed", "bf16",
+    "logging_steps", "save_strategy", "save_total_limit", "remove_unused_columns", "push_to_hub", "hub_model_id",
+)  # fmt: skip
+_SECTION_ORDER = ("model", "data", "fine-tuning", None, _METHOD_SECTION, _KNOBS_SECTION, _OTHER_SECTION,
+                  _GEN_SECTION, _STOP_SECTION, _TRAINING_SECTION, "evaluation", TRAINER_SECTION)  # fmt: skip
+
+
+def help_section(cls: type, f: dataclasses.Field) -> str:
+    """The `--help` section of field `f` of dataclass `cls` (see `_FIELD_SECTIONS`)."""
+    from ..methods import METHODS
+
+    if issubclass(cls, TrainingArguments):
+        inherited = TrainingArguments.__dataclass_fields__.get(f.name) is f  # not redeclared by `cls`
+        if not inherited and f.name in _FIELD_SECTIONS:
+            return _FIELD_SECTIONS[f.name]
+        if f.name in _TRAINING_FIELDS:
+            return _TRAINING_SECTION
+        if inherited:
+            return TRAINER_SECTION
+        if f.name == "stop_rule" or f.name.startswith("stop_"):
+            return _STOP_SECTION
+        return _KNOBS_SECTION if any(f.name in m.knobs for m in METHODS.values()) else _OTHER_SECTION
+    return _CLASS_SECTIONS.get(cls.__name__) or _first_line(cls)
+
+
+def _first_line(cls: type) -> str:
+    return (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+
+
+class _DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: ...)" suffix, except where the help already states its default in words."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(HfArgumentParser):
+    """HfArgumentParser whose errors (a bad type, a bad choice) are one ConfigError line, not usage + exit,
+    and whose `--help` shows our options first, in sections (`help_section`), and Trainer's last.
+
+    argparse %-formats every help string when `--help` prints, so a literal percent sign in a field's
+    help ("the 80% floor") would crash `--help`; every bare `%` is escaped once the fields are added.
+    """
+
+    def __init__(self, dataclass_types, **kwargs):
+        kwargs.setdefault("formatter_class", _DefaultsOnceFormatter)
+        kwargs.setdefault("usage", "%(prog)s [--config RECIPE.yaml] [--OPTION VALUE ...]")
+        kwargs.setdefault(
+            "description",
+            "Options are the fields of a flat YAML recipe (--config) and flags; a flag wins over the recipe, "
+            "which wins over the defaults. Booleans take true/false.",
+        )
+        super().__init__(dataclass_types, **kwargs)
+        for action in self._actions:
+            if isinstance(action.help, str):
+                action.help = re.sub(
+                    r"%%|%\(|%", lambda m: "%%" if m.group() == "%" else m.group(), action.help
+                )
+        self._group_help(dataclass_types)
+
+    def _group_help(self, dataclass_types) -> None:
+        """Move each option (and its `--no_` twin, same dest) into its section's argument group; parsing
+        does not see groups, only `--help` does."""
+        classes = dataclass_types if isinstance(dataclass_types, (list, tuple)) else [dataclass_types]
+        section = {f.name: help_section(cls, f) for cls in classes for f in dataclasses.fields(cls) if f.init}
+        rank = {title: i for i, title in enumerate(_SECTION_ORDER)}
+        titles = sorted(dict.fromkeys(section.values()), key=lambda t: rank.get(t, rank[None]))
+        described = {help_section(cls, f): _first_line(cls) for cls in classes
+                     if not issubclass(cls, TrainingArguments) for f in dataclasses.fields(cls)}  # fmt: skip
+        groups = {title: self.add_argument_group(title, described.get(title)) for title in titles}
+        for action in self._actions:
+            if action.dest in section:
+                for group in self._action_groups:
+                    if action in group._group_actions:
+                        group._group_actions.remove(action)
+                groups[section[action.dest]]._group_actions.append(action)
+        listed = {name: i for i, name in enumerate([*_FIELD_SECTIONS, *_TRAINING_FIELDS])}  # in listed order
+        for group in groups.values():
+            group._group_actions.sort(key=lambda action: listed.get(action.dest, len(listed)))
+
+    def error(self, message: str):
+        raise ConfigError(f"{message}; see `llm-unlearn {self.prog.split()[-1]} --help`")
+
+
+def parse_config(
+    argv: list[str] | None = None,
+    classes=CONFIG_CLASSES,
+    overrides: dict | None = None,
+    command: str = "unlearn",
+):
+    """Parse `--config FILE` and `--key value` flags into one instance of each dataclass.
+
+    `overrides` (e.g. a subcommand's own defaults) sit between the dataclass defaults and the YAML.
+    YAML scalars are handed to argparse as text, so a recipe's values are type-checked exactly like flags.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    yaml_values: dict[str, Any] = {}
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise ConfigError("--config needs a YAML file path")
+        yaml_values = load_yaml(argv[i + 1], classes)
+        del argv[i : i + 2]
+    if UnlearnConfig in classes and _wants_auto(argv, yaml_values):
+        overrides = {**(overrides or {}), **AUTO_SETTINGS}
+    parser = _Parser(classes, prog=f"llm-unlearn {command}")
+    scalar = _scalar_fields(classes)
+    yaml_values = {k: _as_cli_text(v) if k in scalar else v for k, v in yaml_values.items()}
+    parser.set_defaults(**{**(overrides or {}), **yaml_values})
+    known = field_names(classes)
+    for i, token in enumerate(argv):
+        if token == "-help" or (i == 0 and token == "help"):
+            raise ConfigError(f"unknown argument {token!r} (did you mean '--help'?)")
+        if token.startswith("--") and token != "--help":
+            key = token[2:].split("=", 1)[0]
+            if key not in known:
+                raise ConfigError(f"unknown option --{key}{suggest(key, known | {'help'})}")
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:
+        raise ConfigError(str(err).splitlines()[0]) from None

@@ -1,0 +1,149 @@
+"""Safe model and tokenizer loading: safetensors only, no remote code unless asked, weights that fit.
+
+Models load as safetensors only unless pickle is explicitly allowed, remote code runs only when
+asked, and weights that do not fit their config (or a tokenizer that outgrows the embeddings) are
+refused rather than initialised at random. `builtin:NAME` sources resolve through `sources.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from ..runs.folder import RunError
+
+
+def is_missing_local_path(path: str) -> bool:
+    """True for a path meant to be local (`./x`, `/x`, `~/x`, `a/b/c`) that does not exist.
+
+    A Hub id has the form `name` or `org/name`, so it never counts as missing here.
+    """
+    if Path(path).expanduser().exists():
+        return False
+    return path.startswith((".", "/", "~")) or path.count("/") > 1
+
+
+def load_tokenizer(path: str, *, trust_remote_code: bool = False):
+    """Load a tokenizer from a model folder, Hub id or `builtin:NAME`, checking a local path first."""
+    from transformers import AutoTokenizer
+
+    from .sources import resolve
+
+    path = resolve(path)
+    local = Path(path)
+    if is_missing_local_path(path) or (local.exists() and not local.is_dir()):
+        raise FileNotFoundError(
+            f"model path {path} does not exist; pass a model folder, a Hub id, or build the default with `llm-unlearn demo`"
+        )
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path} is not a model folder (no config.json); pass the folder a model was saved in"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        if local.exists():
+            raise
+        # Not a folder here, so it was read as a Hub id, and fetching it failed (no network, no such id).
+        raise RunError(
+            f"no folder {path!r} here, and fetching it as a Hub id failed ({str(err).splitlines()[0][:160]}); "
+            "pass an existing model folder, or check the id and the network (HF_HUB_OFFLINE)"
+        ) from None
+
+
+def load_model(
+    path: str, *, trust_remote_code: bool = False, allow_pickle: bool = False, torch_dtype: str = "float32"
+):
+    """Load a causal LM from a folder, Hub id or `builtin:NAME` (safetensors unless pickle is allowed).
+
+    Every weight the config asks for must be in the files, with the config's shape, and every tensor in
+    the files must have a place: transformers would initialise the rest at random and only warn.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .sources import resolve
+
+    path = resolve(path)
+    local = Path(path)
+    if local.is_dir() and not allow_pickle and not any(local.glob("*.safetensors")):
+        raise RunError(
+            f"{path} has no safetensors weights; convert them, or pass --allow_pickle if you trust the files"
+        )
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[torch_dtype]
+    with _without_load_report():
+        model, info = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+            ignore_mismatched_sizes=True,  # reported below, as one line
+            output_loading_info=True,
+        )
+    _check_loading_info(path, info)
+    return model
+
+
+def _names(keys, limit: int = 3) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _check_loading_info(path: str, info: dict) -> None:
+    problems = []
+    if info["mismatched_keys"]:
+        shapes = sorted(info["mismatched_keys"])
+        key, in_file, in_config = shapes[0]
+        problems.append(
+            f"{len(shapes)} tensor(s) of another shape ({key}: {tuple(in_file)} in the weights, "
+            f"{tuple(in_config)} by the config"
+            f"{f', and {len(shapes) - 1} more' if len(shapes) > 1 else ''})"
+        )
+    if info["missing_keys"]:
+        problems.append(f"{len(info['missing_keys'])} weight(s) missing ({_names(info['missing_keys'])})")
+    if info["unexpected_keys"]:
+        unexpected = info["unexpected_keys"]
+        problems.append(f"{len(unexpected)} tensor(s) the config has no place for ({_names(unexpected)})")
+    if problems:
+        raise RunError(
+            f"the weights in {path} do not fit its config.json: {'; '.join(problems)}; put the config.json "
+            "saved with these weights beside them (or save the model again with save_pretrained)"
+        )
+
+
+@contextlib.contextmanager
+def _without_load_report():
+    """Hide transformers' multi-line load report: `_check_loading_info` says the same in one line."""
+    import logging
+
+    def no_report(record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    logger.addFilter(no_report)
+    try:
+        yield
+    finally:
+        logger.removeFilter(no_report)
+
+
+def check_tokenizer_fits(tokenizer, model, path: str) -> None:
+    """Refuse a tokenizer with ids past the model's input embeddings (they would fail mid-run)."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise RunError(
+            f"the tokenizer in {path} has {len(tokenizer)} tokens but the model's input embeddings have {rows} "
+            "rows; use the tokenizer the model was trained with, or resize the embeddings "
+            "(model.resize_token_embeddings(len(tokenizer))) and save the model again"
+        )
+
+
+def load_model_and_tokenizer(
+    path: str, *, trust_remote_code: bool = False, allow_pickle: bool = False, torch_dtype: str = "float32"
+):
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    model = load_model(
+        path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, torch_dtype=torch_dtype
+    )
+    check_tokenizer_fits(tokenizer, model, path)
+    return model, tokenizer

@@ -1,0 +1,8 @@
+"""End-to-end jobs a command or a Python caller starts, each writing a complete run folder.
+
+    unlearn.py   `unlearn(model_args, data_args, config, eval_args)`: validate, train, save, evaluate
+    evaluate.py  a model plus its retain-only reference -> eval.json (with the evaluation cache)
+    demo.py      `llm-unlearn demo`: world -> models -> graddiff and ngdiff -> eval -> report + checks
+
+May import: every layer below it; only `cli` imports it.
+"""

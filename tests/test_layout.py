@@ -1,0 +1,106 @@
+"""The package layout is the architecture: each folder imports only the layers below it, and no
+module imports itself back through others (no cycles). Read from the source, so a new import that
+runs up a layer fails here, not in a user's process."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "llm_unlearn"
+# Bottom to top; folders on one line are peers and may not import each other.
+LAYERS = [
+    {"runs"},
+    {"data"},
+    {"models", "methods"},
+    {"eval"},
+    {"core", "hf_metrics"},
+    {"probes", "hub", "bench"},
+    {"pipeline"},
+    {"cli"},
+]
+RANK = {folder: rank for rank, layer in enumerate(LAYERS) for folder in layer}
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every llm_unlearn module `path` imports, at top level or inside functions."""
+    module = _module(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                target = node.module or ""
+            if target.startswith("llm_unlearn"):
+                for alias in node.names:  # `from . import plots` imports a module
+                    sub = f"{target}.{alias.name}"
+                    out.add(
+                        sub if (PKG.parent / sub.replace(".", "/")).with_suffix(".py").exists() else target
+                    )
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("llm_unlearn")}
+    return out
+
+
+GRAPH = {_module(p): _imports(p) for p in sorted(PKG.rglob("*.py"))}
+
+
+def _folder(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def test_every_folder_has_a_layer_and_a_docstring_saying_what_it_may_import():
+    folders = {p.name for p in PKG.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders == set(RANK), f"folders without a layer, or layers without a folder: {folders ^ set(RANK)}"
+    for folder in folders - {"hf_metrics"}:
+        doc = ast.get_docstring(ast.parse((PKG / folder / "__init__.py").read_text(encoding="utf-8"))) or ""
+        assert "May import" in doc, f"llm_unlearn/{folder}/__init__.py does not say what it may import"
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_imports_run_down_the_layers_only(module):
+    here = _folder(module)
+    if here is None:  # llm_unlearn/__init__.py: the lazy public API may point anywhere
+        return
+    for target in GRAPH[module]:
+        there = _folder(target)
+        assert there is not None, f"{module} imports the top-level package"
+        if there == here:
+            continue
+        assert RANK[there] < RANK[here], (
+            f"{module} imports {target}: {there}/ is not below {here}/ (layers: llm_unlearn/__init__.py)"
+        )
+
+
+def test_no_import_cycles_between_modules():
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(GRAPH.get(node, ())):
+            if nxt not in GRAPH:
+                continue
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt) :] + [nxt]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(GRAPH):
+        if node not in state:
+            visit(node)
