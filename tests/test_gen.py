@@ -1,4 +1,4 @@
-"""GeN learning-rate fit, update rule, scheduler and probes (llm_unlearn/gen.py): `pytest tests/test_gen.py`."""
+"""GeN learning-rate fit, update rule, scheduler and probes (llm_unlearn/core/gen.py): `pytest tests/test_gen.py`."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
     llm-unlearn bench --threads 1 --out benchmarks/bench_cpu.json    # ~8 min on a 2-core CPU
     llm-unlearn bench --preset quick --out /tmp/bench.json       # seconds; checks the harness only
-    llm-unlearn bench --eval --out benchmarks/bench_eval.json    # evaluation: batched vs batch 1 (bench_eval.py)
+    llm-unlearn bench --eval --out benchmarks/bench_eval.json    # evaluation: batched vs batch 1 (bench/eval.py)
 
 Setting: one randomly initialised Llama (preset `default`: 13.9M parameters, so one fp32 gradient
 copy is 56 MB) on forget/retain batches of 8 from the built-in micro world,

@@ -438,7 +438,7 @@ class UnlearnTrainer(Trainer):
 
         Trainer rotates (deletes older checkpoints) as the last part of its own save, before anything
         could tell a finished checkpoint from one cut short; so rotation is held back until the new
-        checkpoint is marked complete (`runio.mark_checkpoint`), and `status.json` then names it.
+        checkpoint is marked complete (`runs/folder.mark_checkpoint`), and `status.json` then names it.
         """
         limit = self.args.save_total_limit
         self.args.save_total_limit = None

@@ -4,7 +4,7 @@ Terms (minimized), exactly graddiff's: forget = -(1/N_F) sum_forget -log p(y_t |
 retain = (1/N_R) sum_retain -log p(y_t | y_<t) (or the KL to the original model with
 `retain_loss: kl`). What differs is how they become an update: d = g_R/||g_R|| - g_F/||g_F||
 (g_F: gradient of the forget NLL), formed by the trainer's `combine: normalized`
-(`llm_unlearn/optim.py`), so forgetting and retaining get equal say whatever their gradient
+(`llm_unlearn/core/optim.py`), so forgetting and retaining get equal say whatever their gradient
 scales. Bu, Jin et al., "Unlearning as multi-task optimization: a normalized gradient difference
 approach with an adaptive learning rate" (arXiv 2410.22086).
 

@@ -2,7 +2,7 @@
 
 `finetune` trains any causal LM on question/answer rows, tokenized by `data.encode_qa` (prompt
 masked, answer + one end-of-turn token scored), so training, unlearning and evaluation see exactly
-the same masking. `build_default_models` turns a world (see `world.py`) into three standard HF
+the same masking. `build_default_models` turns a world (see `data/world.py`) into three standard HF
 folders:
 
     base    a tiny Llama pretrained from scratch on the analog facts (`pretrain.json`)
@@ -223,7 +223,7 @@ def _world_texts(world_dir: Path) -> list[str]:
 def _tokenizer_texts(world_dir: Path) -> list[str]:
     """What the tokenizer learns from: the analog facts and the core authors (those of `retain90`,
     in every retain split), never a forget or holdout author, so that no token marks either set
-    as the one the tokenizer saw (see `world.py` on exchangeable forget and holdout authors)."""
+    as the one the tokenizer saw (see `data/world.py` on exchangeable forget and holdout authors)."""
     core = load_split(f"retain{100 - max(FORGET_PCTS)}", data_dir=world_dir)
     authors = {r["author"] for r in core}
     rows = core + [r for r in load_split("retain_perturbed", data_dir=world_dir) if r["author"] in authors]

@@ -1,7 +1,7 @@
 """The offline default model: a byte-level BPE tokenizer trained on the world and a tiny Llama.
 
 (`models.build_default_models` trains the tokenizer on the world's analog facts and retain90
-authors, not on its forget or holdout authors; see `world.py`.)
+authors, not on its forget or holdout authors; see `data/world.py`.)
 
 The tokenizer is GPT-2-style byte-level BPE (every string round-trips: `decode(encode(s)) == s`),
 with its own special tokens: `<|bos|>` (prepended by the chat template), `<|pad|>` (distinct from

@@ -77,7 +77,7 @@ def demo(
 ) -> dict:
     """Run the demo and return its summary (also written to `<output_dir>/summary.json`).
 
-    The output folder is claimed (`runio.claim_run_dir`) before it is cleared, so two demos started on
+    The output folder is claimed (`runs/folder.claim_run_dir`) before it is cleared, so two demos started on
     one folder cannot delete each other's files: the second gets one line.
     """
     from ..runs.folder import CLAIM_FILE, claim_run_dir

@@ -1,7 +1,7 @@
 """`unlearn()`: the Python API behind `llm-unlearn unlearn` (load, validate, train, save, evaluate).
 
 Everything that can be checked before training is checked first (data, method, model path, run
-directory; with the final evaluation, its data and the reference's tokenizer too: `inputs.py`), so bad
+directory; with the final evaluation, its data and the reference's tokenizer too: `core/inputs.py`), so bad
 input fails with one line and leaves nothing behind. During training the run
 directory carries `status.json` = running; a failure marks it failed with the error, and only a
 finished run is marked complete.

@@ -189,7 +189,7 @@ def run_probes(
 ) -> dict:
     """Probe the model in `run_dir` and return probe.json's content (module docstring); write it to `out`.
 
-    `load` holds `runio.load_model_and_tokenizer` options (trust_remote_code, allow_pickle, torch_dtype).
+    `load` holds `models/loading.load_model_and_tokenizer` options (trust_remote_code, allow_pickle, torch_dtype).
     `reuse`, a dict kept by the caller across calls, holds the original's and the reference's results
     keyed by model path and every setting, so probing several runs probes those two only once.
     """
