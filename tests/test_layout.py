@@ -104,3 +104,20 @@ def test_no_import_cycles_between_modules():
     for node in sorted(GRAPH):
         if node not in state:
             visit(node)
+
+
+def _documented_imports() -> list[str]:
+    """Every `from llm_unlearn... import ...` line in the README and docs/ (code the user will paste)."""
+    root = PKG.parent
+    lines = []
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for line in page.read_text(encoding="utf-8").splitlines():
+            line = line.strip().strip("`")
+            if line.startswith("from llm_unlearn") and " import " in line:
+                lines.append(line.split(";")[0])
+    return lines
+
+
+@pytest.mark.parametrize("line", _documented_imports())
+def test_every_import_the_docs_show_works(line):
+    exec(line, {})

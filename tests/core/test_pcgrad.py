@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_ngdiff import _grads, _window
-from test_trainer import _trainer, _update, tiny  # noqa: F401  (module fixture: micro model and data)
 
 from llm_unlearn.core.optim import PCGradCombiner, pcgrad_orders
+from tests.core.test_ngdiff import _grads, _window
+from tests.core.test_trainer import _trainer, _update, tiny  # noqa: F401  (module fixture: micro model and data)
 
 
 def _combine(vectors: list[torch.Tensor], weights: list[float], step: int = 0, seed: int = 0):

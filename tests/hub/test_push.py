@@ -11,7 +11,6 @@ import os
 import re
 import secrets
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,10 +22,8 @@ from safetensors.torch import load_file
 from llm_unlearn.cli import main
 from llm_unlearn.runs.folder import write_status
 from llm_unlearn.runs.redact import LOCAL_PATH, local_name, redact_paths, redacted_argv
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _hub_server import FakeHub  # noqa: E402
-from test_cli import _unlearn_argv  # noqa: E402  (the same short unlearn run)
+from tests._hub_server import FakeHub  # noqa: E402
+from tests.cli.test_cli import _unlearn_argv  # noqa: E402  (the same short unlearn run)
 
 TOKEN = f"hf_test_{secrets.token_hex(16)}"  # unique, so finding it anywhere means it leaked
 RECORDS = {"eval.json", "train_log.jsonl", "unlearn_config.yaml", "run_info.json"}
@@ -392,7 +389,7 @@ def test_card_says_a_model_of_the_builtin_world_is_a_toy_with_its_parameter_coun
 
 
 def test_license_and_citation_files_exist_and_the_citation_has_the_package_version():
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     pyproject = (root / "pyproject.toml").read_text()  # tomllib is Python 3.11+, and we support 3.10
     project = {key: re.search(rf'^{key} = "(.+)"$', pyproject, re.M)[1] for key in ("version", "license")}
     assert project["license"] == "Apache-2.0"

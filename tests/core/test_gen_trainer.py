@@ -10,13 +10,13 @@ import json
 
 import pytest
 import torch
-from test_ngdiff import _zero_term
-from test_trainer import _trainer, tiny  # noqa: F401  (module fixture: micro model and data)
 from transformers import LlamaForCausalLM
 
 from llm_unlearn.core.streams import ProbeStream
 from llm_unlearn.data.qa import QACollator, QADataset, pad_id
 from llm_unlearn.methods import METHODS, Method
+from tests.core.test_ngdiff import _zero_term
+from tests.core.test_trainer import _trainer, tiny  # noqa: F401  (module fixture: micro model and data)
 
 ENCODE = dict(prompt_format="chat_template", max_length=128)
 

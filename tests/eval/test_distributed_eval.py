@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1]  # tests/: the scripts the tests launch
 
 # With 8 per batch the micro world's passes have 18, 3, 88, 13, 6, 2, 6 and 2 batches: the odd
 # counts give rank 0 more batches than rank 1, so an uneven split is exercised.

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer import tiny  # noqa: F401  (module fixture: micro model and data)
 
-HERE = Path(__file__).parent
+from tests.core.test_trainer import tiny  # noqa: F401  (module fixture: micro model and data)
+
+HERE = Path(__file__).resolve().parents[1]  # tests/: the scripts the tests launch
 
 
 @pytest.mark.slow

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-from test_trainer import tiny  # noqa: F401  (module fixture: micro model and data)
 
 from llm_unlearn.runs.folder import CHECKPOINT_MARK, read_status, run_state
+from tests.core.test_trainer import tiny  # noqa: F401  (module fixture: micro model and data)
 
 pytestmark = pytest.mark.slow
-SCRIPT = Path(__file__).with_name("_killable_unlearn.py")
+SCRIPT = Path(__file__).resolve().parents[1] / "_killable_unlearn.py"
 # Timing, and Trainer's summary loss, which averages only the steps the last process ran.
 SESSION_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss",
                 "train_loss_first_step"}  # fmt: skip

@@ -18,7 +18,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from test_trainer import tiny  # noqa: F401  (module fixture: micro model, tokenizer and rows)
 from transformers import LlamaForCausalLM
 
 from llm_unlearn.cli import main
@@ -30,6 +29,7 @@ from llm_unlearn.methods import METHODS, MethodContext, get_method
 from llm_unlearn.methods.common import refusal_answers
 from llm_unlearn.models.args import ModelArgs
 from llm_unlearn.pipeline.unlearn import AdaptersDisabled, add_lora
+from tests.core.test_trainer import tiny  # noqa: F401  (module fixture: micro model, tokenizer and rows)
 
 NAMES = sorted(METHODS)
 
@@ -437,7 +437,7 @@ def test_ls_lists_every_method_with_its_paper_reference_need_and_knobs(capsys):
 
 # ----------------------------------------------------------------------------- benchmarks/methods.py
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "methods.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "methods.py"
 
 
 def _bench_module():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "smollm2_tofu.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "smollm2_tofu.py"
 
 
 @pytest.mark.slow

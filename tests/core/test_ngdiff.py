@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from test_trainer import _trainer, _update, assert_resume_matches_uninterrupted_run, tiny  # noqa: F401  (module fixture: micro model and data)
 
 from llm_unlearn.core.config import UnlearnConfig
 from llm_unlearn.methods import METHODS, Method, Term
 from llm_unlearn.runs.options import ConfigError
+from tests.core.test_trainer import _trainer, _update, assert_resume_matches_uninterrupted_run, tiny  # noqa: F401  (module fixture: micro model and data)
 
 
 def _grads(model, batch) -> torch.Tensor:

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_bad_input import _snapshot  # every file's digest: what a refused command must leave unchanged
 
 from llm_unlearn.cli import main
+from tests.cli.test_bad_input import (
+    _snapshot,  # every file's digest: what a refused command must leave unchanged
+)
 
 
 class WorkStarted(BaseException):

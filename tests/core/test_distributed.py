@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-from test_trainer import tiny  # noqa: F401  (module fixture: micro model and data)
 
-HERE = Path(__file__).parent
+from tests.core.test_trainer import tiny  # noqa: F401  (module fixture: micro model and data)
+
+HERE = Path(__file__).resolve().parents[1]  # tests/: the scripts the tests launch
 
 
 def _run(tiny, out: Path, processes: int, batch_size: int, method: str, fsdp: bool = False) -> dict:  # noqa: F811

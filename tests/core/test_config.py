@@ -13,7 +13,7 @@ from llm_unlearn.cli.parse import CONFIG_CLASSES, load_yaml, parse_config
 from llm_unlearn.methods import METHODS, get_method, register
 from llm_unlearn.runs.options import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1] / "recipes"
+ROOT = Path(__file__).resolve().parents[2] / "recipes"
 RECIPES = sorted(p for p in ROOT.glob("*/*.yaml") if p.parent.name != "accelerate")
 ACCELERATE_CONFIGS = sorted((ROOT / "accelerate").glob("*.yaml"))
 

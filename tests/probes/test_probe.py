@@ -313,7 +313,7 @@ def test_probe_command_refuses_bad_input_with_one_line(micro_run, tmp_path, caps
 
 @pytest.mark.slow
 def test_robustness_benchmark_quick_mode_writes_rows_for_every_method_and_a_table(micro_models, tmp_path):
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "robustness.py"
     spec = importlib.util.spec_from_file_location("robustness_bench", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

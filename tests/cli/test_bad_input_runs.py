@@ -24,19 +24,18 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
-from test_trainer import tiny  # noqa: F401  (module fixture: micro model and data)
 
 from llm_unlearn.cli import main
-from llm_unlearn.runs.redact import to_dict
 from llm_unlearn.core.config import UnlearnConfig
 from llm_unlearn.data.args import DataArgs
 from llm_unlearn.eval.args import EvalArgs
 from llm_unlearn.models.args import ModelArgs
 from llm_unlearn.models.loading import load_model_and_tokenizer
 from llm_unlearn.runs.folder import CLAIM_FILE, RunError, claim_run_dir, read_status, run_state
-from llm_unlearn.runs.redact import is_secret_option, redacted_argv
+from llm_unlearn.runs.redact import is_secret_option, redacted_argv, to_dict
+from tests.core.test_trainer import tiny  # noqa: F401  (module fixture: micro model and data)
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1]  # tests/: the scripts the tests launch
 KILLABLE = HERE / "_killable_unlearn.py"
 MAX_STEPS = 4
 

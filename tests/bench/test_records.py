@@ -12,7 +12,7 @@ import pytest
 from llm_unlearn.eval.tofu import system_prompt_used
 from llm_unlearn.models.tiny import train_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import smollm2_tofu  # noqa: E402
 

@@ -11,14 +11,14 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from test_methods import _method_trainer
-from test_trainer import tiny  # noqa: F401  (module fixture: micro model, tokenizer and rows)
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from llm_unlearn.cli import main
 from llm_unlearn.core.config import UnlearnConfig
 from llm_unlearn.methods import METHODS, MethodContext, register
 from llm_unlearn.methods.rmu import rmu_trainable, steered_layer
+from tests.core.test_trainer import tiny  # noqa: F401  (module fixture: micro model, tokenizer and rows)
+from tests.methods.test_methods import _method_trainer
 
 VOCAB, PAD = 32, 0
 
