@@ -49,6 +49,7 @@ import statistics
 import time
 from pathlib import Path
 
+import _study  # benchmarks/_study.py: this script's folder is on sys.path
 from transformers import AutoTokenizer
 
 from llm_unlearn.cli.parse import parse_config
@@ -58,7 +59,7 @@ from llm_unlearn.eval.metrics import MODEL_UTILITY_INPUTS
 from llm_unlearn.models.build import build_default_models
 from llm_unlearn.pipeline.evaluate import EpochEvaluator, evaluate_path
 from llm_unlearn.pipeline.unlearn import unlearn
-from llm_unlearn.runs.folder import locked, write_json_atomic
+from llm_unlearn.runs.folder import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "world"
@@ -141,8 +142,7 @@ def main() -> None:
     parser.add_argument("--arms", default=",".join(ARMS), help=f"subset of {', '.join((*ARMS, *ABLATIONS))}")
     parser.add_argument("--quick", action="store_true", help="first world, first seed only (smoke runs)")
     parser.add_argument("--work", default="/tmp/llm-unlearn-auto-bench", help="worlds, runs, reference evals")
-    parser.add_argument("--plan", action="store_true", help="list the runs still to do, run nothing")
-    parser.add_argument("--report_only", action="store_true", help="rewrite the table and plot from the JSON")
+    _study.add_flags(parser)
     args = parser.parse_args()
     out = Path(args.out)
     names = list(worlds(args.size))
@@ -155,18 +155,14 @@ def main() -> None:
     if set(arms) - {*ARMS, *ABLATIONS}:
         raise SystemExit(f"unknown arm(s) in {args.arms}; choose from {', '.join((*ARMS, *ABLATIONS))}")
     runs = plan(chosen, seeds, tuple(args.splits.split(",")), arms)
-    state = json.loads(out.read_text()) if out.exists() else {"baseline": {}, "runs": []}
-    done = {run_key(r) for r in state["runs"]}
-    todo = [r for r in runs if run_key(r) not in done]
-    print(f"{len(runs)} runs planned, {len(runs) - len(todo)} already recorded, {len(todo)} to run")
-    if args.plan:
-        for r in todo:
-            print(r)
-        return
-    if todo and not args.report_only:
-        execute(todo, out, args)
-    with locked(out):
-        write_outputs(json.loads(out.read_text()), out)
+    _study.run_study(
+        runs,
+        out,
+        run_key,
+        args,
+        lambda todo: execute(todo, out, args),
+        lambda state: write_outputs(state, out),
+    )
 
 
 def execute(todo: list[dict], out: Path, args) -> None:
@@ -197,12 +193,7 @@ def execute(todo: list[dict], out: Path, args) -> None:
             base = baseline[f"{name}/{r['split']}"]
             run_dir = work / name / f"run-{r['split']}-{r['seed']}-{r['arm']}-{time.strftime('%H%M%S')}"
             records = run_arm(r, world, models, tokenizer, references[r["split"]], base, run_dir)
-            with locked(out):
-                on_disk = json.loads(out.read_text()) if out.exists() else {"baseline": {}, "runs": []}
-                on_disk["baseline"] |= baseline
-                on_disk["size"] = args.size
-                on_disk["runs"] += records
-                write_json_atomic(out, on_disk)
+            _study.append(out, records, baseline, size=args.size)
             for rec in records:
                 extra = f" {rec['stop_reason']} best step {rec['best_step']}" if "stop_reason" in rec else ""
                 print(

@@ -25,12 +25,13 @@ utility, every setting).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+import _study  # benchmarks/_study.py: this script's folder is on sys.path
 
 from llm_unlearn.cli.parse import parse_config
 from llm_unlearn.data.world import WORLD_SIZES, WorldConfig, write_world
@@ -39,7 +40,6 @@ from llm_unlearn.methods import METHODS
 from llm_unlearn.models.build import build_default_models
 from llm_unlearn.pipeline.evaluate import evaluate_path
 from llm_unlearn.pipeline.unlearn import unlearn
-from llm_unlearn.runs.folder import locked, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "world"
@@ -84,8 +84,7 @@ def main() -> None:
         "--methods", help="comma-separated subset (default: every method with a world recipe)"
     )
     parser.add_argument("--max_steps", type=int, help="cap every run at this many steps (smoke runs only)")
-    parser.add_argument("--plan", action="store_true", help="list the runs still to do, run nothing")
-    parser.add_argument("--report_only", action="store_true", help="rewrite the table and plot from the JSON")
+    _study.add_flags(parser)
     args = parser.parse_args()
     out = Path(args.out)
     with_recipe = sorted(m for m in METHODS if (RECIPES / f"{m}.yaml").is_file())
@@ -96,18 +95,14 @@ def main() -> None:
     if not args.methods and set(METHODS) - set(with_recipe):
         print(f"left out (no world recipe): {', '.join(sorted(set(METHODS) - set(with_recipe)))}")
     runs = plan(methods, tuple(int(s) for s in args.seeds.split(",")), tuple(args.splits.split(",")))
-    state = json.loads(out.read_text()) if out.exists() else {"baseline": {}, "runs": []}
-    done = {run_key(r) for r in state["runs"]}
-    todo = [r for r in runs if run_key(r) not in done]
-    print(f"{len(runs)} runs planned, {len(runs) - len(todo)} already recorded, {len(todo)} to run")
-    if args.plan:
-        for r in todo:
-            print(r)
-        return
-    if todo and not args.report_only:
-        execute(todo, out, args)
-    with locked(out):
-        write_outputs(json.loads(out.read_text()), out, args)
+    _study.run_study(
+        runs,
+        out,
+        run_key,
+        args,
+        lambda todo: execute(todo, out, args),
+        lambda state: write_outputs(state, out, args),
+    )
 
 
 def execute(todo: list[dict], out: Path, args) -> None:
@@ -153,12 +148,7 @@ def execute(todo: list[dict], out: Path, args) -> None:
             "max_steps": args.max_steps,
             "seconds": seconds,
         }
-        with locked(out):
-            on_disk = json.loads(out.read_text()) if out.exists() else {"baseline": {}, "runs": []}
-            on_disk["baseline"] |= baseline
-            on_disk["size"] = args.size
-            on_disk["runs"].append(record)
-            write_json_atomic(out, on_disk)
+        _study.append(out, [record], baseline, size=args.size)
         print(
             f"[{i + 1}/{len(todo)}] {r['method']:<9} {r['split']} seed {r['seed']} lora {r['lora']!s:<5} "
             f"{config.combine:<10} FQ {record['forget_quality']:.3g} MU {record['model_utility']:.3f} ({seconds} s)",

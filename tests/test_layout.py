@@ -5,6 +5,7 @@ runs up a layer fails here, not in a user's process."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,21 @@ def _documented_imports() -> list[str]:
 @pytest.mark.parametrize("line", _documented_imports())
 def test_every_import_the_docs_show_works(line):
     exec(line, {})
+
+
+def test_every_repository_path_the_docs_name_exists():
+    """A file moved without its mentions is a doc that lies: README, docs/, recipes/, data_cards/ and
+    benchmarks/ pages name only files that exist."""
+    root = PKG.parent
+    pattern = re.compile(r"(?<![\w./-])(?:llm_unlearn|tests|benchmarks|recipes|docs|data_cards)/[\w./-]*\w")
+    pages = [
+        root / "README.md",
+        *(p for d in ("docs", "recipes", "data_cards", "benchmarks") for p in (root / d).glob("*.md")),
+    ]
+    missing = sorted(
+        f"{page.relative_to(root)}: {path}"
+        for page in pages
+        for path in set(pattern.findall(page.read_text(encoding="utf-8")))
+        if not (root / path).exists()
+    )
+    assert not missing, "paths that do not exist:\n" + "\n".join(missing)
