@@ -14,6 +14,7 @@ from test_trainer import _assert_same_update, _trainer, _update, tiny  # noqa: F
 from transformers import LlamaForCausalLM
 
 from llm_unlearn.config import ConfigError, UnlearnConfig
+from llm_unlearn.methods import METHODS, MethodContext
 from llm_unlearn.sam import SharpnessAwareStep
 
 RHO = 0.05
@@ -191,6 +192,24 @@ def test_lora_sam_moves_only_the_adapters_by_the_hand_computed_step(tiny, tmp_pa
     )  # base untouched
     update = torch.cat([m.flatten() for m, t in zip(moved, trainable) if t])
     _assert_same_update(update, -0.1 * (g_f + g_r))
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_smooths_exactly_its_forget_stream_terms(tiny, tmp_path, name):  # noqa: F811
+    """Two micro-batches per step (the pre-pass spans the window); logged terms at w and at w + delta."""
+    trainer = _trainer(tiny, tmp_path, method=name, sam_rho=RHO, learning_rate=1e-3, optim="adamw_torch",
+                       per_device_train_batch_size=2, gradient_accumulation_steps=2)  # fmt: skip
+    update = _update(trainer)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    step = next(r for r in log if "loss" in r)
+    smoothed = {k.removeprefix("loss_sam_") for k in step if k.startswith("loss_sam_")}
+    terms = {k.removeprefix("loss_") for k in step if k.startswith("loss_") and not k.startswith("loss_sam_")}
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    retain = trainer.data_collator([trainer.retain_dataset[i] for i in range(2)])
+    raw = METHODS[name].fn(trainer.model, batch, retain, MethodContext(trainer.args, trainer.reference_model))
+    assert smoothed == {n for n, t in raw.items() if t.stream == "forget"} and smoothed <= terms
+    assert all(torch.isfinite(torch.tensor(step[f"loss_sam_{n}"])) for n in smoothed)
+    assert step["sam_forget_grad_norm"] > 0 and update.abs().max() > 0
 
 
 @pytest.mark.parametrize("rho", [-0.1, float("nan")])
