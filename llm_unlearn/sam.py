@@ -28,6 +28,11 @@ Our choices where the paper's setting (one forget and one retain term, one proce
 - A zero forget gradient gives delta = 0 (plain step); rho = 0 turns SAM off.
 - theta is copied before the perturbation and copied back after each forward/backward at
   theta + delta, so the weights the optimizer steps from are bit-for-bit the unperturbed ones.
+- GeN (gen.py) probes the combined update from the unperturbed weights, as without SAM.
+- Cost: the method runs twice per micro-batch (a pre-pass at theta over the window, then at
+  theta + delta; the retain part of the second run is discarded), and delta and the copy of theta
+  take two more copies of the trainable parameters. Not available under FSDP or DeepSpeed (the
+  trainer and the config refuse them), nor with fp16 (the pre-pass bypasses the loss scaler).
 """
 
 from __future__ import annotations
