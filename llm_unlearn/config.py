@@ -144,6 +144,8 @@ class UnlearnConfig(TrainingArguments):
             sam.py): the method's forget terms are minimized at their worst-case neighbour
             theta + rho g / ||g|| (g their gradient at theta), its retain terms at theta; composes with
             every method and combination, GeN and LoRA, at one extra forward/backward per step. 0: off.
+            It slows forgetting: pair it with more steps (on the built-in world, rho 0.25 with 16
+            epochs instead of graddiff's 6; sam.py has the measurement).
 
     Parameters of particular methods (`llm-unlearn ls` lists the ones each method reads; formulas
     in each method's module docstring):
