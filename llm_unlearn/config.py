@@ -250,7 +250,7 @@ class UnlearnConfig(TrainingArguments):
         metadata={
             "help": "Sharpness-aware unlearning (arXiv 2502.05374): radius of the worst-case weight perturbation "
             "at which the forget terms are minimized (retain terms stay at the weights); resists relearning "
-            "(0 = off)."
+            "but slows forgetting, so give it more steps (0 = off)."
         },
     )
     auto: bool = field(
