@@ -104,13 +104,15 @@ def test_rho_zero_trains_bit_identically_to_no_sam(tiny, tmp_path):  # noqa: F81
 
 @pytest.mark.parametrize("combine", ["sum", "normalized", "pcgrad"])
 def test_window_split_into_accumulation_steps_gives_the_same_sam_update(tiny, tmp_path, combine):  # noqa: F811
-    """delta comes from the whole window's forget gradient: a per-micro-batch delta would differ."""
-    whole = _update(_trainer(tiny, tmp_path / "a", combine=combine, sam_rho=RHO, retain_weight=0.5))
-    split = _update(
-        _trainer(tiny, tmp_path / "b", combine=combine, sam_rho=RHO, retain_weight=0.5,
-                 per_device_train_batch_size=1, gradient_accumulation_steps=4)
-    )  # fmt: skip
-    _assert_same_update(split, whole)
+    """delta comes from the whole window's forget gradient: a per-micro-batch delta would differ.
+
+    float64: under pcgrad nearly opposite term gradients amplify fp32 rounding past the tolerance.
+    """
+    whole = _trainer(tiny, tmp_path / "a", combine=combine, sam_rho=RHO, retain_weight=0.5)
+    split = _trainer(tiny, tmp_path / "b", combine=combine, sam_rho=RHO, retain_weight=0.5,
+                     per_device_train_batch_size=1, gradient_accumulation_steps=4)  # fmt: skip
+    whole.model.double(), split.model.double()
+    _assert_same_update(_update(split), _update(whole))
 
 
 def test_ngdiff_normalizes_the_forget_gradient_taken_at_the_neighbour(tiny, tmp_path):  # noqa: F811
