@@ -1,6 +1,6 @@
 """One SGD unlearning step, run under `accelerate launch` by tests/test_distributed.py.
 
-usage: _dist_step.py MODEL_DIR DATA_DIR OUT_FILE BATCH_SIZE METHOD
+usage: _dist_step.py MODEL_DIR DATA_DIR OUT_FILE BATCH_SIZE METHOD [SAM_RHO]
 Writes (rank 0) the parameter update as safetensors.
 """
 
@@ -19,7 +19,9 @@ from llm_unlearn.eval.shard import exit_process_group
 from llm_unlearn.methods import get_method
 
 
-def main(model_dir: str, data_dir: str, out_file: str, batch_size: int, method: str) -> None:
+def main(
+    model_dir: str, data_dir: str, out_file: str, batch_size: int, method: str, sam_rho: float = 0.0
+) -> None:
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -35,6 +37,7 @@ def main(model_dir: str, data_dir: str, out_file: str, batch_size: int, method: 
         max_steps=1,
         save_strategy="no",
         retain_weight=0.5,
+        sam_rho=sam_rho,
         per_device_train_batch_size=batch_size,
         disable_tqdm=True,
         seed=0,
@@ -57,4 +60,4 @@ def main(model_dir: str, data_dir: str, out_file: str, batch_size: int, method: 
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+    main(*sys.argv[1:4], int(sys.argv[4]), sys.argv[5], *(float(r) for r in sys.argv[6:7]))

@@ -50,6 +50,10 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
             2001.06782: each term's gradient projected off every other it conflicts with, in an order
             seeded by `seed` and the step); defaults to the method's.
         max_grad_norm (`float`, *optional*): defaults to 1.0, or 0 (no clipping) for `normalized`.
+        sam_rho (`float`, *optional*, defaults to 0.0): sharpness-aware unlearning (arXiv 2502.05374,
+            core/sam.py): the method's forget terms are minimized at their worst-case neighbour
+            theta + rho g / ||g|| (g their gradient at theta), its retain terms at theta; composes with
+            every method and combination, GeN and LoRA, at one extra forward/backward per step. 0: off.
 
     Options of particular methods (npo_beta, rmu_layer, gc_form, ...) are in `methods/args.py`.
     """
@@ -91,6 +95,14 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
         default=None,
         metadata={
             "help": "Gradient clipping; default 1.0, or none (0) for normalized combination (||d|| <= 2)."
+        },
+    )
+    sam_rho: float = field(
+        default=0.0,
+        metadata={
+            "help": "Sharpness-aware unlearning (arXiv 2502.05374): radius of the worst-case weight perturbation "
+            "at which the forget terms are minimized (retain terms stay at the weights); resists relearning "
+            "(0 = off)."
         },
     )
     auto: bool = field(
@@ -201,6 +213,18 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
                     f"{self.combine} combination is not supported under DeepSpeed, whose engine clips and "
                     "steps inside backward; use FSDP2 or DDP (recipes/accelerate/)"
                 )
+        if self.sam_rho > 0:
+            # SAM's pre-pass runs the forget and retain backward passes itself, as the combinations do.
+            if self.fp16:
+                raise ConfigError(
+                    "--sam_rho does not work with fp16: its forget-gradient pre-pass bypasses the loss scaler; "
+                    "use --bf16 true or fp32"
+                )
+            if self.deepspeed:
+                raise ConfigError(
+                    "--sam_rho is not supported under DeepSpeed, whose engine clips and steps inside backward; "
+                    "use DDP (recipes/accelerate/)"
+                )
         if self.stop_rule is not None and self.stop_rule not in STOP_RULES:
             raise ConfigError(f"unknown stop_rule {self.stop_rule!r}{suggest(self.stop_rule, STOP_RULES)}; choose {', '.join(STOP_RULES)}")  # fmt: skip
         for name, choices in (("retain_loss", ("nll", "kl")), ("retain_kl_positions", ("answer", "all")),
@@ -268,6 +292,7 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
                 ">= 0 (0 = no clipping)",
             )
         require(self.gen_interval >= 1, "gen_interval", self.gen_interval, "at least 1 optimizer step")
+        require(math.isfinite(self.sam_rho) and self.sam_rho >= 0, "sam_rho", self.sam_rho, "a finite number >= 0 (0 = off)")  # fmt: skip
         require(self.stop_check_interval >= 0, "stop_check_interval", self.stop_check_interval, ">= 0 (0 = once per epoch)")  # fmt: skip
         require(self.stop_patience >= 1, "stop_patience", self.stop_patience, "at least 1 check")
         require(math.isfinite(self.stop_retain_tolerance) and self.stop_retain_tolerance > 0, "stop_retain_tolerance", self.stop_retain_tolerance, "a positive fraction (0.5 = half the retain set's lead over unseen data)")  # fmt: skip

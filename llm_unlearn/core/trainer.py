@@ -34,7 +34,8 @@ from ..methods import Method, MethodContext, Term
 from ..methods.common import eval_mode
 from ..runs.folder import checkpoints, mark_checkpoint, read_status, write_status
 from .gen import GenScheduler, probe_losses
-from .optim import NormalizedCombiner, PCGradCombiner, local_shard
+from .optim import NormalizedCombiner, PCGradCombiner, _graphs_overlap, local_shard
+from .sam import SharpnessAwareStep, is_forget_term
 from .streams import PROBE_SALT, ProbeStream, RetainStream, example_keys
 
 __all__ = ["NonFiniteLossError", "RetainStream", "UnlearnTrainer"]
@@ -71,6 +72,11 @@ class UnlearnTrainer(Trainer):
                     f"{self.args.combine} combination under FSDP needs FSDP2, whose sharded gradients it "
                     "accumulates per term; set fsdp_config version: 2 (or fsdp_version: 2 in the accelerate config)"
                 )
+        if self.is_fsdp_enabled and self.args.sam_rho > 0:
+            raise ValueError(
+                "--sam_rho is not supported under FSDP (its forget-gradient pre-pass needs the full gradient "
+                "on every rank); use DDP, or set --sam_rho 0"
+            )
         # What the method declared it needs (methods/__init__.py), provided without knowing which method.
         if method.forget_alternatives is not None:
             self.train_dataset = self.train_dataset.with_alternative_answers(
@@ -104,6 +110,11 @@ class UnlearnTrainer(Trainer):
         self._norms: dict[str, float] = {}
         self._window_start = True
         self._step_stats: dict[str, float] = {}
+        # SAM (sam.py): the window's micro-batches, for the forget-gradient pre-pass, and its results.
+        self._window_samples: list[dict] = []
+        self._sam: SharpnessAwareStep | None = None
+        self._sam_at_theta: list[dict[str, torch.Tensor]] = []
+        self._sam_norm = math.nan
         # GeN state for the current optimizer step: the window's examples, probe batches, L0, theta0.
         self._window_exclude: dict[str, set[int]] = {}
         self._gen_probe_batches: tuple[dict, dict] | None = None
@@ -174,6 +185,7 @@ class UnlearnTrainer(Trainer):
             }
             self._window_exclude = {name: self._union_over_ranks(rows) for name, rows in local.items()}
         samples = [{"forget": f, "retain": r} for f, r in zip(forget, retain)]
+        self._window_samples, self._sam_at_theta = samples, []
         # No `num_items_in_batch`: our terms are normalized by the window counts above.
         return samples, None
 
@@ -228,6 +240,8 @@ class UnlearnTrainer(Trainer):
         forget = self._prepare_inputs(inputs["forget"])
         retain = self._prepare_inputs(inputs["retain"])
         ctx = MethodContext(config=self.args, reference_model=self.reference_model)
+        if self.args.sam_rho > 0:
+            return self._sam_step(model, forget, retain, ctx)
         if self.args.combine != "sum":
             return self._normalized_step(model, forget, retain, ctx)
         with self.compute_loss_context_manager():
@@ -251,6 +265,21 @@ class UnlearnTrainer(Trainer):
         reduced from the shards. The Trainer's clipping that follows sees d.
         """
         fsdp = self.is_fsdp_enabled
+        self._start_combiner(model)
+        sync = contextlib.nullcontext() if fsdp else self.accelerator.no_sync(model)
+        with sync, self.compute_loss_context_manager():
+            raw = self.method.fn(model, forget, retain, ctx)
+            terms = {name: self._normalize(t) for name, t in raw.items()}
+            self._check_finite(terms)
+            self._combiner.accumulate(terms)
+        self._maybe_combine(model, raw)
+        self._record_terms(terms)
+        # Reported loss: the weighted objective (the update itself is the normalized direction).
+        return sum(raw[name].weight * value.detach() for name, value in terms.items())
+
+    def _start_combiner(self, model) -> None:
+        """Build the combiner on first use; at a window's first micro-batch, drop the last step's buffers."""
+        fsdp = self.is_fsdp_enabled
         if self._combiner is None:
             params = [p for p in model.parameters() if p.requires_grad]
             module = model if fsdp else None
@@ -261,12 +290,9 @@ class UnlearnTrainer(Trainer):
         if self._window_start:
             self._combiner.reset()
             self._window_start = False
-        sync = contextlib.nullcontext() if fsdp else self.accelerator.no_sync(model)
-        with sync, self.compute_loss_context_manager():
-            raw = self.method.fn(model, forget, retain, ctx)
-            terms = {name: self._normalize(t) for name, t in raw.items()}
-            self._check_finite(terms)
-            self._combiner.accumulate(terms)
+
+    def _maybe_combine(self, model, raw: dict[str, Term]) -> None:
+        """On the synchronizing micro-batch: combine the term buffers into `.grad` (and GeN's snapshot)."""
         if self.accelerator.sync_gradients:
             weights = {name: t.weight for name, t in raw.items()}
             stats = self._combiner.combine(
@@ -277,11 +303,83 @@ class UnlearnTrainer(Trainer):
                                self.state.global_step, int(stats["dropped_terms"]),
                                "; the step is skipped" if stats["skipped"] else "")  # fmt: skip
             self._step_stats = stats
-            self._norms = {name: stats[f"grad_norm_{name}"] for name in terms}
+            self._norms = {name: stats[f"grad_norm_{name}"] for name in raw}
             self._maybe_snapshot_for_gen(model, skipped=bool(stats["skipped"]))
-        self._record_terms(terms)
-        # Reported loss: the weighted objective (the update itself is the normalized direction).
-        return sum(raw[name].weight * value.detach() for name, value in terms.items())
+
+    # ------------------------------------------------------------------ sharpness-aware forget term
+
+    def _sam_step(self, model, forget, retain, ctx: MethodContext) -> torch.Tensor:
+        """One micro-batch with SAM (sam.py): forget terms at theta + delta, retain terms at theta.
+
+        At a window's first micro-batch a pre-pass over the whole window runs the method at theta:
+        its retain terms' gradients go where they always go (`.grad` under `sum`, the combiner's
+        buffers otherwise), its forget terms' gradient g into a separate buffer, from which delta =
+        rho g / ||g||. Every micro-batch then runs the method at theta + delta and backpropagates its
+        forget terms only, then theta is restored. Under DDP the pre-pass runs without gradient sync
+        and g is averaged over ranks explicitly; the last micro-batch's backward synchronizes `.grad`
+        as usual. Cost: the method runs twice per micro-batch (its retain part at theta + delta is
+        computed and discarded, as the method computes both parts in one call).
+        """
+        combine = self.args.combine != "sum"
+        if combine:
+            self._start_combiner(model)
+        if not self._sam_at_theta:
+            self._sam_prepass(model, ctx)
+        at_theta = self._sam_at_theta.pop(0)
+        sync = self.accelerator.no_sync(model) if combine else contextlib.nullcontext()
+        with self._sam.perturbed(), sync, self.compute_loss_context_manager():
+            raw = self.method.fn(model, forget, retain, ctx)
+            smoothed = {name: self._normalize(t) for name, t in raw.items() if is_forget_term(t)}
+            self._check_finite(smoothed)
+            if combine:
+                self._combiner.accumulate(smoothed)
+            else:
+                self.accelerator.backward(sum(smoothed.values()))
+        if combine:
+            # Back in the method's term order (the pre-pass filled the retain buffers first).
+            self._combiner.buffers = {name: self._combiner.buffers[name] for name in raw}
+            self._maybe_combine(model, raw)
+        else:
+            self._maybe_snapshot_for_gen(model)
+        if self.accelerator.sync_gradients:
+            self._step_stats["sam_forget_grad_norm"] = self._sam_norm
+        self._record_terms({**at_theta, **{f"sam_{n}": value.detach() for n, value in smoothed.items()}})
+        weighted = {name: (raw[name].weight if combine else 1.0) * value for name, value in at_theta.items()}
+        return sum(weighted.values())
+
+    def _sam_prepass(self, model, ctx: MethodContext) -> None:
+        """The window at theta: retain gradients to their usual place, forget gradient g to delta."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        if self._sam is None:
+            self._sam = SharpnessAwareStep(params, self.args.sam_rho)
+        own = [p.grad for p in params]
+        g: list[torch.Tensor | None] = [None] * len(params)
+        combine = self.args.combine != "sum"
+        with self.accelerator.no_sync(model), self.compute_loss_context_manager():
+            for sample in self._window_samples:
+                forget, retain = (self._prepare_inputs(sample[s]) for s in ("forget", "retain"))
+                raw = self.method.fn(model, forget, retain, ctx)
+                terms = {name: self._normalize(t) for name, t in raw.items()}
+                self._check_finite(terms)
+                # l_f: the forget terms weighted as the method's objective weights them (`_normalize`
+                # already applies the weight under `sum`).
+                loss_f = sum(
+                    (t.weight if combine else 1.0) * terms[n] for n, t in raw.items() if is_forget_term(t)
+                )
+                kept = {n: terms[n] for n, t in raw.items() if not is_forget_term(t)}
+                for p, buf in zip(params, g):
+                    p.grad = buf
+                loss_f.backward(retain_graph=bool(kept) and _graphs_overlap([loss_f, *kept.values()]))
+                g = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+                for p, grad in zip(params, own):
+                    p.grad = grad
+                if combine and kept:
+                    self._combiner.accumulate(kept)
+                elif kept:
+                    sum(kept.values()).backward()
+                own = [p.grad for p in params]
+                self._sam_at_theta.append({n: v.detach() for n, v in terms.items()})
+        self._sam_norm = self._sam.set_gradient(g, world_size=self.args.world_size)
 
     def _record_terms(self, terms: dict[str, torch.Tensor]) -> None:
         for name, value in terms.items():

@@ -33,6 +33,7 @@ from ..runs.redact import HUB_SNAPSHOT, WORLD_MODELS, local_name, redact_paths
 TOFU = "arXiv:2401.06121"
 GEN = "arXiv:2407.02772"
 NGDIFF = "arXiv:2410.22086"
+SAM = "arXiv:2502.05374"
 MUSE = "arXiv:2407.06460"
 # Titles for the BibTeX entries of the papers our methods and options cite; the arXiv id is the key.
 PAPER_TITLES = {
@@ -46,6 +47,8 @@ PAPER_TITLES = {
     "2410.07163": "Simplicity Prevails: Rethinking Negative Preference Optimization for LLM Unlearning",
     "2403.03218": "The WMDP Benchmark: Measuring and Reducing Malicious Use With Unlearning",
     "2308.09971": "Disposable Transfer Learning for Selective Source Task Unlearning",
+    "2502.05374": "Towards LLM Unlearning Resilient to Relearning Attacks: A Sharpness-Aware Minimization "
+    "Perspective and Beyond",
 }
 SPLIT_ROLES = {"forget": "forget set", "retain": "retain set", "ra": "real authors", "wf": "world facts",
                "holdout": "holdout set"}  # fmt: skip
@@ -409,7 +412,7 @@ def build_card(
     data = describe_data(config)
     model_name = repo_id.split("/")[-1]
     papers = [p for p in (method.paper, NGDIFF if config.get("combine") == "normalized" else None,
-                          GEN if config.get("gen") else None, TOFU) if p]  # fmt: skip
+                          GEN if config.get("gen") else None, SAM if config.get("sam_rho") else None, TOFU) if p]  # fmt: skip
     papers = list(dict.fromkeys(papers))
     tags = ["llm-unlearn", "unlearning", method.name, "tofu"] + (["lora"] if adapter else [])
     card_data = ModelCardData(
@@ -431,6 +434,8 @@ def build_card(
              ("gen", "GeN learning rate"), ("use_lora", "LoRA"), ("seed", "seed")]  # fmt: skip
     steps = _plural(run["steps"], "optimizer step") if run["steps"] is not None else "steps not recorded"
     settings = ", ".join(f"{label} `{config[key]}`" for key, label in hyper if key in config)
+    if config.get("sam_rho"):
+        settings += f", sharpness-aware radius `{config['sam_rho']}`"
     body = [
         f"# {model_name}",
         "",

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import socket
 import tempfile
 import time
@@ -84,6 +83,8 @@ def write_status(run_dir: str | Path, state: str, **extra: Any) -> None:
 
 
 RUN_INFO_FILE = "run_info.json"
+
+
 def write_run_info(run_dir: str | Path, argv: list[str] | None = None) -> Path:
     """`run_info.json`: the command (secrets redacted) and the library versions behind a run."""
     import platform

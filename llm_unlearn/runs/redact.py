@@ -12,8 +12,8 @@ import dataclasses
 import enum
 import os
 import re
-from typing import Any
 from pathlib import PurePosixPath
+from typing import Any
 
 # An option holds a secret when its name is one of these words or ends in `_<word>` (`--hub_token`,
 # `--token`, `--openai_api_key`). Counts and sizes of tokens (`--max_new_tokens`) end otherwise, and

@@ -15,7 +15,15 @@ from tests.core.test_trainer import tiny  # noqa: F401  (module fixture: micro m
 HERE = Path(__file__).resolve().parents[1]  # tests/: the scripts the tests launch
 
 
-def _run(tiny, out: Path, processes: int, batch_size: int, method: str, fsdp: bool = False) -> dict:  # noqa: F811
+def _run(
+    tiny,  # noqa: F811
+    out: Path,
+    processes: int,
+    batch_size: int,
+    method: str,
+    fsdp: bool = False,
+    sam_rho: float = 0.0,
+) -> dict:
     script = [
         str(HERE / "_dist_step.py"),
         str(tiny["dir"] / "model"),
@@ -24,6 +32,7 @@ def _run(tiny, out: Path, processes: int, batch_size: int, method: str, fsdp: bo
         str(batch_size),
         method,
         *(["fsdp"] if fsdp else []),
+        *([str(sam_rho)] if sam_rho else []),
     ]
     if processes == 1:
         cmd = [sys.executable, *script]
@@ -46,6 +55,18 @@ def test_two_ranks_of_batch_two_equal_one_rank_of_batch_four(tiny, tmp_path, met
     den = sum(float(single[n].norm() ** 2) for n in single) ** 0.5
     assert den > 0
     assert num / den < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["graddiff", "ngdiff"])
+def test_sam_on_two_ranks_uses_the_global_forget_gradient_as_one_rank_does(tiny, tmp_path, method):  # noqa: F811
+    """delta = rho g / ||g|| with g averaged over ranks: a per-rank g would move each rank elsewhere."""
+    single = _run(tiny, tmp_path / "one.safetensors", processes=1, batch_size=4, method=method, sam_rho=0.05)
+    double = _run(tiny, tmp_path / "two.safetensors", processes=2, batch_size=2, method=method, sam_rho=0.05)
+    plain = _run(tiny, tmp_path / "plain.safetensors", processes=1, batch_size=4, method=method)
+    norm = sum(float(single[n].norm() ** 2) for n in single) ** 0.5
+    assert sum(float((double[n] - single[n]).norm() ** 2) for n in single) ** 0.5 / norm < 1e-6
+    assert sum(float((plain[n] - single[n]).norm() ** 2) for n in single) ** 0.5 / norm > 1e-3
 
 
 @pytest.mark.slow

@@ -400,3 +400,16 @@ def test_license_and_citation_files_exist_and_the_citation_has_the_package_versi
     assert citation["cff-version"] == "1.2.0" and citation["title"] == "llm_unlearn"
     assert citation["version"] == project["version"] and citation["license"] == project["license"]
     assert citation["authors"] == [{"name": "llm_unlearn developers"}] and citation["message"]
+
+
+def test_card_cites_sharpness_aware_unlearning_only_when_the_run_used_it(runs, tmp_path):
+    from llm_unlearn.hub.card import build_card
+
+    plain = build_card(runs["full"], "org/plain", adapter=False)
+    assert "2502.05374" not in plain.text and "sharpness-aware" not in plain.text
+    run = tmp_path / "run"
+    shutil.copytree(runs["full"], run)
+    config = yaml.safe_load((run / "unlearn_config.yaml").read_text()) | {"sam_rho": 0.25}
+    (run / "unlearn_config.yaml").write_text(yaml.safe_dump(config))
+    card = build_card(run, "org/sam", adapter=False)
+    assert "2502.05374" in card.text and "sharpness-aware radius `0.25`" in card.text
