@@ -5,6 +5,7 @@
     llm-unlearn train --config recipes/world/finetune.yaml
     llm-unlearn unlearn --config recipes/world/graddiff.yaml [--key value ...]
     llm-unlearn eval --model_name_or_path RUN --data_dir DIR --reference_model REF
+    llm-unlearn distill RUN --alpha 0.3 --output_dir OUT [--max_steps N]  # UNDO: noise + distill a run
     llm-unlearn probe RUN [--budgets 0,10,25,50,100] [--probes relearn,piggyback,quant] [--out FILE]
     llm-unlearn report RUN [RUN ...] --out DIR [--target_eval FILE]  # report.md + plots for runs or a folder of them
     llm-unlearn push RUN --repo_id ORG/NAME [--private] [--revision R] [--merged] [--dry_run --output_dir DIR]
@@ -26,7 +27,7 @@ import sys
 import threading
 from pathlib import Path
 
-SUBCOMMANDS = ("demo", "world", "train", "unlearn", "eval", "probe", "report", "push", "ls", "bench")
+SUBCOMMANDS = ("demo", "world", "train", "unlearn", "distill", "eval", "probe", "report", "push", "ls", "bench")
 USAGE = __doc__.split("\n\n")[1]
 
 
@@ -160,6 +161,16 @@ def cmd_eval(argv: list[str]) -> None:
     if is_main_process():  # every rank has the result; one prints it
         _print_metrics(result)
         print(f"wrote {out}")
+
+
+def cmd_distill(argv: list[str]) -> None:
+    from .distill import distill_cli
+    from .pipeline import is_main_process
+
+    out, result = distill_cli(argv)
+    if result is not None and is_main_process():
+        _print_metrics(result)
+    print(f"run complete: {out}")
 
 
 def cmd_probe(argv: list[str]) -> None:
