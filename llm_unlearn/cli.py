@@ -27,7 +27,9 @@ import sys
 import threading
 from pathlib import Path
 
-SUBCOMMANDS = ("demo", "world", "train", "unlearn", "distill", "eval", "probe", "report", "push", "ls", "bench")
+SUBCOMMANDS = (
+    "demo", "world", "train", "unlearn", "distill", "eval", "probe", "report", "push", "ls", "bench"
+)  # fmt: skip
 USAGE = __doc__.split("\n\n")[1]
 
 
@@ -105,6 +107,8 @@ def cmd_unlearn(argv: list[str]) -> None:
         config.output_dir = f"runs/auto-{data.forget_split}-{time.strftime('%Y%m%d-%H%M%S')}"
     if eval_args.do_final_eval and not no_reference:
         check_reference(eval_args)
+    evaluate = eval_args.do_final_eval and not no_reference
+    undo = _undo_settings(config, evaluate) if config.undo_alpha else None
     run_dir = unlearn(model_args, data, config, eval_args, command=["llm-unlearn", "unlearn", *argv])
     if eval_args.do_final_eval:
         if no_reference:
@@ -120,6 +124,8 @@ def cmd_unlearn(argv: list[str]) -> None:
         if is_main_process():
             _print_metrics(result)
     print(f"run complete: {run_dir}")
+    if undo is not None:
+        cmd_distill([str(run_dir), "--output_dir", f"{run_dir}-undo", *undo])
     if hub is not None:
         from accelerate import PartialState
 
@@ -127,6 +133,24 @@ def cmd_unlearn(argv: list[str]) -> None:
 
         if PartialState().is_main_process:
             push(run_dir, **hub)
+
+
+def _undo_settings(config, evaluate: bool) -> list[str]:
+    """`distill` arguments for --undo_alpha, checked before unlearning starts."""
+    import os
+
+    from .distill import DistillSettings, check_settings
+    from .unlearn import check_output_dir
+
+    check_settings(DistillSettings(alpha=config.undo_alpha, max_steps=config.undo_max_steps))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            "--undo_alpha runs in one process; leave it off and run `llm-unlearn distill` afterwards"
+        )
+    check_output_dir(f"{config.output_dir}-undo")
+    argv = ["--alpha", str(config.undo_alpha), "--seed", str(config.seed)]
+    argv += ["--max_steps", str(config.undo_max_steps)] + ["--disable_tqdm"] * bool(config.disable_tqdm)
+    return argv + ["--no_eval"] * (not evaluate)
 
 
 def _given(argv: list[str], name: str) -> bool:

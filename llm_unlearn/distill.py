@@ -42,6 +42,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -133,7 +134,9 @@ def _seeded(seed: int):
         yield
 
 
-def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def distill_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Mean over positions with mask 1 of KL(p_teacher || p_student) over the vocabulary.
 
     Logits are [batch, time, vocab], mask [batch, time]; computed in float32.
@@ -165,10 +168,10 @@ class DistillTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         super().log(logs, start_time)
         if self.is_world_process_zero():
-            import json
-
             with open(Path(self.args.output_dir) / "train_log.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": self.state.global_step, "epoch": self.state.epoch, **logs}) + "\n")
+                f.write(
+                    json.dumps({"step": self.state.global_step, "epoch": self.state.epoch, **logs}) + "\n"
+                )
 
     def _save_checkpoint(self, model, trial) -> None:
         limit = self.args.save_total_limit
@@ -191,7 +194,8 @@ class DistillTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
-        args_file = Path(output_dir or self.args.output_dir) / "training_args.bin"  # a pickle; the YAML says it all
+        # training_args.bin is a pickle; unlearn_config.yaml records the settings instead.
+        args_file = Path(output_dir or self.args.output_dir) / "training_args.bin"
         if self.is_world_process_zero() and args_file.exists():
             os.remove(args_file)
 
@@ -203,7 +207,9 @@ def read_run(run_dir: str | Path) -> dict:
     """The resolved config of a complete unlearning run, refusing anything else with one line."""
     run = Path(run_dir)
     if not run.is_dir():
-        raise FileNotFoundError(f"run directory {run} does not exist; pass the output_dir of `llm-unlearn unlearn`")
+        raise FileNotFoundError(
+            f"run directory {run} does not exist; pass the output_dir of `llm-unlearn unlearn`"
+        )
     if read_status(run) is None or not (run / CONFIG_FILE).is_file():
         raise RunError(
             f"{run} is not an llm-unlearn run directory (no status.json or {CONFIG_FILE}); "
@@ -244,13 +250,19 @@ def distill_rows(config: dict, splits: tuple[str, ...]) -> list[dict]:
                 f"{forget_split} (e.g. {overlap[0][:60]!r}); UNDO never trains on the forget set: pass "
                 "--splits without it"
             )
-        rows += [{"question": r["question"], "answer": a} for r in loaded for a in [r["answer"], *r.get("train_answers", [])]]
+        rows += [
+            {"question": r["question"], "answer": a}
+            for r in loaded
+            for a in [r["answer"], *r.get("train_answers", [])]
+        ]
     return rows
 
 
 def check_settings(settings: DistillSettings) -> None:
     if not 0.0 <= settings.alpha <= 1.0:
-        raise ValueError(f"--alpha {settings.alpha} is outside [0, 1]; pass the share of fresh initialization, e.g. 0.3")
+        raise ValueError(
+            f"--alpha {settings.alpha} is outside [0, 1]; pass the share of fresh initialization, e.g. 0.3"
+        )
     if settings.noise_beta < 0:
         raise ValueError(f"--noise_beta {settings.noise_beta} is negative; pass a scale >= 0 (default 1)")
     if settings.max_steps == 0 or (settings.max_steps < 0 and settings.num_train_epochs <= 0):
