@@ -34,6 +34,7 @@ distillation question that is also a forget question is refused before work star
 The output is a run directory like `unlearn`'s (status, run_info, unlearn_config.yaml with an
 `undo` section, train_log.jsonl, marked checkpoints and resume, model and tokenizer), evaluated at
 the end against the run's retain-only reference, and `llm-unlearn probe` reads it unchanged.
+`llm-unlearn unlearn --undo_alpha A` runs this step after unlearning, into OUTPUT_DIR-undo.
 """
 
 from __future__ import annotations
