@@ -35,6 +35,10 @@ The output is a run directory like `unlearn`'s (status, run_info, unlearn_config
 `undo` section, train_log.jsonl, marked checkpoints and resume, model and tokenizer), evaluated at
 the end against the run's retain-only reference, and `llm-unlearn probe` reads it unchanged.
 `llm-unlearn unlearn --undo_alpha A` runs this step after unlearning, into OUTPUT_DIR-undo.
+A LoRA run saves its merged model beside the adapter; that merged model is the teacher, and the
+student is a full-weight model (the noise touches every weight, so an adapter could not hold it).
+The default Trainer settings (AdamW lr 1e-3, 3 epochs) fit the built-in world's tiny models; a
+pretrained LLM wants the learning rate it was fine-tuned with (1e-5 to 1e-4).
 """
 
 from __future__ import annotations
@@ -118,10 +122,12 @@ def perturb(student: torch.nn.Module, fresh: torch.nn.Module, alpha: float, beta
             param.mul_(1 - alpha).add_(fresh_params[name].to(param.dtype), alpha=alpha * beta)
 
 
-def noised_copy(teacher, alpha: float, beta: float, seed: int):
+def noised_copy(teacher, alpha: float, beta: float, seed: int, trust_remote_code: bool = False):
     """A new model: the teacher's weights mixed with a fresh initialization of its architecture (seeded)."""
     with _seeded(seed):
-        fresh = AutoModelForCausalLM.from_config(teacher.config, dtype=teacher.dtype)
+        fresh = AutoModelForCausalLM.from_config(
+            teacher.config, dtype=teacher.dtype, trust_remote_code=trust_remote_code
+        )
     student = copy.deepcopy(teacher)
     perturb(student, fresh, alpha, beta)
     return student
@@ -304,7 +310,7 @@ def distill(
         tokenizer = load_tokenizer(str(run_dir), **load)
         dataset = QADataset(rows, tokenizer, data.prompt_format, data.max_length, data.system_prompt)
         teacher = load_model(str(run_dir), **load, torch_dtype=model_args.torch_dtype)
-        student = noised_copy(teacher, settings.alpha, settings.noise_beta, settings.seed)
+        student = noised_copy(teacher, settings.alpha, settings.noise_beta, settings.seed, **load)
         args = TrainingArguments(
             output_dir=str(out), seed=settings.seed, data_seed=settings.seed, max_steps=settings.max_steps,
             num_train_epochs=settings.num_train_epochs, learning_rate=settings.learning_rate,
