@@ -211,3 +211,16 @@ def test_unlearn_undo_alpha_writes_a_distilled_run_beside_the_unlearned_one(
     assert read_status(out)["state"] == read_status(undo)["state"] == "complete"
     assert read_run(undo)["undo"]["alpha"] == 0.4 and read_run(undo)["undo"]["max_steps"] == 2
     assert not (undo / "eval.json").exists()  # the unlearning run was not evaluated either
+
+
+def test_a_lora_run_is_distilled_from_its_merged_model(micro_world, micro_models, tmp_path):
+    run = tmp_path / "lora"
+    assert main([
+        "unlearn", "--model_name_or_path", str(micro_models["target"]), "--data_dir", str(micro_world),
+        "--output_dir", str(run), "--max_steps", "1", "--use_lora", "true", "--disable_tqdm", "true",
+        "--do_final_eval", "false",
+    ]) == 0  # fmt: skip
+    assert (run / "adapter").is_dir()
+    out = distill(run, tmp_path / "undo", DistillSettings(alpha=0.2, max_steps=1, disable_tqdm=True))
+    merged, student = load_file(run / "model.safetensors"), load_file(out / "model.safetensors")
+    assert merged.keys() == student.keys() and not any("lora" in k for k in student)
