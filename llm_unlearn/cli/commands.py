@@ -5,6 +5,7 @@
     llm-unlearn train --config recipes/world/finetune.yaml
     llm-unlearn unlearn --config recipes/world/graddiff.yaml [--key value ...]
     llm-unlearn eval --model_name_or_path RUN --data_dir DIR --reference_model REF
+    llm-unlearn distill RUN --alpha 0.3 --output_dir OUT [--max_steps N]  # UNDO: noise + distill a run
     llm-unlearn probe RUN [--budgets 0,10,25,50,100] [--probes relearn,piggyback,quant] [--out FILE]
     llm-unlearn report RUN [RUN ...] --out DIR [--target_eval FILE]  # report.md + plots for runs or a folder of them
     llm-unlearn push RUN --repo_id ORG/NAME [--private] [--revision R] [--merged] [--dry_run --output_dir DIR]
@@ -26,7 +27,9 @@ import sys
 import threading
 from pathlib import Path
 
-SUBCOMMANDS = ("demo", "world", "train", "unlearn", "eval", "probe", "report", "push", "ls", "bench")
+SUBCOMMANDS = (
+    "demo", "world", "train", "unlearn", "distill", "eval", "probe", "report", "push", "ls", "bench"
+)  # fmt: skip
 USAGE = __doc__.split("\n\n")[1]
 
 
@@ -103,6 +106,8 @@ def cmd_unlearn(argv: list[str]) -> None:
         config.output_dir = f"runs/auto-{data.forget_split}-{time.strftime('%Y%m%d-%H%M%S')}"
     if eval_args.do_final_eval and not no_reference:
         check_reference(eval_args)
+    evaluate = eval_args.do_final_eval and not no_reference
+    undo = _undo_settings(config, evaluate) if config.undo_alpha else None
     run_dir = unlearn(model_args, data, config, eval_args, command=["llm-unlearn", "unlearn", *argv])
     if eval_args.do_final_eval:
         if no_reference:
@@ -118,6 +123,8 @@ def cmd_unlearn(argv: list[str]) -> None:
         if is_main_process():
             _print_metrics(result)
     print(f"run complete: {run_dir}")
+    if undo is not None:
+        cmd_distill([str(run_dir), "--output_dir", f"{run_dir}-undo", *undo])
     if hub is not None:
         from accelerate import PartialState
 
@@ -125,6 +132,24 @@ def cmd_unlearn(argv: list[str]) -> None:
 
         if PartialState().is_main_process:
             push(run_dir, **hub)
+
+
+def _undo_settings(config, evaluate: bool) -> list[str]:
+    """`distill` arguments for --undo_alpha, checked before unlearning starts."""
+    import os
+
+    from ..pipeline.distill import DistillSettings, check_settings
+    from ..pipeline.unlearn import check_output_dir
+
+    check_settings(DistillSettings(alpha=config.undo_alpha, max_steps=config.undo_max_steps))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            "--undo_alpha runs in one process; leave it off and run `llm-unlearn distill` afterwards"
+        )
+    check_output_dir(f"{config.output_dir}-undo")
+    argv = ["--alpha", str(config.undo_alpha), "--seed", str(config.seed)]
+    argv += ["--max_steps", str(config.undo_max_steps)] + ["--disable_tqdm"] * bool(config.disable_tqdm)
+    return argv + ["--no_eval"] * (not evaluate)
 
 
 def _given(argv: list[str], name: str) -> bool:
@@ -162,6 +187,16 @@ def cmd_eval(argv: list[str]) -> None:
     if is_main_process():  # every rank has the result; one prints it
         _print_metrics(result)
         print(f"wrote {out}")
+
+
+def cmd_distill(argv: list[str]) -> None:
+    from ..pipeline.distill import distill_cli
+    from ..pipeline.evaluate import is_main_process
+
+    out, result = distill_cli(argv)
+    if result is not None and is_main_process():
+        _print_metrics(result)
+    print(f"run complete: {out}")
 
 
 def cmd_probe(argv: list[str]) -> None:

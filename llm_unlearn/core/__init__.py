@@ -3,6 +3,7 @@
     config.py     `UnlearnConfig(TrainingArguments)`: method, term weights, combination, GeN, stop rule
     trainer.py    UnlearnTrainer: forget + retain streams, per-term gradients, GeN probing, logging
     optim.py      NGDiff's normalized and PCGrad's combinations of per-term gradients (FSDP2 aware)
+    sam.py        sharpness-aware unlearning: forget terms at their worst-case neighbour
     gen.py        GeN: the learning rate from a quadratic fit of the loss along the update
     streams.py    the retain stream and GeN's probe stream (pure functions of seed and position)
     stop.py       the `indistinguishable` stop rule behind `--auto`

@@ -173,6 +173,18 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
         default=None,
         metadata={"help": "Unseen split to compare with (default: the forget split's holdoutNN)."},
     )
+    undo_alpha: float = field(
+        default=0.0,
+        metadata={
+            "help": "After unlearning (and its evaluation), run UNDO (pipeline/distill.py, arXiv 2506.06278) into "
+            "OUTPUT_DIR-undo: mix this share of fresh initialization into a copy and distill the run into it "
+            "(0: off; `llm-unlearn unlearn` only; same as `llm-unlearn distill OUTPUT_DIR --alpha A`)."
+        },
+    )
+    undo_max_steps: int = field(
+        default=-1,
+        metadata={"help": "Distillation steps of --undo_alpha (-1: pipeline/distill.py's default epochs)."},
+    )
     # Trainer defaults that are wrong for unlearning.
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep our tokenized columns."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps."})
