@@ -31,8 +31,11 @@ from llm_unlearn.probes import EvalSettings, ProbeSettings, run_probes
 SECTION = "remedies"
 METHODS = ("graddiff", "npo", "ngdiff")
 SEEDS = (0, 1, 2)
-SAM_RHO = 0.01
-UNDO_ALPHAS = (0.3, 0.6)
+# Chosen on graddiff, seed 0-2, before this study (the SAM and UNDO branches' own measurements): SAM at
+# rho 0.25 needs ~2.5x the recipe's epochs to forget (at 6 epochs it barely does); UNDO needs 6 distillation
+# epochs to move relearning at all (3 did not). Every method gets the same settings: none is tuned per method.
+SAM_RHO, SAM_EPOCHS = 0.25, 16
+UNDO_ALPHAS, UNDO_EPOCHS = (0.6, 0.8), 6.0
 ARMS = ("plain", "sam", *(f"undo-{a:g}" for a in UNDO_ALPHAS))
 KEYS = ("forget_quality", "model_utility", "retain_fact_recall", "forget_fact_recall", "forget_rouge_l")
 CURVE_METRIC = "forget_fact_recall"
@@ -58,7 +61,9 @@ def execute(todo: list[dict], out: Path, args, world: Path, models: dict, recipe
         "target": {k: target_eval["metrics"][k]["value"] for k in KEYS},
         "retain": {k: reference["metrics"][k]["value"] for k in KEYS if k != "forget_quality"},
         "sam_rho": SAM_RHO,
+        "sam_epochs": SAM_EPOCHS,
         "undo_alphas": list(UNDO_ALPHAS),
+        "undo_epochs": UNDO_EPOCHS,
     }
     settings = ProbeSettings()
     eval_settings = EvalSettings(prompt_format=data.prompt_format, system_prompt=data.system_prompt,
@@ -81,12 +86,22 @@ def execute(todo: list[dict], out: Path, args, world: Path, models: dict, recipe
             if arm == "plain":
                 run_dir, seconds = plain_dir, plain_seconds
             elif arm == "sam":
-                run_dir, seconds = _unlearn(base, prefix, "sam", stamp, ["--sam_rho", str(SAM_RHO)])
+                run_dir, seconds = _unlearn(
+                    base,
+                    prefix,
+                    "sam",
+                    stamp,
+                    [
+                        "--sam_rho",
+                        str(SAM_RHO),
+                        *([] if args.quick else ["--num_train_epochs", str(SAM_EPOCHS)]),
+                    ],
+                )
             else:
                 alpha = float(arm.removeprefix("undo-"))
                 start = time.perf_counter()
                 run_dir = distill(plain_dir, work / f"{method}-{seed}-{arm}-{stamp}",
-                                  DistillSettings(alpha=alpha, seed=seed, disable_tqdm=True,
+                                  DistillSettings(alpha=alpha, seed=seed, disable_tqdm=True, num_train_epochs=UNDO_EPOCHS,
                                                   max_steps=4 if args.quick else -1))  # fmt: skip
                 seconds = plain_seconds + time.perf_counter() - start
             result = evaluate_path(str(run_dir), data, EvalArgs(), reference=reference)
@@ -187,9 +202,10 @@ def report_lines(state: dict) -> list[str]:
         "", "## Remedies: sharpness-aware unlearning (SAM) and unlearn-noise-distill (UNDO), seed means",
         "",
         f"Command: `python benchmarks/robustness.py --remedies` ({', '.join(dates)}; seeds {seeds}; "
-        f"{state.get('hardware', 'CPU')}). SAM rho {base['sam_rho']}; UNDO alphas "
-        f"{', '.join(f'{a:g}' for a in base['undo_alphas'])} (distilled from the plain run; its seconds include the "
-        f"plain run). Recovery of held-out forget fact recall (0 = retain-only model under the same attack, "
+        f"{state.get('hardware', 'CPU')}). Plain: the world recipe (6 epochs). SAM: rho {base['sam_rho']}, "
+        f"{base['sam_epochs']} epochs. UNDO: alphas {', '.join(f'{a:g}' for a in base['undo_alphas'])}, "
+        f"{base['undo_epochs']:g} distillation epochs on retain + pretrain text, from the plain run (its seconds "
+        f"include the plain run's). Recovery of held-out forget fact recall (0 = retain-only model under the same attack, "
         f"1 = original). Goal (issue 21): relearning recovery at {budgets[-1]} steps <= {GOAL_RECOVERY}, MU >= "
         f"{GOAL_MU_SHARE:.0%} of the target's ({base['target']['model_utility']:.3f}), FQ not below the plain "
         f"method's. Target retain fact recall {base['target']['retain_fact_recall']:.2f}.",
