@@ -4,6 +4,8 @@ built-in world, for graddiff, ngdiff, npo and gc (issue 12, section 2).
     python benchmarks/robustness.py                    # default world: writes benchmarks/robustness.{json,md}
     python benchmarks/robustness.py --report_only      # redo the table from the JSON
     python benchmarks/robustness.py --size micro --quick --out /tmp/robustness-smoke.json   # smoke run (~1 min)
+    python benchmarks/robustness.py --remedies         # plain vs SAM vs UNDO, 3 seeds (benchmarks/_remedies.py)
+    python benchmarks/robustness.py --remedies --plan  # what is recorded and what is left (it resumes)
 
 Each method runs its world recipe (`recipes/world/<method>.yaml`, as `llm-unlearn unlearn --config`
 would, from the world's target model on forget10; methods without a recipe are listed as skipped),
@@ -19,16 +21,22 @@ forget set, 1 = back to the original.
 bits, metric): value, recovery (null with a note where the original and the reference agree), and
 for the yardsticks method "target" (quantization only) and "retain" (recovery null). `<out>.md`: tables.
 `--quick` (smoke runs only): unlearning capped at 2 steps, budgets 0,2, short generations.
+`--remedies` writes the `remedies` section of the same JSON (run by run, resumable), its table in
+`<out>.md` and the relearning curves in `<out>.png`; the single-seed rows above are kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import _remedies  # noqa: E402  (benchmarks/: this script's folder is on sys.path)
+import _study  # noqa: E402
 
 from llm_unlearn.cli.parse import parse_config
 from llm_unlearn.data.world import WORLD_SIZES, WorldConfig, write_world
@@ -36,7 +44,7 @@ from llm_unlearn.methods import METHODS
 from llm_unlearn.models.build import build_default_models
 from llm_unlearn.pipeline.unlearn import unlearn
 from llm_unlearn.probes import EvalSettings, ProbeSettings, run_probes
-from llm_unlearn.runs.folder import write_json_atomic, write_text_atomic
+from llm_unlearn.runs.folder import locked, write_json_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "world"
@@ -55,14 +63,61 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--relearn_lr", type=float, default=ProbeSettings.relearn_lr)
     parser.add_argument("--piggyback_lr", type=float, default=ProbeSettings.piggyback_lr)
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 unlearning steps, budgets 0,2")
+    parser.add_argument(
+        "--remedies", action="store_true", help="plain vs SAM vs UNDO over seeds (see _remedies.py)"
+    )
+    parser.add_argument("--seeds", default=",".join(map(str, _remedies.SEEDS)), help="--remedies: seeds")
+    parser.add_argument("--arms", default=",".join(_remedies.ARMS), help="--remedies: arms")
+    parser.add_argument("--work", default="/tmp/llm-unlearn-remedies", help="--remedies: run folders")
+    parser.add_argument(
+        "--plan", action="store_true", help="--remedies: list the runs still to do, run nothing"
+    )
     parser.add_argument("--report_only", action="store_true", help="rewrite the table from the JSON")
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
     out = Path(args.out)
-    if not args.report_only:
-        write_json_atomic(out, run(args))
+    if args.remedies:
+        remedies(args, out)
+    elif not args.report_only:
+        result = run(args)
+        with locked(out):  # keep the remedies section another process may be writing
+            kept = {k: v for k, v in _read(out).items() if k == _remedies.SECTION}
+            write_json_atomic(out, result | kept)
     write_report(out)
     return out
+
+
+def _read(out: Path) -> dict:
+    return json.loads(out.read_text()) if out.exists() else {}
+
+
+def remedies(args, out: Path) -> None:
+    methods = (
+        [m for m in args.methods.split(",") if m]
+        if args.methods != ",".join(METHOD_NAMES)
+        else list(_remedies.METHODS)
+    )
+    missing = [m for m in methods if not (RECIPES / f"{m}.yaml").is_file()]
+    if missing:
+        raise SystemExit(f"no world recipe for {', '.join(missing)}: write recipes/world/<method>.yaml first")
+    unknown_arms = sorted(set(args.arms.split(",")) - set(_remedies.ARMS))
+    if unknown_arms:
+        raise SystemExit(f"unknown arm(s) {', '.join(unknown_arms)}; choose from {', '.join(_remedies.ARMS)}")
+    seeds = tuple(int(s) for s in args.seeds.split(","))[: 1 if args.quick else None]
+    budgets = (0, 2) if args.quick else tuple(int(b) for b in args.budgets.split(","))
+    planned = _remedies.plan(methods, seeds, tuple(args.arms.split(",")))
+
+    def execute(todo: list[dict]) -> None:
+        work = Path(args.work) / args.size
+        world = work / "world"
+        if not world.is_dir():
+            write_world(world, WorldConfig(**WORLD_SIZES[args.size]))
+        models = build_default_models(world, forget_splits=(FORGET_SPLIT,), size=args.size)
+        _remedies.execute(todo, out, args, world, models, RECIPES, budgets)
+
+    _study.run_study(
+        planned, out, _remedies.key, args, execute, lambda state: None, section=_remedies.SECTION
+    )
 
 
 def run(args) -> dict:
@@ -153,9 +208,11 @@ def _cell(row: dict | None) -> str:
 
 
 def write_report(out: Path) -> Path:
-    import json
-
-    state = json.loads(out.read_text())
+    state = _read(out)
+    if "rows" not in state:  # only the remedies study has run
+        state = {"rows": [], "size": state.get(_remedies.SECTION, {}).get("size", "?"), "forget_split": FORGET_SPLIT,
+                 "command": "", "seconds": 0, "quick": False, "skipped": {}, "budgets": [],
+                 "settings": {"probe": vars(ProbeSettings()), "group_size": 128}}  # fmt: skip
     rows = state["rows"]
     index = {(r["method"], r["probe"], r["budget"], r["bits"], r["metric"]): r for r in rows}
     methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] not in ("target", "retain")))
@@ -195,6 +252,10 @@ def write_report(out: Path) -> Path:
             cells = [_cell(index.get((method, "quant", None, b, metric))) for b in bits]
             if any(cells):
                 lines.append(f"| {method} | {metric} | " + " | ".join(cells) + " |")
+    remedy_state = _study.read(out, _remedies.SECTION)
+    if remedy_state["runs"]:
+        lines += _remedies.report_lines(remedy_state)
+        print(f"wrote {_remedies.plot(remedy_state, out.with_suffix('.png'))}")
     path = write_text_atomic(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print(f"wrote {path}")
     return path
