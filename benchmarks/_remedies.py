@@ -183,7 +183,7 @@ def summarize(state: dict) -> list[dict]:
             last = row.get(f"relearn_{budgets[-1]}")
             row["goal"] = {
                 "relearn_recovery_at_max": last is not None and last <= GOAL_RECOVERY,
-                "mu_share": row["model_utility"] / base["target"]["model_utility"],
+                "mu_share": row["model_utility"] / max(base["target"]["model_utility"], 1e-12),
                 "mu_kept": row["model_utility"] >= GOAL_MU_SHARE * base["target"]["model_utility"],
                 "fq_not_below_plain": plain_fq is not None and row["forget_quality"] >= plain_fq,
             }
