@@ -243,6 +243,47 @@ def probe_curves(probe: dict, path: Path, title: str) -> bool:
     return True
 
 
+def probe_comparison(probes: dict[str, dict], path: Path) -> bool:
+    """Several runs' relearning / Piggyback curves on one axis per probe and metric, side by side.
+
+    The way to see whether a remedy (SAM, UNDO) keeps forgetting from coming back: the plain method's
+    run and the remedied runs in one panel, with the retain-only reference probed the same way.
+    Needs two or more runs probed with the same budgets.
+    """
+    runs = {label: probe for label, probe in probes.items() if any(p in probe for p in PROBE_TITLES)}
+    if len(runs) < 2:
+        return False
+    first = next(iter(runs.values()))
+    names = [p for p in PROBE_TITLES if all(p in probe for probe in runs.values())]
+    if not names:
+        return False
+    metrics = [m for m in PROBE_METRICS if m in first[names[0]]["unlearned"][0]["metrics"]]
+    directions = first.get("directions", {})
+    fig = _figure(3.3 * len(metrics), 3.0 * len(names) + 0.9 + 0.25 * len(runs))
+    axes = fig.subplots(len(names), len(metrics), squeeze=False)
+    for row, name in enumerate(names):
+        for col, metric in enumerate(metrics):
+            ax = axes[row][col]
+            reference = first[name]["reference"]
+            ax.plot([p["budget"] for p in reference], [p["metrics"][metric]["value"] for p in reference],
+                    color="0.45", marker="s", ms=7, ls="--", label="retain-only reference, probed")  # fmt: skip
+            for i, (label, probe) in enumerate(runs.items()):
+                points = probe[name]["unlearned"]
+                ax.plot([p["budget"] for p in points], [p["metrics"][metric]["value"] for p in points],
+                        color=f"C{i % 10}", marker="o", ms=5, label=label)  # fmt: skip
+            ax.set_title(f"{PROBE_TITLES[name]}: {_metric_label(metric, None)}", fontsize=10)
+            ax.set_xlabel("optimizer steps on the attack part")
+            ax.set_ylabel(_metric_label(metric, directions.get(metric)), fontsize=9)
+            ax.grid(True, alpha=0.3)
+    fig.suptitle(
+        "residual-knowledge probes side by side, scored on the held-out part of the forget set", fontsize=11
+    )
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    _legend_below(fig, handles, labels, 3)
+    fig.savefig(path, dpi=DPI)
+    return True
+
+
 def quant_curves(probe: dict, path: Path, title: str) -> bool:
     """Quantization probe: forget metrics and membership AUCs at each bit width, for the three models."""
     quant = probe.get("quant")

@@ -230,6 +230,9 @@ def _run_figures(out: Path, probes: dict[str, dict], train_logs: dict[str, list[
     lines: list[str] = []
     if probes:
         lines += ["", "## Residual knowledge: relearning, Piggyback and quantization probes", ""]
+        if plots.probe_comparison(probes, out / "probe_comparison.png"):
+            lines += ["Every probed run on one axis (for instance a method with and without SAM or UNDO):", "",
+                      "![probes side by side](probe_comparison.png)", ""]  # fmt: skip
         for label, probe in probes.items():
             name = file_label(label)
             drawn = []

@@ -129,6 +129,34 @@ def test_report_of_a_folder_draws_every_figure_and_states_the_collateral_damage(
         assert f"({png}.png)" in text and (out / f"{png}.png").stat().st_size > 10_000, png
     assert not (out / "probe_graddiff.png").exists()
     assert f"wrote {out / 'report.md'}" in capsys.readouterr().out
+    assert "probe_comparison.png" not in text  # one probed run: nothing to compare
+
+
+def test_two_probed_runs_are_drawn_side_by_side_on_one_axis(runs, tmp_path, monkeypatch):
+    """A method with and without a remedy: both probe.json files in one comparison figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from llm_unlearn.eval import plots
+
+    other = fake_probe()
+    for point in other["relearn"]["unlearned"]:
+        for metric in point["metrics"].values():
+            metric["value"] = metric["value"] / 2  # a run whose forgetting comes back half as much
+    (runs / "graddiff" / "probe.json").write_text(json.dumps(other))
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "(probe_comparison.png)" in text and (out / "probe_comparison.png").stat().st_size > 10_000
+    # the figure holds one line per run plus the reference, in each panel
+    figures = []
+    make = plots._figure
+    monkeypatch.setattr(plots, "_figure", lambda *a, **k: figures.append(make(*a, **k)) or figures[-1])
+    assert plots.probe_comparison({"a": other, "b": fake_probe()}, tmp_path / "c.png")
+    axes = [ax for ax in figures[0].axes if ax.get_lines()]
+    assert axes and all(len(ax.get_lines()) == 3 for ax in axes)
+    assert {line.get_label() for line in axes[0].get_lines()} == {"a", "b", "retain-only reference, probed"}
+    assert not plots.probe_comparison({"a": other}, tmp_path / "d.png")  # one run: nothing to compare
 
 
 def test_models_at_the_same_point_are_named_in_a_legend_beside_the_axes_not_in_labels():
