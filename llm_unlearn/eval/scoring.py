@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import IGNORE_INDEX, QACollator, encode_prompt, encode_qa, end_of_turn_id, pad_id
+from .packed import packed_answer_logits, packed_batches, packed_supported
 from .shard import Shard
 
 
@@ -80,7 +81,12 @@ def answer_losses(
     ]
     n_prompt = [f["labels"].count(IGNORE_INDEX) for f in features]
     model.eval()
-    if batch_size > 1:
+    if batch_size > 1 and packed_supported(model):
+        prompt_ids = [f["input_ids"][:n] for f, n in zip(features, n_prompt)]
+        answer_ids = [f["input_ids"][n:] for f, n in zip(features, n_prompt)]
+        batches = packed_batches(prompt_ids, answer_ids, batch_size)
+        score = _packed_scorer(model, tokenizer, prompt_ids, answer_ids)
+    elif batch_size > 1:
         batches = _prompt_group_batches(features, n_prompt, batch_size)
         score = _shared_prompt_scorer(model, tokenizer, features, n_prompt)
     else:
@@ -113,6 +119,18 @@ def _single_scorer(model, tokenizer, features: list[dict]):
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).logits
         return _mean_nll(logits[:, :-1], batch["labels"][:, 1:])
+
+    return score
+
+
+def _packed_scorer(model, tokenizer, prompt_ids: list[list[int]], answer_ids: list[list[int]]):
+    def score(idx: list[int]) -> np.ndarray:
+        logits, labels, pair = packed_answer_logits(
+            model, [prompt_ids[i] for i in idx], [answer_ids[i] for i in idx], pad_id(tokenizer)
+        )
+        nll = F.cross_entropy(logits.float(), labels, reduction="none")
+        total = torch.zeros(len(idx), dtype=torch.float64, device=nll.device).index_add_(0, pair, nll.double())
+        return (total / torch.bincount(pair, minlength=len(idx))).cpu().numpy()
 
     return score
 
