@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import IGNORE_INDEX, QACollator, encode_qa, pad_id
+from .packed import packed_answer_logits, packed_batches, packed_supported
 from .scoring import _batches
 from .shard import Shard
 
@@ -116,23 +117,39 @@ def sample_scores(
         for q, a in zip(questions, answers, strict=True)
     ]
     collate = QACollator(pad_token_id=pad_id(tokenizer), padding_side="right")
-    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
-    batches = _batches(order, batch_size)
+    n_prompt = [f["labels"].count(IGNORE_INDEX) for f in features]
     model.eval()
+    packed = batch_size > 1 and packed_supported(model)
+    if packed:  # one row per pair, the output layer only at the answer labels (packed.py)
+        prompt_ids = [f["input_ids"][:n] for f, n in zip(features, n_prompt)]
+        answer_ids = [f["input_ids"][n:] for f, n in zip(features, n_prompt)]
+        batches = packed_batches(prompt_ids, answer_ids, batch_size)
+    else:
+        order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+        batches = _batches(order, batch_size)
 
-    def score(idx: list[int]) -> list[tuple[float, float, float, str]]:
+    def answer_logits(idx: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(logits [n+1, V], labels [n+1]) at each pair's answer labels, end token last."""
+        if packed:
+            logits, labels, _ = packed_answer_logits(
+                model, [prompt_ids[i] for i in idx], [answer_ids[i] for i in idx], pad_id(tokenizer)
+            )
+            counts = [len(answer_ids[i]) for i in idx]
+            return list(zip(logits.split(counts), labels.split(counts), strict=True))
         batch = {key: v.to(model.device) for key, v in collate([features[i] for i in idx]).items()}
         logits = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).logits[:, :-1]
         labels = batch["labels"][:, 1:]
+        rows = [(labels[row] != IGNORE_INDEX).nonzero().squeeze(1) for row in range(len(idx))]
+        return [(logits[row, positions], labels[row, positions]) for row, positions in enumerate(rows)]
+
+    def score(idx: list[int]) -> list[tuple[float, float, float, str]]:
         out = []
-        for row in range(len(idx)):
-            positions = (labels[row] != IGNORE_INDEX).nonzero().squeeze(1)
+        for logits, target in answer_logits(idx):
             # float64 over the vocabulary: the variance below is a small difference of large sums,
             # and float32 made it depend on the batch's padding (3e-5 between batch sizes).
-            logp = F.log_softmax(logits[row, positions].double(), dim=-1)  # [n+1, V], end token last
-            target = labels[row, positions]
+            logp = F.log_softmax(logits.double(), dim=-1)  # [n+1, V], end token last
             token_logp = logp.gather(1, target.unsqueeze(1)).squeeze(1).double()
             loss = float(-token_logp.mean())  # end token included, as l(a|q) everywhere else
             answer = token_logp[:-1] if token_logp.numel() > 1 else token_logp  # end token excluded
