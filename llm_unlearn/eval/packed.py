@@ -19,7 +19,7 @@ row, no answer is padded (rows are padded only to the longest row of the batch),
 log-probs are used: the decoder's final hidden states are gathered there and multiplied by the output
 embeddings, [N, H] x [H, V] for N answer labels, instead of [rows x width, H] x [H, V].
 
-It needs an attention that takes an additive 4D mask (`eager`, `sdpa`) and a model whose logits are
+It needs an attention that takes a custom 4D mask (`eager`, `sdpa`) and a model whose logits are
 `get_output_embeddings()` of the decoder's last hidden state; `packed_supported` checks both on the
 model at hand (a model with logit soft-capping, say, fails it), and the callers keep their unpacked
 path for the others.
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-# Attention implementations that add a custom 4D float mask to the scores as is.
+# Attention implementations that apply a custom 4D mask as is (boolean for SDPA, additive for eager).
 MASKED_ATTENTION = ("eager", "sdpa")
 
 
@@ -105,8 +105,11 @@ def packed_answer_logits(
     # Query q sees key k <= q if k is on the prompt or in q's own answer; padding (-1) sees the prompt
     # and itself, so no score row is empty, and nothing real sees padding.
     seen = causal & ((seg.unsqueeze(1) == seg.unsqueeze(2)) | (seg == 0).unsqueeze(1))
-    dtype = model.get_output_embeddings().weight.dtype
-    mask = torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill_(~seen, torch.finfo(dtype).min)
+    if model.config._attn_implementation == "sdpa":
+        mask = seen  # torch's SDPA takes a boolean mask (True = attend), faster than adding a float one
+    else:  # eager attention adds the mask to the scores
+        dtype = model.get_output_embeddings().weight.dtype
+        mask = torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill_(~seen, torch.finfo(dtype).min)
     hidden = model.get_decoder()(
         input_ids=input_ids, attention_mask=mask.unsqueeze(1), position_ids=positions, use_cache=False
     ).last_hidden_state
