@@ -128,38 +128,42 @@ def sample_scores(
         order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
         batches = _batches(order, batch_size)
 
-    def answer_logits(idx: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(logits [n+1, V], labels [n+1]) at each pair's answer labels, end token last."""
+    def answer_logits(idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """(logits [N, V], labels [N]) at the pairs' answer labels in pair order, each pair's end
+        token last, and the number of labels of each pair."""
         if packed:
             logits, labels, _ = packed_answer_logits(
                 model, [prompt_ids[i] for i in idx], [answer_ids[i] for i in idx], pad_id(tokenizer)
             )
-            counts = [len(answer_ids[i]) for i in idx]
-            return list(zip(logits.split(counts), labels.split(counts), strict=True))
+            return logits, labels, [len(answer_ids[i]) for i in idx]
         batch = {key: v.to(model.device) for key, v in collate([features[i] for i in idx]).items()}
         logits = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).logits[:, :-1]
         labels = batch["labels"][:, 1:]
-        rows = [(labels[row] != IGNORE_INDEX).nonzero().squeeze(1) for row in range(len(idx))]
-        return [(logits[row, positions], labels[row, positions]) for row, positions in enumerate(rows)]
+        keep = labels != IGNORE_INDEX  # row-major: pair by pair, in order
+        return logits[keep], labels[keep], keep.sum(1).tolist()
 
     def score(idx: list[int]) -> list[tuple[float, float, float, str]]:
+        logits, target, counts = answer_logits(idx)
+        # float64 over the vocabulary: the variance below is a small difference of large sums,
+        # and float32 made it depend on the batch's padding (3e-5 between batch sizes).
+        logp = F.log_softmax(logits.double(), dim=-1)  # [N, V]
+        token_logp = logp.gather(1, target.unsqueeze(1)).squeeze(1)
+        probs = logp.exp()
+        mu = (probs * logp).sum(-1)
+        var = (probs * (logp - mu.unsqueeze(1)).square()).sum(-1)
+        z = (token_logp - mu) / var.clamp_min(1e-6).sqrt()
         out = []
-        for logits, target in answer_logits(idx):
-            # float64 over the vocabulary: the variance below is a small difference of large sums,
-            # and float32 made it depend on the batch's padding (3e-5 between batch sizes).
-            logp = F.log_softmax(logits.double(), dim=-1)  # [n+1, V], end token last
-            token_logp = logp.gather(1, target.unsqueeze(1)).squeeze(1).double()
-            loss = float(-token_logp.mean())  # end token included, as l(a|q) everywhere else
-            answer = token_logp[:-1] if token_logp.numel() > 1 else token_logp  # end token excluded
-            probs = logp.exp()
-            mu = (probs * logp).sum(-1)
-            var = (probs * (logp - mu.unsqueeze(1)).square()).sum(-1)
-            z = (token_logp - mu) / var.clamp_min(1e-6).sqrt()
-            z = z[:-1] if z.numel() > 1 else z
-            text = tokenizer.decode(target[:-1].tolist(), skip_special_tokens=True)
-            out.append((loss, min_k_score(answer.cpu().numpy(), k), min_k_score(z.cpu().numpy(), k), text))
+        bounds = np.cumsum(counts)[:-1]
+        texts = tokenizer.batch_decode([t[:-1].tolist() for t in target.split(counts)], skip_special_tokens=True)
+        pieces = zip(np.split(token_logp.cpu().numpy(), bounds), np.split(z.cpu().numpy(), bounds), texts,
+                     strict=True)  # fmt: skip
+        for pair_logp, pair_z, text in pieces:
+            loss = float(-pair_logp.mean())  # end token included, as l(a|q) everywhere else
+            # the end token excluded (unless it is the only label)
+            answer, pair_z = (pair_logp[:-1], pair_z[:-1]) if len(pair_logp) > 1 else (pair_logp, pair_z)
+            out.append((loss, min_k_score(answer, k), min_k_score(pair_z, k), text))
         return out
 
     loss = np.empty(len(features))
