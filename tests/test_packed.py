@@ -82,19 +82,22 @@ def test_packed_losses_equal_each_pair_scored_alone(tokenizer, rows, attn, batch
 
 def test_packed_logits_equal_full_logits_at_every_answer_label(tokenizer, rows):
     model = make_model(tokenizer, "sdpa")
-    pairs = [(rows[0]["question"], rows[0]["answer"]), (rows[0]["question"], rows[0]["perturbed_answer"][0]),
+    q, a = rows[0]["question"], rows[0]["answer"]
+    # Answers to one question with a common prefix share tree nodes; another question gets its own row.
+    pairs = [(q, a), (q, rows[0]["perturbed_answer"][0]), (q, a + " Indeed so."), (q, a + " Indeed not."),
              (rows[7]["question"], rows[7]["answer"])]  # fmt: skip
     feats = [encode_qa(tokenizer, q, a, PROMPT["prompt_format"], 1024) for q, a in pairs]
     n_prompt = [f["labels"].count(IGNORE_INDEX) for f in feats]
     with torch.inference_mode():
-        logits, labels, pair = packed.packed_answer_logits(
+        logits, at, labels, pair = packed.packed_answer_logits(
             model, [f["input_ids"][:n] for f, n in zip(feats, n_prompt)],
             [f["input_ids"][n:] for f, n in zip(feats, n_prompt)], tokenizer.pad_token_id,
         )  # fmt: skip
         for j, (f, n) in enumerate(zip(feats, n_prompt)):
             full = model(input_ids=torch.tensor([f["input_ids"]])).logits[0, n - 1 : -1]
-            torch.testing.assert_close(logits[pair == j], full, rtol=0, atol=1e-5)
+            torch.testing.assert_close(logits[at[pair == j]], full, rtol=0, atol=1e-5)
             assert labels[pair == j].tolist() == f["input_ids"][n:]
+    assert len(logits) <= len(labels) - len(feats[0]["input_ids"][n_prompt[0] :]) - 2  # shared contexts computed once
 
 
 def test_a_model_whose_logits_are_not_the_output_layer_is_scored_unpacked(tokenizer, rows):

@@ -132,10 +132,10 @@ def sample_scores(
         """(logits [N, V], labels [N]) at the pairs' answer labels in pair order, each pair's end
         token last, and the number of labels of each pair."""
         if packed:
-            logits, labels, _ = packed_answer_logits(
+            logits, at, labels, _ = packed_answer_logits(
                 model, [prompt_ids[i] for i in idx], [answer_ids[i] for i in idx], pad_id(tokenizer)
             )
-            return logits, labels, [len(answer_ids[i]) for i in idx]
+            return logits[at], labels, [len(answer_ids[i]) for i in idx]
         batch = {key: v.to(model.device) for key, v in collate([features[i] for i in idx]).items()}
         logits = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False

@@ -129,10 +129,11 @@ def _single_scorer(model, tokenizer, features: list[dict]):
 
 def _packed_scorer(model, tokenizer, prompt_ids: list[list[int]], answer_ids: list[list[int]]):
     def score(idx: list[int]) -> np.ndarray:
-        logits, labels, pair = packed_answer_logits(
+        logits, at, labels, pair = packed_answer_logits(
             model, [prompt_ids[i] for i in idx], [answer_ids[i] for i in idx], pad_id(tokenizer)
         )
-        nll = F.cross_entropy(logits.float(), labels, reduction="none")
+        # One float32 log-softmax per distinct context, read at each label it predicts.
+        nll = -F.log_softmax(logits.float(), dim=-1)[at, labels]
         total = torch.zeros(len(idx), dtype=torch.float64, device=nll.device).index_add_(0, pair, nll.double())
         return (total / torch.bincount(pair, minlength=len(idx))).cpu().numpy()
 
