@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
-from llm_unlearn.data import IGNORE_INDEX, encode_qa
+from llm_unlearn.data import IGNORE_INDEX, DataError, encode_qa, encode_qa_pairs
 from llm_unlearn.eval import packed
 from llm_unlearn.eval.mia import sample_scores
 from llm_unlearn.eval.scoring import answer_losses, candidate_pairs
@@ -116,3 +116,12 @@ def test_packed_membership_scores_equal_batch_one_scores(tokenizer, rows):
     np.testing.assert_allclose(batched["loss"], reference_losses(model, tokenizer, questions, answers), atol=1e-5)
     for attack, values in one.items():
         np.testing.assert_allclose(batched[attack], values, rtol=0, atol=1e-5, err_msg=attack)
+
+
+@pytest.mark.parametrize("prompt_format", ["chat_template", "qa"])
+def test_encode_qa_pairs_equals_encode_qa_pair_by_pair(tokenizer, rows, prompt_format):
+    questions, answers = candidate_pairs(rows[:3], paraphrase=True)
+    many = encode_qa_pairs(tokenizer, questions, answers, prompt_format, 1024)
+    assert many == [encode_qa(tokenizer, q, a, prompt_format, 1024) for q, a in zip(questions, answers)]
+    with pytest.raises(DataError, match="exceeds max_length"):
+        encode_qa_pairs(tokenizer, questions, answers, prompt_format, 8)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import IGNORE_INDEX, QACollator, encode_qa, pad_id
+from ..data import IGNORE_INDEX, QACollator, encode_qa_pairs, pad_id
 from .packed import packed_answer_logits, packed_batches, packed_supported
 from .scoring import _batches
 from .shard import Shard
@@ -112,10 +112,7 @@ def sample_scores(
     and variance of log p(v) over the vocabulary at the same positions. Batches are length-sorted
     and sharded like the other scores (`scoring.py`), so results do not depend on the process count.
     """
-    features = [
-        encode_qa(tokenizer, q, a, prompt_format, max_length, system_prompt)
-        for q, a in zip(questions, answers, strict=True)
-    ]
+    features = encode_qa_pairs(tokenizer, questions, answers, prompt_format, max_length, system_prompt)
     collate = QACollator(pad_token_id=pad_id(tokenizer), padding_side="right")
     n_prompt = [f["labels"].count(IGNORE_INDEX) for f in features]
     model.eval()

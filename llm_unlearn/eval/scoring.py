@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import IGNORE_INDEX, QACollator, encode_prompt, encode_qa, end_of_turn_id, pad_id
+from ..data import IGNORE_INDEX, QACollator, encode_prompt, encode_qa_pairs, end_of_turn_id, pad_id
 from .greedy import greedy_continuations, greedy_supported
 from .packed import packed_answer_logits, packed_batches, packed_supported
 from .shard import Shard
@@ -78,11 +78,7 @@ def answer_losses(
     shard: Shard | None = None,
 ) -> np.ndarray:
     """Mean answer NLL l(a|q) for each (question, answer) pair, shape [n]."""
-    prompts = {q: encode_prompt(tokenizer, q, prompt_format, system_prompt) for q in dict.fromkeys(questions)}
-    features = [
-        encode_qa(tokenizer, q, a, prompt_format, max_length, system_prompt, prompt_ids=prompts[q])
-        for q, a in zip(questions, answers, strict=True)
-    ]
+    features = encode_qa_pairs(tokenizer, questions, answers, prompt_format, max_length, system_prompt)
     n_prompt = [f["labels"].count(IGNORE_INDEX) for f in features]
     model.eval()
     if batch_size > 1 and packed_supported(model):
