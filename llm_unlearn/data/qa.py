@@ -302,16 +302,19 @@ def encode_qa(
     max_length: int,
     system_prompt: str | None = None,
     prompt_ids: list[int] | None = None,
+    answer_ids: list[int] | None = None,
 ) -> dict[str, list[int]]:
     """`input_ids` = prompt + answer + end-of-turn; `labels` = -100 on the prompt, ids elsewhere.
 
     `prompt_ids`: `encode_prompt`'s result for this question, when the caller already has it (scoring
-    many answers to one question). Raises DataError when the example is longer than `max_length`:
-    truncating would silently drop answer tokens (or the end token) from the loss.
+    many answers to one question); `answer_ids`: the answer's tokens, likewise (`encode_qa_pairs`).
+    Raises DataError when the example is longer than `max_length`: truncating would silently drop
+    answer tokens (or the end token) from the loss.
     """
     if prompt_ids is None:
         prompt_ids = encode_prompt(tokenizer, question, prompt_format, system_prompt)
-    answer_ids = tokenizer(_answer_text(answer, prompt_format), add_special_tokens=False)["input_ids"]
+    if answer_ids is None:
+        answer_ids = tokenizer(_answer_text(answer, prompt_format), add_special_tokens=False)["input_ids"]
     answer_ids = answer_ids + [end_of_turn_id(tokenizer)]
     n = len(prompt_ids) + len(answer_ids)
     if n > max_length:
@@ -323,6 +326,27 @@ def encode_qa(
         "input_ids": prompt_ids + answer_ids,
         "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids,
     }
+
+
+def encode_qa_pairs(
+    tokenizer,
+    questions: Sequence[str],
+    answers: Sequence[str],
+    prompt_format: str,
+    max_length: int,
+    system_prompt: str | None = None,
+) -> list[dict[str, list[int]]]:
+    """`encode_qa` of each (question, answer) pair; each distinct prompt is rendered once and the answers
+    are tokenized in one call (thousands of separate calls cost more than the tokenizing itself)."""
+    prompts = {q: encode_prompt(tokenizer, q, prompt_format, system_prompt) for q in dict.fromkeys(questions)}
+    texts = [_answer_text(a, prompt_format) for a in answers]
+    answer_ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    return [
+        encode_qa(
+            tokenizer, q, a, prompt_format, max_length, system_prompt, prompt_ids=prompts[q], answer_ids=ids
+        )
+        for q, a, ids in zip(questions, answers, answer_ids, strict=True)
+    ]
 
 
 class QADataset(torch.utils.data.Dataset):

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.qa import IGNORE_INDEX, QACollator, encode_qa, pad_id
+from ..data.qa import IGNORE_INDEX, QACollator, encode_qa_pairs, pad_id
+from .packed import packed_answer_logits, packed_batches, packed_supported
 from .scoring import _batches
 from .shard import Shard
 
@@ -89,6 +90,18 @@ def zlib_length(text: str) -> int:
     return len(zlib.compress(text.encode("utf-8")))
 
 
+def _token_stats(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p_t of `target` [n] under `logits` [n, V], and Min-K%++'s z_t = (log p_t - mu_t) / sigma_t."""
+    # float64 over the vocabulary: the variance below is a small difference of large sums,
+    # and float32 made it depend on the batch's padding (3e-5 between batch sizes).
+    logp = F.log_softmax(logits.double(), dim=-1)
+    token_logp = logp.gather(1, target.unsqueeze(1)).squeeze(1)
+    probs = logp.exp()
+    mu = (probs * logp).sum(-1)
+    var = (probs * (logp - mu.unsqueeze(1)).square()).sum(-1)
+    return token_logp, (token_logp - mu) / var.clamp_min(1e-6).sqrt()
+
+
 @torch.inference_mode()
 def sample_scores(
     model,
@@ -111,38 +124,53 @@ def sample_scores(
     and variance of log p(v) over the vocabulary at the same positions. Batches are length-sorted
     and sharded like the other scores (`scoring.py`), so results do not depend on the process count.
     """
-    features = [
-        encode_qa(tokenizer, q, a, prompt_format, max_length, system_prompt)
-        for q, a in zip(questions, answers, strict=True)
-    ]
+    features = encode_qa_pairs(tokenizer, questions, answers, prompt_format, max_length, system_prompt)
     collate = QACollator(pad_token_id=pad_id(tokenizer), padding_side="right")
-    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
-    batches = _batches(order, batch_size)
+    n_prompt = [f["labels"].count(IGNORE_INDEX) for f in features]
     model.eval()
+    packed = batch_size > 1 and packed_supported(model)
+    if packed:  # one row per pair, the output layer only at the answer labels (packed.py)
+        prompt_ids = [f["input_ids"][:n] for f, n in zip(features, n_prompt)]
+        answer_ids = [f["input_ids"][n:] for f, n in zip(features, n_prompt)]
+        batches = packed_batches(prompt_ids, answer_ids, batch_size)
+    else:
+        order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+        batches = _batches(order, batch_size)
 
-    def score(idx: list[int]) -> list[tuple[float, float, float, str]]:
+    def answer_logits(idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """(logits [N, V], labels [N]) at the pairs' answer labels in pair order, each pair's end
+        token last, and the number of labels of each pair."""
+        if packed:
+            logits, at, labels, _ = packed_answer_logits(
+                model, [prompt_ids[i] for i in idx], [answer_ids[i] for i in idx], pad_id(tokenizer)
+            )
+            return logits[at], labels, [len(answer_ids[i]) for i in idx]
         batch = {key: v.to(model.device) for key, v in collate([features[i] for i in idx]).items()}
         logits = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).logits[:, :-1]
         labels = batch["labels"][:, 1:]
+        keep = labels != IGNORE_INDEX  # row-major: pair by pair, in order
+        return logits[keep], labels[keep], keep.sum(1).tolist()
+
+    def score(idx: list[int]) -> list[tuple[float, float, float, str]]:
+        logits, target, counts = answer_logits(idx)
+        # In blocks of 32 positions: the float64 [32, V] temporaries stay in the CPU cache.
+        token_logp, z = map(
+            torch.cat, zip(*map(_token_stats, logits.split(32), target.split(32)), strict=True)
+        )
         out = []
-        for row in range(len(idx)):
-            positions = (labels[row] != IGNORE_INDEX).nonzero().squeeze(1)
-            # float64 over the vocabulary: the variance below is a small difference of large sums,
-            # and float32 made it depend on the batch's padding (3e-5 between batch sizes).
-            logp = F.log_softmax(logits[row, positions].double(), dim=-1)  # [n+1, V], end token last
-            target = labels[row, positions]
-            token_logp = logp.gather(1, target.unsqueeze(1)).squeeze(1).double()
-            loss = float(-token_logp.mean())  # end token included, as l(a|q) everywhere else
-            answer = token_logp[:-1] if token_logp.numel() > 1 else token_logp  # end token excluded
-            probs = logp.exp()
-            mu = (probs * logp).sum(-1)
-            var = (probs * (logp - mu.unsqueeze(1)).square()).sum(-1)
-            z = (token_logp - mu) / var.clamp_min(1e-6).sqrt()
-            z = z[:-1] if z.numel() > 1 else z
-            text = tokenizer.decode(target[:-1].tolist(), skip_special_tokens=True)
-            out.append((loss, min_k_score(answer.cpu().numpy(), k), min_k_score(z.cpu().numpy(), k), text))
+        bounds = np.cumsum(counts)[:-1]
+        texts = tokenizer.batch_decode(
+            [t[:-1].tolist() for t in target.split(counts)], skip_special_tokens=True
+        )
+        pieces = zip(np.split(token_logp.cpu().numpy(), bounds), np.split(z.cpu().numpy(), bounds), texts,
+                     strict=True)  # fmt: skip
+        for pair_logp, pair_z, text in pieces:
+            loss = float(-pair_logp.mean())  # end token included, as l(a|q) everywhere else
+            # the end token excluded (unless it is the only label)
+            answer, pair_z = (pair_logp[:-1], pair_z[:-1]) if len(pair_logp) > 1 else (pair_logp, pair_z)
+            out.append((loss, min_k_score(answer, k), min_k_score(pair_z, k), text))
         return out
 
     loss = np.empty(len(features))

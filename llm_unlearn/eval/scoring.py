@@ -4,13 +4,16 @@ Both run in batches sorted by length (less padding), then return results in the 
 - Loss: each pair is encoded as `data.encode_qa` does for training (prompt + answer + one end-of-turn
   token, labels -100 on the prompt); l(a|q) = sum of -log p(y_t | y_<t) over the answer tokens and
   the end token, divided by their count. With `batch_size` > 1, pairs that share a question (an
-  answer, its paraphrase, its perturbations) share one pass over the prompt: the prompts of a batch
-  run once, left-padded, with the KV cache, and every answer continues from its prompt's cache
-  (positions from the attention mask, as in generation), so the prompt tokens, often most of the
-  tokens, are not recomputed per answer. With `batch_size` 1 each pair runs alone, unpadded.
+  answer, its paraphrase, its perturbations) share one pass over the prompt: packed into one row
+  with a tree attention mask, the output layer only at the answer labels (`packed.py`); for a model
+  that cannot take that mask, the prompts of a batch run once, left-padded, with the KV cache, and
+  every answer continues from its prompt's cache (positions from the attention mask, as in
+  generation). Either way the prompt tokens, often most of the tokens, are not recomputed per
+  answer. With `batch_size` 1 each pair runs alone, unpadded.
 - Generation: prompts from `data.encode_prompt`, padded on the left with an attention mask, so
-  every row's continuation starts at the same column; greedy decoding with the KV cache; the
-  continuation is cut at the first end-of-turn token, decoded without special tokens, stripped.
+  every row's continuation starts at the same column; greedy decoding with the KV cache, a row
+  leaving the batch once it has ended (`greedy.py`); the continuation is cut at the first
+  end-of-turn token, decoded without special tokens, stripped.
 Batched results equal batch-1 results (to float rounding), which tests check.
 With a `Shard` of several processes each scores its share of those batches and all get every
 result (`shard.py`); the default is one process scoring all of them.
@@ -25,7 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.qa import IGNORE_INDEX, QACollator, encode_prompt, encode_qa, end_of_turn_id, pad_id
+from ..data.qa import IGNORE_INDEX, QACollator, encode_prompt, encode_qa_pairs, end_of_turn_id, pad_id
+from .greedy import greedy_continuations, greedy_supported
+from .packed import packed_answer_logits, packed_batches, packed_supported
 from .shard import Shard
 
 
@@ -73,14 +78,15 @@ def answer_losses(
     shard: Shard | None = None,
 ) -> np.ndarray:
     """Mean answer NLL l(a|q) for each (question, answer) pair, shape [n]."""
-    prompts = {q: encode_prompt(tokenizer, q, prompt_format, system_prompt) for q in dict.fromkeys(questions)}
-    features = [
-        encode_qa(tokenizer, q, a, prompt_format, max_length, system_prompt, prompt_ids=prompts[q])
-        for q, a in zip(questions, answers, strict=True)
-    ]
+    features = encode_qa_pairs(tokenizer, questions, answers, prompt_format, max_length, system_prompt)
     n_prompt = [f["labels"].count(IGNORE_INDEX) for f in features]
     model.eval()
-    if batch_size > 1:
+    if batch_size > 1 and packed_supported(model):
+        prompt_ids = [f["input_ids"][:n] for f, n in zip(features, n_prompt)]
+        answer_ids = [f["input_ids"][n:] for f, n in zip(features, n_prompt)]
+        batches = packed_batches(prompt_ids, answer_ids, batch_size)
+        score = _packed_scorer(model, tokenizer, prompt_ids, answer_ids)
+    elif batch_size > 1:
         batches = _prompt_group_batches(features, n_prompt, batch_size)
         score = _shared_prompt_scorer(model, tokenizer, features, n_prompt)
     else:
@@ -113,6 +119,21 @@ def _single_scorer(model, tokenizer, features: list[dict]):
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).logits
         return _mean_nll(logits[:, :-1], batch["labels"][:, 1:])
+
+    return score
+
+
+def _packed_scorer(model, tokenizer, prompt_ids: list[list[int]], answer_ids: list[list[int]]):
+    def score(idx: list[int]) -> np.ndarray:
+        logits, at, labels, pair = packed_answer_logits(
+            model, [prompt_ids[i] for i in idx], [answer_ids[i] for i in idx], pad_id(tokenizer)
+        )
+        # One float32 log-softmax per distinct context, read at each label it predicts.
+        nll = -F.log_softmax(logits.float(), dim=-1)[at, labels]
+        total = torch.zeros(len(idx), dtype=torch.float64, device=nll.device).index_add_(
+            0, pair, nll.double()
+        )
+        return (total / torch.bincount(pair, minlength=len(idx))).cpu().numpy()
 
     return score
 
@@ -190,8 +211,13 @@ def generate_answers(
     collate = QACollator(pad_token_id=pad_id(tokenizer), padding_side="left")
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]["input_ids"]))
     model.eval()
+    plain = greedy_supported(model)
 
     def score(idx: list[int]) -> list[str]:
+        if plain:  # finished rows leave the batch (greedy.py)
+            rows = greedy_continuations(model, [prompts[i]["input_ids"] for i in idx], pad_token_id=pad_id(tokenizer),
+                                        eos_token_id=eos, max_new_tokens=max_new_tokens)  # fmt: skip
+            return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
         batch = collate([prompts[i] for i in idx])
         input_ids = batch["input_ids"].to(model.device)
         generated = model.generate(
