@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from transformers import Trainer, TrainerCallback, get_scheduler
 from ..data.qa import IGNORE_INDEX
 from ..methods import Method, MethodContext, Term
 from ..methods.common import eval_mode
-from ..runs.folder import checkpoints, mark_checkpoint, read_status, write_status
+from ..runs.folder import mark_and_rotate, read_status, write_status
 from .gen import GenScheduler, probe_losses
 from .optim import NormalizedCombiner, PCGradCombiner, _graphs_overlap, local_shard
 from .sam import SharpnessAwareStep, is_forget_term
@@ -550,13 +549,7 @@ class UnlearnTrainer(Trainer):
             return
         out = Path(self.args.output_dir)
         step = self.state.global_step
-        folder = out / f"checkpoint-{step}"
-        log = out / "train_log.jsonl"
-        mark_checkpoint(folder, step, log.stat().st_size if log.is_file() else 0)
-        complete, _ = checkpoints(out)
-        if limit:
-            for old in complete[:-limit]:
-                shutil.rmtree(old, ignore_errors=True)
+        folder = mark_and_rotate(out, step, limit)
         if read_status(out) is not None:  # a run directory of `unlearn()`, not a bare Trainer output
             write_status(out, "running", method=self.method.name, step=step, checkpoint=folder.name)
 

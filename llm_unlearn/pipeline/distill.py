@@ -67,9 +67,8 @@ from ..models.args import ModelArgs
 from ..models.loading import load_model, load_tokenizer
 from ..runs.folder import (
     RunError,
-    checkpoints,
     claim_run_dir,
-    mark_checkpoint,
+    mark_and_rotate,
     read_status,
     require_complete,
     write_run_info,
@@ -191,13 +190,7 @@ class DistillTrainer(Trainer):
         if not self.is_world_process_zero():
             return
         out, step = Path(self.args.output_dir), self.state.global_step
-        folder = out / f"checkpoint-{step}"
-        log = out / "train_log.jsonl"
-        mark_checkpoint(folder, step, log.stat().st_size if log.is_file() else 0)
-        complete, _ = checkpoints(out)
-        if limit:
-            for old in complete[:-limit]:
-                shutil.rmtree(old, ignore_errors=True)
+        folder = mark_and_rotate(out, step, limit)
         write_status(out, "running", method="undo", step=step, checkpoint=folder.name)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:

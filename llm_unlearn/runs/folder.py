@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -239,6 +240,23 @@ def checkpoints(run_dir: str | Path) -> tuple[list[Path], list[Path]]:
 def mark_checkpoint(folder: str | Path, step: int, train_log_bytes: int) -> None:
     """Declare a checkpoint complete; `train_log_bytes` is how much of `train_log.jsonl` it covers."""
     write_json_atomic(Path(folder) / CHECKPOINT_MARK, {"step": step, "train_log_bytes": train_log_bytes})
+
+
+def mark_and_rotate(run_dir: str | Path, step: int, keep: int | None) -> Path:
+    """Mark `checkpoint-{step}` complete, then delete all but the newest `keep` complete checkpoints.
+
+    In this order on purpose: an older checkpoint goes only once a newer one is known to be whole, so a
+    run killed at any moment keeps at least one checkpoint it can resume from.
+    """
+    out = Path(run_dir)
+    folder = out / f"checkpoint-{step}"
+    log = out / "train_log.jsonl"
+    mark_checkpoint(folder, step, log.stat().st_size if log.is_file() else 0)
+    complete, _ = checkpoints(out)
+    if keep:
+        for old in complete[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 def read_checkpoint_mark(folder: str | Path) -> dict:
