@@ -231,8 +231,8 @@ def report_lines(state: dict) -> list[str]:
 STYLE = {
     "plain": ("black", "o"),
     "sam": ("tab:blue", "s"),
-    "undo-0.3": ("tab:orange", "^"),
-    "undo-0.6": ("tab:red", "v"),
+    "undo-0.6": ("tab:orange", "^"),
+    "undo-0.8": ("tab:red", "v"),
 }
 
 

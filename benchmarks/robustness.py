@@ -226,6 +226,8 @@ def write_report(out: Path) -> Path:
     ]
     if state["quick"]:
         lines += ["", "**Smoke run (`--quick`): these numbers test the machinery, not the methods.**"]
+    if state.get("note"):
+        lines += ["", f"**{state['note']}**"]
     if state["skipped"]:
         lines += ["", "Skipped: " + ", ".join(f"{m} ({why})" for m, why in state["skipped"].items()) + "."]
     settings = state["settings"]["probe"]
