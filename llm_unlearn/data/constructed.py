@@ -34,6 +34,8 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
+
 from .qa import DataError
 
 N_CONSTRUCTED = 5  # like TOFU's perturbed answers per question
@@ -65,18 +67,37 @@ def _name_words(question: str) -> set[str]:
     return {w for run in _name_runs(question) for w in run.split()}
 
 
-def _tfidf(docs: list[list[str]], idf: dict[str, float]) -> list[dict[str, float]]:
-    out = []
-    for words in docs:
-        counts = Counter(words)
-        vec = {w: c * idf.get(w, 0.0) for w, c in counts.items()}
-        norm = math.sqrt(sum(v * v for v in vec.values())) or 1.0
-        out.append({w: v / norm for w, v in vec.items()})
-    return out
+def _tfidf(docs: list[list[str]], vocab: dict[str, int], idf: np.ndarray):
+    """Rows of L2-normalised TF-IDF vectors (a sparse matrix); words outside `vocab` are dropped."""
+    from scipy.sparse import csr_matrix
+
+    rows, cols, vals = [], [], []
+    for i, words in enumerate(docs):
+        for w, c in Counter(w for w in words if w in vocab).items():
+            rows.append(i)
+            cols.append(vocab[w])
+            vals.append(c * idf[vocab[w]])
+    m = csr_matrix((vals, (rows, cols)), shape=(len(docs), len(vocab)), dtype=np.float64)
+    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+    norms[norms == 0] = 1.0
+    return csr_matrix(m.multiply(1.0 / norms[:, None]))
 
 
-def _tie(seed: int, question: str, other: str) -> str:
-    return hashlib.sha256(f"{seed}\0{question}\0{other}".encode()).hexdigest()
+def _ranked(sims: np.ndarray, seed: int, question: str, pool: Sequence[dict]):
+    """Pool indices by similarity (most similar first, zero similarity never), ties in a seeded order.
+
+    A generator: the hash is computed only for the groups of equal similarity actually reached.
+    """
+    order = np.argsort(-sims, kind="stable")
+    start = 0
+    while start < len(order) and sims[order[start]] > 0:
+        end = start
+        while end < len(order) and sims[order[end]] == sims[order[start]]:
+            end += 1
+        group = order[start:end]
+        key = lambda j: hashlib.sha256(f"{seed}\0{question}\0{pool[j]['question']}".encode()).hexdigest()  # noqa: E731
+        yield from sorted(group.tolist(), key=key)
+        start = end
 
 
 def _same(a: str, b: str) -> bool:
@@ -94,13 +115,12 @@ def construct_perturbed(
         raise ValueError(f"k must be at least 1, not {k}")
     pool_words = [_masked_words(r["question"]) for r in pool]
     df = Counter(w for words in pool_words for w in set(words))
-    idf = {w: math.log((1 + len(pool)) / (1 + n)) + 1.0 for w, n in df.items()}
-    pool_vecs = _tfidf(pool_words, idf)
-    # Inverted index: word -> [(pool row, weight)], so a question is compared only with rows sharing a word.
-    index: dict[str, list[tuple[int, float]]] = {}
-    for j, vec in enumerate(pool_vecs):
-        for w, v in vec.items():
-            index.setdefault(w, []).append((j, v))
+    vocab = {w: i for i, w in enumerate(sorted(df))}
+    idf = np.array([math.log((1 + len(pool)) / (1 + df[w])) + 1.0 for w in vocab])
+    # Cosine similarities of every row with every pool row: one sparse product, rounded so that
+    # questions of one template tie exactly (their order is then the seeded hash's).
+    sims = _tfidf([_masked_words(r["question"]) for r in rows], vocab, idf) @ _tfidf(pool_words, vocab, idf).T
+    sims = np.round(sims.toarray(), 9)
     pool_entity = [entity_name(r["question"], r["answer"]) for r in pool]
     pool_names = [_name_words(r["question"]) for r in pool]
     # One answer per pool entity: its `author` field, else its name, else the row itself.
@@ -109,16 +129,11 @@ def construct_perturbed(
         for j, (r, e) in enumerate(zip(pool, pool_entity))
     ]
     out = []
-    for row in rows:
+    for i, row in enumerate(rows):
         question, answer = row["question"], row["answer"]
-        (vec,) = _tfidf([_masked_words(question)], idf)
-        sims: dict[int, float] = {}
-        for w, v in vec.items():
-            for j, u in index.get(w, ()):
-                sims[j] = sims.get(j, 0.0) + v * u
         names = _name_words(question)
         entity = entity_name(question, answer)
-        ranked = sorted(sims, key=lambda j: (-round(sims[j], 9), _tie(seed, question, pool[j]["question"])))
+        ranked = _ranked(sims[i], seed, question, pool)
         chosen: list[str] = []
         used: set = set()
         for j in ranked:
