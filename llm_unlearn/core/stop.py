@@ -176,10 +176,12 @@ class IndistinguishableStop(TrainerCallback):
         # One pass over answer, paraphrase and perturbed answers (the row's own question for each);
         # log R keeps the values finite once a paraphrase is far less likely than its perturbations,
         # and KS and AUC are unchanged by the log.
-        questions, texts = candidate_pairs(rows)
+        # Constructed rows without a paraphrase carry the answer as one: it is scored once, not twice.
+        paraphrase = any(r["paraphrased_answer"] != r["answer"] for r in rows)
+        questions, texts = candidate_pairs(rows, paraphrase)
         flat = self._losses(model, [dict(question=q, answer=a) for q, a in zip(questions, texts)], desc)
-        answer, para, perturbed = split_candidates(flat, rows)
-        return answer, log_truth_ratio(para, perturbed)
+        answer, para, perturbed = split_candidates(flat, rows, paraphrase)
+        return answer, log_truth_ratio(answer if para is None else para, perturbed)
 
     def check(self, model, step: int) -> str:
         """Score, record, keep the best weights; return the decision."""
