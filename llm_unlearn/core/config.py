@@ -24,7 +24,9 @@ logger = logging.getLogger("llm_unlearn")
 
 STOP_RULES = ("indistinguishable",)
 # stop.py; `auto`: truth_ratio where the holdout has paraphrased and perturbed answers, else auc.
-STOP_STATISTICS = ("auto", "truth_ratio", "auc", "ks")
+STOP_STATISTICS = ("auto", "truth_ratio", "truth_ratio_constructed", "auc", "ks")
+# Scored alike; they differ in where the perturbed answers come from (stop_data.py).
+TRUTH_RATIO_STATISTICS = ("truth_ratio", "truth_ratio_constructed")
 # `--auto`: what it sets, below anything given in a recipe or on the command line (parse_config).
 AUTO_SETTINGS = {
     "method": "ngdiff", "gen": True, "optim": "sgd", "learning_rate": 0.1, "lr_scheduler_type": "constant",
@@ -121,8 +123,11 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
     stop_statistic: str = field(
         default="auto",
         metadata={
-            "help": "truth_ratio (signed KS of per-question truth ratios; needs <holdout>_perturbed), auc (loss "
-            "AUC - 1/2), ks (signed KS of losses); auto = truth_ratio if the holdout has perturbed answers, else auc."
+            "help": "truth_ratio (signed KS of per-question truth ratios; needs <holdout>_perturbed), "
+            "truth_ratio_constructed (the same, with wrong answers built from other retain authors' answers to "
+            "similar questions, for a holdout without perturbed answers, e.g. TOFU's; docs/auto.md), auc (loss "
+            "AUC - 1/2), ks (signed KS of losses); auto = truth_ratio if the holdout has perturbed answers, else "
+            "truth_ratio_constructed."
         },
     )
     stop_check_interval: int = field(

@@ -16,7 +16,9 @@ per holdout question with the current weights, and compares the two samples:
 
 `truth_ratio` needs the paraphrased and perturbed answers of the holdout questions
 (`holdoutNN_perturbed`): the built-in world writes them; TOFU's holdout has question and answer
-only, so there `auto` falls back to `auc`. Why the default: forget quality is a KS test on the
+only, so there `auto` uses `truth_ratio_constructed`: the same KS of truth ratios, on wrong answers
+built from other retain authors' answers to the most similar question, alike for the forget and the
+holdout side (`data/constructed.py`; `auc` only where none can be built). Why the default: forget quality is a KS test on the
 forget set's truth ratios against a never-trained model's, and a never-trained model sees the forget
 set as this model sees the holdout, so the KS distance between forget and holdout ratios tracks forget
 quality with no reference model. The answer-loss statistics do not: ascent drives the trained answers'
@@ -88,13 +90,14 @@ from ..eval.mia import auc
 from ..eval.scoring import answer_losses, candidate_pairs, split_candidates
 from ..eval.shard import process_shard
 from ..methods.common import eval_mode
-from .config import STOP_STATISTICS
+from .config import STOP_STATISTICS, TRUTH_RATIO_STATISTICS
 
 logger = logging.getLogger("llm_unlearn")
 
 BEST_FILE = "stop_rule_best.safetensors"
 DAMPING_FLOOR = 0.1  # --stop_lr_damping never slows the steps more than tenfold
-SATURATED = {"auc": 0.5, "ks": 1.0, "truth_ratio": 1.0}  # |gap| of two samples that do not overlap at all
+# |gap| of two samples that do not overlap at all
+SATURATED = {"auc": 0.5, "ks": 1.0, "truth_ratio": 1.0, "truth_ratio_constructed": 1.0}
 
 
 def signed_gap(forget_losses, holdout_losses, statistic: str = "auc") -> float:
@@ -103,7 +106,7 @@ def signed_gap(forget_losses, holdout_losses, statistic: str = "auc") -> float:
     holdout = np.asarray(holdout_losses, dtype=np.float64)
     if statistic == "auc":
         return auc(forget, holdout) - 0.5
-    if statistic in ("ks", "truth_ratio"):
+    if statistic in ("ks", *TRUTH_RATIO_STATISTICS):
         from scipy.stats import ks_2samp
 
         distance = float(ks_2samp(forget, holdout).statistic)
@@ -151,7 +154,9 @@ class IndistinguishableStop(TrainerCallback):
         self.damping = 1.0 if config.stop_lr_damping else None  # lr multiplier (module doc)
         # Damping needs the gap at every check, so it turns screening off.
         self.screening = (
-            self.statistic == "truth_ratio" and getattr(config, "stop_screen", False) and self.damping is None
+            self.statistic in TRUTH_RATIO_STATISTICS
+            and getattr(config, "stop_screen", False)
+            and self.damping is None
         )
         self._undamped = None
 
@@ -165,16 +170,18 @@ class IndistinguishableStop(TrainerCallback):
 
     def _values(self, model, rows: list[dict], desc: str) -> tuple[np.ndarray, np.ndarray]:
         """(mean answer NLL, the value the statistic compares) per row: the loss itself, or the truth ratio."""
-        if self.statistic != "truth_ratio":
+        if self.statistic not in TRUTH_RATIO_STATISTICS:
             losses = self._losses(model, rows, desc)
             return losses, losses
         # One pass over answer, paraphrase and perturbed answers (the row's own question for each);
         # log R keeps the values finite once a paraphrase is far less likely than its perturbations,
         # and KS and AUC are unchanged by the log.
-        questions, texts = candidate_pairs(rows)
+        # Constructed rows without a paraphrase carry the answer as one: it is scored once, not twice.
+        paraphrase = any(r["paraphrased_answer"] != r["answer"] for r in rows)
+        questions, texts = candidate_pairs(rows, paraphrase)
         flat = self._losses(model, [dict(question=q, answer=a) for q, a in zip(questions, texts)], desc)
-        answer, para, perturbed = split_candidates(flat, rows)
-        return answer, log_truth_ratio(para, perturbed)
+        answer, para, perturbed = split_candidates(flat, rows, paraphrase)
+        return answer, log_truth_ratio(answer if para is None else para, perturbed)
 
     def check(self, model, step: int) -> str:
         """Score, record, keep the best weights; return the decision."""
@@ -285,7 +292,7 @@ class IndistinguishableStop(TrainerCallback):
             "stop_gap_trained": signed_gap(forget[trained], holdout, self.statistic),
             "stop_gap_heldout": signed_gap(forget[sorted(self.heldout)], holdout, self.statistic) if self.heldout else None,
         }  # fmt: skip
-        if self.statistic == "truth_ratio":
+        if self.statistic in TRUTH_RATIO_STATISTICS:
             record["stop_gap_loss_auc"] = signed_gap(forget_loss, holdout_loss, "auc")
             record["stop_forget_truth_ratio"] = float(np.exp(np.median(forget)))  # median R
             record["stop_holdout_truth_ratio"] = float(np.exp(np.median(holdout)))

@@ -1,18 +1,21 @@
 """What the stop rule (`stop.py`) scores, loaded and checked before training starts.
 
 The holdout split (unseen questions of the same kind and number as the forget set), for the
-truth-ratio statistic the paraphrased and perturbed answers of the forget and holdout questions, the
+truth-ratio statistic the paraphrased and perturbed answers of the forget and holdout questions (written,
+or constructed from the retain split where the holdout has none: `data/constructed.py`), the
 forget questions kept out of training (`--stop_heldout_fraction`), and a fixed retain sample for the
 utility guard. Every problem is one `DataError` line naming the fix, raised before any training.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 
 from ..data.qa import DataError, check_unique_questions, load_split, paired_split, split_path
 
 RETAIN_SAMPLE = 200  # retain examples scored per check: enough for a stable mean loss, cheap
+logger = logging.getLogger("llm_unlearn")
 TR_FIELDS = ("question", "answer", "paraphrased_answer", "perturbed_answer")
 
 
@@ -24,21 +27,33 @@ def load_stop_data(data, forget_rows: list[dict], retain_rows: list[dict], confi
     """
     from ..data.heldout import attack_heldout_split
 
-    name = config.stop_holdout_split or paired_split(data.forget_split, "holdout")
+    needs = (
+        f"the stop rule (--auto, --stop_rule) needs a holdout split: {len(forget_rows)} questions of the same kind "
+        f"as {data.forget_split}'s about entities the model never saw"
+    )
+    how = (
+        "build one (docs/auto.md#a-holdout-for-your-own-data) and pass --stop_holdout_split NAME, or run "
+        "without --auto/--stop_rule"
+    )
+    name = config.stop_holdout_split
+    if name is None:
+        try:
+            name = paired_split(data.forget_split, "holdout")
+        except DataError:
+            raise DataError(
+                f"{needs}; none pairs with {data.forget_split!r} (forgetNN pairs with holdoutNN): {how}"
+            ) from None
     try:
         holdout = load_split(name, data_dir=data.data_dir, dataset_name=data.dataset_name)
     except DataError as err:
-        raise DataError(
-            f"the stop rule needs a holdout split (unseen questions of the same kind as the forget set): {err}; "
-            "pass --stop_holdout_split NAME, or run without --stop_rule"
-        ) from None
+        raise DataError(f"{needs} ({err}); {how}") from None
     where = split_path(data.data_dir, name) if data.data_dir is not None else f"{data.dataset_name}:{name}"
     check_unique_questions(holdout, str(where))  # the statistic pairs each holdout question with its scores
     if len(holdout) != len(forget_rows):
         raise DataError(
             f"holdout split {name} has {len(holdout)} examples but forget split {data.forget_split} has "
             f"{len(forget_rows)}; the stop rule compares equal-sized sets: pass a holdout of the same size "
-            "(--stop_holdout_split)"
+            "(--stop_holdout_split; docs/auto.md#a-holdout-for-your-own-data)"
         )
     questions = {r["question"] for r in holdout}
     for other, rows in ((data.forget_split, forget_rows), ("the retain split", retain_rows)):
@@ -51,6 +66,11 @@ def load_stop_data(data, forget_rows: list[dict], retain_rows: list[dict], confi
     statistic, forget_pert, holdout_pert = _truth_ratio_rows(
         data, name, forget_rows, holdout, config.stop_statistic
     )
+    if statistic == "truth_ratio_constructed":
+        fallback = config.stop_statistic == "auto"
+        forget_pert, holdout_pert = _constructed_rows(forget_rows, holdout, retain_rows, config, fallback)
+        if forget_pert is None:
+            statistic = "auc"
     heldout: list[int] = []
     if config.stop_heldout_fraction > 0:
         _, heldout = attack_heldout_split(
@@ -74,7 +94,8 @@ def _truth_ratio_rows(data, holdout_name: str, forget_rows, holdout, statistic: 
     """(statistic, forget rows, holdout rows) with paraphrased and perturbed answers for `truth_ratio`.
 
     The forget rows come from `<forget split>_perturbed` in the forget split's order; `auto` becomes
-    `truth_ratio` when `<holdout>_perturbed` exists (the built-in world writes one; TOFU has none), else `auc`.
+    `truth_ratio` when `<holdout>_perturbed` exists (the built-in world writes one; TOFU has none), else
+    `truth_ratio_constructed` (whose rows `_constructed_rows` builds).
     """
     if statistic not in ("auto", "truth_ratio"):
         return statistic, None, None
@@ -83,19 +104,20 @@ def _truth_ratio_rows(data, holdout_name: str, forget_rows, holdout, statistic: 
     rows = None
     if statistic == "auto" and data.data_dir is not None:
         if not all(split_path(data.data_dir, n).is_file() for n in names):
-            return "auc", None, None
+            return "truth_ratio_constructed", None, None
     elif statistic == "auto":
         try:
             rows = [load_split(n, required=TR_FIELDS, **source) for n in names]
-        except Exception:  # noqa: BLE001 - a Hub dataset without these configs (TOFU's holdout): use losses
-            return "auc", None, None
+        except Exception:  # noqa: BLE001 - a Hub dataset without these configs (TOFU's holdout): build them
+            return "truth_ratio_constructed", None, None
     if rows is None:
         try:
             rows = [load_split(n, required=TR_FIELDS, **source) for n in names]
         except DataError as err:
             raise DataError(
                 f"the truth_ratio stop statistic needs the paraphrased and perturbed answers of the forget and "
-                f"holdout questions: {err}; pass --stop_statistic auc (TOFU's holdout has no perturbed answers)"
+                f"holdout questions: {err}; pass --stop_statistic truth_ratio_constructed (TOFU's holdout has "
+                "no perturbed answers)"
             ) from None
     forget_pert, holdout_pert = rows
     by_question = {r["question"]: r for r in forget_pert}
@@ -110,6 +132,29 @@ def _truth_ratio_rows(data, holdout_name: str, forget_rows, holdout, statistic: 
             f"{names[1]} does not hold the questions of {holdout_name}; fix the split or pass --stop_statistic auc"
         )
     return "truth_ratio", [by_question[r["question"]] for r in forget_rows], holdout_pert
+
+
+def _constructed_rows(forget_rows, holdout, retain_rows, config, fallback: bool):
+    """(forget rows, holdout rows) with wrong answers built from the retain split (`data/constructed.py`).
+
+    Both sides are built alike: the same pool and rule, and as the correct side the paraphrase only if
+    every forget and holdout row has one (TOFU's holdout has none), else the answer itself on both.
+    Under `--stop_statistic auto` a data set where they cannot be built falls back to `auc`, warned.
+    """
+    from ..data.constructed import with_constructed
+
+    paraphrase = all(r.get("paraphrased_answer") for r in (*forget_rows, *holdout))
+    try:
+        return tuple(
+            with_constructed(rows, retain_rows, paraphrase=paraphrase, seed=config.seed) for rows in (forget_rows, holdout)
+        )  # fmt: skip
+    except DataError as err:
+        if not fallback:
+            raise
+        logger.warning(
+            "stop rule: no truth ratio without perturbed answers (%s); comparing answer losses (auc)", err
+        )
+        return None, None
 
 
 def _utility_rows(data, config) -> dict[str, list[dict]]:

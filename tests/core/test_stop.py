@@ -232,10 +232,11 @@ def test_statistic_auto_compares_truth_ratios_when_the_holdout_has_perturbed_ans
     )
     (world / "holdout10_perturbed.json").unlink()  # like TOFU: the holdout has question and answer only
     got = load_stop_data(data, forget, retain, config)
-    assert (
-        got["statistic"] == "auc"
-        and got["forget_scored"] is forget
-        and "perturbed_answer" not in got["holdout"][0]
+    # Wrong answers built from the retain split instead (tests/core/test_constructed.py), on both sides.
+    assert got["statistic"] == "truth_ratio_constructed"
+    assert all(
+        len(r["perturbed_answer"]) == 5 and r["paraphrased_answer"] == r["answer"]
+        for r in got["forget_scored"] + got["holdout"]
     )
 
 
