@@ -173,7 +173,10 @@ def _keep_prompt_states(states: dict, cache, row_of: dict, n_prompt: list[int], 
     for key, r in row_of.items():
         m = n_prompt[r]
         kv = [(layer.keys[r, :, :m].clone(), layer.values[r, :, :m].clone()) for layer in cache.layers]
-        size = sum(t.numel() * t.element_size() for pair in kv for t in pair) + logits[0].numel() * logits.element_size()
+        size = (
+            sum(t.numel() * t.element_size() for pair in kv for t in pair)
+            + logits[0].numel() * logits.element_size()
+        )
         if used + size > STATE_BUDGET_BYTES:
             break
         states[key] = (kv, logits[unique[(r, m - 1)]].clone())

@@ -9,7 +9,6 @@ import torch
 from transformers import LlamaForCausalLM
 
 from llm_unlearn.data.qa import encode_prompt
-from llm_unlearn.eval import packed
 from llm_unlearn.eval.greedy import greedy_continuations, greedy_supported
 from llm_unlearn.eval.scoring import answer_losses, generate_answers
 from llm_unlearn.models.tiny import tiny_llama_config, train_tokenizer
@@ -40,7 +39,11 @@ def many(setup, micro_world):
     """40 questions, their prompts, the prompt states the loss pass kept over their answers, and an end
     token that some rows write early and others never (so rows leave the batch at different steps)."""
     model, tokenizer, _, _ = setup
-    rows = [json.loads(x) for x in (micro_world / "full.json").read_text(encoding="utf-8").splitlines() if x.strip()]
+    rows = [
+        json.loads(x)
+        for x in (micro_world / "full.json").read_text(encoding="utf-8").splitlines()
+        if x.strip()
+    ]
     rows = rows[100:140]
     questions = [r["question"] for r in rows]
     prompts = [encode_prompt(tokenizer, q, "chat_template") for q in questions]
@@ -50,7 +53,9 @@ def many(setup, micro_world):
     assert all(tuple(p) in states for p in prompts)
     pad = tokenizer.pad_token_id
     free = hf_greedy(model, prompts, pad, -1)
-    eos = max({t for row in free for t in row[:4]}, key=lambda t: sum(t in row for row in free) * (t not in free[0]))
+    eos = max(
+        {t for row in free for t in row[:4]}, key=lambda t: sum(t in row for row in free) * (t not in free[0])
+    )
     return questions, prompts, states, eos
 
 
@@ -113,9 +118,11 @@ def test_greedy_from_the_loss_pass_prompt_states_equals_generate(setup, many, ba
 def test_generate_answers_with_some_prompt_states_equal_those_without(setup, many):
     model, tokenizer, _, _ = setup
     questions, prompts, states, _ = many
-    # Half of the prompts keep their states: batches with all of them start from the states, the rest
+    # Some prompts keep their states: batches with all of them start from the states, the rest
     # run their prompts; the answers are the same either way.
-    some = {tuple(p): states[tuple(p)] for p in prompts[::2]} | {tuple(p): states[tuple(p)] for p in prompts[:9]}
+    some = {tuple(p): states[tuple(p)] for p in prompts[::2]} | {
+        tuple(p): states[tuple(p)] for p in prompts[:9]
+    }
     for batch in (3, 32):
         settings = dict(prompt_format="chat_template", batch_size=batch, max_new_tokens=MAX_NEW)
         plain = generate_answers(model, tokenizer, questions, **settings)

@@ -164,4 +164,6 @@ def test_kept_prompt_states_equal_a_forward_over_the_prompt_alone(tokenizer, row
     few: dict = {}
     again = answer_losses(model, tokenizer, questions, texts, batch_size=8, prompt_states=few, **PROMPT)
     assert 0 < len(few) - 1 < len(prompts) and few[packed.STATE_BYTES_KEY] <= packed.STATE_BUDGET_BYTES
-    np.testing.assert_array_equal(again, answer_losses(model, tokenizer, questions, texts, batch_size=8, **PROMPT))
+    np.testing.assert_array_equal(
+        again, answer_losses(model, tokenizer, questions, texts, batch_size=8, **PROMPT)
+    )
