@@ -7,7 +7,7 @@ Both sides run `eval.tofu.evaluate` on the same model (the built-in world's targ
 taken from the cache by `models.build_default_models`) and the same data; the one difference is the
 batch size of every loss pass, membership-scoring pass and greedy generation: `batch_size` (default
 32, length-sorted; scoring packs each prompt's answers into one row (`eval/packed.py`); generation
-left-padded with the KV cache, finished rows dropped (`eval/greedy.py`)) against 1 (no padding at all). One untimed batched run comes first (warm-up); then `rounds` rounds each time one
+left-padded with the KV cache, finished rows dropped (`eval/greedy.py`), starting from the prompt keys and values the packed loss pass kept) against 1 (no padding at all). One untimed batched run comes first (warm-up); then `rounds` rounds each time one
 batched and one batch-1 run. The speedup compares median wall times around `evaluate`;
 `eval_speedup_batched_cpu_time` compares this process's median CPU times, which other busy processes
 move less than wall times (information, not a target).

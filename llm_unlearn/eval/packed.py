@@ -25,15 +25,26 @@ It needs an attention that takes a custom 4D mask (`eager`, `sdpa`) and a model 
 `get_output_embeddings()` of the decoder's last hidden state; `packed_supported` checks both on the
 model at hand (a model with logit soft-capping, say, fails it), and the callers keep their unpacked
 path for the others.
+
+Given a `states` dict, the pass also keeps each prompt's keys and values (its first columns of the
+row: causal over the prompt alone, positions 0..m-1, so what a forward over the prompt alone gives, to
+float rounding) and the logits at its last token (computed anyway, as they predict every answer's
+first token): greedy generation from the same prompt then skips its prompt forward (`greedy.py`).
+This holds for a cache of plain layers only (no sliding window), and stops at `STATE_BUDGET_BYTES`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from transformers.cache_utils import DynamicLayer
 
 # Attention implementations that apply a custom 4D mask as is (boolean for SDPA, additive for eager).
 MASKED_ATTENTION = ("eager", "sdpa")
+# The most bytes of prompt states one `states` dict holds (a 7B model's prompt of 30 tokens is a few
+# MB); prompts past it are recomputed by generation, so the budget bounds memory, never results.
+STATE_BUDGET_BYTES = 512 * 2**20
+STATE_BYTES_KEY = "bytes"  # the entry of a `states` dict that counts its bytes (the others are token tuples)
 
 
 @torch.inference_mode()
@@ -52,7 +63,7 @@ def packed_batches(
     prompt_ids: list[list[int]], answer_ids: list[list[int]], batch_size: int
 ) -> list[list[int]]:
     """Batches of at most `batch_size` pairs (pair i = prompt_ids[i] + answer_ids[i]), one prompt's pairs
-    together, longest packed rows first so that rows of a batch have similar lengths.
+    together, widest packed rows (prompt + tree nodes) first so that rows of a batch have similar widths.
 
     A prompt with more pairs than `batch_size` is cut into several rows.
     """
@@ -60,7 +71,13 @@ def packed_batches(
     for i, p in enumerate(prompt_ids):
         groups.setdefault(tuple(p), []).append(i)
     chunks = [g[k : k + batch_size] for g in groups.values() for k in range(0, len(g), batch_size)]
-    width = {id(c): len(prompt_ids[c[0]]) + sum(len(answer_ids[i]) - 1 for i in c) for c in chunks}
+    # A row's width is its prompt plus the nodes of its prefix tree (not the sum of the answers, which
+    # overstates rows with much sharing and so mixes short and long rows in a batch: padding).
+    width = {
+        id(c): len(prompt_ids[c[0]])
+        + len({tuple(answer_ids[i][:k]) for i in c for k in range(1, len(answer_ids[i]))})
+        for c in chunks
+    }
     chunks.sort(key=lambda c: -width[id(c)])
     batches: list[list[int]] = []
     for chunk in chunks:
@@ -72,7 +89,11 @@ def packed_batches(
 
 
 def packed_answer_logits(
-    model, prompt_ids: list[list[int]], answer_ids: list[list[int]], pad_token_id: int
+    model,
+    prompt_ids: list[list[int]],
+    answer_ids: list[list[int]],
+    pad_token_id: int,
+    states: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Next-token logits at every answer label of the pairs (prompt_ids[i], answer_ids[i]).
 
@@ -80,6 +101,8 @@ def packed_answer_logits(
     are the answers' tokens in pair order, predicted by logits[at[k]]; pair[k] is the index of its
     pair. A context shared by several answers (a common prefix) is one row of `logits`, so U <= N.
     Pairs with the same prompt share one row of the batch, their answers a prefix tree (module docstring).
+    With `states`, states[tuple(prompt)] = (per-layer (keys, values) [heads, m, head_dim], last logits [V])
+    is added for each prompt of the batch, within `STATE_BUDGET_BYTES` (module docstring).
     """
     row_of: dict[tuple, int] = {}
     ids: list[list[int]] = []
@@ -129,13 +152,33 @@ def packed_answer_logits(
     else:  # eager attention adds the mask to the scores
         dtype = model.get_output_embeddings().weight.dtype
         mask = torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill_(~seen, torch.finfo(dtype).min)
-    hidden = model.get_decoder()(
-        input_ids=input_ids, attention_mask=mask.unsqueeze(1), position_ids=positions, use_cache=False
-    ).last_hidden_state
+    out = model.get_decoder()(input_ids=input_ids, attention_mask=mask.unsqueeze(1), position_ids=positions,
+                              use_cache=states is not None)  # fmt: skip
     unique = {p: u for u, p in enumerate(dict.fromkeys(predictor))}
     rows, cols = zip(*unique, strict=True)
-    picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+    picked = out.last_hidden_state[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
     at = torch.tensor([unique[p] for p in predictor], device=device)
     labels = torch.tensor([t for a in answer_ids for t in a], device=device)
     pair = torch.tensor([j for j, a in enumerate(answer_ids) for _ in a], device=device)
-    return model.get_output_embeddings()(picked), at, labels, pair
+    logits = model.get_output_embeddings()(picked)
+    if states is not None:
+        _keep_prompt_states(states, out.cache, row_of, n_prompt, logits, unique)
+    return logits, at, labels, pair
+
+
+def _keep_prompt_states(states: dict, cache, row_of: dict, n_prompt: list[int], logits, unique: dict) -> None:
+    if any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return  # a sliding-window (or otherwise trimmed) cache does not hold every prompt column
+    used = states.setdefault(STATE_BYTES_KEY, 0)
+    for key, r in row_of.items():
+        m = n_prompt[r]
+        kv = [(layer.keys[r, :, :m].clone(), layer.values[r, :, :m].clone()) for layer in cache.layers]
+        size = (
+            sum(t.numel() * t.element_size() for pair in kv for t in pair)
+            + logits[0].numel() * logits.element_size()
+        )
+        if used + size > STATE_BUDGET_BYTES:
+            break
+        states[key] = (kv, logits[unique[(r, m - 1)]].clone())
+        used += size
+    states[STATE_BYTES_KEY] = used

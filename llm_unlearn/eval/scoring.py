@@ -13,7 +13,10 @@ Both run in batches sorted by length (less padding), then return results in the 
 - Generation: prompts from `data.encode_prompt`, padded on the left with an attention mask, so
   every row's continuation starts at the same column; greedy decoding with the KV cache, a row
   leaving the batch once it has ended (`greedy.py`); the continuation is cut at the first
-  end-of-turn token, decoded without special tokens, stripped.
+  end-of-turn token, decoded without special tokens, stripped. Given the `prompt_states` that the
+  packed loss pass over the same questions kept (`answer_losses(..., prompt_states=...)`), a batch
+  whose prompts all have them starts from those keys, values and last logits instead of running
+  its prompts again (`packed.py`, `greedy.py`).
 Batched results equal batch-1 results (to float rounding), which tests check.
 With a `Shard` of several processes each scores its share of those batches and all get every
 result (`shard.py`); the default is one process scoring all of them.
@@ -76,8 +79,13 @@ def answer_losses(
     progress: bool = False,
     desc: str = "loss",
     shard: Shard | None = None,
+    prompt_states: dict | None = None,
 ) -> np.ndarray:
-    """Mean answer NLL l(a|q) for each (question, answer) pair, shape [n]."""
+    """Mean answer NLL l(a|q) for each (question, answer) pair, shape [n].
+
+    `prompt_states`, a dict, is filled with the prompts' states for `generate_answers` where the
+    packed pass runs (module docstring); it stays empty otherwise.
+    """
     features = encode_qa_pairs(tokenizer, questions, answers, prompt_format, max_length, system_prompt)
     n_prompt = [f["labels"].count(IGNORE_INDEX) for f in features]
     model.eval()
@@ -85,7 +93,7 @@ def answer_losses(
         prompt_ids = [f["input_ids"][:n] for f, n in zip(features, n_prompt)]
         answer_ids = [f["input_ids"][n:] for f, n in zip(features, n_prompt)]
         batches = packed_batches(prompt_ids, answer_ids, batch_size)
-        score = _packed_scorer(model, tokenizer, prompt_ids, answer_ids)
+        score = _packed_scorer(model, tokenizer, prompt_ids, answer_ids, prompt_states)
     elif batch_size > 1:
         batches = _prompt_group_batches(features, n_prompt, batch_size)
         score = _shared_prompt_scorer(model, tokenizer, features, n_prompt)
@@ -123,10 +131,10 @@ def _single_scorer(model, tokenizer, features: list[dict]):
     return score
 
 
-def _packed_scorer(model, tokenizer, prompt_ids: list[list[int]], answer_ids: list[list[int]]):
+def _packed_scorer(model, tokenizer, prompt_ids: list[list[int]], answer_ids: list[list[int]], states=None):
     def score(idx: list[int]) -> np.ndarray:
         logits, at, labels, pair = packed_answer_logits(
-            model, [prompt_ids[i] for i in idx], [answer_ids[i] for i in idx], pad_id(tokenizer)
+            model, [prompt_ids[i] for i in idx], [answer_ids[i] for i in idx], pad_id(tokenizer), states
         )
         # One float32 log-softmax per distinct context, read at each label it predicts.
         nll = -F.log_softmax(logits.float(), dim=-1)[at, labels]
@@ -204,8 +212,12 @@ def generate_answers(
     progress: bool = False,
     desc: str = "generate",
     shard: Shard | None = None,
+    prompt_states: dict | None = None,
 ) -> list[str]:
-    """Greedy answer to each question (continuation cut at the end-of-turn token, stripped)."""
+    """Greedy answer to each question (continuation cut at the end-of-turn token, stripped).
+
+    `prompt_states`: from `answer_losses` on the same model and questions (module docstring).
+    """
     prompts = [{"input_ids": encode_prompt(tokenizer, q, prompt_format, system_prompt)} for q in questions]
     eos = end_of_turn_id(tokenizer)
     collate = QACollator(pad_token_id=pad_id(tokenizer), padding_side="left")
@@ -215,8 +227,11 @@ def generate_answers(
 
     def score(idx: list[int]) -> list[str]:
         if plain:  # finished rows leave the batch (greedy.py)
-            rows = greedy_continuations(model, [prompts[i]["input_ids"] for i in idx], pad_token_id=pad_id(tokenizer),
-                                        eos_token_id=eos, max_new_tokens=max_new_tokens)  # fmt: skip
+            ids = [prompts[i]["input_ids"] for i in idx]
+            kept = [(prompt_states or {}).get(tuple(p)) for p in ids]
+            rows = greedy_continuations(model, ids, pad_token_id=pad_id(tokenizer), eos_token_id=eos,
+                                        max_new_tokens=max_new_tokens,
+                                        prefilled=kept if all(s is not None for s in kept) else None)  # fmt: skip
             return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
         batch = collate([prompts[i] for i in idx])
         input_ids = batch["input_ids"].to(model.device)

@@ -76,6 +76,7 @@ def score_split(model, tokenizer, rows: list[dict], role: str, settings: dict, p
     """Losses of answer / paraphrase / perturbed answers in one length-sorted pass, then generations."""
     has_paraphrase = role in ("forget", "retain")  # ra / wf have no paraphrase: R uses the answer
     questions, texts = candidate_pairs(rows, has_paraphrase)
+    states: dict = {}  # the loss pass's prompt states, so that generation does not rerun the prompts
     flat = answer_losses(
         model,
         tokenizer,
@@ -84,6 +85,7 @@ def score_split(model, tokenizer, rows: list[dict], role: str, settings: dict, p
         progress=progress,
         desc=f"{role} losses",
         shard=shard,
+        prompt_states=states,
         **settings["loss"],
     )
     answer, paraphrased, perturbed = split_candidates(flat, rows, has_paraphrase)
@@ -94,6 +96,7 @@ def score_split(model, tokenizer, rows: list[dict], role: str, settings: dict, p
         progress=progress,
         desc=f"{role} generation",
         shard=shard,
+        prompt_states=states,
         **settings["gen"],
     )
     golds = [r["answer"] for r in rows]

@@ -133,3 +133,37 @@ def test_encode_qa_pairs_equals_encode_qa_pair_by_pair(tokenizer, rows, prompt_f
     assert many == [encode_qa(tokenizer, q, a, prompt_format, 1024) for q, a in zip(questions, answers)]
     with pytest.raises(DataError, match="exceeds max_length"):
         encode_qa_pairs(tokenizer, questions, answers, prompt_format, 8)
+
+
+def test_packed_batches_order_rows_by_their_tree_width_not_their_answer_lengths():
+    prompt_a, prompt_b = [1, 2], [3, 4]
+    shared = [5, 6, 7, 8, 9, 10, 11, 12]  # three equal answers: a tree of 7 nodes, 21 answer tokens
+    distinct = [[20 + k, 30 + k, 40 + k, 50 + k, 60] for k in range(3)]  # 12 nodes, 15 answer tokens
+    prompts, answers = [prompt_a] * 3 + [prompt_b] * 3, [shared] * 3 + distinct
+    assert packed.packed_batches(prompts, answers, 3) == [[3, 4, 5], [0, 1, 2]]  # B's row is wider
+
+
+def test_kept_prompt_states_equal_a_forward_over_the_prompt_alone(tokenizer, rows, monkeypatch):
+    model = make_model(tokenizer, "sdpa")
+    questions, texts = candidate_pairs(rows, paraphrase=False)
+    states: dict = {}
+    answer_losses(model, tokenizer, questions, texts, batch_size=8, prompt_states=states, **PROMPT)
+    prompts = {tuple(f["input_ids"][: f["labels"].count(IGNORE_INDEX)])
+               for f in encode_qa_pairs(tokenizer, questions, texts, "chat_template", 1024)}  # fmt: skip
+    assert set(states) - {packed.STATE_BYTES_KEY} == prompts
+    for prompt in prompts:
+        kv, last = states[prompt]
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([prompt]), use_cache=True)
+        torch.testing.assert_close(last, out.logits[0, -1], rtol=1e-5, atol=1e-5)
+        for (k, v), layer in zip(kv, out.cache.layers, strict=True):
+            torch.testing.assert_close(k, layer.keys[0], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(v, layer.values[0], rtol=1e-5, atol=1e-5)
+    # The budget bounds what is kept; it never changes the losses.
+    monkeypatch.setattr(packed, "STATE_BUDGET_BYTES", states[packed.STATE_BYTES_KEY] // 3)
+    few: dict = {}
+    again = answer_losses(model, tokenizer, questions, texts, batch_size=8, prompt_states=few, **PROMPT)
+    assert 0 < len(few) - 1 < len(prompts) and few[packed.STATE_BYTES_KEY] <= packed.STATE_BUDGET_BYTES
+    np.testing.assert_array_equal(
+        again, answer_losses(model, tokenizer, questions, texts, batch_size=8, **PROMPT)
+    )
