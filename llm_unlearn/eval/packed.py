@@ -67,18 +67,27 @@ def packed_batches(
 
     A prompt with more pairs than `batch_size` is cut into several rows.
     """
-    groups: dict[tuple, list[int]] = {}
-    for i, p in enumerate(prompt_ids):
-        groups.setdefault(tuple(p), []).append(i)
-    chunks = [g[k : k + batch_size] for g in groups.values() for k in range(0, len(g), batch_size)]
     # A row's width is its prompt plus the nodes of its prefix tree (not the sum of the answers, which
     # overstates rows with much sharing and so mixes short and long rows in a batch: padding).
-    width = {
-        id(c): len(prompt_ids[c[0]])
-        + len({tuple(answer_ids[i][:k]) for i in c for k in range(1, len(answer_ids[i]))})
-        for c in chunks
-    }
-    chunks.sort(key=lambda c: -width[id(c)])
+    return grouped_batches(
+        [tuple(p) for p in prompt_ids],
+        batch_size,
+        lambda c: (
+            len(prompt_ids[c[0]])
+            + len({tuple(answer_ids[i][:k]) for i in c for k in range(1, len(answer_ids[i]))})
+        ),
+    )
+
+
+def grouped_batches(keys: list[tuple], batch_size: int, width) -> list[list[int]]:
+    """Indices grouped by key (a prompt), cut into chunks of at most `batch_size`, widest chunk first
+    (`width(chunk)`), then packed first-fit into batches of at most `batch_size`: one prompt's pairs stay
+    adjacent and a batch holds chunks of similar width, so little of it is padding."""
+    groups: dict[tuple, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    chunks = [g[k : k + batch_size] for g in groups.values() for k in range(0, len(g), batch_size)]
+    chunks.sort(key=lambda c: -width(c))
     batches: list[list[int]] = []
     for chunk in chunks:
         if batches and len(batches[-1]) + len(chunk) <= batch_size:

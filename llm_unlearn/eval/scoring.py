@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..data.qa import IGNORE_INDEX, QACollator, encode_prompt, encode_qa_pairs, end_of_turn_id, pad_id
 from .greedy import greedy_continuations, greedy_supported
-from .packed import packed_answer_logits, packed_batches, packed_supported
+from .packed import grouped_batches, packed_answer_logits, packed_batches, packed_supported
 from .shard import Shard
 
 
@@ -151,18 +151,11 @@ def _prompt_group_batches(features: list[dict], n_prompt: list[int], batch_size:
 
     A prompt with more pairs than `batch_size` is cut into several groups.
     """
-    groups: dict[tuple, list[int]] = {}
-    for i, f in enumerate(features):
-        groups.setdefault(tuple(f["input_ids"][: n_prompt[i]]), []).append(i)
-    chunks = [g[k : k + batch_size] for g in groups.values() for k in range(0, len(g), batch_size)]
-    chunks.sort(key=lambda c: -max(len(features[i]["input_ids"]) for i in c))
-    batches: list[list[int]] = []
-    for chunk in chunks:
-        if batches and len(batches[-1]) + len(chunk) <= batch_size:
-            batches[-1] += chunk
-        else:
-            batches.append(list(chunk))
-    return batches
+    return grouped_batches(
+        [tuple(f["input_ids"][: n_prompt[i]]) for i, f in enumerate(features)],
+        batch_size,
+        lambda c: max(len(features[i]["input_ids"]) for i in c),
+    )
 
 
 def _shared_prompt_scorer(model, tokenizer, features: list[dict], n_prompt: list[int]):
