@@ -144,6 +144,8 @@ class IndistinguishableStop(TrainerCallback):
         self.settings = {k: v for k, v in score_settings.items() if k != "max_new_tokens"}
         self.max_new_tokens = score_settings.get("max_new_tokens", 64)
         self.utility_rows = stop_data.get("utility_rows")
+        self.recall_rows = stop_data.get("recall_rows")
+        self.recall_tolerance = getattr(config, "stop_retain_recall_tolerance", 0.0)
         self.utility_tolerance = getattr(config, "stop_utility_tolerance", 0.0)
         self.log = log
         self.output_dir = Path(output_dir)
@@ -209,7 +211,15 @@ class IndistinguishableStop(TrainerCallback):
                 1 - record["stop_utility"] / start_utility if start_utility > 0 else 0.0
             )
             utility_ok = record["stop_utility_drop"] <= self.utility_tolerance
-        within = retain_ok and utility_ok
+        recall_ok = True
+        if self.recall_rows:
+            record["stop_retain_recall"] = self._recall(model)
+            start_recall = first.get("stop_retain_recall", record["stop_retain_recall"])
+            record["stop_retain_recall_drop"] = (
+                1 - record["stop_retain_recall"] / start_recall if start_recall > 0 else 0.0
+            )
+            recall_ok = record["stop_retain_recall_drop"] <= self.recall_tolerance
+        within = retain_ok and utility_ok and recall_ok
         if (
             within
             and gap is not None
@@ -245,7 +255,9 @@ class IndistinguishableStop(TrainerCallback):
             checks_since_best = sum(r["step"] > self.best["step"] for r in self.history)
             best_gap = self.best["stop_gap"]
             if not within:
-                decision = "retain_alarm" if not retain_ok else "utility_alarm"
+                decision = (
+                    "retain_alarm" if not retain_ok else "retain_recall_alarm" if not recall_ok else "utility_alarm"
+                )
             elif gap is not None and gap <= 0:
                 decision = "crossed"
             elif (
@@ -270,6 +282,19 @@ class IndistinguishableStop(TrainerCallback):
                 "gap %s; stopping and keeping step %d's weights (gap %s)",
                 100 * record["stop_utility_drop"], 100 * self.utility_tolerance, _fmt(gap), self.best["step"],
                 _fmt(self.best["stop_gap"]),
+            )  # fmt: skip
+        if decision == "retain_recall_alarm":
+            logger.warning(
+                "stop rule: the retain answers' %s fell %.0f%% below the first check's (tolerance %.0f%%) at gap %s; "
+                "stopping and keeping step %d's weights (gap %s)",
+                self._recall_name(), 100 * record["stop_retain_recall_drop"], 100 * self.recall_tolerance, _fmt(gap),
+                self.best["step"], _fmt(self.best["stop_gap"]),
+            )  # fmt: skip
+        if self.recall_rows and len(self.history) == 1 and record["stop_retain_recall"] <= 0:
+            logger.warning(
+                "stop rule: no retain answer is right at the first check (%s 0 on %d questions), so "
+                "--stop_retain_recall_tolerance cannot act; check that the model was trained on the retain split",
+                self._recall_name(), len(self.recall_rows),
             )  # fmt: skip
         if decision == "retain_alarm":
             kept = self.best["stop_gap"]
@@ -313,6 +338,26 @@ class IndistinguishableStop(TrainerCallback):
                 for role, rows in self.utility_rows.items()
             }
         return float(tofu_metrics(scores)["model_utility"]["value"])
+
+    def _recall_name(self) -> str:
+        return "fact recall" if all("fact" in r for r in self.recall_rows) else "ROUGE-L recall"
+
+    def _recall(self, model) -> float:
+        """What the report's collateral-damage line scores, on the sampled retain questions' greedy answers:
+        fact recall where every row carries a `fact` (the built-in world), else ROUGE-L recall (TOFU)."""
+        from ..eval.metrics import fact_recall, rouge_l_recall
+        from ..eval.scoring import generate_answers
+
+        rows = self.recall_rows
+        gen = {k: self.settings[k] for k in ("prompt_format", "system_prompt", "batch_size") if k in self.settings}
+        with eval_mode(model), torch.no_grad():
+            answers = generate_answers(
+                model, self.tokenizer, [r["question"] for r in rows], max_new_tokens=self.max_new_tokens,
+                desc="stop rule: retain answers", shard=process_shard(), **gen,
+            )  # fmt: skip
+        if all("fact" in r for r in rows):
+            return float(fact_recall([r["fact"] for r in rows], answers).mean())
+        return float(rouge_l_recall([r["answer"] for r in rows], answers).mean())
 
     def _rescore_best(self, model) -> float:
         """Score the kept (screened) check's weights in full, update its record, return its gap.
@@ -475,6 +520,26 @@ class IndistinguishableStop(TrainerCallback):
             "restored the weights of" if restored else "kept", best["step"] if best else -1,
             _fmt(best["stop_gap"] if best else math.nan),
         )  # fmt: skip
+        if best is not None and self.decision.endswith("alarm") and _still_familiar(best):
+            # A guard, not the crossing, ended the run: say plainly that forgetting is incomplete.
+            logger.warning(
+                "stop rule: forgetting is incomplete: a guard (%s) stopped the run while the forget set was still "
+                "more familiar than unseen data at the kept weights (%s); going further would have cost more of the "
+                "retain set than the guard allows. Loosen the guard (e.g. --stop_retain_recall_tolerance) to trade "
+                "retain answers for forgetting", self.decision, _familiarity(best),
+            )  # fmt: skip
+
+
+def _still_familiar(record: dict) -> bool:
+    """The kept check had not reached indistinguishable: its gap > 0, or (screened) its answers' loss gap > 0."""
+    gap = record["stop_gap"] if record["stop_gap"] is not None else record.get("stop_gap_loss_auc")
+    return gap is not None and gap > 0
+
+
+def _familiarity(record: dict) -> str:
+    if record["stop_gap"] is not None:
+        return f"gap {record['stop_gap']:.3f}"
+    return f"screened check: answer-loss AUC gap {record['stop_gap_loss_auc']:.3f}"
 
 
 def _fmt(gap: float | None) -> str:

@@ -3,8 +3,8 @@
 The holdout split (unseen questions of the same kind and number as the forget set), for the
 truth-ratio statistic the paraphrased and perturbed answers of the forget and holdout questions (written,
 or constructed from the retain split where the holdout has none: `data/constructed.py`), the
-forget questions kept out of training (`--stop_heldout_fraction`), and a fixed retain sample for the
-utility guard. Every problem is one `DataError` line naming the fix, raised before any training.
+forget questions kept out of training (`--stop_heldout_fraction`), a fixed retain sample for the
+retain-loss alarm, and the samples of the optional guards (`--stop_retain_recall_tolerance`, `--stop_utility_tolerance`). Every problem is one `DataError` line naming the fix, raised before any training.
 """
 
 from __future__ import annotations
@@ -79,7 +79,13 @@ def load_stop_data(data, forget_rows: list[dict], retain_rows: list[dict], confi
     rng = random.Random(config.seed)
     sample = sorted(rng.sample(range(len(retain_rows)), min(RETAIN_SAMPLE, len(retain_rows))))
     utility = _utility_rows(data, config) if getattr(config, "stop_utility_tolerance", 0) > 0 else None
+    recall = None
+    if getattr(config, "stop_retain_recall_tolerance", 0) > 0:
+        # Its own seeded sample: the guard must not see only the questions the retain loss is averaged on.
+        size = min(config.stop_retain_recall_sample, len(retain_rows))
+        recall = [retain_rows[i] for i in sorted(random.Random(config.seed + 1).sample(range(len(retain_rows)), size))]
     return {
+        "recall_rows": recall,
         "utility_rows": utility,
         "holdout_name": name,
         "statistic": statistic,

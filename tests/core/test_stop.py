@@ -162,8 +162,18 @@ def test_auto_sets_ngdiff_gen_and_the_rule_below_explicit_options():
 
 
 def test_auto_end_to_end_stops_records_its_trajectory_and_agrees_with_the_evaluation(
-    micro_models, micro_world, tmp_path, capsys
+    micro_models, micro_world, tmp_path, capsys, monkeypatch
 ):
+    import llm_unlearn.pipeline.unlearn as pipeline
+
+    built = []  # the question sets of every dataset the run tokenizes for training
+
+    class Recording(pipeline.QADataset):
+        def __init__(self, rows, *args, **kwargs):
+            built.append({r["question"] for r in rows})
+            super().__init__(rows, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "QADataset", Recording)
     out = tmp_path / "auto"
     argv = ["unlearn", "--auto", "--model_name_or_path", str(micro_models["target"]), "--data_dir", str(micro_world),
             "--forget_split", "forget10", "--output_dir", str(out), "--eval_batch_size", "64", "--max_new_tokens", "2",
@@ -190,7 +200,12 @@ def test_auto_end_to_end_stops_records_its_trajectory_and_agrees_with_the_evalua
     assert all(r["stop_gap"] is None and r["stop_gap_loss_auc"] > 0 for r in screened)
     first_full = next((i for i, r in enumerate(checks[1:], 1) if not r["stop_screened"]), len(checks))
     assert screened == checks[1:first_full], "once truth ratios are scored, every later check scores them"
-    assert all(r["stop_gap_heldout"] is not None for r in checks if not r["stop_screened"])
+    # Every forget question is trained on under --auto (issue 22): no held-out part, so the gap on the
+    # trained questions is the gap itself.
+    assert all(r["stop_gap_heldout"] is None for r in checks)
+    assert all(r["stop_gap_trained"] == r["stop_gap"] for r in checks if not r["stop_screened"])
+    forget_questions = {r["question"] for r in load_split("forget10", data_dir=micro_world)}
+    assert forget_questions in built, "the forget dataset trained on is the whole forget split"
     # The evaluation (separate code: eval/tofu.py, eval/mia.py) of the weights the rule kept agrees with
     # that check's record: the loss AUC of forget vs holdout, and the forget set's median truth ratio.
     kept = end[0]["stop_best_check"]  # as finally scored: a screened check may be re-scored at the crossing
@@ -451,6 +466,64 @@ def test_utility_estimate_is_the_evaluations_model_utility_on_the_sample(micro_m
     result = evaluate(model, tok, data_dir=micro_world, forget_split="forget10", batch_size=64, max_new_tokens=8,
                       max_length=512, progress=False, mia=False)  # fmt: skip
     assert rule._utility(model) == pytest.approx(result["metrics"]["model_utility"]["value"], rel=1e-9)
+
+
+def test_retain_recall_guard_stops_on_the_sampled_recall_and_never_keeps_such_weights(caplog):
+    # AUC gaps +1/2, +1/4, +1/4, then a crossing; recall 0.9 -> 0.85 (5.6% lost) -> 0.72 (20%; tolerance 12%).
+    scripted = [([1, 2], [3, 4], 1.0), ([1, 3.5], [3, 4], 1.0), ([1, 3.75], [3, 4], 1.0), ([3, 3], [3, 4], 1.0)]
+    rule, records = _rule(scripted)
+    rule.recall_rows, rule.recall_tolerance = [{"question": "q", "answer": "a", "fact": "a"}], 0.12
+    recalls = iter([0.9, 0.85, 0.72])
+    rule._recall = lambda model: next(recalls)
+    weights, last = _train(rule, torch.nn.Linear(1, 1, bias=False), steps=5)
+    checks = [r for r in records if "stop_decision" in r]
+    assert [r["stop_retain_recall_drop"] for r in checks] == pytest.approx([0.0, 0.05 / 0.9, 0.2])
+    assert [r["stop_decision"] for r in checks] == ["continue", "continue", "retain_recall_alarm"]
+    assert last == 2 and records[-1]["stop_reason"] == "retain_recall_alarm" and records[-1]["stop_best_step"] == 1
+    assert "fact recall fell 20% below the first check's" in caplog.text
+    # The kept weights (gap +1/4) never looked like unseen data: the run says forgetting is incomplete.
+    assert "forgetting is incomplete" in caplog.text and "gap 0.250" in caplog.text
+
+
+def test_retain_recall_is_the_evaluations_collateral_damage_number_on_the_sample(
+    micro_models, micro_world, tmp_path, monkeypatch
+):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm_unlearn.core.stop_data import load_stop_data
+    from llm_unlearn.eval.metrics import rouge_l_recall
+    from llm_unlearn.eval.tofu import evaluate
+
+    # --auto turns the guard on; with a sample as large as the retain split it is the evaluation's
+    # retain fact recall, and without a `fact` field it is ROUGE-L recall of the same answers.
+    _, data, config, _ = parse_config(["--auto", "--data_dir", str(micro_world), "--forget_split", "forget10",
+                                       "--output_dir", "x", "--stop_retain_recall_sample", "100000"])  # fmt: skip
+    assert config.stop_retain_recall_tolerance == 0.15 and config.stop_heldout_fraction == 0
+    forget, retain = load_split("forget10", data_dir=micro_world), load_split("retain90", data_dir=micro_world)
+    stop_data = load_stop_data(data, forget, retain, config)
+    assert stop_data["heldout"] == [] and len(stop_data["recall_rows"]) == len(retain)
+    model = AutoModelForCausalLM.from_pretrained(micro_models["target"])
+    tok = AutoTokenizer.from_pretrained(micro_models["target"])
+    settings = dict(
+        prompt_format="chat_template", max_length=512, system_prompt=None, batch_size=64, max_new_tokens=16
+    )
+    rule = IndistinguishableStop(tok, forget, stop_data, config, settings, lambda r: None, tmp_path)
+    result = evaluate(model, tok, data_dir=micro_world, forget_split="forget10", batch_size=64, max_new_tokens=16,
+                      max_length=512, progress=False, mia=False)  # fmt: skip
+    # The micro target answers almost nothing right, so the two agree at a low value; the patched
+    # generations below make the number itself checkable.
+    assert rule._recall(model) == pytest.approx(result["metrics"]["retain_fact_recall"]["value"], abs=1e-12)
+    rows = rule.recall_rows
+    right = {r["question"] for r in rows[::3]}  # every third question answered with its gold answer
+    fake = lambda model, tok, questions, **kw: [  # noqa: E731
+        next(r["answer"] for r in rows if r["question"] == q) if q in right else "I do not know." for q in questions
+    ]
+    monkeypatch.setattr("llm_unlearn.eval.scoring.generate_answers", fake)
+    assert rule._recall(model) == pytest.approx(len(right) / len(rows))
+    rule.recall_rows = [{k: v for k, v in r.items() if k != "fact"} for r in rows]
+    assert rule._recall_name() == "ROUGE-L recall"
+    expected = rouge_l_recall([r["answer"] for r in rows], fake(None, None, [r["question"] for r in rows]))
+    assert rule._recall(model) == pytest.approx(float(expected.mean())) and 0 < expected.mean() < 1
 
 
 def test_a_forget_set_already_like_unseen_data_stops_at_once_and_keeps_the_model(caplog):
