@@ -18,6 +18,9 @@ models; forget01/05/10; training seeds 0, 1, 2 (`--seed k --retain_seed k`). Arm
 - `oracle-graddiff`, `oracle-ngdiff`: the best evaluation point of that run's own trajectory: the
   epoch with the highest forget quality among those keeping model utility >= 80% of the target's
   (the highest model utility if none does). Not available to users: it needs the reference.
+- `graddiff-timed`, `ngdiff-timed`: the same recipes without the per-epoch evaluation, their final
+  weights evaluated afterwards: the recipes' seconds measured side by side with `auto` (issue 22's cost
+  goal) and, where present, the recipe each `auto` cell is compared with.
 - diagnostic arms, run on request (`--arms`) and not part of the goals: `auto-unscreened` is
   `--auto --stop_screen false` (truth ratios scored at every check, the rule before screening; it
   measures what screening saves, run side by side with `auto`); `auto-damped` is `--auto
@@ -27,7 +30,14 @@ models; forget01/05/10; training seeds 0, 1, 2 (`--seed k --retain_seed k`). Arm
   real-author and world-fact questions, has lost 20% of the first check's), `auto-damped-mu` adds it
   to `auto-damped`; `auto-noalarm` is `--auto`
   with the retain-loss alarm switched off (`--stop_retain_tolerance 1e9`); `auto-fine` also checks every
-  2 optimizer steps instead of once per epoch (`--stop_check_interval 2`).
+  2 optimizer steps instead of once per epoch (`--stop_check_interval 2`). Issue 22's retain-recall
+  guard: `auto-t12`/`auto-t20` set its tolerance (the default is 0.15); `auto-c2*` check every 2 steps;
+  `auto-b16*` use the recipes' batch of 16 (`-nogen`: without GeN); `auto-rw*`, `auto-rb32*`,
+  `auto-npo-t20`, `auto-kl-t20` try a larger retain weight, a retain batch of 32, NPO's forget loss and a
+  KL retain term.
+
+Records made before the built-in world changed on 2026-12-04 (forget and holdout authors made
+exchangeable, `data/world.py`) carry the world name with ` (before 2026-12-04)`: their models differ.
 
 Every arm runs with the bench-only flags `--save_strategy no --do_final_eval false --disable_tqdm
 true --report_to none` and its own `--output_dir`. Wall seconds: the `unlearn()` call (model loading,
@@ -65,7 +75,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "world"
 KEYS = ("forget_quality", "model_utility", "retain_fact_recall", "forget_fact_recall", "forget_rouge_l")
 SPLITS = ("forget01", "forget05", "forget10")
-ARMS = ("auto", "graddiff", "ngdiff")
+ARMS = ("auto", "graddiff", "ngdiff", "graddiff-timed", "ngdiff-timed")
 # Diagnostic arms (--arms), not part of the goals: `--auto` with one of the rule's knobs changed.
 ABLATIONS = {
     "auto-unscreened": ["--stop_screen", "false"],
@@ -73,6 +83,21 @@ ABLATIONS = {
     "auto-damped-t35": ["--stop_lr_damping", "true", "--stop_retain_tolerance", "0.35"],
     "auto-mu": ["--stop_utility_tolerance", "0.2"],
     "auto-damped-mu": ["--stop_lr_damping", "true", "--stop_utility_tolerance", "0.2"],
+    # Issue 22's retain-recall guard: the tolerance, and three ways tried to lose less of the retain set per
+    # unit of forgetting (retain weight, a larger retain batch, NPO's bounded forget loss, a KL retain term).
+    "auto-b16": ["--per_device_train_batch_size", "16"],
+    "auto-b16-nogen": ["--per_device_train_batch_size", "16", "--gen", "false"],
+    "auto-c2": ["--stop_check_interval", "2"],
+    "auto-c2-t20": ["--stop_check_interval", "2", "--stop_retain_recall_tolerance", "0.2"],
+    "auto-noguard": ["--stop_retain_recall_tolerance", "0"],
+    "auto-t12": ["--stop_retain_recall_tolerance", "0.12"],
+    "auto-t20": ["--stop_retain_recall_tolerance", "0.2"],
+    "auto-rw2-t12": ["--stop_retain_recall_tolerance", "0.12", "--retain_weight", "2"],
+    "auto-rw4-t12": ["--stop_retain_recall_tolerance", "0.12", "--retain_weight", "4"],
+    "auto-rb32-t12": ["--stop_retain_recall_tolerance", "0.12", "--retain_batch_size", "32"],
+    "auto-npo-t20": ["--stop_retain_recall_tolerance", "0.2", "--method", "npo", "--combine", "normalized"],
+    "auto-kl-t20": ["--stop_retain_recall_tolerance", "0.2", "--retain_loss", "kl", "--retain_kl_positions", "all"],
+    "auto-rb32-t20": ["--stop_retain_recall_tolerance", "0.2", "--retain_batch_size", "32"],
     "auto-noalarm": ["--stop_retain_tolerance", "1e9"],
     "auto-fine": ["--stop_retain_tolerance", "1e9", "--stop_check_interval", "2"],
 }
@@ -80,19 +105,22 @@ ABLATIONS = {
 # statistic with the retain alarm relative to the retain loss itself; `auto-v2`: the loss-AUC statistic
 # with the alarm relative to the retain set's lead over unseen data (until 2026-12-02's truth-ratio
 # statistic, benchmarks/stop_study.py); `auto-v2-noalarm`, `auto-v2-fine`: v2's diagnostic arms;
-# `auto-v3`: the truth-ratio statistic scored at every check (before screening, stop.py).
-HISTORICAL = ("auto-v3", "auto-v2", "auto-v1")
+# `auto-v3`: the truth-ratio statistic scored at every check (before screening, stop.py); `auto-v4`:
+# screened, a tenth of the forget questions withheld from training, no retain-recall guard (until issue 22).
+HISTORICAL = ("auto-v4", "auto-v3", "auto-v2", "auto-v1")
 HISTORICAL_DIAGNOSTIC = ("auto-v2-noalarm", "auto-v2-fine")
 # Same decisions as `auto` by construction (screening changes what a check costs, not what it keeps;
 # `_screening` counts it): left out of the summary table and the plot.
 SAME_AS_AUTO = ("auto-unscreened", "auto-v3")
 SUMMARY = tuple(
     a
-    for a in ("auto", "graddiff", "ngdiff", "oracle-graddiff", "oracle-ngdiff", *ABLATIONS, *HISTORICAL)
+    for a in ("auto", "graddiff-timed", "ngdiff-timed", "graddiff", "ngdiff", "oracle-graddiff", "oracle-ngdiff",
+              *ABLATIONS, *HISTORICAL)
     if a not in SAME_AS_AUTO
 )
 SHOWN = (*SUMMARY, *HISTORICAL_DIAGNOSTIC)
 MU_FLOOR, FQ_GOAL, FQ_SHARE = 0.8, 0.05, 0.8  # the issue's goals
+RECALL_FLOOR = 0.8  # issue 22: retain fact recall >= 80% of the target's in every run
 BENCH_FLAGS = [
     "--save_strategy",
     "no",
@@ -241,14 +269,14 @@ def run_arm(
     common = ["--model_name_or_path", str(models["target"]), "--data_dir", str(world), "--forget_split", r["split"],
               "--seed", str(r["seed"]), "--retain_seed", str(r["seed"])]  # fmt: skip
     auto = r["arm"] == "auto" or r["arm"] in ABLATIONS
-    head = (
-        ["--auto", *ABLATIONS.get(r["arm"], [])] if auto else ["--config", str(RECIPES / f"{r['arm']}.yaml")]
-    )
+    timed = r["arm"].endswith("-timed")  # the recipe alone: no per-epoch evaluation, final weights evaluated
+    recipe = r["arm"].removesuffix("-timed")
+    head = ["--auto", *ABLATIONS.get(r["arm"], [])] if auto else ["--config", str(RECIPES / f"{recipe}.yaml")]
     model_args, data, config, eval_args = parse_config(
         head + common + ["--output_dir", str(run_dir)] + BENCH_FLAGS
     )
     per_epoch: list[dict] = []
-    callbacks = [] if auto else [TimedEvaluator(tokenizer, data, reference, per_epoch, KEYS)]
+    callbacks = [] if auto or timed else [TimedEvaluator(tokenizer, data, reference, per_epoch, KEYS)]
     start = time.perf_counter()
     unlearn(model_args, data, config, eval_args, callbacks=callbacks)
     seconds = round(time.perf_counter() - start - sum(c.seconds for c in callbacks), 1)
@@ -257,7 +285,11 @@ def run_arm(
     target_mu = base["target"]["model_utility"]
     record = {**r, "steps": steps, "seconds": seconds, "date": time.strftime("%Y-%m-%d"), "target_model_utility": target_mu,
               "target_mu_parts": base["target"].get("mu_parts"),
+              "target_retain_fact_recall": base["target"]["retain_fact_recall"],
               "target_forget_quality": base["target"]["forget_quality"]}  # fmt: skip
+    if timed:
+        result = evaluate_path(str(run_dir), data, EvalArgs(), reference=reference)
+        return [record | {k: result["metrics"][k]["value"] for k in KEYS} | _mu_parts(result)]
     if auto:
         result = evaluate_path(str(run_dir), data, EvalArgs(), reference=reference)
         stop = next(x for x in log if "stop_reason" in x)
@@ -269,7 +301,8 @@ def run_arm(
             "check_seconds": round(sum(c.get("stop_seconds", 0.0) for c in checks), 2),
             "lr_final": lrs[-1] if lrs else None,
             "checks": [{k: c.get(k) for k in ("step", "stop_gap", "stop_gap_heldout", "stop_retain_loss",
-                                              "stop_retain_rise", "stop_gap_loss_auc", "stop_screened", "stop_seconds")}
+                                              "stop_retain_rise", "stop_gap_loss_auc", "stop_screened", "stop_seconds",
+                                              "stop_retain_recall")}
                        for c in checks],
         }  # fmt: skip
         return [record]
@@ -317,18 +350,26 @@ def goals(runs: list[dict], means: dict[tuple, dict]) -> dict:
     auto = [r for r in runs if r["arm"] == "auto"]
     collapsed = [r for r in auto if r["model_utility"] < MU_FLOOR * r["target_model_utility"]]
     low_fq = [r for r in auto if r["forget_quality"] < FQ_GOAL]
+    low_recall = [
+        r for r in auto
+        if "target_retain_fact_recall" in r and r["retain_fact_recall"] < RECALL_FLOOR * r["target_retain_fact_recall"]
+    ]  # fmt: skip
     dominated, slower = [], []
     for (world, split, arm), row in sorted(means.items()):
         if arm != "auto":
             continue
         for recipe in ("graddiff", "ngdiff"):
-            other = means.get((world, split, recipe))
+            # The recipe run side by side with this `auto` (`-timed`) where there is one.
+            other = means.get((world, split, f"{recipe}-timed")) or means.get((world, split, recipe))
             if other is None:
                 continue
             if dominates(other, row):
                 dominated.append(f"{world} {split}: by {recipe} (FQ {other['forget_quality']:.3g} vs "
                                  f"{row['forget_quality']:.3g}, MU {other['model_utility']:.3f} vs {row['model_utility']:.3f})")  # fmt: skip
-            if row["seconds"] > other["seconds"]:
+        # Seconds against the ngdiff recipe run side by side in the same session (`ngdiff-timed`) where there is one.
+        for recipe in ("ngdiff-timed",) if means.get((world, split, "ngdiff-timed")) else ("graddiff", "ngdiff"):
+            other = means.get((world, split, recipe))
+            if other is not None and row["seconds"] > other["seconds"]:
                 slower.append(f"{world} {split}: {row['seconds']:.1f} s vs {recipe} {other['seconds']:.1f} s")
     fq_share = 1 - len(low_fq) / max(1, len(auto))
     return {
@@ -338,6 +379,10 @@ def goals(runs: list[dict], means: dict[tuple, dict]) -> dict:
         "fq_share_at_least_0.05": fq_share,
         "fq_goal_met": fq_share >= FQ_SHARE and bool(auto),
         "fq_below_0.05": [_run_name(r) for r in low_fq],
+        "retain_recall_kept": not low_recall and bool(auto),
+        "retain_recall_below": [
+            f"{_run_name(r)} ({r['retain_fact_recall']:.2f} vs target {r['target_retain_fact_recall']:.2f})" for r in low_recall
+        ],
         "not_dominated": not dominated,
         "dominated": dominated,
         "wall_time_at_most_recipes": not slower,
@@ -375,12 +420,15 @@ def write_outputs(state: dict, out: Path) -> None:
         + (f"; misses: {', '.join(g['collapsed'])}" if g["collapsed"] else f" ({g['runs']} runs)"),
         f"- FQ >= {FQ_GOAL:g} in at least {FQ_SHARE:.0%} of runs: {yes[g['fq_goal_met']]} "
         f"({g['fq_share_at_least_0.05']:.0%} of {g['runs']})" + (f"; below: {', '.join(g['fq_below_0.05'])}" if g["fq_below_0.05"] else ""),
+        f"- retain fact recall >= {RECALL_FLOOR:g} x target's in every run: {yes[g.get('retain_recall_kept', False)]}"
+        + (f"; below: {', '.join(g['retain_recall_below'])}" if g.get("retain_recall_below") else ""),
         f"- on seed means, not dominated on both axes by either shipped recipe: {yes[g['not_dominated']]}"
         + (f"; dominated: {'; '.join(g['dominated'])}" if g["dominated"] else ""),
-        f"- wall time at most the shipped recipes' (seed means): {yes[g['wall_time_at_most_recipes']]}"
+        f"- wall time at most the ngdiff recipe's, run side by side (`ngdiff-timed`; seed means): {yes[g['wall_time_at_most_recipes']]}"
         + (f"; slower: {'; '.join(g['slower_than_a_recipe'])}" if g["slower_than_a_recipe"] else ""),
         f"- total seconds over every (world, split, seed): {_totals(runs)}",
         *_screening(runs),
+        *_tradeoff(runs),
     ]  # fmt: skip
     if state.get("notes"):
         lines += ["", "## Notes", "", *(f"- {note}" for note in state["notes"])]
@@ -500,16 +548,39 @@ def _collapses(rs: list[dict]) -> list[str]:
 
 def _totals(runs: list[dict]) -> str:
     """Seconds summed per arm over the (world, split, seed) that every main arm has run."""
+    main = ("auto", "graddiff-timed", "ngdiff-timed")  # run side by side (the untimed recipes ran earlier)
     keys = {
-        a: {(r["world"], r["split"], r["seed"]): r["seconds"] for r in runs if r["arm"] == a} for a in ARMS
+        a: {(r["world"], r["split"], r["seed"]): r["seconds"] for r in runs if r["arm"] == a} for a in main
     }
     common = set.intersection(*(set(k) for k in keys.values()))
     checks = [r["check_seconds"] for r in runs if r["arm"] == "auto" and "check_seconds" in r]
     share = f"; `auto`'s stop-rule checks: {sum(checks):.0f} s of it" if checks else ""
     return (
-        ", ".join(f"{a} {sum(keys[a][k] for k in common):.0f} s" for a in ARMS)
+        ", ".join(f"{a} {sum(keys[a][k] for k in common):.0f} s" for a in main)
         + f" ({len(common)} each){share}"
     )
+
+
+def _tradeoff(runs: list[dict]) -> list[str]:
+    """Forgetting against the retain set, per arm that has the retain floor's target recorded (issue 22)."""
+    arms = ("auto", "auto-noguard", "ngdiff-timed", "graddiff-timed")
+    lines = []
+    for arm in arms:
+        rs = [r for r in runs if r["arm"] == arm and "target_retain_fact_recall" in r]
+        if not rs:
+            continue
+        fq = [r["forget_quality"] >= FQ_GOAL for r in rs]
+        kept = [r["retain_fact_recall"] >= RECALL_FLOOR * r["target_retain_fact_recall"] for r in rs]
+        lines.append(
+            f"| {arm} | {len(rs)} | {sum(fq)} | {sum(kept)} | {sum(a and b for a, b in zip(fq, kept))} | "
+            f"{min(r['retain_fact_recall'] for r in rs):.2f} to {max(r['retain_fact_recall'] for r in rs):.2f} | "
+            f"{sum(r['seconds'] for r in rs):.0f} |"
+        )
+    if not lines:
+        return []
+    return ["", "Forgetting against the retain set (runs meeting each goal; issue 22):", "",
+            f"| arm | runs | FQ >= {FQ_GOAL:g} | retain fact recall >= {RECALL_FLOOR:g} x target's | both | "
+            "retain fact recall | seconds |", "|---|---|---|---|---|---|---|", *lines]  # fmt: skip
 
 
 def _screening(runs: list[dict]) -> list[str]:
@@ -567,6 +638,8 @@ STYLE = {
     "auto": dict(color="tab:red", marker="*", s=220, zorder=4),
     "graddiff": dict(color="tab:blue", marker="o", s=90),
     "ngdiff": dict(color="tab:green", marker="s", s=90),
+    "graddiff-timed": dict(color="tab:blue", marker="o", s=90),
+    "ngdiff-timed": dict(color="tab:green", marker="s", s=90),
     "oracle-graddiff": dict(color="tab:blue", marker="o", s=260, facecolors="none"),
     "oracle-ngdiff": dict(color="tab:green", marker="s", s=260, facecolors="none"),
     "auto-noalarm": dict(color="tab:orange", marker="P", s=130),
@@ -600,7 +673,7 @@ def plot(runs: list[dict], means: dict, baseline: dict, world_names: list[str], 
                 ax.set_visible(False)
                 continue
             for arm in SHOWN:
-                style = dict(STYLE[arm])
+                style = dict(STYLE.get(arm, dict(color="tab:gray", marker=".", s=60)))
                 pts = [r for r in runs if (r["world"], r["split"], r["arm"]) == (world, split, arm)]
                 row = means.get((world, split, arm))
                 if row is None:
