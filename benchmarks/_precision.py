@@ -67,7 +67,9 @@ def compare(target: Path, fp32: Path, bf16: Path) -> dict:
             "passed": bool(rel <= REL_TOL and cos >= COS_MIN), "tolerance": {"rel": REL_TOL, "cos": COS_MIN}}  # fmt: skip
 
 
-def precision_check(target: Path, data_dir: Path, split: str, work: Path, sizes, seed: int, unlearn_stage) -> dict:
+def precision_check(
+    target: Path, data_dir: Path, split: str, work: Path, sizes, seed: int, unlearn_stage
+) -> dict:
     """Run both arms with `unlearn_stage` (cached in `work`) and compare them; the result is kept in work too."""
     out = work / "bf16_vs_fp32.json"
     if out.is_file():
@@ -76,7 +78,9 @@ def precision_check(target: Path, data_dir: Path, split: str, work: Path, sizes,
     dirs = {}
     for name, bf16 in (("fp32", False), ("bf16", True)):
         dirs[name] = work / f"ngdiff-{name}"
-        unlearn_stage(target, data_dir, split, dirs[name], dataclasses.replace(sizes, bf16=bf16), settings, seed)
+        unlearn_stage(
+            target, data_dir, split, dirs[name], dataclasses.replace(sizes, bf16=bf16), settings, seed
+        )
     result = {"steps": sizes.precision_check_steps, **compare(target, dirs["fp32"], dirs["bf16"])}
     work.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import _study  # benchmarks/_study.py: this script's folder is on sys.path
 import torch
-from llm_unlearn.pipeline.distill import DistillSettings, distill
 
 from llm_unlearn.bench.hardware import device_name
 from llm_unlearn.cli.parse import parse_config
 from llm_unlearn.eval.args import EvalArgs
+from llm_unlearn.pipeline.distill import DistillSettings, distill
 from llm_unlearn.pipeline.evaluate import evaluate_path
 from llm_unlearn.pipeline.unlearn import unlearn
 from llm_unlearn.probes import EvalSettings, ProbeSettings, run_probes

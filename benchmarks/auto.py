@@ -96,7 +96,14 @@ ABLATIONS = {
     "auto-rw4-t12": ["--stop_retain_recall_tolerance", "0.12", "--retain_weight", "4"],
     "auto-rb32-t12": ["--stop_retain_recall_tolerance", "0.12", "--retain_batch_size", "32"],
     "auto-npo-t20": ["--stop_retain_recall_tolerance", "0.2", "--method", "npo", "--combine", "normalized"],
-    "auto-kl-t20": ["--stop_retain_recall_tolerance", "0.2", "--retain_loss", "kl", "--retain_kl_positions", "all"],
+    "auto-kl-t20": [
+        "--stop_retain_recall_tolerance",
+        "0.2",
+        "--retain_loss",
+        "kl",
+        "--retain_kl_positions",
+        "all",
+    ],
     "auto-rb32-t20": ["--stop_retain_recall_tolerance", "0.2", "--retain_batch_size", "32"],
     "auto-noalarm": ["--stop_retain_tolerance", "1e9"],
     "auto-fine": ["--stop_retain_tolerance", "1e9", "--stop_check_interval", "2"],
@@ -114,8 +121,17 @@ HISTORICAL_DIAGNOSTIC = ("auto-v2-noalarm", "auto-v2-fine")
 SAME_AS_AUTO = ("auto-unscreened", "auto-v3")
 SUMMARY = tuple(
     a
-    for a in ("auto", "graddiff-timed", "ngdiff-timed", "graddiff", "ngdiff", "oracle-graddiff", "oracle-ngdiff",
-              *ABLATIONS, *HISTORICAL)
+    for a in (
+        "auto",
+        "graddiff-timed",
+        "ngdiff-timed",
+        "graddiff",
+        "ngdiff",
+        "oracle-graddiff",
+        "oracle-ngdiff",
+        *ABLATIONS,
+        *HISTORICAL,
+    )
     if a not in SAME_AS_AUTO
 )
 SHOWN = (*SUMMARY, *HISTORICAL_DIAGNOSTIC)
@@ -367,7 +383,9 @@ def goals(runs: list[dict], means: dict[tuple, dict]) -> dict:
                 dominated.append(f"{world} {split}: by {recipe} (FQ {other['forget_quality']:.3g} vs "
                                  f"{row['forget_quality']:.3g}, MU {other['model_utility']:.3f} vs {row['model_utility']:.3f})")  # fmt: skip
         # Seconds against the ngdiff recipe run side by side in the same session (`ngdiff-timed`) where there is one.
-        for recipe in ("ngdiff-timed",) if means.get((world, split, "ngdiff-timed")) else ("graddiff", "ngdiff"):
+        for recipe in (
+            ("ngdiff-timed",) if means.get((world, split, "ngdiff-timed")) else ("graddiff", "ngdiff")
+        ):
             other = means.get((world, split, recipe))
             if other is not None and row["seconds"] > other["seconds"]:
                 slower.append(f"{world} {split}: {row['seconds']:.1f} s vs {recipe} {other['seconds']:.1f} s")
@@ -381,7 +399,8 @@ def goals(runs: list[dict], means: dict[tuple, dict]) -> dict:
         "fq_below_0.05": [_run_name(r) for r in low_fq],
         "retain_recall_kept": not low_recall and bool(auto),
         "retain_recall_below": [
-            f"{_run_name(r)} ({r['retain_fact_recall']:.2f} vs target {r['target_retain_fact_recall']:.2f})" for r in low_recall
+            f"{_run_name(r)} ({r['retain_fact_recall']:.2f} vs target {r['target_retain_fact_recall']:.2f})"
+            for r in low_recall
         ],
         "not_dominated": not dominated,
         "dominated": dominated,

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -113,15 +112,9 @@ def trace_run(world: Path, target: Path, tokenizer, split: str, seed: int, run_d
 
 
 def _hardware() -> str:
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        cpu = platform.processor()
-    import os
+    from llm_unlearn.bench.hardware import device_name
 
-    return f"{os.cpu_count()}-core {cpu}, torch {torch.__version__} CPU, one torch thread"
+    return f"{device_name()}, torch {torch.__version__}, one torch thread"
 
 
 def report(state: dict, path: Path) -> dict:

@@ -47,8 +47,9 @@ ATTACKS = ("loss", "min_k_plus_plus", "min_k", "zlib")
 
 
 def _hardware() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line), "?")
+    from llm_unlearn.bench.hardware import device_name
+
+    return device_name()
 
 
 def _commit() -> str:

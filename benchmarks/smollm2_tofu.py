@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import time
@@ -43,6 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from llm_unlearn.core.config import AUTO_SETTINGS  # noqa: E402
+
 MODEL = "builtin:smollm2-135m-instruct"
 AUTHOR_QUESTIONS = 20  # every TOFU author has 20 question/answer pairs, in order, in `full`
 # Every part of model utility (retain, real authors, world facts x probability, truth ratio, ROUGE-L).
@@ -129,9 +129,11 @@ SIZES: dict[str, Sizes] = {
 def hardware() -> str:
     import torch
 
+    from llm_unlearn.bench.hardware import device_name
+
     if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
-    return f"{os.cpu_count()}-core {platform.machine()} CPU, {torch.get_num_threads()} torch threads"
+        return f"{device_name()} (CUDA {torch.version.cuda})"
+    return f"{device_name()}, {torch.get_num_threads()} torch threads"
 
 
 # ----------------------------------------------------------------------------- data
@@ -237,7 +239,9 @@ def eval_stage(model_path: str, data_dir: Path, split: str, out: Path, sizes: Si
         result = evaluate_path(model_path, data, ev)
         result["meta"]["wall_s"] = round(time.perf_counter() - start, 1)
         # Throughput: every question answered greedily (and scored) per second of the whole evaluation.
-        questions = sum(len(result["metrics"][k].get("per_sample", ())) for k in ROUGE_KEYS if k in result["metrics"])
+        questions = sum(
+            len(result["metrics"][k].get("per_sample", ())) for k in ROUGE_KEYS if k in result["metrics"]
+        )
         result["meta"]["questions"] = questions
         result["meta"]["questions_per_s"] = round(questions / max(result["meta"]["wall_s"], 1e-9), 2)
         write_eval(result, out)
@@ -347,8 +351,17 @@ def record(result: dict, **fields) -> dict:
             f"evaluation lacks {', '.join(missing)}; rerun its eval stage (delete its eval json)"
         )
     system = result["meta"].get("system_prompt_used", result["meta"].get("system_prompt"))
-    speed = {"eval_questions_per_s": result["meta"]["questions_per_s"]} if "questions_per_s" in result["meta"] else {}
-    return {**fields, "system_prompt": system, **{k: metrics[k]["value"] for k in KEYS if k in metrics}, **speed}
+    speed = (
+        {"eval_questions_per_s": result["meta"]["questions_per_s"]}
+        if "questions_per_s" in result["meta"]
+        else {}
+    )
+    return {
+        **fields,
+        "system_prompt": system,
+        **{k: metrics[k]["value"] for k in KEYS if k in metrics},
+        **speed,
+    }
 
 
 def _portable(path: str | Path) -> str:
@@ -413,7 +426,9 @@ class BudgetSpent(Exception):
     """`--budget_s` is spent: the chain stops before its next stage (every finished stage is on disk)."""
 
 
-def _chain(args, sizes: Sizes, work: Path, data_dir: Path, common: dict, rows: list, probe_reuse: dict, stage) -> None:
+def _chain(
+    args, sizes: Sizes, work: Path, data_dir: Path, common: dict, rows: list, probe_reuse: dict, stage
+) -> None:
     """Every stage of the module docstring, appending one row per model evaluated to `rows`."""
     target = work / "target"
     stage("fine-tune target on full")
@@ -584,7 +599,10 @@ def _probe_lines(sel: list[dict]) -> list[str]:
 
     for r in probed:
         rec = r["relearn_recovery"]
-        cells = [f"{cell(rec[str(b)].get('forget_rouge_l'))} / {cell(rec[str(b)].get('forget_prob'))}" for b in budgets]
+        cells = [
+            f"{cell(rec[str(b)].get('forget_rouge_l'))} / {cell(rec[str(b)].get('forget_prob'))}"
+            for b in budgets
+        ]
         lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {r.get('probe_s') or 0:.0f} |")
     return lines
 
@@ -619,7 +637,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="the same as --preset gpu")
     parser.add_argument("--preset", choices=sorted(SIZES), help="sizes (default: cpu, or gpu with --full)")
-    parser.add_argument("--budget_s", type=float, help="start no stage after this many seconds (resume by rerunning)")
+    parser.add_argument(
+        "--budget_s", type=float, help="start no stage after this many seconds (resume by rerunning)"
+    )
     parser.add_argument("--tofu_dir", default=str(REPO.parent / "shared" / "data" / "tofu"))
     parser.add_argument("--work", help="stage outputs (default: runs/smollm2-tofu-<preset>)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "smollm2.json"))
@@ -630,12 +650,25 @@ def main() -> None:
     )
     parser.add_argument("--time_steps", type=int, default=20)
     parser.add_argument("--report_only", action="store_true")
-    parser.add_argument("--methods", type=_labels, default=(), help=f"arms to run (default: the preset's): any of {', '.join(ARMS)}")
-    parser.add_argument("--sam_rho", type=float, default=7.0, help="rho of the +sam arms (see benchmarks/smollm2.md)")
-    parser.add_argument("--no_base", dest="base", action="store_false", help="skip evaluating the untouched model")
-    parser.add_argument("--probe", type=_labels, default=(), help="arms to probe (llm-unlearn probe) after evaluation")
+    parser.add_argument(
+        "--methods",
+        type=_labels,
+        default=(),
+        help=f"arms to run (default: the preset's): any of {', '.join(ARMS)}",
+    )
+    parser.add_argument(
+        "--sam_rho", type=float, default=7.0, help="rho of the +sam arms (see benchmarks/smollm2.md)"
+    )
+    parser.add_argument(
+        "--no_base", dest="base", action="store_false", help="skip evaluating the untouched model"
+    )
+    parser.add_argument(
+        "--probe", type=_labels, default=(), help="arms to probe (llm-unlearn probe) after evaluation"
+    )
     parser.add_argument("--probes", type=_labels, default=("relearn",), help="relearn, piggyback, quant")
-    parser.add_argument("--budgets", type=lambda t: tuple(int(x) for x in t.split(",")), default=(0, 10, 25, 50, 100))
+    parser.add_argument(
+        "--budgets", type=lambda t: tuple(int(x) for x in t.split(",")), default=(0, 10, 25, 50, 100)
+    )
     args = parser.parse_args()
     args.preset = args.preset or ("gpu" if args.full else "cpu")
     args.paused = False

@@ -124,17 +124,9 @@ def identical(a: dict, b: dict) -> bool:
 
 
 def _hardware() -> str:
-    """The device, and on a CPU its model name (from /proc/cpuinfo where there is one) and core count."""
-    from .hardware import device_name as device
+    from .hardware import device_name
 
-    if torch.cuda.is_available():
-        return device()
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        name = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return device()
-    return f"{device()}: {name}"
+    return device_name()
 
 
 def _load_average() -> float | None:

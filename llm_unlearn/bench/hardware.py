@@ -1,14 +1,12 @@
-"""The hardware a benchmark ran on, written into every benchmark record."""
+"""The hardware a benchmark ran on, written into every benchmark record (`runs/hardware.py`)."""
 
 from __future__ import annotations
 
-import os
-import platform
-
 import torch
+
+from ..runs.hardware import hardware
 
 
 def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    """The GPU's name where torch sees one, else the CPU (`runs.hardware.hardware`)."""
+    return hardware(torch.cuda.get_device_name() if torch.cuda.is_available() else None)

@@ -256,7 +256,11 @@ class IndistinguishableStop(TrainerCallback):
             best_gap = self.best["stop_gap"]
             if not within:
                 decision = (
-                    "retain_alarm" if not retain_ok else "retain_recall_alarm" if not recall_ok else "utility_alarm"
+                    "retain_alarm"
+                    if not retain_ok
+                    else "retain_recall_alarm"
+                    if not recall_ok
+                    else "utility_alarm"
                 )
             elif gap is not None and gap <= 0:
                 decision = "crossed"
@@ -349,7 +353,11 @@ class IndistinguishableStop(TrainerCallback):
         from ..eval.scoring import generate_answers
 
         rows = self.recall_rows
-        gen = {k: self.settings[k] for k in ("prompt_format", "system_prompt", "batch_size") if k in self.settings}
+        gen = {
+            k: self.settings[k]
+            for k in ("prompt_format", "system_prompt", "batch_size")
+            if k in self.settings
+        }
         with eval_mode(model), torch.no_grad():
             answers = generate_answers(
                 model, self.tokenizer, [r["question"] for r in rows], max_new_tokens=self.max_new_tokens,

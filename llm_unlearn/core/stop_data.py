@@ -83,7 +83,10 @@ def load_stop_data(data, forget_rows: list[dict], retain_rows: list[dict], confi
     if getattr(config, "stop_retain_recall_tolerance", 0) > 0:
         # Its own seeded sample: the guard must not see only the questions the retain loss is averaged on.
         size = min(config.stop_retain_recall_sample, len(retain_rows))
-        recall = [retain_rows[i] for i in sorted(random.Random(config.seed + 1).sample(range(len(retain_rows)), size))]
+        recall = [
+            retain_rows[i]
+            for i in sorted(random.Random(config.seed + 1).sample(range(len(retain_rows)), size))
+        ]
     return {
         "recall_rows": recall,
         "utility_rows": utility,

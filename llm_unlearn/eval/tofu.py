@@ -26,7 +26,6 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -172,10 +171,10 @@ def _package_version() -> str:
 
 
 def _hardware(model) -> str:
+    from ..runs.hardware import hardware
+
     device = model.device
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{device.type} ({platform.processor() or platform.machine()})"
+    return hardware(torch.cuda.get_device_name(device) if device.type == "cuda" else None)
 
 
 def evaluate(

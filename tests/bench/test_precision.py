@@ -19,7 +19,9 @@ def _run(folder: Path, weights: dict, losses=()) -> Path:
     folder.mkdir()
     save_file(weights, str(folder / "model.safetensors"))
     save_file({"w": torch.full((2,), 99.0)}, str(folder / "stop_rule_best.safetensors"))  # never compared
-    lines = [json.dumps({"step": i + 1, "loss_forget": f, "loss_retain": r}) for i, (f, r) in enumerate(losses)]
+    lines = [
+        json.dumps({"step": i + 1, "loss_forget": f, "loss_retain": r}) for i, (f, r) in enumerate(losses)
+    ]
     (folder / "train_log.jsonl").write_text("\n".join(lines) + "\n")
     return folder
 
@@ -56,7 +58,15 @@ def test_bf16_ngdiff_takes_the_fp32_steps_on_the_micro_model(micro_models, micro
         smollm2_tofu.SIZES["tiny"], unlearn=dict(learning_rate=1e-3, per_device_train_batch_size=4),
         precision_check_steps=3,
     )  # fmt: skip
-    args = (Path(micro_models["target"]), micro_world, "forget10", tmp_path, sizes, 0, smollm2_tofu.unlearn_stage)
+    args = (
+        Path(micro_models["target"]),
+        micro_world,
+        "forget10",
+        tmp_path,
+        sizes,
+        0,
+        smollm2_tofu.unlearn_stage,
+    )
     result = precision_check(*args)
     assert result["steps"] == 3 and len(result["fp32_losses"]) == len(result["bf16_losses"]) == 3
     # bf16 rounds (the runs differ) yet takes the same steps.

@@ -470,7 +470,12 @@ def test_utility_estimate_is_the_evaluations_model_utility_on_the_sample(micro_m
 
 def test_retain_recall_guard_stops_on_the_sampled_recall_and_never_keeps_such_weights(caplog):
     # AUC gaps +1/2, +1/4, +1/4, then a crossing; recall 0.9 -> 0.85 (5.6% lost) -> 0.72 (20%; tolerance 12%).
-    scripted = [([1, 2], [3, 4], 1.0), ([1, 3.5], [3, 4], 1.0), ([1, 3.75], [3, 4], 1.0), ([3, 3], [3, 4], 1.0)]
+    scripted = [
+        ([1, 2], [3, 4], 1.0),
+        ([1, 3.5], [3, 4], 1.0),
+        ([1, 3.75], [3, 4], 1.0),
+        ([3, 3], [3, 4], 1.0),
+    ]
     rule, records = _rule(scripted)
     rule.recall_rows, rule.recall_tolerance = [{"question": "q", "answer": "a", "fact": "a"}], 0.12
     recalls = iter([0.9, 0.85, 0.72])
@@ -479,7 +484,11 @@ def test_retain_recall_guard_stops_on_the_sampled_recall_and_never_keeps_such_we
     checks = [r for r in records if "stop_decision" in r]
     assert [r["stop_retain_recall_drop"] for r in checks] == pytest.approx([0.0, 0.05 / 0.9, 0.2])
     assert [r["stop_decision"] for r in checks] == ["continue", "continue", "retain_recall_alarm"]
-    assert last == 2 and records[-1]["stop_reason"] == "retain_recall_alarm" and records[-1]["stop_best_step"] == 1
+    assert (
+        last == 2
+        and records[-1]["stop_reason"] == "retain_recall_alarm"
+        and records[-1]["stop_best_step"] == 1
+    )
     assert "fact recall fell 20% below the first check's" in caplog.text
     # The kept weights (gap +1/4) never looked like unseen data: the run says forgetting is incomplete.
     assert "forgetting is incomplete" in caplog.text and "gap 0.250" in caplog.text
@@ -499,7 +508,10 @@ def test_retain_recall_is_the_evaluations_collateral_damage_number_on_the_sample
     _, data, config, _ = parse_config(["--auto", "--data_dir", str(micro_world), "--forget_split", "forget10",
                                        "--output_dir", "x", "--stop_retain_recall_sample", "100000"])  # fmt: skip
     assert config.stop_retain_recall_tolerance == 0.15 and config.stop_heldout_fraction == 0
-    forget, retain = load_split("forget10", data_dir=micro_world), load_split("retain90", data_dir=micro_world)
+    forget, retain = (
+        load_split("forget10", data_dir=micro_world),
+        load_split("retain90", data_dir=micro_world),
+    )
     stop_data = load_stop_data(data, forget, retain, config)
     assert stop_data["heldout"] == [] and len(stop_data["recall_rows"]) == len(retain)
     model = AutoModelForCausalLM.from_pretrained(micro_models["target"])
@@ -516,7 +528,8 @@ def test_retain_recall_is_the_evaluations_collateral_damage_number_on_the_sample
     rows = rule.recall_rows
     right = {r["question"] for r in rows[::3]}  # every third question answered with its gold answer
     fake = lambda model, tok, questions, **kw: [  # noqa: E731
-        next(r["answer"] for r in rows if r["question"] == q) if q in right else "I do not know." for q in questions
+        next(r["answer"] for r in rows if r["question"] == q) if q in right else "I do not know."
+        for q in questions
     ]
     monkeypatch.setattr("llm_unlearn.eval.scoring.generate_answers", fake)
     assert rule._recall(model) == pytest.approx(len(right) / len(rows))
