@@ -63,14 +63,23 @@ answers (0.43 to 0.73 of the target's) and in retain answer probability (0.60 to
 truth ratios stayed at 0.91 to 1.01. The estimate costs a greedy generation per sampled question
 at every check.
 
+With `retain_recall_tolerance` > 0 (0.15 under `--auto`) each check also answers `retain_recall_sample`
+seeded retain questions greedily and scores what the report's collateral-damage line scores: fact
+recall where every row carries a `fact` (the built-in world), else ROUGE-L recall against the answer
+(TOFU). A check that has lost more than that share of the first check's stops the run
+(`retain_recall_alarm`) and is never kept: on the built-in world the greedy answers to retain questions
+fall long before the retain loss moves (benchmarks/auto.md, issue 22). When any guard ends the run
+while the kept check's gap (or, screened, its answer-loss gap) is still > 0, a warning says that
+forgetting is incomplete.
+
 With `lr_damping` (off by default) each check also multiplies the learning rate by the share of the
 gap left, gap / first gap (at least 0.1), so that the crossing is approached in smaller steps; GeN
 keeps fitting the undamped step size. `benchmarks/auto.md` measures it (`auto-damped*` arms).
 
-So that the decision is not judged only on the examples being trained on, a seeded
-`heldout_fraction` of the forget questions (by question within each author, `probes.split`) is
-kept out of training; the gap is decided on the whole forget set and logged for both parts
-(`stop_gap_trained`, `stop_gap_heldout`). Each check is a `train_log.jsonl` record.
+A seeded `heldout_fraction` of the forget questions (by question within each author,
+`data/heldout.py`) can be kept out of training (0 under `--auto`: a request to forget a set means the
+whole set); the gap is decided on the whole forget set and logged for both parts (`stop_gap_trained`,
+`stop_gap_heldout`). Each check is a `train_log.jsonl` record.
 """
 
 from __future__ import annotations
@@ -203,22 +212,12 @@ class IndistinguishableStop(TrainerCallback):
         # utility has fallen (benchmarks/stop_study.md). A screened check (gap None) within tolerance
         # replaces the previous best, and any scored one replaces it (module doc).
         retain_ok = record["stop_retain_rise"] <= self.tolerance
-        utility_ok = True
-        if self.utility_rows:
-            record["stop_utility"] = self._utility(model)
-            start_utility = first.get("stop_utility", record["stop_utility"])
-            record["stop_utility_drop"] = (
-                1 - record["stop_utility"] / start_utility if start_utility > 0 else 0.0
-            )
-            utility_ok = record["stop_utility_drop"] <= self.utility_tolerance
-        recall_ok = True
-        if self.recall_rows:
-            record["stop_retain_recall"] = self._recall(model)
-            start_recall = first.get("stop_retain_recall", record["stop_retain_recall"])
-            record["stop_retain_recall_drop"] = (
-                1 - record["stop_retain_recall"] / start_recall if start_recall > 0 else 0.0
-            )
-            recall_ok = record["stop_retain_recall_drop"] <= self.recall_tolerance
+        utility_ok = not self.utility_rows or _within_share(
+            record, first, "stop_utility", self._utility(model), self.utility_tolerance
+        )
+        recall_ok = not self.recall_rows or _within_share(
+            record, first, "stop_retain_recall", self._recall(model), self.recall_tolerance
+        )
         within = retain_ok and utility_ok and recall_ok
         if (
             within
@@ -536,6 +535,15 @@ class IndistinguishableStop(TrainerCallback):
                 "retain set than the guard allows. Loosen the guard (e.g. --stop_retain_recall_tolerance) to trade "
                 "retain answers for forgetting", self.decision, _familiarity(best),
             )  # fmt: skip
+
+
+def _within_share(record: dict, first: dict, key: str, value: float, tolerance: float) -> bool:
+    """Record `value` under `key` and the share of the first check's value it has lost (`key`_drop);
+    whether that share is within `tolerance`."""
+    record[key] = value
+    start = first.get(key, value)
+    record[f"{key}_drop"] = 1 - value / start if start > 0 else 0.0
+    return record[f"{key}_drop"] <= tolerance
 
 
 def _still_familiar(record: dict) -> bool:
