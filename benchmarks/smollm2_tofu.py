@@ -651,13 +651,22 @@ def main() -> None:
     parser.add_argument("--time_steps", type=int, default=20)
     parser.add_argument("--report_only", action="store_true")
     parser.add_argument(
+        "--weight_norm", metavar="MODEL", help="print the L2 norm of MODEL's weights and exit"
+    )
+    parser.add_argument(
         "--methods",
         type=_labels,
         default=(),
         help=f"arms to run (default: the preset's): any of {', '.join(ARMS)}",
     )
     parser.add_argument(
-        "--sam_rho", type=float, default=7.0, help="rho of the +sam arms (see benchmarks/smollm2.md)"
+        # rho is a length in weight space: the built-in world's 0.25 (docs/lasting.md) scaled by the ratio of
+        # the weight norms (`--weight_norm MODEL`: SmolLM2-135M 2120, the built-in world's default target 73.9):
+        # x28.7, so that the perturbation is the same share of the weights: 0.25 x 28.7 = 7.2, rounded to 7.
+        "--sam_rho",
+        type=float,
+        default=7.0,
+        help="rho of the +sam arms (default: the world's 0.25 scaled by weight norm)",
     )
     parser.add_argument(
         "--no_base", dest="base", action="store_false", help="skip evaluating the untouched model"
@@ -679,6 +688,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # fine-tuning progress (llm_unlearn logger)
     if not (Path(args.tofu_dir) / "full.json").is_file():
         raise SystemExit(f"no TOFU files in {args.tofu_dir}; pass --tofu_dir (a folder of TOFU's JSON files)")
+    if args.weight_norm:
+        from llm_unlearn.models.loading import load_model_and_tokenizer
+
+        model, _ = load_model_and_tokenizer(args.weight_norm)
+        print(f"{sum(float(p.detach().double().pow(2).sum()) for p in model.parameters()) ** 0.5:.1f}")
+        return
     if args.time:
         time_steps(args)
         return
