@@ -32,7 +32,7 @@ AUTO_SETTINGS = {
     "method": "ngdiff", "gen": True, "optim": "sgd", "learning_rate": 0.1, "lr_scheduler_type": "constant",
     "weight_decay": 0.0, "num_train_epochs": 20, "stop_rule": "indistinguishable",
     # Every forget question is trained on (issue 22: a deletion request means the whole set), and the
-    # retain set itself is guarded, not only its loss (docs/auto.md#what-auto-guards).
+    # retain set itself is guarded, not only its loss (docs/auto.md, "The retain-recall guard").
     "stop_heldout_fraction": 0.0, "stop_retain_recall_tolerance": 0.15,
 }  # fmt: skip
 

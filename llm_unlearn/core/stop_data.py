@@ -4,7 +4,9 @@ The holdout split (unseen questions of the same kind and number as the forget se
 truth-ratio statistic the paraphrased and perturbed answers of the forget and holdout questions (written,
 or constructed from the retain split where the holdout has none: `data/constructed.py`), the
 forget questions kept out of training (`--stop_heldout_fraction`), a fixed retain sample for the
-retain-loss alarm, and the samples of the optional guards (`--stop_retain_recall_tolerance`, `--stop_utility_tolerance`). Every problem is one `DataError` line naming the fix, raised before any training.
+retain-loss alarm, and the samples of the optional guards (`--stop_retain_recall_tolerance`,
+`--stop_utility_tolerance`). Every problem is one `DataError` line naming the fix, raised before any
+training.
 """
 
 from __future__ import annotations
