@@ -17,6 +17,7 @@ import random
 from ..data.qa import DataError, check_unique_questions, load_split, paired_split, split_path
 
 RETAIN_SAMPLE = 200  # retain examples scored per check: enough for a stable mean loss, cheap
+MIN_CONSTRUCTED = 3  # fewest constructed wrong answers per question a truth ratio is built on
 logger = logging.getLogger("llm_unlearn")
 TR_FIELDS = ("question", "answer", "paraphrased_answer", "perturbed_answer")
 
@@ -150,22 +151,34 @@ def _constructed_rows(forget_rows, holdout, retain_rows, config, fallback: bool)
 
     Both sides are built alike: the same pool and rule, and as the correct side the paraphrase only if
     every forget and holdout row has one (TOFU's holdout has none), else the answer itself on both.
-    Under `--stop_statistic auto` a data set where they cannot be built falls back to `auc`, warned.
+    The number of wrong answers per question is TOFU's 5 where the retain split has enough other
+    entities, else the most it has down to MIN_CONSTRUCTED, the same number for every row of both sides
+    (a retain split of 3 authors, like the CPU slice of TOFU in benchmarks/smollm2_tofu.py, gives 3).
+    Under `--stop_statistic auto` a data set where not even that many can be built falls back to `auc`, warned.
     """
-    from ..data.constructed import with_constructed
+    from ..data.constructed import N_CONSTRUCTED, with_constructed
 
     paraphrase = all(r.get("paraphrased_answer") for r in (*forget_rows, *holdout))
-    try:
-        return tuple(
-            with_constructed(rows, retain_rows, paraphrase=paraphrase, seed=config.seed) for rows in (forget_rows, holdout)
-        )  # fmt: skip
-    except DataError as err:
-        if not fallback:
-            raise
-        logger.warning(
-            "stop rule: no truth ratio without perturbed answers (%s); comparing answer losses (auc)", err
-        )
-        return None, None
+    for k in range(N_CONSTRUCTED, MIN_CONSTRUCTED - 1, -1):
+        try:
+            built = tuple(
+                with_constructed(rows, retain_rows, paraphrase=paraphrase, k=k, seed=config.seed) for rows in (forget_rows, holdout)
+            )  # fmt: skip
+        except DataError as err:
+            error = err
+            continue
+        if k < N_CONSTRUCTED:
+            logger.warning(
+                "stop rule: %d wrong answers per question built from the retain split (TOFU uses %d: %s)",
+                k, N_CONSTRUCTED, error,
+            )  # fmt: skip
+        return built
+    if not fallback:
+        raise error
+    logger.warning(
+        "stop rule: no truth ratio without perturbed answers (%s); comparing answer losses (auc)", error
+    )
+    return None, None
 
 
 def _utility_rows(data, config) -> dict[str, list[dict]]:

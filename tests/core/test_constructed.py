@@ -124,6 +124,17 @@ def test_auto_falls_back_to_auc_where_no_wrong_answers_can_be_built(tmp_path):
         _load(tmp_path, "truth_ratio_constructed")
 
 
+@pytest.mark.parametrize("authors", [3, 4])
+def test_a_retain_split_of_few_entities_gets_as_many_wrong_answers_as_it_has(tmp_path, caplog, authors):
+    # Fewer other entities than TOFU's 5 wrong answers: as many as there are (at least 3), the same
+    # number on both sides, said in a warning; with 2 the rule falls back to auc (test above).
+    _folder(tmp_path, retain=_rows(RETAIN[:authors], 0))
+    got = _load(tmp_path)
+    assert got["statistic"] == "truth_ratio_constructed"
+    assert {len(r["perturbed_answer"]) for side in ("forget_scored", "holdout") for r in got[side]} == {authors}
+    assert f"{authors} wrong answers per question built from the retain split (TOFU uses 5" in caplog.text
+
+
 def test_the_rule_scores_constructed_rows_as_truth_ratios():
     rows = with_constructed(_rows(FORGET, 8), _rows(RETAIN, 0), paraphrase=False)
     config = SimpleNamespace(stop_check_interval=1, stop_patience=3, stop_retain_tolerance=0.5,
