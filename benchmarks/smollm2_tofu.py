@@ -44,6 +44,9 @@ sys.path.insert(0, str(REPO))
 from llm_unlearn.core.config import AUTO_SETTINGS  # noqa: E402
 
 MODEL = "builtin:smollm2-135m-instruct"
+# Target and reference are fine-tuned once per protocol, with this seed; `--seed` is the unlearning
+# seed (data order, sampling), so seeds 1 and 2 unlearn the same target as seed 0 (TOFU's protocol).
+FINETUNE_SEED = 0
 AUTHOR_QUESTIONS = 20  # every TOFU author has 20 question/answer pairs, in order, in `full`
 # Every part of model utility (retain, real authors, world facts x probability, truth ratio, ROUGE-L).
 ROUGE_KEYS = ("forget_rouge_l", "retain_rouge_l", "ra_rouge_l", "wf_rouge_l")  # one per question answered
@@ -432,7 +435,7 @@ def _chain(
     """Every stage of the module docstring, appending one row per model evaluated to `rows`."""
     target = work / "target"
     stage("fine-tune target on full")
-    target_s = finetune_stage(MODEL, data_dir, "full", target, sizes, args.seed)
+    target_s = finetune_stage(MODEL, data_dir, "full", target, sizes, FINETUNE_SEED)
     if sizes.precision_check_steps:  # first: it is short, and it says whether bf16 numbers can be trusted
         from _precision import precision_check
 
@@ -447,7 +450,7 @@ def _chain(
         retain_split = paired_split(split, "retain")
         reference = work / f"reference-{retain_split}"
         stage(f"fine-tune reference on {retain_split}")
-        reference_s = finetune_stage(MODEL, data_dir, retain_split, reference, sizes, args.seed)
+        reference_s = finetune_stage(MODEL, data_dir, retain_split, reference, sizes, FINETUNE_SEED)
         stage(f"evaluate reference ({split})")
         ref_eval = eval_stage(
             str(reference), data_dir, split, work / "evals" / f"reference-{split}.json", sizes
@@ -460,11 +463,12 @@ def _chain(
                 path, data_dir, split, work / "evals" / f"{name}-{split}.json", sizes, ref_eval
             )
             rows.append(record(result, model=name, method="none", split=split, train_s=round(train_s, 1),
-                               eval_s=result["meta"].get("wall_s"), **common))  # fmt: skip
+                               eval_s=result["meta"].get("wall_s"), **common | {"seed": FINETUNE_SEED}))  # fmt: skip
         rows.append(record(add_fq_self(ref_eval), model="reference", method="none", split=split,
-                           train_s=round(reference_s, 1), eval_s=ref_eval["meta"].get("wall_s"), **common))  # fmt: skip
+                           train_s=round(reference_s, 1), eval_s=ref_eval["meta"].get("wall_s"),
+                           **common | {"seed": FINETUNE_SEED}))  # fmt: skip
         for label, settings in arms(args, sizes):
-            run_dir = work / "runs" / f"{split}-{label.replace('+', '-')}"
+            run_dir = work / "runs" / run_name(split, label, args.seed)
             stage(f"unlearn {label} ({split})")
             train_s = unlearn_stage(target, data_dir, split, run_dir, sizes, settings, args.seed)
             stage(f"evaluate {label} ({split})")
@@ -475,6 +479,11 @@ def _chain(
                 stage(f"probe {label} ({split}): {','.join(args.probes)} at {args.budgets}")
                 row.update(probe_stage(run_dir, target, reference, data_dir, split, sizes, args, probe_reuse))
             rows.append(row)
+
+
+def run_name(split: str, label: str, seed: int) -> str:
+    """An unlearning run's folder: seed 0's keeps the name it had before seeds were run (`forget01-ngdiff`)."""
+    return f"{split}-{label.replace('+', '-')}" + (f"-seed{seed}" if seed else "")
 
 
 def add_fq_self(ref_eval: dict) -> dict:

@@ -86,3 +86,11 @@ def test_arms_by_label_carry_the_sam_radius_and_the_auto_settings():
     assert smollm2_tofu.SIZES["gpu"].max_new_tokens == 200 and smollm2_tofu.SIZES["gpu"].bf16
     with pytest.raises(SystemExit, match="unknown arm"):
         smollm2_tofu.arms(Namespace(methods=("ngdif",), sam_rho=1.0), smollm2_tofu.SIZES["cpu"])
+
+
+def test_seeds_unlearn_one_target_in_their_own_folders():
+    # Seed 0's folder keeps its name (records and probes already point at it); other seeds never reuse it.
+    names = {smollm2_tofu.run_name("forget01", "ngdiff+sam", seed) for seed in (0, 1, 2)}
+    assert smollm2_tofu.run_name("forget01", "ngdiff+sam", 0) == "forget01-ngdiff-sam"
+    assert len(names) == 3
+    assert smollm2_tofu.FINETUNE_SEED == 0  # target and reference are shared by every unlearning seed
