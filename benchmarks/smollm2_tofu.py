@@ -384,12 +384,15 @@ def _portable_argv(argv: list[str]) -> list[str]:
 
 
 def append_records(path: Path, rows: list[dict]) -> None:
-    from llm_unlearn.runs.folder import write_json_atomic
+    """Add `rows` to the records (a row replaces an earlier one of the same key), under the file's lock:
+    two chains (e.g. two one-thread seeds) may finish arms at the same moment."""
+    from llm_unlearn.runs.folder import locked, write_json_atomic
 
-    old = json.loads(path.read_text()) if path.is_file() else []
-    keys = {(r["protocol"], r["model"], r["method"], r["split"], r["seed"]) for r in rows}
-    kept = [r for r in old if (r["protocol"], r["model"], r["method"], r["split"], r["seed"]) not in keys]
-    write_json_atomic(path, kept + rows)
+    with locked(path):
+        old = json.loads(path.read_text()) if path.is_file() else []
+        keys = {(r["protocol"], r["model"], r["method"], r["split"], r["seed"]) for r in rows}
+        kept = [r for r in old if (r["protocol"], r["model"], r["method"], r["split"], r["seed"]) not in keys]
+        write_json_atomic(path, kept + rows)
 
 
 def run(args) -> list[dict]:
@@ -413,15 +416,18 @@ def run(args) -> list[dict]:
             raise BudgetSpent(name)
         print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
 
+    def emit(row: dict) -> None:
+        """Record a row as soon as its stage ends, so a stopped chain loses no finished arm."""
+        row["wall_s"] = round((row["train_s"] or 0.0) + (row["eval_s"] or 0.0), 1)
+        rows.append(row)
+        append_records(Path(args.out), [row])
+
     try:
-        _chain(args, sizes, work, data_dir, common, rows, probe_reuse, stage)
+        _chain(args, sizes, work, data_dir, common, emit, probe_reuse, stage)
     except BudgetSpent as paused:
         print(f"budget of {args.budget_s:g} s spent before '{paused}': the records so far are appended; run the "
               "same command again to go on from there", flush=True)  # fmt: skip
         args.paused = True
-    for r in rows:
-        r["wall_s"] = round((r["train_s"] or 0.0) + (r["eval_s"] or 0.0), 1)
-    append_records(Path(args.out), rows)
     return rows
 
 
@@ -430,9 +436,9 @@ class BudgetSpent(Exception):
 
 
 def _chain(
-    args, sizes: Sizes, work: Path, data_dir: Path, common: dict, rows: list, probe_reuse: dict, stage
+    args, sizes: Sizes, work: Path, data_dir: Path, common: dict, emit, probe_reuse: dict, stage
 ) -> None:
-    """Every stage of the module docstring, appending one row per model evaluated to `rows`."""
+    """Every stage of the module docstring, passing one row per model evaluated to `emit`."""
     target = work / "target"
     stage("fine-tune target on full")
     target_s = finetune_stage(MODEL, data_dir, "full", target, sizes, FINETUNE_SEED)
@@ -442,7 +448,7 @@ def _chain(
         split = sizes.splits[0]
         stage(f"bf16 vs fp32: NGDiff for {sizes.precision_check_steps} steps each ({split})")
         check = precision_check(target, data_dir, split, work / "checks", sizes, args.seed, unlearn_stage)
-        rows.append({"model": "check", "method": "bf16-vs-fp32-ngdiff", "split": split, "train_s": None,
+        emit({"model": "check", "method": "bf16-vs-fp32-ngdiff", "split": split, "train_s": None,
                      "eval_s": None, **check, **common})  # fmt: skip
     for split in sizes.splits:
         from llm_unlearn.data.qa import paired_split
@@ -462,9 +468,9 @@ def _chain(
             result = eval_stage(
                 path, data_dir, split, work / "evals" / f"{name}-{split}.json", sizes, ref_eval
             )
-            rows.append(record(result, model=name, method="none", split=split, train_s=round(train_s, 1),
+            emit(record(result, model=name, method="none", split=split, train_s=round(train_s, 1),
                                eval_s=result["meta"].get("wall_s"), **common | {"seed": FINETUNE_SEED}))  # fmt: skip
-        rows.append(record(add_fq_self(ref_eval), model="reference", method="none", split=split,
+        emit(record(add_fq_self(ref_eval), model="reference", method="none", split=split,
                            train_s=round(reference_s, 1), eval_s=ref_eval["meta"].get("wall_s"),
                            **common | {"seed": FINETUNE_SEED}))  # fmt: skip
         for label, settings in arms(args, sizes):
@@ -475,10 +481,28 @@ def _chain(
             result = eval_stage(str(run_dir), data_dir, split, run_dir / "eval.json", sizes, ref_eval)
             row = record(result, model="unlearned", method=label, split=split, train_s=round(train_s, 1),
                          eval_s=result["meta"].get("wall_s"), settings=settings, **common)  # fmt: skip
+            row.update(stop_summary(run_dir))
+            emit(row)
             if label in args.probe:
                 stage(f"probe {label} ({split}): {','.join(args.probes)} at {args.budgets}")
                 row.update(probe_stage(run_dir, target, reference, data_dir, split, sizes, args, probe_reuse))
-            rows.append(row)
+                emit(row)  # the same row again, now with its probes (it replaces the first)
+
+
+def stop_summary(run_dir: Path) -> dict:
+    """What the stop rule decided in a run (`--auto`): why it stopped, the step kept, the checks' seconds."""
+    log = run_dir / "train_log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    end = next((r for r in records if "stop_reason" in r), None)
+    if end is None:
+        return {}
+    checks = [r for r in records if "stop_decision" in r]
+    return {
+        "stop_reason": end["stop_reason"], "stop_best_step": end["stop_best_step"],
+        "stop_best_gap": end["stop_best_gap"], "steps": max(r.get("step", 0) for r in records),
+        "stop_checks": len(checks), "check_s": round(sum(r.get("stop_seconds", 0.0) for r in checks), 1),
+        "stop_retain_recall": [r.get("stop_retain_recall") for r in checks],
+    }  # fmt: skip
 
 
 def run_name(split: str, label: str, seed: int) -> str:

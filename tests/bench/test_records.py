@@ -94,3 +94,35 @@ def test_seeds_unlearn_one_target_in_their_own_folders():
     assert smollm2_tofu.run_name("forget01", "ngdiff+sam", 0) == "forget01-ngdiff-sam"
     assert len(names) == 3
     assert smollm2_tofu.FINETUNE_SEED == 0  # target and reference are shared by every unlearning seed
+
+
+def test_stop_summary_reads_the_rules_decision_and_nothing_without_one(tmp_path):
+    assert smollm2_tofu.stop_summary(tmp_path) == {}  # a run without the stop rule (or not yet run)
+    log = [
+        {"step": 0, "stop_decision": "continue", "stop_seconds": 2.0, "stop_retain_recall": 1.0},
+        {"step": 5, "loss": 0.1},
+        {"step": 5, "stop_decision": "retain_recall_alarm", "stop_seconds": 1.5, "stop_retain_recall": 0.8},
+        {"step": 5, "stop_reason": "retain_recall_alarm", "stop_best_step": 0, "stop_best_gap": 0.9},
+    ]
+    (tmp_path / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    summary = smollm2_tofu.stop_summary(tmp_path)
+    assert summary["stop_reason"] == "retain_recall_alarm" and summary["stop_best_step"] == 0
+    assert summary["check_s"] == 3.5 and summary["stop_checks"] == 2 and summary["steps"] == 5
+    assert summary["stop_retain_recall"] == [1.0, 0.8]
+
+
+def test_records_from_two_chains_at_once_are_all_kept(tmp_path):
+    # Two one-thread chains (two seeds) share one records file; neither may drop the other's rows.
+    import threading
+
+    out = tmp_path / "records.json"
+    rows = [dict(protocol="cpu", model="unlearned", method=m, split="forget01", seed=s) for m in "abcd" for s in (1, 2)]
+    threads = [threading.Thread(target=smollm2_tofu.append_records, args=(out, [r])) for r in rows]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(json.loads(out.read_text())) == len(rows)
+    smollm2_tofu.append_records(out, [rows[0] | {"x": 1}])  # the same key replaces, not duplicates
+    kept = json.loads(out.read_text())
+    assert len(kept) == len(rows) and sum("x" in r for r in kept) == 1
