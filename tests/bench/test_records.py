@@ -116,7 +116,11 @@ def test_records_from_two_chains_at_once_are_all_kept(tmp_path):
     import threading
 
     out = tmp_path / "records.json"
-    rows = [dict(protocol="cpu", model="unlearned", method=m, split="forget01", seed=s) for m in "abcd" for s in (1, 2)]
+    rows = [
+        dict(protocol="cpu", model="unlearned", method=m, split="forget01", seed=s)
+        for m in "abcd"
+        for s in (1, 2)
+    ]
     threads = [threading.Thread(target=smollm2_tofu.append_records, args=(out, [r])) for r in rows]
     for t in threads:
         t.start()
