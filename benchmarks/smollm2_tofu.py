@@ -222,7 +222,10 @@ def finetune_stage(base: str, data_dir: Path, split: str, out: Path, sizes: Size
     finetune(model, tokenizer, rows, out, prompt_format="chat_template", max_length=1024, seed=seed,
              bf16=sizes.bf16, **sizes.finetune)  # fmt: skip
     seconds = round(time.perf_counter() - start, 1)
-    timing.write_text(json.dumps({"seconds": seconds, "split": split, "settings": sizes.finetune}) + "\n")
+    timing.write_text(
+        json.dumps({"seconds": seconds, "split": split, "settings": sizes.finetune, "hardware": hardware()})
+        + "\n"
+    )
     return seconds
 
 
@@ -285,7 +288,7 @@ def unlearn_stage(
         EvalArgs(do_final_eval=False),
     )
     seconds = round(time.perf_counter() - start, 1)
-    timing.write_text(json.dumps({"seconds": seconds}) + "\n")
+    timing.write_text(json.dumps({"seconds": seconds, "hardware": hardware()}) + "\n")
     return seconds
 
 
@@ -345,6 +348,14 @@ def probe_stage(run_dir: Path, target: Path, reference: Path, data_dir: Path, sp
 # ----------------------------------------------------------------------------- records
 
 
+def measured_on(folder: Path, name: str) -> dict:
+    """The hardware a cached stage's seconds were measured on (its timing file), which a rerun that reuses
+    the stage must report, not its own; "not recorded" for timing files written before it was kept."""
+    timing = folder / name
+    recorded = json.loads(timing.read_text()).get("hardware") if timing.is_file() else None
+    return {"hardware": recorded or "not recorded"}
+
+
 def record(result: dict, **fields) -> dict:
     """One row: the fields, every key of KEYS, and the system prompt the model was actually shown."""
     metrics = result["metrics"]
@@ -361,6 +372,7 @@ def record(result: dict, **fields) -> dict:
     )
     return {
         **fields,
+        "eval_torch_threads": result["meta"].get("torch_threads"),
         "system_prompt": system,
         **{k: metrics[k]["value"] for k in KEYS if k in metrics},
         **speed,
@@ -469,10 +481,11 @@ def _chain(
                 path, data_dir, split, work / "evals" / f"{name}-{split}.json", sizes, ref_eval
             )
             emit(record(result, model=name, method="none", split=split, train_s=round(train_s, 1),
-                               eval_s=result["meta"].get("wall_s"), **common | {"seed": FINETUNE_SEED}))  # fmt: skip
+                               eval_s=result["meta"].get("wall_s"), **common | {"seed": FINETUNE_SEED}
+                        | (measured_on(target, "train_seconds.json") if name == "target" else {})))  # fmt: skip
         emit(record(add_fq_self(ref_eval), model="reference", method="none", split=split,
                            train_s=round(reference_s, 1), eval_s=ref_eval["meta"].get("wall_s"),
-                           **common | {"seed": FINETUNE_SEED}))  # fmt: skip
+                           **common | {"seed": FINETUNE_SEED} | measured_on(reference, "train_seconds.json")))  # fmt: skip
         for label, settings in arms(args, sizes):
             run_dir = work / "runs" / run_name(split, label, args.seed)
             stage(f"unlearn {label} ({split})")
@@ -480,7 +493,8 @@ def _chain(
             stage(f"evaluate {label} ({split})")
             result = eval_stage(str(run_dir), data_dir, split, run_dir / "eval.json", sizes, ref_eval)
             row = record(result, model="unlearned", method=label, split=split, train_s=round(train_s, 1),
-                         eval_s=result["meta"].get("wall_s"), settings=settings, **common)  # fmt: skip
+                         eval_s=result["meta"].get("wall_s"), settings=settings,
+                         **common | measured_on(run_dir, "unlearn_seconds.json"))  # fmt: skip
             row.update(stop_summary(run_dir))
             emit(row)
             if label in args.probe:
@@ -578,23 +592,31 @@ def write_report(path: Path) -> None:
     for protocol in sorted({r["protocol"] for r in rows}):
         for split in sorted({r["split"] for r in rows if r["protocol"] == protocol}):
             sel = [r for r in rows if r["protocol"] == protocol and r["split"] == split]
+            sel.sort(key=lambda r: (_name(r) not in ("base", "target", "reference"), _name(r), r["seed"]))
             lines += [
                 "",
-                f"## {protocol} protocol, {split} ({sel[0]['hardware']})",
+                f"## {protocol} protocol, {split}",
                 "",
+                f"Hardware (seconds are comparable only within one): {'; '.join(sorted({r['hardware'] for r in sel}))}.",
                 f"System prompt the models saw: {sorted({repr(r.get('system_prompt')) for r in sel})}.",
                 "",
-                "| model | FQ | MU | forget ROUGE-L | forget truth ratio | forget prob | retain prob | retain TR | "
+                *_mean_lines(sel),
+                "",
+                "Every run (target and reference are fine-tuned once, with seed 0; `seed` is the unlearning seed):",
+                "",
+                "| model | seed | FQ | MU | forget ROUGE-L | forget truth ratio | forget prob | retain prob | retain TR | "
                 "retain ROUGE-L | ra prob | ra TR | ra ROUGE-L | wf prob | wf TR | wf ROUGE-L | train s | eval s |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             for r in sel:
-                name = r["model"] if r["method"] == "none" else r["method"]
-                cells = [f"{r.get('forget_quality', math.nan):.3g}"]
+                cells = [str(r["seed"]), f"{r.get('forget_quality', math.nan):.3g}"]
                 cells += ["n/r" if r.get(k) is None else f"{r[k]:.3f}" for k in KEYS[1:]]
                 lines.append(
-                    f"| {name} | " + " | ".join(cells) + f" | {r['train_s']:.0f} | {r['eval_s'] or 0:.0f} |"
+                    f"| {_name(r)} | "
+                    + " | ".join(cells)
+                    + f" | {r['train_s']:.0f} | {r['eval_s'] or 0:.0f} |"
                 )
+            lines += _stop_lines(sel)
             lines += _probe_lines(sel)
             speeds = [r["eval_questions_per_s"] for r in sel if r.get("eval_questions_per_s")]
             if speeds:
@@ -613,6 +635,60 @@ def write_report(path: Path) -> None:
     lines += ["", f"![FQ vs MU]({path.with_suffix('.png').name})", ""]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {path.with_suffix('.md')}")
+
+
+def _name(r: dict) -> str:
+    return r["model"] if r["method"] == "none" else r["method"]
+
+
+MEAN_KEYS = ("forget_quality", "model_utility", "forget_rouge_l", "retain_rouge_l", "retain_prob", "ra_prob",
+             "ra_rouge_l", "wf_prob", "wf_rouge_l")  # fmt: skip
+
+
+def seed_stats(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one seed) of one arm's values over seeds."""
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return mean, sd
+
+
+def _mean_lines(sel: list[dict]) -> list[str]:
+    """Per arm: how many seeds, and the seed mean +- sd of forget quality, utility and its parts, seconds."""
+    lines = ["Seed means +- sd (FQ also as a geometric mean, `gm`, since it is a p-value):", "",
+             "| model | seeds | FQ | FQ gm | MU | forget ROUGE-L | retain ROUGE-L | retain prob | ra prob | "
+             "ra ROUGE-L | wf prob | wf ROUGE-L | train s |", "|---|" + "---|" * 12]  # fmt: skip
+    for name in dict.fromkeys(_name(r) for r in sel):
+        group = [r for r in sel if _name(r) == name]
+        cells = [str(len(group))]
+        for k in MEAN_KEYS:
+            values = [r[k] for r in group if r.get(k) is not None]
+            if not values:
+                cells.append("n/r")
+                continue
+            mean, sd = seed_stats(values)
+            cells.append(f"{mean:.3g} +- {sd:.2g}" if len(values) > 1 else f"{mean:.3g}")
+            if k == "forget_quality":
+                cells.append(f"{math.exp(sum(math.log(max(v, 1e-300)) for v in values) / len(values)):.3g}")
+        cells.append(f"{seed_stats([r['train_s'] or 0.0 for r in group])[0]:.0f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _stop_lines(sel: list[dict]) -> list[str]:
+    """What `--auto`'s stop rule decided in each run that used it."""
+    stopped = [r for r in sel if r.get("stop_reason")]
+    if not stopped:
+        return []
+    lines = ["", "Stop rule (`--auto`): why each run stopped, the step whose weights it kept, its checks' seconds "
+             "(of train s), and the sampled retain answers' recall at each check.", "",
+             "| model | seed | stop | steps | kept step | kept gap | checks | check s | retain recall per check |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in stopped:
+        gap = "screened" if r.get("stop_best_gap") is None else f"{r['stop_best_gap']:.2f}"
+        recall = ", ".join("-" if v is None else f"{v:.2f}" for v in r.get("stop_retain_recall", []))
+        lines.append(f"| {r['method']} | {r['seed']} | {r['stop_reason']} | {r['steps']} | {r['stop_best_step']} | "
+                     f"{gap} | {r['stop_checks']} | {r['check_s']:.0f} | {recall} |")  # fmt: skip
+    return lines
 
 
 def _probe_lines(sel: list[dict]) -> list[str]:
@@ -636,7 +712,9 @@ def _probe_lines(sel: list[dict]) -> list[str]:
             f"{cell(rec[str(b)].get('forget_rouge_l'))} / {cell(rec[str(b)].get('forget_prob'))}"
             for b in budgets
         ]
-        lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {r.get('probe_s') or 0:.0f} |")
+        lines.append(
+            f"| {r['method']} (seed {r['seed']}) | " + " | ".join(cells) + f" | {r.get('probe_s') or 0:.0f} |"
+        )
     return lines
 
 
@@ -649,12 +727,19 @@ def plot(rows: list[dict], out: Path) -> None:
     groups = sorted({(r["protocol"], r["split"]) for r in rows})
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
     for ax, (protocol, split) in zip(axes[0], groups):
-        for r in (r for r in rows if (r["protocol"], r["split"]) == (protocol, split)):
-            name = r["model"] if r["method"] == "none" else r["method"]
-            ax.scatter(r["model_utility"], max(r.get("forget_quality", 1e-30), 1e-30), label=name, s=60)
+        sel = [r for r in rows if (r["protocol"], r["split"]) == (protocol, split)]
+        for name in dict.fromkeys(_name(r) for r in sel):
+            group = [r for r in sel if _name(r) == name]
+            mu, mu_sd = seed_stats([r["model_utility"] for r in group])
+            # FQ is a p-value spanning many decades: its bars are the range over seeds on the log axis.
+            fq = [max(r.get("forget_quality", 1e-30), 1e-30) for r in group]
+            centre = math.exp(sum(math.log(v) for v in fq) / len(fq))
+            label = f"{name} ({len(group)} seed{'s' if len(group) > 1 else ''})"
+            ax.errorbar(mu, centre, xerr=mu_sd, yerr=[[max(centre - min(fq), 0.0)], [max(max(fq) - centre, 0.0)]], fmt="o",
+                        capsize=3, markersize=7, label=label)  # fmt: skip
         ax.set_yscale("log")
-        ax.set_xlabel("model utility")
-        ax.set_ylabel("forget quality (log)")
+        ax.set_xlabel("model utility (seed mean +- sd)")
+        ax.set_ylabel("forget quality (log; geometric mean, seed range)")
         ax.set_title(f"SmolLM2-135M (Q4_1 de-quantized), {protocol}, {split}")
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()

@@ -130,3 +130,12 @@ def test_records_from_two_chains_at_once_are_all_kept(tmp_path):
     smollm2_tofu.append_records(out, [rows[0] | {"x": 1}])  # the same key replaces, not duplicates
     kept = json.loads(out.read_text())
     assert len(kept) == len(rows) and sum("x" in r for r in kept) == 1
+
+
+def test_a_reused_stage_reports_the_hardware_it_was_measured_on(tmp_path):
+    # A rerun with one thread that reuses a two-thread fine-tune must not relabel its seconds.
+    assert smollm2_tofu.measured_on(tmp_path, "train_seconds.json") == {"hardware": "not recorded"}
+    (tmp_path / "train_seconds.json").write_text(
+        json.dumps({"seconds": 5.0, "hardware": "X, 2 torch threads"})
+    )
+    assert smollm2_tofu.measured_on(tmp_path, "train_seconds.json") == {"hardware": "X, 2 torch threads"}
