@@ -449,6 +449,7 @@ def write_outputs(state: dict, out: Path) -> None:
         *_screening(runs),
         *_tradeoff(runs),
     ]  # fmt: skip
+    lines += real_model_lines(out.parent / "smollm2.json")
     if state.get("notes"):
         lines += ["", "## Notes", "", *(f"- {note}" for note in state["notes"])]
     lines += summary_table(means)
@@ -501,6 +502,54 @@ def write_outputs(state: dict, out: Path) -> None:
     lines += ["", f"![forget quality vs model utility]({png.name})", ""]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out}, {out.with_suffix('.md')}, {png}")
+
+
+def real_model_lines(records: Path) -> list[str]:
+    """`--auto` on the real TOFU with SmolLM2-135M-Instruct (issue 22), read from the real-model records
+    (`benchmarks/smollm2.json`, written by `benchmarks/smollm2_tofu.py`; not copied here, so the two
+    files cannot disagree), beside that protocol's recipes on the same target, split and seeds."""
+    rows = json.loads(records.read_text()) if records.is_file() else []
+    cpu = [r for r in rows if r.get("protocol") == "cpu" and r.get("split") == "forget01"]
+    target = next((r for r in cpu if r["model"] == "target"), None)
+    autos = [r for r in cpu if r["method"] == "auto"]
+    if target is None or not autos:
+        return []
+    lines = [
+        "",
+        "## On the real TOFU: SmolLM2-135M-Instruct, forget01",
+        "",
+        f"From `{records.name}` (`python benchmarks/smollm2_tofu.py --methods auto`; its CPU slice of TOFU: "
+        "forget01's 2 authors, 3 retain authors, holdout01, all real authors and world facts; see that "
+        "script). The retain answers are scored by ROUGE-L recall there (TOFU rows carry no `fact`), so the "
+        f"issue's goal is retain ROUGE-L >= {RECALL_FLOOR:g} x the target's; FQ against the retain-only "
+        "reference. `check s`: the stop rule's checks, part of train s. The recipes (fixed lr 1e-4, 5 "
+        "epochs, AdamW) are the same protocol's rows.",
+        "",
+        "| arm | seed | FQ | MU / target | retain ROUGE-L / target | forget ROUGE-L | stop | kept step / steps "
+        "| train s | check s | hardware |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    shown = autos + [
+        r for r in cpu if r["model"] == "unlearned" and r["method"] in ("ngdiff", "graddiff", "npo")
+    ]
+    for r in shown:
+        stop = (r.get("stop_reason", "n/r"), f"{r.get('stop_best_step', 'n/r')} / {r.get('steps', 'n/r')}")
+        lines.append(
+            f"| {r['method']} | {r['seed']} | {r['forget_quality']:.3g} | "
+            f"{r['model_utility'] / target['model_utility']:.2f} | {r['retain_rouge_l'] / target['retain_rouge_l']:.2f} | "
+            f"{r['forget_rouge_l']:.2f} | {stop[0] if r['method'] == 'auto' else '-'} | "
+            f"{stop[1] if r['method'] == 'auto' else '-'} | {r['train_s']:.0f} | "
+            f"{r['check_s'] if 'check_s' in r else '-'} | {r['hardware']} |"
+        )  # fmt: skip
+    met = [r for r in autos if r["forget_quality"] >= FQ_GOAL]
+    kept = [r for r in autos if r["retain_rouge_l"] >= RECALL_FLOOR * target["retain_rouge_l"]]
+    lines += [
+        "",
+        f"`auto` here: FQ >= {FQ_GOAL:g} in {len(met)} of {len(autos)} runs; retain ROUGE-L >= {RECALL_FLOOR:g} x "
+        f"target's in {len(kept)} of {len(autos)}; target FQ {target['forget_quality']:.3g}, MU "
+        f"{target['model_utility']:.3f}, retain ROUGE-L {target['retain_rouge_l']:.3f}.",
+    ]
+    return lines
 
 
 def diagnosis(runs: list[dict]) -> list[str]:

@@ -139,3 +139,28 @@ def test_a_reused_stage_reports_the_hardware_it_was_measured_on(tmp_path):
         json.dumps({"seconds": 5.0, "hardware": "X, 2 torch threads"})
     )
     assert smollm2_tofu.measured_on(tmp_path, "train_seconds.json") == {"hardware": "X, 2 torch threads"}
+
+
+def test_auto_report_reads_the_real_model_rows_and_their_goals(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("auto_bench", REPO / "benchmarks" / "auto.py")
+    auto_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(auto_bench)
+    records = tmp_path / "smollm2.json"
+    assert auto_bench.real_model_lines(records) == []  # no records: no section
+    common = dict(protocol="cpu", split="forget01", seed=0, train_s=100.0, hardware="X")
+    target = dict(common, model="target", method="none", forget_quality=0.003, model_utility=0.4,
+                  retain_rouge_l=1.0, forget_rouge_l=1.0)  # fmt: skip
+    auto = dict(common, model="unlearned", method="auto", forget_quality=0.007, model_utility=0.38,
+                retain_rouge_l=0.9, forget_rouge_l=0.6, stop_reason="retain_recall_alarm", stop_best_step=10,
+                steps=15, check_s=40.0)  # fmt: skip
+    ngdiff = dict(common, model="unlearned", method="ngdiff", forget_quality=0.5, model_utility=0.3,
+                  retain_rouge_l=0.7, forget_rouge_l=0.3)  # fmt: skip
+    records.write_text(json.dumps([target, auto, ngdiff]))
+    text = "\n".join(auto_bench.real_model_lines(records))
+    assert (
+        "| auto | 0 | 0.007 | 0.95 | 0.90 | 0.60 | retain_recall_alarm | 10 / 15 | 100 | 40.0 | X |" in text
+    )
+    assert "| ngdiff | 0 | 0.5 | 0.75 | 0.70 | 0.30 | - | - | 100 | - | X |" in text
+    assert "FQ >= 0.05 in 0 of 1 runs; retain ROUGE-L >= 0.8 x target's in 1 of 1" in text
