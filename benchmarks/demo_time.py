@@ -51,7 +51,10 @@ def evaluate_timed(model, *args, **kwargs):
     current[0] = str(model.name_or_path).rstrip("/").split("/")[-1]
     return timed("evaluate", evaluate)(model, *args, **kwargs)
 tofu.evaluate = evaluate_timed
-from llm_unlearn.pipeline.demo import demo
+try:
+    from llm_unlearn.pipeline.demo import demo
+except ImportError:  # a base commit from before the package's layers (2026-12-02): llm_unlearn/demo.py
+    from llm_unlearn.demo import demo
 summary = demo("default", sys.argv[1], threads=1)
 json.dump({"stage_seconds": summary["stage_seconds"], "passed": summary["passed"],
            "evaluations": {m: {k: round(v, 2) for k, v in p.items()} for m, p in parts.items()}},
