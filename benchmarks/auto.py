@@ -34,7 +34,8 @@ models; forget01/05/10; training seeds 0, 1, 2 (`--seed k --retain_seed k`). Arm
   guard: `auto-t12`/`auto-t20` set its tolerance (the default is 0.15); `auto-c2*` check every 2 steps;
   `auto-b16*` use the recipes' batch of 16 (`-nogen`: without GeN); `auto-rw*`, `auto-rb32*`,
   `auto-npo-t20`, `auto-kl-t20` try a larger retain weight, a retain batch of 32, NPO's forget loss and a
-  KL retain term.
+  KL retain term; `auto-nogen`, `auto-sgd03`, `auto-adam3`, `auto-adam34`, `auto-adam4` take smaller or
+  adaptive steps (GeN off; SGD at lr 0.03; AdamW at lr 1e-3, 3e-4, 1e-4).
 
 Records made before the built-in world changed on 2026-12-04 (forget and holdout authors made
 exchangeable, `data/world.py`) carry the world name with ` (before 2026-12-04)`: their models differ.
@@ -105,6 +106,12 @@ ABLATIONS = {
         "all",
     ],
     "auto-rb32-t20": ["--stop_retain_recall_tolerance", "0.2", "--retain_batch_size", "32"],
+    # Smaller steps (2026-12-04, second session): GeN off, plain SGD at a lower lr, or AdamW at a fixed lr.
+    "auto-nogen": ["--gen", "false"],
+    "auto-sgd03": ["--learning_rate", "0.03", "--gen", "false"],
+    "auto-adam3": ["--optim", "adamw_torch", "--learning_rate", "1e-3", "--gen", "false"],
+    "auto-adam34": ["--optim", "adamw_torch", "--learning_rate", "3e-4", "--gen", "false"],
+    "auto-adam4": ["--optim", "adamw_torch", "--learning_rate", "1e-4", "--gen", "false"],
     "auto-noalarm": ["--stop_retain_tolerance", "1e9"],
     "auto-fine": ["--stop_retain_tolerance", "1e9", "--stop_check_interval", "2"],
 }
