@@ -80,6 +80,8 @@ ARMS: dict[str, dict] = {
     # SAM (core/sam.py) needs about 2.5x the plain steps (docs/lasting.md); rho comes from --sam_rho.
     "ngdiff+sam": dict(method="ngdiff", num_train_epochs=12),
     "auto": dict(AUTO_SETTINGS, auto=True),
+    # `--auto` with AdamW at a fixed lr 1e-4 instead of SGD + GeN (benchmarks/auto.py's `auto-adam4`).
+    "auto-adam": dict(AUTO_SETTINGS, auto=True, optim="adamw_torch", learning_rate=1e-4, gen=False),
     "npo": dict(method="npo"),
     "simnpo": dict(method="simnpo"),
     "rmu": dict(method="rmu"),
