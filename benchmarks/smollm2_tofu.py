@@ -574,6 +574,41 @@ def time_steps(args) -> None:
                       "forward_s_per_sequence_batch32": fwd}, indent=1))  # fmt: skip
 
 
+TOFU_NEW_TOKENS = 200  # TOFU's generation length (arXiv 2401.06121's evaluation)
+CAP_TOLERANCE = 0.01
+
+
+def cap_check(args) -> dict:
+    """Evaluate one unlearned run again with 200 new tokens; record each ROUGE-L's move from the preset's cap."""
+    import dataclasses
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    sizes = SIZES[args.preset]
+    work = Path(args.work)
+    data_dir = Path(args.tofu_dir) if sizes.retain_authors is None else work / "data"
+    run_dir = work / "runs" / run_name(sizes.splits[0], args.cap_check, 0)
+    capped = run_dir / "eval.json"
+    if not capped.is_file():
+        raise SystemExit(f"no evaluation at {capped}; run `--methods {args.cap_check}` first")
+    start = time.perf_counter()
+    full = eval_stage(str(run_dir), data_dir, sizes.splits[0], run_dir / f"eval-{TOFU_NEW_TOKENS}tokens.json",
+                      dataclasses.replace(sizes, max_new_tokens=TOFU_NEW_TOKENS))  # fmt: skip
+    before = json.loads(capped.read_text())["metrics"]
+    moves = {k: full["metrics"][k]["value"] - before[k]["value"] for k in ROUGE_KEYS}
+    row = {"model": "check", "method": f"token-cap-{sizes.max_new_tokens}-vs-{TOFU_NEW_TOKENS}",
+           "arm": args.cap_check, "split": sizes.splits[0], "protocol": args.preset, "seed": 0,
+           "train_s": None, "eval_s": round(time.perf_counter() - start, 1), "hardware": hardware(),
+           "cap": sizes.max_new_tokens, "moves": moves,
+           "max_abs_move": max(abs(v) for v in moves.values()), "tolerance": CAP_TOLERANCE,
+           "passed": max(abs(v) for v in moves.values()) <= CAP_TOLERANCE}  # fmt: skip
+    append_records(Path(args.out), [row])
+    write_report(Path(args.out))
+    print(json.dumps(row, indent=1))
+    return row
+
+
 def write_report(path: Path) -> None:
     rows = json.loads(path.read_text()) if path.is_file() else []
     if not rows:
@@ -627,7 +662,14 @@ def write_report(path: Path) -> None:
             if any(r.get("not_recorded") for r in sel):
                 lines += ["", "n/r: not recorded by the run that made these rows (the script then kept 7 of the 9 parts "
                           "of model utility); a rerun of its eval stage records them."]  # fmt: skip
-    for c in checks:
+    for c in (c for c in checks if c["method"].startswith("token-cap")):
+        moves = ", ".join(f"{k} {v:+.3f}" for k, v in c["moves"].items())
+        lines += ["", f"## Generation length: {c['cap']} vs {TOFU_NEW_TOKENS} new tokens ({c['protocol']} protocol, "
+                  f"{c['split']}, {c['hardware']})", "",
+                  f"`python benchmarks/smollm2_tofu.py --cap_check {c['arm']}`: the {c['arm']} run (seed 0) evaluated again "
+                  f"with TOFU's {TOFU_NEW_TOKENS} new tokens. ROUGE-L moves: {moves}; largest {c['max_abs_move']:.3f}: "
+                  f"**{'within' if c['passed'] else 'beyond'}** the protocol's {c['tolerance']}."]  # fmt: skip
+    for c in (c for c in checks if c["method"] == "bf16-vs-fp32-ngdiff"):
         lines += ["", f"## bf16 vs fp32 NGDiff ({c['protocol']} protocol, {c['split']}, {c['hardware']})", "",
                   f"{c['steps']} steps from the target, each run once in bf16 and once in fp32 (benchmarks/_precision.py): "
                   f"update relative difference {c['update_rel_diff']:.3g}, cosine {c['update_cosine']:.5f}, largest per-step "
@@ -769,6 +811,12 @@ def main() -> None:
         "--time", action="store_true", help="measure step and scoring times, run nothing else"
     )
     parser.add_argument("--time_steps", type=int, default=20)
+    parser.add_argument(
+        "--cap_check",
+        metavar="ARM",
+        help="evaluate ARM's seed-0 run with TOFU's 200 new tokens and record how far each ROUGE-L moves from the "
+        "preset's cap (the protocol's check that the CPU cap changes no ROUGE-L by more than 0.01), then exit",
+    )
     parser.add_argument("--report_only", action="store_true")
     parser.add_argument(
         "--weight_norm", metavar="MODEL", help="print the L2 norm of MODEL's weights and exit"
@@ -819,6 +867,9 @@ def main() -> None:
         return
     if args.time:
         time_steps(args)
+        return
+    if args.cap_check:
+        cap_check(args)
         return
     if not args.report_only:
         start = time.perf_counter()

@@ -164,3 +164,17 @@ def test_auto_report_reads_the_real_model_rows_and_their_goals(tmp_path):
     )
     assert "| ngdiff | 0 | 0.5 | 0.75 | 0.70 | 0.30 | - | - | 100 | - | X |" in text
     assert "FQ >= 0.05 in 0 of 1 runs; retain ROUGE-L >= 0.8 x target's in 1 of 1" in text
+
+
+def test_report_says_whether_the_token_cap_moved_rouge_beyond_the_tolerance(tmp_path):
+    out = tmp_path / "smollm2.json"
+    row = dict(protocol="cpu", split="forget01", seed=0, hardware="X", train_s=1.0, eval_s=1.0, model="target",
+               method="none", forget_quality=0.5, **{k: 0.5 for k in smollm2_tofu.KEYS[1:]})  # fmt: skip
+    check = dict(model="check", method="token-cap-64-vs-200", arm="ngdiff", split="forget01", protocol="cpu", seed=0,
+                 hardware="X", cap=64, moves={"forget_rouge_l": 0.004, "ra_rouge_l": -0.02}, max_abs_move=0.02,
+                 tolerance=0.01, passed=False)  # fmt: skip
+    out.write_text(json.dumps([row, check]))
+    smollm2_tofu.write_report(out)
+    text = out.with_suffix(".md").read_text()
+    assert "ROUGE-L moves: forget_rouge_l +0.004, ra_rouge_l -0.020; largest 0.020: **beyond**" in text
+    assert "| target | 1 |" in text  # the check is not a model row
