@@ -638,7 +638,7 @@ def _totals(runs: list[dict]) -> str:
 
 def _tradeoff(runs: list[dict]) -> list[str]:
     """Forgetting against the retain set, per arm that has the retain floor's target recorded (issue 22)."""
-    arms = ("auto", "auto-noguard", "ngdiff-timed", "graddiff-timed")
+    arms = ("auto", "auto-noguard", "auto-adam4", "ngdiff-timed", "graddiff-timed")
     lines = []
     for arm in arms:
         rs = [r for r in runs if r["arm"] == arm and "target_retain_fact_recall" in r]
