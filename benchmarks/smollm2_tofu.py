@@ -99,6 +99,9 @@ SIZES: dict[str, Sizes] = {
         finetune=dict(_FINETUNE, learning_rate=2e-4, num_train_epochs=6, per_device_train_batch_size=8),
         unlearn=dict(_UNLEARN, learning_rate=1e-4, per_device_train_batch_size=8),
         methods=_METHODS,
+        # TOFU's 200 new tokens. The CPU protocol generated 64 until `--cap_check ngdiff` showed that the cap
+        # moved forget ROUGE-L by +0.09 (benchmarks/smollm2.md); evaluations cached at 64 are redone.
+        max_new_tokens=200,
     ),
     # Issue 23's GPU protocol (not yet run: no GPU was lent): all 200 authors, forget01/05/10, every
     # method, TOFU's 200 new tokens, bf16; TOFU's epochs, a batch that suits a GPU, and lrs scaled from
@@ -232,31 +235,47 @@ def finetune_stage(base: str, data_dir: Path, split: str, out: Path, sizes: Size
 
 
 def eval_stage(model_path: str, data_dir: Path, split: str, out: Path, sizes: Sizes, reference=None) -> dict:
-    """Evaluate a model on `split` (forget quality against `reference` if given); cached in `out`."""
+    """Evaluate a model on `split` (forget quality against `reference` if given); cached in `out`.
+
+    Under `out`'s lock: two chains that reach one model (the target, the reference) evaluate it once.
+    """
     from llm_unlearn.data.args import DataArgs
     from llm_unlearn.eval.args import EvalArgs
     from llm_unlearn.eval.tofu import add_forget_quality, load_eval, write_eval
     from llm_unlearn.pipeline.evaluate import evaluate_path
+    from llm_unlearn.runs.folder import locked
 
-    if out.is_file():
-        result = load_eval(out)
-    else:
-        start = time.perf_counter()
-        data = DataArgs(data_dir=str(data_dir), forget_split=split, max_length=1024)
-        ev = EvalArgs(eval_batch_size=sizes.eval_batch_size, max_new_tokens=sizes.max_new_tokens)
-        result = evaluate_path(model_path, data, ev)
-        result["meta"]["wall_s"] = round(time.perf_counter() - start, 1)
-        # Throughput: every question answered greedily (and scored) per second of the whole evaluation.
-        questions = sum(
-            len(result["metrics"][k].get("per_sample", ())) for k in ROUGE_KEYS if k in result["metrics"]
-        )
-        result["meta"]["questions"] = questions
-        result["meta"]["questions_per_s"] = round(questions / max(result["meta"]["wall_s"], 1e-9), 2)
-        write_eval(result, out)
-    if reference is not None and "forget_quality" not in result["metrics"]:
-        result = add_forget_quality(result, reference)
-        write_eval(result, out)
+    with locked(out):
+        result = load_eval(out) if out.is_file() else None
+        if result is not None and generated_tokens(result) != sizes.max_new_tokens:
+            # Cached with another generation length (the CPU protocol generated 64 tokens until 2026-12-04):
+            # ROUGE-L depends on it, so the model is evaluated again.
+            print(
+                f"{out}: {generated_tokens(result)} new tokens, not {sizes.max_new_tokens}; evaluating again"
+            )
+            result = None
+        if result is None:
+            start = time.perf_counter()
+            data = DataArgs(data_dir=str(data_dir), forget_split=split, max_length=1024)
+            ev = EvalArgs(eval_batch_size=sizes.eval_batch_size, max_new_tokens=sizes.max_new_tokens)
+            result = evaluate_path(model_path, data, ev)
+            result["meta"]["wall_s"] = round(time.perf_counter() - start, 1)
+            # Throughput: every question answered greedily (and scored) per second of the whole evaluation.
+            questions = sum(
+                len(result["metrics"][k].get("per_sample", ())) for k in ROUGE_KEYS if k in result["metrics"]
+            )
+            result["meta"]["questions"] = questions
+            result["meta"]["questions_per_s"] = round(questions / max(result["meta"]["wall_s"], 1e-9), 2)
+            write_eval(result, out)
+        if reference is not None and "forget_quality" not in result["metrics"]:
+            result = add_forget_quality(result, reference)
+            write_eval(result, out)
     return result
+
+
+def generated_tokens(result: dict) -> int | None:
+    """The greedy generation length an evaluation used (its ROUGE-L depends on it)."""
+    return result["meta"].get("generation", {}).get("max_new_tokens")
 
 
 def unlearn_stage(
@@ -375,6 +394,7 @@ def record(result: dict, **fields) -> dict:
     return {
         **fields,
         "eval_torch_threads": result["meta"].get("torch_threads"),
+        "max_new_tokens": generated_tokens(result),
         "system_prompt": system,
         **{k: metrics[k]["value"] for k in KEYS if k in metrics},
         **speed,
@@ -592,15 +612,19 @@ def cap_check(args) -> dict:
     capped = run_dir / "eval.json"
     if not capped.is_file():
         raise SystemExit(f"no evaluation at {capped}; run `--methods {args.cap_check}` first")
+    cap = generated_tokens(json.loads(capped.read_text()))
+    if cap == TOFU_NEW_TOKENS:
+        raise SystemExit(f"{capped} already generated {TOFU_NEW_TOKENS} new tokens: there is no cap to check")
     start = time.perf_counter()
     full = eval_stage(str(run_dir), data_dir, sizes.splits[0], run_dir / f"eval-{TOFU_NEW_TOKENS}tokens.json",
                       dataclasses.replace(sizes, max_new_tokens=TOFU_NEW_TOKENS))  # fmt: skip
     before = json.loads(capped.read_text())["metrics"]
     moves = {k: full["metrics"][k]["value"] - before[k]["value"] for k in ROUGE_KEYS}
-    row = {"model": "check", "method": f"token-cap-{sizes.max_new_tokens}-vs-{TOFU_NEW_TOKENS}",
+    row = {"model": "check", "method": f"token-cap-{cap}-vs-{TOFU_NEW_TOKENS}",
            "arm": args.cap_check, "split": sizes.splits[0], "protocol": args.preset, "seed": 0,
            "train_s": None, "eval_s": round(time.perf_counter() - start, 1), "hardware": hardware(),
-           "cap": sizes.max_new_tokens, "moves": moves,
+           "cap": cap, "moves": moves,
+           "command": "python benchmarks/smollm2_tofu.py " + " ".join(_portable_argv(sys.argv[1:])),
            "max_abs_move": max(abs(v) for v in moves.values()), "tolerance": CAP_TOLERANCE,
            "passed": max(abs(v) for v in moves.values()) <= CAP_TOLERANCE}  # fmt: skip
     append_records(Path(args.out), [row])
@@ -623,13 +647,18 @@ def write_report(path: Path) -> None:
         "bf16 original. FQ = forget quality (KS p-value against the retain-only reference), MU = model",
         "utility; `ra` = real authors, `wf` = world facts (probability / truth ratio). Higher is better",
         "for all but forget ROUGE-L and forget probability, where lower means more forgotten.",
+        "",
+        "Generation length: TOFU's 200 new tokens. Rows marked `(64 tokens)` were evaluated with the CPU protocol's "
+        "earlier cap; their ROUGE-L is not comparable with the others' (the cap moved ngdiff's forget ROUGE-L by +0.09, "
+        "below), and so neither is model utility, by a little; forget quality, probabilities and truth ratios do not "
+        "depend on it. The relearning probes' ROUGE-L of those rows used the same cap.",
     ]
     checks = [r for r in rows if r["model"] == "check"]
     rows = [r for r in rows if r["model"] != "check"]
     for protocol in sorted({r["protocol"] for r in rows}):
         for split in sorted({r["split"] for r in rows if r["protocol"] == protocol}):
             sel = [r for r in rows if r["protocol"] == protocol and r["split"] == split]
-            sel.sort(key=lambda r: (_name(r) not in ("base", "target", "reference"), _name(r), r["seed"]))
+            sel.sort(key=lambda r: (r["model"] not in ("base", "target", "reference"), _name(r), r["seed"]))
             lines += [
                 "",
                 f"## {protocol} protocol, {split}",
@@ -682,7 +711,10 @@ def write_report(path: Path) -> None:
 
 
 def _name(r: dict) -> str:
-    return r["model"] if r["method"] == "none" else r["method"]
+    """A row's label; rows generated with fewer than TOFU's 200 tokens say so (their ROUGE-L is not comparable)."""
+    name = r["model"] if r["method"] == "none" else r["method"]
+    tokens = r.get("max_new_tokens", 64)  # rows recorded before the field were all the CPU protocol's 64
+    return name if tokens == TOFU_NEW_TOKENS else f"{name} ({tokens} tokens)"
 
 
 MEAN_KEYS = ("forget_quality", "model_utility", "forget_rouge_l", "retain_rouge_l", "retain_prob", "ra_prob",
@@ -730,7 +762,7 @@ def _stop_lines(sel: list[dict]) -> list[str]:
     for r in stopped:
         gap = "screened" if r.get("stop_best_gap") is None else f"{r['stop_best_gap']:.2f}"
         recall = ", ".join("-" if v is None else f"{v:.2f}" for v in r.get("stop_retain_recall", []))
-        lines.append(f"| {r['method']} | {r['seed']} | {r['stop_reason']} | {r['steps']} | {r['stop_best_step']} | "
+        lines.append(f"| {_name(r)} | {r['seed']} | {r['stop_reason']} | {r['steps']} | {r['stop_best_step']} | "
                      f"{gap} | {r['stop_checks']} | {r['check_s']:.0f} | {recall} |")  # fmt: skip
     return lines
 
@@ -757,7 +789,7 @@ def _probe_lines(sel: list[dict]) -> list[str]:
             for b in budgets
         ]
         lines.append(
-            f"| {r['method']} (seed {r['seed']}) | " + " | ".join(cells) + f" | {r.get('probe_s') or 0:.0f} |"
+            f"| {_name(r)} (seed {r['seed']}) | " + " | ".join(cells) + f" | {r.get('probe_s') or 0:.0f} |"
         )
     return lines
 
