@@ -536,16 +536,21 @@ def real_model_lines(records: Path) -> list[str]:
         "| train s | check s | hardware |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
-    shown = autos + [
-        r for r in cpu if r["model"] == "unlearned" and r["method"] in ("ngdiff", "graddiff", "npo")
-    ]
+    others = (
+        "auto-adam",
+        "ngdiff",
+        "graddiff",
+        "npo",
+    )  # auto-adam: the rule with AdamW at lr 1e-4 (diagnostic)
+    shown = autos + [r for r in cpu if r["model"] == "unlearned" and r["method"] in others]
     for r in shown:
         stop = (r.get("stop_reason", "n/r"), f"{r.get('stop_best_step', 'n/r')} / {r.get('steps', 'n/r')}")
         lines.append(
-            f"| {r['method']} | {r['seed']} | {r['forget_quality']:.3g} | "
+            f"| {r['method']}{'' if r.get('max_new_tokens') == 200 else ' (64 tokens)'} | {r['seed']} | "
+            f"{r['forget_quality']:.3g} | "
             f"{r['model_utility'] / target['model_utility']:.2f} | {r['retain_rouge_l'] / target['retain_rouge_l']:.2f} | "
-            f"{r['forget_rouge_l']:.2f} | {stop[0] if r['method'] == 'auto' else '-'} | "
-            f"{stop[1] if r['method'] == 'auto' else '-'} | {r['train_s']:.0f} | "
+            f"{r['forget_rouge_l']:.2f} | {stop[0] if 'stop_reason' in r else '-'} | "
+            f"{stop[1] if 'stop_reason' in r else '-'} | {r['train_s']:.0f} | "
             f"{r['check_s'] if 'check_s' in r else '-'} | {r['hardware']} |"
         )  # fmt: skip
     met = [r for r in autos if r["forget_quality"] >= FQ_GOAL]

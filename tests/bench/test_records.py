@@ -151,7 +151,7 @@ def test_auto_report_reads_the_real_model_rows_and_their_goals(tmp_path):
     spec.loader.exec_module(auto_bench)
     records = tmp_path / "smollm2.json"
     assert auto_bench.real_model_lines(records) == []  # no records: no section
-    common = dict(protocol="cpu", split="forget01", seed=0, train_s=100.0, hardware="X")
+    common = dict(protocol="cpu", split="forget01", seed=0, train_s=100.0, hardware="X", max_new_tokens=200)
     target = dict(common, model="target", method="none", forget_quality=0.003, model_utility=0.4,
                   retain_rouge_l=1.0, forget_rouge_l=1.0)  # fmt: skip
     auto = dict(common, model="unlearned", method="auto", forget_quality=0.007, model_utility=0.38,
