@@ -604,6 +604,8 @@ def cap_check(args) -> dict:
 
     import torch
 
+    if args.cap_check not in ARMS:
+        raise SystemExit(f"unknown arm {args.cap_check!r} for --cap_check; choose from {', '.join(ARMS)}")
     torch.set_num_threads(args.threads)
     sizes = SIZES[args.preset]
     work = Path(args.work)
