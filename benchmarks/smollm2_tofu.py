@@ -94,7 +94,8 @@ SIZES: dict[str, Sizes] = {
     # Sized by `--time` on the 2-core CPU (2 threads, idle): an AdamW step on 8 TOFU QAs (75 tokens
     # on average in SmolLM2's chat template) takes 6.1 s and scoring one sequence 0.25 s. 3 retain
     # authors: target 100 QAs x 6 epochs (~8 min), reference 60 QAs (~5 min), each unlearning run
-    # 25 steps of forget 8 + retain 8 (~5 min), each evaluation ~1,500 sequences (~6 min).
+    # 25 steps of forget 8 + retain 8 (~5 min), each evaluation ~1,500 sequences (~6 min at 64 new tokens;
+    # at TOFU's 200, one evaluation took 969 s on one thread with other jobs on the cores).
     "cpu": Sizes(
         finetune=dict(_FINETUNE, learning_rate=2e-4, num_train_epochs=6, per_device_train_batch_size=8),
         unlearn=dict(_UNLEARN, learning_rate=1e-4, per_device_train_batch_size=8),
