@@ -348,7 +348,11 @@ def probe_stage(run_dir: Path, target: Path, reference: Path, data_dir: Path, sp
         )  # fmt: skip
         result.setdefault("meta", {})["wall_s"] = round(time.perf_counter() - start, 1)
         out.write_text(json.dumps(result, indent=1) + "\n")
-    fields: dict = {"probe_s": result.get("meta", {}).get("wall_s")}
+    fields: dict = {
+        "probe_s": result.get("meta", {}).get("wall_s"),
+        # The probe's ROUGE-L depends on its own generation length, which may differ from the row's evaluation.
+        "probe_max_new_tokens": result.get("meta", {}).get("eval_settings", {}).get("max_new_tokens"),
+    }
     for probe in ("relearn", "piggyback"):
         if probe not in result:
             continue
@@ -363,6 +367,15 @@ def probe_stage(run_dir: Path, target: Path, reference: Path, data_dir: Path, sp
         fields[f"{probe}_reference_values"] = {
             str(point["budget"]): {k: v["value"] for k, v in point["metrics"].items()}
             for point in result[probe]["reference"]
+        }
+    if "quant" in result:  # forget metrics at each precision; recovery 0 = the reference, 1 = the target
+        fields["quant_recovery"] = {
+            point["bits"]: {k: v["value"] for k, v in point.items() if k != "bits"}
+            for point in result["quant"]["recovery"]
+        }
+        fields["quant_values"] = {
+            bits: {k: v["value"] for k, v in point["metrics"].items()}
+            for bits, point in result["quant"]["unlearned"].items()
         }
     return fields
 
@@ -520,7 +533,8 @@ def _chain(
                          **common | measured_on(run_dir, "unlearn_seconds.json"))  # fmt: skip
             row.update(stop_summary(run_dir))
             emit(row)
-            if label in args.probe:
+            # A probe already on disk always joins its row: re-emitting the row without it would drop it.
+            if label in args.probe or (run_dir / "probe.json").is_file():
                 stage(f"probe {label} ({split}): {','.join(args.probes)} at {args.budgets}")
                 row.update(probe_stage(run_dir, target, reference, data_dir, split, sizes, args, probe_reuse))
                 emit(row)  # the same row again, now with its probes (it replaces the first)
@@ -687,6 +701,7 @@ def write_report(path: Path) -> None:
                 )
             lines += _stop_lines(sel)
             lines += _probe_lines(sel)
+            lines += _quant_lines(sel)
             speeds = [r["eval_questions_per_s"] for r in sel if r.get("eval_questions_per_s")]
             if speeds:
                 lines += ["", f"Evaluation throughput: {min(speeds):.1f} to {max(speeds):.1f} questions answered and scored "
@@ -770,6 +785,34 @@ def _stop_lines(sel: list[dict]) -> list[str]:
     return lines
 
 
+def _quant_lines(sel: list[dict]) -> list[str]:
+    """The quantization probe of each probed arm: forget metrics of the unlearned model at each precision."""
+    probed = [r for r in sel if r.get("quant_values")]
+    if not probed:
+        return []
+    bits = sorted({b for r in probed for b in r["quant_values"]}, key=lambda b: -int(b) if b.isdigit() else 0)
+    lines = ["", "Quantization probe (`llm-unlearn probe --probes quant`: the unlearned weights rounded to fewer bits, "
+             "arXiv 2410.16454): forget ROUGE-L / probability at each precision, and in brackets their recovery "
+             "(0 = the reference at the same precision, 1 = the target).", "",
+             "| model | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---|" + "---|" * len(bits)]  # fmt: skip
+    for r in probed:
+        cells = []
+        for b in bits:
+            v, rec = r["quant_values"].get(b, {}), r.get("quant_recovery", {}).get(b, {})
+            cells.append(
+                f"{v.get('forget_rouge_l', math.nan):.2f} / {v.get('forget_prob', math.nan):.2f} "
+                f"({rec.get('forget_rouge_l', math.nan):+.2f} / {rec.get('forget_prob', math.nan):+.2f})"
+            )
+        lines.append(f"| {_probe_name(r)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _probe_name(r: dict) -> str:
+    """A probed arm's label, with the generation length its probe's ROUGE-L used (64 before 2026-12-04)."""
+    name = r["model"] if r["method"] == "none" else r["method"]
+    return f"{name} (seed {r['seed']}, probed at {r.get('probe_max_new_tokens') or 64} tokens)"
+
+
 def _probe_lines(sel: list[dict]) -> list[str]:
     """The relearning probe of each probed arm: recovery of the held-out half's forget metrics per budget."""
     probed = [r for r in sel if r.get("relearn_recovery")]
@@ -791,9 +834,7 @@ def _probe_lines(sel: list[dict]) -> list[str]:
             f"{cell(rec[str(b)].get('forget_rouge_l'))} / {cell(rec[str(b)].get('forget_prob'))}"
             for b in budgets
         ]
-        lines.append(
-            f"| {_name(r)} (seed {r['seed']}) | " + " | ".join(cells) + f" | {r.get('probe_s') or 0:.0f} |"
-        )
+        lines.append(f"| {_probe_name(r)} | " + " | ".join(cells) + f" | {r.get('probe_s') or 0:.0f} |")
     return lines
 
 
