@@ -180,3 +180,25 @@ def test_report_says_whether_the_token_cap_moved_rouge_beyond_the_tolerance(tmp_
     text = out.with_suffix(".md").read_text()
     assert "ROUGE-L moves: forget_rouge_l +0.004, ra_rouge_l -0.020; largest 0.020: **beyond**" in text
     assert "| target | 1 |" in text  # the check is not a model row
+
+
+def test_an_evaluation_cached_at_another_generation_length_is_redone(tmp_path, monkeypatch):
+    import dataclasses
+
+    import llm_unlearn.pipeline.evaluate as evaluate
+
+    calls = []
+
+    def fake_evaluate(model_path, data, ev):
+        calls.append(ev.max_new_tokens)
+        return {"metrics": {}, "meta": {"generation": {"max_new_tokens": ev.max_new_tokens}}}
+
+    monkeypatch.setattr(evaluate, "evaluate_path", fake_evaluate)
+    sizes = dataclasses.replace(smollm2_tofu.SIZES["cpu"], max_new_tokens=200)
+    out = tmp_path / "eval.json"
+    out.write_text(json.dumps({"metrics": {}, "meta": {"generation": {"max_new_tokens": 64}}}))
+    result = smollm2_tofu.eval_stage("m", tmp_path, "forget01", out, sizes)
+    assert calls == [200] and smollm2_tofu.generated_tokens(result) == 200
+    smollm2_tofu.eval_stage("m", tmp_path, "forget01", out, sizes)  # cached at the right length: reused
+    assert calls == [200]
+    assert smollm2_tofu.generated_tokens(json.loads(out.read_text())) == 200
