@@ -787,13 +787,17 @@ def plot(runs: list[dict], means: dict, baseline: dict, world_names: list[str], 
             ax.set_title(f"{world}, {split}", fontsize=10)
             ax.set_xlabel("model utility")
             ax.set_ylabel("forget quality (log)")
-    handles, labels = next(ax for row in axes for ax in row if ax.get_visible()).get_legend_handles_labels()
-    fig.legend(
-        handles, labels, loc="lower center", ncol=math.ceil(len(labels) / 2), fontsize=9, frameon=False
-    )
+    # Every arm of every panel, once: the arms differ between worlds (earlier rules ran on the old worlds only).
+    legend: dict = {}
+    for ax in (ax for row in axes for ax in row if ax.get_visible()):
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    handles, labels = list(legend.values()), list(legend)
+    fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), fontsize=9, frameon=False)
+    legend_rows = math.ceil(len(labels) / 8)
     fig.suptitle(f"--auto vs shipped recipes vs oracle (rings: the oracle, often on its recipe's final point): large = seed "
                  f"mean, small = one seed; dashed: MU = {MU_FLOOR:g} x target's, dotted: FQ = {FQ_GOAL:g}", fontsize=11)  # fmt: skip
-    fig.tight_layout(rect=(0, 0.08, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.025 * legend_rows + 0.01, 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
