@@ -19,6 +19,11 @@ The chain, each stage skipped when its output exists under `--work`:
   6. every model evaluated with the full TOFU protocol (forget quality against the reference);
   7. records appended to `benchmarks/smollm2.json`, table in `benchmarks/smollm2.md`, FQ-vs-MU plot.
 
+`--seed k` is the unlearning seed: target and reference are fine-tuned once (seed 0) and every seed
+unlearns that target, in its own folder (`run_name`). Each row is written when its stage ends, under
+the records file's lock, so two one-thread chains (e.g. two seeds) can share the cores and the file.
+Evaluations generate TOFU's 200 new tokens (`--cap_check ARM` measures what a shorter cap changes).
+
 The CPU slice: forget01's two authors (TOFU's last two, 40 questions) plus the first
 `retain_authors` authors of `full`, which are also the first authors of `retain_perturbed`, so that
 the retain half of model utility is scored on authors the models were trained on. Real authors and
