@@ -472,7 +472,8 @@ def run(args) -> list[dict]:
     def emit(row: dict) -> None:
         """Record a row as soon as its stage ends, so a stopped chain loses no finished arm."""
         row["wall_s"] = round((row["train_s"] or 0.0) + (row["eval_s"] or 0.0), 1)
-        rows.append(row)
+        if not any(r is row for r in rows):  # a probed row is emitted twice (before and after its probe)
+            rows.append(row)
         append_records(Path(args.out), [row])
 
     try:
