@@ -61,6 +61,7 @@ import time
 from pathlib import Path
 
 import _study  # benchmarks/_study.py: this script's folder is on sys.path
+from smollm2_tofu import row_label  # the real-model records' row labels, shared so the two reports agree
 from transformers import AutoTokenizer
 
 from llm_unlearn.cli.parse import parse_config
@@ -536,22 +537,18 @@ def real_model_lines(records: Path) -> list[str]:
         "| train s | check s | hardware |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
-    others = (
-        "auto-adam",
-        "ngdiff",
-        "graddiff",
-        "npo",
-    )  # auto-adam: the rule with AdamW at lr 1e-4 (diagnostic)
+    # auto-adam: the rule with AdamW at lr 1e-4 (diagnostic)
+    others = ("auto-adam", "ngdiff", "graddiff", "npo")
     shown = autos + [r for r in cpu if r["model"] == "unlearned" and r["method"] in others]
     for r in shown:
-        stop = (r.get("stop_reason", "n/r"), f"{r.get('stop_best_step', 'n/r')} / {r.get('steps', 'n/r')}")
+        stop, kept = (
+            (r["stop_reason"], f"{r['stop_best_step']} / {r['steps']}") if "stop_reason" in r else ("-", "-")
+        )
         lines.append(
-            f"| {r['method']}{'' if r.get('max_new_tokens') == 200 else ' (64 tokens)'} | {r['seed']} | "
-            f"{r['forget_quality']:.3g} | "
+            f"| {row_label(r)} | {r['seed']} | {r['forget_quality']:.3g} | "
             f"{r['model_utility'] / target['model_utility']:.2f} | {r['retain_rouge_l'] / target['retain_rouge_l']:.2f} | "
-            f"{r['forget_rouge_l']:.2f} | {stop[0] if 'stop_reason' in r else '-'} | "
-            f"{stop[1] if 'stop_reason' in r else '-'} | {r['train_s']:.0f} | "
-            f"{r['check_s'] if 'check_s' in r else '-'} | {r['hardware']} |"
+            f"{r['forget_rouge_l']:.2f} | {stop} | {kept} | {r['train_s']:.0f} | "
+            f"{r.get('check_s', '-')} | {r['hardware']} |"
         )  # fmt: skip
     met = [r for r in autos if r["forget_quality"] >= FQ_GOAL]
     kept = [r for r in autos if r["retain_rouge_l"] >= RECALL_FLOOR * target["retain_rouge_l"]]

@@ -635,21 +635,21 @@ def cap_check(args) -> dict:
     capped = run_dir / "eval.json"
     if not capped.is_file():
         raise SystemExit(f"no evaluation at {capped}; run `--methods {args.cap_check}` first")
-    cap = generated_tokens(json.loads(capped.read_text()))
+    before = json.loads(capped.read_text())
+    cap = generated_tokens(before)
     if cap == TOFU_NEW_TOKENS:
         raise SystemExit(f"{capped} already generated {TOFU_NEW_TOKENS} new tokens: there is no cap to check")
     start = time.perf_counter()
     full = eval_stage(str(run_dir), data_dir, sizes.splits[0], run_dir / f"eval-{TOFU_NEW_TOKENS}tokens.json",
                       dataclasses.replace(sizes, max_new_tokens=TOFU_NEW_TOKENS))  # fmt: skip
-    before = json.loads(capped.read_text())["metrics"]
-    moves = {k: full["metrics"][k]["value"] - before[k]["value"] for k in ROUGE_KEYS}
+    moves = {k: full["metrics"][k]["value"] - before["metrics"][k]["value"] for k in ROUGE_KEYS}
+    largest = max(abs(v) for v in moves.values())
     row = {"model": "check", "method": f"token-cap-{cap}-vs-{TOFU_NEW_TOKENS}",
            "arm": args.cap_check, "split": sizes.splits[0], "protocol": args.preset, "seed": 0,
            "train_s": None, "eval_s": round(time.perf_counter() - start, 1), "hardware": hardware(),
            "cap": cap, "moves": moves,
            "command": "python benchmarks/smollm2_tofu.py " + " ".join(_portable_argv(sys.argv[1:])),
-           "max_abs_move": max(abs(v) for v in moves.values()), "tolerance": CAP_TOLERANCE,
-           "passed": max(abs(v) for v in moves.values()) <= CAP_TOLERANCE}  # fmt: skip
+           "max_abs_move": largest, "tolerance": CAP_TOLERANCE, "passed": largest <= CAP_TOLERANCE}  # fmt: skip
     append_records(Path(args.out), [row])
     write_report(Path(args.out))
     print(json.dumps(row, indent=1))
@@ -681,7 +681,9 @@ def write_report(path: Path) -> None:
     for protocol in sorted({r["protocol"] for r in rows}):
         for split in sorted({r["split"] for r in rows if r["protocol"] == protocol}):
             sel = [r for r in rows if r["protocol"] == protocol and r["split"] == split]
-            sel.sort(key=lambda r: (r["model"] not in ("base", "target", "reference"), _name(r), r["seed"]))
+            sel.sort(
+                key=lambda r: (r["model"] not in ("base", "target", "reference"), row_label(r), r["seed"])
+            )
             lines += [
                 "",
                 f"## {protocol} protocol, {split}",
@@ -701,7 +703,7 @@ def write_report(path: Path) -> None:
                 cells = [str(r["seed"]), f"{r.get('forget_quality', math.nan):.3g}"]
                 cells += ["n/r" if r.get(k) is None else f"{r[k]:.3f}" for k in KEYS[1:]]
                 lines.append(
-                    f"| {_name(r)} | "
+                    f"| {row_label(r)} | "
                     + " | ".join(cells)
                     + f" | {r['train_s']:.0f} | {r['eval_s'] or 0:.0f} |"
                 )
@@ -734,11 +736,19 @@ def write_report(path: Path) -> None:
     print(f"wrote {path.with_suffix('.md')}")
 
 
-def _name(r: dict) -> str:
+def _model_name(r: dict) -> str:
+    return r["model"] if r["method"] == "none" else r["method"]
+
+
+def row_label(r: dict) -> str:
     """A row's label; rows generated with fewer than TOFU's 200 tokens say so (their ROUGE-L is not comparable)."""
-    name = r["model"] if r["method"] == "none" else r["method"]
     tokens = r.get("max_new_tokens", 64)  # rows recorded before the field were all the CPU protocol's 64
-    return name if tokens == TOFU_NEW_TOKENS else f"{name} ({tokens} tokens)"
+    return _model_name(r) if tokens == TOFU_NEW_TOKENS else f"{_model_name(r)} ({tokens} tokens)"
+
+
+def geometric_mean(values: list[float], floor: float = 1e-300) -> float:
+    """Of forget-quality p-values, which span many decades (each floored so that 0 stays finite)."""
+    return math.exp(sum(math.log(max(v, floor)) for v in values) / len(values))
 
 
 MEAN_KEYS = ("forget_quality", "model_utility", "forget_rouge_l", "retain_rouge_l", "retain_prob", "ra_prob",
@@ -757,8 +767,8 @@ def _mean_lines(sel: list[dict]) -> list[str]:
     lines = ["Seed means +- sd (FQ also as a geometric mean, `gm`, since it is a p-value):", "",
              "| model | seeds | FQ | FQ gm | MU | forget ROUGE-L | retain ROUGE-L | retain prob | ra prob | "
              "ra ROUGE-L | wf prob | wf ROUGE-L | train s |", "|---|" + "---|" * 12]  # fmt: skip
-    for name in dict.fromkeys(_name(r) for r in sel):
-        group = [r for r in sel if _name(r) == name]
+    for name in dict.fromkeys(row_label(r) for r in sel):
+        group = [r for r in sel if row_label(r) == name]
         cells = [str(len(group))]
         for k in MEAN_KEYS:
             values = [r[k] for r in group if r.get(k) is not None]
@@ -768,7 +778,7 @@ def _mean_lines(sel: list[dict]) -> list[str]:
             mean, sd = seed_stats(values)
             cells.append(f"{mean:.3g} +- {sd:.2g}" if len(values) > 1 else f"{mean:.3g}")
             if k == "forget_quality":
-                cells.append(f"{math.exp(sum(math.log(max(v, 1e-300)) for v in values) / len(values)):.3g}")
+                cells.append(f"{geometric_mean(values):.3g}")
         cells.append(f"{seed_stats([r['train_s'] or 0.0 for r in group])[0]:.0f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
@@ -786,7 +796,7 @@ def _stop_lines(sel: list[dict]) -> list[str]:
     for r in stopped:
         gap = "screened" if r.get("stop_best_gap") is None else f"{r['stop_best_gap']:.2f}"
         recall = ", ".join("-" if v is None else f"{v:.2f}" for v in r.get("stop_retain_recall", []))
-        lines.append(f"| {_name(r)} | {r['seed']} | {r['stop_reason']} | {r['steps']} | {r['stop_best_step']} | "
+        lines.append(f"| {row_label(r)} | {r['seed']} | {r['stop_reason']} | {r['steps']} | {r['stop_best_step']} | "
                      f"{gap} | {r['stop_checks']} | {r['check_s']:.0f} | {recall} |")  # fmt: skip
     return lines
 
@@ -815,8 +825,7 @@ def _quant_lines(sel: list[dict]) -> list[str]:
 
 def _probe_name(r: dict) -> str:
     """A probed arm's label, with the generation length its probe's ROUGE-L used (64 before 2026-12-04)."""
-    name = r["model"] if r["method"] == "none" else r["method"]
-    return f"{name} (seed {r['seed']}, probed at {r.get('probe_max_new_tokens') or 64} tokens)"
+    return f"{_model_name(r)} (seed {r['seed']}, probed at {r.get('probe_max_new_tokens') or 64} tokens)"
 
 
 def _probe_lines(sel: list[dict]) -> list[str]:
@@ -854,12 +863,12 @@ def plot(rows: list[dict], out: Path) -> None:
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
     for ax, (protocol, split) in zip(axes[0], groups):
         sel = [r for r in rows if (r["protocol"], r["split"]) == (protocol, split)]
-        for name in dict.fromkeys(_name(r) for r in sel):
-            group = [r for r in sel if _name(r) == name]
+        for name in dict.fromkeys(row_label(r) for r in sel):
+            group = [r for r in sel if row_label(r) == name]
             mu, mu_sd = seed_stats([r["model_utility"] for r in group])
             # FQ is a p-value spanning many decades: its bars are the range over seeds on the log axis.
             fq = [max(r.get("forget_quality", 1e-30), 1e-30) for r in group]
-            centre = math.exp(sum(math.log(v) for v in fq) / len(fq))
+            centre = geometric_mean(fq)
             label = f"{name} ({len(group)} seed{'s' if len(group) > 1 else ''})"
             ax.errorbar(mu, centre, xerr=mu_sd, yerr=[[max(centre - min(fq), 0.0)], [max(max(fq) - centre, 0.0)]], fmt="o",
                         capsize=3, markersize=7, label=label)  # fmt: skip
