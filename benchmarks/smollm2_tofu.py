@@ -335,54 +335,78 @@ def arms(args, sizes: Sizes) -> list[tuple[str, dict]]:
 
 
 def probe_stage(run_dir: Path, target: Path, reference: Path, data_dir: Path, split: str, sizes: Sizes,
-                args, reuse: dict) -> dict:  # fmt: skip
-    """`llm-unlearn probe` on a run (cached in its probe.json); the row fields: recovery per budget."""
-    from llm_unlearn.probes import EvalSettings
-    from llm_unlearn.probes.run import run_probes
+                args, reuse: dict, wanted: tuple = ()) -> dict:  # fmt: skip
+    """`llm-unlearn probe` on a run (cached in its probe.json); the row fields: recovery per budget.
 
-    out = run_dir / "probe.json"
-    if out.is_file():
-        result = json.loads(out.read_text())
-    else:
+    A probe in `wanted` that the cached probe.json lacks runs on its own into probe-<name>.json (the
+    cached ones are not run again), so a later session can add quantization to a relearned run."""
+    from llm_unlearn.probes import EvalSettings
+    from llm_unlearn.probes.run import ALL_PROBES, run_probes
+
+    def run(probes: tuple, out: Path) -> dict:
+        if out.is_file():
+            return json.loads(out.read_text())
         start = time.perf_counter()
         result = run_probes(
             run_dir, original_model=str(target), reference_model=str(reference), data_dir=str(data_dir),
-            forget_split=split, probes=args.probes, budgets=args.budgets, out=out, progress=False, reuse=reuse,
+            forget_split=split, probes=probes, budgets=args.budgets, out=out, progress=False, reuse=reuse,
             eval_settings=EvalSettings(max_length=1024, batch_size=sizes.eval_batch_size,
                                        max_new_tokens=sizes.max_new_tokens),
         )  # fmt: skip
         result.setdefault("meta", {})["wall_s"] = round(time.perf_counter() - start, 1)
         out.write_text(json.dumps(result, indent=1) + "\n")
+        return result
+
+    main = run_dir / "probe.json"
+    result = run(tuple(args.probes), main)
+    parts = {name: result for name in ALL_PROBES if name in result}
+    missing = tuple(name for name in wanted if name not in parts)
+    if missing:
+        run(missing, run_dir / f"probe-{'-'.join(missing)}.json")
+    for extra in sorted(run_dir.glob("probe-*.json")):  # added later; on disk, they always join the row
+        found = json.loads(extra.read_text())
+        parts |= {name: found for name in ALL_PROBES if name in found and name not in parts}
+    files = list({id(part): part for part in parts.values()}.values())
     fields: dict = {
-        "probe_s": result.get("meta", {}).get("wall_s"),
-        # The probe's ROUGE-L depends on its own generation length, which may differ from the row's evaluation.
-        "probe_max_new_tokens": result.get("meta", {}).get("eval_settings", {}).get("max_new_tokens"),
+        "probe_s": round(sum(part.get("meta", {}).get("wall_s") or 0 for part in files), 1),
+        # A probe's ROUGE-L depends on its own generation length, which may differ from the row's evaluation.
+        "probe_max_new_tokens": _tokens(result),
     }
-    for probe in ("relearn", "piggyback"):
-        if probe not in result:
+    for name, part in parts.items():
+        if part is not result:
+            fields[f"{name}_max_new_tokens"] = _tokens(part)
+    for name in ("relearn", "piggyback"):
+        if name not in parts:
             continue
-        fields[f"{probe}_recovery"] = {
+        found = parts[name][name]
+        fields[f"{name}_recovery"] = {
             str(point["budget"]): {k: v["value"] for k, v in point.items() if k != "budget"}
-            for point in result[probe]["recovery"]
+            for point in found["recovery"]
         }
-        fields[f"{probe}_values"] = {
+        fields[f"{name}_values"] = {
             str(point["budget"]): {k: v["value"] for k, v in point["metrics"].items()}
-            for point in result[probe]["unlearned"]
+            for point in found["unlearned"]
         }
-        fields[f"{probe}_reference_values"] = {
+        fields[f"{name}_reference_values"] = {
             str(point["budget"]): {k: v["value"] for k, v in point["metrics"].items()}
-            for point in result[probe]["reference"]
+            for point in found["reference"]
         }
-    if "quant" in result:  # forget metrics at each precision; recovery 0 = the reference, 1 = the target
+    if "quant" in parts:  # forget metrics at each precision; recovery 0 = the reference, 1 = the target
+        found = parts["quant"]["quant"]
         fields["quant_recovery"] = {
             point["bits"]: {k: v["value"] for k, v in point.items() if k != "bits"}
-            for point in result["quant"]["recovery"]
+            for point in found["recovery"]
         }
         fields["quant_values"] = {
             bits: {k: v["value"] for k, v in point["metrics"].items()}
-            for bits, point in result["quant"]["unlearned"].items()
+            for bits, point in found["unlearned"].items()
         }
     return fields
+
+
+def _tokens(probe: dict):
+    """The generation length a probe file's ROUGE-L used (None in files written before it was recorded)."""
+    return probe.get("meta", {}).get("eval_settings", {}).get("max_new_tokens")
 
 
 # ----------------------------------------------------------------------------- records
@@ -542,7 +566,10 @@ def _chain(
             # A probe already on disk always joins its row: re-emitting the row without it would drop it.
             if label in args.probe or (run_dir / "probe.json").is_file():
                 stage(f"probe {label} ({split}): {','.join(args.probes)} at {args.budgets}")
-                row.update(probe_stage(run_dir, target, reference, data_dir, split, sizes, args, probe_reuse))
+                wanted = tuple(args.probes) if label in args.probe else ()
+                row.update(
+                    probe_stage(run_dir, target, reference, data_dir, split, sizes, args, probe_reuse, wanted)
+                )
                 emit(row)  # the same row again, now with its probes (it replaces the first)
 
 
@@ -819,13 +846,13 @@ def _quant_lines(sel: list[dict]) -> list[str]:
                 f"{v.get('forget_rouge_l', math.nan):.2f} / {v.get('forget_prob', math.nan):.2f} "
                 f"({rec.get('forget_rouge_l', math.nan):+.2f} / {rec.get('forget_prob', math.nan):+.2f})"
             )
-        lines.append(f"| {_probe_name(r)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_probe_name(r, 'quant_max_new_tokens')} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _probe_name(r: dict) -> str:
+def _probe_name(r: dict, tokens: str = "probe_max_new_tokens") -> str:
     """A probed arm's label, with the generation length its probe's ROUGE-L used (64 before 2026-12-04)."""
-    return f"{_model_name(r)} (seed {r['seed']}, probed at {r.get('probe_max_new_tokens') or 64} tokens)"
+    return f"{_model_name(r)} (seed {r['seed']}, probed at {r.get(tokens) or r.get('probe_max_new_tokens') or 64} tokens)"
 
 
 def _probe_lines(sel: list[dict]) -> list[str]:

@@ -202,3 +202,46 @@ def test_an_evaluation_cached_at_another_generation_length_is_redone(tmp_path, m
     smollm2_tofu.eval_stage("m", tmp_path, "forget01", out, sizes)  # cached at the right length: reused
     assert calls == [200]
     assert smollm2_tofu.generated_tokens(json.loads(out.read_text())) == 200
+
+
+def test_a_probe_missing_from_the_cached_file_runs_alone_and_joins_the_row(tmp_path, monkeypatch):
+    # ngdiff was relearn-probed at 64 tokens; asking for quant later must run quant only, keep the cached
+    # relearn numbers, and label each probe with the generation length it actually used.
+    import types
+
+    import llm_unlearn.probes.run as probe_run
+
+    def point(value, **key):
+        return key | {"metrics": {"forget_rouge_l": {"value": value}}}
+
+    relearn = {"recovery": [{"budget": 10, "forget_rouge_l": {"value": 0.07}}],
+               "unlearned": [point(0.3, budget=10)], "reference": [point(0.2, budget=10)]}  # fmt: skip
+    cached = {"relearn": relearn, "meta": {"wall_s": 100.0, "eval_settings": {"max_new_tokens": 64}}}
+    (tmp_path / "probe.json").write_text(json.dumps(cached))
+    calls = []
+
+    def fake_run_probes(run_dir, *, probes, out, **kwargs):
+        calls.append(tuple(probes))
+        assert kwargs["eval_settings"].max_new_tokens == 200
+        return {"quant": {"recovery": [{"bits": "4", "forget_rouge_l": {"value": 0.19}}],
+                          "unlearned": {"4": {"metrics": {"forget_rouge_l": {"value": 0.5}}}}},
+                "meta": {"eval_settings": {"max_new_tokens": 200}}}  # fmt: skip
+
+    monkeypatch.setattr(probe_run, "run_probes", fake_run_probes)
+    sizes = types.SimpleNamespace(eval_batch_size=4, max_new_tokens=200)
+    args = types.SimpleNamespace(probes=("relearn", "quant"), budgets=(10,))
+    probe = smollm2_tofu.probe_stage
+    fields = probe(tmp_path, tmp_path, tmp_path, tmp_path, "forget01", sizes, args, {}, ("relearn", "quant"))
+    assert calls == [("quant",)] and (tmp_path / "probe-quant.json").is_file()
+    assert fields["relearn_recovery"] == {"10": {"forget_rouge_l": 0.07}}
+    assert fields["quant_recovery"] == {"4": {"forget_rouge_l": 0.19}}
+    assert fields["probe_max_new_tokens"] == 64 and fields["quant_max_new_tokens"] == 200
+    assert "200 tokens" in smollm2_tofu._probe_name({"seed": 0, "method": "ngdiff", "model": "unlearned"} | fields,
+                                                    "quant_max_new_tokens")  # fmt: skip
+    # Both files now cached: nothing runs again, and a rerun that does not ask for probes keeps both.
+    assert (
+        probe(tmp_path, tmp_path, tmp_path, tmp_path, "forget01", sizes, args, {}, ("relearn", "quant"))
+        == fields
+    )
+    assert probe(tmp_path, tmp_path, tmp_path, tmp_path, "forget01", sizes, args, {}) == fields
+    assert calls == [("quant",)]
