@@ -168,6 +168,34 @@ def test_auto_report_reads_the_real_model_rows_and_their_goals(tmp_path):
     assert "FQ >= 0.05 in 0 of 1 runs; retain ROUGE-L >= 0.8 x target's in 1 of 1" in text
 
 
+def test_attainable_counts_runs_with_one_epoch_meeting_every_floor_at_once(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("auto_bench", REPO / "benchmarks" / "auto.py")
+    auto_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(auto_bench)
+    assert auto_bench._attainable([]) == []
+
+    def run(arm, seed, *epochs):
+        per_epoch = [
+            dict(forget_quality=fq, retain_fact_recall=rec, model_utility=mu) for fq, rec, mu in epochs
+        ]
+        return dict(world="w", split="forget01", seed=seed, arm=arm, per_epoch=per_epoch,
+                    target_retain_fact_recall=1.0, target_model_utility=1.0)  # fmt: skip
+
+    runs = [
+        # seed 0: graddiff meets FQ and recall only at different epochs (not attained); ngdiff attains at epoch 2
+        run("graddiff", 0, (0.01, 0.95, 1.0), (0.2, 0.7, 1.0)),
+        run("ngdiff", 0, (0.01, 0.95, 1.0), (0.06, 0.85, 0.9)),
+        # seed 1: an epoch with FQ and recall but MU below the floor does not count
+        run("graddiff", 1, (0.3, 0.9, 0.7)),
+        run("ngdiff", 1, (0.04, 0.9, 1.0)),
+        dict(world="w", split="forget01", seed=1, arm="auto", forget_quality=0.9),  # not a recipe: ignored
+    ]
+    (line,) = auto_bench._attainable(runs)
+    assert "`graddiff` in 0 of 2 runs, `ngdiff` in 1 of 2 runs, either in 1 of 2" in line
+
+
 def test_report_says_whether_the_token_cap_moved_rouge_beyond_the_tolerance(tmp_path):
     out = tmp_path / "smollm2.json"
     row = dict(protocol="cpu", split="forget01", seed=0, hardware="X", train_s=1.0, eval_s=1.0, model="target", max_new_tokens=200,
