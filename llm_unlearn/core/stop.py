@@ -170,13 +170,14 @@ class IndistinguishableStop(TrainerCallback):
             and self.damping is None
         )
         self._undamped = None
+        self._encoded: dict = {}  # every check scores the same pairs: tokenized once (answer_losses)
 
     # ---------------------------------------------------------------- scoring
 
     def _losses(self, model, rows: list[dict], desc: str) -> np.ndarray:
         return answer_losses(
             model, self.tokenizer, [r["question"] for r in rows], [r["answer"] for r in rows],
-            desc=desc, shard=process_shard(), **self.settings,
+            desc=desc, shard=process_shard(), encoded=self._encoded, **self.settings,
         )  # fmt: skip
 
     def _values(self, model, rows: list[dict], desc: str) -> tuple[np.ndarray, np.ndarray]:

@@ -35,6 +35,8 @@ This holds for a cache of plain layers only (no sliding window), and stops at `S
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 from transformers.cache_utils import DynamicLayer
@@ -47,9 +49,22 @@ STATE_BUDGET_BYTES = 512 * 2**20
 STATE_BYTES_KEY = "bytes"  # the entry of a `states` dict that counts its bytes (the others are token tuples)
 
 
-@torch.inference_mode()
+# model -> {attention implementation: packed_supported's answer}: the answer depends on the architecture,
+# not the weights, and costs two forward passes, which repeated scoring (the stop rule's checks) paid each time.
+_SUPPORTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def packed_supported(model) -> bool:
     """True when `model` takes the tree mask and its logits are the output embeddings of the decoder's states."""
+    impl = model.config._attn_implementation
+    known = _SUPPORTED.setdefault(model, {})
+    if impl not in known:
+        known[impl] = _packed_supported(model)
+    return known[impl]
+
+
+@torch.inference_mode()
+def _packed_supported(model) -> bool:
     if model.config._attn_implementation not in MASKED_ATTENTION or model.get_output_embeddings() is None:
         return False
     ids = (torch.arange(1, 9, device=model.device) % model.config.vocab_size).unsqueeze(0)

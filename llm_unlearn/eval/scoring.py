@@ -80,13 +80,21 @@ def answer_losses(
     desc: str = "loss",
     shard: Shard | None = None,
     prompt_states: dict | None = None,
+    encoded: dict | None = None,
 ) -> np.ndarray:
     """Mean answer NLL l(a|q) for each (question, answer) pair, shape [n].
 
     `prompt_states`, a dict, is filled with the prompts' states for `generate_answers` where the
-    packed pass runs (module docstring); it stays empty otherwise.
+    packed pass runs (module docstring); it stays empty otherwise. `encoded`, a dict the caller keeps
+    across calls that score the same pairs again (the stop rule's checks), keeps their encoding, so
+    they are tokenized once; keyed by the pairs and the settings, so other pairs never reuse it.
     """
-    features = encode_qa_pairs(tokenizer, questions, answers, prompt_format, max_length, system_prompt)
+    key = (tuple(questions), tuple(answers), prompt_format, max_length, system_prompt)
+    features = (encoded or {}).get(key)
+    if features is None:
+        features = encode_qa_pairs(tokenizer, questions, answers, prompt_format, max_length, system_prompt)
+        if encoded is not None:
+            encoded[key] = features
     n_prompt = [f["labels"].count(IGNORE_INDEX) for f in features]
     model.eval()
     if batch_size > 1 and packed_supported(model):

@@ -167,3 +167,45 @@ def test_kept_prompt_states_equal_a_forward_over_the_prompt_alone(tokenizer, row
     np.testing.assert_array_equal(
         again, answer_losses(model, tokenizer, questions, texts, batch_size=8, **PROMPT)
     )
+
+
+def test_kept_encodings_give_the_same_losses_and_are_never_reused_for_other_pairs(
+    tokenizer, rows, monkeypatch
+):
+    import llm_unlearn.eval.scoring as scoring
+
+    model = make_model(tokenizer, "sdpa")
+    questions, answers = candidate_pairs(rows[:3], paraphrase=True)
+    plain = answer_losses(model, tokenizer, questions, answers, batch_size=8, **PROMPT)
+    calls = []
+    encode = scoring.encode_qa_pairs
+    monkeypatch.setattr(scoring, "encode_qa_pairs", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    kept: dict = {}
+    for _ in range(2):  # two checks of the stop rule: tokenized once, the same losses
+        again = answer_losses(model, tokenizer, questions, answers, batch_size=8, encoded=kept, **PROMPT)
+        np.testing.assert_array_equal(again, plain)
+    assert len(calls) == 1
+    other = answer_losses(
+        model, tokenizer, questions[:4], answers[:4][::-1], batch_size=8, encoded=kept, **PROMPT
+    )
+    assert len(calls) == 2 and len(other) == 4  # other pairs: encoded for themselves
+    np.testing.assert_allclose(
+        other, reference_losses(model, tokenizer, questions[:4], answers[:4][::-1]), rtol=0, atol=1e-5
+    )
+
+
+def test_packed_support_is_asked_once_per_model_and_attention_implementation(tokenizer, monkeypatch):
+    model = make_model(tokenizer, "sdpa")
+    calls = []
+    ask = packed._packed_supported
+    monkeypatch.setattr(
+        packed, "_packed_supported", lambda m: calls.append(m.config._attn_implementation) or ask(m)
+    )
+    assert packed.packed_supported(model) and packed.packed_supported(model)
+    assert calls == ["sdpa"]
+    model.config._attn_implementation = "flex_attention"  # switched at run time: asked again, and refused
+    assert not packed.packed_supported(model)
+    assert calls == ["sdpa", "flex_attention"]
+    assert not packed.packed_supported(
+        make_model(tokenizer, "sdpa", cls=ScaledLogits)
+    )  # another model, asked anew
