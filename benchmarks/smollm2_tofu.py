@@ -23,6 +23,8 @@ The chain, each stage skipped when its output exists under `--work`:
 unlearns that target, in its own folder (`run_name`). Each row is written when its stage ends, under
 the records file's lock, so two one-thread chains (e.g. two seeds) can share the cores and the file.
 Evaluations generate TOFU's 200 new tokens (`--cap_check ARM` measures what a shorter cap changes).
+The lr choice: `--methods ngdiff@3e-5,ngdiff@3e-4` runs an arm at other lrs than the preset's (seed 0,
+own folders and rows); the report picks one per arm by a rule fixed beforehand (`lr_choice`).
 
 The CPU slice: forget01's two authors (TOFU's last two, 40 questions) plus the first
 `retain_authors` authors of `full`, which are also the first authors of `retain_perturbed`, so that
@@ -321,17 +323,37 @@ def unlearn_stage(
 
 def arms(args, sizes: Sizes) -> list[tuple[str, dict]]:
     """(label, settings) of the arms to run: `--methods`, else the preset's."""
-    unknown = [m for m in args.methods if m not in ARMS]
+    unknown = [m for m in args.methods if arm_lr(m)[0] not in ARMS]
     if unknown:
-        raise SystemExit(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
-    chosen = [(label, ARMS[label]) for label in args.methods] if args.methods else list(sizes.methods)
+        raise SystemExit(
+            f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)} (an lr to try: ngdiff@3e-5)"
+        )
+    chosen = (
+        [(label, ARMS[arm_lr(label)[0]]) for label in args.methods] if args.methods else list(sizes.methods)
+    )
     out = []
     for label, arm in chosen:
         settings = dict(arm)
+        if arm_lr(label)[1] is not None:  # an lr tried on seed 0 (issue 23's choice of at most three values)
+            settings["learning_rate"] = arm_lr(label)[1]
         if label.endswith("+sam"):
             settings["sam_rho"] = args.sam_rho
         out.append((label, settings))
     return out
+
+
+def arm_lr(label: str) -> tuple[str, float | None]:
+    """`ngdiff@3e-5` -> ("ngdiff", 3e-5): an arm at another lr than the preset's; `ngdiff` -> ("ngdiff", None)."""
+    name, _, lr = label.partition("@")
+    if not lr:
+        return name, None
+    try:
+        value = float(lr)
+    except ValueError:
+        raise SystemExit(f"arm {label!r}: {lr!r} is not a learning rate (write e.g. {name}@3e-5)") from None
+    if not 0 < value < 1:
+        raise SystemExit(f"arm {label!r}: the learning rate must be in (0, 1), got {value:g}")
+    return name, value
 
 
 def probe_stage(run_dir: Path, target: Path, reference: Path, data_dir: Path, split: str, sizes: Sizes,
@@ -591,7 +613,7 @@ def stop_summary(run_dir: Path) -> dict:
 
 def run_name(split: str, label: str, seed: int) -> str:
     """An unlearning run's folder: seed 0's keeps the name it had before seeds were run (`forget01-ngdiff`)."""
-    return f"{split}-{label.replace('+', '-')}" + (f"-seed{seed}" if seed else "")
+    return f"{split}-{label.replace('+', '-').replace('@', '-lr')}" + (f"-seed{seed}" if seed else "")
 
 
 def add_fq_self(ref_eval: dict) -> dict:
@@ -734,6 +756,7 @@ def write_report(path: Path) -> None:
                     + " | ".join(cells)
                     + f" | {r['train_s']:.0f} | {r['eval_s'] or 0:.0f} |"
                 )
+            lines += _lr_lines(sel)
             lines += _stop_lines(sel)
             lines += _probe_lines(sel)
             lines += _quant_lines(sel)
@@ -808,6 +831,57 @@ def _mean_lines(sel: list[dict]) -> list[str]:
                 cells.append(f"{geometric_mean(values):.3g}")
         cells.append(f"{seed_stats([r['train_s'] or 0.0 for r in group])[0]:.0f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+LR_MU_FLOOR = 0.8  # the lr choice keeps model utility >= this share of the target's
+
+
+def lr_choice(sel: list[dict]) -> dict[str, tuple[str, list[dict]]]:
+    """Per arm tried at several lrs on seed 0 (`ARM@LR` rows beside ARM's): (the chosen row's method label,
+    the rows tried, lr ascending). The rule, fixed before the runs: the highest FQ among the lrs that keep
+    MU >= LR_MU_FLOOR x the target's; ties (KS p-values are discrete) go to the higher MU; if no lr keeps
+    that much MU, the one with the highest MU."""
+    target = next((r for r in sel if r["model"] == "target" and r["seed"] == 0), None)
+    tried: dict[str, list[dict]] = {}
+    for r in sel:
+        if r["model"] == "unlearned" and r["seed"] == 0 and r.get("max_new_tokens") == TOFU_NEW_TOKENS:
+            tried.setdefault(arm_lr(r["method"])[0], []).append(r)
+    out = {}
+    for arm, rs in tried.items():
+        if target is None or len(rs) < 2:
+            continue
+        rs.sort(key=row_lr)
+        floor = LR_MU_FLOOR * target["model_utility"]
+        kept = [r for r in rs if r["model_utility"] >= floor]
+        best = (
+            max(kept, key=lambda r: (r["forget_quality"], r["model_utility"]))
+            if kept
+            else max(rs, key=lambda r: r["model_utility"])
+        )
+        out[arm] = (best["method"], rs)
+    return out
+
+
+def row_lr(r: dict) -> float:
+    """The unlearning lr a row ran at: its arm's own, else its protocol's."""
+    return (r.get("settings") or {}).get("learning_rate", SIZES[r["protocol"]].unlearn["learning_rate"])
+
+
+def _lr_lines(sel: list[dict]) -> list[str]:
+    choice = lr_choice(sel)
+    if not choice:
+        return []
+    lines = ["", f"Learning-rate choice on seed 0 (`--methods ARM@LR`; the rule, fixed before the runs: the highest FQ "
+             f"among the lrs that keep MU >= {LR_MU_FLOOR:g} x the target's, ties to the higher MU; `*` = chosen):", "",
+             "| arm | lr | FQ | MU | forget ROUGE-L | retain ROUGE-L | train s |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for arm, (chosen, rs) in choice.items():
+        for r in rs:
+            mark = " *" if r["method"] == chosen else ""
+            lines.append(
+                f"| {arm} | {row_lr(r):g}{mark} | {r['forget_quality']:.3g} | "
+                f"{r['model_utility']:.3f} | {r['forget_rouge_l']:.3f} | {r['retain_rouge_l']:.3f} | {r['train_s']:.0f} |"
+            )
     return lines
 
 
@@ -943,7 +1017,8 @@ def main() -> None:
         "--methods",
         type=_labels,
         default=(),
-        help=f"arms to run (default: the preset's): any of {', '.join(ARMS)}",
+        help=f"arms to run (default: the preset's): any of {', '.join(ARMS)}; ARM@LR runs ARM at learning rate "
+        "LR instead of the preset's (the lr choice on seed 0, e.g. ngdiff@3e-5)",
     )
     parser.add_argument(
         # rho is a length in weight space, to be carried to another model by what it does, not by weight norm:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -235,7 +236,6 @@ def test_an_evaluation_cached_at_another_generation_length_is_redone(tmp_path, m
 def test_a_probe_missing_from_the_cached_file_runs_alone_and_joins_the_row(tmp_path, monkeypatch):
     # ngdiff was relearn-probed at 64 tokens; asking for quant later must run quant only, keep the cached
     # relearn numbers, and label each probe with the generation length it actually used.
-    import types
 
     import llm_unlearn.probes.run as probe_run
 
@@ -273,3 +273,37 @@ def test_a_probe_missing_from_the_cached_file_runs_alone_and_joins_the_row(tmp_p
     )
     assert probe(tmp_path, tmp_path, tmp_path, tmp_path, "forget01", sizes, args, {}) == fields
     assert calls == [("quant",)]
+
+
+def test_an_lr_tried_on_seed_0_is_its_own_arm_and_the_choice_follows_the_fixed_rule():
+    assert smollm2_tofu.arm_lr("ngdiff") == ("ngdiff", None)
+    assert smollm2_tofu.arm_lr("ngdiff+gen@3e-5") == ("ngdiff+gen", 3e-5)
+    assert smollm2_tofu.run_name("forget01", "ngdiff@3e-5", 0) == "forget01-ngdiff-lr3e-5"
+    for bad in ("ngdiff@fast", "ngdiff@0", "ngdiff@2"):
+        with pytest.raises(SystemExit, match="learning rate"):
+            smollm2_tofu.arm_lr(bad)
+    args = types.SimpleNamespace(methods=("npo@3e-4", "ngdiff"), sam_rho=0.05)
+    (label, settings), (_, plain) = smollm2_tofu.arms(args, smollm2_tofu.SIZES["cpu"])
+    assert label == "npo@3e-4" and settings["learning_rate"] == 3e-4 and "learning_rate" not in plain
+
+    common = dict(protocol="cpu", split="forget01", max_new_tokens=200, seed=0)
+    target = dict(common, model="target", method="none", model_utility=1.0, forget_quality=0.001)
+
+    def run(method, fq, mu, seed=0, **settings):
+        return dict(common, model="unlearned", method=method, forget_quality=fq, model_utility=mu, seed=seed,
+                    settings=settings, forget_rouge_l=0.4, retain_rouge_l=0.9, train_s=1.0)  # fmt: skip
+
+    rows = [
+        target,
+        run("ngdiff", 0.165, 0.85),  # the preset's lr 1e-4
+        run("ngdiff@3e-4", 0.9, 0.7, learning_rate=3e-4),  # more forgetting, but MU below 0.8 x: not eligible
+        run("ngdiff@3e-5", 0.165, 0.95, learning_rate=3e-5),  # ties 1e-4's FQ with more MU: chosen
+        run("npo", 0.5, 0.5), run("npo@3e-5", 0.1, 0.6, learning_rate=3e-5),  # none eligible: highest MU
+        run("rmu", 0.2, 0.9),  # one lr only: no choice to report
+        run("ngdiff@1e-5", 0.99, 0.99, seed=1, learning_rate=1e-5),  # another seed: not part of the choice
+    ]  # fmt: skip
+    choice = smollm2_tofu.lr_choice(rows)
+    assert set(choice) == {"ngdiff", "npo"}
+    assert choice["ngdiff"][0] == "ngdiff@3e-5" and choice["npo"][0] == "npo@3e-5"
+    assert [smollm2_tofu.row_lr(r) for r in choice["ngdiff"][1]] == [3e-5, 1e-4, 3e-4]
+    assert "| ngdiff | 3e-05 * | 0.165 | 0.950 |" in "\n".join(smollm2_tofu._lr_lines(rows))
