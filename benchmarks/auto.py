@@ -686,7 +686,9 @@ def _attainable(runs: list[dict]) -> list[str]:
             f"evaluations each; FQ >= {FQ_GOAL:g}, retain fact recall >= {RECALL_FLOOR:g} x and MU >= {MU_FLOOR:g} x the "
             f"target's at the same epoch), "
             + ", ".join(f"`{arm}` in {len(met[arm])} of {sum(r['arm'] == arm for r in rs)} runs" for arm in recipes)
-            + f", either in {len(either)} of {len(cells)} (world, split, seed). An upper bound for a stop rule on "
+            + f", either in {len(either)} of {len(cells)} (world, split, seed; by split: "
+            + ", ".join(f"{sp} {sum(c[1] == sp for c in either)} of {sum(c[1] == sp for c in cells)}" for sp in SPLITS)
+            + "). An upper bound for a stop rule on "
             "these methods: it needs the reference model at every epoch, which `--auto` does not have."]  # fmt: skip
 
 

@@ -195,6 +195,7 @@ def test_attainable_counts_runs_with_one_epoch_meeting_every_floor_at_once(tmp_p
     ]
     (line,) = auto_bench._attainable(runs)
     assert "`graddiff` in 0 of 2 runs, `ngdiff` in 1 of 2 runs, either in 1 of 2" in line
+    assert "by split: forget01 1 of 2, forget05 0 of 0, forget10 0 of 0" in line
 
 
 def test_report_says_whether_the_token_cap_moved_rouge_beyond_the_tolerance(tmp_path):
