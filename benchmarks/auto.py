@@ -113,6 +113,10 @@ ABLATIONS = {
     "auto-adam3": ["--optim", "adamw_torch", "--learning_rate", "1e-3", "--gen", "false"],
     "auto-adam34": ["--optim", "adamw_torch", "--learning_rate", "3e-4", "--gen", "false"],
     "auto-adam4": ["--optim", "adamw_torch", "--learning_rate", "1e-4", "--gen", "false"],
+    # The forget term on rare answer tokens only (2026-12-04, third session; data/rare_tokens.py): tokens in at
+    # most 0.2% of the retain answers (about one answer on these worlds), or in none.
+    "auto-rare002": ["--forget_token_max_df", "0.002"],
+    "auto-rare0": ["--forget_token_max_df", "0"],
     "auto-noalarm": ["--stop_retain_tolerance", "1e9"],
     "auto-fine": ["--stop_retain_tolerance", "1e9", "--stop_check_interval", "2"],
 }
@@ -641,7 +645,7 @@ def _totals(runs: list[dict]) -> str:
 
 def _tradeoff(runs: list[dict]) -> list[str]:
     """Forgetting against the retain set, per arm that has the retain floor's target recorded (issue 22)."""
-    arms = ("auto", "auto-noguard", "auto-adam4", "ngdiff-timed", "graddiff-timed")
+    arms = ("auto", "auto-rare002", "auto-rare0", "auto-noguard", "auto-adam4", "ngdiff-timed", "graddiff-timed")
     lines = []
     for arm in arms:
         rs = [r for r in runs if r["arm"] == arm and "target_retain_fact_recall" in r]

@@ -24,6 +24,7 @@ from ..core.config import UnlearnConfig
 from ..core.inputs import check_same_vocabulary, validate_inputs
 from ..data.args import DataArgs
 from ..data.qa import QACollator, QADataset, check_forget_retain, load_split, pad_id, paired_split
+from ..data.rare_tokens import document_frequency, keep_rare_labels
 from ..eval.args import EvalArgs
 from ..methods import get_method
 from ..methods.common import eval_mode
@@ -217,6 +218,13 @@ def unlearn(
         heldout = set(stop_data["heldout"]) if stop_data else set()
         forget_ds = QADataset([r for i, r in enumerate(forget_rows) if i not in heldout], tokenizer, **encode)
         retain_ds = QADataset(retain_rows, tokenizer, **encode)
+        if config.forget_token_max_df is not None:
+            frequency = document_frequency(retain_ds.features)
+            kept, total = keep_rare_labels(forget_ds.features, frequency, config.forget_token_max_df)
+            logger.info(
+                "forget term on %d of %d forget answer tokens (in at most %g of the retain answers)",
+                kept, total, config.forget_token_max_df,
+            )  # fmt: skip
         load |= dict(allow_pickle=model_args.allow_pickle, torch_dtype=model_args.torch_dtype)
         model = load_model(model_args.model_name_or_path, **load)
         check_tokenizer_fits(tokenizer, model, model_args.model_name_or_path)
