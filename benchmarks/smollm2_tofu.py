@@ -89,6 +89,8 @@ ARMS: dict[str, dict] = {
     "auto": dict(AUTO_SETTINGS, auto=True),
     # `--auto` with AdamW at a fixed lr 1e-4 instead of SGD + GeN (benchmarks/auto.py's `auto-adam4`).
     "auto-adam": dict(AUTO_SETTINGS, auto=True, optim="adamw_torch", learning_rate=1e-4, gen=False),
+    # `--auto` with the forget term on answer tokens no retain answer of the slice has (--forget_token_max_df 0).
+    "auto-rare": dict(AUTO_SETTINGS, auto=True, forget_token_max_df=0.0),
     "npo": dict(method="npo"),
     "simnpo": dict(method="simnpo"),
     "rmu": dict(method="rmu"),
