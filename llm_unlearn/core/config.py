@@ -60,7 +60,7 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
             theta + rho g / ||g|| (g their gradient at theta), its retain terms at theta; composes with
             every method and combination, GeN and LoRA, at one extra forward/backward per step. 0: off.
         forget_token_max_df (`float`, *optional*): the forget term trains only on answer tokens that at
-            most this share of the retain answers contain (data/rare_tokens.py). Unset: whole answers.
+            most this share of the retain answers contain (data/rare_tokens.py). Unset or 1: whole answers.
 
     Options of particular methods (npo_beta, rmu_layer, gc_form, ...) are in `methods/args.py`.
     """
@@ -116,7 +116,8 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
         default=None,
         metadata={
             "help": "Train the forget term only on answer tokens found in at most this share of the retain "
-            "answers (0: in none), leaving the phrasing both sets share alone (data/rare_tokens.py; off by default)."
+            "answers (0: in none), leaving the phrasing both sets share alone (data/rare_tokens.py; unset or 1: "
+            "whole answers)."
         },
     )
     auto: bool = field(
@@ -343,7 +344,7 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
         require(0 <= self.stop_retain_recall_tolerance < 1, "stop_retain_recall_tolerance", self.stop_retain_recall_tolerance, "in [0, 1) (0 = off; 0.15 = keep 85% of the sampled retain recall)")  # fmt: skip
         require(self.stop_retain_recall_sample >= 2, "stop_retain_recall_sample", self.stop_retain_recall_sample, "at least 2 questions")  # fmt: skip
         if self.forget_token_max_df is not None:
-            require(0 <= self.forget_token_max_df < 1, "forget_token_max_df", self.forget_token_max_df, "in [0, 1) (0 = tokens no retain answer has; unset = off)")  # fmt: skip
+            require(0 <= self.forget_token_max_df <= 1, "forget_token_max_df", self.forget_token_max_df, "in [0, 1] (0 = tokens no retain answer has; 1 = whole answers)")  # fmt: skip
         require(0 <= self.stop_heldout_fraction < 1, "stop_heldout_fraction", self.stop_heldout_fraction, "in [0, 1)")  # fmt: skip
         require(0 <= self.gen_gamma < 1, "gen_gamma", self.gen_gamma, "in [0, 1)")
         require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, ">= 0 (a fraction of the steps when below 1)")  # fmt: skip

@@ -218,7 +218,7 @@ def unlearn(
         heldout = set(stop_data["heldout"]) if stop_data else set()
         forget_ds = QADataset([r for i, r in enumerate(forget_rows) if i not in heldout], tokenizer, **encode)
         retain_ds = QADataset(retain_rows, tokenizer, **encode)
-        if config.forget_token_max_df is not None:
+        if config.forget_token_max_df is not None and config.forget_token_max_df < 1:
             frequency = document_frequency(retain_ds.features)
             kept, total = keep_rare_labels(forget_ds.features, frequency, config.forget_token_max_df)
             logger.info(

@@ -200,7 +200,7 @@ RANGES = [
     ("stop_patience", "0", "at least 1 check"),
     ("stop_retain_tolerance", "0", "a positive fraction"),
     ("stop_heldout_fraction", "1.0", r"in \[0, 1\)"),
-    ("forget_token_max_df", "1.0", r"in \[0, 1\)"),
+    ("forget_token_max_df", "1.5", r"in \[0, 1\]"),
     ("stop_check_interval", "-1", ">= 0"),
     ("npo_beta", "0", "a positive number"),
     ("simnpo_beta", "-1", "a positive number"),

@@ -40,7 +40,7 @@ def test_only_tokens_at_most_max_df_keep_their_labels_and_no_answer_is_left_empt
     assert keep_rare_labels([feature(2, [5, 9])], df, 1.0) == (2, 2)  # max_df 1 would keep everything
 
 
-@pytest.mark.parametrize("max_df", ["0", "0.01"])
+@pytest.mark.parametrize("max_df", ["0", "0.01", "1"])
 def test_unlearn_trains_the_forget_term_on_rare_tokens_and_logs_how_many(
     micro_world, micro_models, tmp_path, caplog, max_df
 ):
@@ -55,8 +55,13 @@ def test_unlearn_trains_the_forget_term_on_rare_tokens_and_logs_how_many(
             "--forget_token_max_df", max_df, "--report_to", "none"]  # fmt: skip
     with caplog.at_level(logging.INFO, logger="llm_unlearn"):
         assert main(argv) == 0
-    (line,) = [r.getMessage() for r in caplog.records if "forget term on" in r.getMessage()]
-    kept, total = (int(w) for w in line.split()[3:6:2])
-    assert 0 < kept < total  # some phrasing is shared with the retain answers, and not every token is
+    lines = [r.getMessage() for r in caplog.records if "forget term on" in r.getMessage()]
+    if max_df == "1":  # every token is in at most all the retain answers: whole answers, nothing to say
+        assert lines == []
+    else:
+        kept, total = (int(w) for w in lines[0].split()[3:6:2])
+        assert (
+            len(lines) == 1 and 0 < kept < total
+        )  # some phrasing is shared with the retain answers, not all
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert all(abs(r["loss_forget"]) < 1e3 for r in log if "loss_forget" in r)  # finite, trained on
