@@ -542,9 +542,12 @@ def real_model_lines(records: Path) -> list[str]:
         "| train s | check s | hardware |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
-    # auto-adam: the rule with AdamW at lr 1e-4 (diagnostic)
-    others = ("auto-adam", "ngdiff", "graddiff", "npo")
-    shown = autos + [r for r in cpu if r["model"] == "unlearned" and r["method"] in others]
+    # auto-adam: the rule with AdamW at lr 1e-4; auto-rare: with --forget_token_max_df 0 (diagnostic arms)
+    others = ("auto-adam", "auto-rare", "ngdiff", "graddiff", "npo")
+    shown = autos + sorted(
+        (r for r in cpu if r["model"] == "unlearned" and r["method"] in others),
+        key=lambda r: (others.index(r["method"]), r["seed"]),
+    )
     for r in shown:
         stop, kept = (
             (r["stop_reason"], f"{r['stop_best_step']} / {r['steps']}") if "stop_reason" in r else ("-", "-")
@@ -645,7 +648,15 @@ def _totals(runs: list[dict]) -> str:
 
 def _tradeoff(runs: list[dict]) -> list[str]:
     """Forgetting against the retain set, per arm that has the retain floor's target recorded (issue 22)."""
-    arms = ("auto", "auto-rare002", "auto-rare0", "auto-noguard", "auto-adam4", "ngdiff-timed", "graddiff-timed")
+    arms = (
+        "auto",
+        "auto-rare002",
+        "auto-rare0",
+        "auto-noguard",
+        "auto-adam4",
+        "ngdiff-timed",
+        "graddiff-timed",
+    )
     lines = []
     for arm in arms:
         rs = [r for r in runs if r["arm"] == arm and "target_retain_fact_recall" in r]
