@@ -338,8 +338,9 @@ def arms(args, sizes: Sizes) -> list[tuple[str, dict]]:
     out = []
     for label, arm in chosen:
         settings = dict(arm)
-        if arm_lr(label)[1] is not None:  # an lr tried on seed 0 (issue 23's choice of at most three values)
-            settings["learning_rate"] = arm_lr(label)[1]
+        lr = arm_lr(label)[1]
+        if lr is not None:  # an lr tried on seed 0 (issue 23's choice of at most three values)
+            settings["learning_rate"] = lr
         if label.endswith("+sam"):
             settings["sam_rho"] = args.sam_rho
         out.append((label, settings))

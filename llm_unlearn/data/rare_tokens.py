@@ -40,7 +40,7 @@ def keep_rare_labels(features: Sequence[dict], frequency: dict[int, float], max_
         keep = {i for i in answer if frequency.get(labels[i], 0.0) <= max_df}
         if not keep and answer:
             keep = {min(answer, key=lambda i: frequency.get(labels[i], 0.0))}
-        f["labels"] = [t if i in keep or t == IGNORE_INDEX else IGNORE_INDEX for i, t in enumerate(labels)]
+        f["labels"] = [t if i in keep else IGNORE_INDEX for i, t in enumerate(labels)]
         kept += len(keep)
         total += len(answer)
     return kept, total
