@@ -338,10 +338,10 @@ def arms(args, sizes: Sizes) -> list[tuple[str, dict]]:
     out = []
     for label, arm in chosen:
         settings = dict(arm)
-        lr = arm_lr(label)[1]
+        arm_name, lr = arm_lr(label)
         if lr is not None:  # an lr tried on seed 0 (issue 23's choice of at most three values)
             settings["learning_rate"] = lr
-        if label.endswith("+sam"):
+        if arm_name.endswith("+sam"):  # ngdiff+sam@3e-5 too
             settings["sam_rho"] = args.sam_rho
         out.append((label, settings))
     return out

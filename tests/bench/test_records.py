@@ -283,9 +283,10 @@ def test_an_lr_tried_on_seed_0_is_its_own_arm_and_the_choice_follows_the_fixed_r
     for bad in ("ngdiff@fast", "ngdiff@0", "ngdiff@2"):
         with pytest.raises(SystemExit, match="learning rate"):
             smollm2_tofu.arm_lr(bad)
-    args = types.SimpleNamespace(methods=("npo@3e-4", "ngdiff"), sam_rho=0.05)
-    (label, settings), (_, plain) = smollm2_tofu.arms(args, smollm2_tofu.SIZES["cpu"])
+    args = types.SimpleNamespace(methods=("npo@3e-4", "ngdiff", "ngdiff+sam@3e-5"), sam_rho=0.07)
+    (label, settings), (_, plain), (_, sam) = smollm2_tofu.arms(args, smollm2_tofu.SIZES["cpu"])
     assert label == "npo@3e-4" and settings["learning_rate"] == 3e-4 and "learning_rate" not in plain
+    assert sam["learning_rate"] == 3e-5 and sam["sam_rho"] == 0.07  # an lr on a SAM arm keeps its rho
 
     common = dict(protocol="cpu", split="forget01", max_new_tokens=200, seed=0)
     target = dict(common, model="target", method="none", model_utility=1.0, forget_quality=0.001)
