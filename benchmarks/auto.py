@@ -61,7 +61,7 @@ import time
 from pathlib import Path
 
 import _study  # benchmarks/_study.py: this script's folder is on sys.path
-from smollm2_tofu import row_label  # the real-model records' row labels, shared so the two reports agree
+from smollm2_report import row_label  # the real-model records' row labels, shared so the two reports agree
 from transformers import AutoTokenizer
 
 from llm_unlearn.cli.parse import parse_config

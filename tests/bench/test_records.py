@@ -15,6 +15,7 @@ from llm_unlearn.models.tiny import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
+import smollm2_report  # noqa: E402
 import smollm2_tofu  # noqa: E402
 
 # A ChatML template that, like SmolLM2's, inserts its own system message when none is given.
@@ -206,7 +207,7 @@ def test_report_says_whether_the_token_cap_moved_rouge_beyond_the_tolerance(tmp_
                  hardware="X", cap=64, moves={"forget_rouge_l": 0.004, "ra_rouge_l": -0.02}, max_abs_move=0.02,
                  tolerance=0.01, passed=False)  # fmt: skip
     out.write_text(json.dumps([row, check]))
-    smollm2_tofu.write_report(out)
+    smollm2_report.write_report(out)
     text = out.with_suffix(".md").read_text()
     assert "ROUGE-L moves: forget_rouge_l +0.004, ra_rouge_l -0.020; largest 0.020: **beyond**" in text
     assert "| target | 1 |" in text  # the check is not a model row
@@ -265,7 +266,7 @@ def test_a_probe_missing_from_the_cached_file_runs_alone_and_joins_the_row(tmp_p
     assert fields["relearn_recovery"] == {"10": {"forget_rouge_l": 0.07}}
     assert fields["quant_recovery"] == {"4": {"forget_rouge_l": 0.19}}
     assert fields["probe_max_new_tokens"] == 64 and fields["quant_max_new_tokens"] == 200
-    assert "200 tokens" in smollm2_tofu._probe_name({"seed": 0, "method": "ngdiff", "model": "unlearned"} | fields,
+    assert "200 tokens" in smollm2_report._probe_name({"seed": 0, "method": "ngdiff", "model": "unlearned"} | fields,
                                                     "quant_max_new_tokens")  # fmt: skip
     # Both files now cached: nothing runs again, and a rerun that does not ask for probes keeps both.
     assert (
@@ -304,8 +305,44 @@ def test_an_lr_tried_on_seed_0_is_its_own_arm_and_the_choice_follows_the_fixed_r
         run("rmu", 0.2, 0.9),  # one lr only: no choice to report
         run("ngdiff@1e-5", 0.99, 0.99, seed=1, learning_rate=1e-5),  # another seed: not part of the choice
     ]  # fmt: skip
-    choice = smollm2_tofu.lr_choice(rows)
+    choice = smollm2_report.lr_choice(rows)
     assert set(choice) == {"ngdiff", "npo"}
     assert choice["ngdiff"][0] == "ngdiff@3e-5" and choice["npo"][0] == "npo@3e-5"
-    assert [smollm2_tofu.row_lr(r) for r in choice["ngdiff"][1]] == [3e-5, 1e-4, 3e-4]
-    assert "| ngdiff | 3e-05 * | 0.165 | 0.950 |" in "\n".join(smollm2_tofu._lr_lines(rows))
+    assert [smollm2_report.row_lr(r) for r in choice["ngdiff"][1]] == [3e-5, 1e-4, 3e-4]
+    assert "| ngdiff | 3e-05 * | 0.165 | 0.950 |" in "\n".join(smollm2_report._lr_lines(rows))
+
+
+def test_the_plot_draws_each_probed_arms_relearning_curve(tmp_path):
+    rec = {"10": {"forget_prob": 0.46, "forget_rouge_l": 0.07}, "0": {"forget_prob": -0.1, "forget_rouge_l": None},
+           "100": {"forget_prob": 0.9, "forget_rouge_l": 0.5}}  # fmt: skip
+    probed = dict(model="unlearned", method="ngdiff", seed=0, relearn_recovery=rec)
+    assert smollm2_report.relearn_curve(probed) == ([0, 10, 100], [-0.1, 0.46, 0.9])
+    assert smollm2_report.relearn_curve(probed, "forget_rouge_l") == (
+        [10, 100],
+        [0.07, 0.5],
+    )  # unrecorded: left out
+    common = dict(protocol="cpu", split="forget01", hardware="X", train_s=1.0, eval_s=1.0, max_new_tokens=200,
+                  forget_quality=0.5, **{k: 0.5 for k in smollm2_tofu.KEYS[1:]})  # fmt: skip
+    out = tmp_path / "smollm2.json"
+    out.write_text(json.dumps([dict(common, model="target", method="none", seed=0), dict(common, **probed)]))
+    smollm2_report.write_report(out)
+    assert out.with_suffix(".png").stat().st_size > 0
+    text = out.with_suffix(".md").read_text()
+    assert (
+        "| ngdiff (seed 0, probed at 64 tokens) | n/a / -0.10 | +0.07 / +0.46 | +0.50 / +0.90 | 0 |" in text
+    )
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    smollm2_report._relearn_curves(
+        ax, [dict(common, **probed), dict(common, model="target", method="none", seed=0)], "t"
+    )
+    curves = [
+        line for line in ax.get_lines() if len(line.get_xdata()) > 2 or line.get_label().startswith("  ")
+    ]
+    assert [list(line.get_xdata()) for line in curves] == [[0, 10, 100], [10, 100]]  # probability, ROUGE-L
+    plt.close(fig)
