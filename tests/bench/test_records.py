@@ -88,6 +88,18 @@ def test_arms_by_label_carry_the_sam_radius_and_the_auto_settings():
     gpu = dict(smollm2_tofu.arms(Namespace(methods=(), sam_rho=5.0), smollm2_tofu.SIZES["gpu"]))
     assert set(gpu) == set(smollm2_tofu.GPU_ARMS) and gpu["ngdiff+sam"]["sam_rho"] == 5.0
     assert smollm2_tofu.SIZES["gpu"].max_new_tokens == 200 and smollm2_tofu.SIZES["gpu"].bf16
+    # An lr chosen on the CPU protocol reaches the GPU preset halved, and the model's recipe says the same.
+    import yaml
+
+    for method, lr in smollm2_tofu.CPU_LR_CHOICE.items():
+        assert gpu[method]["learning_rate"] == lr / 2
+        recipe = yaml.safe_load((REPO / "recipes" / "tofu" / f"smollm2_{method}.yaml").read_text())
+        assert (
+            recipe["learning_rate"] == lr / 2
+            and f"{lr:.0e}".replace("e-0", "e-")
+            in (REPO / "recipes" / "tofu" / f"smollm2_{method}.yaml").read_text()
+        )
+    assert "learning_rate" not in gpu["ngdiff"]  # the preset's own, 5e-5 = recipes/tofu/smollm2_ngdiff.yaml's
     with pytest.raises(SystemExit, match="unknown arm"):
         smollm2_tofu.arms(Namespace(methods=("ngdif",), sam_rho=1.0), smollm2_tofu.SIZES["cpu"])
 
