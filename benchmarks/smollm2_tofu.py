@@ -101,8 +101,8 @@ ARMS: dict[str, dict] = {
 GPU_ARMS = ("graddiff", "npo", "simnpo", "rmu", "ngdiff", "ngdiff+gen", "auto", "ngdiff+sam")
 # The lr each arm's choice picked on the CPU protocol's seed 0 where it differs from the preset's 1e-4
 # (benchmarks/smollm2.md, "Learning-rate choice"); the GPU preset halves it, as for the preset's own lr
-# (batch 16 and the full splits), and the smollm2_<method>.yaml recipes carry the same values.
-CPU_LR_CHOICE = {"npo": 3e-4}
+# (batch 16 and the full splits), and the smollm2_<arm>.yaml recipes carry the same values ("+" read as "_").
+CPU_LR_CHOICE = {"npo": 3e-4, "graddiff": 3e-5, "simnpo": 3e-5, "rmu": 1e-3, "ngdiff+sam": 3e-5}
 _METHODS = tuple((label, ARMS[label]) for label in ("graddiff", "ngdiff", "ngdiff+gen"))
 _FINETUNE = dict(lr_scheduler_type="linear", warmup_steps=0.1, weight_decay=0.01)
 _UNLEARN = dict(lr_scheduler_type="linear", weight_decay=0.01, num_train_epochs=5)
@@ -115,7 +115,8 @@ SIZES: dict[str, Sizes] = {
     "cpu": Sizes(
         finetune=dict(_FINETUNE, learning_rate=2e-4, num_train_epochs=6, per_device_train_batch_size=8),
         # lr 1e-4 for every method; tried on seed 0 (`ARM@LR`, the report's lr choice): ngdiff 3e-5 / 1e-4 / 3e-4
-        # (1e-4 chosen: recipes/tofu/smollm2_ngdiff.yaml), npo 3e-5 / 1e-4 / 3e-4 (3e-4 chosen: CPU_LR_CHOICE).
+        # (1e-4 chosen: recipes/tofu/smollm2_ngdiff.yaml), npo 3e-5 / 1e-4 / 3e-4, graddiff, simnpo and
+        # ngdiff+sam 3e-5 / 1e-4, rmu 1e-4 / 1e-3 (the choices: CPU_LR_CHOICE).
         unlearn=dict(_UNLEARN, learning_rate=1e-4, per_device_train_batch_size=8),
         methods=_METHODS,
         # TOFU's 200 new tokens. The CPU protocol generated 64 until `--cap_check ngdiff` showed that the cap
@@ -240,14 +241,26 @@ def write_slice(tofu_dir: Path, out: Path, sizes: Sizes) -> Path:
 
 
 def finetune_stage(base: str, data_dir: Path, split: str, out: Path, sizes: Sizes, seed: int) -> float:
-    """Fine-tune `base` on `split` (question masked, chat template); the seconds it took (recorded in `out`)."""
-    timing = out / "train_seconds.json"
-    if timing.is_file():
-        return json.loads(timing.read_text())["seconds"]
+    """Fine-tune `base` on `split` (question masked, chat template); the seconds it took (recorded in `out`).
+
+    Under `out`'s lock: two chains started together (e.g. two seeds) fine-tune the model once, and the
+    second waits for it instead of writing into the same folder.
+    """
+    from llm_unlearn.runs.folder import locked
+
+    with locked(out):
+        timing = out / "train_seconds.json"
+        if timing.is_file():
+            return json.loads(timing.read_text())["seconds"]
+        return _finetune(base, data_dir, split, out, sizes, seed)
+
+
+def _finetune(base: str, data_dir: Path, split: str, out: Path, sizes: Sizes, seed: int) -> float:
     from llm_unlearn.data.qa import load_split
     from llm_unlearn.models.build import finetune
     from llm_unlearn.models.loading import load_model_and_tokenizer
 
+    timing = out / "train_seconds.json"
     start = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(base)
     rows = load_split(split, data_dir=data_dir)

@@ -91,17 +91,49 @@ def test_arms_by_label_carry_the_sam_radius_and_the_auto_settings():
     # An lr chosen on the CPU protocol reaches the GPU preset halved, and the model's recipe says the same.
     import yaml
 
-    for method, lr in smollm2_tofu.CPU_LR_CHOICE.items():
-        assert gpu[method]["learning_rate"] == lr / 2
-        recipe = yaml.safe_load((REPO / "recipes" / "tofu" / f"smollm2_{method}.yaml").read_text())
-        assert (
-            recipe["learning_rate"] == lr / 2
-            and f"{lr:.0e}".replace("e-0", "e-")
-            in (REPO / "recipes" / "tofu" / f"smollm2_{method}.yaml").read_text()
-        )
+    for arm, lr in smollm2_tofu.CPU_LR_CHOICE.items():
+        assert gpu[arm]["learning_rate"] == lr / 2
+        text = (REPO / "recipes" / "tofu" / f"smollm2_{arm.replace('+', '_')}.yaml").read_text()
+        recipe = yaml.safe_load(text)
+        assert recipe["learning_rate"] == lr / 2
+        header = " ".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#"))
+        assert f"{lr:.0e}".replace("e-0", "e-") + " (FQ" in header  # the header names the choice with its result
+        assert recipe["method"] == smollm2_tofu.ARMS[arm]["method"]
+        assert recipe.get("sam_rho", 0) > 0 if arm.endswith("+sam") else "sam_rho" not in recipe
     assert "learning_rate" not in gpu["ngdiff"]  # the preset's own, 5e-5 = recipes/tofu/smollm2_ngdiff.yaml's
     with pytest.raises(SystemExit, match="unknown arm"):
         smollm2_tofu.arms(Namespace(methods=("ngdif",), sam_rho=1.0), smollm2_tofu.SIZES["cpu"])
+
+
+def test_two_chains_fine_tune_a_shared_model_once(tmp_path, monkeypatch):
+    # Two seeds started together reach the target's fine-tune at once: the second waits and reuses it.
+    import threading
+    import time
+
+    calls = []
+
+    def fake_finetune(base, data_dir, split, out, sizes, seed):
+        calls.append(split)
+        time.sleep(0.3)  # long enough for the other chain to arrive while this one trains
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_seconds.json").write_text(json.dumps({"seconds": 12.5}))
+        return 12.5
+
+    monkeypatch.setattr(smollm2_tofu, "_finetune", fake_finetune)
+    results = []
+    chains = [
+        threading.Thread(
+            target=lambda: results.append(
+                smollm2_tofu.finetune_stage("base", tmp_path, "full", tmp_path / "target", None, 0)
+            )
+        )
+        for _ in range(2)
+    ]
+    for chain in chains:
+        chain.start()
+    for chain in chains:
+        chain.join()
+    assert calls == ["full"] and results == [12.5, 12.5]
 
 
 def test_seeds_unlearn_one_target_in_their_own_folders():
