@@ -97,7 +97,8 @@ def test_arms_by_label_carry_the_sam_radius_and_the_auto_settings():
         recipe = yaml.safe_load(text)
         assert recipe["learning_rate"] == lr / 2
         header = " ".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#"))
-        assert f"{lr:.0e}".replace("e-0", "e-") + " (FQ" in header  # the header names the choice with its result
+        # The header names the choice with its result.
+        assert f"{lr:.0e}".replace("e-0", "e-") + " (FQ" in header
         assert recipe["method"] == smollm2_tofu.ARMS[arm]["method"]
         assert recipe.get("sam_rho", 0) > 0 if arm.endswith("+sam") else "sam_rho" not in recipe
     assert "learning_rate" not in gpu["ngdiff"]  # the preset's own, 5e-5 = recipes/tofu/smollm2_ngdiff.yaml's
