@@ -2,6 +2,7 @@
 
     python benchmarks/smollm2_tofu.py                  # the CPU protocol (resumable; see SIZES["cpu"])
     python benchmarks/smollm2_tofu.py --time           # the timings that sized the CPU protocol
+    python benchmarks/smollm2_tofu.py --preset cpu05 --time   # forget05 on the CPU: what a chain would cost
     python benchmarks/smollm2_tofu.py --preset gpu --budget_s 480   # the GPU protocol, one call of several
     python benchmarks/smollm2_tofu.py --report_only    # table and plot from benchmarks/smollm2.json
 
@@ -27,7 +28,8 @@ Evaluations generate TOFU's 200 new tokens (`--cap_check ARM` measures what a sh
 The lr choice: `--methods ngdiff@3e-5,ngdiff@3e-4` runs an arm at other lrs than the preset's (seed 0,
 own folders and rows); the report picks one per arm by a rule fixed beforehand (`lr_choice`).
 
-The CPU slice: forget01's two authors (TOFU's last two, 40 questions) plus the first
+The CPU slice: forget01's two authors (TOFU's last two, 40 questions; `--preset cpu05`: forget05's ten,
+200 questions, with its own target and reference) plus the first
 `retain_authors` authors of `full`, which are also the first authors of `retain_perturbed`, so that
 the retain half of model utility is scored on authors the models were trained on. Real authors and
 world facts are kept whole: they are what the question "does unlearning fictitious authors damage
@@ -43,7 +45,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,6 +163,12 @@ SIZES: dict[str, Sizes] = {
     ),  # fmt: skip
 }
 
+# Issue 23's forget05 run on the CPU: the CPU protocol on a slice of forget05's 10 authors (TOFU's last 10,
+# 200 questions) and the same 3 retain authors. Its own target (fine-tuned on those 13 authors) and
+# reference, in its own folder (runs/smollm2-tofu-cpu05). Each unlearning run is 5x forget01's steps
+# and each evaluation scores 5x the forget questions: `--preset cpu05 --time` estimates the chain.
+SIZES["cpu05"] = replace(SIZES["cpu"], splits=("forget05",))
+
 
 def hardware() -> str:
     import torch
@@ -186,46 +194,50 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
 
 
 def write_slice(tofu_dir: Path, out: Path, sizes: Sizes) -> Path:
-    """A consistent TOFU slice in TOFU's file layout (forget01 + the first authors), written atomically."""
+    """A consistent TOFU slice in TOFU's file layout (the preset's forget split + the first authors), written
+    atomically. forget01's slice is TOFU's last 2 authors, forget05's its last 10 (TOFU's own forget sets)."""
     if (out / "full.json").is_file():
         return out
+    from llm_unlearn.data.qa import forget_pct, n_forget_authors, paired_split
+
     full = _rows(tofu_dir / "full.json")
     n_authors = len(full) // AUTHOR_QUESTIONS
     q = sizes.questions_per_author
 
-    def author_rows(rows_of_author: list[dict]) -> list[dict]:
-        return rows_of_author[:q]
-
     def authors(ids) -> list[dict]:
-        return [r for a in ids for r in author_rows(full[a * AUTHOR_QUESTIONS : (a + 1) * AUTHOR_QUESTIONS])]
+        return [r for a in ids for r in full[a * AUTHOR_QUESTIONS : a * AUTHOR_QUESTIONS + q]]
 
-    forget_ids = [n_authors - 2, n_authors - 1]  # forget01 = TOFU's last two authors
+    (split,) = sizes.splits  # one forget split per slice: its target is fine-tuned on its own authors
+    n_forget = n_forget_authors(forget_pct(split), n_authors)
+    forget_ids = list(range(n_authors - n_forget, n_authors))  # TOFU's forgetNN = its last NN% of authors
     retain_ids = list(range(sizes.retain_authors))
     forget, retain = authors(forget_ids), authors(retain_ids)
     forget_questions = {r["question"] for r in forget}
     retain_questions = {r["question"] for r in retain}
-    perturbed = [r for r in _rows(tofu_dir / "forget01_perturbed.json") if r["question"] in forget_questions]
+    perturbed_name = paired_split(split, "perturbed")
+    perturbed = [r for r in _rows(tofu_dir / f"{perturbed_name}.json") if r["question"] in forget_questions]
     retain_perturbed = [
         r for r in _rows(tofu_dir / "retain_perturbed.json") if r["question"] in retain_questions
     ]
     if len(perturbed) != len(forget) or not retain_perturbed:
         raise SystemExit(
-            f"{tofu_dir} does not look like TOFU (forget01_perturbed/retain_perturbed do not match full)"
+            f"{tofu_dir} does not look like TOFU ({perturbed_name}/retain_perturbed do not match full)"
         )
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     files = {
         "full": retain + forget,
-        "forget01": forget,
-        "retain99": retain,
-        "forget01_perturbed": perturbed,
+        split: forget,
+        paired_split(split, "retain"): retain,
+        perturbed_name: perturbed,
         "retain_perturbed": retain_perturbed,
     }
     for name in ("real_authors_perturbed", "world_facts_perturbed"):
         files[name] = _rows(tofu_dir / f"{name}.json")[: sizes.analog_rows]
-    if (tofu_dir / "holdout01.json").is_file():  # --auto's unseen authors (questions and answers only)
-        files["holdout01"] = _rows(tofu_dir / "holdout01.json")[: 2 * q]
+    holdout = paired_split(split, "holdout")
+    if (tofu_dir / f"{holdout}.json").is_file():  # --auto's unseen authors (questions and answers only)
+        files[holdout] = _rows(tofu_dir / f"{holdout}.json")[: n_forget * q]
     for name, rows in files.items():
         _write_rows(tmp / f"{name}.json", rows)
     (tmp / "SLICE.json").write_text(
@@ -691,10 +703,65 @@ def time_steps(args) -> None:
         t = time.perf_counter()
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         fwd = (time.perf_counter() - t) / 32
+    step_s = sorted(times)[len(times) // 2]
     print(json.dumps({"hardware": hardware(), "load_s": round(load_s, 1),
                       "tokens_per_example_mean": sum(lengths) / len(lengths), "tokens_max": max(lengths),
-                      "train_step_s_batch8_median": sorted(times)[len(times) // 2],
-                      "forward_s_per_sequence_batch32": fwd}, indent=1))  # fmt: skip
+                      "train_step_s_batch8_median": step_s, "forward_s_per_sequence_batch32": fwd,
+                      "estimate": estimate(SIZES[args.preset], Path(args.tofu_dir), step_s, Path(args.out))},
+                     indent=1))  # fmt: skip
+
+
+def estimate(sizes: Sizes, tofu_dir: Path, step_s: float, records: Path) -> dict:
+    """What one chain of `sizes` will cost here, in seconds: AdamW steps at the measured `step_s` (an
+    unlearning step is a forget and a retain batch: 2 steps' work) and evaluations at the median throughput
+    (questions answered per second, 200 new tokens) the CPU protocol's records measured."""
+    import math
+
+    from llm_unlearn.data.qa import forget_pct, n_forget_authors
+
+    if sizes.retain_authors is None:
+        raise SystemExit("--time estimates the CPU slices (cpu, cpu05); the GPU protocol is sized on the GPU")
+    (split,) = sizes.splits
+    q = sizes.questions_per_author
+    n_authors = len(_rows(tofu_dir / "full.json")) // AUTHOR_QUESTIONS
+    forget = n_forget_authors(forget_pct(split), n_authors) * q
+    retain = sizes.retain_authors * q
+    analogs = sum(
+        len(_rows(tofu_dir / f"{name}.json")[: sizes.analog_rows])
+        for name in ("real_authors_perturbed", "world_facts_perturbed")
+    )
+    rows = json.loads(records.read_text()) if records.is_file() else []
+    speeds = sorted(
+        r["eval_questions_per_s"]
+        for r in rows
+        if r.get("protocol") == "cpu" and r.get("eval_questions_per_s") and r.get("max_new_tokens") == 200
+    )
+    if not speeds:
+        raise SystemExit(
+            f"{records} holds no CPU-protocol evaluation at 200 tokens to take a throughput from"
+        )
+    qps = speeds[len(speeds) // 2]
+    batch = sizes.unlearn["per_device_train_batch_size"]
+
+    def steps(n: int, epochs: int) -> int:
+        return math.ceil(n / batch) * epochs
+
+    epochs_ft = sizes.finetune["num_train_epochs"]
+    unlearn_steps = steps(forget, sizes.unlearn["num_train_epochs"])
+    evaluation = (forget + retain + analogs) / qps
+    out = {
+        "split": split,
+        "forget_questions": forget,
+        "eval_questions_per_s": qps,
+        "target_finetune_s": round(steps(forget + retain, epochs_ft) * step_s),
+        "reference_finetune_s": round(steps(retain, epochs_ft) * step_s),
+        "unlearning_steps": unlearn_steps,
+        "unlearn_s": round(unlearn_steps * 2 * step_s),
+        "eval_s": round(evaluation),
+    }
+    out["per_arm_s"] = out["unlearn_s"] + out["eval_s"]
+    out["setup_s"] = out["target_finetune_s"] + out["reference_finetune_s"] + 2 * out["eval_s"]
+    return out
 
 
 TOFU_NEW_TOKENS = 200  # TOFU's generation length (arXiv 2401.06121's evaluation)

@@ -391,3 +391,44 @@ def test_the_plot_draws_each_probed_arms_relearning_curve(tmp_path):
     ]
     assert [list(line.get_xdata()) for line in curves] == [[0, 10, 100], [10, 100]]  # probability, ROUGE-L
     plt.close(fig)
+
+
+@pytest.mark.parametrize("preset, split, authors, retain_split", [
+    ("cpu", "forget01", [198, 199], "retain99"),
+    ("cpu05", "forget05", list(range(190, 200)), "retain95"),
+])  # fmt: skip
+def test_slices_hold_tofus_own_forget_authors_and_their_pairs(tofu_dir, tmp_path, preset, split, authors,
+                                                              retain_split):  # fmt: skip
+    sizes = smollm2_tofu.SIZES[preset]
+    out = smollm2_tofu.write_slice(tofu_dir, tmp_path / "data", sizes)
+    meta = json.loads((out / "SLICE.json").read_text())
+    assert meta["forget_authors"] == authors and meta["retain_authors"] == [0, 1, 2]
+    rows = {p.stem: smollm2_tofu._rows(p) for p in out.glob("*.json") if p.stem != "SLICE"}
+    tofu_forget = smollm2_tofu._rows(tofu_dir / f"{split}.json")
+    # The slice's forget set is TOFU's forget split itself (its authors are TOFU's last ones).
+    assert [r["question"] for r in rows[split]] == [r["question"] for r in tofu_forget]
+    assert [r["question"] for r in rows[f"{split}_perturbed"]] == [r["question"] for r in tofu_forget]
+    assert len(rows[retain_split]) == 3 * smollm2_tofu.AUTHOR_QUESTIONS
+    assert rows["full"] == rows[retain_split] + rows[split]
+    assert not {r["question"] for r in rows[retain_split]} & {r["question"] for r in rows[split]}
+    holdout = split.replace("forget", "holdout")
+    assert len(rows[holdout]) == len(rows[split])  # as many unseen authors' questions as forget questions
+    assert {r["question"] for r in rows["retain_perturbed"]} == {r["question"] for r in rows[retain_split]}
+
+
+def test_time_estimates_a_chain_from_the_step_time_and_the_recorded_throughput(tofu_dir, tmp_path):
+    records = tmp_path / "records.json"
+    row = {"protocol": "cpu", "max_new_tokens": 200}
+    records.write_text(json.dumps([row | {"eval_questions_per_s": 0.5}, row | {"eval_questions_per_s": 2.0},
+                                   row | {"eval_questions_per_s": 1.0}, {"protocol": "cpu", "max_new_tokens": 64,
+                                                                         "eval_questions_per_s": 50.0}]))  # fmt: skip
+    one = smollm2_tofu.estimate(smollm2_tofu.SIZES["cpu"], tofu_dir, 2.0, records)
+    five = smollm2_tofu.estimate(smollm2_tofu.SIZES["cpu05"], tofu_dir, 2.0, records)
+    assert one["eval_questions_per_s"] == 1.0  # the median at 200 tokens; the 64-token row is not one of them
+    assert (one["forget_questions"], five["forget_questions"]) == (40, 200)
+    assert (one["unlearning_steps"], five["unlearning_steps"]) == (25, 125)  # batch 8, 5 epochs
+    assert five["unlearn_s"] == 125 * 2 * 2.0
+    assert five["eval_s"] - one["eval_s"] == 160  # 160 more forget questions at one per second
+    assert five["target_finetune_s"] == (260 // 8 + 1) * 6 * 2.0
+    with pytest.raises(SystemExit, match="no CPU-protocol evaluation"):
+        smollm2_tofu.estimate(smollm2_tofu.SIZES["cpu"], tofu_dir, 2.0, tmp_path / "none.json")
