@@ -131,7 +131,9 @@ def test_a_retain_split_of_few_entities_gets_as_many_wrong_answers_as_it_has(tmp
     _folder(tmp_path, retain=_rows(RETAIN[:authors], 0))
     got = _load(tmp_path)
     assert got["statistic"] == "truth_ratio_constructed"
-    assert {len(r["perturbed_answer"]) for side in ("forget_scored", "holdout") for r in got[side]} == {authors}
+    assert {len(r["perturbed_answer"]) for side in ("forget_scored", "holdout") for r in got[side]} == {
+        authors
+    }
     assert f"{authors} wrong answers per question built from the retain split (TOFU uses 5" in caplog.text
 
 
