@@ -193,12 +193,19 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
+def forget_author_ids(split: str, n_authors: int) -> list[int]:
+    """TOFU's forgetNN is its last NN% of authors (forget01: the last 2 of 200, forget05: the last 10)."""
+    from llm_unlearn.data.qa import forget_pct, n_forget_authors
+
+    return list(range(n_authors - n_forget_authors(forget_pct(split), n_authors), n_authors))
+
+
 def write_slice(tofu_dir: Path, out: Path, sizes: Sizes) -> Path:
     """A consistent TOFU slice in TOFU's file layout (the preset's forget split + the first authors), written
     atomically. forget01's slice is TOFU's last 2 authors, forget05's its last 10 (TOFU's own forget sets)."""
     if (out / "full.json").is_file():
         return out
-    from llm_unlearn.data.qa import forget_pct, n_forget_authors, paired_split
+    from llm_unlearn.data.qa import paired_split
 
     full = _rows(tofu_dir / "full.json")
     n_authors = len(full) // AUTHOR_QUESTIONS
@@ -208,8 +215,7 @@ def write_slice(tofu_dir: Path, out: Path, sizes: Sizes) -> Path:
         return [r for a in ids for r in full[a * AUTHOR_QUESTIONS : a * AUTHOR_QUESTIONS + q]]
 
     (split,) = sizes.splits  # one forget split per slice: its target is fine-tuned on its own authors
-    n_forget = n_forget_authors(forget_pct(split), n_authors)
-    forget_ids = list(range(n_authors - n_forget, n_authors))  # TOFU's forgetNN = its last NN% of authors
+    forget_ids = forget_author_ids(split, n_authors)
     retain_ids = list(range(sizes.retain_authors))
     forget, retain = authors(forget_ids), authors(retain_ids)
     forget_questions = {r["question"] for r in forget}
@@ -237,7 +243,7 @@ def write_slice(tofu_dir: Path, out: Path, sizes: Sizes) -> Path:
         files[name] = _rows(tofu_dir / f"{name}.json")[: sizes.analog_rows]
     holdout = paired_split(split, "holdout")
     if (tofu_dir / f"{holdout}.json").is_file():  # --auto's unseen authors (questions and answers only)
-        files[holdout] = _rows(tofu_dir / f"{holdout}.json")[: n_forget * q]
+        files[holdout] = _rows(tofu_dir / f"{holdout}.json")[: len(forget_ids) * q]
     for name, rows in files.items():
         _write_rows(tmp / f"{name}.json", rows)
     (tmp / "SLICE.json").write_text(
@@ -717,14 +723,12 @@ def estimate(sizes: Sizes, tofu_dir: Path, step_s: float, records: Path) -> dict
     (questions answered per second, 200 new tokens) the CPU protocol's records measured."""
     import math
 
-    from llm_unlearn.data.qa import forget_pct, n_forget_authors
-
     if sizes.retain_authors is None:
         raise SystemExit("--time estimates the CPU slices (cpu, cpu05); the GPU protocol is sized on the GPU")
     (split,) = sizes.splits
     q = sizes.questions_per_author
     n_authors = len(_rows(tofu_dir / "full.json")) // AUTHOR_QUESTIONS
-    forget = n_forget_authors(forget_pct(split), n_authors) * q
+    forget = len(forget_author_ids(split, n_authors)) * q
     retain = sizes.retain_authors * q
     analogs = sum(
         len(_rows(tofu_dir / f"{name}.json")[: sizes.analog_rows])
@@ -741,20 +745,18 @@ def estimate(sizes: Sizes, tofu_dir: Path, step_s: float, records: Path) -> dict
             f"{records} holds no CPU-protocol evaluation at 200 tokens to take a throughput from"
         )
     qps = speeds[len(speeds) // 2]
-    batch = sizes.unlearn["per_device_train_batch_size"]
 
-    def steps(n: int, epochs: int) -> int:
-        return math.ceil(n / batch) * epochs
+    def steps(n: int, stage: dict) -> int:
+        return math.ceil(n / stage["per_device_train_batch_size"]) * stage["num_train_epochs"]
 
-    epochs_ft = sizes.finetune["num_train_epochs"]
-    unlearn_steps = steps(forget, sizes.unlearn["num_train_epochs"])
+    unlearn_steps = steps(forget, sizes.unlearn)
     evaluation = (forget + retain + analogs) / qps
     out = {
         "split": split,
         "forget_questions": forget,
         "eval_questions_per_s": qps,
-        "target_finetune_s": round(steps(forget + retain, epochs_ft) * step_s),
-        "reference_finetune_s": round(steps(retain, epochs_ft) * step_s),
+        "target_finetune_s": round(steps(forget + retain, sizes.finetune) * step_s),
+        "reference_finetune_s": round(steps(retain, sizes.finetune) * step_s),
         "unlearning_steps": unlearn_steps,
         "unlearn_s": round(unlearn_steps * 2 * step_s),
         "eval_s": round(evaluation),
