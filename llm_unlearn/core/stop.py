@@ -68,9 +68,7 @@ seeded retain questions greedily and scores what the report's collateral-damage 
 recall where every row carries a `fact` (the built-in world), else ROUGE-L recall against the answer
 (TOFU). A check that has lost more than that share of the first check's stops the run
 (`retain_recall_alarm`) and is never kept: on the built-in world the greedy answers to retain questions
-fall long before the retain loss moves (benchmarks/auto.md, issue 22). Each check verifies the
-previous check's greedy tokens in one teacher-forced pass and decodes only where the model now
-disagrees (`eval/greedy.py`, verified reuse; `stop_recall_reused` counts the answers taken unchanged). When any guard ends the run
+fall long before the retain loss moves (benchmarks/auto.md, issue 22). When any guard ends the run
 while the kept check's gap (or, screened, its answer-loss gap) is still > 0, a warning says that
 forgetting is incomplete.
 
@@ -98,7 +96,7 @@ from transformers import TrainerCallback
 
 from ..eval.metrics import log_truth_ratio
 from ..eval.mia import auc
-from ..eval.scoring import REUSED_KEY, answer_losses, candidate_pairs, generate_answers, split_candidates
+from ..eval.scoring import answer_losses, candidate_pairs, split_candidates
 from ..eval.shard import process_shard
 from ..methods.common import eval_mode
 from .config import STOP_STATISTICS, TRUTH_RATIO_STATISTICS
@@ -173,8 +171,6 @@ class IndistinguishableStop(TrainerCallback):
         )
         self._undamped = None
         self._encoded: dict = {}  # every check scores the same pairs: tokenized once (answer_losses)
-        # The retain sample's greedy tokens at the previous check, verified and reused (generate_answers).
-        self._continuations: dict = {}
 
     # ---------------------------------------------------------------- scoring
 
@@ -223,8 +219,6 @@ class IndistinguishableStop(TrainerCallback):
         recall_ok = not self.recall_rows or _within_share(
             record, first, "stop_retain_recall", self._recall(model), self.recall_tolerance
         )
-        if self.recall_rows:
-            record["stop_recall_reused"] = self._continuations.get(REUSED_KEY)
         within = retain_ok and utility_ok and recall_ok
         if (
             within
@@ -356,6 +350,7 @@ class IndistinguishableStop(TrainerCallback):
         """What the report's collateral-damage line scores, on the sampled retain questions' greedy answers:
         fact recall where every row carries a `fact` (the built-in world), else ROUGE-L recall (TOFU)."""
         from ..eval.metrics import fact_recall, rouge_l_recall
+        from ..eval.scoring import generate_answers
 
         rows = self.recall_rows
         gen = {
@@ -366,7 +361,7 @@ class IndistinguishableStop(TrainerCallback):
         with eval_mode(model), torch.no_grad():
             answers = generate_answers(
                 model, self.tokenizer, [r["question"] for r in rows], max_new_tokens=self.max_new_tokens,
-                desc="stop rule: retain answers", shard=process_shard(), continuations=self._continuations, **gen,
+                desc="stop rule: retain answers", shard=process_shard(), **gen,
             )  # fmt: skip
         if all("fact" in r for r in rows):
             return float(fact_recall([r["fact"] for r in rows], answers).mean())

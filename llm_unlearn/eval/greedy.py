@@ -12,16 +12,6 @@ float rounding that depends on the batch's shape (which the tests compare with b
 A prompt's keys and values, and the logits at its last token, may come already computed (`prefilled`,
 e.g. from the packed loss pass over the same prompt, `packed.py`): they are placed left-padded into
 the cache (zeros where the mask is 0, which attention never reads) and the prompt forward is skipped.
-
-Verified reuse (`verified_continuations`): given a guess per prompt (the same model's greedy
-continuation a few optimizer steps earlier, as the stop rule's checks have), one teacher-forced pass
-over prompt + guess (+ the end token if the guess ended) gives the argmax at every position at once
-(the packed pass, `packed.py`, output layer only at those positions). Greedy decoding writes the
-guess again exactly when every argmax equals the guess's token there, so such a row is done with
-no decoding step. Otherwise the first disagreeing position k fixes the first k + 1 tokens (the
-guess's first k, then the argmax), and decoding resumes from prompt + those tokens with the budget
-left. Tokens equal plain decoding's up to the float rounding by which a teacher-forced pass and a
-step-by-step pass with the KV cache differ (an argmax near a tie), the same caveat as batch shapes.
 """
 
 from __future__ import annotations
@@ -57,20 +47,14 @@ def greedy_continuations(
     *,
     pad_token_id: int,
     eos_token_id: int,
-    max_new_tokens: int | list[int],
+    max_new_tokens: int,
     prefilled: list[tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]] | None = None,
 ) -> list[list[int]]:
     """Greedy continuation of each prompt, cut before its first `eos_token_id` (module docstring).
 
-    `max_new_tokens`: one budget for every prompt, or one per prompt (each at least 1).
     `prefilled[i]`, if given, is prompt i's per-layer (keys [heads, len, head_dim], values) and the
     logits [vocab] at its last token, as the model computes them for that prompt alone.
     """
-    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-    if len(budgets) != len(prompts) or min(budgets) < 1:
-        raise ValueError(
-            f"max_new_tokens must be at least 1 for each of the {len(prompts)} prompts, got {max_new_tokens}"
-        )
     device = model.device
     width = max(len(p) for p in prompts)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
@@ -82,85 +66,24 @@ def greedy_continuations(
         cache, logits = out.cache, out.logits[:, -1]
     else:
         cache, logits = _prefilled_cache(prefilled, width), torch.stack([s[1] for s in prefilled])
-    limit = torch.tensor(budgets, device=device)
     rows = torch.arange(len(prompts), device=device)  # which prompt each batch row continues
     written: list[list[int]] = [[] for _ in prompts]
-    for step in range(max(budgets)):
+    for step in range(max_new_tokens):
         token = logits.float().argmax(-1)
         for r, t in zip(rows.tolist(), token.tolist(), strict=True):
             written[r].append(t)
-        going = (token != eos_token_id) & (limit > step + 1)
-        if not going.any():
+        going = token != eos_token_id
+        if step == max_new_tokens - 1 or not going.any():
             break
         if not going.all():
             keep = going.nonzero().squeeze(1)
-            rows, token, mask, positions, limit = (
-                rows[keep],
-                token[keep],
-                mask[keep],
-                positions[keep],
-                limit[keep],
-            )
+            rows, token, mask, positions = rows[keep], token[keep], mask[keep], positions[keep]
             cache.batch_select_indices(keep)
         mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
         positions = positions[:, -1:] + 1
         logits = model(input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=positions, cache=cache,
                        use_cache=True).logits[:, -1]  # fmt: skip
     return [w[: w.index(eos_token_id)] if eos_token_id in w else w for w in written]
-
-
-@torch.inference_mode()
-def verified_continuations(
-    model,
-    prompts: list[list[int]],
-    guesses: list[list[int]],
-    *,
-    pad_token_id: int,
-    eos_token_id: int,
-    max_new_tokens: int,
-) -> tuple[list[list[int]], int]:
-    """(greedy continuation of each prompt, how many were the guess itself) (module docstring: verified reuse).
-
-    `guesses[i]`: a continuation of prompts[i] as `greedy_continuations` returns it with the same
-    `max_new_tokens` (cut before the end token; shorter than `max_new_tokens` means it ended there).
-    Needs `packed_supported(model)`.
-    """
-    from .packed import packed_answer_logits
-
-    if any(len(g) > max_new_tokens for g in guesses):
-        raise ValueError(f"a guess is longer than max_new_tokens={max_new_tokens}")
-    # The labels to verify: the guess, then the end token if the guess ended before the budget.
-    labelled = [list(g) + ([eos_token_id] if len(g) < max_new_tokens else []) for g in guesses]
-    logits, at, labels, pair = packed_answer_logits(model, prompts, labelled, pad_token_id)
-    best = logits.float().argmax(-1)[at]
-    agree, predicted = (best == labels).tolist(), best.tolist()
-    out: list[list[int] | None] = [None] * len(prompts)
-    resume: list[tuple[int, list[int], int]] = []  # (prompt index, tokens fixed so far, budget left)
-    reused = 0
-    k = 0  # the flat index of pair i's first label
-    for i, target in enumerate(labelled):
-        wrong = next((j for j in range(len(target)) if not agree[k + j]), None)
-        if wrong is None:
-            out[i] = list(guesses[i])
-            reused += 1
-        else:
-            fixed = target[:wrong]
-            token = predicted[k + wrong]
-            if token == eos_token_id:
-                out[i] = fixed
-            elif len(fixed) + 1 == max_new_tokens:
-                out[i] = fixed + [token]
-            else:
-                resume.append((i, fixed + [token], max_new_tokens - len(fixed) - 1))
-        k += len(target)
-    if resume:
-        more = greedy_continuations(
-            model, [prompts[i] + fixed for i, fixed, _ in resume], pad_token_id=pad_token_id,
-            eos_token_id=eos_token_id, max_new_tokens=[left for _, _, left in resume],
-        )  # fmt: skip
-        for (i, fixed, _), tail in zip(resume, more, strict=True):
-            out[i] = fixed + tail
-    return out, reused
 
 
 def _prefilled_cache(prefilled, width: int) -> DynamicCache:

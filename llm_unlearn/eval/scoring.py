@@ -16,11 +16,7 @@ Both run in batches sorted by length (less padding), then return results in the 
   end-of-turn token, decoded without special tokens, stripped. Given the `prompt_states` that the
   packed loss pass over the same questions kept (`answer_losses(..., prompt_states=...)`), a batch
   whose prompts all have them starts from those keys, values and last logits instead of running
-  its prompts again (`packed.py`, `greedy.py`). Given `continuations`, a dict the caller keeps
-  across calls on the same questions with a model that changes a little in between (the stop rule's
-  checks), each batch whose prompts all have an earlier greedy continuation there verifies them in
-  one teacher-forced pass and decodes only from where the model now disagrees (`greedy.py`,
-  verified reuse); the dict then holds this call's continuations.
+  its prompts again (`packed.py`, `greedy.py`).
 Batched results equal batch-1 results (to float rounding), which tests check.
 With a `Shard` of several processes each scores its share of those batches and all get every
 result (`shard.py`); the default is one process scoring all of them.
@@ -36,12 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from ..data.qa import IGNORE_INDEX, QACollator, encode_prompt, encode_qa_pairs, end_of_turn_id, pad_id
-from .greedy import greedy_continuations, greedy_supported, verified_continuations
+from .greedy import greedy_continuations, greedy_supported
 from .packed import grouped_batches, packed_answer_logits, packed_batches, packed_supported
 from .shard import Shard
-
-# The entry of a `continuations` dict (generate_answers) that counts the answers reused in the last call.
-REUSED_KEY = "reused"
 
 
 def _batches(order: list[int], batch_size: int) -> list[list[int]]:
@@ -221,13 +214,10 @@ def generate_answers(
     desc: str = "generate",
     shard: Shard | None = None,
     prompt_states: dict | None = None,
-    continuations: dict | None = None,
 ) -> list[str]:
     """Greedy answer to each question (continuation cut at the end-of-turn token, stripped).
 
     `prompt_states`: from `answer_losses` on the same model and questions (module docstring).
-    `continuations`: earlier greedy tokens to verify and reuse, updated in place (module docstring);
-    `continuations[REUSED_KEY]` then counts the answers this process took unchanged in this call.
     """
     prompts = [{"input_ids": encode_prompt(tokenizer, q, prompt_format, system_prompt)} for q in questions]
     eos = end_of_turn_id(tokenizer)
@@ -236,26 +226,13 @@ def generate_answers(
     model.eval()
     plain = greedy_supported(model)
 
-    if continuations is not None:
-        continuations[REUSED_KEY] = 0
-    verify = continuations is not None and plain and packed_supported(model)
-
     def score(idx: list[int]) -> list[str]:
         if plain:  # finished rows leave the batch (greedy.py)
             ids = [prompts[i]["input_ids"] for i in idx]
-            keys = [(tuple(p), max_new_tokens) for p in ids]
-            guesses = [(continuations or {}).get(k) for k in keys]
-            if verify and all(g is not None for g in guesses):
-                rows, reused = verified_continuations(model, ids, guesses, pad_token_id=pad_id(tokenizer),
-                                                      eos_token_id=eos, max_new_tokens=max_new_tokens)  # fmt: skip
-                continuations[REUSED_KEY] += reused
-            else:
-                kept = [(prompt_states or {}).get(tuple(p)) for p in ids]
-                rows = greedy_continuations(model, ids, pad_token_id=pad_id(tokenizer), eos_token_id=eos,
-                                            max_new_tokens=max_new_tokens,
-                                            prefilled=kept if all(s is not None for s in kept) else None)  # fmt: skip
-            if continuations is not None:
-                continuations.update(zip(keys, rows, strict=True))
+            kept = [(prompt_states or {}).get(tuple(p)) for p in ids]
+            rows = greedy_continuations(model, ids, pad_token_id=pad_id(tokenizer), eos_token_id=eos,
+                                        max_new_tokens=max_new_tokens,
+                                        prefilled=kept if all(s is not None for s in kept) else None)  # fmt: skip
             return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
         batch = collate([prompts[i] for i in idx])
         input_ids = batch["input_ids"].to(model.device)

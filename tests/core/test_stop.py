@@ -531,7 +531,7 @@ def test_retain_recall_is_the_evaluations_collateral_damage_number_on_the_sample
         next(r["answer"] for r in rows if r["question"] == q) if q in right else "I do not know."
         for q in questions
     ]
-    monkeypatch.setattr("llm_unlearn.core.stop.generate_answers", fake)
+    monkeypatch.setattr("llm_unlearn.eval.scoring.generate_answers", fake)
     assert rule._recall(model) == pytest.approx(len(right) / len(rows))
     rule.recall_rows = [{k: v for k, v in r.items() if k != "fact"} for r in rows]
     assert rule._recall_name() == "ROUGE-L recall"
