@@ -52,6 +52,8 @@ def write_report(path: Path) -> None:
                 "",
                 f"Hardware (seconds are comparable only within one): {'; '.join(sorted({r['hardware'] for r in sel}))}.",
                 f"System prompt the models saw: {sorted({repr(r.get('system_prompt')) for r in sel})}.",
+                f"Wall time in these records: {_hours(sel):.1f} h (each row's fine-tune or unlearning run, its "
+                "evaluation and its probes, as measured under the load of its day).",
                 "",
                 *_mean_lines(sel),
                 "",
@@ -235,6 +237,11 @@ def _quant_lines(sel: list[dict]) -> list[str]:
             )
         lines.append(f"| {_probe_name(r, 'quant_max_new_tokens')} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _hours(rows: list[dict]) -> float:
+    """Hours of wall time the rows took: training, evaluation and probes, each counted once per row."""
+    return sum((r.get("train_s") or 0) + (r.get("eval_s") or 0) + (r.get("probe_s") or 0) for r in rows) / 3600
 
 
 def _probe_name(r: dict, tokens: str = "probe_max_new_tokens") -> str:

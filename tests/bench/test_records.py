@@ -432,3 +432,12 @@ def test_time_estimates_a_chain_from_the_step_time_and_the_recorded_throughput(t
     assert five["target_finetune_s"] == (260 // 8 + 1) * 6 * 2.0
     with pytest.raises(SystemExit, match="no CPU-protocol evaluation"):
         smollm2_tofu.estimate(smollm2_tofu.SIZES["cpu"], tofu_dir, 2.0, tmp_path / "none.json")
+
+
+def test_report_sums_each_rows_training_evaluation_and_probe_time_once():
+    rows = [
+        {"train_s": 3600.0, "eval_s": 1800.0, "probe_s": 1800.0},
+        {"train_s": 0.0, "eval_s": None},  # a reused evaluation records no seconds
+        {"train_s": 1800.0, "eval_s": 0.0, "probe_s": None},
+    ]
+    assert smollm2_report._hours(rows) == pytest.approx(2.5)
