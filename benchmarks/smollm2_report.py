@@ -241,7 +241,9 @@ def _quant_lines(sel: list[dict]) -> list[str]:
 
 def _hours(rows: list[dict]) -> float:
     """Hours of wall time the rows took: training, evaluation and probes, each counted once per row."""
-    return sum((r.get("train_s") or 0) + (r.get("eval_s") or 0) + (r.get("probe_s") or 0) for r in rows) / 3600
+    return (
+        sum((r.get("train_s") or 0) + (r.get("eval_s") or 0) + (r.get("probe_s") or 0) for r in rows) / 3600
+    )
 
 
 def _probe_name(r: dict, tokens: str = "probe_max_new_tokens") -> str:
