@@ -90,16 +90,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from ..eval.metrics import log_truth_ratio
-from ..eval.mia import auc
-from ..eval.scoring import answer_losses, candidate_pairs, split_candidates
 from ..eval.shard import process_shard
-from ..methods.common import eval_mode
-from .config import STOP_STATISTICS, TRUTH_RATIO_STATISTICS
+from .config import TRUTH_RATIO_STATISTICS
+from .stop_checks import CheckScorer, signed_gap
+
+__all__ = ["BEST_FILE", "IndistinguishableStop", "signed_gap"]
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -109,25 +107,11 @@ DAMPING_FLOOR = 0.1  # --stop_lr_damping never slows the steps more than tenfold
 SATURATED = {"auc": 0.5, "ks": 1.0, "truth_ratio": 1.0, "truth_ratio_constructed": 1.0}
 
 
-def signed_gap(forget_losses, holdout_losses, statistic: str = "auc") -> float:
-    """+ while the forget set is more familiar (lower loss) than the holdout, 0 when indistinguishable."""
-    forget = np.asarray(forget_losses, dtype=np.float64)
-    holdout = np.asarray(holdout_losses, dtype=np.float64)
-    if statistic == "auc":
-        return auc(forget, holdout) - 0.5
-    if statistic in ("ks", *TRUTH_RATIO_STATISTICS):
-        from scipy.stats import ks_2samp
-
-        distance = float(ks_2samp(forget, holdout).statistic)
-        return distance if np.median(forget) < np.median(holdout) else -distance
-    raise ValueError(f"unknown stop statistic {statistic!r}; choose {', '.join(STOP_STATISTICS[1:])}")
-
-
 class IndistinguishableStop(TrainerCallback):
     """The stop rule of the module docstring, as a `TrainerCallback` (one per run).
 
-    `log` writes one record (rank 0's `train_log.jsonl`); scoring is sharded over ranks like any
-    evaluation, so every rank takes the same decision.
+    `log` writes one record (rank 0's `train_log.jsonl`); what a check measures is `self.scorer`'s
+    (`stop_checks.py`), sharded over ranks like any evaluation, so every rank takes the same decision.
     """
 
     def __init__(
@@ -140,20 +124,12 @@ class IndistinguishableStop(TrainerCallback):
         log: Callable[[dict], None],
         output_dir: str | Path,
     ):
-        self.tokenizer = tokenizer
-        self.forget_rows = stop_data.get("forget_scored", forget_rows)
-        self.holdout = stop_data["holdout"]
-        self.heldout = set(stop_data["heldout"])
-        self.retain_sample = stop_data["retain_sample"]
+        self.scorer = CheckScorer(tokenizer, forget_rows, stop_data, score_settings)
         self.statistic = stop_data["statistic"]
         self.holdout_name = stop_data.get("holdout_name", "the holdout split")
         self.interval = config.stop_check_interval
         self.patience = config.stop_patience
         self.tolerance = config.stop_retain_tolerance
-        self.settings = {k: v for k, v in score_settings.items() if k != "max_new_tokens"}
-        self.max_new_tokens = score_settings.get("max_new_tokens", 64)
-        self.utility_rows = stop_data.get("utility_rows")
-        self.recall_rows = stop_data.get("recall_rows")
         self.recall_tolerance = getattr(config, "stop_retain_recall_tolerance", 0.0)
         self.utility_tolerance = getattr(config, "stop_utility_tolerance", 0.0)
         self.log = log
@@ -170,37 +146,16 @@ class IndistinguishableStop(TrainerCallback):
             and self.damping is None
         )
         self._undamped = None
-        self._encoded: dict = {}  # every check scores the same pairs: tokenized once (answer_losses)
-
-    # ---------------------------------------------------------------- scoring
-
-    def _losses(self, model, rows: list[dict], desc: str) -> np.ndarray:
-        return answer_losses(
-            model, self.tokenizer, [r["question"] for r in rows], [r["answer"] for r in rows],
-            desc=desc, shard=process_shard(), encoded=self._encoded, **self.settings,
-        )  # fmt: skip
-
-    def _values(self, model, rows: list[dict], desc: str) -> tuple[np.ndarray, np.ndarray]:
-        """(mean answer NLL, the value the statistic compares) per row: the loss itself, or the truth ratio."""
-        if self.statistic not in TRUTH_RATIO_STATISTICS:
-            losses = self._losses(model, rows, desc)
-            return losses, losses
-        # One pass over answer, paraphrase and perturbed answers (the row's own question for each);
-        # log R keeps the values finite once a paraphrase is far less likely than its perturbations,
-        # and KS and AUC are unchanged by the log.
-        # Constructed rows without a paraphrase carry the answer as one: it is scored once, not twice.
-        paraphrase = any(r["paraphrased_answer"] != r["answer"] for r in rows)
-        questions, texts = candidate_pairs(rows, paraphrase)
-        flat = self._losses(model, [dict(question=q, answer=a) for q, a in zip(questions, texts)], desc)
-        answer, para, perturbed = split_candidates(flat, rows, paraphrase)
-        return answer, log_truth_ratio(answer if para is None else para, perturbed)
 
     def check(self, model, step: int) -> str:
         """Score, record, keep the best weights; return the decision."""
         start = time.perf_counter()
-        record = self._screen(model, step) if self.screening and self.history else None
+        record = None
+        if self.screening and self.history:
+            record = self.scorer.screened(model, step)
+            self.screening = record is not None  # once the answer-loss gap reached 0, every check in full
         if record is None:
-            record = self._score(model, step)
+            record = self.scorer.full(model, step)
         gap = record["stop_gap"]
         # The retain loss's rise as a share of its lead over unseen data before training (holdout loss
         # - retain loss): scale-free, unlike a rise relative to a loss the target has memorized to ~0.
@@ -213,11 +168,11 @@ class IndistinguishableStop(TrainerCallback):
         # utility has fallen (benchmarks/stop_study.md). A screened check (gap None) within tolerance
         # replaces the previous best, and any scored one replaces it (module doc).
         retain_ok = record["stop_retain_rise"] <= self.tolerance
-        utility_ok = not self.utility_rows or _within_share(
-            record, first, "stop_utility", self._utility(model), self.utility_tolerance
+        utility_ok = not self.scorer.utility_rows or _within_share(
+            record, first, "stop_utility", self.scorer.utility(model), self.utility_tolerance
         )
-        recall_ok = not self.recall_rows or _within_share(
-            record, first, "stop_retain_recall", self._recall(model), self.recall_tolerance
+        recall_ok = not self.scorer.recall_rows or _within_share(
+            record, first, "stop_retain_recall", self.scorer.recall(model), self.recall_tolerance
         )
         within = retain_ok and utility_ok and recall_ok
         if (
@@ -246,7 +201,7 @@ class IndistinguishableStop(TrainerCallback):
                 "%.3f <= 0 against %s); there is nothing for the rule to unlearn, so the model is kept unchanged: "
                 "check that --model_name_or_path was trained on the forget split", gap, self.holdout_name,
             )  # fmt: skip
-        if self.utility_rows and len(self.history) == 1 and record["stop_utility"] <= 0:
+        if self.scorer.utility_rows and len(self.history) == 1 and record["stop_utility"] <= 0:
             logger.warning(
                 "stop rule: the utility estimate is 0 at the first check (one of its parts is 0 on the sample), so "
                 "--stop_utility_tolerance cannot act; raise --stop_utility_sample or check the model and data"
@@ -291,14 +246,14 @@ class IndistinguishableStop(TrainerCallback):
             logger.warning(
                 "stop rule: the retain answers' %s fell %.0f%% below the first check's (tolerance %.0f%%) at gap %s; "
                 "stopping and keeping step %d's weights (gap %s)",
-                self._recall_name(), 100 * record["stop_retain_recall_drop"], 100 * self.recall_tolerance, _fmt(gap),
+                self.scorer.recall_name(), 100 * record["stop_retain_recall_drop"], 100 * self.recall_tolerance, _fmt(gap),
                 self.best["step"], _fmt(self.best["stop_gap"]),
             )  # fmt: skip
-        if self.recall_rows and len(self.history) == 1 and record["stop_retain_recall"] <= 0:
+        if self.scorer.recall_rows and len(self.history) == 1 and record["stop_retain_recall"] <= 0:
             logger.warning(
                 "stop rule: no retain answer is right at the first check (%s 0 on %d questions), so "
                 "--stop_retain_recall_tolerance cannot act; check that the model was trained on the retain split",
-                self._recall_name(), len(self.recall_rows),
+                self.scorer.recall_name(), len(self.scorer.recall_rows),
             )  # fmt: skip
         if decision == "retain_alarm":
             kept = self.best["stop_gap"]
@@ -309,64 +264,6 @@ class IndistinguishableStop(TrainerCallback):
             )  # fmt: skip
         return decision
 
-    def _score(self, model, step: int) -> dict:
-        """A full check's record: the statistic on forget vs holdout, losses, the retain loss."""
-        with eval_mode(model), torch.no_grad():
-            forget_loss, forget = self._values(model, self.forget_rows, "stop rule: forget")
-            holdout_loss, holdout = self._values(model, self.holdout, "stop rule: holdout")
-            record = self._record(model, step, forget_loss, holdout_loss)
-        trained = [i for i in range(len(forget)) if i not in self.heldout]
-        record |= {
-            "stop_gap": signed_gap(forget, holdout, self.statistic),
-            "stop_gap_trained": signed_gap(forget[trained], holdout, self.statistic),
-            "stop_gap_heldout": signed_gap(forget[sorted(self.heldout)], holdout, self.statistic) if self.heldout else None,
-        }  # fmt: skip
-        if self.statistic in TRUTH_RATIO_STATISTICS:
-            record["stop_gap_loss_auc"] = signed_gap(forget_loss, holdout_loss, "auc")
-            record["stop_forget_truth_ratio"] = float(np.exp(np.median(forget)))  # median R
-            record["stop_holdout_truth_ratio"] = float(np.exp(np.median(holdout)))
-            record["stop_screened"] = False
-        return record
-
-    def _utility(self, model) -> float:
-        """Model utility (the evaluation's nine numbers and their harmonic mean) on the sampled questions."""
-        from ..eval.metrics import tofu_metrics
-        from ..eval.tofu import score_split
-
-        loss = self.settings
-        gen = {k: loss[k] for k in ("prompt_format", "system_prompt", "batch_size") if k in loss}
-        settings = {"loss": loss, "gen": dict(gen, max_new_tokens=self.max_new_tokens)}
-        with eval_mode(model), torch.no_grad():
-            scores = {
-                role: score_split(model, self.tokenizer, rows, role, settings, False, process_shard())[0]
-                for role, rows in self.utility_rows.items()
-            }
-        return float(tofu_metrics(scores)["model_utility"]["value"])
-
-    def _recall_name(self) -> str:
-        return "fact recall" if all("fact" in r for r in self.recall_rows) else "ROUGE-L recall"
-
-    def _recall(self, model) -> float:
-        """What the report's collateral-damage line scores, on the sampled retain questions' greedy answers:
-        fact recall where every row carries a `fact` (the built-in world), else ROUGE-L recall (TOFU)."""
-        from ..eval.metrics import fact_recall, rouge_l_recall
-        from ..eval.scoring import generate_answers
-
-        rows = self.recall_rows
-        gen = {
-            k: self.settings[k]
-            for k in ("prompt_format", "system_prompt", "batch_size")
-            if k in self.settings
-        }
-        with eval_mode(model), torch.no_grad():
-            answers = generate_answers(
-                model, self.tokenizer, [r["question"] for r in rows], max_new_tokens=self.max_new_tokens,
-                desc="stop rule: retain answers", shard=process_shard(), **gen,
-            )  # fmt: skip
-        if all("fact" in r for r in rows):
-            return float(fact_recall([r["fact"] for r in rows], answers).mean())
-        return float(rouge_l_recall([r["answer"] for r in rows], answers).mean())
-
     def _rescore_best(self, model) -> float:
         """Score the kept (screened) check's weights in full, update its record, return its gap.
 
@@ -374,7 +271,7 @@ class IndistinguishableStop(TrainerCallback):
         """
         current = _snapshot(model)
         _load(model, self.best_weights)
-        scored = self._score(model, self.best["step"])
+        scored = self.scorer.full(model, self.best["step"])
         _load(model, current)
         keep = (
             "stop_gap",
@@ -385,32 +282,6 @@ class IndistinguishableStop(TrainerCallback):
         )
         self.best.update({k: scored[k] for k in keep}, stop_rescored=True)
         return self.best["stop_gap"]
-
-    def _screen(self, model, step: int) -> dict | None:
-        """A screened check's record (answers only), or None once the answer-loss gap has reached 0.
-
-        From then on every check is scored in full (module doc: screening).
-        """
-        with eval_mode(model), torch.no_grad():
-            forget_loss = self._losses(model, self.forget_rows, "stop rule: forget answers")
-            holdout_loss = self._losses(model, self.holdout, "stop rule: holdout answers")
-            loss_gap = signed_gap(forget_loss, holdout_loss, "auc")
-            if loss_gap <= 0:
-                self.screening = False
-                return None
-            record = self._record(model, step, forget_loss, holdout_loss)
-        return record | {
-            "stop_gap": None, "stop_gap_trained": None, "stop_gap_heldout": None,
-            "stop_gap_loss_auc": loss_gap, "stop_screened": True,
-        }  # fmt: skip
-
-    def _record(self, model, step: int, forget_loss: np.ndarray, holdout_loss: np.ndarray) -> dict:
-        """What every check records, full or screened: the mean answer losses and the retain sample's."""
-        retain = float(self._losses(model, self.retain_sample, "stop rule: retain").mean())
-        return {
-            "step": step, "stop_statistic": self.statistic, "stop_forget_loss": float(forget_loss.mean()),
-            "stop_holdout_loss": float(holdout_loss.mean()), "stop_retain_loss": retain,
-        }  # fmt: skip
 
     def _persist_best_weights(self) -> None:
         """The best weights on disk too, so a resumed run keeps them (rank 0, unsharded models)."""

@@ -146,9 +146,9 @@ def test_the_rule_scores_constructed_rows_as_truth_ratios():
     assert rule.screening  # screened like truth_ratio
     # The answer scores loss 1, every wrong answer 2: log R = 1 - 2 per question.
     asked, answers = [], {r["answer"] for r in rows}
-    rule._losses = lambda model, rs, desc: asked.extend(rs) or np.array([1.0 if r["answer"] in answers else 2.0
+    rule.scorer.losses = lambda model, rs, desc: asked.extend(rs) or np.array([1.0 if r["answer"] in answers else 2.0
                                                                          for r in rs])  # fmt: skip
-    answer, log_r = rule._values(None, rows, "forget")
+    answer, log_r = rule.scorer.values(None, rows, "forget")
     assert answer.tolist() == [1.0] * len(rows) and log_r.tolist() == [-1.0] * len(rows)
     assert len(asked) == 6 * len(rows)  # the answer (also the correct side) once, 5 wrong answers
 

@@ -51,7 +51,7 @@ def _rule(
             return np.array(rule._current[0])
         return np.array(rule._current[1] if "holdout" in desc else [rule._current[2]])
 
-    rule._losses = scripted
+    rule.scorer.losses = scripted
     return rule, records
 
 
@@ -266,14 +266,14 @@ def test_truth_ratio_values_by_hand():
     data = {"statistic": "truth_ratio", "holdout": rows, "heldout": [], "retain_sample": []}
     rule = IndistinguishableStop(None, rows, data, config, {}, lambda record: None, "/nonexistent")
     asked = []
-    rule._losses = lambda model, rs, desc: asked.append(rs) or np.array([flat[r["answer"]] for r in rs])
-    answer, log_ratio = rule._values(None, rows, "forget")
+    rule.scorer.losses = lambda model, rs, desc: asked.append(rs) or np.array([flat[r["answer"]] for r in rs])
+    answer, log_ratio = rule.scorer.values(None, rows, "forget")
     assert [r["question"] for r in asked[0]] == ["q1"] * 4 + ["q2"] * 5
     assert answer.tolist() == [0.5, 0.25]
     assert np.exp(log_ratio) == pytest.approx([math.exp(1.0 - 2.5), math.exp(2.0 - 1.5)])
     # A paraphrase 1000 nats less likely than its perturbations: R overflows, log R does not.
     flat["p"] = 1002.5
-    assert np.isfinite(rule._values(None, rows, "forget")[1]).all()
+    assert np.isfinite(rule.scorer.values(None, rows, "forget")[1]).all()
 
 
 @pytest.mark.parametrize("schedule", ["lambda", "gen"])
@@ -345,7 +345,7 @@ def _screening_rule(script: dict[int, tuple], tolerance=0.5):
             else (np.array(ha, float), np.array(htr, float))
         )
 
-    rule._losses, rule._values = losses, values
+    rule.scorer.losses, rule.scorer.values = losses, values
     model = torch.nn.Linear(1, 1, bias=False)
     with torch.no_grad():
         model.weight.zero_()  # _train adds 1 per step: the weight is the step
@@ -429,9 +429,9 @@ def test_utility_guard_stops_on_the_estimated_utility_and_never_keeps_such_weigh
         ([3, 3], [3, 4], 1.0),
     ]
     rule, records = _rule(scripted)
-    rule.utility_rows, rule.utility_tolerance = {"retain": [None]}, 0.2
+    rule.scorer.utility_rows, rule.utility_tolerance = {"retain": [None]}, 0.2
     estimates = iter([0.8, 0.72, 0.56])
-    rule._utility = lambda model: next(estimates)
+    rule.scorer.utility = lambda model: next(estimates)
     weights, last = _train(rule, torch.nn.Linear(1, 1, bias=False), steps=5)
     checks = [r for r in records if "stop_decision" in r]
     assert [r["stop_utility_drop"] for r in checks] == pytest.approx([0.0, 0.1, 0.3])
@@ -465,7 +465,7 @@ def test_utility_estimate_is_the_evaluations_model_utility_on_the_sample(micro_m
     rule = IndistinguishableStop(tok, forget, stop_data, config, settings, lambda r: None, tmp_path)
     result = evaluate(model, tok, data_dir=micro_world, forget_split="forget10", batch_size=64, max_new_tokens=8,
                       max_length=512, progress=False, mia=False)  # fmt: skip
-    assert rule._utility(model) == pytest.approx(result["metrics"]["model_utility"]["value"], rel=1e-9)
+    assert rule.scorer.utility(model) == pytest.approx(result["metrics"]["model_utility"]["value"], rel=1e-9)
 
 
 def test_retain_recall_guard_stops_on_the_sampled_recall_and_never_keeps_such_weights(caplog):
@@ -477,9 +477,9 @@ def test_retain_recall_guard_stops_on_the_sampled_recall_and_never_keeps_such_we
         ([3, 3], [3, 4], 1.0),
     ]
     rule, records = _rule(scripted)
-    rule.recall_rows, rule.recall_tolerance = [{"question": "q", "answer": "a", "fact": "a"}], 0.12
+    rule.scorer.recall_rows, rule.recall_tolerance = [{"question": "q", "answer": "a", "fact": "a"}], 0.12
     recalls = iter([0.9, 0.85, 0.72])
-    rule._recall = lambda model: next(recalls)
+    rule.scorer.recall = lambda model: next(recalls)
     weights, last = _train(rule, torch.nn.Linear(1, 1, bias=False), steps=5)
     checks = [r for r in records if "stop_decision" in r]
     assert [r["stop_retain_recall_drop"] for r in checks] == pytest.approx([0.0, 0.05 / 0.9, 0.2])
@@ -524,19 +524,21 @@ def test_retain_recall_is_the_evaluations_collateral_damage_number_on_the_sample
                       max_length=512, progress=False, mia=False)  # fmt: skip
     # The micro target answers almost nothing right, so the two agree at a low value; the patched
     # generations below make the number itself checkable.
-    assert rule._recall(model) == pytest.approx(result["metrics"]["retain_fact_recall"]["value"], abs=1e-12)
-    rows = rule.recall_rows
+    assert rule.scorer.recall(model) == pytest.approx(
+        result["metrics"]["retain_fact_recall"]["value"], abs=1e-12
+    )
+    rows = rule.scorer.recall_rows
     right = {r["question"] for r in rows[::3]}  # every third question answered with its gold answer
     fake = lambda model, tok, questions, **kw: [  # noqa: E731
         next(r["answer"] for r in rows if r["question"] == q) if q in right else "I do not know."
         for q in questions
     ]
     monkeypatch.setattr("llm_unlearn.eval.scoring.generate_answers", fake)
-    assert rule._recall(model) == pytest.approx(len(right) / len(rows))
-    rule.recall_rows = [{k: v for k, v in r.items() if k != "fact"} for r in rows]
-    assert rule._recall_name() == "ROUGE-L recall"
+    assert rule.scorer.recall(model) == pytest.approx(len(right) / len(rows))
+    rule.scorer.recall_rows = [{k: v for k, v in r.items() if k != "fact"} for r in rows]
+    assert rule.scorer.recall_name() == "ROUGE-L recall"
     expected = rouge_l_recall([r["answer"] for r in rows], fake(None, None, [r["question"] for r in rows]))
-    assert rule._recall(model) == pytest.approx(float(expected.mean())) and 0 < expected.mean() < 1
+    assert rule.scorer.recall(model) == pytest.approx(float(expected.mean())) and 0 < expected.mean() < 1
 
 
 def test_a_forget_set_already_like_unseen_data_stops_at_once_and_keeps_the_model(caplog):
