@@ -51,7 +51,10 @@ truth-ratio gap is unknown, and any scored check within tolerance replaces it, e
 first scored check has already crossed, the kept screened check's weights are scored too and the
 nearer of the two is kept, `stop_previous_gap`). Replayed on the 18
 traces of `benchmarks/stop_study.md`, this keeps the same check in 18 of 18 and scores truth ratios
-at 74 of the 126 checks.
+at 74 of the 126 checks. The check before training is screened too (since 2026-12-05; it was scored
+in full before): its truth-ratio gap decides nothing unless the run keeps it and a scored check
+later crosses, and then it is scored as any kept screened check is. Only a first check whose
+answer-loss gap is already <= 0 is scored in full there, for the `already_indistinguishable` test.
 
 With `utility_tolerance` > 0 (off by default) each check also estimates model utility itself, as
 `eval/tofu.py` scores it (answer probability, greedy answer's ROUGE-L and truth ratio on retain, real
@@ -151,7 +154,7 @@ class IndistinguishableStop(TrainerCallback):
         """Score, record, keep the best weights; return the decision."""
         start = time.perf_counter()
         record = None
-        if self.screening and self.history:
+        if self.screening:
             record = self.scorer.screened(model, step)
             self.screening = record is not None  # once the answer-loss gap reached 0, every check in full
         if record is None:
@@ -322,8 +325,10 @@ class IndistinguishableStop(TrainerCallback):
                 (r for r in record["history"] if r["step"] == record.get("best_step")), record.get("best")
             )  # "best": the record itself, as runs before 2026-12-02's screening wrote it
             self.history = [r for r in record["history"] if r["step"] <= state.global_step]
+            # A check scored in full means screening had ended (runs before 2026-12-05 scored step 0 in
+            # full while still screening: resumed, they score every later check in full, which is safe).
             self.screening = self.screening and not any(
-                r.get("stop_screened") is False for r in self.history[1:]
+                r.get("stop_screened") is False for r in self.history
             )
             if self.damping is not None:
                 self.damping = self.history[-1].get("stop_lr_damping", 1.0)

@@ -189,17 +189,17 @@ def test_auto_end_to_end_stops_records_its_trajectory_and_agrees_with_the_evalua
     # retain-only model's 0.43 (world seed 0). Before forget and holdout authors were made
     # exchangeable (world.py), the tokenizer alone gave the retain-only model 0.78 here.
     assert checks[0]["step"] == 0 and checks[0]["stop_gap_loss_auc"] > 0.1
-    assert (
-        checks[0]["stop_gap"] > 0
-        and checks[0]["stop_forget_truth_ratio"] < checks[0]["stop_holdout_truth_ratio"]
-    )
+    assert checks[0]["stop_forget_loss"] < checks[0]["stop_holdout_loss"]
     assert len(end) == 1 and end[0]["stop_reason"] in ("crossed", "stalled", "retain_alarm", "max_steps")
-    # Screening: answers only while their loss gap is > 0, then truth ratios at every check.
+    # Screening: answers only while their loss gap is > 0 (the check before training included), then
+    # truth ratios at every check.
     screened = [r for r in checks if r["stop_screened"]]
-    assert not checks[0]["stop_screened"]
+    assert checks[0]["stop_screened"] and checks[0]["stop_gap"] is None
     assert all(r["stop_gap"] is None and r["stop_gap_loss_auc"] > 0 for r in screened)
-    first_full = next((i for i, r in enumerate(checks[1:], 1) if not r["stop_screened"]), len(checks))
-    assert screened == checks[1:first_full], "once truth ratios are scored, every later check scores them"
+    first_full = next((i for i, r in enumerate(checks) if not r["stop_screened"]), len(checks))
+    assert screened == checks[:first_full], "once truth ratios are scored, every later check scores them"
+    assert first_full < len(checks), "the answer losses crossed, so truth ratios were scored"
+    assert checks[first_full]["stop_forget_truth_ratio"] > 0 and checks[first_full]["stop_gap"] is not None
     # Every forget question is trained on under --auto (issue 22): no held-out part, so the gap on the
     # trained questions is the gap itself.
     assert all(r["stop_gap_heldout"] is None for r in checks)
@@ -363,10 +363,10 @@ def test_screening_scores_truth_ratios_only_after_the_answer_loss_gap_crosses():
     rule, records, full, model = _screening_rule(script)
     weights, last = _train(rule, model, steps=5)
     checks = [r for r in records if "stop_decision" in r]
-    assert [r["stop_screened"] for r in checks] == [False, True, True, False, False]
-    assert [r["stop_gap"] for r in checks] == [1.0, None, None, 0.5, 0.0]
+    assert [r["stop_screened"] for r in checks] == [True, True, True, False, False]
+    assert [r["stop_gap"] for r in checks] == [None, None, None, 0.5, 0.0]
     assert [r["stop_gap_loss_auc"] for r in checks] == [0.5, 0.5, 0.25, -0.5, -0.5]
-    assert full == [0, 3, 4]  # truth ratios at the first check and from the crossing of the answer losses on
+    assert full == [3, 4]  # truth ratios from the crossing of the answer losses on (none before training)
     assert last == 4 and records[-1]["stop_reason"] == "crossed" and records[-1]["stop_best_step"] == 4
 
 
@@ -378,7 +378,7 @@ def test_screening_rescores_the_kept_check_when_the_first_scored_check_has_overs
     rule, records, full, model = _screening_rule(script)
     weights, last = _train(rule, model, steps=3)
     checks = [r for r in records if "stop_decision" in r]
-    assert full == [0, 3, 2]  # step 2 scored with step 2's weights, after step 3's
+    assert full == [3, 2]  # step 2 scored with step 2's weights, after step 3's
     assert checks[-1]["stop_gap"] == -1.0 and checks[-1]["stop_previous_gap"] == 0.5
     end = {k: v for k, v in records[-1].items() if k != "stop_best_check"}
     assert end == {
@@ -397,9 +397,34 @@ def test_a_retain_alarm_while_screening_keeps_the_last_screened_check_within_tol
     script = {0: (*A_FAR, *R_FAR, 1.0), 1: (*A_FAR, *R_FAR, 1.5), 2: (*A_NEAR, *R_FAR, 2.5)}
     rule, records, full, model = _screening_rule(script)
     weights, last = _train(rule, model, steps=2)
-    assert full == [0]
+    assert full == []  # no truth ratio was ever needed
     assert records[-1]["stop_reason"] == "retain_alarm" and records[-1]["stop_best_step"] == 1
     assert records[-1]["stop_best_gap"] is None and torch.equal(model.weight, weights[1])
+
+
+def test_a_first_check_already_past_the_holdout_is_scored_in_full_and_keeps_the_model():
+    # Answer losses already crossed before training: no screening; the truth ratios say the forget set
+    # looks like unseen data, so there is nothing to unlearn and the untouched weights are kept.
+    script = {0: (*A_CROSSED, *R_SAME, 1.0), 1: (*A_CROSSED, *R_OVER, 1.1)}
+    rule, records, full, model = _screening_rule(script)
+    weights, last = _train(rule, model, steps=1)
+    checks = [r for r in records if "stop_decision" in r]
+    assert full[0] == 0 and checks[0]["stop_screened"] is False
+    assert checks[0]["stop_decision"] == "already_indistinguishable"
+    assert records[-1]["stop_best_step"] == 0 and torch.equal(model.weight, weights[0])
+
+
+def test_a_kept_check_before_training_is_scored_when_the_first_scored_check_overshoots():
+    # The guard allows nothing between step 0 and the crossing: step 0 (screened) stays the kept check
+    # until step 1 crosses far past 0; step 0's weights are then scored (+1) and compared: -1 vs +1 is a
+    # tie, so the check already kept stays (ties never replace it).
+    script = {0: (*A_FAR, *R_FAR, 1.0), 1: (*A_CROSSED, *R_OVER, 1.1)}
+    rule, records, full, model = _screening_rule(script)
+    weights, last = _train(rule, model, steps=1)
+    checks = [r for r in records if "stop_decision" in r]
+    assert full == [1, 0] and checks[-1]["stop_previous_gap"] == 1.0
+    assert records[-1]["stop_reason"] == "crossed" and records[-1]["stop_best_step"] == 0
+    assert records[-1]["stop_best_gap"] == 1.0 and torch.equal(model.weight, weights[0])
 
 
 def test_a_resumed_run_goes_on_screening_only_if_no_truth_ratio_check_has_been_scored(tmp_path):
