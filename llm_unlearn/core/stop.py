@@ -327,9 +327,7 @@ class IndistinguishableStop(TrainerCallback):
             self.history = [r for r in record["history"] if r["step"] <= state.global_step]
             # A check scored in full means screening had ended (runs before 2026-12-05 scored step 0 in
             # full while still screening: resumed, they score every later check in full, which is safe).
-            self.screening = self.screening and not any(
-                r.get("stop_screened") is False for r in self.history
-            )
+            self.screening = self.screening and not any(r.get("stop_screened") is False for r in self.history)
             if self.damping is not None:
                 self.damping = self.history[-1].get("stop_lr_damping", 1.0)
             self.best_weights = load_file(str(self.output_dir / BEST_FILE))
