@@ -149,13 +149,6 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
     stop_patience: int = field(
         default=3, metadata={"help": "Stop after N checks that bring the gap no closer to 0."}
     )
-    stop_restarts: int = field(
-        default=2,
-        metadata={
-            "help": "When a guard stops the run at a check while only the weights before training could be kept, "
-            "restore them and go on with checks twice as often instead, at most N times (0 = stop at once)."
-        },
-    )
     stop_retain_tolerance: float = field(
         default=0.5,
         metadata={
@@ -345,7 +338,6 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
         require(math.isfinite(self.sam_rho) and self.sam_rho >= 0, "sam_rho", self.sam_rho, "a finite number >= 0 (0 = off)")  # fmt: skip
         require(self.stop_check_interval >= 0, "stop_check_interval", self.stop_check_interval, ">= 0 (0 = once per epoch)")  # fmt: skip
         require(self.stop_patience >= 1, "stop_patience", self.stop_patience, "at least 1 check")
-        require(self.stop_restarts >= 0, "stop_restarts", self.stop_restarts, ">= 0 (0 = never restart)")
         require(math.isfinite(self.stop_retain_tolerance) and self.stop_retain_tolerance > 0, "stop_retain_tolerance", self.stop_retain_tolerance, "a positive fraction (0.5 = half the retain set's lead over unseen data)")  # fmt: skip
         require(0 <= self.stop_utility_tolerance < 1, "stop_utility_tolerance", self.stop_utility_tolerance, "in [0, 1) (0 = off; 0.2 = keep 80% of the estimated utility)")  # fmt: skip
         require(self.stop_utility_sample >= 2, "stop_utility_sample", self.stop_utility_sample, "at least 2 questions per role")  # fmt: skip

@@ -41,16 +41,6 @@ saturated (+1/2 for auc, +1 for KS: while every forget value is below every hold
 statistic cannot move, however fast the forget values rise). Otherwise the run's own length
 (`max_steps` / epochs) is the safety net (`max_steps`).
 
-Restarts (`restarts`, 2 by default): a guard (any alarm below) that fires while the kept check is
-still the one before training would return the untouched model. Instead, up to `restarts` times,
-the rule puts those weights back and goes on checking twice as often (the interval halved, at
-least 1 step), so that a check comes before the damage the guard measures. Seen on SmolLM2-135M
-and TOFU's forget05 slice: one epoch (25 steps) cost 16% of the retain answers' ROUGE-L recall while
-the forget answers' loss AUC gap had moved from +0.500 to +0.498 (benchmarks/smollm2.md). A run
-that keeps any later check never restarts, so on the traces of `benchmarks/auto.md`, where every
-run kept a later check, the decisions are those without restarts. Each restart is a check record
-with `stop_decision` "restart" and the alarm that caused it (`stop_alarm`).
-
 Screening (`screen`, on by default, truth_ratio only, not with damping): a truth-ratio check scores
 7 texts per question (answer, paraphrase, 5 perturbed); the answer alone is 1 of them. Until the
 answer-loss AUC gap first reaches 0, a check scores only the answers and the retain sample, and
@@ -118,7 +108,6 @@ BEST_FILE = "stop_rule_best.safetensors"
 DAMPING_FLOOR = 0.1  # --stop_lr_damping never slows the steps more than tenfold
 # |gap| of two samples that do not overlap at all
 SATURATED = {"auc": 0.5, "ks": 1.0, "truth_ratio": 1.0, "truth_ratio_constructed": 1.0}
-ALARMS = ("retain_alarm", "retain_recall_alarm", "utility_alarm")
 
 
 class IndistinguishableStop(TrainerCallback):
@@ -142,8 +131,6 @@ class IndistinguishableStop(TrainerCallback):
         self.statistic = stop_data["statistic"]
         self.holdout_name = stop_data.get("holdout_name", "the holdout split")
         self.interval = config.stop_check_interval
-        self.offset = 0  # checks come every `interval` steps from this step on (moved by a restart)
-        self.restarts_left = getattr(config, "stop_restarts", 0)
         self.patience = config.stop_patience
         self.tolerance = config.stop_retain_tolerance
         self.recall_tolerance = getattr(config, "stop_retain_recall_tolerance", 0.0)
@@ -241,15 +228,6 @@ class IndistinguishableStop(TrainerCallback):
                 and abs(best_gap) < SATURATED[self.statistic]
             ):
                 decision = "stalled"
-        if (
-            decision in ALARMS
-            and self.restarts_left > 0
-            and self.interval > 1
-            and self.best["step"] == self.history[0]["step"]
-        ):
-            # Nothing but the weights before training could be kept: go back to them and check twice as
-            # often rather than return an untouched model (module doc: restarts).
-            record["stop_alarm"], decision = decision, "restart"
         if self.damping is not None:
             first_gap = self.history[0]["stop_gap"]
             self.damping = min(1.0, max(DAMPING_FLOOR, gap / first_gap)) if first_gap > 0 else 1.0
@@ -347,9 +325,6 @@ class IndistinguishableStop(TrainerCallback):
                 (r for r in record["history"] if r["step"] == record.get("best_step")), record.get("best")
             )  # "best": the record itself, as runs before 2026-12-02's screening wrote it
             self.history = [r for r in record["history"] if r["step"] <= state.global_step]
-            for r in self.history:  # the restarts before the checkpoint, replayed
-                if r.get("stop_decision") == "restart":
-                    self._shorten(r["step"])
             # A check scored in full means screening had ended (runs before 2026-12-05 scored step 0 in
             # full while still screening: resumed, they score every later check in full, which is safe).
             self.screening = self.screening and not any(r.get("stop_screened") is False for r in self.history)
@@ -359,7 +334,7 @@ class IndistinguishableStop(TrainerCallback):
             # A decision taken at or before the checkpoint stands: the resumed run trains no further
             # (UnlearnTrainer runs no epoch once the stop flag is up) and ends as the first run would have.
             last = self.history[-1] if self.history else {}
-            if last.get("stop_decision", "continue") not in ("continue", "restart"):
+            if last.get("stop_decision", "continue") != "continue":
                 self.decision = last["stop_decision"]
                 control.should_training_stop = True
                 logger.info(
@@ -372,12 +347,6 @@ class IndistinguishableStop(TrainerCallback):
             if decision != "continue":  # already indistinguishable: the Trainer stops after its first step
                 self.decision = decision
                 control.should_training_stop = True
-
-    def _shorten(self, step: int) -> None:
-        """A restart at `step`: one fewer left, checks twice as often from there."""
-        self.restarts_left -= 1
-        self.interval = max(1, self.interval // 2)
-        self.offset = step
 
     def _damp(self, scheduler) -> None:
         """Scale the schedule's multiplier by `self.damping` from now on (GeN's factor, LambdaLR's lambdas).
@@ -398,20 +367,10 @@ class IndistinguishableStop(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.damping is not None:
             self._damp(kwargs.get("lr_scheduler"))
-        if (state.global_step - self.offset) % self.interval:
+        if state.global_step % self.interval:
             return
         before = self.damping
         decision = self.check(model, state.global_step)
-        if decision == "restart":
-            _load(model, self.best_weights)
-            alarm = self.history[-1]["stop_alarm"]
-            self._shorten(state.global_step)
-            logger.warning(
-                "stop rule: %s at step %d before any check could be kept; back to step %d's weights, now checking "
-                "every %d steps (%d restart(s) left)",
-                alarm, state.global_step, self.best["step"], self.interval, self.restarts_left,
-            )  # fmt: skip
-            return
         if self.damping is not None and self.damping != before and kwargs.get("optimizer") is not None:
             # The next step's lr was set before this check: rescale it now rather than one step late.
             for group in kwargs["optimizer"].param_groups:

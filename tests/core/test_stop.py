@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -585,61 +584,3 @@ def test_a_forget_set_already_like_unseen_data_stops_at_once_and_keeps_the_model
     assert records[-1]["stop_reason"] == "already_indistinguishable" and records[-1]["stop_best_step"] == 0
     assert len([r for r in records if "stop_decision" in r]) == 1  # no check of the stepped weights
     assert torch.equal(model.weight, untouched)
-
-
-def _restarting_rule(losses, interval: int, restarts: int, output_dir="/nonexistent"):
-    """`_rule`'s scripted scores, with a check every `interval` steps and `restarts` allowed."""
-    rule, records = _rule(losses)
-    rule.interval, rule.restarts_left, rule.output_dir = interval, restarts, Path(output_dir)
-    return rule, records
-
-
-# lead = holdout 3.5 - retain 1.0 = 2.5; tolerance 0.5: a retain loss above 2.25 alarms.
-START, HARMED, HALFWAY = ([1, 2], [3, 4], 1.0), ([1, 2], [3, 4], 3.0), ([1, 3.5], [3, 4], 1.2)
-
-
-def test_an_alarm_before_any_kept_check_restarts_from_the_start_with_checks_twice_as_often():
-    rule, records = _restarting_rule([START, HARMED, HALFWAY, HARMED], interval=4, restarts=2)
-    model = torch.nn.Linear(1, 1, bias=False)
-    weights, last = _train(rule, model, steps=20)
-    checks = [r for r in records if "stop_decision" in r]
-    assert [(r["step"], r["stop_decision"]) for r in checks] == [
-        (0, "continue"),
-        (4, "restart"),
-        (6, "continue"),
-        (8, "retain_alarm"),
-    ]
-    assert checks[1]["stop_alarm"] == "retain_alarm"
-    # Back to step 0's weights at step 4, then two steps on: step 6's weights are the start's + 2.
-    assert torch.equal(weights[6], weights[0] + 2)
-    assert last == 8 and records[-1]["stop_reason"] == "retain_alarm" and records[-1]["stop_best_step"] == 6
-    assert torch.equal(model.weight, weights[6])
-
-
-def test_restarts_end_when_none_are_left_and_keep_the_start_then():
-    rule, records = _restarting_rule([START, HARMED, HARMED, HARMED, HARMED], interval=8, restarts=2)
-    model = torch.nn.Linear(1, 1, bias=False)
-    weights, last = _train(rule, model, steps=40)
-    checks = [r for r in records if "stop_decision" in r]
-    assert [(r["step"], r["stop_decision"]) for r in checks] == [
-        (0, "continue"),
-        (8, "restart"),
-        (12, "restart"),
-        (14, "retain_alarm"),
-    ]
-    assert records[-1]["stop_best_step"] == 0 and torch.equal(model.weight, weights[0])
-    # Without restarts (the rule before 2026-12-05) the first alarm ends the run.
-    rule, records = _restarting_rule([START, HARMED], interval=8, restarts=0)
-    weights, last = _train(rule, torch.nn.Linear(1, 1, bias=False), steps=40)
-    assert last == 8 and records[-1]["stop_reason"] == "retain_alarm"
-
-
-def test_a_resumed_run_replays_its_restarts(tmp_path):
-    first, _ = _restarting_rule([START, HARMED, HALFWAY], interval=4, restarts=2, output_dir=tmp_path)
-    _train(first, torch.nn.Linear(1, 1, bias=False), steps=6)  # restart at 4, a kept check at 6, on disk
-    resumed, _ = _restarting_rule([START], interval=4, restarts=2, output_dir=tmp_path)
-    state = SimpleNamespace(global_step=6, max_steps=20)
-    control = TrainerControl()
-    resumed.on_train_begin(SimpleNamespace(max_steps=20, num_train_epochs=1), state, control, model=None)
-    assert (resumed.interval, resumed.offset, resumed.restarts_left) == (2, 4, 1)
-    assert not control.should_training_stop and resumed.best["step"] == 6
