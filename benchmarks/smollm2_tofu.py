@@ -89,9 +89,6 @@ ARMS: dict[str, dict] = {
     # SAM (core/sam.py) needs about 2.5x the plain steps (docs/lasting.md); rho comes from --sam_rho.
     "ngdiff+sam": dict(method="ngdiff", num_train_epochs=12),
     "auto": dict(AUTO_SETTINGS, auto=True),
-    # `--auto` as it was before restarts (--stop_restarts 0): on the forget05 slice its first check after the
-    # start already lost 16% of the retain recall, so it kept the untouched target.
-    "auto-norestart": dict(AUTO_SETTINGS, auto=True, stop_restarts=0),
     # `--auto` with AdamW at a fixed lr 1e-4 instead of SGD + GeN (benchmarks/auto.py's `auto-adam4`).
     "auto-adam": dict(AUTO_SETTINGS, auto=True, optim="adamw_torch", learning_rate=1e-4, gen=False),
     # `--auto` with the forget term on answer tokens no retain answer of the slice has (--forget_token_max_df 0).
