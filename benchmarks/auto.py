@@ -522,28 +522,45 @@ def real_model_lines(records: Path) -> list[str]:
     (`benchmarks/smollm2.json`, written by `benchmarks/smollm2_tofu.py`; not copied here, so the two
     files cannot disagree), beside that protocol's recipes on the same target, split and seeds."""
     rows = json.loads(records.read_text()) if records.is_file() else []
-    cpu = [r for r in rows if r.get("protocol") == "cpu" and r.get("split") == "forget01"]
+    lines: list[str] = []
+    # (protocol, split, slice, recipe arms shown beside `auto`): forget01's slice has every diagnostic arm;
+    # forget05's (issue 23) ran ngdiff and npo at its chosen lr beside `auto`.
+    sections = (
+        ("cpu", "forget01", "forget01's 2 authors, 3 retain authors, holdout01",
+         ("auto-adam", "auto-rare", "ngdiff", "graddiff", "npo")),
+        ("cpu05", "forget05", "forget05's 10 authors (TOFU's last), the same 3 retain authors, holdout05",
+         ("ngdiff", "npo@3e-4")),
+    )  # fmt: skip
+    for protocol, split, slice_, others in sections:
+        sel = [r for r in rows if r.get("protocol") == protocol and r.get("split") == split]
+        lines += _real_model_section(records, sel, protocol, split, slice_, others)
+    return lines
+
+
+def _real_model_section(
+    records: Path, cpu: list[dict], protocol: str, split: str, slice_: str, others
+) -> list[str]:
     target = next((r for r in cpu if r["model"] == "target"), None)
-    autos = [r for r in cpu if r["method"] == "auto"]
+    autos = sorted((r for r in cpu if r["method"] == "auto"), key=lambda r: r["seed"])
     if target is None or not autos:
         return []
+    preset = "" if protocol == "cpu" else f" --preset {protocol}"
     lines = [
         "",
-        "## On the real TOFU: SmolLM2-135M-Instruct, forget01",
+        f"## On the real TOFU: SmolLM2-135M-Instruct, {split}",
         "",
-        f"From `{records.name}` (`python benchmarks/smollm2_tofu.py --methods auto`; its CPU slice of TOFU: "
-        "forget01's 2 authors, 3 retain authors, holdout01, all real authors and world facts; see that "
+        f"From `{records.name}` (`python benchmarks/smollm2_tofu.py{preset} --methods auto`; its CPU slice of TOFU: "
+        f"{slice_}, all real authors and world facts; see that "
         "script). The retain answers are scored by ROUGE-L recall there (TOFU rows carry no `fact`), so the "
         f"issue's goal is retain ROUGE-L >= {RECALL_FLOOR:g} x the target's; FQ against the retain-only "
-        "reference. `check s`: the stop rule's checks, part of train s. The recipes (fixed lr 1e-4, 5 "
-        "epochs, AdamW) are the same protocol's rows.",
+        "reference. `check s`: the stop rule's checks, part of train s. The recipes (AdamW, 5 "
+        "epochs, lr 1e-4 unless the arm names another) are the same protocol's rows.",
         "",
         "| arm | seed | FQ | MU / target | retain ROUGE-L / target | forget ROUGE-L | stop | kept step / steps "
         "| train s | check s | hardware |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     # auto-adam: the rule with AdamW at lr 1e-4; auto-rare: with --forget_token_max_df 0 (diagnostic arms)
-    others = ("auto-adam", "auto-rare", "ngdiff", "graddiff", "npo")
     shown = autos + sorted(
         (r for r in cpu if r["model"] == "unlearned" and r["method"] in others),
         key=lambda r: (others.index(r["method"]), r["seed"]),
