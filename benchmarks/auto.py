@@ -524,12 +524,12 @@ def real_model_lines(records: Path) -> list[str]:
     rows = json.loads(records.read_text()) if records.is_file() else []
     lines: list[str] = []
     # (protocol, split, slice, recipe arms shown beside `auto`): forget01's slice has every diagnostic arm;
-    # forget05's (issue 23) ran ngdiff and npo at its chosen lr beside `auto`.
+    # forget05's (issue 23) ran ngdiff (and at 3e-5) and npo at its chosen lr beside `auto`.
     sections = (
         ("cpu", "forget01", "forget01's 2 authors, 3 retain authors, holdout01",
          ("auto-adam", "auto-rare", "ngdiff", "graddiff", "npo")),
         ("cpu05", "forget05", "forget05's 10 authors (TOFU's last), the same 3 retain authors, holdout05",
-         ("ngdiff", "npo@3e-4")),
+         ("ngdiff", "ngdiff@3e-5", "npo@3e-4")),
     )  # fmt: skip
     for protocol, split, slice_, others in sections:
         sel = [r for r in rows if r.get("protocol") == protocol and r.get("split") == split]
