@@ -54,6 +54,12 @@ class CheckScorer:
         self.recall_rows = stop_data.get("recall_rows")
         self.settings = {k: v for k, v in score_settings.items() if k != "max_new_tokens"}
         self.max_new_tokens = score_settings.get("max_new_tokens", 64)
+        # What greedy generation takes of the scoring settings (the utility and recall guards).
+        self.gen = {
+            k: self.settings[k]
+            for k in ("prompt_format", "system_prompt", "batch_size")
+            if k in self.settings
+        }
         self._encoded: dict = {}  # every check scores the same pairs: tokenized once (answer_losses)
 
     def losses(self, model, rows: list[dict], desc: str) -> np.ndarray:
@@ -101,9 +107,7 @@ class CheckScorer:
         from ..eval.metrics import tofu_metrics
         from ..eval.tofu import score_split
 
-        loss = self.settings
-        gen = {k: loss[k] for k in ("prompt_format", "system_prompt", "batch_size") if k in loss}
-        settings = {"loss": loss, "gen": dict(gen, max_new_tokens=self.max_new_tokens)}
+        settings = {"loss": self.settings, "gen": dict(self.gen, max_new_tokens=self.max_new_tokens)}
         with eval_mode(model), torch.no_grad():
             scores = {
                 role: score_split(model, self.tokenizer, rows, role, settings, False, process_shard())[0]
@@ -121,15 +125,10 @@ class CheckScorer:
         from ..eval.scoring import generate_answers
 
         rows = self.recall_rows
-        gen = {
-            k: self.settings[k]
-            for k in ("prompt_format", "system_prompt", "batch_size")
-            if k in self.settings
-        }
         with eval_mode(model), torch.no_grad():
             answers = generate_answers(
                 model, self.tokenizer, [r["question"] for r in rows], max_new_tokens=self.max_new_tokens,
-                desc="stop rule: retain answers", shard=process_shard(), **gen,
+                desc="stop rule: retain answers", shard=process_shard(), **self.gen,
             )  # fmt: skip
         if all("fact" in r for r in rows):
             return float(fact_recall([r["fact"] for r in rows], answers).mean())
