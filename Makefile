@@ -9,7 +9,7 @@ PYTEST_FAST := -m "not slow and not gpu and not multi_gpu"
 
 REAL_STAMP := $(VENV)/.stamp-real-model
 
-.PHONY: install real-model demo test test-slow lint clean
+.PHONY: install real-model demo test test-slow test-gpu lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test: $(STAMP)
 # Exit code 5 means "no tests collected"; the slow suite is never empty, so it is a real failure.
 test-slow: $(STAMP) $(REAL_STAMP)
 	$(BIN)/python -m pytest -m slow -q
+
+# On a CUDA machine (set up with a CUDA build of torch: TORCH_SPEC=torch): every method in fp32 and bf16,
+# --auto and the evaluator on the GPU (tests/gpu). Skipped where no GPU is visible; CI has none.
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -m gpu -q tests/gpu
 
 lint: $(STAMP)
 	$(BIN)/ruff check llm_unlearn tests benchmarks
