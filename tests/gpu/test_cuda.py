@@ -67,16 +67,8 @@ def test_every_method_unlearns_on_the_gpu(micro_models, micro_world, tmp_path, n
 
 def test_ngdiff_in_bf16_tracks_fp32(micro_models, micro_world, tmp_path):
     """Same weights, batches and lr: bf16 autocast's losses stay within a few per cent of fp32's for 5 steps."""
-    flags = [
-        "--config",
-        "recipes/world/ngdiff.yaml",
-        "--max_steps",
-        "5",
-        "--do_final_eval",
-        "false",
-        "--seed",
-        "0",
-    ]
+    recipe = str(Path(__file__).resolve().parents[2] / "recipes" / "world" / "ngdiff.yaml")
+    flags = ["--config", recipe, "--max_steps", "5", "--do_final_eval", "false", "--seed", "0"]
     fp32 = _losses(_unlearn(micro_models, micro_world, tmp_path / "fp32", *flags))
     bf16 = _losses(_unlearn(micro_models, micro_world, tmp_path / "bf16", *flags, "--bf16", "true"))
     assert len(fp32) == len(bf16) == 5
