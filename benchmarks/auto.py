@@ -35,7 +35,7 @@ models; forget01/05/10; training seeds 0, 1, 2 (`--seed k --retain_seed k`). Arm
   `auto-b16*` use the recipes' batch of 16 (`-nogen`: without GeN); `auto-rw*`, `auto-rb32*`,
   `auto-npo-t20`, `auto-kl-t20` try a larger retain weight, a retain batch of 32, NPO's forget loss and a
   KL retain term; `auto-nogen`, `auto-sgd03`, `auto-adam3`, `auto-adam34`, `auto-adam4` take smaller or
-  adaptive steps (GeN off; SGD at lr 0.03; AdamW at lr 1e-3, 3e-4, 1e-4); `auto-undial*` use UNDIAL's forget term
+  adaptive steps (GeN off; SGD at lr 0.03; AdamW at lr 1e-3, 3e-4, 1e-4); `auto-ci6` checks every 6 steps; `auto-undial*` use UNDIAL's forget term
   (`--method undial`, also on rare tokens).
 
 Records made before the built-in world changed on 2026-12-04 (forget and holdout authors made
@@ -118,6 +118,8 @@ ABLATIONS = {
     # most 0.2% of the retain answers (about one answer on these worlds), or in none.
     "auto-rare002": ["--forget_token_max_df", "0.002"],
     "auto-rare0": ["--forget_token_max_df", "0"],
+    # A check every 6 steps (2 epochs of forget01) instead of every epoch (2026-12-05, second session; forget01 only).
+    "auto-ci6": ["--stop_check_interval", "6"],
     # UNDIAL's bounded self-distillation as the forget term (2026-12-05, second session; seed0-34authors forget05/10,
     # seed 0): its single term, normalized and stepped by GeN, damaged the retain set at the first check.
     "auto-undial": ["--method", "undial"],
