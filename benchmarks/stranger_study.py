@@ -32,6 +32,7 @@ import json
 import random
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -127,7 +128,10 @@ def run(args, out: Path) -> None:
     )
     rng, start, seconds = random.Random(args.seed), time.perf_counter(), 0.0
     eval_steps = sorted({args.steps // 4, args.steps // 2, args.steps})
-    run_dir = Path(args.work) / "default" / args.world / f"stranger-{args.split}-{args.lr:g}"
+    # A folder of this run's own: two runs of one cell at once must not save over each other's weights.
+    run_dir = Path(
+        tempfile.mkdtemp(prefix=f"stranger-{args.split}-", dir=Path(args.work) / "default" / args.world)
+    )
     for step in range(1, args.steps + 1):
         idx = rng.sample(range(len(pairs)), min(8, len(pairs)))
         batch = collate([dict(pairs[i][0], labels=pairs[i][2]) for i in idx])
@@ -151,7 +155,6 @@ def run(args, out: Path) -> None:
         optimizer.step()
         if step in eval_steps:
             seconds += time.perf_counter() - start
-            shutil.rmtree(run_dir, ignore_errors=True)
             model.save_pretrained(run_dir)
             tokenizer.save_pretrained(run_dir)
             metrics = evaluate_path(str(run_dir), data, EvalArgs(), reference=reference)["metrics"]
@@ -164,6 +167,7 @@ def run(args, out: Path) -> None:
             write_json_atomic(out, [*records, record])
             print(json.dumps(record), flush=True)
             start = time.perf_counter()
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def report(out: Path, baseline: Path) -> None:
