@@ -41,19 +41,16 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from auto import worlds  # noqa: E402  (benchmarks/auto.py: the world names and where it writes them)
+
 from llm_unlearn.cli.parse import parse_config  # noqa: E402
-from llm_unlearn.data.qa import IGNORE_INDEX, QACollator, QADataset, pad_id  # noqa: E402
-from llm_unlearn.data.world import WORLD_SIZES, WorldConfig  # noqa: E402
+from llm_unlearn.data.qa import IGNORE_INDEX, QACollator, QADataset, load_split, pad_id  # noqa: E402
 from llm_unlearn.eval.args import EvalArgs  # noqa: E402
 from llm_unlearn.models.build import build_default_models  # noqa: E402
 from llm_unlearn.models.loading import load_model, load_tokenizer  # noqa: E402
 from llm_unlearn.pipeline.evaluate import evaluate_path  # noqa: E402
-from llm_unlearn.runs.folder import write_json_atomic  # noqa: E402
+from llm_unlearn.runs.folder import locked, write_json_atomic  # noqa: E402
 
-WORLDS = {
-    "seed0-34authors": dict(WORLD_SIZES["default"], seed=0),
-    "seed1-50authors": dict(WORLD_SIZES["default"], seed=1, n_authors=50),
-}
 RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 ENCODE = dict(prompt_format="chat_template", max_length=256)
 KEYS = ("forget_quality", "model_utility", "retain_fact_recall", "forget_fact_recall")
@@ -96,11 +93,9 @@ def stranger_pairs(
 def run(args, out: Path) -> None:
     world = Path(args.work) / "default" / args.world / "world"
     models = build_default_models(world, forget_splits=(args.split,), size="default")
-    rows = lambda name: [json.loads(line) for line in (world / f"{name}.json").read_text().splitlines()]  # noqa: E731
     forget, holdout, retain = (
-        rows(args.split),
-        rows(args.split.replace("forget", "holdout")),
-        rows(RETAIN[args.split]),
+        load_split(name, data_dir=world)
+        for name in (args.split, args.split.replace("forget", "holdout"), RETAIN[args.split])
     )
     tokenizer = load_tokenizer(str(models["target"]))
     torch.manual_seed(args.seed)
@@ -163,8 +158,9 @@ def run(args, out: Path) -> None:
                       "seed": args.seed, "step": step, "train_seconds": round(seconds, 1), "rows_paired": len(pairs),
                       "forget_rows": len(forget) + len(trained), "date": time.strftime("%Y-%m-%d"),
                       **{k: metrics[k]["value"] for k in KEYS}}  # fmt: skip
-            records = json.loads(out.read_text()) if out.is_file() else []
-            write_json_atomic(out, [*records, record])
+            with locked(out):  # several runs may share one records file
+                records = json.loads(out.read_text()) if out.is_file() else []
+                write_json_atomic(out, [*records, record])
             print(json.dumps(record), flush=True)
             start = time.perf_counter()
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -219,7 +215,7 @@ def _row(cell: tuple, target: dict, arm: str, r: dict, step, seconds) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--world", choices=sorted(WORLDS), default="seed1-50authors")
+    parser.add_argument("--world", choices=sorted(worlds("default")), default="seed1-50authors")
     parser.add_argument("--split", choices=sorted(RETAIN), default="forget05")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--steps", type=int, default=240)
@@ -241,7 +237,6 @@ def main() -> None:
             raise SystemExit(
                 f"no world at {world}: run benchmarks/auto.py --worlds {args.world} first (it writes it)"
             )
-        assert WorldConfig(**WORLDS[args.world])  # the world auto.py writes under that name
         run(args, out)
     report(out, ROOT / "benchmarks" / "auto.json")
 

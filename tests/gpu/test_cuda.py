@@ -94,9 +94,10 @@ def test_an_evaluation_on_the_gpu_gives_the_cpu_numbers(micro_models, micro_worl
             "--max_new_tokens", "8", "--eval_cache", "false"]  # fmt: skip
     assert main([*args, "--output_dir", str(tmp_path / "gpu")]) == 0
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    code = "import sys; from llm_unlearn.cli import main; sys.exit(main(sys.argv[1:]))"
     cpu_out = str(tmp_path / "cpu")
-    subprocess.run([sys.executable, "-c", code, *args, "--output_dir", cpu_out], env=env, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "llm_unlearn.cli", *args, "--output_dir", cpu_out], env=env, check=True
+    )
     gpu_result = json.loads((tmp_path / "gpu" / "eval.json").read_text())
     cpu_result = json.loads((tmp_path / "cpu" / "eval.json").read_text())
     assert torch.cuda.get_device_name() in gpu_result["meta"]["hardware"]
