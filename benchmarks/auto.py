@@ -36,7 +36,10 @@ models; forget01/05/10; training seeds 0, 1, 2 (`--seed k --retain_seed k`). Arm
   `auto-npo-t20`, `auto-kl-t20` try a larger retain weight, a retain batch of 32, NPO's forget loss and a
   KL retain term; `auto-nogen`, `auto-sgd03`, `auto-adam3`, `auto-adam34`, `auto-adam4` take smaller or
   adaptive steps (GeN off; SGD at lr 0.03; AdamW at lr 1e-3, 3e-4, 1e-4); `auto-ci6` checks every 6 steps; `auto-undial*` use UNDIAL's forget term
-  (`--method undial`, also on rare tokens).
+  (`--method undial`, also on rare tokens); `auto-repair` unlearns past the retain-recall guard and then
+  fine-tunes on the retain set alone until the sampled retain recall is back within 10% of the first
+  check's (`--stop_repair`, core/repair.py); `auto-repair-t15` repairs only to the guard's own 15%;
+  `auto-repair-rare0` adds `--forget_token_max_df 0`.
 
 Records made before the built-in world changed on 2026-12-04 (forget and holdout authors made
 exchangeable, `data/world.py`) carry the world name with ` (before 2026-12-04)`: their models differ.
@@ -120,6 +123,9 @@ ABLATIONS = {
     "auto-rare0": ["--forget_token_max_df", "0"],
     # A check every 6 steps (2 epochs of forget01) instead of every epoch (2026-12-05, second session; forget01 only).
     "auto-ci6": ["--stop_check_interval", "6"],
+    "auto-repair": ["--stop_repair", "true"],
+    "auto-repair-t15": ["--stop_repair", "true", "--stop_repair_tolerance", "0.15"],
+    "auto-repair-rare0": ["--stop_repair", "true", "--forget_token_max_df", "0"],
     # UNDIAL's bounded self-distillation as the forget term (2026-12-05, second session; seed0-34authors forget05/10,
     # seed 0): its single term, normalized and stepped by GeN, damaged the retain set at the first check.
     "auto-undial": ["--method", "undial"],
@@ -332,12 +338,13 @@ def run_arm(
         checks = [x for x in log if "stop_decision" in x]
         record |= {k: result["metrics"][k]["value"] for k in KEYS} | _mu_parts(result) | {
             "stop_reason": stop["stop_reason"], "best_step": stop["stop_best_step"], "best_gap": stop["stop_best_gap"],
+            "repair_steps": stop.get("stop_repair_steps", 0),
             "stop_statistic": checks[0]["stop_statistic"],
             "check_seconds": round(sum(c.get("stop_seconds", 0.0) for c in checks), 2),
             "lr_final": lrs[-1] if lrs else None,
             "checks": [{k: c.get(k) for k in ("step", "stop_gap", "stop_gap_heldout", "stop_retain_loss",
                                               "stop_retain_rise", "stop_gap_loss_auc", "stop_screened", "stop_seconds",
-                                              "stop_retain_recall")}
+                                              "stop_retain_recall", "stop_phase")}
                        for c in checks],
         }  # fmt: skip
         return [record]
@@ -512,10 +519,14 @@ def write_outputs(state: dict, out: Path) -> None:
         (r for r in runs if "stop_reason" in r), key=lambda r: (r["arm"], r["world"], r["split"], r["seed"])
     ):
         mu = r["model_utility"] / r["target_model_utility"] if r["target_model_utility"] > 0 else math.inf
-        gaps = " ".join("s" if c["stop_gap"] is None else f"{c['stop_gap']:.2f}" for c in r["checks"])
+        # --stop_repair's checks (after the unlearning: no retain rise) are summed up as "+ repair N steps".
+        unlearning = [c for c in r["checks"] if c.get("stop_retain_rise") is not None]
+        gaps = " ".join("s" if c["stop_gap"] is None else f"{c['stop_gap']:.2f}" for c in unlearning)
+        if r.get("repair_steps"):
+            gaps += f" + repair {r['repair_steps']} steps (gap {r['checks'][-1]['stop_gap']:.2f})"
         lines.append(
             f"| {r['arm']} | {r['world']} | {r['split']} | {r['seed']} | {r['stop_reason']} | {r['best_step']} / {r['steps']} | "
-            f"{gaps} | {r['checks'][-1]['stop_retain_rise']:+.2f} | {r['lr_final']:.3g} | "
+            f"{gaps} | {unlearning[-1]['stop_retain_rise']:+.2f} | {r['lr_final']:.3g} | "
             f"{r['forget_quality']:.3g}{' !' if r['forget_quality'] < FQ_GOAL else ''} | "
             f"{mu:.2f}{' !' if mu < MU_FLOOR else ''} | {r['seconds']:.0f} |"
         )  # fmt: skip
@@ -620,12 +631,14 @@ def diagnosis(runs: list[dict]) -> list[str]:
         lines += _collapses(rs)
         alarms = [r for r in rs if r["stop_reason"] == "retain_alarm"]
         if alarms:
-            rise = [r["checks"][-1]["stop_retain_rise"] for r in alarms]
+            # The alarm's own check: the last one of the unlearning (--stop_repair's checks come after it).
+            alarm = {id(r): [c for c in r["checks"] if c.get("stop_retain_rise") is not None][-1] for r in alarms}
+            rise = [alarm[id(r)]["stop_retain_rise"] for r in alarms]
             start = [
                 r["checks"][0]["stop_retain_loss"] for r in alarms if "stop_retain_loss" in r["checks"][0]
             ]
             # A screened check (module doc of stop.py) has no truth-ratio gap: left out here.
-            gaps = [g for r in alarms if (g := r["checks"][-1]["stop_gap"]) is not None] or [math.nan]
+            gaps = [g for r in alarms if (g := alarm[id(r)]["stop_gap"]) is not None] or [math.nan]
             kept = [g for r in alarms if (g := r["best_gap"]) is not None] or [math.nan]
             mu = [r["model_utility"] / r["target_model_utility"] for r in alarms]
             lines.append(
@@ -676,6 +689,9 @@ def _tradeoff(runs: list[dict]) -> list[str]:
     """Forgetting against the retain set, per arm that has the retain floor's target recorded (issue 22)."""
     arms = (
         "auto",
+        "auto-repair-rare0",
+        "auto-repair",
+        "auto-repair-t15",
         "auto-rare002",
         "auto-rare0",
         "auto-noguard",

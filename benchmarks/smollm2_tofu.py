@@ -93,6 +93,9 @@ ARMS: dict[str, dict] = {
     "auto-adam": dict(AUTO_SETTINGS, auto=True, optim="adamw_torch", learning_rate=1e-4, gen=False),
     # `--auto` with the forget term on answer tokens no retain answer of the slice has (--forget_token_max_df 0).
     "auto-rare": dict(AUTO_SETTINGS, auto=True, forget_token_max_df=0.0),
+    # `--auto --stop_repair true`: past the retain-recall guard, then retain-only repair (core/repair.py).
+    "auto-repair": dict(AUTO_SETTINGS, auto=True, stop_repair=True),
+    "auto-repair-rare": dict(AUTO_SETTINGS, auto=True, stop_repair=True, forget_token_max_df=0.0),
     # `--auto` with the utility guard (--stop_utility_tolerance 0.2): seed 1's `--auto` lost real-author and
     # world-fact ROUGE-L (MU 0.77 x) that the retain guards do not sample; this guard samples them.
     "auto-mu": dict(AUTO_SETTINGS, auto=True, stop_utility_tolerance=0.2),

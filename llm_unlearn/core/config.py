@@ -199,6 +199,29 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
             "--stop_lr_damping, which needs the gap at every check."
         },
     )
+    stop_repair: bool = field(
+        default=False,
+        metadata={
+            "help": "Let the retain-recall guard stop nothing while unlearning, then fine-tune on the retain set "
+            "alone until the sampled retain recall is back within --stop_retain_recall_tolerance of the first "
+            "check's (core/repair.py): deeper forgetting at the same retain recall on the built-in worlds."
+        },
+    )
+    stop_repair_tolerance: float = field(
+        default=0.1,
+        metadata={
+            "help": "--stop_repair trains until the sampled retain recall has lost at most this share of the first "
+            "check's: stricter than the guard's 0.15, since stopping at the first check past a noisy threshold "
+            "overestimates (core/repair.py)."
+        },
+    )
+    stop_repair_lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of --stop_repair."})
+    stop_repair_interval: int = field(
+        default=5, metadata={"help": "Retain-only steps of --stop_repair between two recall checks."}
+    )
+    stop_repair_max_steps: int = field(
+        default=200, metadata={"help": "At most this many retain-only steps for --stop_repair."}
+    )
     stop_holdout_split: str | None = field(
         default=None,
         metadata={"help": "Unseen split to compare with (default: the forget split's holdoutNN)."},
@@ -289,6 +312,16 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
                     "--stop_lr_damping scales the lr by the stop rule's gap: pass --stop_rule indistinguishable (or --auto)"
                 )
             self._check_gen_schedule("--stop_lr_damping", "set --stop_lr_damping false")
+        if self.stop_repair and self.deepspeed:
+            raise ConfigError(
+                "--stop_repair is not supported under DeepSpeed (its retain-only steps run on the whole model in "
+                "every process); use DDP, or set --stop_repair false"
+            )
+        if self.stop_repair and not (self.stop_rule and self.stop_retain_recall_tolerance > 0):
+            raise ConfigError(
+                "--stop_repair repairs until the retain-recall guard is met: pass --auto (or --stop_rule "
+                "indistinguishable with --stop_retain_recall_tolerance > 0)"
+            )
         for name in ("stop_utility_tolerance", "stop_retain_recall_tolerance"):
             if getattr(self, name) > 0 and not self.stop_rule:
                 raise ConfigError(
@@ -342,6 +375,10 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
         require(0 <= self.stop_utility_tolerance < 1, "stop_utility_tolerance", self.stop_utility_tolerance, "in [0, 1) (0 = off; 0.2 = keep 80% of the estimated utility)")  # fmt: skip
         require(self.stop_utility_sample >= 2, "stop_utility_sample", self.stop_utility_sample, "at least 2 questions per role")  # fmt: skip
         require(0 <= self.stop_retain_recall_tolerance < 1, "stop_retain_recall_tolerance", self.stop_retain_recall_tolerance, "in [0, 1) (0 = off; 0.15 = keep 85% of the sampled retain recall)")  # fmt: skip
+        require(0 <= self.stop_repair_tolerance < 1, "stop_repair_tolerance", self.stop_repair_tolerance, "in [0, 1) (0.1 = repair to 90% of the first check's sampled retain recall)")  # fmt: skip
+        require(math.isfinite(self.stop_repair_lr) and self.stop_repair_lr > 0, "stop_repair_lr", self.stop_repair_lr, "a positive learning rate")  # fmt: skip
+        require(self.stop_repair_interval >= 1, "stop_repair_interval", self.stop_repair_interval, "at least 1 step")  # fmt: skip
+        require(self.stop_repair_max_steps >= 1, "stop_repair_max_steps", self.stop_repair_max_steps, "at least 1 step")  # fmt: skip
         require(self.stop_retain_recall_sample >= 2, "stop_retain_recall_sample", self.stop_retain_recall_sample, "at least 2 questions")  # fmt: skip
         if self.forget_token_max_df is not None:
             require(0 <= self.forget_token_max_df <= 1, "forget_token_max_df", self.forget_token_max_df, "in [0, 1] (0 = tokens no retain answer has; 1 = whole answers)")  # fmt: skip

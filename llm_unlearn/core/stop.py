@@ -126,8 +126,11 @@ class IndistinguishableStop(TrainerCallback):
         score_settings: dict,
         log: Callable[[dict], None],
         output_dir: str | Path,
+        repair=None,
     ):
         self.scorer = CheckScorer(tokenizer, forget_rows, stop_data, score_settings)
+        # `--stop_repair` (repair.py): the recall guard stops nothing during unlearning; it is met afterwards.
+        self.repair = repair
         self.statistic = stop_data["statistic"]
         self.holdout_name = stop_data.get("holdout_name", "the holdout split")
         self.interval = config.stop_check_interval
@@ -174,9 +177,12 @@ class IndistinguishableStop(TrainerCallback):
         utility_ok = not self.scorer.utility_rows or _within_share(
             record, first, "stop_utility", self.scorer.utility(model), self.utility_tolerance
         )
-        recall_ok = not self.scorer.recall_rows or _within_share(
-            record, first, "stop_retain_recall", self.scorer.recall(model), self.recall_tolerance
-        )
+        # Under --stop_repair the recall is only the repair's baseline: measured at the first check alone.
+        recall_ok = (
+            not self.scorer.recall_rows
+            or (self.repair is not None and bool(self.history))
+            or _within_share(record, first, "stop_retain_recall", self.scorer.recall(model), self.recall_tolerance)
+        )  # fmt: skip
         within = retain_ok and utility_ok and recall_ok
         if (
             within
@@ -266,6 +272,50 @@ class IndistinguishableStop(TrainerCallback):
                 100 * record["stop_retain_rise"], 100 * self.tolerance, _fmt(gap), self.best["step"], _fmt(kept),
             )  # fmt: skip
         return decision
+
+    def _repair(self, model, step: int) -> int:
+        """`--stop_repair` on the kept weights (repair.py); each recall check is logged like a check. Returns
+        the repair's steps (0 where the kept weights already meet the guard)."""
+        target = (1 - self.repair.tolerance) * self.history[0]["stop_retain_recall"]
+
+        def measure() -> tuple[float, float]:
+            start = time.perf_counter()
+            value = self.scorer.recall(model)
+            return value, time.perf_counter() - start
+
+        def on_check(steps: int, value: float, loss: float | None, seconds: float) -> None:
+            record = {
+                "step": step + steps, "stop_phase": "repair", "stop_repair_steps": steps, "stop_retain_recall": value,
+                "stop_repair_target": target, "stop_repair_loss": loss,
+                "stop_decision": "repaired" if value >= target else "repair", "stop_seconds": seconds,
+            }  # fmt: skip
+            self.history.append(record)
+            self._persist_history()
+            self.log(dict(record))
+
+        recall, seconds = measure()
+        on_check(0, recall, None, seconds)
+        if recall >= target:
+            return 0
+        steps = self.repair.run(model, measure, target, on_check)
+        start = time.perf_counter()
+        final = self.scorer.full(model, step + steps)  # what the returned weights look like to the rule
+        final |= {"stop_phase": "repair", "stop_retain_recall": self.history[-1]["stop_retain_recall"],
+                  "stop_decision": "repaired", "stop_seconds": time.perf_counter() - start}  # fmt: skip
+        self.history.append(final)
+        self._persist_history()
+        self.log(dict(final))
+        if final["stop_retain_recall"] < target:
+            logger.warning(
+                "stop rule: --stop_repair ran its %d steps and the retain answers' %s is %.3f, below the guard's "
+                "%.3f; raise --stop_repair_max_steps (or --stop_repair_lr)",
+                steps, self.scorer.recall_name(), final["stop_retain_recall"], target,
+            )  # fmt: skip
+        logger.info(
+            "stop rule: repaired the retain set in %d retain-only steps (%s %.3f, target %.3f; gap now %s)",
+            steps, self.scorer.recall_name(), final["stop_retain_recall"], target, _fmt(final["stop_gap"]),
+        )  # fmt: skip
+        return steps
 
     def _rescore_best(self, model) -> float:
         """Score the kept (screened) check's weights in full, update its record, return its gap.
@@ -390,26 +440,38 @@ class IndistinguishableStop(TrainerCallback):
         restored = best is not None and best["step"] != state.global_step
         if restored:
             _load(model, self.best_weights)
-        self.log({
-            "step": state.global_step, "stop_reason": self.decision,
-            "stop_best_step": best["step"] if best else None, "stop_best_gap": best["stop_gap"] if best else None,
-            "stop_restored": restored,
-            # The kept check as finally scored (a screened check re-scored at the crossing has its gap here).
-            "stop_best_check": dict(best) if best else None,
-        })  # fmt: skip
         logger.info(
             "stop rule: %s at step %d; %s step %d (gap %s)", self.decision, state.global_step,
             "restored the weights of" if restored else "kept", best["step"] if best else -1,
             _fmt(best["stop_gap"] if best else math.nan),
         )  # fmt: skip
+        repair_steps = self._repair(model, state.global_step) if self.repair is not None and best else 0
+        self.log({
+            "step": state.global_step + repair_steps, "stop_reason": self.decision,
+            **({"stop_repair_steps": repair_steps} if self.repair is not None else {}),
+            "stop_best_step": best["step"] if best else None, "stop_best_gap": best["stop_gap"] if best else None,
+            "stop_restored": restored,
+            # The kept check as finally scored (a screened check re-scored at the crossing has its gap here).
+            "stop_best_check": dict(best) if best else None,
+        })  # fmt: skip
         if best is not None and self.decision.endswith("alarm") and _still_familiar(best):
             # A guard, not the crossing, ended the run: say plainly that forgetting is incomplete.
             logger.warning(
                 "stop rule: forgetting is incomplete: a guard (%s) stopped the run while the forget set was still "
                 "more familiar than unseen data at the kept weights (%s); going further would have cost more of the "
-                "retain set than the guard allows. Loosen the guard (e.g. --stop_retain_recall_tolerance) to trade "
-                "retain answers for forgetting", self.decision, _familiarity(best),
+                "retain set than the guard allows. Loosen the guard (%s) to trade retain answers for forgetting%s",
+                self.decision, _familiarity(best), GUARD_OPTIONS.get(self.decision, "its tolerance"),
+                "" if self.repair is not None or self.decision != "retain_recall_alarm"
+                else ", or let --stop_repair true unlearn past it and repair the retain set afterwards",
             )  # fmt: skip
+
+
+# The option that sets each guard's tolerance, named in the "forgetting is incomplete" warning.
+GUARD_OPTIONS = {
+    "retain_alarm": "--stop_retain_tolerance",
+    "retain_recall_alarm": "--stop_retain_recall_tolerance",
+    "utility_alarm": "--stop_utility_tolerance",
+}
 
 
 def _within_share(record: dict, first: dict, key: str, value: float, tolerance: float) -> bool:

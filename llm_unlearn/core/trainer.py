@@ -76,6 +76,11 @@ class UnlearnTrainer(Trainer):
                 "--sam_rho is not supported under FSDP (its forget-gradient pre-pass needs the full gradient "
                 "on every rank); use DDP, or set --sam_rho 0"
             )
+        if self.is_fsdp_enabled and self.args.stop_repair:
+            raise ValueError(
+                "--stop_repair is not supported under FSDP (its retain-only steps run on the whole model in "
+                "every process); use DDP, or set --stop_repair false"
+            )
         # What the method declared it needs (methods/__init__.py), provided without knowing which method.
         if method.forget_alternatives is not None:
             self.train_dataset = self.train_dataset.with_alternative_answers(

@@ -262,9 +262,14 @@ def unlearn(
             score = dict(
                 encode, batch_size=eval_args.eval_batch_size, max_new_tokens=eval_args.max_new_tokens
             )
+            repair = None
+            if config.stop_repair:
+                from ..core.repair import RetainRepair
+
+                repair = RetainRepair(retain_ds, QACollator(pad_id(tokenizer)), config)
             trainer.add_callback(
                 IndistinguishableStop(
-                    tokenizer, forget_rows, stop_data, config, score, trainer._append_log, out
+                    tokenizer, forget_rows, stop_data, config, score, trainer._append_log, out, repair=repair
                 )
             )
         if trainer.is_world_process_zero():

@@ -1,0 +1,102 @@
+"""Unlearn past the retain-recall guard, then repair the retain set (`--stop_repair`).
+
+On the built-in worlds the retain-recall guard (stop.py) ends most forget05/forget10 runs long before
+the forget set looks unseen: ascent on the forget answers lowers the retain answers that share their
+tokens, so the guard fires while forget quality is still 1e-13 to 1e-4 (benchmarks/auto.md). With
+`--stop_repair` the run instead goes on as if the guard were off (the retain-loss alarm still stops
+it; the recall is measured at the first check only, as the repair's baseline), keeps the check whose
+gap is nearest 0 as usual, and then fine-tunes the kept weights on the retain set alone
+
+    theta <- AdamW step on the mean answer NLL of a retain batch        (lr `stop_repair_lr`, clip 1.0)
+
+checking the sampled retain recall every `stop_repair_interval` steps, until it is back within the
+guard's tolerance of the first check's,
+
+    recall >= (1 - stop_retain_recall_tolerance) * recall at the first check,
+
+or `stop_repair_max_steps` have run (then a warning says the guard is not met). A final full check
+records the stop statistic of the weights returned. Why it helps: retain-only fine-tuning brings the
+forget set back too (both depend on the same name-to-fact recall), but more slowly than the retain
+set, so at equal retain recall the repaired weights are further from the target than the weights the
+guard would have kept: forget quality 2e-4 to 0.4 instead of 2e-10 to 3e-3 in 11 of the 12 forget05/10
+runs of `benchmarks/stranger_study.md` (one equal), measured with the reference the rule never sees.
+That retain data alone revives forgotten answers is the benign-relearning effect of arXiv 2406.13356.
+
+Every process runs the same steps on the same seeded batches and, with torch.distributed, takes rank
+0's weights at the end, so the ranks of a DDP run agree; sharded models (FSDP, DeepSpeed ZeRO) are
+refused before training (config.py, trainer.py).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import torch
+
+
+class RetainRepair:
+    """The repair loop of the module docstring, on `retain_dataset` batched by `collator`."""
+
+    def __init__(self, retain_dataset, collator, config):
+        self.dataset = retain_dataset
+        self.collator = collator
+        self.tolerance = config.stop_repair_tolerance
+        self.lr = config.stop_repair_lr
+        self.interval = config.stop_repair_interval
+        self.max_steps = config.stop_repair_max_steps
+        self.batch_size = config.retain_batch_size or config.per_device_train_batch_size
+        self.seed = config.seed
+
+    def run(
+        self,
+        model,
+        recall: Callable[[], tuple[float, float]],
+        target: float,
+        on_check: Callable[[int, float, float, float], None],
+    ) -> int:
+        """Train until the recall (`recall()` gives it and its seconds) reaches `target` or `max_steps` have
+        run; call `on_check(steps, recall, loss, seconds)` after each interval; return the steps taken."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
+        rng = random.Random(self.seed)
+        device = params[0].device
+        was_training, steps = model.training, 0
+        try:
+            while steps < self.max_steps:
+                model.train()
+                loss = torch.zeros((), device=device)
+                for _ in range(min(self.interval, self.max_steps - steps)):
+                    rows = rng.sample(range(len(self.dataset)), min(self.batch_size, len(self.dataset)))
+                    batch = {
+                        k: v.to(device) for k, v in self.collator([self.dataset[i] for i in rows]).items()
+                    }
+                    loss = model(**batch).loss
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"--stop_repair: the retain loss became {loss.item()} at repair step {steps + 1}; "
+                            "lower --stop_repair_lr"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    optimizer.step()
+                    steps += 1
+                _agree(params)
+                value, seconds = recall()
+                on_check(steps, value, float(loss.detach()), seconds)
+                if value >= target:
+                    break
+        finally:
+            optimizer.zero_grad(set_to_none=True)
+            model.train(was_training)
+        return steps
+
+
+def _agree(params: list[torch.nn.Parameter]) -> None:
+    """Rank 0's weights on every rank (a no-op in one process): the ranks ran the same steps, but kernels
+    on accelerators need not be bitwise deterministic."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        with torch.no_grad():
+            for p in params:
+                torch.distributed.broadcast(p.data, src=0)
