@@ -632,7 +632,9 @@ def diagnosis(runs: list[dict]) -> list[str]:
         alarms = [r for r in rs if r["stop_reason"] == "retain_alarm"]
         if alarms:
             # The alarm's own check: the last one of the unlearning (--stop_repair's checks come after it).
-            alarm = {id(r): [c for c in r["checks"] if c.get("stop_retain_rise") is not None][-1] for r in alarms}
+            alarm = {
+                id(r): [c for c in r["checks"] if c.get("stop_retain_rise") is not None][-1] for r in alarms
+            }
             rise = [alarm[id(r)]["stop_retain_rise"] for r in alarms]
             start = [
                 r["checks"][0]["stop_retain_loss"] for r in alarms if "stop_retain_loss" in r["checks"][0]
