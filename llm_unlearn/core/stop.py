@@ -371,10 +371,13 @@ class IndistinguishableStop(TrainerCallback):
             record = json.loads(saved.read_text())
             # Checks after the checkpoint are dropped (the resumed run repeats them); the kept one stays
             # kept even if it came after the checkpoint: its weights are on disk.
+            # An unfinished --stop_repair (its records come after the unlearning's) is redone from the kept
+            # weights at the end of the resumed run: its records are dropped, never read as a decision.
+            unlearning = [r for r in record["history"] if r.get("stop_phase") != "repair"]
             self.best = next(
-                (r for r in record["history"] if r["step"] == record.get("best_step")), record.get("best")
+                (r for r in unlearning if r["step"] == record.get("best_step")), record.get("best")
             )  # "best": the record itself, as runs before 2026-12-02's screening wrote it
-            self.history = [r for r in record["history"] if r["step"] <= state.global_step]
+            self.history = [r for r in unlearning if r["step"] <= state.global_step]
             # A check scored in full means screening had ended (runs before 2026-12-05 scored step 0 in
             # full while still screening: resumed, they score every later check in full, which is safe).
             self.screening = self.screening and not any(r.get("stop_screened") is False for r in self.history)

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from transformers import TrainerControl
 
 from llm_unlearn.cli import main
 from llm_unlearn.cli.parse import parse_config
@@ -234,3 +235,47 @@ def test_repair_on_two_ranks_ends_with_the_same_weights_on_both_and_saves_them(
         if "stop_reason" in line
     )
     assert end["stop_repair_steps"] == 10
+
+
+def test_a_run_resumed_during_its_repair_keeps_the_unlearnings_decision_and_repairs_again(tmp_path):
+    # The first run unlearned to the crossing at step 2 (kept step 1) and was killed during its repair,
+    # after its checkpoint at step 2: stop_rule.json holds the repair's first records.
+    first, _ = _repair_rule([0.8, 0.5, 0.6, 0.7])
+    first.output_dir = tmp_path
+    model = torch.nn.Linear(1, 1, bias=False)
+    weights, _ = _train(first, model, steps=5)
+    saved = json.loads((tmp_path / "stop_rule.json").read_text())
+    assert any(r.get("stop_phase") == "repair" for r in saved["history"])
+    resumed, records = _repair_rule([0.5, 0.75])  # the resumed run's repair: recall 0.5, then 0.75
+    resumed.output_dir = tmp_path
+    args = SimpleNamespace(max_steps=5, num_train_epochs=1)
+    state, control = SimpleNamespace(global_step=2, max_steps=5), TrainerControl()
+    resumed.on_train_begin(args, state, control, model=model)
+    assert resumed.decision == "crossed" and control.should_training_stop
+    assert [r.get("stop_phase") for r in resumed.history] == [None, None, None]
+    assert resumed.best["step"] == 1 and torch.equal(resumed.best_weights["weight"], weights[1])
+    resumed.on_train_end(args, state, control, model=model)
+    end = records[-1]
+    assert end["stop_reason"] == "crossed" and end["stop_repair_steps"] == 5
+    assert model.weight.item() == pytest.approx(weights[1].item() + 1)
+
+
+def test_repair_with_lora_trains_the_adapters_and_saves_the_merged_model(
+    micro_models, micro_world, tmp_path, monkeypatch
+):
+    recalls = iter([0.9, 0.5, 0.6, 0.95])  # scripted as in the end-to-end test above
+    monkeypatch.setattr("llm_unlearn.core.stop_checks.CheckScorer.recall", lambda self, model: next(recalls))
+    out = tmp_path / "lora"
+    argv = ["unlearn", "--auto", "--stop_repair", "true", "--use_lora", "true",
+            "--model_name_or_path", str(micro_models["target"]), "--data_dir", str(micro_world),
+            "--forget_split", "forget10", "--output_dir", str(out), "--eval_batch_size", "64",
+            "--max_new_tokens", "8", "--disable_tqdm", "true", "--do_final_eval", "false"]  # fmt: skip
+    assert main(argv) == 0
+    end = next(
+        json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines() if "stop_reason" in x
+    )
+    assert end["stop_repair_steps"] == 10
+    merged, target = load_model(str(out)), load_model(str(micro_models["target"]))
+    assert set(dict(merged.named_parameters())) == set(dict(target.named_parameters())), (
+        "a plain merged model"
+    )
