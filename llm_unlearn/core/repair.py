@@ -33,10 +33,14 @@ refused before training (config.py, trainer.py).
 
 from __future__ import annotations
 
+import logging
 import random
+import time
 from collections.abc import Callable
 
 import torch
+
+logger = logging.getLogger("llm_unlearn")
 
 
 class RetainRepair:
@@ -51,6 +55,56 @@ class RetainRepair:
         self.max_steps = config.stop_repair_max_steps
         self.batch_size = config.retain_batch_size or config.per_device_train_batch_size
         self.seed = config.seed
+
+    def after(self, rule, model, step: int) -> int:
+        """Repair the kept weights at the end of `rule`'s run (stop.py's `on_train_end`); each recall check is
+        logged and kept in `rule.history` like a check. Returns the steps (0 where the weights meet the target)."""
+        baseline = rule.history[0].get("stop_retain_recall")
+        if baseline is None:  # a run resumed from a checkpoint written before --stop_repair was on
+            logger.warning(
+                "stop rule: --stop_repair has no retain recall from the first check to repair to; skipped"
+            )
+            return 0
+        target = (1 - self.tolerance) * baseline
+
+        def measure() -> tuple[float, float]:
+            start = time.perf_counter()
+            value = rule.scorer.recall(model)
+            return value, time.perf_counter() - start
+
+        def on_check(steps: int, value: float, loss: float | None, seconds: float) -> None:
+            record = {
+                "step": step + steps, "stop_phase": "repair", "stop_repair_steps": steps, "stop_retain_recall": value,
+                "stop_repair_target": target, "stop_repair_loss": loss,
+                "stop_decision": "repaired" if value >= target else "repair", "stop_seconds": seconds,
+            }  # fmt: skip
+            rule.history.append(record)
+            rule.persist_history()
+            rule.log(dict(record))
+
+        recall, seconds = measure()
+        on_check(0, recall, None, seconds)
+        if recall >= target:
+            return 0
+        steps = self.run(model, measure, target, on_check)
+        start = time.perf_counter()
+        final = rule.scorer.full(model, step + steps)  # what the returned weights look like to the rule
+        final |= {"stop_phase": "repair", "stop_retain_recall": rule.history[-1]["stop_retain_recall"],
+                  "stop_decision": "repaired", "stop_seconds": time.perf_counter() - start}  # fmt: skip
+        rule.history.append(final)
+        rule.persist_history()
+        rule.log(dict(final))
+        if final["stop_retain_recall"] < target:
+            logger.warning(
+                "stop rule: --stop_repair ran its %d steps and the retain answers' %s is %.3f, below its target "
+                "%.3f; raise --stop_repair_max_steps (or --stop_repair_lr)",
+                steps, rule.scorer.recall_name(), final["stop_retain_recall"], target,
+            )  # fmt: skip
+        logger.info(
+            "stop rule: repaired the retain set in %d retain-only steps (%s %.3f, target %.3f; gap now %s)",
+            steps, rule.scorer.recall_name(), final["stop_retain_recall"], target, f"{final['stop_gap']:.3f}",
+        )  # fmt: skip
+        return steps
 
     def run(
         self,

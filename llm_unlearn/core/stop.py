@@ -75,6 +75,12 @@ fall long before the retain loss moves (benchmarks/auto.md, issue 22). When any 
 while the kept check's gap (or, screened, its answer-loss gap) is still > 0, a warning says that
 forgetting is incomplete.
 
+With `repair` (`--stop_repair`, off by default) the retain-recall guard stops nothing while
+unlearning: the recall is measured at the first check only, and after the kept weights are restored
+the run fine-tunes them on the retain set alone until the sampled recall is back within
+`--stop_repair_tolerance` of that first value (repair.py has the loop and why it helps). Each repair
+check is logged with `stop_phase: "repair"`, and a last full check scores the weights returned.
+
 With `lr_damping` (off by default) each check also multiplies the learning rate by the share of the
 gap left, gap / first gap (at least 0.1), so that the crossing is approached in smaller steps; GeN
 keeps fitting the undamped step size. `benchmarks/auto.md` measures it (`auto-damped*` arms).
@@ -242,7 +248,7 @@ class IndistinguishableStop(TrainerCallback):
         record["stop_seconds"] = (
             time.perf_counter() - start
         )  # the check's cost: scoring, keeping the best weights
-        self._persist_history()
+        self.persist_history()
         self.log(dict(record))
         if decision == "utility_alarm":
             logger.warning(
@@ -273,50 +279,6 @@ class IndistinguishableStop(TrainerCallback):
             )  # fmt: skip
         return decision
 
-    def _repair(self, model, step: int) -> int:
-        """`--stop_repair` on the kept weights (repair.py); each recall check is logged like a check. Returns
-        the repair's steps (0 where the kept weights already meet the guard)."""
-        target = (1 - self.repair.tolerance) * self.history[0]["stop_retain_recall"]
-
-        def measure() -> tuple[float, float]:
-            start = time.perf_counter()
-            value = self.scorer.recall(model)
-            return value, time.perf_counter() - start
-
-        def on_check(steps: int, value: float, loss: float | None, seconds: float) -> None:
-            record = {
-                "step": step + steps, "stop_phase": "repair", "stop_repair_steps": steps, "stop_retain_recall": value,
-                "stop_repair_target": target, "stop_repair_loss": loss,
-                "stop_decision": "repaired" if value >= target else "repair", "stop_seconds": seconds,
-            }  # fmt: skip
-            self.history.append(record)
-            self._persist_history()
-            self.log(dict(record))
-
-        recall, seconds = measure()
-        on_check(0, recall, None, seconds)
-        if recall >= target:
-            return 0
-        steps = self.repair.run(model, measure, target, on_check)
-        start = time.perf_counter()
-        final = self.scorer.full(model, step + steps)  # what the returned weights look like to the rule
-        final |= {"stop_phase": "repair", "stop_retain_recall": self.history[-1]["stop_retain_recall"],
-                  "stop_decision": "repaired", "stop_seconds": time.perf_counter() - start}  # fmt: skip
-        self.history.append(final)
-        self._persist_history()
-        self.log(dict(final))
-        if final["stop_retain_recall"] < target:
-            logger.warning(
-                "stop rule: --stop_repair ran its %d steps and the retain answers' %s is %.3f, below the guard's "
-                "%.3f; raise --stop_repair_max_steps (or --stop_repair_lr)",
-                steps, self.scorer.recall_name(), final["stop_retain_recall"], target,
-            )  # fmt: skip
-        logger.info(
-            "stop rule: repaired the retain set in %d retain-only steps (%s %.3f, target %.3f; gap now %s)",
-            steps, self.scorer.recall_name(), final["stop_retain_recall"], target, _fmt(final["stop_gap"]),
-        )  # fmt: skip
-        return steps
-
     def _rescore_best(self, model) -> float:
         """Score the kept (screened) check's weights in full, update its record, return its gap.
 
@@ -346,7 +308,7 @@ class IndistinguishableStop(TrainerCallback):
         save_file({n: t.contiguous() for n, t in self.best_weights.items()}, str(tmp))
         tmp.replace(self.output_dir / BEST_FILE)
 
-    def _persist_history(self) -> None:
+    def persist_history(self) -> None:
         """Every check so far and which one is kept (stop_rule.json), rewritten after each check."""
         if process_shard().rank != 0 or not self.output_dir.is_dir():
             return
@@ -448,7 +410,9 @@ class IndistinguishableStop(TrainerCallback):
             "restored the weights of" if restored else "kept", best["step"] if best else -1,
             _fmt(best["stop_gap"] if best else math.nan),
         )  # fmt: skip
-        repair_steps = self._repair(model, state.global_step) if self.repair is not None and best else 0
+        repair_steps = (
+            self.repair.after(self, model, state.global_step) if self.repair is not None and best else 0
+        )
         self.log({
             "step": state.global_step + repair_steps, "stop_reason": self.decision,
             **({"stop_repair_steps": repair_steps} if self.repair is not None else {}),

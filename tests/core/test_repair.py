@@ -39,8 +39,9 @@ def test_repair_needs_the_recall_guard_and_checks_its_ranges():
     assert config.stop_repair_tolerance == 0.1
 
 
-class _ScriptedRepair:
-    """Stands in for RetainRepair: each interval adds 1 to the weight and reports the next scripted recall."""
+class _ScriptedRepair(RetainRepair):
+    """RetainRepair whose training is scripted: each interval adds 1 to the weight and reports the next
+    scripted recall (`after`, the bookkeeping around it, is the real one)."""
 
     def __init__(self, interval: int, max_steps: int, tolerance: float = 0.15):
         self.interval, self.max_steps, self.tolerance, self.targets = interval, max_steps, tolerance, []
