@@ -39,7 +39,8 @@ models; forget01/05/10; training seeds 0, 1, 2 (`--seed k --retain_seed k`). Arm
   (`--method undial`, also on rare tokens); `auto-repair` unlearns past the retain-recall guard and then
   fine-tunes on the retain set alone until the sampled retain recall is back within 10% of the first
   check's (`--stop_repair`, core/repair.py); `auto-repair-t15` repairs only to the guard's own 15%;
-  `auto-repair-rare0` adds `--forget_token_max_df 0`.
+  `auto-repair-rare0` adds `--forget_token_max_df 0`, `auto-repair-rare0-mu` also the utility guard
+  (`--stop_utility_tolerance 0.2`).
 
 Records made before the built-in world changed on 2026-12-04 (forget and holdout authors made
 exchangeable, `data/world.py`) carry the world name with ` (before 2026-12-04)`: their models differ.
@@ -126,6 +127,14 @@ ABLATIONS = {
     "auto-repair": ["--stop_repair", "true"],
     "auto-repair-t15": ["--stop_repair", "true", "--stop_repair_tolerance", "0.15"],
     "auto-repair-rare0": ["--stop_repair", "true", "--forget_token_max_df", "0"],
+    "auto-repair-rare0-mu": [
+        "--stop_repair",
+        "true",
+        "--forget_token_max_df",
+        "0",
+        "--stop_utility_tolerance",
+        "0.2",
+    ],
     # UNDIAL's bounded self-distillation as the forget term (2026-12-05, second session; seed0-34authors forget05/10,
     # seed 0): its single term, normalized and stepped by GeN, damaged the retain set at the first check.
     "auto-undial": ["--method", "undial"],
@@ -547,7 +556,7 @@ def real_model_lines(records: Path) -> list[str]:
     # forget05's (issue 23) ran ngdiff (and at 3e-5) and npo at its chosen lr beside `auto`.
     sections = (
         ("cpu", "forget01", "forget01's 2 authors, 3 retain authors, holdout01",
-         ("auto-adam", "auto-rare", "ngdiff", "graddiff", "npo")),
+         ("auto-adam", "auto-rare", "auto-repair-rare", "ngdiff", "graddiff", "npo")),
         ("cpu05", "forget05", "forget05's 10 authors (TOFU's last), the same 3 retain authors, holdout05",
          ("ngdiff", "ngdiff@3e-5", "npo@3e-4")),
     )  # fmt: skip

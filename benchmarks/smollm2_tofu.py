@@ -96,6 +96,10 @@ ARMS: dict[str, dict] = {
     # `--auto --stop_repair true`: past the retain-recall guard, then retain-only repair (core/repair.py).
     "auto-repair": dict(AUTO_SETTINGS, auto=True, stop_repair=True),
     "auto-repair-rare": dict(AUTO_SETTINGS, auto=True, stop_repair=True, forget_token_max_df=0.0),
+    # ... and the utility guard, which samples real authors and world facts (auto-repair-rare lost them).
+    "auto-repair-rare-mu": dict(
+        AUTO_SETTINGS, auto=True, stop_repair=True, forget_token_max_df=0.0, stop_utility_tolerance=0.2
+    ),
     # `--auto` with the utility guard (--stop_utility_tolerance 0.2): seed 1's `--auto` lost real-author and
     # world-fact ROUGE-L (MU 0.77 x) that the retain guards do not sample; this guard samples them.
     "auto-mu": dict(AUTO_SETTINGS, auto=True, stop_utility_tolerance=0.2),
