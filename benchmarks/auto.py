@@ -701,6 +701,7 @@ def _tradeoff(runs: list[dict]) -> list[str]:
     arms = (
         "auto",
         "auto-repair-rare0",
+        "auto-repair-rare0-mu",
         "auto-repair",
         "auto-repair-t15",
         "auto-rare002",
