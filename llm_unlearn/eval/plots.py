@@ -404,7 +404,10 @@ def _gen_panel(ax, gen: list[dict]) -> None:
 def _stop_panel(ax, checks: list[dict], end: dict | None) -> None:
     """The stop rule's gap (forget vs holdout; 0 = indistinguishable) at each check, on the whole forget
     set and its trained and held-out parts, the retain loss's relative rise, the estimated utility's
-    drop (with --stop_utility_tolerance), and the check it kept."""
+    drop (with --stop_utility_tolerance), the check it kept, and --stop_repair's retain-only steps after it
+    (shaded; the repaired weights' gap as a diamond)."""
+    repair = [r for r in checks if r.get("stop_phase") == "repair"]
+    checks = [r for r in checks if r.get("stop_phase") != "repair"]
     x = [r["step"] for r in checks]
 
     def values(key: str) -> list[float]:  # a screened check has no gap (None): a hole in the line
@@ -418,7 +421,14 @@ def _stop_panel(ax, checks: list[dict], end: dict | None) -> None:
     held = [(r["step"], r["stop_gap_heldout"]) for r in checks if r.get("stop_gap_heldout") is not None]
     if held:
         ax.plot(*zip(*held), color="C2", lw=1.0, ls=":", label="gap, held-out part")
-    ax.plot(x, [r["stop_retain_rise"] for r in checks], color="C3", lw=1.0, ls="-.", label="retain loss rise")
+    ax.plot(x, values("stop_retain_rise"), color="C3", lw=1.0, ls="-.", label="retain loss rise")
+    if repair and repair[-1]["step"] > repair[0]["step"]:
+        ax.axvspan(repair[0]["step"], repair[-1]["step"], color="C2", alpha=0.12, label="retain-only repair")
+        scored = [r for r in repair if r.get("stop_gap") is not None]
+        if scored:
+            ax.plot(
+                scored[-1]["step"], scored[-1]["stop_gap"], "D", color="C0", ms=5, label="gap after repair"
+            )
     if any("stop_utility_drop" in r for r in checks):
         ax.plot(x, values("stop_utility_drop"), color="C4", lw=1.0, ls=":", marker="^", ms=3,
                 label="estimated utility drop")  # fmt: skip

@@ -187,6 +187,10 @@ def test_auto_with_repair_end_to_end_repairs_the_kept_weights_on_the_retain_set(
         "the returned weights, scored"
     )
     assert end["stop_repair_steps"] == 10 and end["step"] == last + 10
+    # The report's training figure reads this log as it is (the repair's records included).
+    from llm_unlearn.eval.plots import training_curves
+
+    assert "stop rule: forget vs holdout" in training_curves(log, tmp_path / "train.png", "repair")
     # What was saved is the kept check's weights (stop_rule_best.safetensors) after 10 retain-only steps:
     # it moved, and its retain answers are more likely than the kept weights'.
     from safetensors.torch import load_file

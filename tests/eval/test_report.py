@@ -284,6 +284,36 @@ def test_training_curves_draw_screened_checks_and_the_utility_drop(tmp_path):
     assert "stop rule: forget vs holdout" in panels and (tmp_path / "train.png").stat().st_size > 0
 
 
+def test_training_curves_draw_the_repair_after_the_unlearning(tmp_path):
+    from llm_unlearn.eval.plots import training_curves
+
+    # --stop_repair's records (stop_phase "repair") come after the unlearning's and carry no retain rise.
+    log = [{"step": s, "loss": 1.0 - s / 10, "learning_rate": 0.1} for s in range(1, 7)]
+    log += [
+        {"step": s, "stop_statistic": "truth_ratio", "stop_gap": 0.5 - s / 10, "stop_gap_trained": 0.5 - s / 10,
+         "stop_retain_rise": s / 100, "stop_retain_recall": 0.9 if s == 0 else None, "stop_decision": d}
+        for s, d in ((0, "continue"), (3, "continue"), (6, "crossed"))
+    ]  # fmt: skip
+    log += [
+        {"step": 6 + k, "stop_phase": "repair", "stop_repair_steps": k, "stop_retain_recall": r,
+         "stop_decision": "repaired" if r >= 0.81 else "repair"}
+        for k, r in ((0, 0.5), (5, 0.7), (10, 0.85))
+    ]  # fmt: skip
+    log.append({"step": 16, "stop_phase": "repair", "stop_statistic": "truth_ratio", "stop_gap": 0.1,
+                "stop_gap_trained": 0.1, "stop_retain_recall": 0.85, "stop_decision": "repaired"})  # fmt: skip
+    log.append(
+        {
+            "step": 16,
+            "stop_reason": "crossed",
+            "stop_repair_steps": 10,
+            "stop_best_step": 6,
+            "stop_best_gap": -0.1,
+        }
+    )
+    panels = training_curves(log, tmp_path / "train.png", "run")
+    assert "stop rule: forget vs holdout" in panels and (tmp_path / "train.png").stat().st_size > 0
+
+
 def test_report_names_paths_relative_to_its_folder_and_the_reference_by_its_model(
     runs, tmp_path, monkeypatch
 ):
