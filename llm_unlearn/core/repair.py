@@ -67,6 +67,11 @@ class RetainRepair:
             return 0
         target = (1 - self.tolerance) * baseline
 
+        def keep(record: dict) -> None:  # as the rule keeps its own checks: in history, on disk, in the log
+            rule.history.append(record)
+            rule.persist_history()
+            rule.log(dict(record))
+
         def measure() -> tuple[float, float]:
             start = time.perf_counter()
             value = rule.scorer.recall(model)
@@ -78,9 +83,7 @@ class RetainRepair:
                 "stop_repair_target": target, "stop_repair_loss": loss,
                 "stop_decision": "repaired" if value >= target else "repair", "stop_seconds": seconds,
             }  # fmt: skip
-            rule.history.append(record)
-            rule.persist_history()
-            rule.log(dict(record))
+            keep(record)
 
         recall, seconds = measure()
         on_check(0, recall, None, seconds)
@@ -91,9 +94,7 @@ class RetainRepair:
         final = rule.scorer.full(model, step + steps)  # what the returned weights look like to the rule
         final |= {"stop_phase": "repair", "stop_retain_recall": rule.history[-1]["stop_retain_recall"],
                   "stop_decision": "repaired", "stop_seconds": time.perf_counter() - start}  # fmt: skip
-        rule.history.append(final)
-        rule.persist_history()
-        rule.log(dict(final))
+        keep(final)
         if final["stop_retain_recall"] < target:
             logger.warning(
                 "stop rule: --stop_repair ran its %d steps and the retain answers' %s is %.3f, below its target "
