@@ -61,6 +61,8 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
             every method and combination, GeN and LoRA, at one extra forward/backward per step. 0: off.
         forget_token_max_df (`float`, *optional*): the forget term trains only on answer tokens that at
             most this share of the retain answers contain (data/rare_tokens.py). Unset or 1: whole answers.
+        forget_token_df_split (`str`, *optional*): the split those shares are counted on; defaults to the
+            retain split (a larger one when the retain split is a small sample).
 
     Options of particular methods (npo_beta, rmu_layer, gc_form, ...) are in `methods/args.py`.
     """
@@ -118,6 +120,14 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
             "help": "Train the forget term only on answer tokens found in at most this share of the retain "
             "answers (0: in none), leaving the phrasing both sets share alone (data/rare_tokens.py; unset or 1: "
             "whole answers)."
+        },
+    )
+    forget_token_df_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "Split whose answers --forget_token_max_df counts token frequency on (default: the retain "
+            "split). Pass a larger one when the retain split is a small sample: on a few dozen answers, common "
+            "words count as rare (data/rare_tokens.py). It must not share questions with the forget split."
         },
     )
     auto: bool = field(
@@ -380,6 +390,13 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
         require(self.stop_repair_interval >= 1, "stop_repair_interval", self.stop_repair_interval, "at least 1 step")  # fmt: skip
         require(self.stop_repair_max_steps >= 1, "stop_repair_max_steps", self.stop_repair_max_steps, "at least 1 step")  # fmt: skip
         require(self.stop_retain_recall_sample >= 2, "stop_retain_recall_sample", self.stop_retain_recall_sample, "at least 2 questions")  # fmt: skip
+        if self.forget_token_df_split is not None and (
+            self.forget_token_max_df is None or self.forget_token_max_df >= 1
+        ):
+            raise ConfigError(
+                "--forget_token_df_split sets where --forget_token_max_df counts token frequency: pass "
+                "--forget_token_max_df (e.g. 0) as well, or drop --forget_token_df_split"
+            )
         if self.forget_token_max_df is not None:
             require(0 <= self.forget_token_max_df <= 1, "forget_token_max_df", self.forget_token_max_df, "in [0, 1] (0 = tokens no retain answer has; 1 = whole answers)")  # fmt: skip
         require(0 <= self.stop_heldout_fraction < 1, "stop_heldout_fraction", self.stop_heldout_fraction, "in [0, 1)")  # fmt: skip

@@ -65,3 +65,46 @@ def test_unlearn_trains_the_forget_term_on_rare_tokens_and_logs_how_many(
         )  # some phrasing is shared with the retain answers, not all
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert all(abs(r["loss_forget"]) < 1e3 for r in log if "loss_forget" in r)  # finite, trained on
+
+
+def test_forget_token_df_split_counts_frequency_on_that_split_and_warns_when_it_is_small(
+    micro_world, micro_models, tmp_path, caplog
+):
+    """`--forget_token_df_split holdout10`: the kept tokens are those rare in holdout10's answers (computed
+    here from the same tokenization), not in the retain split's; a split of a few answers is warned about."""
+    import logging
+
+    from llm_unlearn.cli import main
+    from llm_unlearn.data.qa import QADataset, load_split
+    from llm_unlearn.models.loading import load_tokenizer
+    from llm_unlearn.pipeline.unlearn import FEW_DF_ANSWERS
+
+    tokenizer = load_tokenizer(str(micro_models["target"]))
+    encode = dict(prompt_format="chat_template", max_length=1024, system_prompt=None)
+
+    def expected(split: str) -> tuple[int, int]:
+        forget = QADataset(load_split("forget10", data_dir=micro_world), tokenizer, **encode).features
+        counted = QADataset(load_split(split, data_dir=micro_world), tokenizer, **encode).features
+        return keep_rare_labels(forget, document_frequency(counted), 0.0)
+
+    logged = {}
+    for split in ("holdout10", None):
+        extra = ["--forget_token_df_split", split] if split else []
+        argv = ["unlearn", "--model_name_or_path", str(micro_models["target"]), "--data_dir", str(micro_world),
+                "--forget_split", "forget10", "--method", "graddiff", "--max_steps", "1",
+                "--output_dir", str(tmp_path / f"run-{split}"), "--per_device_train_batch_size", "4",
+                "--use_cpu", "true", "--do_final_eval", "false", "--forget_token_max_df", "0",
+                "--report_to", "none", *extra]  # fmt: skip
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="llm_unlearn"):
+            assert main(argv) == 0
+        messages = [r.getMessage() for r in caplog.records]
+        (line,) = [m for m in messages if "forget term on" in m]
+        logged[split] = tuple(int(w) for w in line.split()[3:6:2])
+        assert line.endswith(f"of {split or 'the retain split'})")
+        small = len(load_split(split or "retain90", data_dir=micro_world)) < FEW_DF_ANSWERS
+        warned = [m for m in messages if "--forget_token_max_df counts token frequency on only" in m]
+        assert bool(warned) == small and all("--forget_token_df_split" in m for m in warned)
+    assert logged["holdout10"] == expected("holdout10") and logged[None] == expected("retain90")
+    # Fewer answers to share phrasing with: more tokens count as rare.
+    assert logged["holdout10"] != logged[None]
