@@ -135,6 +135,34 @@ ABLATIONS = {
         "--stop_utility_tolerance",
         "0.2",
     ],
+    # Cheaper ways to the same forgetting (2026-12-06, issue 22's cost goal): a larger unlearning lr (the repair
+    # restores the retain set), a faster repair, and batches of 16 (the recipes') without GeN's probes.
+    "auto-repair-rare0-lr3": [
+        "--stop_repair",
+        "true",
+        "--forget_token_max_df",
+        "0",
+        "--learning_rate",
+        "0.3",
+    ],
+    "auto-repair-rare0-rlr3": [
+        "--stop_repair",
+        "true",
+        "--forget_token_max_df",
+        "0",
+        "--stop_repair_lr",
+        "3e-4",
+    ],
+    "auto-repair-rare0-b16": [
+        "--stop_repair",
+        "true",
+        "--forget_token_max_df",
+        "0",
+        "--per_device_train_batch_size",
+        "16",
+        "--gen",
+        "false",
+    ],
     # UNDIAL's bounded self-distillation as the forget term (2026-12-05, second session; seed0-34authors forget05/10,
     # seed 0): its single term, normalized and stepped by GeN, damaged the retain set at the first check.
     "auto-undial": ["--method", "undial"],

@@ -96,6 +96,15 @@ ARMS: dict[str, dict] = {
     # `--auto --stop_repair true`: past the retain-recall guard, then retain-only repair (core/repair.py).
     "auto-repair": dict(AUTO_SETTINGS, auto=True, stop_repair=True),
     "auto-repair-rare": dict(AUTO_SETTINGS, auto=True, stop_repair=True, forget_token_max_df=0.0),
+    # ... with token frequency counted on TOFU's whole retain99 (3,960 answers) instead of the slice's 60,
+    # where "in no retain answer" includes "In", " Paris", " J" (pipeline/unlearn.py, FEW_DF_ANSWERS).
+    "auto-repair-rare-df": dict(
+        AUTO_SETTINGS,
+        auto=True,
+        stop_repair=True,
+        forget_token_max_df=0.0,
+        forget_token_df_split="retain99_all",
+    ),
     # ... and the utility guard, which samples real authors and world facts (auto-repair-rare lost them).
     "auto-repair-rare-mu": dict(
         AUTO_SETTINGS, auto=True, stop_repair=True, forget_token_max_df=0.0, stop_utility_tolerance=0.2
@@ -210,9 +219,11 @@ def forget_author_ids(split: str, n_authors: int) -> list[int]:
 def write_slice(tofu_dir: Path, out: Path, sizes: Sizes) -> Path:
     """A consistent TOFU slice in TOFU's file layout (the preset's forget split + the first authors), written
     atomically. forget01's slice is TOFU's last 2 authors, forget05's its last 10 (TOFU's own forget sets)."""
-    if (out / "full.json").is_file():
-        return out
     from llm_unlearn.data.qa import paired_split
+
+    if (out / "full.json").is_file():
+        _write_all_retain(tofu_dir, out, paired_split(sizes.splits[0], "retain"))
+        return out
 
     full = _rows(tofu_dir / "full.json")
     n_authors = len(full) // AUTHOR_QUESTIONS
@@ -259,7 +270,17 @@ def write_slice(tofu_dir: Path, out: Path, sizes: Sizes) -> Path:
     )  # fmt: skip
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+    _write_all_retain(tofu_dir, out, paired_split(split, "retain"))
     return out
+
+
+def _write_all_retain(tofu_dir: Path, out: Path, retain: str) -> None:
+    """`<retain>_all.json`: TOFU's whole retain split (every author but the forget ones), which the
+    `*-df` arms count token frequency on (--forget_token_df_split) instead of the slice's few retain
+    answers; nothing trains on it. Added to a slice written before it existed."""
+    path = out / f"{retain}_all.json"
+    if not path.is_file():
+        _write_rows(path, _rows(tofu_dir / f"{retain}.json"))
 
 
 # ----------------------------------------------------------------------------- stages
