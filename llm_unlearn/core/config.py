@@ -213,7 +213,7 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
         default=False,
         metadata={
             "help": "Let the retain-recall guard stop nothing while unlearning, then fine-tune on the retain set "
-            "alone until the sampled retain recall is back within --stop_retain_recall_tolerance of the first "
+            "alone until the sampled retain recall is back within --stop_repair_tolerance of the first "
             "check's (core/repair.py): deeper forgetting at the same retain recall on the built-in worlds."
         },
     )

@@ -190,6 +190,31 @@ def test_a_reused_stage_reports_the_hardware_it_was_measured_on(tmp_path):
     assert smollm2_tofu.measured_on(tmp_path, "train_seconds.json") == {"hardware": "X, 2 torch threads"}
 
 
+def test_auto_arms_pass_their_knobs_after_auto_and_the_recipes_their_file():
+    import importlib.util
+
+    from llm_unlearn.cli.parse import parse_config
+
+    spec = importlib.util.spec_from_file_location("auto_bench", REPO / "benchmarks" / "auto.py")
+    auto_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(auto_bench)
+
+    def config(arm):
+        return parse_config([*auto_bench.arm_flags(arm), "--output_dir", "x"])[2]
+
+    auto, rt1 = config("auto"), config("auto-repair-rare0-rt1")
+    assert (auto.stop_repair, auto.forget_token_max_df, auto.stop_retain_tolerance) == (False, None, 0.5)
+    assert (rt1.stop_repair, rt1.forget_token_max_df, rt1.stop_retain_tolerance) == (True, 0.0, 1.0)
+    assert rt1.stop_rule == auto.stop_rule == "indistinguishable"
+    assert auto_bench.arm_flags("ngdiff-timed") == [
+        "--config",
+        str(REPO / "recipes" / "world" / "ngdiff.yaml"),
+    ]
+    # The third world is never in the default plan: it checks results on a world they were not chosen on.
+    names = list(auto_bench.worlds("default"))
+    assert names == ["seed0-34authors", "seed1-50authors", "seed2-40authors"]
+
+
 def test_auto_report_reads_the_real_model_rows_and_their_goals(tmp_path):
     import importlib.util
 

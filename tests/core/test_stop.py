@@ -161,9 +161,13 @@ def test_auto_sets_ngdiff_gen_and_the_rule_below_explicit_options():
     assert config.stop_rule is None and not config.gen
 
 
+@pytest.mark.parametrize("repair", [False, True], ids=["auto", "repair-rare"])
 def test_auto_end_to_end_stops_records_its_trajectory_and_agrees_with_the_evaluation(
-    micro_models, micro_world, tmp_path, capsys, monkeypatch
+    micro_models, micro_world, tmp_path, capsys, monkeypatch, repair
 ):
+    """`--auto`, and `--auto --stop_repair true --forget_token_max_df 0` (rare forget tokens, unlearning
+    past the recall guard, then the retain repair): the same rule records, and the evaluation of the
+    weights returned agrees with the last check that scored them."""
     import llm_unlearn.pipeline.unlearn as pipeline
 
     built = []  # the question sets of every dataset the run tokenizes for training
@@ -177,11 +181,13 @@ def test_auto_end_to_end_stops_records_its_trajectory_and_agrees_with_the_evalua
     out = tmp_path / "auto"
     argv = ["unlearn", "--auto", "--model_name_or_path", str(micro_models["target"]), "--data_dir", str(micro_world),
             "--forget_split", "forget10", "--output_dir", str(out), "--eval_batch_size", "64", "--max_new_tokens", "2",
-            "--disable_tqdm", "true"]  # fmt: skip
+            "--disable_tqdm", "true", *(["--stop_repair", "true", "--forget_token_max_df", "0"] if repair else [])]  # fmt: skip
     assert main(argv) == 0
     assert "forget quality not computed" in capsys.readouterr().out
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    checks = [r for r in log if "stop_decision" in r]
+    repairs = [r for r in log if r.get("stop_phase") == "repair"]
+    assert (not repairs) or repair  # only --stop_repair repairs
+    checks = [r for r in log if "stop_decision" in r and r.get("stop_phase") != "repair"]
     end = [r for r in log if "stop_reason" in r]
     # The built-in world's holdout has perturbed answers, so `auto` compares truth ratios.
     assert {r["stop_statistic"] for r in checks} == {"truth_ratio"}
@@ -212,6 +218,9 @@ def test_auto_end_to_end_stops_records_its_trajectory_and_agrees_with_the_evalua
     logged = next(r for r in checks if r["step"] == end[0]["stop_best_step"])
     assert kept["step"] == logged["step"] and kept["stop_gap"] == end[0]["stop_best_gap"] is not None
     assert kept["stop_gap_loss_auc"] == logged["stop_gap_loss_auc"]
+    if end[0].get("stop_repair_steps"):  # the weights returned are the kept ones repaired: their last check
+        kept = repairs[-1]  # the final full check (core/repair.py)
+        assert kept["stop_gap"] is not None and kept["stop_repair_steps"] == end[0]["stop_repair_steps"]
     result = json.loads((out / "eval.json").read_text())
     assert result["metrics"]["mia_auc_loss"]["value"] - 0.5 == pytest.approx(
         kept["stop_gap_loss_auc"], abs=0.02
