@@ -23,7 +23,7 @@ from transformers import ProgressCallback
 from ..core.config import UnlearnConfig
 from ..core.inputs import check_same_vocabulary, validate_inputs
 from ..data.args import DataArgs
-from ..data.qa import QACollator, QADataset, check_forget_retain, load_split, pad_id, paired_split
+from ..data.qa import DataError, QACollator, QADataset, check_forget_retain, load_split, pad_id, paired_split
 from ..data.rare_tokens import document_frequency, keep_rare_labels
 from ..eval.args import EvalArgs
 from ..methods import get_method
@@ -166,6 +166,21 @@ def _close_progress_bars(trainer) -> None:
 FEW_DF_ANSWERS = 500
 
 
+def _check_df_rows(forget_rows: list[dict], df_rows: list[dict], forget_split: str, df_split: str) -> None:
+    """The split token frequency is counted on must have answers, and none of the forget set's: a forget
+    answer counted there would make its own tokens common, and ascent would skip them."""
+    if not df_rows:
+        raise DataError(
+            f"--forget_token_df_split {df_split} is empty; name a split with answers the model should keep"
+        )
+    shared = {r["question"] for r in forget_rows} & {r["question"] for r in df_rows}
+    if shared:
+        raise DataError(
+            f"--forget_token_df_split {df_split} shares {len(shared)} question(s) with forget split {forget_split} "
+            f"(e.g. {sorted(shared)[0]!r}); name a split without the forget set, e.g. its retain split"
+        )
+
+
 def _keep_rare_forget_tokens(forget_ds, retain_ds, df_rows, config, tokenizer, encode) -> None:
     """`--forget_token_max_df`: the forget term keeps the answer tokens rare in the retain answers (or in
     `--forget_token_df_split`'s), tokenized as the retain loss trains on them (data/rare_tokens.py)."""
@@ -222,7 +237,7 @@ def unlearn(
     df_rows = None
     if config.forget_token_df_split and config.forget_token_max_df is not None:
         df_rows = load_split(config.forget_token_df_split, **source)
-        check_forget_retain(forget_rows, df_rows, data.forget_split, config.forget_token_df_split)
+        _check_df_rows(forget_rows, df_rows, data.forget_split, config.forget_token_df_split)
     stop_data = None
     if config.stop_rule:
         from ..core.stop_data import load_stop_data
