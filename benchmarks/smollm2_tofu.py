@@ -279,8 +279,10 @@ def _write_all_retain(tofu_dir: Path, out: Path, retain: str) -> None:
     `*-df` arms count token frequency on (--forget_token_df_split) instead of the slice's few retain
     answers; nothing trains on it. Added to a slice written before it existed."""
     path = out / f"{retain}_all.json"
-    if not path.is_file():
-        _write_rows(path, _rows(tofu_dir / f"{retain}.json"))
+    if not path.is_file():  # written beside and renamed: a second chain never reads half a file
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        _write_rows(tmp, _rows(tofu_dir / f"{retain}.json"))
+        tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------- stages

@@ -439,6 +439,16 @@ def test_slices_hold_tofus_own_forget_authors_and_their_pairs(tofu_dir, tmp_path
     holdout = split.replace("forget", "holdout")
     assert len(rows[holdout]) == len(rows[split])  # as many unseen authors' questions as forget questions
     assert {r["question"] for r in rows["retain_perturbed"]} == {r["question"] for r in rows[retain_split]}
+    # TOFU's whole retain split beside the slice (what `--forget_token_df_split` counts on; never trained on):
+    # every retain question of the slice and none of the forget set's; a slice written before it gets it too.
+    everything = rows[f"{retain_split}_all"]
+    assert everything == smollm2_tofu._rows(tofu_dir / f"{retain_split}.json")
+    assert not {r["question"] for r in everything} & {r["question"] for r in rows[split]}
+    assert {r["question"] for r in rows[retain_split]} <= {r["question"] for r in everything}
+    (out / f"{retain_split}_all.json").unlink()
+    smollm2_tofu.write_slice(tofu_dir, out, sizes)
+    assert smollm2_tofu._rows(out / f"{retain_split}_all.json") == everything
+    assert not list(out.glob("*.tmp"))
 
 
 def test_time_estimates_a_chain_from_the_step_time_and_the_recorded_throughput(tofu_dir, tmp_path):
