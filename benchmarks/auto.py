@@ -83,6 +83,8 @@ RECIPES = ROOT / "recipes" / "world"
 KEYS = ("forget_quality", "model_utility", "retain_fact_recall", "forget_fact_recall", "forget_rouge_l")
 SPLITS = ("forget01", "forget05", "forget10")
 ARMS = ("auto", "graddiff", "ngdiff", "graddiff-timed", "ngdiff-timed")
+# `--auto --stop_repair true --forget_token_max_df 0` (`auto-repair-rare0`), the base of its variants below.
+REPAIR_RARE0 = ["--stop_repair", "true", "--forget_token_max_df", "0"]
 # Diagnostic arms (--arms), not part of the goals: `--auto` with one of the rule's knobs changed.
 ABLATIONS = {
     "auto-unscreened": ["--stop_screen", "false"],
@@ -126,53 +128,16 @@ ABLATIONS = {
     "auto-ci6": ["--stop_check_interval", "6"],
     "auto-repair": ["--stop_repair", "true"],
     "auto-repair-t15": ["--stop_repair", "true", "--stop_repair_tolerance", "0.15"],
-    "auto-repair-rare0": ["--stop_repair", "true", "--forget_token_max_df", "0"],
-    "auto-repair-rare0-mu": [
-        "--stop_repair",
-        "true",
-        "--forget_token_max_df",
-        "0",
-        "--stop_utility_tolerance",
-        "0.2",
-    ],
+    "auto-repair-rare0": REPAIR_RARE0,
+    "auto-repair-rare0-mu": [*REPAIR_RARE0, "--stop_utility_tolerance", "0.2"],
     # Cheaper ways to the same forgetting (2026-12-06, issue 22's cost goal): a larger unlearning lr (the repair
     # restores the retain set), a faster repair, and batches of 16 (the recipes') without GeN's probes.
-    "auto-repair-rare0-lr3": [
-        "--stop_repair",
-        "true",
-        "--forget_token_max_df",
-        "0",
-        "--learning_rate",
-        "0.3",
-    ],
-    "auto-repair-rare0-rlr3": [
-        "--stop_repair",
-        "true",
-        "--forget_token_max_df",
-        "0",
-        "--stop_repair_lr",
-        "3e-4",
-    ],
-    "auto-repair-rare0-b16": [
-        "--stop_repair",
-        "true",
-        "--forget_token_max_df",
-        "0",
-        "--per_device_train_batch_size",
-        "16",
-        "--gen",
-        "false",
-    ],
+    "auto-repair-rare0-lr3": [*REPAIR_RARE0, "--learning_rate", "0.3"],
+    "auto-repair-rare0-rlr3": [*REPAIR_RARE0, "--stop_repair_lr", "3e-4"],
+    "auto-repair-rare0-b16": [*REPAIR_RARE0, "--per_device_train_batch_size", "16", "--gen", "false"],
     # ... and the retain-loss alarm at its whole lead instead of half (2026-12-06; measured on seed2-40authors,
     # where it ended all three forget10 runs of `auto-repair-rare0`).
-    "auto-repair-rare0-rt1": [
-        "--stop_repair",
-        "true",
-        "--forget_token_max_df",
-        "0",
-        "--stop_retain_tolerance",
-        "1.0",
-    ],
+    "auto-repair-rare0-rt1": [*REPAIR_RARE0, "--stop_retain_tolerance", "1.0"],
     # UNDIAL's bounded self-distillation as the forget term (2026-12-05, second session; seed0-34authors forget05/10,
     # seed 0): its single term, normalized and stepped by GeN, damaged the retain set at the first check.
     "auto-undial": ["--method", "undial"],
@@ -367,9 +332,9 @@ def run_arm(
     """One run of the plan; a recipe run returns its oracle record too."""
     common = ["--model_name_or_path", str(models["target"]), "--data_dir", str(world), "--forget_split", r["split"],
               "--seed", str(r["seed"]), "--retain_seed", str(r["seed"])]  # fmt: skip
-    auto = r["arm"] == "auto" or r["arm"] in ABLATIONS
-    timed = r["arm"].endswith("-timed")  # the recipe alone: no per-epoch evaluation, final weights evaluated
     head = arm_flags(r["arm"])
+    auto = head[0] == "--auto"
+    timed = r["arm"].endswith("-timed")  # the recipe alone: no per-epoch evaluation, final weights evaluated
     model_args, data, config, eval_args = parse_config(
         head + common + ["--output_dir", str(run_dir)] + BENCH_FLAGS
     )

@@ -235,7 +235,7 @@ def unlearn(
     retain_rows = load_split(retain_split, **source)
     check_forget_retain(forget_rows, retain_rows, data.forget_split, retain_split)
     df_rows = None
-    if config.forget_token_df_split and config.forget_token_max_df is not None:
+    if config.forget_token_df_split:  # config.py refuses it without --forget_token_max_df < 1
         df_rows = load_split(config.forget_token_df_split, **source)
         _check_df_rows(forget_rows, df_rows, data.forget_split, config.forget_token_df_split)
     stop_data = None
