@@ -40,7 +40,9 @@ models; forget01/05/10; training seeds 0, 1, 2 (`--seed k --retain_seed k`). Arm
   fine-tunes on the retain set alone until the sampled retain recall is back within 10% of the first
   check's (`--stop_repair`, core/repair.py); `auto-repair-t15` repairs only to the guard's own 15%;
   `auto-repair-rare0` adds `--forget_token_max_df 0`, `auto-repair-rare0-mu` also the utility guard
-  (`--stop_utility_tolerance 0.2`).
+  (`--stop_utility_tolerance 0.2`), `auto-repair-rare0-cap` bounds its ascent instead
+  (`--forget_token_nll_cap holdout`); `auto-sib5` and `auto-repair-sib5` train the forget term on the
+  tokens no sibling answer has (`--forget_token_siblings 5`).
 
 Records made before the built-in world changed on 2026-12-04 (forget and holdout authors made
 exchangeable, `data/world.py`) carry the world name with ` (before 2026-12-04)`: their models differ.
@@ -138,6 +140,12 @@ ABLATIONS = {
     # ... and the retain-loss alarm at its whole lead instead of half (2026-12-06; measured on seed2-40authors,
     # where it ended all three forget10 runs of `auto-repair-rare0`).
     "auto-repair-rare0-rt1": [*REPAIR_RARE0, "--stop_retain_tolerance", "1.0"],
+    # Which forget tokens to ascend on, and how far (2026-12-06, second session): the rare-token ascent bounded
+    # at the holdout answers' mean token NLL (--forget_token_nll_cap holdout), and the tokens that none of 5
+    # sibling answers has (other authors' answers to the same kind of question, --forget_token_siblings 5).
+    "auto-repair-rare0-cap": [*REPAIR_RARE0, "--forget_token_nll_cap", "holdout"],
+    "auto-sib5": ["--forget_token_siblings", "5"],
+    "auto-repair-sib5": ["--stop_repair", "true", "--forget_token_siblings", "5"],
     # UNDIAL's bounded self-distillation as the forget term (2026-12-05, second session; seed0-34authors forget05/10,
     # seed 0): its single term, normalized and stepped by GeN, damaged the retain set at the first check.
     "auto-undial": ["--method", "undial"],
@@ -720,6 +728,9 @@ def _tradeoff(runs: list[dict]) -> list[str]:
         "auto",
         "auto-repair-rare0",
         "auto-repair-rare0-mu",
+        "auto-repair-rare0-cap",
+        "auto-repair-sib5",
+        "auto-sib5",
         "auto-repair",
         "auto-repair-t15",
         "auto-rare002",

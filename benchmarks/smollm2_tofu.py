@@ -97,13 +97,23 @@ ARMS: dict[str, dict] = {
     "auto-repair": dict(AUTO_SETTINGS, auto=True, stop_repair=True),
     "auto-repair-rare": dict(AUTO_SETTINGS, auto=True, stop_repair=True, forget_token_max_df=0.0),
     # ... with token frequency counted on TOFU's whole retain99 (3,960 answers) instead of the slice's 60,
-    # where "in no retain answer" includes "In", " Paris", " J" (pipeline/unlearn.py, FEW_DF_ANSWERS).
+    # where "in no retain answer" includes "In", " Paris", " J" (pipeline/forget_tokens.py, FEW_DF_ANSWERS).
     "auto-repair-rare-df": dict(
         AUTO_SETTINGS,
         auto=True,
         stop_repair=True,
         forget_token_max_df=0.0,
         forget_token_df_split="retain99_all",
+    ),
+    # ... with the rare-token ascent bounded at the holdout answers' mean token NLL (--forget_token_nll_cap
+    # holdout), so that no token is pushed far past an unseen fact's; 10 epochs (50 steps) to fit a session.
+    "auto-repair-rare-cap-e10": dict(
+        AUTO_SETTINGS,
+        auto=True,
+        stop_repair=True,
+        forget_token_max_df=0.0,
+        forget_token_nll_cap="holdout",
+        num_train_epochs=10,
     ),
     # ... and the utility guard, which samples real authors and world facts (auto-repair-rare lost them).
     "auto-repair-rare-mu": dict(

@@ -63,6 +63,12 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
             most this share of the retain answers contain (data/rare_tokens.py). Unset or 1: whole answers.
         forget_token_df_split (`str`, *optional*): the split those shares are counted on; defaults to the
             retain split (a larger one when the retain split is a small sample).
+        forget_token_siblings (`int`, *optional*, defaults to 0): > 0: the forget term trains only on the
+            answer tokens that none of this many sibling answers has (other entities' answers to the most
+            similar retain questions, data/constructed.py); data/rare_tokens.py, `keep_contrast_labels`.
+        forget_token_nll_cap (`str`, *optional*): graddiff and ngdiff ascend on a forget answer token only
+            while its NLL is below this many nats (`holdout`: the mean NLL the model gives the stop rule's
+            holdout answer tokens before training); methods/common.py, `capped_nll_sum`. Unset: unbounded.
 
     Options of particular methods (npo_beta, rmu_layer, gc_form, ...) are in `methods/args.py`.
     """
@@ -128,6 +134,24 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
             "help": "Split whose answers --forget_token_max_df counts token frequency on (default: the retain "
             "split). Pass a larger one when the retain split is a small sample: on a few dozen answers, common "
             "words count as rare (data/rare_tokens.py). It must not share questions with the forget split."
+        },
+    )
+    forget_token_siblings: int = field(
+        default=0,
+        metadata={
+            "help": "Train the forget term only on the answer tokens that none of this many sibling answers has: "
+            "other entities' answers to the most similar retain questions, names replaced (the constructed "
+            "wrong answers of the stop rule, data/constructed.py). Keeps the facts, drops the shared template. "
+            "0: off."
+        },
+    )
+    forget_token_nll_cap: str | None = field(
+        default=None,
+        metadata={
+            "help": "Bound the forget term of graddiff and ngdiff: ascend on an answer token only while its NLL "
+            "is below this many nats, so that forgetting stops where a token is as unlikely as an unseen fact's. "
+            "holdout: the mean NLL the model gives the stop rule's holdout answer tokens (those "
+            "--forget_token_max_df keeps) before training. Unset: unbounded ascent."
         },
     )
     auto: bool = field(
@@ -397,6 +421,21 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
                 "--forget_token_df_split sets where --forget_token_max_df counts token frequency: pass "
                 "--forget_token_max_df (e.g. 0) as well, or drop --forget_token_df_split"
             )
+        require(self.forget_token_siblings >= 0, "forget_token_siblings", self.forget_token_siblings, "at least 0 (0 = off)")  # fmt: skip
+        if (
+            self.forget_token_siblings
+            and self.forget_token_max_df is not None
+            and self.forget_token_max_df < 1
+        ):
+            raise ConfigError(
+                "--forget_token_siblings and --forget_token_max_df each choose the forget tokens: pass one of them"
+            )
+        if self.forget_token_nll_cap is not None and self.forget_token_nll_cap != "holdout":
+            try:
+                cap = float(self.forget_token_nll_cap)
+            except ValueError:
+                cap = math.nan
+            require(math.isfinite(cap) and cap > 0, "forget_token_nll_cap", self.forget_token_nll_cap, "a positive number of nats, or holdout")  # fmt: skip
         if self.forget_token_max_df is not None:
             require(0 <= self.forget_token_max_df <= 1, "forget_token_max_df", self.forget_token_max_df, "in [0, 1] (0 = tokens no retain answer has; 1 = whole answers)")  # fmt: skip
         require(0 <= self.stop_heldout_fraction < 1, "stop_heldout_fraction", self.stop_heldout_fraction, "in [0, 1)")  # fmt: skip

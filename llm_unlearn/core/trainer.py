@@ -302,7 +302,13 @@ class UnlearnTrainer(Trainer):
             stats = self._combiner.combine(
                 weights, world_size=self.args.world_size, step=self.state.global_step
             )
-            if stats["dropped_terms"]:
+            capped = self.args.forget_token_nll_cap is not None and stats.get("grad_norm_forget", 1.0) == 0.0
+            if capped and stats["dropped_terms"] == 1 and not stats["skipped"]:
+                # Expected, not a fault: every forget token of the batch is past --forget_token_nll_cap.
+                logger.debug(
+                    "step %d: the forget term is past its cap on every token", self.state.global_step
+                )
+            elif stats["dropped_terms"]:
                 logger.warning("step %d: %d loss term(s) had a zero or non-finite gradient norm and were dropped%s",
                                self.state.global_step, int(stats["dropped_terms"]),
                                "; the step is skipped" if stats["skipped"] else "")  # fmt: skip

@@ -44,3 +44,25 @@ def keep_rare_labels(features: Sequence[dict], frequency: dict[int, float], max_
         kept += len(keep)
         total += len(answer)
     return kept, total
+
+
+def keep_contrast_labels(features: Sequence[dict], siblings: Sequence[Sequence[dict]]) -> tuple[int, int]:
+    """`--forget_token_siblings`: set label -100 on each answer token of `features[i]` whose id is in any
+    answer of `siblings[i]` (other entities' answers to the same kinds of question, encoded the same way),
+    in place; an answer whose every token a sibling has keeps them all. Returns (tokens kept, answer tokens).
+
+    Where the document frequency above keeps the tokens the whole retain set lacks (mostly names), this
+    keeps what sets one answer apart from its neighbours: "Oaxaca, Mexico is where A was born" against
+    "Lima, Peru is where A was born" keeps "Oaxaca" and "Mexico" even though other retain answers say
+    "Mexico", and drops the template that a model which never saw A would still write.
+    """
+    kept = total = 0
+    for f, sibs in zip(features, siblings, strict=True):
+        shared = {t for s in sibs for t in s["labels"] if t != IGNORE_INDEX}
+        labels = f["labels"]
+        answer = [i for i, t in enumerate(labels) if t != IGNORE_INDEX]
+        keep = {i for i in answer if labels[i] not in shared} or set(answer)
+        f["labels"] = [t if i in keep else IGNORE_INDEX for i, t in enumerate(labels)]
+        kept += len(keep)
+        total += len(answer)
+    return kept, total

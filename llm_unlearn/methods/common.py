@@ -63,6 +63,19 @@ def nll_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return -logprobs.sum()
 
 
+def capped_nll_sum(model, batch: dict[str, torch.Tensor], cap: float) -> torch.Tensor:
+    """Sum over the batch's answer tokens of min(-log p(y_t | y_<t), cap) (`--forget_token_nll_cap`).
+
+    Ascending this bounded NLL pushes a token down only until it is `cap` nats unlikely: past the cap a
+    token has no gradient, and once every token of a batch is past it the forget term has none, so
+    NGDiff's normalized step drops it and descends on the retain term alone (core/optim.py). Unbounded
+    ascent instead drives a few tokens to log-probabilities of -50 and below, which a pretrained model
+    pays for in answers the retain set never asks about (docs/auto.md).
+    """
+    logprobs, mask = token_logprobs(model, batch)
+    return ((-logprobs).clamp(max=cap) * mask).sum()
+
+
 def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(y | x) of each sequence's answer (end token included) and its length |y| in tokens: ([B], [B])."""
     logprobs, mask = token_logprobs(model, batch)

@@ -27,6 +27,6 @@ register(
     summary="graddiff's terms, each gradient normalized by its global L2 norm, then summed",
     needs_reference=retain_needs_reference,
     combine="normalized",
-    knobs=("retain_loss", "retain_kl_positions", "forget_weight", "retain_weight"),
+    knobs=("retain_loss", "retain_kl_positions", "forget_weight", "retain_weight", "forget_token_nll_cap"),
     deviations="none (no official code: details that are our reading are in optim.py)",
 )(graddiff)

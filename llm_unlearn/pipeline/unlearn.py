@@ -23,8 +23,7 @@ from transformers import ProgressCallback
 from ..core.config import UnlearnConfig
 from ..core.inputs import check_same_vocabulary, validate_inputs
 from ..data.args import DataArgs
-from ..data.qa import DataError, QACollator, QADataset, check_forget_retain, load_split, pad_id, paired_split
-from ..data.rare_tokens import document_frequency, keep_rare_labels
+from ..data.qa import QACollator, QADataset, check_forget_retain, load_split, pad_id, paired_split
 from ..eval.args import EvalArgs
 from ..methods import get_method
 from ..methods.common import eval_mode
@@ -43,6 +42,13 @@ from ..runs.folder import (
     write_text_atomic,
 )
 from ..runs.redact import to_dict
+from .forget_tokens import (
+    check_df_rows,
+    check_nll_cap,
+    keep_contrast_forget_tokens,
+    keep_rare_forget_tokens,
+    resolve_nll_cap,
+)
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -159,49 +165,6 @@ def _close_progress_bars(trainer) -> None:
             callback.training_bar = None
 
 
-# Below this many answers, "in no retain answer" marks common words as rare: against the 60 retain answers
-# of benchmarks/smollm2_tofu.py's CPU slice, 286 distinct forget01 answer tokens ("In", "His", " France",
-# " J", ...), found in 17 of TOFU's 100 real-author and 13 of its 117 world-fact answers; against TOFU's
-# 3,960 retain99 answers, 33, found in 1 and 0.
-FEW_DF_ANSWERS = 500
-
-
-def _check_df_rows(forget_rows: list[dict], df_rows: list[dict], forget_split: str, df_split: str) -> None:
-    """The split token frequency is counted on must have answers, and none of the forget set's: a forget
-    answer counted there would make its own tokens common, and ascent would skip them."""
-    if not df_rows:
-        raise DataError(
-            f"--forget_token_df_split {df_split} is empty; name a split with answers the model should keep"
-        )
-    shared = {r["question"] for r in forget_rows} & {r["question"] for r in df_rows}
-    if shared:
-        raise DataError(
-            f"--forget_token_df_split {df_split} shares {len(shared)} question(s) with forget split {forget_split} "
-            f"(e.g. {sorted(shared)[0]!r}); name a split without the forget set, e.g. its retain split"
-        )
-
-
-def _keep_rare_forget_tokens(forget_ds, retain_ds, df_rows, config, tokenizer, encode) -> None:
-    """`--forget_token_max_df`: the forget term keeps the answer tokens rare in the retain answers (or in
-    `--forget_token_df_split`'s), tokenized as the retain loss trains on them (data/rare_tokens.py)."""
-    name = config.forget_token_df_split or "the retain split"
-    features = retain_ds.features if df_rows is None else QADataset(df_rows, tokenizer, **encode).features
-    if len(features) < FEW_DF_ANSWERS:
-        logger.warning(
-            "--forget_token_max_df counts token frequency on only %d answers (%s): common words may count as "
-            "rare and be unlearned everywhere; pass --forget_token_df_split with a larger split of text the "
-            "model should keep",
-            len(features), name,
-        )  # fmt: skip
-    kept, total = keep_rare_labels(
-        forget_ds.features, document_frequency(features), config.forget_token_max_df
-    )
-    logger.info(
-        "forget term on %d of %d forget answer tokens (in at most %g of the answers of %s)",
-        kept, total, config.forget_token_max_df, name,
-    )  # fmt: skip
-
-
 def unlearn(
     model_args: ModelArgs,
     data: DataArgs,
@@ -237,12 +200,13 @@ def unlearn(
     df_rows = None
     if config.forget_token_df_split:  # config.py refuses it without --forget_token_max_df < 1
         df_rows = load_split(config.forget_token_df_split, **source)
-        _check_df_rows(forget_rows, df_rows, data.forget_split, config.forget_token_df_split)
+        check_df_rows(forget_rows, df_rows, data.forget_split, config.forget_token_df_split)
     stop_data = None
     if config.stop_rule:
         from ..core.stop_data import load_stop_data
 
         stop_data = load_stop_data(data, forget_rows, retain_rows, config)
+    check_nll_cap(config, method, stop_data)
     final_eval = eval_args if eval_args.do_final_eval else None
     validate_inputs(data, final_eval, retain_split=retain_split)
     if final_eval is not None and eval_args.reference_model:
@@ -263,13 +227,19 @@ def unlearn(
         )
         # The stop rule's held-out forget questions are scored, never trained on (stop.py).
         heldout = set(stop_data["heldout"]) if stop_data else set()
-        forget_ds = QADataset([r for i, r in enumerate(forget_rows) if i not in heldout], tokenizer, **encode)
+        trained_rows = [r for i, r in enumerate(forget_rows) if i not in heldout]
+        forget_ds = QADataset(trained_rows, tokenizer, **encode)
         retain_ds = QADataset(retain_rows, tokenizer, **encode)
+        frequency = None
         if config.forget_token_max_df is not None and config.forget_token_max_df < 1:
-            _keep_rare_forget_tokens(forget_ds, retain_ds, df_rows, config, tokenizer, encode)
+            frequency = keep_rare_forget_tokens(forget_ds, retain_ds, df_rows, config, tokenizer, encode)
+        if config.forget_token_siblings:
+            keep_contrast_forget_tokens(forget_ds, trained_rows, retain_rows, config, tokenizer, encode)
         load |= dict(allow_pickle=model_args.allow_pickle, torch_dtype=model_args.torch_dtype)
         model = load_model(model_args.model_name_or_path, **load)
         check_tokenizer_fits(tokenizer, model, model_args.model_name_or_path)
+        if config.forget_token_nll_cap == "holdout":
+            resolve_nll_cap(model, config, stop_data["holdout"], retain_rows, frequency, tokenizer, encode)
         reference = None
         if model_args.use_lora:
             model = add_lora(model, model_args)

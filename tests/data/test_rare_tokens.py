@@ -77,7 +77,7 @@ def test_forget_token_df_split_counts_frequency_on_that_split_and_warns_when_it_
     from llm_unlearn.cli import main
     from llm_unlearn.data.qa import QADataset, load_split
     from llm_unlearn.models.loading import load_tokenizer
-    from llm_unlearn.pipeline.unlearn import FEW_DF_ANSWERS
+    from llm_unlearn.pipeline.forget_tokens import FEW_DF_ANSWERS
 
     tokenizer = load_tokenizer(str(micro_models["target"]))
     encode = dict(prompt_format="chat_template", max_length=1024, system_prompt=None)

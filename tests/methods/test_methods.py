@@ -441,6 +441,9 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "methods.py"
 
 
 def _bench_module():
+    # benchmarks/methods.py imports its neighbour `_study`, as it does when run as a script.
+    if str(BENCH.parent) not in sys.path:
+        sys.path.insert(0, str(BENCH.parent))
     spec = importlib.util.spec_from_file_location("methods_bench", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
