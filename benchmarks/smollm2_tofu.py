@@ -115,6 +115,16 @@ ARMS: dict[str, dict] = {
         forget_token_nll_cap="holdout",
         num_train_epochs=10,
     ),
+    # ... the same bound on the tokens counted on TOFU's whole retain99 (auto-repair-rare-df lost 82% of utility).
+    "auto-repair-rare-df-cap-e10": dict(
+        AUTO_SETTINGS,
+        auto=True,
+        stop_repair=True,
+        forget_token_max_df=0.0,
+        forget_token_df_split="retain99_all",
+        forget_token_nll_cap="holdout",
+        num_train_epochs=10,
+    ),
     # ... and the utility guard, which samples real authors and world facts (auto-repair-rare lost them).
     "auto-repair-rare-mu": dict(
         AUTO_SETTINGS, auto=True, stop_repair=True, forget_token_max_df=0.0, stop_utility_tolerance=0.2

@@ -70,7 +70,13 @@ def _keep_contrast(features, rows, retain_rows, config, tokenizer, encode) -> tu
     """keep_contrast_labels on `features` (the encoded `rows`) against K siblings from `retain_rows`."""
     from ..data.constructed import construct_perturbed
 
-    siblings = construct_perturbed(rows, retain_rows, k=config.forget_token_siblings, seed=config.seed)
+    try:
+        siblings = construct_perturbed(rows, retain_rows, k=config.forget_token_siblings, seed=config.seed)
+    except DataError as e:
+        raise DataError(
+            f"--forget_token_siblings {config.forget_token_siblings}: {str(e).split(';')[0]}; pass a smaller number, "
+            "or choose the forget tokens with --forget_token_max_df instead"
+        ) from None
     encoded = [
         QADataset([dict(question=r["question"], answer=a) for a in sibs], tokenizer, **encode).features
         for r, sibs in zip(rows, siblings)

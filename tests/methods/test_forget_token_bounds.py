@@ -216,3 +216,19 @@ def test_holdout_cap_counts_only_the_holdout_tokens_the_same_selection_keeps(
         t != X for w in whole for t in w
     )  # a selection
     assert recorded == pytest.approx(sum(nll) / len(nll), rel=1e-4)
+
+
+def test_more_siblings_than_the_retain_split_has_is_refused_in_one_line_without_output(
+    micro_world, micro_models, tmp_path, capsys
+):
+    from llm_unlearn.cli import main
+
+    out = tmp_path / "run"
+    assert (
+        main(_argv(micro_world, micro_models, out, "--method", "ngdiff", "--forget_token_siblings", "500"))
+        != 0
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    line = next(x for x in err if "--forget_token_siblings 500" in x)
+    assert "wrong answers could be built" in line and "pass a smaller number" in line
+    assert not out.exists()
