@@ -151,7 +151,7 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
             "help": "Bound the forget term of graddiff and ngdiff: ascend on an answer token only while its NLL "
             "is below this many nats, so that forgetting stops where a token is as unlikely as an unseen fact's. "
             "holdout: the mean NLL the model gives the stop rule's holdout answer tokens (those "
-            "--forget_token_max_df keeps) before training. Unset: unbounded ascent."
+            "--forget_token_max_df or --forget_token_siblings keeps) before training. Unset: unbounded ascent."
         },
     )
     auto: bool = field(

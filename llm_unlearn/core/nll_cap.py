@@ -8,8 +8,10 @@ of the same kind about entities it never saw), before training:
     c = (1 / N_H) * sum over holdout answer tokens t of -log p_target(y_t | y_<t)
 
 counting the same tokens the forget term trains on: with `--forget_token_max_df`, only the holdout
-answer tokens that the same document frequencies call rare (data/rare_tokens.py); else every answer
-token and the end token. Scored in eval mode without gradient, with the same encoding as training.
+answer tokens that the same document frequencies call rare; with `--forget_token_siblings`, only those
+none of the holdout answer's own siblings has (data/rare_tokens.py); else every answer token and the
+end token. Scored in eval mode without gradient, with the same encoding as training
+(pipeline/forget_tokens.py, `resolve_nll_cap`).
 """
 
 from __future__ import annotations

@@ -5,10 +5,11 @@ Objective (minimized), with N_F / N_R the forget / retain answer tokens in the w
     retain = (1/N_R) sum_retain -log p(y_t | y_<t)                      (retain_loss: nll)
           or (1/N_R) sum_retain KL(p_ref(.|y_<t) || p_theta(.|y_<t))      (retain_loss: kl)
 where p_ref is the frozen model from before unlearning and only answer tokens (and the end token)
-count. With `forget_token_nll_cap` c, the forget term ascends on min(-log p(y_t | y_<t), c) instead:
-a token stops being pushed down once it is c nats unlikely (common.py, `capped_nll_sum`). TOFU's KL baseline averages the KL over every position instead (`retain_kl_positions: all`;
-why answer tokens are our default: methods/common.py, `retain_term`). Liu et al., "Continual learning and private unlearning" (arXiv 2203.12817); TOFU's
-GradDiff and KL baselines (arXiv 2401.06121).
+count. TOFU's KL baseline averages the KL over every position instead (`retain_kl_positions: all`;
+why answer tokens are our default: methods/common.py, `retain_term`). With `forget_token_nll_cap` c,
+the forget term ascends on min(-log p(y_t | y_<t), c) instead: a token stops being pushed down once it
+is c nats unlikely (common.py, `capped_nll_sum`). Liu et al., "Continual learning and private
+unlearning" (arXiv 2203.12817); TOFU's GradDiff and KL baselines (arXiv 2401.06121).
 """
 
 from __future__ import annotations
