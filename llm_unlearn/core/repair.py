@@ -105,6 +105,14 @@ class RetainRepair:
             "stop rule: repaired the retain set in %d retain-only steps (%s %.3f, target %.3f; gap now %s)",
             steps, rule.scorer.recall_name(), final["stop_retain_recall"], target, f"{final['stop_gap']:.3f}",
         )  # fmt: skip
+        kept_gap = rule.best["stop_gap"] if rule.best else None
+        if final["stop_gap"] > 0 and (kept_gap is None or final["stop_gap"] > kept_gap):
+            # Retain-only training brings forget answers back too (module docstring); say so when it did.
+            logger.warning(
+                "stop rule: forgetting is incomplete after the repair: the forget set is more familiar than "
+                "unseen data again (gap %.3f, the kept weights' %s); the repair brought part of it back",
+                final["stop_gap"], "not scored" if kept_gap is None else f"{kept_gap:.3f}",
+            )  # fmt: skip
         return steps
 
     def run(

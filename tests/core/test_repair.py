@@ -60,14 +60,14 @@ class _ScriptedRepair(RetainRepair):
         return steps
 
 
-def _repair_rule(recalls: list[float], max_steps=100):
+def _repair_rule(recalls: list[float], max_steps=100, repaired=(1, 3.5)):
     # AUC gaps +1/2, +1/4, then a crossing (-3/8) at the third check (step 2), so step 1 is kept; the
-    # final full check of the repaired weights gets the last scripted losses (+1/4).
+    # final full check of the repaired weights gets the last scripted losses (`repaired`: +1/4).
     scripted = [
         ([1, 2], [3, 4], 1.0),
         ([1, 3.5], [3, 4], 1.0),
         ([4, 5], [3, 4], 1.0),
-        ([1, 3.5], [3, 4], 1.0),
+        (list(repaired), [3, 4], 1.0),
     ]
     rule, records = _rule(scripted)
     rule.scorer.recall_rows, rule.recall_tolerance = [{"question": "q", "answer": "a", "fact": "a"}], 0.15
@@ -106,6 +106,20 @@ def test_weights_already_within_the_tolerance_are_not_repaired():
     weights, _ = _train(rule, model, steps=5)
     assert records[-1]["stop_repair_steps"] == 0 and rule.repair.targets == []
     assert model.weight.item() == pytest.approx(weights[1].item())
+
+
+@pytest.mark.parametrize("repaired, warned", [((1, 3.5), False), ((1, 2), True), ((4, 5), False)])
+def test_a_repair_that_brings_the_forget_set_back_says_forgetting_is_incomplete(caplog, repaired, warned):
+    # Kept weights: gap +1/4. After the repair +1/4 (as kept: no warning), +1/2 (more familiar than the kept
+    # weights: warned) or -3/8 (less familiar than unseen data: nothing came back).
+    rule, records = _repair_rule([0.8, 0.5, 0.7], repaired=repaired)
+    _train(rule, torch.nn.Linear(1, 1, bias=False), steps=5)
+    final = [r for r in records if r.get("stop_phase") == "repair"][-1]
+    assert final["stop_gap"] == pytest.approx({(1, 3.5): 0.25, (1, 2): 0.5, (4, 5): -0.375}[repaired])
+    line = "forgetting is incomplete after the repair"
+    assert (line in caplog.text) == warned
+    if warned:
+        assert "gap 0.500, the kept weights' 0.250" in caplog.text
 
 
 def test_a_repair_that_runs_out_of_steps_says_so(caplog):
