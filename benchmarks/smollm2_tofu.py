@@ -125,18 +125,10 @@ ARMS: dict[str, dict] = {
         forget_token_nll_cap="holdout",
         num_train_epochs=10,
     ),
-    # `--auto`'s optimizer (NGDiff steps, SGD lr 0.1, GeN) for 50 steps with the forget term weighted 0: what
-    # the steps alone do to model utility (the runs that lost it were the long ones, whatever they pushed).
-    "auto-steps-retain-only-e10": dict(
-        method="ngdiff",
-        gen=True,
-        optim="sgd",
-        learning_rate=0.1,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        num_train_epochs=10,
-        forget_weight=0.0,
-    ),
+    # `--auto`'s optimizer (NGDiff steps, SGD lr 0.1, GeN) for 50 steps without the stop rule and with the forget
+    # term weighted 0: what the steps alone do to model utility (the runs that lost it were the long ones).
+    "auto-steps-retain-only-e10": {k: v for k, v in AUTO_SETTINGS.items() if not k.startswith("stop_")}
+    | dict(num_train_epochs=10, forget_weight=0.0),
     # ... and the utility guard, which samples real authors and world facts (auto-repair-rare lost them).
     "auto-repair-rare-mu": dict(
         AUTO_SETTINGS, auto=True, stop_repair=True, forget_token_max_df=0.0, stop_utility_tolerance=0.2
