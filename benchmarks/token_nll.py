@@ -17,22 +17,12 @@ import argparse
 import numpy as np
 import torch
 
+from llm_unlearn.core.nll_cap import token_nlls
 from llm_unlearn.data.qa import QACollator, QADataset, load_split, pad_id
 from llm_unlearn.data.rare_tokens import document_frequency, keep_rare_labels
-from llm_unlearn.methods.common import token_logprobs
 from llm_unlearn.models.loading import load_model, load_tokenizer
 
 RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
-
-
-def token_nlls(model, features: list[dict], collator: QACollator) -> np.ndarray:
-    """Every labelled token's NLL, in example order."""
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(features), 16):
-            logprobs, mask = token_logprobs(model, collator(features[start : start + 16]))
-            out.append((-logprobs)[mask].double().numpy())
-    return np.concatenate(out)
 
 
 def describe(nll: np.ndarray) -> str:

@@ -16,25 +16,30 @@ end token. Scored in eval mode without gradient, with the same encoding as train
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from ..data.qa import QACollator
 from ..methods.common import eval_mode, token_logprobs
 
 
-def mean_token_nll(model, features: Sequence[dict], collator: QACollator, batch_size: int = 16) -> float:
-    """Mean -log p(y_t | y_<t) over every labelled token of `features` (encoded QA examples)."""
-    total, count = 0.0, 0
+def token_nlls(model, features: Sequence[dict], collator: QACollator, batch_size: int = 16) -> np.ndarray:
+    """-log p(y_t | y_<t) of every labelled token of `features` (encoded QA examples), in order, float64."""
+    out = []
     device = next(model.parameters()).device
     with eval_mode(model), torch.no_grad():
         for start in range(0, len(features), batch_size):
             batch = {k: v.to(device) for k, v in collator(features[start : start + batch_size]).items()}
             logprobs, mask = token_logprobs(model, batch)
-            total -= float(logprobs.double().sum())
-            count += int(mask.sum())
-    if count == 0 or not math.isfinite(total):
+            out.append((-logprobs)[mask].double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def mean_token_nll(model, features: Sequence[dict], collator: QACollator, batch_size: int = 16) -> float:
+    """Mean -log p(y_t | y_<t) over every labelled token of `features` (encoded QA examples)."""
+    nll = token_nlls(model, features, collator, batch_size)
+    if not len(nll) or not np.isfinite(nll).all():
         raise ValueError("no finite answer-token NLL to set --forget_token_nll_cap from")
-    return total / count
+    return float(nll.mean())
