@@ -137,6 +137,8 @@ ABLATIONS = {
     "auto-repair-rare0-lr3": [*REPAIR_RARE0, "--learning_rate", "0.3"],
     "auto-repair-rare0-rlr3": [*REPAIR_RARE0, "--stop_repair_lr", "3e-4"],
     "auto-repair-rare0-b16": [*REPAIR_RARE0, "--per_device_train_batch_size", "16", "--gen", "false"],
+    # ... the same with GeN (2026-12-06, third session).
+    "auto-repair-rare0-b16-gen": [*REPAIR_RARE0, "--per_device_train_batch_size", "16"],
     # ... and the retain-loss alarm at its whole lead instead of half (2026-12-06; measured on seed2-40authors,
     # where it ended all three forget10 runs of `auto-repair-rare0`).
     "auto-repair-rare0-rt1": [*REPAIR_RARE0, "--stop_retain_tolerance", "1.0"],
@@ -145,6 +147,8 @@ ABLATIONS = {
     # sibling answers has (other authors' answers to the same kind of question, --forget_token_siblings 5).
     "auto-repair-rare0-cap": [*REPAIR_RARE0, "--forget_token_nll_cap", "holdout"],
     "auto-sib5": ["--forget_token_siblings", "5"],
+    # The retain term as a KL to the target at every position instead of the retain NLL (2026-12-06, third session).
+    "auto-repair-rare0-kl": [*REPAIR_RARE0, "--retain_loss", "kl", "--retain_kl_positions", "all"],
     "auto-repair-sib5": ["--stop_repair", "true", "--forget_token_siblings", "5"],
     # UNDIAL's bounded self-distillation as the forget term (2026-12-05, second session; seed0-34authors forget05/10,
     # seed 0): its single term, normalized and stepped by GeN, damaged the retain set at the first check.
@@ -197,14 +201,17 @@ BENCH_FLAGS = [
 def worlds(size: str) -> dict[str, dict]:
     """name -> WorldConfig fields: the size's own world (seed 0), and another seed at another size (the
     development worlds, the default plan); then a third, never used to choose anything, run only when
-    named (`--worlds`, with its own `--out`), to check a result on a world it was not chosen on."""
+    named (`--worlds`, with its own `--out`), to check a result on a world it was not chosen on; and a
+    fourth (seed 3), built on 2026-12-06 once the third had been looked at, for the next such check."""
     other = {"default": dict(n_authors=50), "micro": dict(n_authors=12)}[size]
     unseen = {"default": dict(n_authors=40), "micro": dict(n_authors=11)}[size]
+    fresh = {"default": dict(n_authors=44), "micro": dict(n_authors=13)}[size]
     base = WORLD_SIZES[size]
     return {
         f"seed0-{base.get('n_authors', 34)}authors": dict(base, seed=0),
         f"seed1-{other['n_authors']}authors": dict(base, seed=1, **other),
         f"seed2-{unseen['n_authors']}authors": dict(base, seed=2, **unseen),
+        f"seed3-{fresh['n_authors']}authors": dict(base, seed=3, **fresh),
     }
 
 
@@ -578,8 +585,8 @@ def real_model_lines(records: Path) -> list[str]:
     sections = (
         ("cpu", "forget01", "forget01's 2 authors, 3 retain authors, holdout01",
          ("auto-adam", "auto-rare", "auto-repair-rare", "auto-repair-rare-df", "auto-repair-rare-mu",
-          "auto-repair-rare-cap-e10", "auto-repair-rare-df-cap-e10", "ngdiff",
-          "graddiff", "npo")),
+          "auto-repair-rare-cap-e10", "auto-repair-rare-df-cap-e10", "auto-repair-rare-b16", "auto-repair-rare-kl",
+          "ngdiff", "graddiff", "npo")),
         ("cpu05", "forget05", "forget05's 10 authors (TOFU's last), the same 3 retain authors, holdout05",
          ("ngdiff", "ngdiff@3e-5", "npo@3e-4")),
     )  # fmt: skip
@@ -727,7 +734,10 @@ def _tradeoff(runs: list[dict]) -> list[str]:
     """Forgetting against the retain set, per arm that has the retain floor's target recorded (issue 22)."""
     arms = (
         "auto",
+        "auto-repair-rare0-b16",
+        "auto-repair-rare0-b16-gen",
         "auto-repair-rare0",
+        "auto-repair-rare0-kl",
         "auto-repair-rare0-mu",
         "auto-repair-rare0-cap",
         "auto-repair-sib5",

@@ -129,6 +129,31 @@ ARMS: dict[str, dict] = {
     # term weighted 0: what the steps alone do to model utility (the runs that lost it were the long ones).
     "auto-steps-retain-only-e10": {k: v for k, v in AUTO_SETTINGS.items() if not k.startswith("stop_")}
     | dict(num_train_epochs=10, forget_weight=0.0),
+    # ... with the retain term a KL to the target at every position (--retain_loss kl --retain_kl_positions all)
+    # instead of the retain NLL, which keeps pushing a memorized retain set's loss down: 50 NGDiff steps on the
+    # retain NLL alone cost 13% of model utility (auto-steps-retain-only-e10).
+    "auto-repair-rare-kl": dict(
+        AUTO_SETTINGS,
+        auto=True,
+        stop_repair=True,
+        forget_token_max_df=0.0,
+        retain_loss="kl",
+        retain_kl_positions="all",
+    ),
+    # ... with the recipes' batch of 16 and GeN off (benchmarks/auto.py's `auto-repair-rare0-b16`: both goals in
+    # 18 of 18 runs of the development worlds).
+    "auto-repair-rare-b16": dict(
+        AUTO_SETTINGS,
+        auto=True,
+        stop_repair=True,
+        forget_token_max_df=0.0,
+        per_device_train_batch_size=16,
+        gen=False,
+    ),
+    # ... the same with GeN (b16 alone lost half of model utility; auto-repair-rare, with GeN, a quarter).
+    "auto-repair-rare-b16-gen": dict(
+        AUTO_SETTINGS, auto=True, stop_repair=True, forget_token_max_df=0.0, per_device_train_batch_size=16
+    ),
     # ... and the utility guard, which samples real authors and world facts (auto-repair-rare lost them).
     "auto-repair-rare-mu": dict(
         AUTO_SETTINGS, auto=True, stop_repair=True, forget_token_max_df=0.0, stop_utility_tolerance=0.2
