@@ -150,6 +150,9 @@ ABLATIONS = {
     # The retain term as a KL to the target at every position instead of the retain NLL (2026-12-06, third session).
     "auto-repair-rare0-kl": [*REPAIR_RARE0, "--retain_loss", "kl", "--retain_kl_positions", "all"],
     "auto-repair-sib5": ["--stop_repair", "true", "--forget_token_siblings", "5"],
+    # NPO's bounded forget loss (it saturates once the forget answers are unlikely) in place of the NLL ascent that
+    # drove SmolLM2's rare tokens to 15-23 nats (2026-12-06, third session).
+    "auto-repair-rare0-npo": [*REPAIR_RARE0, "--method", "npo", "--combine", "normalized"],
     # UNDIAL's bounded self-distillation as the forget term (2026-12-05, second session; seed0-34authors forget05/10,
     # seed 0): its single term, normalized and stepped by GeN, damaged the retain set at the first check.
     "auto-undial": ["--method", "undial"],

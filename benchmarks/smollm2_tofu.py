@@ -150,9 +150,9 @@ ARMS: dict[str, dict] = {
         per_device_train_batch_size=16,
         gen=False,
     ),
-    # ... the same with GeN (b16 alone lost half of model utility; auto-repair-rare, with GeN, a quarter).
-    "auto-repair-rare-b16-gen": dict(
-        AUTO_SETTINGS, auto=True, stop_repair=True, forget_token_max_df=0.0, per_device_train_batch_size=16
+    # ... with NPO's bounded forget loss in place of the NLL ascent (benchmarks/auto.py's `auto-repair-rare0-npo`).
+    "auto-repair-rare-npo": dict(
+        AUTO_SETTINGS, auto=True, stop_repair=True, forget_token_max_df=0.0, method="npo", combine="normalized"
     ),
     # ... and the utility guard, which samples real authors and world facts (auto-repair-rare lost them).
     "auto-repair-rare-mu": dict(
