@@ -152,7 +152,12 @@ ARMS: dict[str, dict] = {
     ),
     # ... with NPO's bounded forget loss in place of the NLL ascent (benchmarks/auto.py's `auto-repair-rare0-npo`).
     "auto-repair-rare-npo": dict(
-        AUTO_SETTINGS, auto=True, stop_repair=True, forget_token_max_df=0.0, method="npo", combine="normalized"
+        AUTO_SETTINGS,
+        auto=True,
+        stop_repair=True,
+        forget_token_max_df=0.0,
+        method="npo",
+        combine="normalized",
     ),
     # ... and the utility guard, which samples real authors and world facts (auto-repair-rare lost them).
     "auto-repair-rare-mu": dict(
