@@ -82,6 +82,8 @@ class Sizes:
 
 
 # Every arm a run may ask for by label (`--methods`); settings go over the preset's `unlearn`.
+# `--auto --stop_repair true --forget_token_max_df 0` (`auto-repair-rare`), the base of its variants below.
+REPAIR_RARE = dict(AUTO_SETTINGS, auto=True, stop_repair=True, forget_token_max_df=0.0)
 ARMS: dict[str, dict] = {
     "graddiff": dict(method="graddiff"),
     "ngdiff": dict(method="ngdiff"),
@@ -95,32 +97,23 @@ ARMS: dict[str, dict] = {
     "auto-rare": dict(AUTO_SETTINGS, auto=True, forget_token_max_df=0.0),
     # `--auto --stop_repair true`: past the retain-recall guard, then retain-only repair (core/repair.py).
     "auto-repair": dict(AUTO_SETTINGS, auto=True, stop_repair=True),
-    "auto-repair-rare": dict(AUTO_SETTINGS, auto=True, stop_repair=True, forget_token_max_df=0.0),
+    "auto-repair-rare": dict(REPAIR_RARE),
     # ... with token frequency counted on TOFU's whole retain99 (3,960 answers) instead of the slice's 60,
     # where "in no retain answer" includes "In", " Paris", " J" (pipeline/forget_tokens.py, FEW_DF_ANSWERS).
     "auto-repair-rare-df": dict(
-        AUTO_SETTINGS,
-        auto=True,
-        stop_repair=True,
-        forget_token_max_df=0.0,
+        REPAIR_RARE,
         forget_token_df_split="retain99_all",
     ),
     # ... with the rare-token ascent bounded at the holdout answers' mean token NLL (--forget_token_nll_cap
     # holdout), so that no token is pushed far past an unseen fact's; 10 epochs (50 steps) to fit a session.
     "auto-repair-rare-cap-e10": dict(
-        AUTO_SETTINGS,
-        auto=True,
-        stop_repair=True,
-        forget_token_max_df=0.0,
+        REPAIR_RARE,
         forget_token_nll_cap="holdout",
         num_train_epochs=10,
     ),
     # ... the same bound on the tokens counted on TOFU's whole retain99 (auto-repair-rare-df lost 82% of utility).
     "auto-repair-rare-df-cap-e10": dict(
-        AUTO_SETTINGS,
-        auto=True,
-        stop_repair=True,
-        forget_token_max_df=0.0,
+        REPAIR_RARE,
         forget_token_df_split="retain99_all",
         forget_token_nll_cap="holdout",
         num_train_epochs=10,
@@ -133,36 +126,25 @@ ARMS: dict[str, dict] = {
     # instead of the retain NLL, which keeps pushing a memorized retain set's loss down: 50 NGDiff steps on the
     # retain NLL alone cost 13% of model utility (auto-steps-retain-only-e10).
     "auto-repair-rare-kl": dict(
-        AUTO_SETTINGS,
-        auto=True,
-        stop_repair=True,
-        forget_token_max_df=0.0,
+        REPAIR_RARE,
         retain_loss="kl",
         retain_kl_positions="all",
     ),
     # ... with the recipes' batch of 16 and GeN off (benchmarks/auto.py's `auto-repair-rare0-b16`: both goals in
     # 18 of 18 runs of the development worlds).
     "auto-repair-rare-b16": dict(
-        AUTO_SETTINGS,
-        auto=True,
-        stop_repair=True,
-        forget_token_max_df=0.0,
+        REPAIR_RARE,
         per_device_train_batch_size=16,
         gen=False,
     ),
     # ... with NPO's bounded forget loss in place of the NLL ascent (benchmarks/auto.py's `auto-repair-rare0-npo`).
     "auto-repair-rare-npo": dict(
-        AUTO_SETTINGS,
-        auto=True,
-        stop_repair=True,
-        forget_token_max_df=0.0,
+        REPAIR_RARE,
         method="npo",
         combine="normalized",
     ),
     # ... and the utility guard, which samples real authors and world facts (auto-repair-rare lost them).
-    "auto-repair-rare-mu": dict(
-        AUTO_SETTINGS, auto=True, stop_repair=True, forget_token_max_df=0.0, stop_utility_tolerance=0.2
-    ),
+    "auto-repair-rare-mu": dict(REPAIR_RARE, stop_utility_tolerance=0.2),
     # `--auto` with the utility guard (--stop_utility_tolerance 0.2): seed 1's `--auto` lost real-author and
     # world-fact ROUGE-L (MU 0.77 x) that the retain guards do not sample; this guard samples them.
     "auto-mu": dict(AUTO_SETTINGS, auto=True, stop_utility_tolerance=0.2),
