@@ -591,7 +591,7 @@ def real_model_lines(records: Path) -> list[str]:
         ("cpu", "forget01", "forget01's 2 authors, 3 retain authors, holdout01",
          ("auto-adam", "auto-rare", "auto-repair-rare", "auto-repair-rare-df", "auto-repair-rare-mu",
           "auto-repair-rare-cap-e10", "auto-repair-rare-df-cap-e10", "auto-repair-rare-b16", "auto-repair-rare-kl",
-          "ngdiff", "graddiff", "npo")),
+          "auto-repair-rare-npo", "ngdiff", "graddiff", "npo")),
         ("cpu05", "forget05", "forget05's 10 authors (TOFU's last), the same 3 retain authors, holdout05",
          ("ngdiff", "ngdiff@3e-5", "npo@3e-4")),
     )  # fmt: skip
