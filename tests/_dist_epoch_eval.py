@@ -18,6 +18,7 @@ from torch.distributed.fsdp import fully_shard
 import llm_unlearn.eval.tofu as tofu
 from llm_unlearn.data.args import DataArgs
 from llm_unlearn.eval.args import EvalArgs
+from llm_unlearn.eval.shard import exit_process_group
 from llm_unlearn.models.loading import load_model_and_tokenizer
 from llm_unlearn.pipeline.evaluate import EpochEvaluator, evaluate_path, is_main_process
 
@@ -46,6 +47,7 @@ def main(model_dir: str, data_dir: str, out_file: str, mode: str = "") -> None:
         record = {"sink": sink, "timing": result["meta"]["timing"]}
         record |= {key: result[key] for key in ("metrics", "losses", "generations")}
         Path(out_file).write_text(json.dumps(record))
+    exit_process_group()  # gloo teardown can hang or abort after the work is done (pytorch/pytorch#190489)
 
 
 if __name__ == "__main__":
