@@ -137,8 +137,17 @@ ARMS: dict[str, dict] = {
         per_device_train_batch_size=16,
         gen=False,
     ),
-    # ... with NPO's bounded forget loss in place of the NLL ascent (benchmarks/auto.py's `auto-repair-rare0-npo`).
+    # ... with NPO's bounded forget loss in place of the NLL ascent (benchmarks/auto.py's `auto-repair-rare0-npo`),
+    # run before --vanish_ratio existed, i.e. with every nonzero term normalized to full length.
     "auto-repair-rare-npo": dict(
+        REPAIR_RARE,
+        method="npo",
+        combine="normalized",
+        vanish_ratio=0.0,
+    ),
+    # ... the same with the default --vanish_ratio 1e-3: NPO's forget term is left out of a step once its gradient
+    # norm falls below a thousandth of its peak (core/optim.py), instead of being scaled up to full length.
+    "auto-repair-rare-npo-vanish": dict(
         REPAIR_RARE,
         method="npo",
         combine="normalized",

@@ -54,6 +54,10 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
             gradient normalized by its global L2 norm, then summed: NGDiff) or `pcgrad` (PCGrad, arXiv
             2001.06782: each term's gradient projected off every other it conflicts with, in an order
             seeded by `seed` and the step); defaults to the method's.
+        vanish_ratio (`float`, *optional*, defaults to 1e-3): under `normalized`, a term whose gradient
+            norm falls below this fraction of its largest earlier norm is left out of that step, as a
+            saturated loss (NPO's forget term once the forget set is forgotten) would otherwise be
+            scaled back up to a full step (core/optim.py); 0 keeps every nonzero term.
         max_grad_norm (`float`, *optional*): defaults to 1.0, or 0 (no clipping) for `normalized`.
         sam_rho (`float`, *optional*, defaults to 0.0): sharpness-aware unlearning (arXiv 2502.05374,
             core/sam.py): the method's forget terms are minimized at their worst-case neighbour
@@ -92,6 +96,13 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
         metadata={
             "help": "How loss terms become one update: sum, normalized (NGDiff) or pcgrad (each term's gradient "
             "projected off every other it conflicts with; arXiv 2001.06782) (default: the method's own)."
+        },
+    )
+    vanish_ratio: float = field(
+        default=1e-3,
+        metadata={
+            "help": "Under combine normalized: leave out of a step a term whose gradient norm fell below this "
+            "fraction of its largest earlier norm (a saturated loss, e.g. NPO's forget term); 0 turns it off."
         },
     )
     gen: bool = field(
@@ -402,6 +413,7 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
                 ">= 0 (0 = no clipping)",
             )
         require(self.gen_interval >= 1, "gen_interval", self.gen_interval, "at least 1 optimizer step")
+        require(0 <= self.vanish_ratio < 1, "vanish_ratio", self.vanish_ratio, "in [0, 1) (0 = off; 1e-3 = leave out a term at a thousandth of its peak norm)")  # fmt: skip
         require(math.isfinite(self.sam_rho) and self.sam_rho >= 0, "sam_rho", self.sam_rho, "a finite number >= 0 (0 = off)")  # fmt: skip
         require(self.stop_check_interval >= 0, "stop_check_interval", self.stop_check_interval, ">= 0 (0 = once per epoch)")  # fmt: skip
         require(self.stop_patience >= 1, "stop_patience", self.stop_patience, "at least 1 check")

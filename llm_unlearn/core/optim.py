@@ -16,7 +16,17 @@ Choices (ours where the paper is silent):
   normalized once (normalizing per micro-batch would be a different algorithm);
 - one global norm over all trainable parameters, in fp32, reduced across ranks;
 - a term whose norm is zero or non-finite is dropped for that step; if every term is, the step is
-  skipped (gradients set to None, so the optimizer leaves the parameters and its state alone).
+  skipped (gradients set to None, so the optimizer leaves the parameters and its state alone);
+- a term whose norm has *vanished*, fallen below `vanish_ratio` times the largest norm it had earlier
+  in the run, is dropped for that step too (counted apart, as `vanished_terms`). Normalizing divides
+  by the norm, so a loss that saturates by design would otherwise keep its full share of every
+  step: NPO's forget term (arXiv 2404.05868) is the NLL gradient weighted by
+  sigma(beta (log pi - log pi_ref)), which tends to 0 once the forget answers are far less likely
+  than under the reference; in a SmolLM2 run its norm fell from 1e-3 to 1e-11 while normalization
+  kept turning it into steps of full length, and model utility fell to 0.19 x (docs/results.md).
+  The term comes back as soon as its norm rises above the threshold again (e.g. when retain steps
+  undo some forgetting). The peaks are per term, kept across steps (`peak_norms`, saved with each
+  checkpoint) and identical on every rank, since the norms are reduced first. 0 turns this off.
 Each term's backward accumulates into that term's own buffer (NGDiff: two buffers, i.e. one
 gradient copy more than ordinary training, and the combined direction is written into one of them),
 and the buffers are averaged across ranks explicitly.
@@ -80,7 +90,11 @@ class NormalizedCombiner:
     """
 
     def __init__(
-        self, params: list[torch.nn.Parameter], sharded: bool = False, module: torch.nn.Module | None = None
+        self,
+        params: list[torch.nn.Parameter],
+        sharded: bool = False,
+        module: torch.nn.Module | None = None,
+        vanish_ratio: float = 0.0,
     ):
         if sharded and module is None:
             raise ValueError(
@@ -91,6 +105,8 @@ class NormalizedCombiner:
         self.module = module
         self.buffers: dict[str, list[torch.Tensor]] = {}
         self.shared_graph: bool | None = None  # do the terms share autograd nodes? (found once)
+        self.vanish_ratio = vanish_ratio
+        self.peak_norms: dict[str, float] = {}  # each term's largest finite norm so far (module docstring)
 
     def reset(self) -> None:
         """Start a new optimizer step: drop the previous step's buffers (one of them is `.grad`)."""
@@ -128,8 +144,9 @@ class NormalizedCombiner:
         `step` (the optimizer step) seeds PCGrad's order; the normalized sum does not depend on it.
 
         Statistics: `grad_norm_<term>` for each term, `cos_<a>_<b>` between the first two terms'
-        gradients as minimized (for ngdiff cos(-g_F, g_R) = -cos(g_F, g_R), matching `loss_forget` = -NLL), `dropped_terms` (how many had a zero or non-finite norm) and `skipped` (1 when
-        all did).
+        gradients as minimized (for ngdiff cos(-g_F, g_R) = -cos(g_F, g_R), matching `loss_forget` = -NLL),
+        `dropped_terms` (how many had a zero or non-finite norm), `vanished_terms` (how many fell below
+        `vanish_ratio` times their peak) and `skipped` (1 when no term was kept).
         """
         self._average_across_ranks(world_size)
         names = list(self.buffers)
@@ -143,8 +160,12 @@ class NormalizedCombiner:
         if len(names) >= 2:
             a, b = names[:2]
             stats[f"cos_{a}_{b}"] = sums[-1] / max(norms[a] * norms[b], EPS)
-        kept = [name for name in names if math.isfinite(norms[name]) and norms[name] > EPS]
-        stats["dropped_terms"] = float(len(names) - len(kept))
+        usable = [name for name in names if math.isfinite(norms[name]) and norms[name] > EPS]
+        for name in usable:
+            self.peak_norms[name] = max(self.peak_norms.get(name, 0.0), norms[name])
+        kept = [name for name in usable if norms[name] >= self.vanish_ratio * self.peak_norms[name]]
+        stats["dropped_terms"] = float(len(names) - len(usable))
+        stats["vanished_terms"] = float(len(usable) - len(kept))
         stats["skipped"] = float(not kept)
         for j, p in enumerate(self.params):
             if not kept:

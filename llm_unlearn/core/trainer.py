@@ -27,11 +27,12 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, get_scheduler
+from transformers.trainer_utils import get_last_checkpoint
 
 from ..data.qa import IGNORE_INDEX
 from ..methods import Method, MethodContext, Term
 from ..methods.common import eval_mode
-from ..runs.folder import mark_and_rotate, read_status, write_status
+from ..runs.folder import mark_and_rotate, read_status, write_status, write_text_atomic
 from .gen import GenScheduler, probe_losses
 from .optim import NormalizedCombiner, PCGradCombiner, _graphs_overlap, local_shard
 from .sam import SharpnessAwareStep, is_forget_term
@@ -40,6 +41,7 @@ from .streams import PROBE_SALT, ProbeStream, RetainStream, example_keys
 __all__ = ["NonFiniteLossError", "RetainStream", "UnlearnTrainer"]
 
 logger = logging.getLogger("llm_unlearn")
+COMBINER_FILE = "combiner.json"  # in each checkpoint: the normalized combination's peak term norms
 
 
 class NonFiniteLossError(RuntimeError):
@@ -290,7 +292,10 @@ class UnlearnTrainer(Trainer):
             if self.args.combine == "pcgrad":
                 self._combiner = PCGradCombiner(params, sharded=fsdp, module=module, seed=self.args.seed)
             else:
-                self._combiner = NormalizedCombiner(params, sharded=fsdp, module=module)
+                self._combiner = NormalizedCombiner(
+                    params, sharded=fsdp, module=module, vanish_ratio=self.args.vanish_ratio
+                )
+                self._combiner.peak_norms = self._resumed_peak_norms()
         if self._window_start:
             self._combiner.reset()
             self._window_start = False
@@ -312,6 +317,11 @@ class UnlearnTrainer(Trainer):
                 logger.warning("step %d: %d loss term(s) had a zero or non-finite gradient norm and were dropped%s",
                                self.state.global_step, int(stats["dropped_terms"]),
                                "; the step is skipped" if stats["skipped"] else "")  # fmt: skip
+            if stats.get("vanished_terms"):
+                # Expected, not a fault: a saturated loss (module docstring of optim.py).
+                logger.info("step %d: %d loss term(s) fell below --vanish_ratio of their peak gradient norm "
+                            "and were left out%s", self.state.global_step, int(stats["vanished_terms"]),
+                            "; the step is skipped" if stats["skipped"] else "")  # fmt: skip
             self._step_stats = stats
             self._norms = {name: stats[f"grad_norm_{name}"] for name in raw}
             self._maybe_snapshot_for_gen(model, skipped=bool(stats["skipped"]))
@@ -554,15 +564,34 @@ class UnlearnTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
+        out = Path(self.args.output_dir)
+        step = self.state.global_step
+        if self._combiner is not None and self._combiner.peak_norms and self.is_world_process_zero():
+            # The vanish test's memory (optim.py), identical on every rank: resumed by `_resumed_peak_norms`.
+            write_text_atomic(
+                out / f"checkpoint-{step}" / COMBINER_FILE, json.dumps(self._combiner.peak_norms)
+            )
         if self.args.world_size > 1:
             self.accelerator.wait_for_everyone()  # every rank's shards are written before the mark
         if not self.is_world_process_zero():
             return
-        out = Path(self.args.output_dir)
-        step = self.state.global_step
         folder = mark_and_rotate(out, step, limit)
         if read_status(out) is not None:  # a run directory of `unlearn()`, not a bare Trainer output
             write_status(out, "running", method=self.method.name, step=step, checkpoint=folder.name)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        self._resume_from = resume_from_checkpoint
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _resumed_peak_norms(self) -> dict[str, float]:
+        """The combiner's peak term norms saved with the checkpoint this run resumes from ({} on a fresh run)."""
+        resume = getattr(self, "_resume_from", None)
+        if resume is True:
+            resume = get_last_checkpoint(self.args.output_dir)
+        path = Path(resume) / COMBINER_FILE if resume else None
+        if path is None or not path.exists():
+            return {}
+        return {str(k): float(v) for k, v in json.loads(path.read_text()).items()}
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)

@@ -184,3 +184,54 @@ def test_terms_from_one_forward_pass_keep_the_graph_and_get_their_own_gradients(
     separate = NormalizedCombiner(params)
     separate.accumulate({"a": lin(x).sum(), "b": lin(x).pow(2).sum()})  # two forward passes
     assert separate.shared_graph is False
+
+
+def _combine_linear(combiner, params, scales: dict[str, float]) -> dict:
+    """One step of `combiner` on terms scale * <c_k, p>, whose gradients are scale * c_k (known by hand)."""
+    (p,) = params
+    c = {"forget": torch.tensor([3.0, 4.0]), "retain": torch.tensor([0.0, 2.0])}
+    combiner.reset()
+    combiner.accumulate({name: scale * (c[name] * p).sum() for name, scale in scales.items()})
+    return combiner.combine(dict.fromkeys(scales, 1.0))
+
+
+def test_a_term_below_vanish_ratio_of_its_peak_norm_is_left_out_until_it_recovers():
+    from llm_unlearn.core.optim import NormalizedCombiner
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    combiner = NormalizedCombiner([p], vanish_ratio=1e-3)
+    # Step 1: ||g_F|| = 5, ||g_R|| = 2, both kept: d = (3, 4)/5 + (0, 2)/2.
+    stats = _combine_linear(combiner, [p], {"forget": 1.0, "retain": 1.0})
+    assert p.grad.tolist() == pytest.approx([0.6, 1.8]) and stats["vanished_terms"] == 0
+    # Step 2: the forget gradient shrinks to 5e-4 / 5 = 1e-4 of its peak (NPO saturating): only the retain
+    # direction is left, where plain normalization would have taken the forget direction at full length.
+    stats = _combine_linear(combiner, [p], {"forget": 1e-4, "retain": 1.0})
+    assert p.grad.tolist() == pytest.approx([0.0, 1.0])
+    assert (stats["vanished_terms"], stats["dropped_terms"], stats["skipped"]) == (1, 0, 0)
+    assert stats["grad_norm_forget"] == pytest.approx(5e-4)
+    # Step 3: back to 2e-3 of its peak: kept again, at full length; the peak is still step 1's.
+    stats = _combine_linear(combiner, [p], {"forget": 2e-3, "retain": 1.0})
+    assert p.grad.tolist() == pytest.approx([0.6, 1.8]) and stats["vanished_terms"] == 0
+    assert combiner.peak_norms == pytest.approx({"forget": 5.0, "retain": 2.0})
+    # Both vanished: the step is skipped, as when every gradient is zero.
+    stats = _combine_linear(combiner, [p], {"forget": 1e-4, "retain": 1e-4})
+    assert p.grad is None and (stats["vanished_terms"], stats["skipped"]) == (2, 1)
+    # vanish_ratio 0 normalizes any nonzero term to full length (NGDiff as published).
+    plain = NormalizedCombiner([p])
+    _combine_linear(plain, [p], {"forget": 1.0, "retain": 1.0})
+    stats = _combine_linear(plain, [p], {"forget": 1e-4, "retain": 1.0})
+    assert p.grad.tolist() == pytest.approx([0.6, 1.8]) and stats["vanished_terms"] == 0
+
+
+def test_vanish_peaks_are_saved_with_each_checkpoint_and_a_resumed_run_matches_a_straight_one(tiny, tmp_path):  # noqa: F811
+    # Ratio 0.999: a term is left out whenever its norm is below its peak, so steps 3-4 depend on steps 1-2's
+    # norms; a resume that forgot them keeps every term at step 3 and ends elsewhere (checked by hand).
+    assert_resume_matches_uninterrupted_run(tiny, tmp_path, method="ngdiff", vanish_ratio=0.999, logging_steps=1)
+    log = [json.loads(line) for line in (tmp_path / "straight" / "train_log.jsonl").read_text().splitlines()]
+    vanished = {r["step"]: r["vanished_terms"] for r in log if "vanished_terms" in r}
+    assert vanished[1] == 0 and any(vanished[s] for s in (3, 4))
+
+
+def test_vanish_ratio_out_of_range_is_one_clear_error():
+    with pytest.raises(ConfigError, match="vanish_ratio"):
+        UnlearnConfig(output_dir="x", method="ngdiff", vanish_ratio=1.0)
