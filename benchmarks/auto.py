@@ -155,7 +155,15 @@ ABLATIONS = {
     # NPO's bounded forget loss (it saturates once the forget answers are unlikely) in place of the NLL ascent that
     # drove SmolLM2's rare tokens to 15-23 nats (2026-12-06, third session).
     # Run before --vanish_ratio existed (= 0); `-vanish` has its default, 1e-3 (2026-12-06, fourth session).
-    "auto-repair-rare0-npo": [*REPAIR_RARE0, "--method", "npo", "--combine", "normalized", "--vanish_ratio", "0"],
+    "auto-repair-rare0-npo": [
+        *REPAIR_RARE0,
+        "--method",
+        "npo",
+        "--combine",
+        "normalized",
+        "--vanish_ratio",
+        "0",
+    ],  # fmt: skip
     "auto-repair-rare0-npo-vanish": [*REPAIR_RARE0, "--method", "npo", "--combine", "normalized"],
     # UNDIAL's bounded self-distillation as the forget term (2026-12-05, second session; seed0-34authors forget05/10,
     # seed 0): its single term, normalized and stepped by GeN, damaged the retain set at the first check.

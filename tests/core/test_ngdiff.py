@@ -226,7 +226,9 @@ def test_a_term_below_vanish_ratio_of_its_peak_norm_is_left_out_until_it_recover
 def test_vanish_peaks_are_saved_with_each_checkpoint_and_a_resumed_run_matches_a_straight_one(tiny, tmp_path):  # noqa: F811
     # Ratio 0.999: a term is left out whenever its norm is below its peak, so steps 3-4 depend on steps 1-2's
     # norms; a resume that forgot them keeps every term at step 3 and ends elsewhere (checked by hand).
-    assert_resume_matches_uninterrupted_run(tiny, tmp_path, method="ngdiff", vanish_ratio=0.999, logging_steps=1)
+    assert_resume_matches_uninterrupted_run(
+        tiny, tmp_path, method="ngdiff", vanish_ratio=0.999, logging_steps=1
+    )
     log = [json.loads(line) for line in (tmp_path / "straight" / "train_log.jsonl").read_text().splitlines()]
     vanished = {r["step"]: r["vanished_terms"] for r in log if "vanished_terms" in r}
     assert vanished[1] == 0 and any(vanished[s] for s in (3, 4))
