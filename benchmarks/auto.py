@@ -599,9 +599,7 @@ def real_model_lines(records: Path) -> list[str]:
     # forget05's (issue 23) ran ngdiff (and at 3e-5) and npo at its chosen lr beside `auto`.
     sections = (
         ("cpu", "forget01", "forget01's 2 authors, 3 retain authors, holdout01",
-         ("auto-adam", "auto-rare", "auto-repair-rare", "auto-repair-rare-df", "auto-repair-rare-mu",
-          "auto-repair-rare-cap-e10", "auto-repair-rare-df-cap-e10", "auto-repair-rare-b16", "auto-repair-rare-kl",
-          "auto-repair-rare-npo", "ngdiff", "graddiff", "npo")),
+         (*_auto_variants(rows, "cpu", "forget01"), "ngdiff", "graddiff", "npo")),
         ("cpu05", "forget05", "forget05's 10 authors (TOFU's last), the same 3 retain authors, holdout05",
          ("ngdiff", "ngdiff@3e-5", "npo@3e-4")),
     )  # fmt: skip
@@ -609,6 +607,12 @@ def real_model_lines(records: Path) -> list[str]:
         sel = [r for r in rows if r.get("protocol") == protocol and r.get("split") == split]
         lines += _real_model_section(records, sel, protocol, split, slice_, others)
     return lines
+
+
+def _auto_variants(rows: list[dict], protocol: str, split: str) -> list[str]:
+    """The `auto-*` arms (variants of `--auto`) that `rows` has for this protocol and split, in the order first run."""
+    seen = (r["method"] for r in rows if r.get("protocol") == protocol and r.get("split") == split)
+    return list(dict.fromkeys(m for m in seen if m.startswith("auto-") and m != "auto-steps-retain-only-e10"))
 
 
 def _real_model_section(
@@ -747,26 +751,9 @@ def _totals(runs: list[dict]) -> str:
 
 def _tradeoff(runs: list[dict]) -> list[str]:
     """Forgetting against the retain set, per arm that has the retain floor's target recorded (issue 22)."""
-    arms = (
-        "auto",
-        "auto-repair-rare0-b16",
-        "auto-repair-rare0-b16-gen",
-        "auto-repair-rare0",
-        "auto-repair-rare0-kl",
-        "auto-repair-rare0-npo",
-        "auto-repair-rare0-mu",
-        "auto-repair-rare0-cap",
-        "auto-repair-sib5",
-        "auto-sib5",
-        "auto-repair",
-        "auto-repair-t15",
-        "auto-rare002",
-        "auto-rare0",
-        "auto-noguard",
-        "auto-adam4",
-        "ngdiff-timed",
-        "graddiff-timed",
-    )
+    # Every arm with the target's retain recall recorded, in the order of the arm tables (none named twice).
+    order = [*ARMS, *ABLATIONS]
+    arms = sorted({r["arm"] for r in runs if "target_retain_fact_recall" in r}, key=order.index)
     lines = []
     for arm in arms:
         rs = [r for r in runs if r["arm"] == arm and "target_retain_fact_recall" in r]
