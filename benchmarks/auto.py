@@ -43,8 +43,8 @@ models; forget01/05/10; training seeds 0, 1, 2 (`--seed k --retain_seed k`). Arm
   (`--stop_utility_tolerance 0.2`), `auto-repair-rare0-cap` bounds its ascent instead
   (`--forget_token_nll_cap holdout`); `auto-sib5` and `auto-repair-sib5` train the forget term on the
   tokens no sibling answer has (`--forget_token_siblings 5`); `auto-repair-rare0-b16` (batches of 16, GeN
-  off), `-b16-gen` (with GeN), `-kl` (a KL retain term) and `-npo` (NPO's forget loss) vary
-  `auto-repair-rare0`.
+  off), `-b16-gen` (with GeN), `-kl` (a KL retain term) and `-npo` (NPO's forget loss, run with
+  `--vanish_ratio 0`; `-npo-vanish` with its default, core/optim.py) vary `auto-repair-rare0`.
 
 Records made before the built-in world changed on 2026-12-04 (forget and holdout authors made
 exchangeable, `data/world.py`) carry the world name with ` (before 2026-12-04)`: their models differ.

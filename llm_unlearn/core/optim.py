@@ -23,7 +23,8 @@ Choices (ours where the paper is silent):
   step: NPO's forget term (arXiv 2404.05868) is the NLL gradient weighted by
   sigma(beta (log pi - log pi_ref)), which tends to 0 once the forget answers are far less likely
   than under the reference; in a SmolLM2 run its norm fell from 1e-3 to 1e-11 while normalization
-  kept turning it into steps of full length, and model utility fell to 0.19 x (docs/results.md).
+  kept turning it into steps of full length, and model utility fell to 0.19 x (0.55 x with this
+  rule: the retain-only steps that follow cost utility too; docs/results.md).
   The term comes back as soon as its norm rises above the threshold again (e.g. when retain steps
   undo some forgetting). The peaks are per term, kept across steps (`peak_norms`, saved with each
   checkpoint) and identical on every rank, since the norms are reduced first. 0 turns this off.

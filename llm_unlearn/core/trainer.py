@@ -113,6 +113,7 @@ class UnlearnTrainer(Trainer):
         self._term_log: dict[str, float] = {}
         self._term_log_steps = 0
         self._combiner: NormalizedCombiner | None = None
+        self._vanish_said = False  # has this run logged a term left out by --vanish_ratio?
         self._norms: dict[str, float] = {}
         self._window_start = True
         self._step_stats: dict[str, float] = {}
@@ -318,10 +319,13 @@ class UnlearnTrainer(Trainer):
                                self.state.global_step, int(stats["dropped_terms"]),
                                "; the step is skipped" if stats["skipped"] else "")  # fmt: skip
             if stats.get("vanished_terms"):
-                # Expected, not a fault: a saturated loss (module docstring of optim.py).
-                logger.info("step %d: %d loss term(s) fell below --vanish_ratio of their peak gradient norm "
-                            "and were left out%s", self.state.global_step, int(stats["vanished_terms"]),
-                            "; the step is skipped" if stats["skipped"] else "")  # fmt: skip
+                # Expected, not a fault: a saturated loss (module docstring of optim.py). Said once per run at
+                # info level (it may recur every step; train_log.jsonl's `vanished_terms` counts each).
+                log = logger.debug if self._vanish_said else logger.info
+                log("step %d: %d loss term(s) fell below --vanish_ratio of their peak gradient norm and were "
+                    "left out%s", self.state.global_step, int(stats["vanished_terms"]),
+                    "; the step is skipped" if stats["skipped"] else "")  # fmt: skip
+                self._vanish_said = True
             self._step_stats = stats
             self._norms = {name: stats[f"grad_norm_{name}"] for name in raw}
             self._maybe_snapshot_for_gen(model, skipped=bool(stats["skipped"]))
