@@ -89,6 +89,8 @@ SPLITS = ("forget01", "forget05", "forget10")
 ARMS = ("auto", "graddiff", "ngdiff", "graddiff-timed", "ngdiff-timed")
 # `--auto --stop_repair true --forget_token_max_df 0` (`auto-repair-rare0`), the base of its variants below.
 REPAIR_RARE0 = ["--stop_repair", "true", "--forget_token_max_df", "0"]
+# ... with NPO's forget loss, normalized (the base of the two `-npo` arms).
+NPO_RARE0 = [*REPAIR_RARE0, "--method", "npo", "--combine", "normalized"]
 # Diagnostic arms (--arms), not part of the goals: `--auto` with one of the rule's knobs changed.
 ABLATIONS = {
     "auto-unscreened": ["--stop_screen", "false"],
@@ -155,16 +157,8 @@ ABLATIONS = {
     # NPO's bounded forget loss (it saturates once the forget answers are unlikely) in place of the NLL ascent that
     # drove SmolLM2's rare tokens to 15-23 nats (2026-12-06, third session).
     # Run before --vanish_ratio existed (= 0); `-vanish` has its default, 1e-3 (2026-12-06, fourth session).
-    "auto-repair-rare0-npo": [
-        *REPAIR_RARE0,
-        "--method",
-        "npo",
-        "--combine",
-        "normalized",
-        "--vanish_ratio",
-        "0",
-    ],  # fmt: skip
-    "auto-repair-rare0-npo-vanish": [*REPAIR_RARE0, "--method", "npo", "--combine", "normalized"],
+    "auto-repair-rare0-npo": [*NPO_RARE0, "--vanish_ratio", "0"],
+    "auto-repair-rare0-npo-vanish": NPO_RARE0,
     # UNDIAL's bounded self-distillation as the forget term (2026-12-05, second session; seed0-34authors forget05/10,
     # seed 0): its single term, normalized and stepped by GeN, damaged the retain set at the first check.
     "auto-undial": ["--method", "undial"],
