@@ -152,6 +152,14 @@ ARMS: dict[str, dict] = {
         method="npo",
         combine="normalized",
     ),
+    # ... and training ends once the forget term has been left out of 3 steps (--vanish_stop 3): in the run above it
+    # was left out of 55 of the 65 steps from step 36, which then fine-tuned on the retain NLL alone.
+    "auto-repair-rare-npo-vstop": dict(
+        REPAIR_RARE,
+        method="npo",
+        combine="normalized",
+        vanish_stop=3,
+    ),
     # ... and the utility guard, which samples real authors and world facts (auto-repair-rare lost them).
     "auto-repair-rare-mu": dict(REPAIR_RARE, stop_utility_tolerance=0.2),
     # `--auto` with the utility guard (--stop_utility_tolerance 0.2): seed 1's `--auto` lost real-author and

@@ -58,6 +58,9 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
             norm falls below this fraction of its largest earlier norm is left out of that step, as a
             saturated loss (NPO's forget term once the forget set is forgotten) would otherwise be
             scaled back up to a full step (core/optim.py); 0 keeps every nonzero term.
+        vanish_stop (`int`, *optional*, defaults to 0): under `normalized`, end training once the forget
+            terms have been left out as vanished in this many optimizer steps (in all): the forget loss
+            has saturated, and every later step would fine-tune on the retain set alone. 0: never.
         max_grad_norm (`float`, *optional*): defaults to 1.0, or 0 (no clipping) for `normalized`.
         sam_rho (`float`, *optional*, defaults to 0.0): sharpness-aware unlearning (arXiv 2502.05374,
             core/sam.py): the method's forget terms are minimized at their worst-case neighbour
@@ -103,6 +106,13 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
         metadata={
             "help": "Under combine normalized: leave out of a step a term whose gradient norm fell below this "
             "fraction of its largest earlier norm (a saturated loss, e.g. NPO's forget term); 0 turns it off."
+        },
+    )
+    vanish_stop: int = field(
+        default=0,
+        metadata={
+            "help": "Under combine normalized: end training once --vanish_ratio has left the forget terms out of "
+            "this many steps (nothing is left to unlearn; later steps would train on the retain set alone); 0: never."
         },
     )
     gen: bool = field(
@@ -311,6 +321,12 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
                 "max_grad_norm=%g clips the normalized direction, whose norm is up to 2 by design; "
                 "set --max_grad_norm 0 to follow NGDiff exactly", self.max_grad_norm,
             )  # fmt: skip
+        if self.vanish_stop and (self.combine != "normalized" or self.vanish_ratio <= 0):
+            raise ConfigError(
+                f"--vanish_stop ends training on a forget term left out by --vanish_ratio, which only the normalized "
+                f"combination does (here combine {self.combine}, vanish_ratio {self.vanish_ratio:g}): pass --combine "
+                "normalized and --vanish_ratio > 0, or drop --vanish_stop"
+            )
         if self.combine != "sum":
             # Both combinations run each term's backward themselves, outside the loss scaler and the engine.
             if self.fp16:
@@ -414,6 +430,7 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
             )
         require(self.gen_interval >= 1, "gen_interval", self.gen_interval, "at least 1 optimizer step")
         require(0 <= self.vanish_ratio < 1, "vanish_ratio", self.vanish_ratio, "in [0, 1) (0 = off; 1e-3 = leave out a term at a thousandth of its peak norm)")  # fmt: skip
+        require(self.vanish_stop >= 0, "vanish_stop", self.vanish_stop, ">= 0 optimizer steps (0 = never stop on a vanished forget term)")  # fmt: skip
         require(math.isfinite(self.sam_rho) and self.sam_rho >= 0, "sam_rho", self.sam_rho, "a finite number >= 0 (0 = off)")  # fmt: skip
         require(self.stop_check_interval >= 0, "stop_check_interval", self.stop_check_interval, ">= 0 (0 = once per epoch)")  # fmt: skip
         require(self.stop_patience >= 1, "stop_patience", self.stop_patience, "at least 1 check")

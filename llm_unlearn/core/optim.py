@@ -108,6 +108,7 @@ class NormalizedCombiner:
         self.shared_graph: bool | None = None  # do the terms share autograd nodes? (found once)
         self.vanish_ratio = vanish_ratio
         self.peak_norms: dict[str, float] = {}  # each term's largest finite norm so far (module docstring)
+        self.vanished: list[str] = []  # the terms the last `combine` left out as vanished
 
     def reset(self) -> None:
         """Start a new optimizer step: drop the previous step's buffers (one of them is `.grad`)."""
@@ -168,6 +169,7 @@ class NormalizedCombiner:
         stats["dropped_terms"] = float(len(names) - len(usable))
         stats["vanished_terms"] = float(len(usable) - len(kept))
         stats["skipped"] = float(not kept)
+        self.vanished = [name for name in usable if name not in kept]
         for j, p in enumerate(self.params):
             if not kept:
                 p.grad = None

@@ -39,7 +39,9 @@ better known than the holdout) stops the run (`retain_alarm`) and is never kept.
 when the gap has not come closer to 0 for `patience` checks (`stalled`), unless the gap is still
 saturated (+1/2 for auc, +1 for KS: while every forget value is below every holdout value the
 statistic cannot move, however fast the forget values rise). Otherwise the run's own length
-(`max_steps` / epochs) is the safety net (`max_steps`).
+(`max_steps` / epochs) is the safety net (`max_steps`), and under `--vanish_stop` a forget loss that
+has saturated ends it too (`forget_vanished`; core/trainer.py); either way the final weights are
+checked as a candidate.
 
 Screening (`screen`, on by default, truth_ratio only, not with damping): a truth-ratio check scores
 7 texts per question (answer, paraphrase, 5 perturbed); the answer alone is 1 of them. Until the
@@ -362,6 +364,14 @@ class IndistinguishableStop(TrainerCallback):
             if decision != "continue":  # already indistinguishable: the Trainer stops after its first step
                 self.decision = decision
                 control.should_training_stop = True
+
+    def stopped_by(self, reason: str) -> None:
+        """Training ends for a reason of the trainer's own (`forget_vanished`: --vanish_stop), after this step.
+
+        A decision of the rule's own at the same step's check (it runs after) takes its place.
+        """
+        if self.decision == "max_steps":
+            self.decision = reason
 
     def _damp(self, scheduler) -> None:
         """Scale the schedule's multiplier by `self.damping` from now on (GeN's factor, LambdaLR's lambdas).

@@ -114,6 +114,8 @@ class UnlearnTrainer(Trainer):
         self._term_log_steps = 0
         self._combiner: NormalizedCombiner | None = None
         self._vanish_said = False  # has this run logged a term left out by --vanish_ratio?
+        # Steps whose forget terms were all left out as vanished (--vanish_stop); None until read on resume.
+        self._forget_vanished_steps: int | None = None
         self._norms: dict[str, float] = {}
         self._window_start = True
         self._step_stats: dict[str, float] = {}
@@ -213,6 +215,10 @@ class UnlearnTrainer(Trainer):
         # restored on resume, or a forget set already like unseen data) must not train another step.
         if self.control.should_training_stop:
             return None
+        if self.args.vanish_stop and self._vanished_forget_count() >= self.args.vanish_stop:
+            # Resumed from a checkpoint written after --vanish_stop's limit: the first run trained no further.
+            self._stop_on_vanished(self.state.global_step)
+            return None
         return super()._run_epoch(*args, **kwargs)
 
     # ------------------------------------------------------------------ loss
@@ -296,7 +302,7 @@ class UnlearnTrainer(Trainer):
                 self._combiner = NormalizedCombiner(
                     params, sharded=fsdp, module=module, vanish_ratio=self.args.vanish_ratio
                 )
-                self._combiner.peak_norms = self._resumed_peak_norms()
+                self._combiner.peak_norms = self._resumed_combiner_state()["peak_norms"]
         if self._window_start:
             self._combiner.reset()
             self._window_start = False
@@ -326,9 +332,49 @@ class UnlearnTrainer(Trainer):
                     "left out%s", self.state.global_step, int(stats["vanished_terms"]),
                     "; the step is skipped" if stats["skipped"] else "")  # fmt: skip
                 self._vanish_said = True
+            self._count_vanished_forget(raw, stats)
             self._step_stats = stats
             self._norms = {name: stats[f"grad_norm_{name}"] for name in raw}
             self._maybe_snapshot_for_gen(model, skipped=bool(stats["skipped"]))
+
+    def _count_vanished_forget(self, raw: dict[str, Term], stats: dict[str, float]) -> None:
+        """--vanish_stop: count the steps whose forget terms were all left out, and end training at the limit.
+
+        The step being combined is still taken (it is a retain-only step, as the rule of optim.py made it);
+        Trainer then leaves its loop. The count is the same on every rank (the norms are reduced first).
+        """
+        forget = [name for name, term in raw.items() if is_forget_term(term)]
+        if not forget or self.args.combine != "normalized":
+            return
+        count = self._vanished_forget_count()
+        if all(name in self._combiner.vanished for name in forget):
+            count += 1
+        self._forget_vanished_steps = count
+        stats["forget_vanished_steps"] = float(count)
+        if self.args.vanish_stop and count >= self.args.vanish_stop:
+            self._stop_on_vanished(self.state.global_step + 1)
+
+    def _vanished_forget_count(self) -> int:
+        if self._forget_vanished_steps is None:
+            self._forget_vanished_steps = self._resumed_combiner_state()["forget_vanished_steps"]
+        return self._forget_vanished_steps
+
+    def _stop_on_vanished(self, step: int) -> None:
+        """End training after `step`: tell the stop rule (its reason) or log the reason ourselves."""
+        if self.control.should_training_stop:
+            return
+        self.control.should_training_stop = True
+        logger.info(
+            "step %d: the forget terms were left out as vanished in %d steps (--vanish_stop %d): nothing is left "
+            "to unlearn at this step size, so training ends here", step, self._forget_vanished_steps,
+            self.args.vanish_stop,
+        )  # fmt: skip
+        rules = [cb for cb in self.callback_handler.callbacks if hasattr(cb, "stopped_by")]
+        for rule in rules:
+            rule.stopped_by("forget_vanished")
+        if not rules:
+            self._append_log({"step": step, "training_stopped": "forget_vanished",
+                              "forget_vanished_steps": self._forget_vanished_steps})  # fmt: skip
 
     # ------------------------------------------------------------------ sharpness-aware forget term
 
@@ -571,10 +617,12 @@ class UnlearnTrainer(Trainer):
         out = Path(self.args.output_dir)
         step = self.state.global_step
         if self._combiner is not None and self._combiner.peak_norms and self.is_world_process_zero():
-            # The vanish test's memory (optim.py), identical on every rank: resumed by `_resumed_peak_norms`.
-            write_text_atomic(
-                out / f"checkpoint-{step}" / COMBINER_FILE, json.dumps(self._combiner.peak_norms)
-            )
+            # The vanish test's memory (optim.py), identical on every rank: resumed by `_resumed_combiner_state`.
+            state = {
+                "peak_norms": self._combiner.peak_norms,
+                "forget_vanished_steps": self._forget_vanished_steps or 0,
+            }
+            write_text_atomic(out / f"checkpoint-{step}" / COMBINER_FILE, json.dumps(state))
         if self.args.world_size > 1:
             self.accelerator.wait_for_everyone()  # every rank's shards are written before the mark
         if not self.is_world_process_zero():
@@ -587,15 +635,19 @@ class UnlearnTrainer(Trainer):
         self._resume_from = resume_from_checkpoint
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
-    def _resumed_peak_norms(self) -> dict[str, float]:
-        """The combiner's peak term norms saved with the checkpoint this run resumes from ({} on a fresh run)."""
+    def _resumed_combiner_state(self) -> dict:
+        """The combiner's peak term norms and vanished-forget count saved with the checkpoint this run resumes
+        from (none on a fresh run). Checkpoints before --vanish_stop saved the peaks alone."""
         resume = getattr(self, "_resume_from", None)
         if resume is True:
             resume = get_last_checkpoint(self.args.output_dir)
         path = Path(resume) / COMBINER_FILE if resume else None
-        if path is None or not path.exists():
-            return {}
-        return {str(k): float(v) for k, v in json.loads(path.read_text()).items()}
+        saved = json.loads(path.read_text()) if path is not None and path.exists() else {}
+        peaks = saved["peak_norms"] if "peak_norms" in saved else saved
+        return {
+            "peak_norms": {str(k): float(v) for k, v in peaks.items()},
+            "forget_vanished_steps": int(saved.get("forget_vanished_steps", 0)),
+        }
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)

@@ -237,3 +237,102 @@ def test_vanish_peaks_are_saved_with_each_checkpoint_and_a_resumed_run_matches_a
 def test_vanish_ratio_out_of_range_is_one_clear_error():
     with pytest.raises(ConfigError, match="vanish_ratio"):
         UnlearnConfig(output_dir="x", method="ngdiff", vanish_ratio=1.0)
+
+
+def _vanish_run(tiny, out, callbacks=None, **config):  # noqa: F811
+    """The tiny ngdiff run whose forget norm falls below its peak at steps 2, 4, 5, 6 (ratio 0.999, seed 3)."""
+    from llm_unlearn.data.args import DataArgs
+    from llm_unlearn.eval.args import EvalArgs
+    from llm_unlearn.models.args import ModelArgs
+    from llm_unlearn.pipeline.unlearn import unlearn
+
+    settings = dict(
+        output_dir=str(out), method="ngdiff", vanish_ratio=0.999, max_steps=6, save_strategy="steps", save_steps=1,
+        save_total_limit=None, logging_steps=1, use_cpu=True, disable_tqdm=True, per_device_train_batch_size=2,
+        learning_rate=1e-2, seed=3,
+    )  # fmt: skip
+    return unlearn(
+        ModelArgs(model_name_or_path=str(tiny["dir"] / "model")),
+        DataArgs(data_dir=str(tiny["data_dir"])),
+        UnlearnConfig(**(settings | config)),
+        EvalArgs(do_final_eval=False),
+        callbacks=callbacks,
+    )
+
+
+def _log(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_vanish_stop_ends_training_after_that_many_steps_without_the_forget_term(tiny, tmp_path):  # noqa: F811
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    class Weights(TrainerCallback):
+        by_step: dict[int, dict] = {}
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.by_step[state.global_step] = {n: t.detach().clone() for n, t in model.state_dict().items()}
+
+    # Without the option: which steps left the forget term out, and the weights after each step.
+    free = tmp_path / "free"
+    _vanish_run(tiny, free, callbacks=[Weights()])
+    counts = {r["step"]: r["forget_vanished_steps"] for r in _log(free) if "forget_vanished_steps" in r}
+    assert len(counts) == 6 and counts[1] == 0
+    limit = 2
+    end = min(step for step, n in counts.items() if n >= limit)
+    assert end < 6, "the run must reach the limit before max_steps for this test to mean anything"
+    # With it: training ends after the step at which the count reaches the limit, with that step's weights.
+    stopped = tmp_path / "stopped"
+    _vanish_run(tiny, stopped, vanish_stop=limit)
+    log = _log(stopped)
+    assert max(r["step"] for r in log if "loss" in r) == end
+    assert [r for r in log if "training_stopped" in r] == [
+        {"step": end, "training_stopped": "forget_vanished", "forget_vanished_steps": limit}
+    ]
+    expected = Weights.by_step[end]
+    for name, value in load_file(stopped / "model.safetensors").items():
+        torch.testing.assert_close(value, expected[name])
+
+
+def test_vanish_stop_count_is_resumed_from_the_checkpoint(tiny, tmp_path):  # noqa: F811
+    # The limit is reached at step 4 with one vanished step before the step-2 checkpoint: a resume that
+    # counted from 0 would train on to step 5 or 6 and end elsewhere.
+    assert_resume_matches_uninterrupted_run(
+        tiny, tmp_path, method="ngdiff", vanish_ratio=0.999, vanish_stop=2, max_steps=6, logging_steps=1
+    )
+    log = _log(tmp_path / "resumed")
+    assert [r["step"] for r in log if "training_stopped" in r] == [4]
+
+
+def test_a_run_resumed_after_vanish_stop_was_reached_trains_no_further(tiny, tmp_path):  # noqa: F811
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    class KillAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 4:  # the step that reached the limit: saved, then the process dies
+                raise RuntimeError("killed")
+
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="killed"):
+        _vanish_run(tiny, out, vanish_stop=2, callbacks=[KillAfterSave()])
+    saved = json.loads((out / "checkpoint-4" / "combiner.json").read_text())
+    assert saved["forget_vanished_steps"] == 2 and set(saved["peak_norms"]) == {"forget", "retain"}
+    steps_before = [r["step"] for r in _log(out) if "loss" in r]
+    _vanish_run(tiny, out, vanish_stop=2)  # the same command again: resumes from checkpoint-4
+    assert [r["step"] for r in _log(out) if "loss" in r] == steps_before == [1, 2, 3, 4]
+    assert [r["step"] for r in _log(out) if "training_stopped" in r] == [4, 4]
+    straight = load_file(_vanish_run(tiny, tmp_path / "straight", vanish_stop=2) / "model.safetensors")
+    for name, value in load_file(out / "model.safetensors").items():
+        torch.testing.assert_close(value, straight[name])
+
+
+def test_vanish_stop_needs_the_normalized_combination_and_a_vanish_ratio():
+    with pytest.raises(ConfigError, match="--vanish_stop ends training"):
+        UnlearnConfig(output_dir="x", method="graddiff", vanish_stop=3)
+    with pytest.raises(ConfigError, match="--vanish_stop ends training"):
+        UnlearnConfig(output_dir="x", method="ngdiff", vanish_ratio=0.0, vanish_stop=3)
+    with pytest.raises(ConfigError, match="vanish_stop"):
+        UnlearnConfig(output_dir="x", method="ngdiff", vanish_stop=-1)
+    assert UnlearnConfig(output_dir="x", method="ngdiff", vanish_stop=3).vanish_stop == 3

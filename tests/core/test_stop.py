@@ -593,3 +593,33 @@ def test_a_forget_set_already_like_unseen_data_stops_at_once_and_keeps_the_model
     assert records[-1]["stop_reason"] == "already_indistinguishable" and records[-1]["stop_best_step"] == 0
     assert len([r for r in records if "stop_decision" in r]) == 1  # no check of the stepped weights
     assert torch.equal(model.weight, untouched)
+
+
+def test_a_stop_of_the_trainers_own_is_the_reason_unless_the_rule_decides_at_the_same_step():
+    # --vanish_stop (core/trainer.py) ends training at step 2, before any crossing: the reason is the trainer's,
+    # the final weights are checked as a candidate, and the closest check is kept as always.
+    scripted = [([1, 2], [3, 4], 1.0), ([1, 2.5], [3, 4], 1.0), ([1, 3.5], [3, 4], 1.0)]
+    rule, records = _rule(scripted, patience=5)
+    model = torch.nn.Linear(1, 1, bias=False)
+    args = SimpleNamespace(max_steps=10, num_train_epochs=1)
+    state = SimpleNamespace(global_step=0, max_steps=10)
+    control = TrainerControl()
+    rule.on_train_begin(args, state, control, model=model)
+    for step in (1, 2):
+        state.global_step = step
+        if step == 2:
+            rule.stopped_by("forget_vanished")  # in the step's training, before its check
+            control.should_training_stop = True
+        rule.on_step_end(args, state, control, model=model)
+    rule.on_train_end(args, state, control, model=model)
+    assert records[-1]["stop_reason"] == "forget_vanished" and records[-1]["stop_best_step"] == 2
+    # At a step whose check crosses, the crossing is the reason.
+    crossing = [([1, 2], [3, 4], 1.0), ([3.5, 3.6], [3, 4], 1.0)]
+    rule, records = _rule(crossing)
+    state.global_step = 0
+    rule.on_train_begin(args, state, TrainerControl(), model=model)
+    state.global_step = 1
+    rule.stopped_by("forget_vanished")
+    rule.on_step_end(args, state, TrainerControl(), model=model)
+    rule.on_train_end(args, state, TrainerControl(), model=model)
+    assert records[-1]["stop_reason"] == "crossed"
