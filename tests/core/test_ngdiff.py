@@ -10,7 +10,13 @@ import torch
 from llm_unlearn.core.config import UnlearnConfig
 from llm_unlearn.methods import METHODS, Method, Term
 from llm_unlearn.runs.options import ConfigError
-from tests.core.test_trainer import _trainer, _update, assert_resume_matches_uninterrupted_run, tiny  # noqa: F401  (module fixture: micro model and data)
+from tests.core.test_trainer import (  # noqa: F401  (module fixture: micro model and data)
+    _trainer,
+    _update,
+    assert_resume_matches_uninterrupted_run,
+    tiny,
+    tiny_unlearn,
+)
 
 
 def _grads(model, batch) -> torch.Tensor:
@@ -241,23 +247,8 @@ def test_vanish_ratio_out_of_range_is_one_clear_error():
 
 def _vanish_run(tiny, out, callbacks=None, **config):  # noqa: F811
     """The tiny ngdiff run whose forget norm falls below its peak at steps 2, 4, 5, 6 (ratio 0.999, seed 3)."""
-    from llm_unlearn.data.args import DataArgs
-    from llm_unlearn.eval.args import EvalArgs
-    from llm_unlearn.models.args import ModelArgs
-    from llm_unlearn.pipeline.unlearn import unlearn
-
-    settings = dict(
-        output_dir=str(out), method="ngdiff", vanish_ratio=0.999, max_steps=6, save_strategy="steps", save_steps=1,
-        save_total_limit=None, logging_steps=1, use_cpu=True, disable_tqdm=True, per_device_train_batch_size=2,
-        learning_rate=1e-2, seed=3,
-    )  # fmt: skip
-    return unlearn(
-        ModelArgs(model_name_or_path=str(tiny["dir"] / "model")),
-        DataArgs(data_dir=str(tiny["data_dir"])),
-        UnlearnConfig(**(settings | config)),
-        EvalArgs(do_final_eval=False),
-        callbacks=callbacks,
-    )
+    settings = dict(method="ngdiff", vanish_ratio=0.999, max_steps=6, logging_steps=1, save_total_limit=None)
+    return tiny_unlearn(tiny, out, callbacks, **(settings | config))
 
 
 def _log(out) -> list[dict]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -288,6 +289,21 @@ class _Interrupt(Exception):
     pass
 
 
+def tiny_unlearn(tiny, out, callbacks=None, **config) -> Path:
+    """`unlearn()` on the tiny model and data: 4 steps of 2 examples, a checkpoint after each, no evaluation."""
+    settings = dict(
+        output_dir=str(out), max_steps=4, save_strategy="steps", save_steps=1, use_cpu=True,
+        disable_tqdm=True, per_device_train_batch_size=2, learning_rate=1e-2, seed=3,
+    )  # fmt: skip
+    return unlearn(
+        ModelArgs(model_name_or_path=str(tiny["dir"] / "model")),
+        DataArgs(data_dir=str(tiny["data_dir"])),
+        UnlearnConfig(**(settings | config)),
+        EvalArgs(do_final_eval=False),
+        callbacks=callbacks,
+    )
+
+
 def assert_resume_matches_uninterrupted_run(tiny, tmp_path, **config) -> None:
     """Stop a 4-step run right after its step-2 checkpoint, resume it, compare with a straight run."""
     from safetensors.torch import load_file
@@ -299,17 +315,7 @@ def assert_resume_matches_uninterrupted_run(tiny, tmp_path, **config) -> None:
                 raise _Interrupt
 
     def run(out, callbacks=None):
-        settings = dict(
-            output_dir=str(out), max_steps=4, save_strategy="steps", save_steps=1, use_cpu=True,
-            disable_tqdm=True, per_device_train_batch_size=2, learning_rate=1e-2, seed=3,
-        )  # fmt: skip
-        return unlearn(
-            ModelArgs(model_name_or_path=str(tiny["dir"] / "model")),
-            DataArgs(data_dir=str(tiny["data_dir"])),
-            UnlearnConfig(**(settings | config)),
-            EvalArgs(do_final_eval=False),
-            callbacks=callbacks,
-        )
+        return tiny_unlearn(tiny, out, callbacks, **config)
 
     straight = load_file(run(tmp_path / "straight") / "model.safetensors")
     with pytest.raises(_Interrupt):
