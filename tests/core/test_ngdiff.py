@@ -327,3 +327,19 @@ def test_vanish_stop_needs_the_normalized_combination_and_a_vanish_ratio():
     with pytest.raises(ConfigError, match="vanish_stop"):
         UnlearnConfig(output_dir="x", method="ngdiff", vanish_stop=-1)
     assert UnlearnConfig(output_dir="x", method="ngdiff", vanish_stop=3).vanish_stop == 3
+
+
+def test_a_checkpoint_from_before_vanish_stop_resumes_with_its_peaks_and_a_zero_count(tiny, tmp_path):  # noqa: F811
+    trainer = _trainer(tiny, tmp_path, method="ngdiff")
+    old = tmp_path / "checkpoint-3"
+    old.mkdir()
+    (old / "combiner.json").write_text(
+        json.dumps({"forget": 2.5, "retain": 1.0})
+    )  # the format before 2026-12-06
+    trainer._resume_from = str(old)
+    state = trainer._resumed_combiner_state()
+    assert state == {"peak_norms": {"forget": 2.5, "retain": 1.0}, "forget_vanished_steps": 0}
+    (old / "combiner.json").write_text(
+        json.dumps({"peak_norms": {"forget": 2.5}, "forget_vanished_steps": 4})
+    )
+    assert trainer._resumed_combiner_state() == {"peak_norms": {"forget": 2.5}, "forget_vanished_steps": 4}
