@@ -618,14 +618,25 @@ def _portable_argv(argv: list[str]) -> list[str]:
 
 def append_records(path: Path, rows: list[dict]) -> None:
     """Add `rows` to the records (a row replaces an earlier one of the same key), under the file's lock:
-    two chains (e.g. two one-thread seeds) may finish arms at the same moment."""
+    two chains (e.g. two one-thread seeds) may finish arms at the same moment. A row equal to the stored one
+    but for `command` leaves it as it is: a cached stage (target, reference) is re-emitted by every chain, and
+    its row must keep the command that produced it."""
     from llm_unlearn.runs.folder import locked, write_json_atomic
+
+    def key(r: dict) -> tuple:
+        return r["protocol"], r["model"], r["method"], r["split"], r["seed"]
+
+    def same(a: dict, b: dict) -> bool:
+        return {k: v for k, v in a.items() if k != "command"} == {
+            k: v for k, v in b.items() if k != "command"
+        }
 
     with locked(path):
         old = json.loads(path.read_text()) if path.is_file() else []
-        keys = {(r["protocol"], r["model"], r["method"], r["split"], r["seed"]) for r in rows}
-        kept = [r for r in old if (r["protocol"], r["model"], r["method"], r["split"], r["seed"]) not in keys]
-        write_json_atomic(path, kept + rows)
+        stored = {key(r): r for r in old}
+        rows = [r for r in rows if not (key(r) in stored and same(stored[key(r)], r))]
+        keys = {key(r) for r in rows}
+        write_json_atomic(path, [r for r in old if key(r) not in keys] + rows)
 
 
 def run(args) -> list[dict]:

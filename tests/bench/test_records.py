@@ -477,3 +477,15 @@ def test_report_sums_each_rows_training_evaluation_and_probe_time_once():
         {"train_s": 1800.0, "eval_s": 0.0, "probe_s": None},
     ]
     assert smollm2_report._hours(rows) == pytest.approx(2.5)
+
+
+def test_a_re_emitted_row_keeps_the_command_that_produced_it(tmp_path):
+    path = tmp_path / "records.json"
+    row = dict(protocol="cpu", model="target", method="none", split="forget01", seed=0, forget_quality=0.1)
+    smollm2_tofu.append_records(path, [row | {"command": "first"}])
+    # Re-emitted by a later chain from the cached stage: same numbers, so the stored row (and command) stays.
+    smollm2_tofu.append_records(path, [row | {"command": "second"}])
+    assert [r["command"] for r in json.loads(path.read_text())] == ["first"]
+    # A row whose numbers changed replaces it, with its own command.
+    smollm2_tofu.append_records(path, [row | {"forget_quality": 0.2, "command": "third"}])
+    assert [(r["command"], r["forget_quality"]) for r in json.loads(path.read_text())] == [("third", 0.2)]
