@@ -44,7 +44,8 @@ models; forget01/05/10; training seeds 0, 1, 2 (`--seed k --retain_seed k`). Arm
   (`--forget_token_nll_cap holdout`); `auto-sib5` and `auto-repair-sib5` train the forget term on the
   tokens no sibling answer has (`--forget_token_siblings 5`); `auto-repair-rare0-b16` (batches of 16, GeN
   off), `-b16-gen` (with GeN), `-kl` (a KL retain term) and `-npo` (NPO's forget loss, run with
-  `--vanish_ratio 0`; `-npo-vanish` with its default, core/optim.py) vary `auto-repair-rare0`.
+  `--vanish_ratio 0`; `-npo-vanish` with its default, core/optim.py) vary `auto-repair-rare0`;
+  `auto-repair-npo` is `-npo-vanish` on whole answers.
 
 Records made before the built-in world changed on 2026-12-04 (forget and holdout authors made
 exchangeable, `data/world.py`) carry the world name with ` (before 2026-12-04)`: their models differ.
@@ -159,6 +160,9 @@ ABLATIONS = {
     # Run before --vanish_ratio existed (= 0); `-vanish` has its default, 1e-3 (2026-12-06, fourth session).
     "auto-repair-rare0-npo": [*NPO_RARE0, "--vanish_ratio", "0"],
     "auto-repair-rare0-npo-vanish": NPO_RARE0,
+    # ... on whole answers (no --forget_token_max_df): on SmolLM2 the rare-token runs stopped naming real authors
+    # (2026-12-06, fifth session), and a forget answer's rare tokens are mostly names.
+    "auto-repair-npo": ["--stop_repair", "true", "--method", "npo", "--combine", "normalized"],
     # UNDIAL's bounded self-distillation as the forget term (2026-12-05, second session; seed0-34authors forget05/10,
     # seed 0): its single term, normalized and stepped by GeN, damaged the retain set at the first check.
     "auto-undial": ["--method", "undial"],
