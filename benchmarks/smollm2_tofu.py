@@ -160,6 +160,16 @@ ARMS: dict[str, dict] = {
         combine="normalized",
         vanish_stop=3,
     ),
+    # ... on whole answers: the rare tokens of a forget answer are mostly names, and the runs above stopped naming
+    # real authors (docs/results.md, 2026-12-06 fifth session).
+    "auto-repair-npo-vstop": dict(
+        AUTO_SETTINGS,
+        auto=True,
+        stop_repair=True,
+        method="npo",
+        combine="normalized",
+        vanish_stop=3,
+    ),
     # ... and the utility guard, which samples real authors and world facts (auto-repair-rare lost them).
     "auto-repair-rare-mu": dict(REPAIR_RARE, stop_utility_tolerance=0.2),
     # `--auto` with the utility guard (--stop_utility_tolerance 0.2): seed 1's `--auto` lost real-author and
