@@ -45,7 +45,8 @@ models; forget01/05/10; training seeds 0, 1, 2 (`--seed k --retain_seed k`). Arm
   tokens no sibling answer has (`--forget_token_siblings 5`); `auto-repair-rare0-b16` (batches of 16, GeN
   off), `-b16-gen` (with GeN), `-kl` (a KL retain term) and `-npo` (NPO's forget loss, run with
   `--vanish_ratio 0`; `-npo-vanish` with its default, core/optim.py) vary `auto-repair-rare0`;
-  `auto-repair-npo` is `-npo-vanish` on whole answers.
+  `auto-repair-npo` is `-npo-vanish` on whole answers; `auto-eb128` and `auto-eb8` score the checks in batches of
+  128 and 8.
 
 Records made before the built-in world changed on 2026-12-04 (forget and holdout authors made
 exchangeable, `data/world.py`) carry the world name with ` (before 2026-12-04)`: their models differ.
@@ -163,6 +164,10 @@ ABLATIONS = {
     # ... on whole answers (no --forget_token_max_df): on SmolLM2 the rare-token runs stopped naming real authors
     # (2026-12-06, fifth session), and a forget answer's rare tokens are mostly names.
     "auto-repair-npo": ["--stop_repair", "true", "--method", "npo", "--combine", "normalized"],
+    # `--auto` with the checks scored and answered in batches of 128 and 8 instead of the evaluation's 32: what the
+    # batch size does to the checks' seconds, and whether any decision changes (2026-12-06, fifth session).
+    "auto-eb128": ["--eval_batch_size", "128"],
+    "auto-eb8": ["--eval_batch_size", "8"],
     # UNDIAL's bounded self-distillation as the forget term (2026-12-05, second session; seed0-34authors forget05/10,
     # seed 0): its single term, normalized and stepped by GeN, damaged the retain set at the first check.
     "auto-undial": ["--method", "undial"],
