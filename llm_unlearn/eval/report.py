@@ -245,10 +245,33 @@ def _run_figures(out: Path, probes: dict[str, dict], train_logs: dict[str, list[
     for label, log in train_logs.items():
         name = file_label(label)
         if plots.training_curves(log, out / f"train_{name}.png", label):
-            drawn_logs += [f"### {label}", "", f"![training curves of {label}](train_{name}.png)", ""]
+            ended = training_end(log)
+            drawn_logs += [f"### {label}", "", *([ended, ""] if ended else []),
+                           f"![training curves of {label}](train_{name}.png)", ""]  # fmt: skip
     if drawn_logs:
         lines += ["", "## Training curves", "", *drawn_logs]
     return lines
+
+
+def training_end(log: list[dict]) -> str | None:
+    """One sentence on why training ended and which weights the run returned, from its train_log.jsonl rows:
+    the stop rule's summary (`stop_reason`, core/stop.py), a `--vanish_stop` end (core/trainer.py), or None."""
+    end = next((r for r in reversed(log) if "stop_reason" in r), None)
+    if end is not None:
+        gap = end.get("stop_best_gap")
+        kept = "not scored (screened)" if gap is None else f"{gap:+.3f}"
+        repair = f", then {end['stop_repair_steps']} repair steps" if end.get("stop_repair_steps") else ""
+        return (
+            f"Training ended at step {end['step'] - (end.get('stop_repair_steps') or 0)}: `{end['stop_reason']}` "
+            f"(the stop rule's record); it returned the weights of step {end.get('stop_best_step')} (gap {kept}){repair}."
+        )
+    vanished = next((r for r in reversed(log) if "training_stopped" in r), None)
+    if vanished is not None:
+        return (
+            f"Training ended at step {vanished['step']}: the forget terms had been left out as vanished in "
+            f"{vanished.get('forget_vanished_steps')} steps (`--vanish_stop`)."
+        )
+    return None
 
 
 def _examples(results: dict[str, dict]) -> list[str]:

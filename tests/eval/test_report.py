@@ -345,3 +345,35 @@ def test_report_names_paths_relative_to_its_folder_and_the_reference_by_its_mode
         "- left out (not complete or not evaluated): ../runs/broken: run ../runs/broken is failed: disk full"
         in text
     )
+
+
+def test_the_report_says_why_each_run_stopped_and_which_weights_it_returned(runs, tmp_path):
+    from llm_unlearn.eval.report import training_end
+
+    rule = [{"step": 5, "loss": 1.0}, {"step": 9, "stop_reason": "crossed", "stop_repair_steps": 4,
+            "stop_best_step": 4, "stop_best_gap": -0.05}]  # fmt: skip
+    assert training_end(rule) == (
+        "Training ended at step 5: `crossed` (the stop rule's record); it returned the weights of step 4 (gap -0.050), "
+        "then 4 repair steps."
+    )
+    screened = [{"step": 40, "stop_reason": "forget_vanished", "stop_best_step": 40, "stop_best_gap": None}]
+    assert (
+        "step 40: `forget_vanished` (the stop rule's record); it returned the weights of step 40 (gap not scored"
+        in (training_end(screened))
+    )
+    vanished = [{"step": 4, "training_stopped": "forget_vanished", "forget_vanished_steps": 2}]
+    assert training_end(vanished).startswith("Training ended at step 4: the forget terms had been left out")
+    assert training_end([{"step": 1, "loss": 1.0}]) is None
+    # In the report, above the run's training curves.
+    with open(runs / "ngdiff" / "train_log.jsonl", "a") as f:
+        f.write(
+            json.dumps({"step": 8, "training_stopped": "forget_vanished", "forget_vanished_steps": 3}) + "\n"
+        )
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert (
+        "### ngdiff\n\nTraining ended at step 8: the forget terms had been left out as vanished in 3 steps"
+        in text
+    )
+    assert "### graddiff\n\n![training curves of graddiff]" in text
