@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from llm_unlearn.core.config import UnlearnConfig
+from llm_unlearn.eval.runs import read_train_log
 from llm_unlearn.methods import METHODS, Method, Term
 from llm_unlearn.runs.options import ConfigError
 from tests.core.test_trainer import (  # noqa: F401  (module fixture: micro model and data)
@@ -252,7 +253,7 @@ def _vanish_run(tiny, out, callbacks=None, **config):  # noqa: F811
 
 
 def _log(out) -> list[dict]:
-    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return read_train_log(out / "train_log.jsonl")
 
 
 def test_vanish_stop_ends_training_after_that_many_steps_without_the_forget_term(tiny, tmp_path):  # noqa: F811
