@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|" + "---|" * len(ROLES))
     for path in args.evals:
         file = path / "eval.json" if path.is_dir() else path
+        if not file.is_file():
+            raise SystemExit(f"{file} does not exist: pass an eval.json file or a run folder that holds one")
         generations = json.loads(file.read_text()).get("generations")
         if not generations:
             raise SystemExit(f"{file} stores no generations: evaluate with generation on (llm-unlearn eval)")

@@ -32,3 +32,8 @@ def test_an_eval_without_generations_is_one_clear_error(tmp_path):
     (tmp_path / "eval.json").write_text(json.dumps({"metrics": {}}))
     with pytest.raises(SystemExit, match="stores no generations"):
         named_answers.main([str(tmp_path / "eval.json")])
+
+
+def test_a_missing_eval_is_one_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist: pass an eval.json"):
+        named_answers.main([str(tmp_path / "run")])
