@@ -40,7 +40,7 @@ when the gap has not come closer to 0 for `patience` checks (`stalled`), unless 
 saturated (+1/2 for auc, +1 for KS: while every forget value is below every holdout value the
 statistic cannot move, however fast the forget values rise). Otherwise the run's own length
 (`max_steps` / epochs) is the safety net (`max_steps`), and under `--vanish_stop` a forget loss that
-has saturated ends it too (`forget_vanished`; core/trainer.py); either way the final weights are
+has saturated ends it too (`forget_vanished`; core/trainer_combine.py); either way the final weights are
 checked as a candidate.
 
 Screening (`screen`, on by default, truth_ratio only, not with damping): a truth-ratio check scores

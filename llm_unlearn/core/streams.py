@@ -10,8 +10,17 @@ import math
 
 import torch
 
+from ..data.qa import IGNORE_INDEX
+
 # Distinct seeds for the probe streams, so probes never replay the retain stream's own order.
 PROBE_SALT = {"forget": 1, "retain": 2}
+
+
+def batch_counts(batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """[answer tokens, sequences] of a list of micro-batches (labels are shifted by one when scored)."""
+    tokens = sum(int(b["labels"][:, 1:].ne(IGNORE_INDEX).sum()) for b in batches)
+    sequences = sum(int(b["labels"].size(0)) for b in batches)
+    return torch.tensor([tokens, sequences], dtype=torch.float64)
 
 
 class RetainStream:

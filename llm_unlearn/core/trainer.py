@@ -26,36 +26,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, get_scheduler
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import Trainer
 
-from ..data.qa import IGNORE_INDEX
 from ..methods import Method, MethodContext, Term
-from ..methods.common import eval_mode
-from ..runs.folder import mark_and_rotate, read_status, write_status, write_text_atomic
-from .gen import GenScheduler, probe_losses
-from .optim import NormalizedCombiner, PCGradCombiner, _graphs_overlap, local_shard
+from ..runs.folder import mark_and_rotate, read_status, write_status
+from .optim import NormalizedCombiner, _graphs_overlap
 from .sam import SharpnessAwareStep, is_forget_term
-from .streams import PROBE_SALT, ProbeStream, RetainStream, example_keys
+from .streams import PROBE_SALT, ProbeStream, RetainStream, batch_counts, example_keys
+from .trainer_combine import CombinedStepMixin
+from .trainer_gen import GenProbeCallback, GenStepMixin
 
 __all__ = ["NonFiniteLossError", "RetainStream", "UnlearnTrainer"]
 
 logger = logging.getLogger("llm_unlearn")
-COMBINER_FILE = "combiner.json"  # in each checkpoint: the normalized combination's peak term norms
 
 
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite: training stops on every rank."""
 
 
-def _counts(batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-    """[answer tokens, sequences] of a list of micro-batches (labels are shifted by one when scored)."""
-    tokens = sum(int(b["labels"][:, 1:].ne(IGNORE_INDEX).sum()) for b in batches)
-    sequences = sum(int(b["labels"].size(0)) for b in batches)
-    return torch.tensor([tokens, sequences], dtype=torch.float64)
-
-
-class UnlearnTrainer(Trainer):
+class UnlearnTrainer(CombinedStepMixin, GenStepMixin, Trainer):
     """Trainer for unlearning: `train_dataset` is the forget set, `retain_dataset` the retain set.
 
     `method` is a registry entry (`llm_unlearn.methods.get_method`); `reference_model` is the frozen
@@ -116,6 +106,7 @@ class UnlearnTrainer(Trainer):
         self._vanish_said = False  # has this run logged a term left out by --vanish_ratio?
         # Steps whose forget terms were all left out as vanished (--vanish_stop); None until read on resume.
         self._forget_vanished_steps: int | None = None
+        self._resumed_state: dict | None = None  # the resumed checkpoint's combiner.json, read once
         self._norms: dict[str, float] = {}
         self._window_start = True
         self._step_stats: dict[str, float] = {}
@@ -138,7 +129,7 @@ class UnlearnTrainer(Trainer):
                 "retain": ProbeStream(retain_dataset, self.args.retain_batch_size,
                                       self.data_collator, self.args.seed, PROBE_SALT["retain"], rank),
             }  # fmt: skip
-            self.add_callback(_GenProbe(self))
+            self.add_callback(GenProbeCallback(self))
 
     # ------------------------------------------------------------------ data
 
@@ -178,7 +169,7 @@ class UnlearnTrainer(Trainer):
                 break
         first = self._retain_batches_consumed()
         retain = [self.retain_stream.batch(first + i) for i in range(len(forget))]
-        counts = torch.stack([_counts(forget), _counts(retain)]).to(device)
+        counts = torch.stack([batch_counts(forget), batch_counts(retain)]).to(device)
         counts = self.accelerator.reduce(counts, reduction="sum") if self.args.world_size > 1 else counts
         self._window_counts = {"forget": counts[0], "retain": counts[1]}
         self._window_start = True
@@ -269,113 +260,6 @@ class UnlearnTrainer(Trainer):
         # Trainer logs the mean over ranks of this value: with the world-size factor that is the window mean.
         return loss.detach()
 
-    def _normalized_step(self, model, forget, retain, ctx: MethodContext) -> torch.Tensor:
-        """Accumulate each term's gradient apart; on the synchronizing micro-batch, combine them.
-
-        Under DDP it runs inside `no_sync` on every micro-batch and the term buffers are averaged
-        across ranks explicitly in `NormalizedCombiner.combine`. Under FSDP backward synchronizes on
-        every micro-batch (reduce-scatter into each term's sharded buffer) and the norms are
-        reduced from the shards. The Trainer's clipping that follows sees d.
-        """
-        fsdp = self.is_fsdp_enabled
-        self._start_combiner(model)
-        sync = contextlib.nullcontext() if fsdp else self.accelerator.no_sync(model)
-        with sync, self.compute_loss_context_manager():
-            raw = self.method.fn(model, forget, retain, ctx)
-            terms = {name: self._normalize(t) for name, t in raw.items()}
-            self._check_finite(terms)
-            self._combiner.accumulate(terms)
-        self._maybe_combine(model, raw)
-        self._record_terms(terms)
-        # Reported loss: the weighted objective (the update itself is the normalized direction).
-        return sum(raw[name].weight * value.detach() for name, value in terms.items())
-
-    def _start_combiner(self, model) -> None:
-        """Build the combiner on first use; at a window's first micro-batch, drop the last step's buffers."""
-        fsdp = self.is_fsdp_enabled
-        if self._combiner is None:
-            params = [p for p in model.parameters() if p.requires_grad]
-            module = model if fsdp else None
-            if self.args.combine == "pcgrad":
-                self._combiner = PCGradCombiner(params, sharded=fsdp, module=module, seed=self.args.seed)
-            else:
-                self._combiner = NormalizedCombiner(
-                    params, sharded=fsdp, module=module, vanish_ratio=self.args.vanish_ratio
-                )
-                self._combiner.peak_norms = self._resumed_combiner_state()["peak_norms"]
-        if self._window_start:
-            self._combiner.reset()
-            self._window_start = False
-
-    def _maybe_combine(self, model, raw: dict[str, Term]) -> None:
-        """On the synchronizing micro-batch: combine the term buffers into `.grad` (and GeN's snapshot)."""
-        if self.accelerator.sync_gradients:
-            weights = {name: t.weight for name, t in raw.items()}
-            stats = self._combiner.combine(
-                weights, world_size=self.args.world_size, step=self.state.global_step
-            )
-            capped = self.args.forget_token_nll_cap is not None and stats.get("grad_norm_forget", 1.0) == 0.0
-            if capped and stats["dropped_terms"] == 1 and not stats["skipped"]:
-                # Expected, not a fault: every forget token of the batch is past --forget_token_nll_cap.
-                logger.debug(
-                    "step %d: the forget term is past its cap on every token", self.state.global_step
-                )
-            elif stats["dropped_terms"]:
-                logger.warning("step %d: %d loss term(s) had a zero or non-finite gradient norm and were dropped%s",
-                               self.state.global_step, int(stats["dropped_terms"]),
-                               "; the step is skipped" if stats["skipped"] else "")  # fmt: skip
-            if stats.get("vanished_terms"):
-                # Expected, not a fault: a saturated loss (module docstring of optim.py). Said once per run at
-                # info level (it may recur every step; train_log.jsonl's `vanished_terms` counts each).
-                log = logger.debug if self._vanish_said else logger.info
-                log("step %d: %d loss term(s) fell below --vanish_ratio of their peak gradient norm and were "
-                    "left out%s", self.state.global_step, int(stats["vanished_terms"]),
-                    "; the step is skipped" if stats["skipped"] else "")  # fmt: skip
-                self._vanish_said = True
-            self._count_vanished_forget(raw, stats)
-            self._step_stats = stats
-            self._norms = {name: stats[f"grad_norm_{name}"] for name in raw}
-            self._maybe_snapshot_for_gen(model, skipped=bool(stats["skipped"]))
-
-    def _count_vanished_forget(self, raw: dict[str, Term], stats: dict[str, float]) -> None:
-        """--vanish_stop: count the steps whose forget terms were all left out, and end training at the limit.
-
-        The step being combined is still taken (it is a retain-only step, as the rule of optim.py made it);
-        Trainer then leaves its loop. The count is the same on every rank (the norms are reduced first).
-        """
-        forget = [name for name, term in raw.items() if is_forget_term(term)]
-        if not forget or self.args.combine != "normalized":
-            return
-        count = self._vanished_forget_count()
-        if all(name in self._combiner.vanished for name in forget):
-            count += 1
-        self._forget_vanished_steps = count
-        stats["forget_vanished_steps"] = float(count)
-        if self.args.vanish_stop and count >= self.args.vanish_stop:
-            self._stop_on_vanished(self.state.global_step + 1)
-
-    def _vanished_forget_count(self) -> int:
-        if self._forget_vanished_steps is None:
-            self._forget_vanished_steps = self._resumed_combiner_state()["forget_vanished_steps"]
-        return self._forget_vanished_steps
-
-    def _stop_on_vanished(self, step: int) -> None:
-        """End training after `step`: tell the stop rule (its reason) or log the reason ourselves."""
-        if self.control.should_training_stop:
-            return
-        self.control.should_training_stop = True
-        logger.info(
-            "step %d: the forget terms were left out as vanished in %d steps (--vanish_stop %d): nothing is left "
-            "to unlearn at this step size, so training ends here", step, self._forget_vanished_steps,
-            self.args.vanish_stop,
-        )  # fmt: skip
-        rules = [cb for cb in self.callback_handler.callbacks if hasattr(cb, "stopped_by")]
-        for rule in rules:
-            rule.stopped_by("forget_vanished")
-        if not rules:
-            self._append_log({"step": step, "training_stopped": "forget_vanished",
-                              "forget_vanished_steps": self._forget_vanished_steps})  # fmt: skip
-
     # ------------------------------------------------------------------ sharpness-aware forget term
 
     def _sam_step(self, model, forget, retain, ctx: MethodContext) -> torch.Tensor:
@@ -458,122 +342,6 @@ class UnlearnTrainer(Trainer):
         # Steps counted as they happen (not from global_step), so a resumed run averages correctly.
         self._term_log_steps += int(self.accelerator.sync_gradients)
 
-    # ------------------------------------------------------------------ GeN learning rate
-
-    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer = None):
-        if not self.args.gen:
-            return super().create_scheduler(num_training_steps, optimizer)
-        if self.lr_scheduler is None:
-            # The usual schedule's multiplier, read off a throwaway optimizer, scales GeN's eta.
-            dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-            schedule = get_scheduler(
-                self.args.lr_scheduler_type,
-                optimizer=dummy,
-                num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
-                num_training_steps=num_training_steps,
-                scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
-            )
-            if not isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
-                raise ValueError(
-                    f"GeN composes with multiplier schedules (linear, cosine, constant, ...), not "
-                    f"{self.args.lr_scheduler_type}; choose one of those or set --gen false"
-                )
-            self.lr_scheduler = GenScheduler(
-                self.optimizer if optimizer is None else optimizer,
-                factor=schedule.lr_lambdas[0],
-                interval=self.args.gen_interval,
-                gamma=self.args.gen_gamma,
-            )
-            self._created_lr_scheduler = True
-        return self.lr_scheduler
-
-    def _maybe_snapshot_for_gen(self, model, skipped: bool = False) -> None:
-        """On the synchronizing micro-batch of a probe step: draw the probe batches, score L0, keep theta0.
-
-        A step that moves nothing (every gradient zero: skipped by the combiner, or all-zero under sum)
-        is not a probe: its three losses would coincide and read as a failed fit.
-        """
-        if not (self.args.gen and self.accelerator.sync_gradients):
-            return
-        step = self.state.global_step
-        if not self.lr_scheduler.should_probe(step):
-            return
-        params = [p for p in model.parameters() if p.requires_grad]
-        if skipped or (self.args.combine == "sum" and self._gradients_all_zero(params)):
-            return
-        self._gen_probe_batches = tuple(
-            self._prepare_inputs(self.probe_streams[s].batch(step, self._window_exclude.get(s, set())))
-            for s in ("forget", "retain")
-        )
-        self._gen_l0 = self._probe_objective()
-        self._gen_theta0 = [p.detach().clone() for p in params]
-
-    def _gradients_all_zero(self, params: list[torch.Tensor]) -> bool:
-        local = sum(float(local_shard(p.grad).float().pow(2).sum()) for p in params if p.grad is not None)
-        if self.is_fsdp_enabled and self.args.world_size > 1:
-            # Sharded gradients: each rank holds a part; DDP's are already synchronized here.
-            local = self._sum_over_ranks([local])[0]
-        return local == 0.0
-
-    def _sum_over_ranks(self, values: list[float]) -> list[float]:
-        tensor = torch.tensor(values, device=self.args.device, dtype=torch.float64)
-        if self.args.world_size > 1:
-            tensor = self.accelerator.reduce(tensor, reduction="sum")
-        return tensor.tolist()
-
-    @torch.no_grad()
-    def _probe_objective(self) -> float:
-        """GeN's objective on the probe batches at the current weights, in eval mode (dropout off).
-
-        Each term is its stream's mean over the probe examples of every rank (token or sequence mean,
-        as in training), weighted as the step combined it: sum_k w_k T_k under `sum`, and under
-        `normalized` the frozen-norm potential sum_k w_k T_k / ||G_k|| whose gradient at theta0 is d.
-        """
-        forget, retain = self._gen_probe_batches
-        ctx = MethodContext(config=self.args, reference_model=self.reference_model)
-        with eval_mode(self.model), self.compute_loss_context_manager():
-            raw = self.method.fn(self.model, forget, retain, ctx)
-        names = list(raw)
-        counts = {"forget": _counts([forget]).tolist(), "retain": _counts([retain]).tolist()}
-        reduced = self._sum_over_ranks(
-            [float(raw[n].total) for n in names] + counts["forget"] + counts["retain"]
-        )
-        totals = dict(zip(names, reduced[: len(names)]))
-        count = {"forget": reduced[len(names) : len(names) + 2], "retain": reduced[len(names) + 2 :]}
-        objective = 0.0
-        for n in names:
-            term = raw[n]
-            mean = totals[n] / max(count[term.stream][0 if term.reduction == "token" else 1], 1.0)
-            if self.args.combine == "normalized":
-                norm = self._norms.get(n, math.nan)
-                if not (math.isfinite(norm) and norm > 0):
-                    continue  # a term dropped from the step is not part of its potential
-                objective += term.weight * mean / norm
-            else:
-                objective += term.weight * mean
-        return objective
-
-    def _gen_probe(self) -> None:
-        """After the real optimizer step: L- at theta1, L+ at 2 theta0 - theta1, then refit eta and log it."""
-        if self._gen_theta0 is None:
-            return
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        l0 = self._gen_l0
-        l_minus, l_plus = probe_losses(params, self._gen_theta0, self._probe_objective)
-        self._gen_theta0, self._gen_probe_batches = None, None
-        scheduler = self.lr_scheduler
-        lr = max(float(group["lr"]) for group in self.optimizer.param_groups)
-        fit = scheduler.observe(l0, l_minus, l_plus)
-        next_lr = max(eta * scheduler.factor(scheduler.last_epoch + 1) for eta in scheduler.etas)
-        # Every probe gets its own record, so no fit is lost between logging steps.
-        self._append_log({
-            "step": self.state.global_step + 1, "epoch": self.state.epoch, "gen_lr": lr,
-            "gen_eta_star": fit.eta_star, "gen_curvature": fit.curvature, "gen_slope": fit.slope,
-            "gen_l0": l0, "gen_l_minus": l_minus, "gen_l_plus": l_plus, "gen_accepted": float(fit.accepted),
-            "gen_reason": fit.reason, "gen_next_lr": next_lr,
-            "gen_acceptance_rate": scheduler.accepted / scheduler.probes,
-        })  # fmt: skip
-
     # ------------------------------------------------------------------ logging and saving
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -616,13 +384,7 @@ class UnlearnTrainer(Trainer):
             self.args.save_total_limit = limit
         out = Path(self.args.output_dir)
         step = self.state.global_step
-        if self._combiner is not None and self._combiner.peak_norms and self.is_world_process_zero():
-            # The vanish test's memory (optim.py), identical on every rank: resumed by `_resumed_combiner_state`.
-            state = {
-                "peak_norms": self._combiner.peak_norms,
-                "forget_vanished_steps": self._forget_vanished_steps or 0,
-            }
-            write_text_atomic(out / f"checkpoint-{step}" / COMBINER_FILE, json.dumps(state))
+        self._save_combiner_state(out / f"checkpoint-{step}")
         if self.args.world_size > 1:
             self.accelerator.wait_for_everyone()  # every rank's shards are written before the mark
         if not self.is_world_process_zero():
@@ -635,33 +397,9 @@ class UnlearnTrainer(Trainer):
         self._resume_from = resume_from_checkpoint
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
-    def _resumed_combiner_state(self) -> dict:
-        """The combiner's peak term norms and vanished-forget count saved with the checkpoint this run resumes
-        from (none on a fresh run). Checkpoints before --vanish_stop saved the peaks alone."""
-        resume = getattr(self, "_resume_from", None)
-        if resume is True:
-            resume = get_last_checkpoint(self.args.output_dir)
-        path = Path(resume) / COMBINER_FILE if resume else None
-        saved = json.loads(path.read_text()) if path is not None and path.exists() else {}
-        peaks = saved["peak_norms"] if "peak_norms" in saved else saved
-        return {
-            "peak_norms": {str(k): float(v) for k, v in peaks.items()},
-            "forget_vanished_steps": int(saved.get("forget_vanished_steps", 0)),
-        }
-
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
         # training_args.bin is a pickle that may hold tokens; the resolved YAML config replaces it.
         args_file = Path(output_dir or self.args.output_dir) / "training_args.bin"
         if self.is_world_process_zero() and args_file.exists():
             os.remove(args_file)
-
-
-class _GenProbe(TrainerCallback):
-    """Runs GeN's probes between `optimizer.step()` and the scheduler's step (Trainer's hook there)."""
-
-    def __init__(self, trainer: UnlearnTrainer):
-        self.trainer = trainer
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        self.trainer._gen_probe()

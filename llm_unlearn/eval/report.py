@@ -255,7 +255,7 @@ def _run_figures(out: Path, probes: dict[str, dict], train_logs: dict[str, list[
 
 def training_end(log: list[dict]) -> str | None:
     """One sentence on why training ended and which weights the run returned, from its train_log.jsonl rows:
-    the stop rule's summary (`stop_reason`, core/stop.py), a `--vanish_stop` end (core/trainer.py), or None."""
+    the stop rule's summary (`stop_reason`, core/stop.py), a `--vanish_stop` end (core/trainer_combine.py), or None."""
     end = next((r for r in reversed(log) if "stop_reason" in r), None)
     if end is not None:
         gap = end.get("stop_best_gap")

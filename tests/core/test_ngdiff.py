@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from llm_unlearn.core.config import UnlearnConfig
+from llm_unlearn.core.trainer_combine import read_combiner_state
 from llm_unlearn.eval.runs import read_train_log
 from llm_unlearn.methods import METHODS, Method, Term
 from llm_unlearn.runs.options import ConfigError
@@ -331,16 +332,29 @@ def test_vanish_stop_needs_the_normalized_combination_and_a_vanish_ratio():
 
 
 def test_a_checkpoint_from_before_vanish_stop_resumes_with_its_peaks_and_a_zero_count(tiny, tmp_path):  # noqa: F811
-    trainer = _trainer(tiny, tmp_path, method="ngdiff")
     old = tmp_path / "checkpoint-3"
     old.mkdir()
     (old / "combiner.json").write_text(
         json.dumps({"forget": 2.5, "retain": 1.0})
     )  # the format before 2026-12-06
-    trainer._resume_from = str(old)
-    state = trainer._resumed_combiner_state()
-    assert state == {"peak_norms": {"forget": 2.5, "retain": 1.0}, "forget_vanished_steps": 0}
-    (old / "combiner.json").write_text(
+    assert read_combiner_state(old) == {
+        "peak_norms": {"forget": 2.5, "retain": 1.0},
+        "forget_vanished_steps": 0,
+    }
+    new = tmp_path / "checkpoint-6"
+    new.mkdir()
+    (new / "combiner.json").write_text(
         json.dumps({"peak_norms": {"forget": 2.5}, "forget_vanished_steps": 4})
     )
-    assert trainer._resumed_combiner_state() == {"peak_norms": {"forget": 2.5}, "forget_vanished_steps": 4}
+    assert read_combiner_state(new) == {"peak_norms": {"forget": 2.5}, "forget_vanished_steps": 4}
+    assert (
+        read_combiner_state(None)
+        == read_combiner_state(tmp_path)
+        == {"peak_norms": {}, "forget_vanished_steps": 0}
+    )
+    # The trainer reads the checkpoint it resumes from once, for the peaks and the count alike.
+    trainer = _trainer(tiny, tmp_path, method="ngdiff")
+    trainer._resume_from = str(new)
+    assert trainer._resumed_combiner_state() == read_combiner_state(new)
+    (new / "combiner.json").unlink()
+    assert trainer._vanished_forget_count() == 4
