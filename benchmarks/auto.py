@@ -46,7 +46,7 @@ models; forget01/05/10; training seeds 0, 1, 2 (`--seed k --retain_seed k`). Arm
   off), `-b16-gen` (with GeN), `-kl` (a KL retain term) and `-npo` (NPO's forget loss, run with
   `--vanish_ratio 0`; `-npo-vanish` with its default, core/optim.py) vary `auto-repair-rare0`;
   `auto-repair-npo` is `-npo-vanish` on whole answers; `auto-eb128` and `auto-eb8` score the checks in batches of
-  128 and 8.
+  128 and 8; `auto-repair-rare0-c2` checks `auto-repair-rare0` every 2 steps.
 
 Records made before the built-in world changed on 2026-12-04 (forget and holdout authors made
 exchangeable, `data/world.py`) carry the world name with ` (before 2026-12-04)`: their models differ.
@@ -168,6 +168,9 @@ ABLATIONS = {
     # batch size does to the checks' seconds, and whether any decision changes (2026-12-06, fifth session).
     "auto-eb128": ["--eval_batch_size", "128"],
     "auto-eb8": ["--eval_batch_size", "8"],
+    # `auto-repair-rare0` checked every 2 optimizer steps instead of once per epoch: on SmolLM2 its kept checks
+    # overshot the crossing (gaps -0.25 and -0.18 with checks 5 steps apart) (2026-12-06, sixth session).
+    "auto-repair-rare0-c2": [*REPAIR_RARE0, "--stop_check_interval", "2"],
     # UNDIAL's bounded self-distillation as the forget term (2026-12-05, second session; seed0-34authors forget05/10,
     # seed 0): its single term, normalized and stepped by GeN, damaged the retain set at the first check.
     "auto-undial": ["--method", "undial"],

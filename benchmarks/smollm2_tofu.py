@@ -170,6 +170,9 @@ ARMS: dict[str, dict] = {
         combine="normalized",
         vanish_stop=3,
     ),
+    # ... checked every 2 optimizer steps instead of once per epoch (5 steps): the kept checks of seeds 0 and 1
+    # overshot the crossing (gaps -0.25 and -0.18), then repair; does a kept check nearer 0 keep more utility?
+    "auto-repair-rare-c2": dict(REPAIR_RARE, stop_check_interval=2),
     # ... and the utility guard, which samples real authors and world facts (auto-repair-rare lost them).
     "auto-repair-rare-mu": dict(REPAIR_RARE, stop_utility_tolerance=0.2),
     # `--auto` with the utility guard (--stop_utility_tolerance 0.2): seed 1's `--auto` lost real-author and
