@@ -395,6 +395,7 @@ class UnlearnTrainer(CombinedStepMixin, GenStepMixin, Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         self._resume_from = resume_from_checkpoint
+        self._resumed_state = None  # read from this call's checkpoint (trainer_combine.py)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
