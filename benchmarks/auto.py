@@ -171,6 +171,10 @@ ABLATIONS = {
     # `auto-repair-rare0` checked every 2 optimizer steps instead of once per epoch: on SmolLM2 its kept checks
     # overshot the crossing (gaps -0.25 and -0.18 with checks 5 steps apart) (2026-12-06, sixth session).
     "auto-repair-rare0-c2": [*REPAIR_RARE0, "--stop_check_interval", "2"],
+    # `auto-repair-rare0` whose repair also trains on 128 texts the target wrote before unlearning, until their NLL
+    # is back within 10% of the target's (--stop_repair_anchors, core/repair.py): on SmolLM2 such texts restored
+    # model utility the repair did not (benchmarks/anchor_probe.py); do they bring forget facts back here?
+    "auto-repair-rare0-anchor": [*REPAIR_RARE0, "--stop_repair_anchors", "128"],
     # UNDIAL's bounded self-distillation as the forget term (2026-12-05, second session; seed0-34authors forget05/10,
     # seed 0): its single term, normalized and stepped by GeN, damaged the retain set at the first check.
     "auto-undial": ["--method", "undial"],

@@ -173,6 +173,10 @@ ARMS: dict[str, dict] = {
     # ... checked every 2 optimizer steps instead of once per epoch (5 steps): the kept checks of seeds 0 and 1
     # overshot the crossing (gaps -0.25 and -0.18), then repair; does a kept check nearer 0 keep more utility?
     "auto-repair-rare-c2": dict(REPAIR_RARE, stop_check_interval=2),
+    # ... whose repair also trains on 128 texts of 64 tokens the target wrote before unlearning, until their NLL is
+    # back within 10% of the target's (--stop_repair_anchors, core/repair.py; benchmarks/anchor_probe.py measured
+    # the idea on two finished runs).
+    "auto-repair-rare-anchor": dict(REPAIR_RARE, stop_repair_anchors=128),
     # ... and the utility guard, which samples real authors and world facts (auto-repair-rare lost them).
     "auto-repair-rare-mu": dict(REPAIR_RARE, stop_utility_tolerance=0.2),
     # `--auto` with the utility guard (--stop_utility_tolerance 0.2): seed 1's `--auto` lost real-author and

@@ -277,6 +277,18 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
     stop_repair_max_steps: int = field(
         default=200, metadata={"help": "At most this many retain-only steps for --stop_repair."}
     )
+    stop_repair_anchors: int = field(
+        default=0,
+        metadata={
+            "help": "--stop_repair also fine-tunes on this many texts the model wrote itself before unlearning "
+            "(sampled from its BOS token), until their loss is back within --stop_repair_tolerance of what it was "
+            "then: they carry what the model knew outside the retain set, which retain-only repair does not "
+            "restore (core/repair.py). 0 = off."
+        },
+    )
+    stop_repair_anchor_length: int = field(
+        default=64, metadata={"help": "New tokens per --stop_repair_anchors text."}
+    )
     stop_holdout_split: str | None = field(
         default=None,
         metadata={"help": "Unseen split to compare with (default: the forget split's holdoutNN)."},
@@ -383,6 +395,11 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
                 "--stop_repair repairs until the retain-recall guard is met: pass --auto (or --stop_rule "
                 "indistinguishable with --stop_retain_recall_tolerance > 0)"
             )
+        if self.stop_repair_anchors and not self.stop_repair:
+            raise ConfigError(
+                "--stop_repair_anchors are trained on by --stop_repair: pass --stop_repair true, or "
+                "--stop_repair_anchors 0"
+            )
         for name in ("stop_utility_tolerance", "stop_retain_recall_tolerance"):
             if getattr(self, name) > 0 and not self.stop_rule:
                 raise ConfigError(
@@ -441,6 +458,8 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
         require(0 <= self.stop_repair_tolerance < 1, "stop_repair_tolerance", self.stop_repair_tolerance, "in [0, 1) (0.1 = repair to 90% of the first check's sampled retain recall)")  # fmt: skip
         require(math.isfinite(self.stop_repair_lr) and self.stop_repair_lr > 0, "stop_repair_lr", self.stop_repair_lr, "a positive learning rate")  # fmt: skip
         require(self.stop_repair_interval >= 1, "stop_repair_interval", self.stop_repair_interval, "at least 1 step")  # fmt: skip
+        require(self.stop_repair_anchors >= 0, "stop_repair_anchors", self.stop_repair_anchors, "0 (off) or a number of texts")  # fmt: skip
+        require(self.stop_repair_anchor_length >= 1, "stop_repair_anchor_length", self.stop_repair_anchor_length, "at least 1 token")  # fmt: skip
         require(self.stop_repair_max_steps >= 1, "stop_repair_max_steps", self.stop_repair_max_steps, "at least 1 step")  # fmt: skip
         require(self.stop_retain_recall_sample >= 2, "stop_retain_recall_sample", self.stop_retain_recall_sample, "at least 2 questions")  # fmt: skip
         if self.forget_token_df_split is not None and (

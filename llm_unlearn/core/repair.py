@@ -26,6 +26,22 @@ from the target than the weights the guard keeps at a similar retain recall (doc
 numbers). That retain-only training revives forgotten answers is itself a relearning effect (arXiv
 2406.13356 relearns from related data); here it is put to use and measured by the rule's checks.
 
+Anchors (`--stop_repair_anchors N`): what unlearning took outside the retain set (on SmolLM2, real
+authors and world facts: model utility 0.77 x the target's after the repair) is in no data set the user
+gives. The target itself can write text that carries it: before the first step, N texts of
+`stop_repair_anchor_length` tokens are sampled from the target (temperature 1, from its BOS token, ending
+at EOS; seeded, on a forked RNG so that training's own randomness is unchanged) and their mean token NLL
+L_0 is recorded. Each repair step then also takes an AdamW step on the NLL of a batch of them, and the
+repair ends only once, besides the recall,
+
+    L_anchor <= (1 + stop_repair_tolerance) * L_0.
+
+On SmolLM2 (benchmarks/anchor_probe.py, docs/results.md) the unlearned models' anchor NLL was 1.27 to 1.38
+x L_0 and 40 steps on such texts brought it to L_0 and model utility from 0.64 to 0.80 x the target's. The
+texts are the target's, so they can carry forget facts too: the final full check's gap says whether
+forgetting came back (the warning below). They are saved in the run folder (`repair_anchors.safetensors`)
+so that a resumed run repairs on the same texts.
+
 Every process runs the same steps on the same seeded batches and, with torch.distributed, takes rank
 0's weights after each interval, so the ranks of a DDP run agree; sharded models (FSDP, DeepSpeed ZeRO) are
 refused before training (config.py, trainer.py).
@@ -37,14 +53,21 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 logger = logging.getLogger("llm_unlearn")
 
+ANCHOR_FILE = "repair_anchors.safetensors"
+
 
 class RetainRepair:
     """The repair loop of the module docstring, on `retain_dataset` batched by `collator`."""
+
+    n_anchors = 0
+    anchors: dict[str, torch.Tensor] | None = None  # input_ids, labels (`begin`)
+    anchor_target: float | None = None  # (1 + tolerance) * L_0
 
     def __init__(self, retain_dataset, collator, config):
         self.dataset = retain_dataset
@@ -55,6 +78,47 @@ class RetainRepair:
         self.max_steps = config.stop_repair_max_steps
         self.batch_size = config.retain_batch_size or config.per_device_train_batch_size
         self.seed = config.seed
+        self.n_anchors = getattr(config, "stop_repair_anchors", 0)
+        self.anchor_length = getattr(config, "stop_repair_anchor_length", 64)
+
+    def begin(self, model, tokenizer, output_dir: Path, resumed: bool) -> None:
+        """Sample the anchors from the target before the first step (a fresh run) or read them back from
+        the run folder (a resumed one: its model is no longer the target). A no-op without anchors."""
+        if not self.n_anchors:
+            return
+        path = Path(output_dir) / ANCHOR_FILE
+        if resumed:
+            if not path.is_file():
+                logger.warning(
+                    "stop rule: --stop_repair_anchors: the resumed run has no %s (written before the first "
+                    "step of the run it resumes); the repair trains on the retain set alone", ANCHOR_FILE,
+                )  # fmt: skip
+                return
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                self.anchors = {k: f.get_tensor(k) for k in ("input_ids", "labels")}
+                loss = float(f.metadata()["target_loss"])
+        else:
+            start = time.perf_counter()
+            self.anchors = _shared(
+                sample_anchors(model, tokenizer, self.n_anchors, self.anchor_length, self.seed)
+            )
+            loss = anchor_loss(model, self.anchors)
+            if _rank() == 0 and Path(output_dir).is_dir():
+                from safetensors.torch import save_file
+
+                tmp = path.with_name(f".{ANCHOR_FILE}.tmp")
+                save_file(self.anchors, str(tmp), metadata={"target_loss": repr(loss)})
+                tmp.replace(path)
+            logger.info(
+                "stop rule: sampled %d anchor texts from the target in %.1f s (their NLL %.3f)",
+                self.n_anchors, time.perf_counter() - start, loss,
+            )  # fmt: skip
+        self.anchor_target = (1 + self.tolerance) * loss
+
+    def _met(self, recall: float, target: float, anchor: float | None) -> bool:
+        return recall >= target and (anchor is None or anchor <= self.anchor_target)
 
     def after(self, rule, model, step: int) -> int:
         """Repair the kept weights at the end of `rule`'s run (stop.py's `on_train_end`); each recall check is
@@ -77,17 +141,22 @@ class RetainRepair:
             value = rule.scorer.recall(model)
             return value, time.perf_counter() - start
 
-        def on_check(steps: int, value: float, loss: float | None, seconds: float) -> None:
+        def on_check(
+            steps: int, value: float, loss: float | None, seconds: float, anchor: float | None = None
+        ) -> None:
             record = {
                 "step": step + steps, "stop_phase": "repair", "stop_repair_steps": steps, "stop_retain_recall": value,
                 "stop_repair_target": target, "stop_repair_loss": loss,
-                "stop_decision": "repaired" if value >= target else "repair", "stop_seconds": seconds,
+                "stop_decision": "repaired" if self._met(value, target, anchor) else "repair", "stop_seconds": seconds,
             }  # fmt: skip
+            if anchor is not None:
+                record |= {"stop_repair_anchor_loss": anchor, "stop_repair_anchor_target": self.anchor_target}
             keep(record)
 
         recall, seconds = measure()
-        on_check(0, recall, None, seconds)
-        if recall >= target:
+        anchor = self._anchor_loss(model)
+        on_check(0, recall, None, seconds, anchor)
+        if self._met(recall, target, anchor):
             return 0
         steps = self.run(model, measure, target, on_check)
         start = time.perf_counter()
@@ -95,6 +164,15 @@ class RetainRepair:
         final |= {"stop_phase": "repair", "stop_retain_recall": rule.history[-1]["stop_retain_recall"],
                   "stop_decision": "repaired", "stop_seconds": time.perf_counter() - start}  # fmt: skip
         keep(final)
+        if (
+            self.anchors is not None
+            and rule.history[-2].get("stop_repair_anchor_loss", 0) > self.anchor_target
+        ):
+            logger.warning(
+                "stop rule: --stop_repair ran its %d steps and the anchor texts' NLL is %.3f, above its target "
+                "%.3f; raise --stop_repair_max_steps (or --stop_repair_lr)",
+                steps, rule.history[-2]["stop_repair_anchor_loss"], self.anchor_target,
+            )  # fmt: skip
         if final["stop_retain_recall"] < target:
             logger.warning(
                 "stop rule: --stop_repair ran its %d steps and the retain answers' %s is %.3f, below its target "
@@ -146,18 +224,105 @@ class RetainRepair:
                         )
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    if (
+                        self.anchors is not None
+                    ):  # the anchors' NLL, a second backward into the same gradients
+                        picked = rng.sample(
+                            range(len(self.anchors["input_ids"])),
+                            min(self.batch_size, len(self.anchors["input_ids"])),
+                        )
+                        ids, labels = (self.anchors[k][picked].to(device) for k in ("input_ids", "labels"))
+                        model(input_ids=ids, labels=labels).loss.backward()
                     torch.nn.utils.clip_grad_norm_(params, 1.0)
                     optimizer.step()
                     steps += 1
                 _agree(params)
                 value, seconds = recall()
-                on_check(steps, value, float(loss.detach()), seconds)
-                if value >= target:
+                anchor = self._anchor_loss(model)
+                on_check(steps, value, float(loss.detach()), seconds, anchor)
+                if self._met(value, target, anchor):
                     break
         finally:
             optimizer.zero_grad(set_to_none=True)
             model.train(was_training)
         return steps
+
+    def _anchor_loss(self, model) -> float | None:
+        return None if self.anchors is None else anchor_loss(model, self.anchors)
+
+
+def sample_anchors(model, tokenizer, n: int, length: int, seed: int) -> dict[str, torch.Tensor]:
+    """`n` texts of up to `length` new tokens sampled from `model` after the BOS token (temperature 1, no
+    top-k/top-p), as `input_ids` [n, 1 + length] and `labels` (-100 after each text's first EOS)."""
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise ValueError(
+            "--stop_repair_anchors samples from the tokenizer's BOS (or EOS) token, and this tokenizer has "
+            "neither; set --stop_repair_anchors 0"
+        )
+    end = tokenizer.eos_token_id
+    pad = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (end if end is not None else start)
+    )
+    device = next(model.parameters()).device
+    rows = []
+    was_training = model.training
+    model.eval()
+    # Forked: sampling draws from the global RNG, which the trainer's own randomness must not see.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        for b in range(0, n, 32):
+            torch.manual_seed(seed + b)  # each batch of 32 from its own seed: the same texts at any n
+            k = min(32, n - b)
+            out = model.generate(
+                input_ids=torch.full((k, 1), start, device=device), attention_mask=torch.ones(k, 1, dtype=torch.long, device=device),
+                do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=length, min_new_tokens=1,
+                pad_token_id=pad, eos_token_id=end,
+            )  # fmt: skip
+            rows.append(torch.nn.functional.pad(out.cpu(), (0, 1 + length - out.size(1)), value=pad))
+    model.train(was_training)
+    ids = torch.cat(rows)
+    labels = ids.clone()
+    if end is not None:
+        ended = (ids[:, 1:] == end).long().cumsum(1)
+        # Keep each text's first EOS as a label (the model learns where its texts end), nothing after it.
+        after = (
+            torch.cat([torch.zeros(len(ids), 1, dtype=torch.long), ended - (ids[:, 1:] == end).long()], 1) > 0
+        )
+        labels[after] = -100
+    return {"input_ids": ids, "labels": labels}
+
+
+def anchor_loss(model, anchors: dict[str, torch.Tensor], batch_size: int = 32) -> float:
+    """Mean token NLL of the anchors' labelled tokens (every token weighs the same)."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for b in range(0, len(anchors["input_ids"]), batch_size):
+            ids, labels = (anchors[k][b : b + batch_size].to(device) for k in ("input_ids", "labels"))
+            n = int((labels[:, 1:] != -100).sum())
+            total += float(model(input_ids=ids, labels=labels).loss) * n
+            count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _shared(anchors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rank 0's anchors on every rank (sampling on accelerators need not agree bitwise across ranks)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        for k in anchors:
+            anchors[k] = anchors[k].contiguous()
+            on = anchors[k].to("cuda") if dist.get_backend() == "nccl" else anchors[k]
+            dist.broadcast(on, src=0)
+            anchors[k] = on.cpu()
+    return anchors
 
 
 def _agree(params: list[torch.nn.Parameter]) -> None:

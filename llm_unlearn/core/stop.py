@@ -326,6 +326,8 @@ class IndistinguishableStop(TrainerCallback):
         if self.interval <= 0:
             per_epoch = state.max_steps / max(args.num_train_epochs, 1e-9) if args.max_steps <= 0 else None
             self.interval = max(1, round(per_epoch)) if per_epoch else max(1, state.max_steps // 10)
+        if self.repair is not None:  # --stop_repair_anchors: sampled from the target, before its first step
+            self.repair.begin(model, self.scorer.tokenizer, self.output_dir, resumed=state.global_step > 0)
         saved = self.output_dir / "stop_rule.json"
         if state.global_step > 0 and saved.is_file() and (self.output_dir / BEST_FILE).is_file():
             import json
