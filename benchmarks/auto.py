@@ -46,7 +46,8 @@ models; forget01/05/10; training seeds 0, 1, 2 (`--seed k --retain_seed k`). Arm
   off), `-b16-gen` (with GeN), `-kl` (a KL retain term) and `-npo` (NPO's forget loss, run with
   `--vanish_ratio 0`; `-npo-vanish` with its default, core/optim.py) vary `auto-repair-rare0`;
   `auto-repair-npo` is `-npo-vanish` on whole answers; `auto-eb128` and `auto-eb8` score the checks in batches of
-  128 and 8; `auto-repair-rare0-c2` checks `auto-repair-rare0` every 2 steps.
+  128 and 8; `auto-repair-rare0-c2` checks `auto-repair-rare0` every 2 steps; `auto-repair-rare0-anchor`
+  also repairs on 128 texts the target wrote before unlearning (`--stop_repair_anchors 128`).
 
 Records made before the built-in world changed on 2026-12-04 (forget and holdout authors made
 exchangeable, `data/world.py`) carry the world name with ` (before 2026-12-04)`: their models differ.

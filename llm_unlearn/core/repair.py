@@ -40,7 +40,8 @@ On SmolLM2 (benchmarks/anchor_probe.py, docs/results.md) the unlearned models' a
 x L_0 and 40 steps on such texts brought it to L_0 and model utility from 0.64 to 0.80 x the target's. The
 texts are the target's, so they can carry forget facts too: the final full check's gap says whether
 forgetting came back (the warning below). They are saved in the run folder (`repair_anchors.safetensors`)
-so that a resumed run repairs on the same texts.
+so that a resumed run repairs on the same texts; `push` never uploads that file (hub/push.py uploads
+named files only), as texts the target wrote may hold what the forget set held.
 
 Every process runs the same steps on the same seeded batches and, with torch.distributed, takes rank
 0's weights after each interval, so the ranks of a DDP run agree; sharded models (FSDP, DeepSpeed ZeRO) are
