@@ -283,7 +283,7 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
             "help": "--stop_repair also fine-tunes on this many texts the model wrote itself before unlearning "
             "(sampled from its BOS token), until their loss is back within --stop_repair_tolerance of what it was "
             "then: they carry what the model knew outside the retain set, which retain-only repair does not "
-            "restore (core/repair.py). 0 = off."
+            "restore (core/repair.py; experimental: on SmolLM2 it brought forgetting back, docs/auto.md). 0 = off."
         },
     )
     stop_repair_anchor_length: int = field(
