@@ -214,13 +214,17 @@ def check_forget_retain(forget: list[dict], retain: list[dict], forget_name: str
         raise DataError(f"forget split {forget_name} is empty; choose a split with at least one example")
     if not retain:
         raise DataError(f"retain split {retain_name} is empty; choose a split with at least one example")
-    overlap = {r["question"] for r in forget} & {r["question"] for r in retain}
+    overlap = shared_questions(forget, retain)
     if overlap:
-        example = next(iter(sorted(overlap)))
         raise DataError(
             f"forget split {forget_name} and retain split {retain_name} share {len(overlap)} question(s) "
-            f"(e.g. {example!r}); use a retain split disjoint from the forget split (forget10 <-> retain90)"
+            f"(e.g. {overlap[0]!r}); use a retain split disjoint from the forget split (forget10 <-> retain90)"
         )
+
+
+def shared_questions(a: list[dict], b: list[dict]) -> list[str]:
+    """The questions two splits have in common, sorted (the evidence an overlap error quotes)."""
+    return sorted({r["question"] for r in a} & {r["question"] for r in b})
 
 
 def forget_pct(split: str) -> int | None:

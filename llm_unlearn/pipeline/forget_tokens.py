@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from ..core.config import UnlearnConfig
-from ..data.qa import DataError, QACollator, QADataset, pad_id
+from ..data.qa import DataError, QACollator, QADataset, pad_id, shared_questions
 from ..data.rare_tokens import document_frequency, keep_contrast_labels, keep_rare_labels
 from ..methods import METHODS
 from ..runs.folder import RunError
@@ -36,11 +36,11 @@ def check_df_rows(forget_rows: list[dict], df_rows: list[dict], forget_split: st
         raise DataError(
             f"--forget_token_df_split {df_split} is empty; name a split with answers the model should keep"
         )
-    shared = {r["question"] for r in forget_rows} & {r["question"] for r in df_rows}
+    shared = shared_questions(forget_rows, df_rows)
     if shared:
         raise DataError(
             f"--forget_token_df_split {df_split} shares {len(shared)} question(s) with forget split {forget_split} "
-            f"(e.g. {sorted(shared)[0]!r}); name a split without the forget set, e.g. its retain split"
+            f"(e.g. {shared[0]!r}); name a split without the forget set, e.g. its retain split"
         )
 
 
