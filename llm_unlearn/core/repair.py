@@ -41,9 +41,10 @@ when the repair ended (the retain recall came back later) and both goals were me
 without); on SmolLM2, 10 repair steps brought the anchors' NLL from 1.9-2 x L_0 to within the tolerance
 but model utility to 0.72 and 0.87 of the target's (0.77, 0.74 without) and forget quality from 0.17 to
 0.029 on one seed: the NLL is a poor stop, and the target's texts bring forgetting back too. Opt-in,
-experimental; the final full check's gap says whether forgetting came back (the warning below). They are saved in the run folder (`repair_anchors.safetensors`)
-so that a resumed run repairs on the same texts; `push` never uploads that file (hub/push.py uploads
-named files only), as texts the target wrote may hold what the forget set held.
+experimental; the final full check's gap says whether forgetting came back (the warning below).
+The texts are saved in the run folder (`repair_anchors.safetensors`) so that a resumed run repairs on
+the same ones; `push` never uploads that file (hub/push.py uploads named files only), as texts the
+target wrote may hold what the forget set held.
 
 Every process runs the same steps on the same seeded batches and, with torch.distributed, takes rank
 0's weights after each interval, so the ranks of a DDP run agree; sharded models (FSDP, DeepSpeed ZeRO) are

@@ -180,3 +180,33 @@ def test_a_tokenizer_with_no_bos_or_eos_is_one_clear_error(micro_models):
         ValueError, match="samples from the tokenizer's BOS \\(or EOS\\) token.*--stop_repair_anchors 0"
     ):
         sample_anchors(model, bare, 4, 4, seed=0)
+
+
+def test_a_repair_that_runs_out_of_steps_before_the_anchors_are_back_says_so(caplog):
+    from .test_repair import _repair_rule, _ScriptedRepair, _train
+
+    class _Anchored(_ScriptedRepair):
+        """Scripted recall met at once; the anchors' NLL stays at 5 against a target of 1."""
+
+        anchors, anchor_target = {"input_ids": torch.zeros(1, 1)}, 1.0
+
+        def _anchor_loss(self, model):
+            return 5.0
+
+        def run(self, model, recall, target, on_check):
+            value, seconds = recall()
+            on_check(self.max_steps, value, 0.5, seconds, 5.0)
+            return self.max_steps
+
+    rule, records = _repair_rule([0.8, 0.5, 0.9], max_steps=10)
+    rule.repair = _Anchored(interval=5, max_steps=10)
+    with caplog.at_level(logging.WARNING, logger="llm_unlearn"):
+        _train(rule, torch.nn.Linear(1, 1, bias=False), steps=5)
+    repair = [r for r in records if r.get("stop_phase") == "repair"]
+    # Recall 0.5 then 0.9 (target 0.68): met, yet "repair" while the anchors are above their target.
+    assert [(r["stop_retain_recall"], r["stop_decision"]) for r in repair[:2]] == [
+        (0.5, "repair"),
+        (0.9, "repair"),
+    ]
+    assert repair[0]["stop_repair_anchor_loss"] == 5.0 and repair[0]["stop_repair_anchor_target"] == 1.0
+    assert "the anchor texts' NLL is 5.000, above its target 1.000" in caplog.text
