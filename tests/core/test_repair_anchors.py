@@ -152,6 +152,9 @@ from llm_unlearn.core.repair import _shared
 rank = torch.distributed.get_rank()
 anchors = _shared({"input_ids": torch.full((3, 4), rank), "labels": torch.full((3, 4), -rank)})
 open(sys.argv[1] + f"/rank{rank}.json", "w").write(json.dumps({k: v.tolist() for k, v in anchors.items()}))
+# Both ranks done before gloo is torn down: a rank that exits while the other is still in the group aborts.
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
 """
 
 
