@@ -54,12 +54,16 @@ refused before training (config.py, trainer.py).
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from ..eval.shard import process_shard
+from ..methods.common import eval_mode
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -109,7 +113,7 @@ class RetainRepair:
                 sample_anchors(model, tokenizer, self.n_anchors, self.anchor_length, self.seed)
             )
             loss = anchor_loss(model, self.anchors)
-            if _rank() == 0 and Path(output_dir).is_dir():
+            if process_shard().rank == 0 and Path(output_dir).is_dir():
                 from safetensors.torch import save_file
 
                 tmp = path.with_name(f".{ANCHOR_FILE}.tmp")
@@ -163,19 +167,17 @@ class RetainRepair:
         if self._met(recall, target, anchor):
             return 0
         steps = self.run(model, measure, target, on_check)
+        last = rule.history[-1]  # the last repair check (the full check below comes after it)
         start = time.perf_counter()
         final = rule.scorer.full(model, step + steps)  # what the returned weights look like to the rule
         final |= {"stop_phase": "repair", "stop_retain_recall": rule.history[-1]["stop_retain_recall"],
                   "stop_decision": "repaired", "stop_seconds": time.perf_counter() - start}  # fmt: skip
         keep(final)
-        if (
-            self.anchors is not None
-            and rule.history[-2].get("stop_repair_anchor_loss", 0) > self.anchor_target
-        ):
+        if last.get("stop_repair_anchor_loss", 0) > (self.anchor_target or math.inf):
             logger.warning(
                 "stop rule: --stop_repair ran its %d steps and the anchor texts' NLL is %.3f, above its target "
                 "%.3f; raise --stop_repair_max_steps (or --stop_repair_lr)",
-                steps, rule.history[-2]["stop_repair_anchor_loss"], self.anchor_target,
+                steps, last["stop_repair_anchor_loss"], self.anchor_target,
             )  # fmt: skip
         if final["stop_retain_recall"] < target:
             logger.warning(
@@ -228,9 +230,7 @@ class RetainRepair:
                         )
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    if (
-                        self.anchors is not None
-                    ):  # the anchors' NLL, a second backward into the same gradients
+                    if self.anchors is not None:  # their NLL: a second backward into the same gradients
                         picked = rng.sample(
                             range(len(self.anchors["input_ids"])),
                             min(self.batch_size, len(self.anchors["input_ids"])),
@@ -270,10 +270,9 @@ def sample_anchors(model, tokenizer, n: int, length: int, seed: int) -> dict[str
     )
     device = next(model.parameters()).device
     rows = []
-    was_training = model.training
-    model.eval()
     # Forked: sampling draws from the global RNG, which the trainer's own randomness must not see.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+    fork = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+    with fork, eval_mode(model), torch.no_grad():
         for b in range(0, n, 32):
             torch.manual_seed(seed + b)  # each batch of 32 from its own seed: the same texts at any n
             k = min(32, n - b)
@@ -283,16 +282,13 @@ def sample_anchors(model, tokenizer, n: int, length: int, seed: int) -> dict[str
                 pad_token_id=pad, eos_token_id=end,
             )  # fmt: skip
             rows.append(torch.nn.functional.pad(out.cpu(), (0, 1 + length - out.size(1)), value=pad))
-    model.train(was_training)
     ids = torch.cat(rows)
     labels = ids.clone()
     if end is not None:
-        ended = (ids[:, 1:] == end).long().cumsum(1)
-        # Keep each text's first EOS as a label (the model learns where its texts end), nothing after it.
-        after = (
-            torch.cat([torch.zeros(len(ids), 1, dtype=torch.long), ended - (ids[:, 1:] == end).long()], 1) > 0
-        )
-        labels[after] = -100
+        # Keep each text's first EOS as a label (the model learns where its texts end), nothing after it:
+        # a position is dropped once an EOS came before it.
+        is_end = (ids[:, 1:] == end).long()
+        labels[:, 1:][is_end.cumsum(1) - is_end > 0] = -100
     return {"input_ids": ids, "labels": labels}
 
 
@@ -300,21 +296,13 @@ def anchor_loss(model, anchors: dict[str, torch.Tensor], batch_size: int = 32) -
     """Mean token NLL of the anchors' labelled tokens (every token weighs the same)."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for b in range(0, len(anchors["input_ids"]), batch_size):
             ids, labels = (anchors[k][b : b + batch_size].to(device) for k in ("input_ids", "labels"))
             n = int((labels[:, 1:] != -100).sum())
             total += float(model(input_ids=ids, labels=labels).loss) * n
             count += n
-    model.train(was_training)
     return total / max(count, 1)
-
-
-def _rank() -> int:
-    dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _shared(anchors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
