@@ -94,6 +94,8 @@ ARMS = ("auto", "graddiff", "ngdiff", "graddiff-timed", "ngdiff-timed")
 REPAIR_RARE0 = ["--stop_repair", "true", "--forget_token_max_df", "0"]
 # ... with NPO's forget loss, normalized (the base of the two `-npo` arms).
 NPO_RARE0 = [*REPAIR_RARE0, "--method", "npo", "--combine", "normalized"]
+# The `npo` recipe's loss and optimizer (AdamW at lr 1e-4, GeN off).
+NPO_ADAM4 = ["--method", "npo", "--optim", "adamw_torch", "--learning_rate", "1e-4", "--gen", "false"]
 # Diagnostic arms (--arms), not part of the goals: `--auto` with one of the rule's knobs changed.
 ABLATIONS = {
     "auto-unscreened": ["--stop_screen", "false"],
@@ -129,6 +131,9 @@ ABLATIONS = {
     "auto-adam3": ["--optim", "adamw_torch", "--learning_rate", "1e-3", "--gen", "false"],
     "auto-adam34": ["--optim", "adamw_torch", "--learning_rate", "3e-4", "--gen", "false"],
     "auto-adam4": ["--optim", "adamw_torch", "--learning_rate", "1e-4", "--gen", "false"],
+    # The `npo` recipe's loss and optimizer under the stop rule (2026-12-07), without and with the repair.
+    "auto-npo-adam4": NPO_ADAM4,
+    "auto-repair-npo-adam4": ["--stop_repair", "true", *NPO_ADAM4],
     # The forget term on rare answer tokens only (2026-12-04, third session; data/rare_tokens.py): tokens in at
     # most 0.2% of the retain answers (about one answer on these worlds), or in none.
     "auto-rare002": ["--forget_token_max_df", "0.002"],
