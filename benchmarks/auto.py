@@ -136,6 +136,8 @@ ABLATIONS = {
     # The `npo` recipe's loss and optimizer under the stop rule (2026-12-07), without and with the repair.
     "auto-npo-adam4": NPO_ADAM4,
     "auto-repair-npo-adam4": ["--stop_repair", "true", *NPO_ADAM4],
+    # ... on the rare answer tokens too (--forget_token_max_df 0), which took auto-repair-rare0 to forget10.
+    "auto-repair-rare0-npo-adam4": [*REPAIR_RARE0, *NPO_ADAM4],
     # The forget term on rare answer tokens only (2026-12-04, third session; data/rare_tokens.py): tokens in at
     # most 0.2% of the retain answers (about one answer on these worlds), or in none.
     "auto-rare002": ["--forget_token_max_df", "0.002"],
