@@ -210,6 +210,18 @@ def test_auto_arms_pass_their_knobs_after_auto_and_the_recipes_their_file():
         "--config",
         str(REPO / "recipes" / "world" / "ngdiff.yaml"),
     ]
+    # Every diagnostic arm parses (a misspelt knob would end a long benchmark only when its turn came), and the
+    # npo-recipe arm of the worlds is the SmolLM2 one: the same loss, optimizer and lr under --auto.
+    for arm in auto_bench.ABLATIONS:
+        config(arm)
+    npo = config("auto-repair-rare0-npo-adam4")
+    assert (npo.method, npo.optim, npo.learning_rate, npo.gen) == ("npo", "adamw_torch", 1e-4, False)
+    assert (npo.stop_repair, npo.forget_token_max_df, npo.stop_rule) == (True, 0.0, "indistinguishable")
+    smollm2 = smollm2_tofu.ARMS["auto-npo-adam"]
+    world = config("auto-npo-adam4")
+    assert {k: getattr(world, k) for k in ("method", "optim", "learning_rate", "gen")} == {
+        k: smollm2[k] for k in ("method", "optim", "learning_rate", "gen")
+    }
     # The third and fourth worlds are not in the default plan (the first two, main()): they check results
     # on worlds those were not chosen on, run by name only.
     names = list(auto_bench.worlds("default"))
