@@ -49,7 +49,9 @@ models; forget01/05/10; training seeds 0, 1, 2 (`--seed k --retain_seed k`). Arm
   128 and 8; `auto-repair-rare0-c2` checks `auto-repair-rare0` every 2 steps; `auto-repair-rare0-anchor`
   also repairs on 128 texts the target wrote before unlearning (`--stop_repair_anchors 128`);
   `auto-repair-rare0-noalarm` turns its retain-loss alarm off (`--stop_retain_tolerance 1e9`); `auto-npo-adam4`
-  and `auto-repair-npo-adam4` take the `npo` recipe's forget loss and optimizer (`--method npo`, AdamW at lr 1e-4, GeN off), the second with `--stop_repair`.
+  and `auto-repair-npo-adam4` take the `npo` recipe's forget loss and optimizer (`--method npo`, AdamW at lr
+  1e-4, GeN off), the second with `--stop_repair`, and `auto-repair-rare0-npo-adam4` adds them to
+  `auto-repair-rare0`.
 
 Records made before the built-in world changed on 2026-12-04 (forget and holdout authors made
 exchangeable, `data/world.py`) carry the world name with ` (before 2026-12-04)`: their models differ.
