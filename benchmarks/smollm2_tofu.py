@@ -84,6 +84,8 @@ class Sizes:
 # Every arm a run may ask for by label (`--methods`); settings go over the preset's `unlearn`.
 # `--auto --stop_repair true --forget_token_max_df 0` (`auto-repair-rare`), the base of its variants below.
 REPAIR_RARE = dict(AUTO_SETTINGS, auto=True, stop_repair=True, forget_token_max_df=0.0)
+# `--auto` with the `npo` recipe's forget loss and optimizer (AdamW at lr 1e-4, GeN off), the base of two arms below.
+NPO_ADAM = dict(AUTO_SETTINGS, auto=True, method="npo", optim="adamw_torch", learning_rate=1e-4, gen=False)
 ARMS: dict[str, dict] = {
     "graddiff": dict(method="graddiff"),
     "ngdiff": dict(method="ngdiff"),
@@ -95,19 +97,9 @@ ARMS: dict[str, dict] = {
     "auto-adam": dict(AUTO_SETTINGS, auto=True, optim="adamw_torch", learning_rate=1e-4, gen=False),
     # ... with NPO's forget loss, i.e. the `npo` recipe's optimizer and loss with the stop rule deciding when to stop
     # (the recipe kept model utility >= 0.87 x on all 3 seeds, where every SGD + GeN `--auto` arm lost it on one).
-    "auto-npo-adam": dict(
-        AUTO_SETTINGS, auto=True, method="npo", optim="adamw_torch", learning_rate=1e-4, gen=False
-    ),
+    "auto-npo-adam": dict(NPO_ADAM),
     # ... and the retain-only repair past the retain-recall guard (--stop_repair, core/repair.py).
-    "auto-repair-npo-adam": dict(
-        AUTO_SETTINGS,
-        auto=True,
-        stop_repair=True,
-        method="npo",
-        optim="adamw_torch",
-        learning_rate=1e-4,
-        gen=False,
-    ),
+    "auto-repair-npo-adam": dict(NPO_ADAM, stop_repair=True),
     # `--auto` with the forget term on answer tokens no retain answer of the slice has (--forget_token_max_df 0).
     "auto-rare": dict(AUTO_SETTINGS, auto=True, forget_token_max_df=0.0),
     # `--auto --stop_repair true`: past the retain-recall guard, then retain-only repair (core/repair.py).

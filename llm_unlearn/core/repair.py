@@ -170,7 +170,7 @@ class RetainRepair:
         last = rule.history[-1]  # the last repair check (the full check below comes after it)
         start = time.perf_counter()
         final = rule.scorer.full(model, step + steps)  # what the returned weights look like to the rule
-        final |= {"stop_phase": "repair", "stop_retain_recall": rule.history[-1]["stop_retain_recall"],
+        final |= {"stop_phase": "repair", "stop_retain_recall": last["stop_retain_recall"],
                   "stop_decision": "repaired", "stop_seconds": time.perf_counter() - start}  # fmt: skip
         keep(final)
         if last.get("stop_repair_anchor_loss", 0) > (self.anchor_target or math.inf):
