@@ -100,6 +100,8 @@ REPAIR_RARE0 = ["--stop_repair", "true", "--forget_token_max_df", "0"]
 NPO_RARE0 = [*REPAIR_RARE0, "--method", "npo", "--combine", "normalized"]
 # The `npo` recipe's loss and optimizer (AdamW at lr 1e-4, GeN off).
 NPO_ADAM4 = ["--method", "npo", "--optim", "adamw_torch", "--learning_rate", "1e-4", "--gen", "false"]
+# ... and its schedule: 5 epochs, lr decaying linearly to 0, weight decay 0.01.
+NPO_SCHEDULE = ["--lr_scheduler_type", "linear", "--num_train_epochs", "5", "--weight_decay", "0.01"]
 # Diagnostic arms (--arms), not part of the goals: `--auto` with one of the rule's knobs changed.
 ABLATIONS = {
     "auto-unscreened": ["--stop_screen", "false"],
@@ -138,6 +140,8 @@ ABLATIONS = {
     # The `npo` recipe's loss and optimizer under the stop rule (2026-12-07), without and with the repair.
     "auto-npo-adam4": NPO_ADAM4,
     "auto-repair-npo-adam4": ["--stop_repair", "true", *NPO_ADAM4],
+    # ... on the recipe's whole schedule, as SmolLM2's `auto-repair-npo-recipe` (2026-12-07, ninth session).
+    "auto-repair-npo-recipe4": ["--stop_repair", "true", *NPO_ADAM4, *NPO_SCHEDULE],
     # ... on the rare answer tokens too (--forget_token_max_df 0), which took auto-repair-rare0 to forget10.
     "auto-repair-rare0-npo-adam4": [*REPAIR_RARE0, *NPO_ADAM4],
     # The forget term on rare answer tokens only (2026-12-04, third session; data/rare_tokens.py): tokens in at

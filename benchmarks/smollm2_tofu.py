@@ -100,6 +100,15 @@ ARMS: dict[str, dict] = {
     "auto-npo-adam": dict(NPO_ADAM),
     # ... and the retain-only repair past the retain-recall guard (--stop_repair, core/repair.py).
     "auto-repair-npo-adam": dict(NPO_ADAM, stop_repair=True),
+    # ... on the recipe's whole schedule (5 epochs, lr decaying linearly to 0, weight decay 0.01): the recipe
+    # with the rule choosing the check to keep and the repair (seed 1 of the constant lr lost utility at step 30).
+    "auto-repair-npo-recipe": dict(
+        NPO_ADAM,
+        stop_repair=True,
+        lr_scheduler_type="linear",
+        num_train_epochs=5,
+        weight_decay=0.01,
+    ),
     # `--auto` with the forget term on answer tokens no retain answer of the slice has (--forget_token_max_df 0).
     "auto-rare": dict(AUTO_SETTINGS, auto=True, forget_token_max_df=0.0),
     # `--auto --stop_repair true`: past the retain-recall guard, then retain-only repair (core/repair.py).

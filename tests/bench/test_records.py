@@ -217,11 +217,14 @@ def test_auto_arms_pass_their_knobs_after_auto_and_the_recipes_their_file():
     npo = config("auto-repair-rare0-npo-adam4")
     assert (npo.method, npo.optim, npo.learning_rate, npo.gen) == ("npo", "adamw_torch", 1e-4, False)
     assert (npo.stop_repair, npo.forget_token_max_df, npo.stop_rule) == (True, 0.0, "indistinguishable")
-    smollm2 = smollm2_tofu.ARMS["auto-npo-adam"]
-    world = config("auto-npo-adam4")
-    assert {k: getattr(world, k) for k in ("method", "optim", "learning_rate", "gen")} == {
-        k: smollm2[k] for k in ("method", "optim", "learning_rate", "gen")
-    }
+    for smollm2_arm, world_arm, keys in (
+        ("auto-npo-adam", "auto-npo-adam4", ("method", "optim", "learning_rate", "gen")),
+        ("auto-repair-npo-recipe", "auto-repair-npo-recipe4", ("method", "optim", "learning_rate", "gen",
+         "stop_repair", "lr_scheduler_type", "num_train_epochs", "weight_decay")),
+    ):  # fmt: skip
+        smollm2, world = smollm2_tofu.ARMS[smollm2_arm], config(world_arm)
+        assert {k: getattr(world, k) for k in keys} == {k: smollm2[k] for k in keys}
+    assert config("auto-repair-npo-recipe4").lr_scheduler_type == "linear"
     # The third and fourth worlds are not in the default plan (the first two, main()): they check results
     # on worlds those were not chosen on, run by name only.
     names = list(auto_bench.worlds("default"))
