@@ -109,6 +109,16 @@ ARMS: dict[str, dict] = {
         num_train_epochs=5,
         weight_decay=0.01,
     ),
+    # ... with the utility estimate logged at every check but never acting (a diagnostic: does it see what the
+    # kept check loses?).
+    "auto-repair-npo-recipe-mulog": dict(
+        NPO_ADAM,
+        stop_repair=True,
+        lr_scheduler_type="linear",
+        num_train_epochs=5,
+        weight_decay=0.01,
+        stop_utility_tolerance=0.99,
+    ),
     # `--auto` with the forget term on answer tokens no retain answer of the slice has (--forget_token_max_df 0).
     "auto-rare": dict(AUTO_SETTINGS, auto=True, forget_token_max_df=0.0),
     # `--auto --stop_repair true`: past the retain-recall guard, then retain-only repair (core/repair.py).
