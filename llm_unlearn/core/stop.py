@@ -29,7 +29,8 @@ The target model has gap near +1/2 (auc) or +1 (KS): its forget set is far more 
 data. Unlearning drives the gap down; 0 is "indistinguishable"; below 0 the forget set is now *less* likely than
 unseen data, which over-unlearns and is itself a membership signal (arXiv 2407.06460 calls it a
 privacy leak). The rule stops at the first check at or below 0 (`crossed`), keeps the weights of
-the check closest to 0 (`best`; ties keep the earlier) and restores them at the end. A gap at or
+the check closest to 0 (`best`; of checks at the same gap, the one with the lower retain loss) and
+restores them at the end. A gap at or
 below 0 before any training (the model does not know its forget set: often the wrong model) is
 warned about and ends the run with the model unchanged (`already_indistinguishable`). The retain
 loss (on a fixed sample of the retain set) guards utility: a check whose retain loss has given up
@@ -201,10 +202,24 @@ class IndistinguishableStop(TrainerCallback):
         ):
             # Crossed at the first scored check: was the screened check kept so far nearer 0? Score it.
             record["stop_previous_gap"] = self._rescore_best(model)
+        # The gap moves in steps (1/n of a KS distance over n questions), so equal gaps are common on a small
+        # forget set: at a tie the check that has cost the retain set less is kept. A tie is not progress,
+        # so the patience still counts from the first check at that gap (`stop_tie_of`).
+        tie = (
+            within
+            and gap is not None
+            and self.best is not None
+            and self.best["stop_gap"] is not None
+            and math.isclose(abs(gap), abs(self.best["stop_gap"]), rel_tol=0.0, abs_tol=1e-9)
+            and record["stop_retain_loss"] < self.best["stop_retain_loss"]
+        )
+        if tie:
+            record["stop_tie_of"] = self.best.get("stop_tie_of", self.best["step"])
         if (
             self.best is None
             or (within and gap is None)
             or (within and (self.best["stop_gap"] is None or abs(gap) < abs(self.best["stop_gap"])))
+            or tie
         ):
             self.best = record
             self.best_weights = _snapshot(model)
@@ -224,7 +239,8 @@ class IndistinguishableStop(TrainerCallback):
                 "--stop_utility_tolerance cannot act; raise --stop_utility_sample or check the model and data"
             )
         if len(self.history) > 1:
-            checks_since_best = sum(r["step"] > self.best["step"] for r in self.history)
+            progress_step = self.best.get("stop_tie_of", self.best["step"])
+            checks_since_best = sum(r["step"] > progress_step for r in self.history)
             best_gap = self.best["stop_gap"]
             if not within:
                 decision = (

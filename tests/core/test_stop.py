@@ -230,6 +230,25 @@ def test_auto_end_to_end_stops_records_its_trajectory_and_agrees_with_the_evalua
     assert json.loads((out / "status.json").read_text())["state"] == "complete"
 
 
+def test_at_an_equal_gap_the_check_with_the_lower_retain_loss_is_kept_and_the_patience_still_runs():
+    # gaps +0.5 (start), then +0.25 three times with retain losses 1.5, 1.2, 1.3: step 2 is kept (the same gap
+    # at less cost to the retain set), and since a tie is no progress the run stalls two checks after step 1.
+    scripted = [
+        ([1, 2], [3, 4], 1.0),
+        ([1, 3.5], [3, 4], 1.5),
+        ([1, 3.5], [3, 4], 1.2),
+        ([1, 3.5], [3, 4], 1.3),
+    ]
+    rule, records = _rule(scripted, patience=2)
+    model = torch.nn.Linear(1, 1, bias=False)
+    weights, last = _train(rule, model, steps=10)
+    assert [r["stop_gap"] for r in records[:-1]] == [0.5, 0.25, 0.25, 0.25]
+    assert last == 3 and records[-1]["stop_reason"] == "stalled" and records[-1]["stop_best_step"] == 2
+    assert records[2]["stop_tie_of"] == 1 and "stop_tie_of" not in records[3]
+    assert torch.equal(model.weight, weights[2])
+    # At an equal retain loss the earlier check stays (test_no_progress_for_patience_checks_stops_as_stalled).
+
+
 def test_a_saturated_gap_is_not_a_stall():
     # Forget losses rise but stay below every holdout loss (gap +0.5) for longer than the patience:
     # the rule must keep going, not stop and restore the untouched target (step 0).
