@@ -86,6 +86,10 @@ class Sizes:
 REPAIR_RARE = dict(AUTO_SETTINGS, auto=True, stop_repair=True, forget_token_max_df=0.0)
 # `--auto` with the `npo` recipe's forget loss and optimizer (AdamW at lr 1e-4, GeN off), the base of two arms below.
 NPO_ADAM = dict(AUTO_SETTINGS, auto=True, method="npo", optim="adamw_torch", learning_rate=1e-4, gen=False)
+# ... with its schedule too (5 epochs, lr decaying linearly to 0, weight decay 0.01) and the repair.
+NPO_RECIPE = dict(
+    NPO_ADAM, stop_repair=True, lr_scheduler_type="linear", num_train_epochs=5, weight_decay=0.01
+)
 ARMS: dict[str, dict] = {
     "graddiff": dict(method="graddiff"),
     "ngdiff": dict(method="ngdiff"),
@@ -100,25 +104,15 @@ ARMS: dict[str, dict] = {
     "auto-npo-adam": dict(NPO_ADAM),
     # ... and the retain-only repair past the retain-recall guard (--stop_repair, core/repair.py).
     "auto-repair-npo-adam": dict(NPO_ADAM, stop_repair=True),
-    # ... on the recipe's whole schedule (5 epochs, lr decaying linearly to 0, weight decay 0.01): the recipe
-    # with the rule choosing the check to keep and the repair (seed 1 of the constant lr lost utility at step 30).
-    "auto-repair-npo-recipe": dict(
-        NPO_ADAM,
-        stop_repair=True,
-        lr_scheduler_type="linear",
-        num_train_epochs=5,
-        weight_decay=0.01,
-    ),
+    # ... on the recipe's whole schedule: the recipe with the rule choosing the check to keep and the repair
+    # (seed 1 of the constant lr lost utility at step 30).
+    "auto-repair-npo-recipe": dict(NPO_RECIPE),
+    # ... the same settings, run after the rule began to break ties of its gap by the lower retain loss
+    # (core/stop.py, 2026-12-07): seed 1 of the arm above kept step 15 on a tie with steps 20 and 25.
+    "auto-repair-npo-recipe-ties": dict(NPO_RECIPE),
     # ... with the utility estimate logged at every check but never acting (a diagnostic: does it see what the
     # kept check loses?).
-    "auto-repair-npo-recipe-mulog": dict(
-        NPO_ADAM,
-        stop_repair=True,
-        lr_scheduler_type="linear",
-        num_train_epochs=5,
-        weight_decay=0.01,
-        stop_utility_tolerance=0.99,
-    ),
+    "auto-repair-npo-recipe-mulog": dict(NPO_RECIPE, stop_utility_tolerance=0.99),
     # `--auto` with the forget term on answer tokens no retain answer of the slice has (--forget_token_max_df 0).
     "auto-rare": dict(AUTO_SETTINGS, auto=True, forget_token_max_df=0.0),
     # `--auto --stop_repair true`: past the retain-recall guard, then retain-only repair (core/repair.py).
