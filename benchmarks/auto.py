@@ -11,7 +11,11 @@ models; forget01/05/10; training seeds 0, 1, 2 (`--seed k --retain_seed k`). Arm
 
 - `auto`: `llm-unlearn unlearn --auto --model_name_or_path TARGET --data_dir WORLD --forget_split S
   --seed k --retain_seed k`, nothing tuned. The final model is evaluated afterwards against the
-  retain-only reference, for the benchmark only (users of `--auto` have no reference).
+  retain-only reference, for the benchmark only (users of `--auto` have no reference). Since
+  2026-12-07 (tenth session) `--auto` is NPO on rare answer tokens in NGDiff steps with GeN, the repair
+  and the utility guard, falling back to the `npo` recipe's AdamW where that guard fires (core/auto.py);
+  a record of a run that fell back has `fallback`. Until then it was `AUTO_V5` (`auto-v5` records), and
+  every diagnostic arm below still starts from `AUTO_V5`, so each keeps the settings it was recorded with.
 - `graddiff`, `ngdiff`: the shipped recipes `recipes/world/<method>.yaml` (tuned on default-world
   forget10 seed 0), unchanged, with the plan's model, data, split and seed; evaluated after every
   epoch (`EpochEvaluator`, which needs the reference). Their final weights are the arm's result.
@@ -48,10 +52,13 @@ models; forget01/05/10; training seeds 0, 1, 2 (`--seed k --retain_seed k`). Arm
   `auto-repair-npo` is `-npo-vanish` on whole answers; `auto-eb128` and `auto-eb8` score the checks in batches of
   128 and 8; `auto-repair-rare0-c2` checks `auto-repair-rare0` every 2 steps; `auto-repair-rare0-anchor`
   also repairs on 128 texts the target wrote before unlearning (`--stop_repair_anchors 128`);
-  `auto-repair-rare0-noalarm` turns its retain-loss alarm off (`--stop_retain_tolerance 1e9`); `auto-npo-adam4`
+  `auto-repair-rare0-noalarm` turns its retain-loss alarm off (`--stop_retain_tolerance 1e9`);
+  `auto-repair-rare0-npo-mu` is `auto-repair-rare0-npo-vanish` with the utility guard (today's `--auto`
+  without its fallback); `auto-npo-adam4`
   and `auto-repair-npo-adam4` take the `npo` recipe's forget loss and optimizer (`--method npo`, AdamW at lr
   1e-4, GeN off), the second with `--stop_repair`, and `auto-repair-rare0-npo-adam4` adds them to
-  `auto-repair-rare0`.
+  `auto-repair-rare0`; `auto-repair-npo-recipe4` is `auto-repair-npo-adam4` on the recipe's schedule too
+  (lr decaying linearly over 5 epochs, weight decay 0.01): `--auto`'s second regime.
 
 Records made before the built-in world changed on 2026-12-04 (forget and holdout authors made
 exchangeable, `data/world.py`) carry the world name with ` (before 2026-12-04)`: their models differ.
@@ -81,9 +88,11 @@ from smollm2_report import row_label  # the real-model records' row labels, shar
 from transformers import AutoTokenizer
 
 from llm_unlearn.cli.parse import parse_config
+from llm_unlearn.core import auto as auto_fallback
 from llm_unlearn.data.world import WORLD_SIZES, WorldConfig, write_world
 from llm_unlearn.eval.args import EvalArgs
 from llm_unlearn.eval.metrics import MODEL_UTILITY_INPUTS
+from llm_unlearn.methods import get_method
 from llm_unlearn.models.build import build_default_models
 from llm_unlearn.pipeline.evaluate import EpochEvaluator, evaluate_path
 from llm_unlearn.pipeline.unlearn import unlearn
@@ -94,6 +103,12 @@ RECIPES = ROOT / "recipes" / "world"
 KEYS = ("forget_quality", "model_utility", "retain_fact_recall", "forget_fact_recall", "forget_rouge_l")
 SPLITS = ("forget01", "forget05", "forget10")
 ARMS = ("auto", "graddiff", "ngdiff", "graddiff-timed", "ngdiff-timed")
+# `--auto` as it was until 2026-12-07 (tenth session): NGDiff on whole answers, no repair, no utility guard and so no
+# fallback. Every diagnostic arm below starts from it, so that each keeps the meaning it was recorded with.
+AUTO_V5 = [
+    "--method", "ngdiff", "--forget_token_max_df", "1", "--stop_repair", "false", "--stop_utility_tolerance", "0",
+    "--auto_fallback", "false",
+]  # fmt: skip
 # `--auto --stop_repair true --forget_token_max_df 0` (`auto-repair-rare0`), the base of its variants below.
 REPAIR_RARE0 = ["--stop_repair", "true", "--forget_token_max_df", "0"]
 # ... with NPO's forget loss, normalized (the base of the two `-npo` arms).
@@ -177,6 +192,7 @@ ABLATIONS = {
     # Run before --vanish_ratio existed (= 0); `-vanish` has its default, 1e-3 (2026-12-06, fourth session).
     "auto-repair-rare0-npo": [*NPO_RARE0, "--vanish_ratio", "0"],
     "auto-repair-rare0-npo-vanish": NPO_RARE0,
+    "auto-repair-rare0-npo-mu": [*NPO_RARE0, "--stop_utility_tolerance", "0.2"],
     # ... on whole answers (no --forget_token_max_df): on SmolLM2 the rare-token runs stopped naming real authors
     # (2026-12-06, fifth session), and a forget answer's rare tokens are mostly names.
     "auto-repair-npo": ["--stop_repair", "true", "--method", "npo", "--combine", "normalized"],
@@ -207,7 +223,9 @@ ABLATIONS = {
 # statistic, benchmarks/stop_study.py); `auto-v2-noalarm`, `auto-v2-fine`: v2's diagnostic arms;
 # `auto-v3`: the truth-ratio statistic scored at every check (before screening, stop.py); `auto-v4`:
 # screened, a tenth of the forget questions withheld from training, no retain-recall guard (until issue 22).
-HISTORICAL = ("auto-v4", "auto-v3", "auto-v2", "auto-v1")
+# `auto-v5`: `AUTO_V5` (NGDiff on whole answers with the retain-recall guard, no repair), `--auto` until the
+# tenth session of 2026-12-07 made it fall back from NPO on rare tokens to AdamW where utility drops (core/auto.py).
+HISTORICAL = ("auto-v5", "auto-v4", "auto-v3", "auto-v2", "auto-v1")
 HISTORICAL_DIAGNOSTIC = ("auto-v2-noalarm", "auto-v2-fine")
 # Same decisions as `auto` by construction (screening changes what a check costs, not what it keeps;
 # `_screening` counts it): left out of the summary table and the plot.
@@ -380,8 +398,14 @@ class TimedEvaluator(EpochEvaluator):
 
 def arm_flags(arm: str) -> list[str]:
     """The options an arm runs with, before the run's own: `--auto` and the arm's knobs, or the recipe."""
-    if arm == "auto" or arm in ABLATIONS:
-        return ["--auto", *ABLATIONS.get(arm, [])]
+    if arm == "auto":
+        return ["--auto"]
+    if arm in ABLATIONS:
+        flags = [*AUTO_V5, *ABLATIONS[arm]]
+        if "--combine" not in flags:  # the method's own combination, as before --auto set one (npo's is sum)
+            method = flags[len(flags) - 1 - flags[::-1].index("--method") + 1]
+            flags += ["--combine", get_method(method).combine]
+        return ["--auto", *flags]
     return ["--config", str(RECIPES / f"{arm.removesuffix('-timed')}.yaml")]
 
 
@@ -428,6 +452,16 @@ def run_arm(
                                               "stop_retain_recall", "stop_phase")}
                        for c in checks],
         }  # fmt: skip
+        mark = auto_fallback.describe(run_dir)
+        if (
+            mark is not None
+        ):  # --auto fell back (core/auto.py): its first attempt's checks count in the cost too
+            first = run_dir / auto_fallback.FIRST_ATTEMPT_DIR / "train_log.jsonl"
+            earlier = [json.loads(line) for line in first.read_text().splitlines()]
+            first_checks = [x for x in earlier if "stop_decision" in x]
+            record["fallback"] = {"at_step": mark["at_step"], "utility_drop": mark["utility_drop"],
+                                  "check_seconds": round(sum(c.get("stop_seconds", 0.0) for c in first_checks), 2)}  # fmt: skip
+            record["check_seconds"] = round(record["check_seconds"] + record["fallback"]["check_seconds"], 2)
         return [record]
     record |= {k: per_epoch[-1][k] for k in KEYS} | {"per_epoch": per_epoch}
     feasible = [p for p in per_epoch if p["model_utility"] >= MU_FLOOR * target_mu]
@@ -781,7 +815,7 @@ def _totals(runs: list[dict]) -> str:
 def _tradeoff(runs: list[dict]) -> list[str]:
     """Forgetting against the retain set, per arm that has the retain floor's target recorded (issue 22)."""
     # Every arm with the target's retain recall recorded, in the order of the arm tables (none named twice).
-    order = [*ARMS, *ABLATIONS]
+    order = [*ARMS, *ABLATIONS, *HISTORICAL]
     arms = sorted({r["arm"] for r in runs if "target_retain_fact_recall" in r}, key=order.index)
     lines = []
     for arm in arms:

@@ -50,7 +50,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from llm_unlearn.core import auto as auto_fallback  # noqa: E402
 from llm_unlearn.core.config import AUTO_SETTINGS  # noqa: E402
+
+# `--auto` until 2026-12-07 (tenth session; `auto-v5` in the records): the base of every `auto-*` arm below, so that
+# each keeps the meaning it was recorded with. Today's `--auto` (AUTO_SETTINGS, core/auto.py) is the `auto` arm.
+AUTO_V5_SETTINGS = {
+    "method": "ngdiff", "gen": True, "optim": "sgd", "learning_rate": 0.1, "lr_scheduler_type": "constant",
+    "weight_decay": 0.0, "num_train_epochs": 20, "stop_rule": "indistinguishable", "stop_heldout_fraction": 0.0,
+    "stop_retain_recall_tolerance": 0.15,
+}  # fmt: skip
 
 MODEL = "builtin:smollm2-135m-instruct"
 # Target and reference are fine-tuned once per protocol, with this seed; `--seed` is the unlearning
@@ -83,9 +92,9 @@ class Sizes:
 
 # Every arm a run may ask for by label (`--methods`); settings go over the preset's `unlearn`.
 # `--auto --stop_repair true --forget_token_max_df 0` (`auto-repair-rare`), the base of its variants below.
-REPAIR_RARE = dict(AUTO_SETTINGS, auto=True, stop_repair=True, forget_token_max_df=0.0)
+REPAIR_RARE = dict(AUTO_V5_SETTINGS, auto=True, stop_repair=True, forget_token_max_df=0.0)
 # `--auto` with the `npo` recipe's forget loss and optimizer (AdamW at lr 1e-4, GeN off), the base of two arms below.
-NPO_ADAM = dict(AUTO_SETTINGS, auto=True, method="npo", optim="adamw_torch", learning_rate=1e-4, gen=False)
+NPO_ADAM = dict(AUTO_V5_SETTINGS, auto=True, method="npo", optim="adamw_torch", learning_rate=1e-4, gen=False)
 # ... with its schedule too (5 epochs, lr decaying linearly to 0, weight decay 0.01) and the repair.
 NPO_RECIPE = dict(
     NPO_ADAM, stop_repair=True, lr_scheduler_type="linear", num_train_epochs=5, weight_decay=0.01
@@ -96,9 +105,12 @@ ARMS: dict[str, dict] = {
     "ngdiff+gen": dict(method="ngdiff", gen=True, gen_interval=4),
     # SAM (core/sam.py) needs about 2.5x the plain steps (docs/lasting.md); rho comes from --sam_rho.
     "ngdiff+sam": dict(method="ngdiff", num_train_epochs=12),
+    # `--auto` (core/auto.py): NPO on rare tokens in SGD steps, falling back to the `npo` recipe's AdamW at lr 1e-4
+    # once the utility guard fires.
     "auto": dict(AUTO_SETTINGS, auto=True),
+    "auto-v5": dict(AUTO_V5_SETTINGS, auto=True),
     # `--auto` with AdamW at a fixed lr 1e-4 instead of SGD + GeN (benchmarks/auto.py's `auto-adam4`).
-    "auto-adam": dict(AUTO_SETTINGS, auto=True, optim="adamw_torch", learning_rate=1e-4, gen=False),
+    "auto-adam": dict(AUTO_V5_SETTINGS, auto=True, optim="adamw_torch", learning_rate=1e-4, gen=False),
     # ... with NPO's forget loss, i.e. the `npo` recipe's optimizer and loss with the stop rule deciding when to stop
     # (the recipe kept model utility >= 0.87 x on all 3 seeds, where every SGD + GeN `--auto` arm lost it on one).
     "auto-npo-adam": dict(NPO_ADAM),
@@ -114,9 +126,9 @@ ARMS: dict[str, dict] = {
     # kept check loses?).
     "auto-repair-npo-recipe-mulog": dict(NPO_RECIPE, stop_utility_tolerance=0.99),
     # `--auto` with the forget term on answer tokens no retain answer of the slice has (--forget_token_max_df 0).
-    "auto-rare": dict(AUTO_SETTINGS, auto=True, forget_token_max_df=0.0),
+    "auto-rare": dict(AUTO_V5_SETTINGS, auto=True, forget_token_max_df=0.0),
     # `--auto --stop_repair true`: past the retain-recall guard, then retain-only repair (core/repair.py).
-    "auto-repair": dict(AUTO_SETTINGS, auto=True, stop_repair=True),
+    "auto-repair": dict(AUTO_V5_SETTINGS, auto=True, stop_repair=True),
     "auto-repair-rare": dict(REPAIR_RARE),
     # ... with token frequency counted on TOFU's whole retain99 (3,960 answers) instead of the slice's 60,
     # where "in no retain answer" includes "In", " Paris", " J" (pipeline/forget_tokens.py, FEW_DF_ANSWERS).
@@ -140,7 +152,7 @@ ARMS: dict[str, dict] = {
     ),
     # `--auto`'s optimizer (NGDiff steps, SGD lr 0.1, GeN) for 50 steps without the stop rule and with the forget
     # term weighted 0: what the steps alone do to model utility (the runs that lost it were the long ones).
-    "auto-steps-retain-only-e10": {k: v for k, v in AUTO_SETTINGS.items() if not k.startswith("stop_")}
+    "auto-steps-retain-only-e10": {k: v for k, v in AUTO_V5_SETTINGS.items() if not k.startswith("stop_")}
     | dict(num_train_epochs=10, forget_weight=0.0),
     # ... with the retain term a KL to the target at every position (--retain_loss kl --retain_kl_positions all)
     # instead of the retain NLL, which keeps pushing a memorized retain set's loss down: 50 NGDiff steps on the
@@ -183,7 +195,7 @@ ARMS: dict[str, dict] = {
     # ... on whole answers: the rare tokens of a forget answer are mostly names, and the runs above stopped naming
     # real authors (docs/results.md, 2026-12-06 fifth session).
     "auto-repair-npo-vstop": dict(
-        AUTO_SETTINGS,
+        AUTO_V5_SETTINGS,
         auto=True,
         stop_repair=True,
         method="npo",
@@ -199,9 +211,17 @@ ARMS: dict[str, dict] = {
     "auto-repair-rare-anchor": dict(REPAIR_RARE, stop_repair_anchors=128),
     # ... and the utility guard, which samples real authors and world facts (auto-repair-rare lost them).
     "auto-repair-rare-mu": dict(REPAIR_RARE, stop_utility_tolerance=0.2),
+    # ... with NPO's forget loss (default --vanish_ratio) and the utility guard: the first regime of the
+    # `--auto` that falls back to the `npo` recipe's optimizer when this guard fires (core/auto.py).
+    "auto-repair-rare-npo-mu": dict(
+        REPAIR_RARE,
+        method="npo",
+        combine="normalized",
+        stop_utility_tolerance=0.2,
+    ),
     # `--auto` with the utility guard (--stop_utility_tolerance 0.2): seed 1's `--auto` lost real-author and
     # world-fact ROUGE-L (MU 0.77 x) that the retain guards do not sample; this guard samples them.
-    "auto-mu": dict(AUTO_SETTINGS, auto=True, stop_utility_tolerance=0.2),
+    "auto-mu": dict(AUTO_V5_SETTINGS, auto=True, stop_utility_tolerance=0.2),
     "npo": dict(method="npo"),
     "simnpo": dict(method="simnpo"),
     "rmu": dict(method="rmu"),
@@ -785,12 +805,23 @@ def stop_summary(run_dir: Path) -> dict:
     if end is None:
         return {}
     checks = [r for r in records if "stop_decision" in r]
-    return {
+    summary = {
         "stop_reason": end["stop_reason"], "stop_best_step": end["stop_best_step"],
         "stop_best_gap": end["stop_best_gap"], "steps": max(r.get("step", 0) for r in records),
         "stop_checks": len(checks), "check_s": round(sum(r.get("stop_seconds", 0.0) for r in checks), 1),
         "stop_retain_recall": [r.get("stop_retain_recall") for r in checks],
     }  # fmt: skip
+    mark = auto_fallback.describe(run_dir)
+    if mark is not None:  # --auto fell back (core/auto.py): the first attempt's checks and steps count too
+        first = run_dir / auto_fallback.FIRST_ATTEMPT_DIR / "train_log.jsonl"
+        earlier = [json.loads(line) for line in first.read_text().splitlines()] if first.is_file() else []
+        first_checks = [r for r in earlier if "stop_decision" in r]
+        summary["auto_fallback"] = {
+            "at_step": mark["at_step"], "utility_drop": mark["utility_drop"], "checks": len(first_checks),
+            "check_s": round(sum(r.get("stop_seconds", 0.0) for r in first_checks), 1),
+        }  # fmt: skip
+        summary["check_s"] = round(summary["check_s"] + summary["auto_fallback"]["check_s"], 1)
+    return summary
 
 
 def run_name(split: str, label: str, seed: int) -> str:

@@ -122,7 +122,7 @@ _CLASS_SECTIONS = {
 }
 _FIELD_SECTIONS = {
     **dict.fromkeys(
-        ("method", "auto", "combine", "vanish_ratio", "vanish_stop", "retain_loss", "retain_kl_positions", "forget_weight", "retain_weight",
+        ("method", "auto", "auto_fallback", "combine", "vanish_ratio", "vanish_stop", "retain_loss", "retain_kl_positions", "forget_weight", "retain_weight",
          "retain_batch_size", "retain_seed", "max_grad_norm", "sam_rho"),
         _METHOD_SECTION,
     ),

@@ -19,6 +19,10 @@ from ..methods import COMBINES
 from ..methods.args import MethodOptions
 from ..runs.options import ConfigError, require, suggest
 
+# `--auto`: what it sets, below anything given in a recipe or on the command line (parse_config); its
+# second regime, used where the first costs model utility, is in auto.py.
+from .auto import AUTO_SETTINGS  # noqa: F401  (re-exported: cli/parse.py, benchmarks)
+
 logger = logging.getLogger("llm_unlearn")
 
 
@@ -27,14 +31,6 @@ STOP_RULES = ("indistinguishable",)
 STOP_STATISTICS = ("auto", "truth_ratio", "truth_ratio_constructed", "auc", "ks")
 # Scored alike; they differ in where the perturbed answers come from (stop_data.py).
 TRUTH_RATIO_STATISTICS = ("truth_ratio", "truth_ratio_constructed")
-# `--auto`: what it sets, below anything given in a recipe or on the command line (parse_config).
-AUTO_SETTINGS = {
-    "method": "ngdiff", "gen": True, "optim": "sgd", "learning_rate": 0.1, "lr_scheduler_type": "constant",
-    "weight_decay": 0.0, "num_train_epochs": 20, "stop_rule": "indistinguishable",
-    # Every forget question is trained on (issue 22: a deletion request means the whole set), and the
-    # retain set itself is guarded, not only its loss (docs/auto.md, "The retain-recall guard").
-    "stop_heldout_fraction": 0.0, "stop_retain_recall_tolerance": 0.15,
-}  # fmt: skip
 
 
 @dataclass
@@ -178,8 +174,16 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
     auto: bool = field(
         default=False,
         metadata={
-            "help": "No tuning: ngdiff + GeN from lr 0.1 (SGD), stopped by --stop_rule indistinguishable; "
-            "explicit options still win."
+            "help": "No tuning: NPO on rare answer tokens, NGDiff steps with GeN from lr 0.1 (SGD), stopped by "
+            "--stop_rule indistinguishable, then a retain-only repair; where those steps cost model utility, "
+            "again from the start with AdamW at lr 1e-4 (docs/auto.md). Explicit options still win."
+        },
+    )
+    auto_fallback: bool = field(
+        default=True,
+        metadata={
+            "help": "Under --auto: if the utility guard fires in the first regime, start again from the original "
+            "weights in the second (core/auto.py). Off by itself once you set the method, optimizer or schedule."
         },
     )
     stop_rule: str | None = field(
@@ -322,6 +326,8 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
         from ..methods import get_method
 
         self._check_ranges()
+        if self.forget_token_max_df == 1:  # whole answers, the same as unset: one spelling in saved configs
+            self.forget_token_max_df = None
         if self.combine is None:
             self.combine = get_method(self.method).combine
         if self.combine not in COMBINES:

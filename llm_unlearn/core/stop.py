@@ -63,7 +63,8 @@ With `utility_tolerance` > 0 (off by default) each check also estimates model ut
 `eval/tofu.py` scores it (answer probability, greedy answer's ROUGE-L and truth ratio on retain, real
 authors and world facts; their harmonic mean) on `utility_sample` seeded questions per role; a check
 whose estimate has lost more than that share of the first check's stops the run (`utility_alarm`)
-and is never kept. The retain loss is a coarse stand-in: the three `auto-damped` runs of
+and is never kept (under `--auto` the alarm instead hands the run to its second regime, `auto.py`:
+no repair, the weights are dropped). The retain loss is a coarse stand-in: the three `auto-damped` runs of
 `benchmarks/auto.md` that fell below 80% of the target's utility had lost it in ROUGE-L of the greedy
 answers (0.43 to 0.73 of the target's) and in retain answer probability (0.60 to 0.67), while their
 truth ratios stayed at 0.91 to 1.01. The estimate costs a greedy generation per sampled question
@@ -106,6 +107,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..eval.shard import process_shard
+from .auto import fallback_applies
 from .config import TRUTH_RATIO_STATISTICS
 from .stop_checks import CheckScorer, signed_gap
 
@@ -147,6 +149,8 @@ class IndistinguishableStop(TrainerCallback):
         self.tolerance = config.stop_retain_tolerance
         self.recall_tolerance = getattr(config, "stop_retain_recall_tolerance", 0.0)
         self.utility_tolerance = getattr(config, "stop_utility_tolerance", 0.0)
+        # --auto's first regime: a utility alarm hands the run to the second regime (auto.py), not to the repair.
+        self.fallback = fallback_applies(config)
         self.log = log
         self.output_dir = Path(output_dir)
         self.history: list[dict] = []
@@ -429,6 +433,10 @@ class IndistinguishableStop(TrainerCallback):
             and self.decision != "already_indistinguishable"
         ):
             self.check(model, state.global_step)  # the final weights are a candidate too
+        if self.fallback and self.decision == "utility_alarm":
+            # The weights are thrown away (pipeline/unlearn.py starts again from the original ones): no repair.
+            self.log({"step": state.global_step, "stop_reason": self.decision, "stop_fallback": True})
+            return
         best = self.best
         restored = best is not None and best["step"] != state.global_step
         if restored:

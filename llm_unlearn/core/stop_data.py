@@ -195,6 +195,10 @@ def _utility_rows(data, config) -> dict[str, list[dict]]:
                 required=EVAL_FIELDS if role == "retain" else ANALOG_FIELDS,
             )  # fmt: skip
         except DataError as err:
+            if getattr(config, "auto", False):
+                # --auto on data without TOFU's evaluation splits: estimate on what there is (or not at all).
+                logger.warning("--auto: the utility guard leaves out the %s questions: %s", role, err)
+                continue
             raise DataError(
                 f"--stop_utility_tolerance estimates model utility on retain, real-author and world-fact questions: "
                 f"{err}; add the split or pass --stop_utility_tolerance 0"
@@ -203,4 +207,9 @@ def _utility_rows(data, config) -> dict[str, list[dict]]:
         out[role] = [
             rows[i] for i in sorted(rng.sample(range(len(rows)), min(config.stop_utility_sample, len(rows))))
         ]
-    return out
+    if not out:
+        logger.warning(
+            "--auto: no split to estimate model utility on, so the utility guard is off and --auto keeps its first "
+            "regime whatever it costs outside the retain set (docs/auto.md#a-holdout-for-your-own-data)"
+        )
+    return out or None

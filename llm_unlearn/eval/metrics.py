@@ -203,10 +203,12 @@ def tofu_metrics(scores: dict[str, SplitScores], variant: str = "geometric") -> 
             metrics[f"{role}_truth_ratio"] = _entry(tr.mean(), "higher", tr, per_sample_ratio=ratios)
         if s.fact_hit is not None:
             metrics[f"{role}_fact_recall"] = _entry(s.fact_hit.mean(), direction, s.fact_hit)
-    parts = [metrics[name]["value"] for name in MODEL_UTILITY_INPUTS]
+    # The evaluation always has every role (inputs.py checks); stop.py's guard under --auto may lack some.
+    names = [name for name in MODEL_UTILITY_INPUTS if name in metrics]
+    parts = [metrics[name]["value"] for name in names]
     metrics["model_utility"] = {
         "value": model_utility(parts),
         "direction": "higher",
-        "inputs": dict(zip(MODEL_UTILITY_INPUTS, parts)),
+        "inputs": dict(zip(names, parts)),
     }
     return metrics

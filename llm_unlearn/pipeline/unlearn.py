@@ -20,6 +20,14 @@ import torch
 import yaml
 from transformers import ProgressCallback
 
+from ..core.auto import (
+    FIRST_ATTEMPT_DIR,
+    MARK_FILE,
+    archive_first_attempt,
+    fallback_applies,
+    fallback_config,
+    fell_back,
+)
 from ..core.config import UnlearnConfig
 from ..core.inputs import check_same_vocabulary, validate_inputs
 from ..data.args import DataArgs
@@ -181,8 +189,6 @@ def unlearn(
     (the demo's choice) shows one progress bar with its time estimate and no per-step log lines on
     stdout; `train_log.jsonl` records every step either way.
     """
-    from ..core.trainer import UnlearnTrainer
-
     method = get_method(config.method)
     if config.push_to_hub:
         # Trainer would create the repo at start and push every checkpoint, before any evaluation.
@@ -220,26 +226,112 @@ def unlearn(
     rank_zero = int(os.environ.get("RANK", "0")) == 0
     with claim_run_dir(config.output_dir) if rank_zero else contextlib.nullcontext():
         resume = prepare_output_dir(config.output_dir)
+        out = Path(config.output_dir)
+        second = fallback_applies(config) and fell_back(out)
+        if second:  # a resumed run that had switched to --auto's second regime goes on there
+            config = fallback_config(config)
+            logger.info("resuming --auto's second regime (%s)", MARK_FILE)
+        run = _Attempt(model_args, data, config, eval_args, callbacks, progress_bar_only, forget_rows,
+                       retain_rows, df_rows, stop_data, out)  # fmt: skip
+        trainer = run.build(config)
+        if trainer.is_world_process_zero():
+            out.mkdir(parents=True, exist_ok=True)
+            run.write_config(config)
+            write_run_info(out, command)
+            write_status(out, "running", method=get_method(config.method).name)
+        start = time.perf_counter()
+        try:
+            stop = run.train(trainer, resume)
+            if stop is not None and stop.decision == "utility_alarm" and fallback_applies(config):
+                logger.warning(
+                    "--auto: the estimated model utility fell more than %.0f%% at step %d of the fast regime, so "
+                    "those steps cost knowledge the forget set never named; starting again from the original "
+                    "weights with AdamW at lr 1e-4 (npo, 5 epochs; docs/auto.md). The first attempt's records are "
+                    "in %s", 100 * config.stop_utility_tolerance, stop.history[-1]["step"], FIRST_ATTEMPT_DIR,
+                )  # fmt: skip
+                if trainer.is_world_process_zero():
+                    archive_first_attempt(out, stop)
+                config = fallback_config(config)
+                del trainer, stop
+                trainer = run.build(config)
+                if trainer.is_world_process_zero():
+                    run.write_config(config)
+                    write_status(out, "running", method=get_method(config.method).name)
+                run.train(trainer, None)
+            if model_args.use_lora:
+                # The adapter alone (small, for `push`), then the merged model: a plain HF folder that
+                # eval, push and from_pretrained read as is.
+                if trainer.is_world_process_zero():
+                    trainer.model.save_pretrained(str(out / ADAPTER_DIR))
+                trainer.model = trainer.model.merge_and_unload()
+            trainer.save_model(str(out))
+        except BaseException as err:
+            _close_progress_bars(trainer)
+            if trainer.is_world_process_zero():
+                write_status(
+                    out, "failed", method=get_method(config.method).name, error=f"{type(err).__name__}: {err}"
+                )
+            raise
+        if trainer.is_world_process_zero():
+            # Complete first, then drop the checkpoints: a kill in between leaves a complete run with
+            # spare checkpoints, never an unfinished run without any.
+            write_status(
+                out,
+                "complete",
+                method=get_method(config.method).name,
+                train_seconds=round(time.perf_counter() - start, 2),
+            )
+            for checkpoint in out.glob("checkpoint-*"):
+                shutil.rmtree(checkpoint)
+        logger.info("unlearning finished in %.1f s: %s", time.perf_counter() - start, out)
+        return out
+
+
+class _Attempt:
+    """Build and train one `UnlearnTrainer` on the run's data; `--auto`'s second regime builds a second."""
+
+    def __init__(self, model_args, data, config, eval_args, callbacks, progress_bar_only, forget_rows,
+                 retain_rows, df_rows, stop_data, out: Path):  # fmt: skip
+        self.model_args, self.data, self.eval_args = model_args, data, eval_args
+        self.callbacks, self.progress_bar_only = callbacks, progress_bar_only
+        self.forget_rows, self.retain_rows, self.df_rows = forget_rows, retain_rows, df_rows
+        self.stop_data, self.out = stop_data, out
+        self.retain_split = resolve_retain_split(data)
+        self.stop = None
+
+    def write_config(self, config) -> None:
+        resolved = to_dict(self.model_args, self.data, config, self.eval_args) | {
+            "retain_split": self.retain_split
+        }
+        write_text_atomic(self.out / "unlearn_config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+
+    def build(self, config):
+        """Tokenize, load the model (and the reference a method needs) and make the trainer with its callbacks."""
+        from ..core.trainer import UnlearnTrainer
+
+        model_args, data, method = self.model_args, self.data, get_method(config.method)
         load = dict(trust_remote_code=model_args.trust_remote_code)
         tokenizer = load_tokenizer(model_args.model_name_or_path, **load)
         encode = dict(
             prompt_format=data.prompt_format, max_length=data.max_length, system_prompt=data.system_prompt
         )
         # The stop rule's held-out forget questions are scored, never trained on (stop.py).
-        heldout = set(stop_data["heldout"]) if stop_data else set()
-        trained_rows = [r for i, r in enumerate(forget_rows) if i not in heldout]
+        heldout = set(self.stop_data["heldout"]) if self.stop_data else set()
+        trained_rows = [r for i, r in enumerate(self.forget_rows) if i not in heldout]
         forget_ds = QADataset(trained_rows, tokenizer, **encode)
-        retain_ds = QADataset(retain_rows, tokenizer, **encode)
+        retain_ds = QADataset(self.retain_rows, tokenizer, **encode)
         frequency = None
         if config.forget_token_max_df is not None and config.forget_token_max_df < 1:
-            frequency = keep_rare_forget_tokens(forget_ds, retain_ds, df_rows, config, tokenizer, encode)
+            frequency = keep_rare_forget_tokens(forget_ds, retain_ds, self.df_rows, config, tokenizer, encode)
         if config.forget_token_siblings:
-            keep_contrast_forget_tokens(forget_ds, trained_rows, retain_rows, config, tokenizer, encode)
+            keep_contrast_forget_tokens(forget_ds, trained_rows, self.retain_rows, config, tokenizer, encode)
         load |= dict(allow_pickle=model_args.allow_pickle, torch_dtype=model_args.torch_dtype)
         model = load_model(model_args.model_name_or_path, **load)
         check_tokenizer_fits(tokenizer, model, model_args.model_name_or_path)
         if config.forget_token_nll_cap == "holdout":
-            resolve_nll_cap(model, config, stop_data["holdout"], retain_rows, frequency, tokenizer, encode)
+            resolve_nll_cap(
+                model, config, self.stop_data["holdout"], self.retain_rows, frequency, tokenizer, encode
+            )
         reference = None
         if model_args.use_lora:
             model = add_lora(model, model_args)
@@ -248,7 +340,6 @@ def unlearn(
         elif method.needs_reference(config):
             reference = load_model(model_args.model_name_or_path, **load)
 
-        out = Path(config.output_dir)
         # Built before anything is written: a method that refuses its settings (a layer index out of
         # range, say) fails here, and the claim removes the run directory it made.
         trainer = UnlearnTrainer(
@@ -260,58 +351,42 @@ def unlearn(
             processing_class=tokenizer,
             method=method,
             reference_model=reference,
-            callbacks=callbacks,
+            callbacks=self.callbacks,
         )
-        if progress_bar_only:
+        if self.progress_bar_only:
             from transformers import PrinterCallback
 
             trainer.remove_callback(PrinterCallback)
             trainer.remove_callback(ProgressCallback)
             trainer.add_callback(_BarOnly())
-        if stop_data is not None:
+        self.stop = None
+        if self.stop_data is not None:
             from ..core.stop import IndistinguishableStop
 
+            stop_data = self.stop_data
+            if (
+                not config.stop_utility_tolerance
+            ):  # --auto's second regime: its samples were drawn for the first
+                stop_data = dict(stop_data, utility_rows=None)
+
             score = dict(
-                encode, batch_size=eval_args.eval_batch_size, max_new_tokens=eval_args.max_new_tokens
+                encode,
+                batch_size=self.eval_args.eval_batch_size,
+                max_new_tokens=self.eval_args.max_new_tokens,
             )
             repair = None
             if config.stop_repair:
                 from ..core.repair import RetainRepair
 
                 repair = RetainRepair(retain_ds, QACollator(pad_id(tokenizer)), config)
-            trainer.add_callback(
-                IndistinguishableStop(
-                    tokenizer, forget_rows, stop_data, config, score, trainer._append_log, out, repair=repair
-                )
-            )
-        if trainer.is_world_process_zero():
-            out.mkdir(parents=True, exist_ok=True)
-            resolved = to_dict(model_args, data, config, eval_args) | {"retain_split": retain_split}
-            write_text_atomic(out / "unlearn_config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-            write_run_info(out, command)
-            write_status(out, "running", method=method.name)
-        start = time.perf_counter()
-        try:
-            trainer.train(resume_from_checkpoint=resume)
-            if model_args.use_lora:
-                # The adapter alone (small, for `push`), then the merged model: a plain HF folder that
-                # eval, push and from_pretrained read as is.
-                if trainer.is_world_process_zero():
-                    trainer.model.save_pretrained(str(out / ADAPTER_DIR))
-                trainer.model = trainer.model.merge_and_unload()
-            trainer.save_model(str(out))
-        except BaseException as err:
-            _close_progress_bars(trainer)
-            if trainer.is_world_process_zero():
-                write_status(out, "failed", method=method.name, error=f"{type(err).__name__}: {err}")
-            raise
-        if trainer.is_world_process_zero():
-            # Complete first, then drop the checkpoints: a kill in between leaves a complete run with
-            # spare checkpoints, never an unfinished run without any.
-            write_status(
-                out, "complete", method=method.name, train_seconds=round(time.perf_counter() - start, 2)
-            )
-            for checkpoint in out.glob("checkpoint-*"):
-                shutil.rmtree(checkpoint)
-        logger.info("unlearning finished in %.1f s: %s", time.perf_counter() - start, out)
-        return out
+            self.stop = IndistinguishableStop(
+                tokenizer, self.forget_rows, stop_data, config, score, trainer._append_log, self.out,
+                repair=repair,
+            )  # fmt: skip
+            trainer.add_callback(self.stop)
+        return trainer
+
+    def train(self, trainer, resume):
+        """Train; return the stop rule's callback (None without the rule)."""
+        trainer.train(resume_from_checkpoint=resume)
+        return self.stop

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from llm_unlearn.core import auto as auto_fallback
 from llm_unlearn.eval.tofu import system_prompt_used
 from llm_unlearn.models.tiny import train_tokenizer
 
@@ -203,17 +204,38 @@ def test_auto_arms_pass_their_knobs_after_auto_and_the_recipes_their_file():
         return parse_config([*auto_bench.arm_flags(arm), "--output_dir", "x"])[2]
 
     auto, rt1 = config("auto"), config("auto-repair-rare0-rt1")
-    assert (auto.stop_repair, auto.forget_token_max_df, auto.stop_retain_tolerance) == (False, None, 0.5)
+    assert (auto.stop_repair, auto.forget_token_max_df, auto.stop_retain_tolerance) == (True, 0.0, 0.5)
+    assert (auto.method, auto.stop_utility_tolerance, auto.auto_fallback) == ("npo", 0.2, True)
     assert (rt1.stop_repair, rt1.forget_token_max_df, rt1.stop_retain_tolerance) == (True, 0.0, 1.0)
     assert rt1.stop_rule == auto.stop_rule == "indistinguishable"
     assert auto_bench.arm_flags("ngdiff-timed") == [
         "--config",
         str(REPO / "recipes" / "world" / "ngdiff.yaml"),
     ]
-    # Every diagnostic arm parses (a misspelt knob would end a long benchmark only when its turn came), and the
-    # npo-recipe arm of the worlds is the SmolLM2 one: the same loss, optimizer and lr under --auto.
+    # Every diagnostic arm parses (a misspelt knob would end a long benchmark only when its turn came) to the
+    # settings it was recorded with: those of its knobs over `--auto` as it was before the fallback (`auto-v5`).
+    import dataclasses
+
+    import llm_unlearn.cli.parse as parse
+
+    before = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parse, "AUTO_SETTINGS", dict(smollm2_tofu.AUTO_V5_SETTINGS))
+        for arm, knobs in auto_bench.ABLATIONS.items():
+            before[arm] = parse_config(["--auto", *knobs, "--output_dir", "x"])[2]
     for arm in auto_bench.ABLATIONS:
-        config(arm)
+        now = config(arm)
+        assert not auto_fallback.fallback_applies(now), arm
+        differ = [f.name for f in dataclasses.fields(now) if f.init and f.name != "auto_fallback"
+                  and getattr(now, f.name) != getattr(before[arm], f.name)]  # fmt: skip
+        assert not differ, (arm, differ)
+    # The npo-recipe arm of the worlds is the SmolLM2 one (the same loss, optimizer and lr under --auto), and
+    # --auto's second regime is that arm's settings (what it was measured with on SmolLM2).
+    second = auto_fallback.fallback_config(auto)
+    recipe = smollm2_tofu.ARMS["auto-repair-npo-recipe-ties"]
+    assert {k: getattr(second, k) for k in recipe if k != "auto"} == {
+        k: v for k, v in recipe.items() if k != "auto"
+    }
     npo = config("auto-repair-rare0-npo-adam4")
     assert (npo.method, npo.optim, npo.learning_rate, npo.gen) == ("npo", "adamw_torch", 1e-4, False)
     assert (npo.stop_repair, npo.forget_token_max_df, npo.stop_rule) == (True, 0.0, "indistinguishable")

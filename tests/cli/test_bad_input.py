@@ -283,7 +283,7 @@ CASES = [
          r"nope\.json not found; splits in"),
     Case("stop_utility_tolerance_out_of_range", lambda e: e.unlearn("--auto", "--stop_utility_tolerance", "1.5"),
          r"stop_utility_tolerance.*in \[0, 1\)"),
-    Case("stop_utility_guard_without_world_facts", lambda e: e.unlearn("--auto", "--stop_utility_tolerance", "0.2"),
+    Case("stop_utility_guard_without_world_facts", lambda e: e.unlearn("--stop_rule", "indistinguishable", "--stop_utility_tolerance", "0.2"),
          r"--stop_utility_tolerance estimates model utility .*world_facts_perturbed\.json not found.*pass --stop_utility_tolerance 0",
          setup=lambda e: _drop(e, "world_facts_perturbed.json")),
     Case("stop_truth_ratio_without_holdout_perturbed", lambda e: e.unlearn("--auto", "--stop_statistic", "truth_ratio"),

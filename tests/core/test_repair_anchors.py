@@ -22,7 +22,10 @@ def test_anchors_need_the_repair_and_a_valid_count():
     with pytest.raises(
         ConfigError, match="--stop_repair_anchors are trained on by --stop_repair: pass --stop_repair"
     ):
-        parse_config(["--auto", "--output_dir", "x", "--stop_repair_anchors", "8"])
+        parse_config(["--auto", "--output_dir", "x", "--stop_repair", "false", "--stop_repair_anchors", "8"])
+    assert parse_config(["--auto", "--output_dir", "x", "--stop_repair_anchors", "8"])[
+        2
+    ].stop_repair  # --auto repairs
     for option, value in (("stop_repair_anchors", "-1"), ("stop_repair_anchor_length", "0")):
         with pytest.raises(ConfigError, match=option):
             parse_config(["--auto", "--output_dir", "x", "--stop_repair", "true", f"--{option}", value])

@@ -145,14 +145,17 @@ def test_the_safety_net_ends_the_run_and_the_final_weights_are_checked():
     assert last == 2 and records[-1]["stop_reason"] == "max_steps" and records[-1]["stop_best_step"] == 2
 
 
-def test_auto_sets_ngdiff_gen_and_the_rule_below_explicit_options():
+def test_auto_sets_its_first_regime_and_the_rule_below_explicit_options():
     _, _, config, _ = parse_config(["--auto", "--output_dir", "x"])
-    assert (config.method, config.gen, config.stop_rule, config.learning_rate) == (
-        "ngdiff",
+    assert (config.method, config.combine, config.gen, config.stop_rule, config.learning_rate) == (
+        "npo",
+        "normalized",
         True,
         "indistinguishable",
         0.1,
     )
+    assert (config.forget_token_max_df, config.stop_repair, config.stop_utility_tolerance) == (0.0, True, 0.2)
+    assert config.auto_fallback and config.max_grad_norm == 0.0  # NGDiff's direction is not clipped
     _, _, config, _ = parse_config(
         ["--auto", "--learning_rate", "0.05", "--method", "graddiff", "--output_dir", "x"]
     )
@@ -161,12 +164,17 @@ def test_auto_sets_ngdiff_gen_and_the_rule_below_explicit_options():
     assert config.stop_rule is None and not config.gen
 
 
-@pytest.mark.parametrize("repair", [False, True], ids=["auto", "repair-rare"])
+# `--auto` until 2026-12-07: NGDiff on whole answers, stopped by the recall guard, no repair and no fallback.
+AUTO_V5 = ["--method", "ngdiff", "--forget_token_max_df", "1", "--stop_repair", "false",
+           "--stop_utility_tolerance", "0"]  # fmt: skip
+
+
+@pytest.mark.parametrize("repair", [False, True], ids=["whole-answers", "auto"])
 def test_auto_end_to_end_stops_records_its_trajectory_and_agrees_with_the_evaluation(
     micro_models, micro_world, tmp_path, capsys, monkeypatch, repair
 ):
-    """`--auto`, and `--auto --stop_repair true --forget_token_max_df 0` (rare forget tokens, unlearning
-    past the recall guard, then the retain repair): the same rule records, and the evaluation of the
+    """`--auto` (NPO on rare forget tokens, unlearning past the recall guard, then the retain repair), and
+    the earlier `--auto` on whole answers without repair: the same rule records, and the evaluation of the
     weights returned agrees with the last check that scored them."""
     import llm_unlearn.pipeline.unlearn as pipeline
 
@@ -181,7 +189,7 @@ def test_auto_end_to_end_stops_records_its_trajectory_and_agrees_with_the_evalua
     out = tmp_path / "auto"
     argv = ["unlearn", "--auto", "--model_name_or_path", str(micro_models["target"]), "--data_dir", str(micro_world),
             "--forget_split", "forget10", "--output_dir", str(out), "--eval_batch_size", "64", "--max_new_tokens", "2",
-            "--disable_tqdm", "true", *(["--stop_repair", "true", "--forget_token_max_df", "0"] if repair else [])]  # fmt: skip
+            "--disable_tqdm", "true", *([] if repair else AUTO_V5)]  # fmt: skip
     assert main(argv) == 0
     assert "forget quality not computed" in capsys.readouterr().out
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]

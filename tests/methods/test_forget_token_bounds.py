@@ -113,6 +113,19 @@ def test_a_cap_the_run_cannot_use_is_refused_before_any_output(
     assert not out.exists()
 
 
+# The cap bounds an ascent (graddiff, ngdiff), so these runs take `--auto`'s rule over NGDiff on whole answers.
+NGDIFF_WHOLE = [
+    "--method",
+    "ngdiff",
+    "--forget_token_max_df",
+    "1",
+    "--stop_repair",
+    "false",
+    "--stop_utility_tolerance",
+    "0",
+]
+
+
 def test_holdout_cap_is_the_holdout_answers_mean_token_nll_and_the_run_records_it(
     micro_world, micro_models, tmp_path
 ):
@@ -126,7 +139,16 @@ def test_holdout_cap_is_the_holdout_answers_mean_token_nll_and_the_run_records_i
     from llm_unlearn.models.loading import load_model, load_tokenizer
 
     out = tmp_path / "run"
-    flags = ["--auto", "--forget_token_nll_cap", "holdout", "--max_steps", "3", "--stop_check_interval", "1"]
+    flags = [
+        "--auto",
+        *NGDIFF_WHOLE,
+        "--forget_token_nll_cap",
+        "holdout",
+        "--max_steps",
+        "3",
+        "--stop_check_interval",
+        "1",
+    ]
     assert main(_argv(micro_world, micro_models, out, *flags)) == 0
     recorded = float(yaml.safe_load((out / "unlearn_config.yaml").read_text())["forget_token_nll_cap"])
 
@@ -187,7 +209,16 @@ def test_holdout_cap_counts_only_the_holdout_tokens_the_same_selection_keeps(
     from llm_unlearn.models.loading import load_model, load_tokenizer
 
     out = tmp_path / "run"
-    flags = ["--auto", "--forget_token_nll_cap", "holdout", "--max_steps", "2", "--stop_check_interval", "1"]
+    flags = [
+        "--auto",
+        *NGDIFF_WHOLE,
+        "--forget_token_nll_cap",
+        "holdout",
+        "--max_steps",
+        "2",
+        "--stop_check_interval",
+        "1",
+    ]
     assert main(_argv(micro_world, micro_models, out, *flags, *select)) == 0
     recorded = float(yaml.safe_load((out / "unlearn_config.yaml").read_text())["forget_token_nll_cap"])
 

@@ -1,0 +1,135 @@
+"""`--auto`'s fallback (core/auto.py): a utility alarm in the first regime starts the run again from the
+original weights in the second, and a run killed there resumes there. `pytest tests/core/test_auto_fallback.py`"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from transformers import TrainerCallback
+
+from llm_unlearn.cli.parse import parse_config
+from llm_unlearn.core import auto
+from llm_unlearn.core.stop_checks import CheckScorer
+from llm_unlearn.pipeline.unlearn import unlearn
+
+
+def _config(*flags: str):
+    return parse_config(["--auto", *flags, "--output_dir", "x"])[2]
+
+
+def test_the_fallback_applies_only_while_the_regime_is_autos_own():
+    assert auto.fallback_applies(_config())
+    assert auto.fallback_applies(_config("--learning_rate", "0.1"))  # the same value, given explicitly
+    for flags in (("--learning_rate", "0.05"), ("--method", "ngdiff"), ("--optim", "adamw_torch"),
+                  ("--forget_token_max_df", "1"), ("--num_train_epochs", "5"), ("--auto_fallback", "false"),
+                  ("--stop_utility_tolerance", "0")):  # fmt: skip
+        assert not auto.fallback_applies(_config(*flags)), flags
+    assert not auto.fallback_applies(parse_config(["--output_dir", "x"])[2])  # no --auto
+    second = auto.fallback_config(_config())
+    assert (second.method, second.combine, second.optim, second.learning_rate, second.gen) == (
+        "npo", "sum", "adamw_torch", 1e-4, False,
+    )  # fmt: skip
+    assert (second.lr_scheduler_type, second.num_train_epochs, second.weight_decay) == ("linear", 5, 0.01)
+    assert (second.forget_token_max_df, second.stop_utility_tolerance, second.max_grad_norm) == (
+        None,
+        0.0,
+        1.0,
+    )
+    assert (
+        second.stop_repair and second.stop_rule == "indistinguishable" and not auto.fallback_applies(second)
+    )
+    assert (
+        auto.fallback_config(_config("--max_grad_norm", "0.5")).max_grad_norm == 0.5
+    )  # the user's own stays
+
+
+def _scripted_utility(monkeypatch, values: list[float]) -> list[int]:
+    """The utility estimate returns `values` in turn (a drop the micro model would not show reliably)."""
+    calls = []
+
+    def utility(self, model):
+        calls.append(len(calls))
+        return values[min(len(calls) - 1, len(values) - 1)]
+
+    monkeypatch.setattr(CheckScorer, "utility", utility)
+    return calls
+
+
+def _run(micro_models, micro_world, out, callbacks=(), *flags):
+    model_args, data, config, eval_args = parse_config([
+        "--auto", "--model_name_or_path", str(micro_models["target"]), "--data_dir", str(micro_world),
+        "--forget_split", "forget10", "--output_dir", str(out), "--eval_batch_size", "64", "--max_new_tokens", "2",
+        "--disable_tqdm", "true", "--report_to", "none", *flags,
+    ])  # fmt: skip
+    return unlearn(model_args, data, config, eval_args, callbacks=list(callbacks))
+
+
+def _log(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_utility_alarm_starts_again_from_the_original_weights_in_the_second_regime(
+    micro_models, micro_world, tmp_path, monkeypatch, caplog
+):
+    calls = _scripted_utility(monkeypatch, [0.5, 0.3])  # -40% at the first check after training
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="llm_unlearn"):
+        _run(micro_models, micro_world, out)
+    assert "starting again from the original weights" in caplog.text
+    assert len(calls) == 2, "the second regime estimates no utility"
+    mark = json.loads((out / auto.MARK_FILE).read_text())
+    first = _log(out / auto.FIRST_ATTEMPT_DIR / "train_log.jsonl")
+    first_checks = [r for r in first if "stop_decision" in r]
+    assert [r["stop_decision"] for r in first_checks] == ["continue", "utility_alarm"]
+    assert mark["reason"] == "utility_alarm" and mark["at_step"] == first_checks[-1]["step"] > 0
+    assert mark["utility_drop"] == pytest.approx(0.4)
+    end = [r for r in first if "stop_reason" in r]
+    assert end == [{"step": mark["at_step"], "stop_reason": "utility_alarm", "stop_fallback": True}]
+    assert not any(r.get("stop_phase") == "repair" for r in first), (
+        "the first attempt's weights are not repaired"
+    )
+    second = _log(out / "train_log.jsonl")
+    checks = [r for r in second if "stop_decision" in r and r.get("stop_phase") != "repair"]
+    # From the original weights: the second attempt's check before training scores what the first one's did.
+    assert checks[0]["step"] == 0
+    assert checks[0]["stop_forget_loss"] == pytest.approx(first_checks[0]["stop_forget_loss"], rel=1e-6)
+    assert all("stop_utility" not in r for r in checks)
+    assert all(r["learning_rate"] <= 1e-4 for r in second if "learning_rate" in r)
+    assert [r for r in second if "stop_reason" in r][0]["stop_reason"] != "utility_alarm"
+    saved = yaml.safe_load((out / "unlearn_config.yaml").read_text())
+    assert (saved["method"], saved["optim"], saved["learning_rate"], saved["auto_fallback"]) == (
+        "npo", "adamw_torch", 1e-4, False,
+    )  # fmt: skip
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "complete" and status["method"] == "npo"
+    assert (out / "model.safetensors").is_file() and not list(out.glob("checkpoint-*"))
+
+
+class _Crash(TrainerCallback):
+    """Raise once the second regime (AdamW) has saved the checkpoint of step 2."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.optim == "adamw_torch" and state.global_step == 2:
+            raise RuntimeError("killed")
+
+
+def test_a_run_stopped_in_the_second_regime_resumes_there(micro_models, micro_world, tmp_path, monkeypatch):
+    calls = _scripted_utility(monkeypatch, [0.5, 0.3])
+    out = tmp_path / "run"
+    save = ("--save_strategy", "steps", "--save_steps", "1")
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(micro_models, micro_world, out, [_Crash()], *save)
+    assert json.loads((out / "status.json").read_text())["state"] == "failed"
+    assert (out / auto.MARK_FILE).is_file() and len(calls) == 2
+    _run(micro_models, micro_world, out, [], *save)  # the same command again
+    assert len(calls) == 2, "the resumed run did not go back to the first regime"
+    second = _log(out / "train_log.jsonl")
+    steps = [r["step"] for r in second if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[0] == 1, "one record per step, from the first"
+    assert all(r["learning_rate"] <= 1e-4 for r in second if "learning_rate" in r)
+    assert json.loads((out / "status.json").read_text())["state"] == "complete"
+    assert (
+        len([r for r in _log(out / auto.FIRST_ATTEMPT_DIR / "train_log.jsonl") if "stop_fallback" in r]) == 1
+    )
