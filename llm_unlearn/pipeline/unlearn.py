@@ -243,16 +243,21 @@ def unlearn(
         try:
             stop = run.train(trainer, resume)
             if stop is not None and stop.decision == "utility_alarm" and fallback_applies(config):
+                second = fallback_config(config)
                 logger.warning(
                     "--auto: the estimated model utility fell more than %.0f%% at step %d of the fast regime, so "
                     "those steps cost knowledge the forget set never named; starting again from the original "
-                    "weights with AdamW at lr 1e-4 (npo, 5 epochs; docs/auto.md). The first attempt's records are "
-                    "in %s", 100 * config.stop_utility_tolerance, stop.history[-1]["step"], FIRST_ATTEMPT_DIR,
+                    "weights with %s at lr %g (%s, %g epochs; docs/auto.md). The first attempt's records are in %s",
+                    100 * config.stop_utility_tolerance, stop.history[-1]["step"],
+                    getattr(second.optim, "value", second.optim), second.learning_rate, second.method,
+                    second.num_train_epochs, FIRST_ATTEMPT_DIR,
                 )  # fmt: skip
                 if trainer.is_world_process_zero():
                     archive_first_attempt(out, stop)
-                config = fallback_config(config)
-                del trainer, stop
+                config = second
+                # The first attempt's model, optimizer and kept weights go before the second model loads.
+                trainer = stop = run.stop = None
+                _free_memory()
                 trainer = run.build(config)
                 if trainer.is_world_process_zero():
                     run.write_config(config)
@@ -266,8 +271,9 @@ def unlearn(
                 trainer.model = trainer.model.merge_and_unload()
             trainer.save_model(str(out))
         except BaseException as err:
-            _close_progress_bars(trainer)
-            if trainer.is_world_process_zero():
+            if trainer is not None:
+                _close_progress_bars(trainer)
+            if rank_zero:
                 write_status(
                     out, "failed", method=get_method(config.method).name, error=f"{type(err).__name__}: {err}"
                 )
@@ -285,6 +291,14 @@ def unlearn(
                 shutil.rmtree(checkpoint)
         logger.info("unlearning finished in %.1f s: %s", time.perf_counter() - start, out)
         return out
+
+
+def _free_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class _Attempt:
