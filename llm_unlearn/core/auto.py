@@ -102,14 +102,24 @@ def archive_first_attempt(output_dir: str | Path, stop_callback) -> None:
     for checkpoint in out.glob("checkpoint-*"):
         shutil.rmtree(checkpoint)
     alarm = stop_callback.history[-1] if stop_callback.history else {}
-    write_json_atomic(out / MARK_FILE, {
+    mark = {
         "reason": "utility_alarm",
         "at_step": alarm.get("step"),
         "utility_drop": alarm.get("stop_utility_drop"),
         "tolerance": stop_callback.utility_tolerance,
         "second_regime": {k: v for k, v in FALLBACK_SETTINGS.items()},
         "first_attempt_records": FIRST_ATTEMPT_DIR,
-    })  # fmt: skip
+    }
+    log_fallback(out, mark)
+    write_json_atomic(out / MARK_FILE, mark)
+
+
+def log_fallback(output_dir: str | Path, mark: dict) -> None:
+    """The second attempt's `train_log.jsonl` starts with one record saying why (the report reads it)."""
+    log = Path(output_dir) / "train_log.jsonl"
+    if not log.is_file():
+        with open(log, "w", encoding="utf-8") as f:
+            f.write(json.dumps({"step": 0, "auto_fallback": mark}) + "\n")
 
 
 def describe(output_dir: str | Path) -> dict | None:

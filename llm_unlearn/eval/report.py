@@ -257,6 +257,16 @@ def training_end(log: list[dict]) -> str | None:
     """One sentence on why training ended and which weights the run returned, from its train_log.jsonl rows:
     the stop rule's summary (`stop_reason`, core/stop.py), a `--vanish_stop` end (core/trainer_combine.py), or None."""
     end = next((r for r in reversed(log) if "stop_reason" in r), None)
+    fell = next((r["auto_fallback"] for r in log if "auto_fallback" in r), None)
+    if end is not None and fell is not None:  # --auto's second regime (core/auto.py)
+        drop = fell.get("utility_drop")
+        before = (
+            f"`--auto` started again from the original weights in its second regime (AdamW) after the utility "
+            f"estimate fell {100 * drop:.0f}% at step {fell.get('at_step')} of the first. "
+            if drop is not None
+            else "`--auto` started again from the original weights in its second regime (AdamW). "
+        )
+        return before + training_end([r for r in log if "auto_fallback" not in r])
     if end is not None:
         gap = end.get("stop_best_gap")
         kept = "not scored (screened)" if gap is None else f"{gap:+.3f}"

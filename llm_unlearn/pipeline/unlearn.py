@@ -27,7 +27,9 @@ from ..core.auto import (
     fallback_applies,
     fallback_config,
     fell_back,
+    log_fallback,
 )
+from ..core.auto import describe as describe_fallback
 from ..core.config import UnlearnConfig
 from ..core.inputs import check_same_vocabulary, validate_inputs
 from ..data.args import DataArgs
@@ -231,6 +233,8 @@ def unlearn(
         if second:  # a resumed run that had switched to --auto's second regime goes on there
             config = fallback_config(config)
             logger.info("resuming --auto's second regime (%s)", MARK_FILE)
+            if rank_zero:  # restarted from its first step: its log begins again with the reason
+                log_fallback(out, describe_fallback(out))
         run = _Attempt(model_args, data, config, eval_args, callbacks, progress_bar_only, forget_rows,
                        retain_rows, df_rows, stop_data, out)  # fmt: skip
         trainer = run.build(config)

@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 from llm_unlearn.cli.parse import parse_config
 from llm_unlearn.core import auto
 from llm_unlearn.core.stop_checks import CheckScorer
+from llm_unlearn.eval.report import training_end
 from llm_unlearn.pipeline.unlearn import unlearn
 
 
@@ -91,6 +92,9 @@ def test_a_utility_alarm_starts_again_from_the_original_weights_in_the_second_re
         "the first attempt's weights are not repaired"
     )
     second = _log(out / "train_log.jsonl")
+    assert second[0] == {"step": 0, "auto_fallback": mark}  # the log says why it is the second regime's
+    said = training_end(second)  # the report's sentence on how training ended
+    assert said.startswith("`--auto` started again from the original weights") and "fell 40% at step" in said
     checks = [r for r in second if "stop_decision" in r and r.get("stop_phase") != "repair"]
     # From the original weights: the second attempt's check before training scores what the first one's did.
     assert checks[0]["step"] == 0
@@ -126,6 +130,7 @@ def test_a_run_stopped_in_the_second_regime_resumes_there(micro_models, micro_wo
     _run(micro_models, micro_world, out, [], *save)  # the same command again
     assert len(calls) == 2, "the resumed run did not go back to the first regime"
     second = _log(out / "train_log.jsonl")
+    assert [r for r in second if "auto_fallback" in r] == second[:1]
     steps = [r["step"] for r in second if "loss" in r]
     assert steps == sorted(set(steps)) and steps[0] == 1, "one record per step, from the first"
     assert all(r["learning_rate"] <= 1e-4 for r in second if "learning_rate" in r)
@@ -133,3 +138,26 @@ def test_a_run_stopped_in_the_second_regime_resumes_there(micro_models, micro_wo
     assert (
         len([r for r in _log(out / auto.FIRST_ATTEMPT_DIR / "train_log.jsonl") if "stop_fallback" in r]) == 1
     )
+
+
+class _CrashEarly(TrainerCallback):
+    """Raise at the second regime's first step, before any checkpoint."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.optim == "adamw_torch":
+            raise RuntimeError("killed")
+
+
+def test_a_second_regime_stopped_before_its_first_checkpoint_restarts_there_and_logs_why_again(
+    micro_models, micro_world, tmp_path, monkeypatch
+):
+    calls = _scripted_utility(monkeypatch, [0.5, 0.3])
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(micro_models, micro_world, out, [_CrashEarly()])
+    _run(micro_models, micro_world, out)
+    assert len(calls) == 2
+    second = _log(out / "train_log.jsonl")
+    assert second[0]["auto_fallback"]["reason"] == "utility_alarm" and second[1]["step"] == 0  # then the check
+    assert [r for r in second if "auto_fallback" in r] == second[:1]
+    assert json.loads((out / "status.json").read_text())["state"] == "complete"
