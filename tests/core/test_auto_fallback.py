@@ -158,6 +158,7 @@ def test_a_second_regime_stopped_before_its_first_checkpoint_restarts_there_and_
     _run(micro_models, micro_world, out)
     assert len(calls) == 2
     second = _log(out / "train_log.jsonl")
-    assert second[0]["auto_fallback"]["reason"] == "utility_alarm" and second[1]["step"] == 0  # then the check
+    # The reason first, then the second regime's check before training.
+    assert second[0]["auto_fallback"]["reason"] == "utility_alarm" and second[1]["step"] == 0
     assert [r for r in second if "auto_fallback" in r] == second[:1]
     assert json.loads((out / "status.json").read_text())["state"] == "complete"
