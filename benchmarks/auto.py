@@ -710,6 +710,9 @@ def _real_model_section(
         stop, kept = (
             (r["stop_reason"], f"{r['stop_best_step']} / {r['steps']}") if "stop_reason" in r else ("-", "-")
         )
+        if r.get("auto_fallback"):  # --auto started again in its second regime (core/auto.py)
+            fell = r["auto_fallback"]
+            stop += f" (AdamW, after the utility alarm at step {fell['at_step']} of SGD: -{100 * fell['utility_drop']:.0f}%)"
         lines.append(
             f"| {row_label(r)} | {r['seed']} | {r['forget_quality']:.3g} | "
             f"{r['model_utility'] / target['model_utility']:.2f} | {r['retain_rouge_l'] / target['retain_rouge_l']:.2f} | "
