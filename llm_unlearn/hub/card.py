@@ -86,7 +86,24 @@ def read_run(run_dir: Path) -> dict:
         "eval": _json("eval.json"),
         "info": _json("run_info.json") or {},
         "steps": max((s["step"] for s in steps if "step" in s), default=None),
+        # --auto that started again in its second regime (core/auto.py): the settings above are that regime's.
+        "fallback": next((s["auto_fallback"] for s in steps if "auto_fallback" in s), None),
     }
+
+
+def _fallback_note(fallback: dict | None) -> str:
+    if not fallback:
+        return ""
+    drop = fallback.get("utility_drop")
+    why = (
+        f" after its estimate of model utility fell {100 * drop:.0f}% at step {fallback.get('at_step')}"
+        if drop
+        else ""
+    )
+    return (
+        f"The command's `--auto` first unlearned in large SGD steps; it started again from the original weights in "
+        f"its second regime (these settings){why} (llm-unlearn docs/auto.md). "
+    )
 
 
 def world_model(name_or_path: str, run_dir: Path) -> dict | None:
@@ -452,7 +469,8 @@ def build_card(
         "## Training",
         "",
         f"Method `{method.name}`{paper}; {steps}. Settings: {settings}. "
-        "The full resolved recipe is below and in `unlearn_config.yaml`; per-step losses are in "
+        + _fallback_note(run.get("fallback"))
+        + "The full resolved recipe is below and in `unlearn_config.yaml`; per-step losses are in "
         "`train_log.jsonl`.",
         "",
         "Command:",

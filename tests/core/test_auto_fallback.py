@@ -109,6 +109,14 @@ def test_a_utility_alarm_starts_again_from_the_original_weights_in_the_second_re
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "complete" and status["method"] == "npo"
     assert (out / "model.safetensors").is_file() and not list(out.glob("checkpoint-*"))
+    # The model card (hub/card.py) names the second regime's settings and says why they are not --auto's first.
+    from llm_unlearn.hub.card import build_card
+
+    text = build_card(out, "org/auto", adapter=False).text
+    assert (
+        "started again from the original weights in its second regime" in text and "fell 40% at step" in text
+    )
+    assert "learning rate `0.0001`" in text
 
 
 class _Crash(TrainerCallback):
