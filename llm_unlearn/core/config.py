@@ -232,7 +232,7 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
             "help": "Also estimate model utility at each check, on --stop_utility_sample questions each of retain, "
             "real authors and world facts (as the evaluation scores them, greedy answers included); a check that "
             "lost more than this share of the first check's estimate stops the run (utility_alarm) and is never "
-            "kept. 0 = off; 0.2 = the 80% floor."
+            "kept (under --auto: switches to its second regime instead). 0 = off; --auto: 0.2 (the 80% floor)."
         },
     )
     stop_utility_sample: int = field(

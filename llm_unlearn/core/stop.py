@@ -59,7 +59,7 @@ in full before): its truth-ratio gap decides nothing unless the run keeps it and
 later crosses, and then it is scored as any kept screened check is. Only a first check whose
 answer-loss gap is already <= 0 is scored in full there, for the `already_indistinguishable` test.
 
-With `utility_tolerance` > 0 (off by default) each check also estimates model utility itself, as
+With `utility_tolerance` > 0 (off by default, 0.2 under `--auto`) each check also estimates model utility itself, as
 `eval/tofu.py` scores it (answer probability, greedy answer's ROUGE-L and truth ratio on retain, real
 authors and world facts; their harmonic mean) on `utility_sample` seeded questions per role; a check
 whose estimate has lost more than that share of the first check's stops the run (`utility_alarm`)

@@ -127,14 +127,15 @@ def forget_quality(ratios: Sequence[float], reference_ratios: Sequence[float]) -
     return float(stats.ks_2samp(np.asarray(ratios), np.asarray(reference_ratios)).pvalue)
 
 
-def model_utility(values: Sequence[float]) -> float:
+def model_utility(values: Sequence[float], partial: bool = False) -> float:
     """Harmonic mean of the nine retain / real-authors / world-facts numbers; 0 if any is 0.
 
     The nine are {Prob, ROUGE-L recall, truth ratio} on each of retain, real authors and world facts
-    (TOFU arXiv 2401.06121, section 2.5.2; open-unlearning `hm_aggregate`).
+    (TOFU arXiv 2401.06121, section 2.5.2; open-unlearning `hm_aggregate`). `partial`: the same mean of
+    the roles' numbers there are (stop.py's utility guard under --auto, on data lacking some roles).
     """
     v = np.asarray(values, dtype=np.float64)
-    if len(v) != len(MODEL_UTILITY_INPUTS):
+    if len(v) != len(MODEL_UTILITY_INPUTS) and not (partial and len(v) and len(v) % 3 == 0):
         raise ValueError(f"model utility needs {len(MODEL_UTILITY_INPUTS)} numbers, got {len(v)}")
     if (v <= 0).any():
         return 0.0
@@ -207,7 +208,7 @@ def tofu_metrics(scores: dict[str, SplitScores], variant: str = "geometric") -> 
     names = [name for name in MODEL_UTILITY_INPUTS if name in metrics]
     parts = [metrics[name]["value"] for name in names]
     metrics["model_utility"] = {
-        "value": model_utility(parts),
+        "value": model_utility(parts, partial=True),
         "direction": "higher",
         "inputs": dict(zip(names, parts)),
     }

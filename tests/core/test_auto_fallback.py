@@ -170,3 +170,68 @@ def test_a_second_regime_stopped_before_its_first_checkpoint_restarts_there_and_
     assert second[0]["auto_fallback"]["reason"] == "utility_alarm" and second[1]["step"] == 0
     assert [r for r in second if "auto_fallback" in r] == second[:1]
     assert json.loads((out / "status.json").read_text())["state"] == "complete"
+
+
+def test_auto_estimates_utility_on_the_evaluation_splits_it_finds(
+    micro_models, micro_world, tmp_path, caplog
+):
+    """Data without TOFU's real-author and world-fact splits: --auto estimates on what there is and says so;
+    without any evaluation split its guard is off. An explicit --stop_utility_tolerance still refuses."""
+    import shutil
+
+    import numpy as np
+
+    from llm_unlearn.core.stop_data import load_stop_data
+    from llm_unlearn.data.qa import DataError, load_split
+    from llm_unlearn.eval.metrics import SplitScores, model_utility, tofu_metrics
+
+    world = tmp_path / "world"
+    shutil.copytree(micro_world, world)
+    forget, retain = load_split("forget10", data_dir=world), load_split("retain90", data_dir=world)
+
+    def stop_data(*flags):
+        _, data, config, _ = parse_config([*flags, "--data_dir", str(world), "--forget_split", "forget10",
+                                           "--output_dir", "x"])  # fmt: skip
+        return load_stop_data(data, forget, retain, config)
+
+    assert set(stop_data("--auto")["utility_rows"]) == {"retain", "ra", "wf"}
+    (world / "world_facts_perturbed.json").unlink()
+    with caplog.at_level("WARNING", logger="llm_unlearn"):
+        assert set(stop_data("--auto")["utility_rows"]) == {"retain", "ra"}
+    assert "the utility guard leaves out the wf questions" in caplog.text
+    out = tmp_path / "run"  # a run's checks estimate it on the two roles
+    _run(
+        micro_models,
+        world,
+        out,
+        [],
+        "--max_steps",
+        "2",
+        "--stop_check_interval",
+        "1",
+        "--do_final_eval",
+        "false",
+    )
+    checks = [r for r in _log(out / "train_log.jsonl") if "stop_utility" in r]
+    # (the micro model answers too little for a nonzero harmonic mean: the point is that the two roles score)
+    assert len(checks) == 3 and all(isinstance(r["stop_utility"], float) for r in checks)
+    with pytest.raises(DataError, match="world_facts_perturbed.*pass --stop_utility_tolerance 0"):
+        stop_data("--stop_rule", "indistinguishable", "--stop_utility_tolerance", "0.2")
+    for name in ("real_authors_perturbed", "retain_perturbed"):
+        (world / f"{name}.json").unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="llm_unlearn"):
+        assert stop_data("--auto")["utility_rows"] is None
+    assert "the utility guard is off" in caplog.text
+    # The estimate over the roles present: the harmonic mean of their three numbers each.
+    scores = SplitScores(
+        answer_loss=np.array([0.5, 1.0]), perturbed_loss=[np.array([2.0, 3.0]), np.array([1.5])],
+        rouge_l=np.array([0.8, 0.6]), paraphrased_loss=np.array([0.7, 1.2]),
+    )  # fmt: skip
+    metrics = tofu_metrics({"retain": scores})
+    parts = [metrics[k]["value"] for k in ("retain_prob", "retain_rouge_l", "retain_truth_ratio")]
+    assert metrics["model_utility"]["value"] == pytest.approx(model_utility(parts, partial=True))
+    with pytest.raises(ValueError, match="needs 9 numbers"):  # the evaluation's model utility takes all nine
+        model_utility(parts)
+    assert metrics["model_utility"]["value"] == pytest.approx(3 / sum(1 / p for p in parts))
+    assert list(metrics["model_utility"]["inputs"]) == ["retain_prob", "retain_rouge_l", "retain_truth_ratio"]
