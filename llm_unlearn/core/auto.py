@@ -13,8 +13,9 @@ No single optimizer setting worked on both kinds of model we measured (docs/resu
 So `--auto` (`AUTO_SETTINGS`) starts with the first regime and estimates model utility at every check
 (`--stop_utility_tolerance 0.2`). If that estimate falls by more than the tolerance (`utility_alarm`),
 those steps are damaging knowledge the forget request never named: the run starts again from the
-original weights with the second regime (`FALLBACK_SETTINGS`). On SmolLM2 the alarm came at the third
-check (step 5); on the worlds it did not come in the runs of benchmarks/auto.md.
+original weights with the second regime (`FALLBACK_SETTINGS`). On SmolLM2 forget01 the alarm came at the
+first or second check after training started (steps 5, 10, 5 in seeds 0 to 2), and the second regime then
+met every goal; on the four worlds of benchmarks/auto*.md it never came (36 runs).
 
 The first attempt's records are kept in `<output_dir>/auto_first_attempt/` and `auto_fallback.json`
 says why the run fell back; a resumed run reads that file and resumes the second attempt. The fallback
@@ -26,11 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import shutil
 from pathlib import Path
-
-logger = logging.getLogger("llm_unlearn")
 
 # What `--auto` sets, below anything given in a recipe or on the command line (cli/parse.py).
 AUTO_SETTINGS = {
