@@ -453,12 +453,9 @@ def run_arm(
                        for c in checks],
         }  # fmt: skip
         mark = auto_fallback.describe(run_dir)
-        if (
-            mark is not None
-        ):  # --auto fell back (core/auto.py): its first attempt's checks count in the cost too
-            first = run_dir / auto_fallback.FIRST_ATTEMPT_DIR / "train_log.jsonl"
-            earlier = [json.loads(line) for line in first.read_text().splitlines()]
-            first_checks = [x for x in earlier if "stop_decision" in x]
+        # --auto fell back (core/auto.py): its first attempt's checks count in the cost too.
+        if mark is not None:
+            first_checks = auto_fallback.first_attempt_checks(run_dir)
             record["fallback"] = {"at_step": mark["at_step"], "utility_drop": mark["utility_drop"],
                                   "check_seconds": round(sum(c.get("stop_seconds", 0.0) for c in first_checks), 2)}  # fmt: skip
             record["check_seconds"] = round(record["check_seconds"] + record["fallback"]["check_seconds"], 2)

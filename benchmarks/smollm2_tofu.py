@@ -813,9 +813,7 @@ def stop_summary(run_dir: Path) -> dict:
     }  # fmt: skip
     mark = auto_fallback.describe(run_dir)
     if mark is not None:  # --auto fell back (core/auto.py): the first attempt's checks and steps count too
-        first = run_dir / auto_fallback.FIRST_ATTEMPT_DIR / "train_log.jsonl"
-        earlier = [json.loads(line) for line in first.read_text().splitlines()] if first.is_file() else []
-        first_checks = [r for r in earlier if "stop_decision" in r]
+        first_checks = auto_fallback.first_attempt_checks(run_dir)
         summary["auto_fallback"] = {
             "at_step": mark["at_step"], "utility_drop": mark["utility_drop"], "checks": len(first_checks),
             "check_s": round(sum(r.get("stop_seconds", 0.0) for r in first_checks), 1),

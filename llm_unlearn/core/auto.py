@@ -76,11 +76,6 @@ def fallback_config(config):
     return dataclasses.replace(config, **FALLBACK_SETTINGS, max_grad_norm=clip, auto_fallback=False)
 
 
-def fell_back(output_dir: str | Path) -> bool:
-    """Whether this run directory already switched to the second regime (a resumed run goes on there)."""
-    return (Path(output_dir) / MARK_FILE).is_file()
-
-
 def archive_first_attempt(output_dir: str | Path, stop_callback) -> None:
     """Move the first attempt's records aside, drop its state, and write `auto_fallback.json` last.
 
@@ -105,7 +100,7 @@ def archive_first_attempt(output_dir: str | Path, stop_callback) -> None:
         "at_step": alarm.get("step"),
         "utility_drop": alarm.get("stop_utility_drop"),
         "tolerance": stop_callback.utility_tolerance,
-        "second_regime": {k: v for k, v in FALLBACK_SETTINGS.items()},
+        "second_regime": dict(FALLBACK_SETTINGS),
         "first_attempt_records": FIRST_ATTEMPT_DIR,
     }
     log_fallback(out, mark)
@@ -121,6 +116,14 @@ def log_fallback(output_dir: str | Path, mark: dict) -> None:
 
 
 def describe(output_dir: str | Path) -> dict | None:
-    """`auto_fallback.json` of a run directory, or None if the run did not fall back."""
+    """`auto_fallback.json` of a run directory, or None if the run did not fall back (a resumed run that
+    did goes on in the second regime)."""
     path = Path(output_dir) / MARK_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def first_attempt_checks(output_dir: str | Path) -> list[dict]:
+    """The stop rule's check records of a run's first attempt (none if it did not fall back)."""
+    log = Path(output_dir) / FIRST_ATTEMPT_DIR / "train_log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    return [r for r in records if "stop_decision" in r]

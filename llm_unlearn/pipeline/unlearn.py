@@ -26,7 +26,6 @@ from ..core.auto import (
     archive_first_attempt,
     fallback_applies,
     fallback_config,
-    fell_back,
     log_fallback,
 )
 from ..core.auto import describe as describe_fallback
@@ -229,12 +228,12 @@ def unlearn(
     with claim_run_dir(config.output_dir) if rank_zero else contextlib.nullcontext():
         resume = prepare_output_dir(config.output_dir)
         out = Path(config.output_dir)
-        second = fallback_applies(config) and fell_back(out)
-        if second:  # a resumed run that had switched to --auto's second regime goes on there
+        mark = describe_fallback(out) if fallback_applies(config) else None
+        if mark is not None:  # a resumed run that had switched to --auto's second regime goes on there
             config = fallback_config(config)
             logger.info("resuming --auto's second regime (%s)", MARK_FILE)
             if rank_zero:  # restarted from its first step: its log begins again with the reason
-                log_fallback(out, describe_fallback(out))
+                log_fallback(out, mark)
         run = _Attempt(model_args, data, config, eval_args, callbacks, progress_bar_only, forget_rows,
                        retain_rows, df_rows, stop_data, out)  # fmt: skip
         trainer = run.build(config)
