@@ -67,8 +67,12 @@ and is never kept (under `--auto` the alarm instead hands the run to its second 
 no repair, the weights are dropped). The retain loss is a coarse stand-in: the three `auto-damped` runs of
 `benchmarks/auto.md` that fell below 80% of the target's utility had lost it in ROUGE-L of the greedy
 answers (0.43 to 0.73 of the target's) and in retain answer probability (0.60 to 0.67), while their
-truth ratios stayed at 0.91 to 1.01. The estimate costs a greedy generation per sampled question
-at every check.
+truth ratios stayed at 0.91 to 1.01. The estimate costs a greedy generation per sampled question.
+Under `--auto`, where the alarm only picks the regime (its weights are dropped either way), it is made
+at the first check and at the 1st, 2nd, 4th, 8th, ... after it, and then on the kept weights at the end
+if their check was not one of those (a `stop_phase: "kept"` record; out of tolerance, it is the alarm):
+the weights returned have passed the estimate, as before, at about half of the estimates (201 to 102 on
+the 18 development runs; every alarm measured came at the 1st or 2nd check, SmolLM2 forget01).
 
 With `retain_recall_tolerance` > 0 (0.15 under `--auto`) each check also answers `retain_recall_sample`
 seeded retain questions greedily and scores what the report's collateral-damage line scores: fact
@@ -187,7 +191,7 @@ class IndistinguishableStop(TrainerCallback):
         # utility has fallen (benchmarks/stop_study.md). A screened check (gap None) within tolerance
         # replaces the previous best, and any scored one replaces it (module doc).
         retain_ok = record["stop_retain_rise"] <= self.tolerance
-        utility_ok = not self.scorer.utility_rows or _within_share(
+        utility_ok = not self._utility_due() or _within_share(
             record, first, "stop_utility", self.scorer.utility(model), self.utility_tolerance
         )
         # Under --stop_repair the recall is only the repair's baseline: measured at the first check alone.
@@ -301,6 +305,39 @@ class IndistinguishableStop(TrainerCallback):
             )  # fmt: skip
         return decision
 
+    def _utility_due(self) -> bool:
+        """Whether this check estimates model utility: every check, unless the estimate only picks `--auto`'s
+        regime (`self.fallback`); then the first check and the 1st, 2nd, 4th, 8th, ... after it, and the kept
+        weights at the end if their check was not one of those (`_estimate_kept`; module doc)."""
+        if not self.scorer.utility_rows:
+            return False
+        k = len(self.history)  # checks so far (unlearning only: the repair's come after the last)
+        return not self.fallback or k & (k - 1) == 0
+
+    def _estimate_kept(self, model, step: int) -> None:
+        """`--auto`'s regime choice on the weights it would return: estimate the kept check's utility if its
+        check did not, as a record of its own (`stop_phase: "kept"`); out of tolerance, it is the alarm."""
+        start = time.perf_counter()
+        if self.best["step"] != step:
+            _load(model, self.best_weights)  # on_train_end restores them anyway (or the run falls back)
+        record = {"step": self.best["step"], "stop_phase": "kept", "stop_statistic": self.statistic}
+        ok = _within_share(
+            record, self.history[0], "stop_utility", self.scorer.utility(model), self.utility_tolerance
+        )
+        self.best.update(stop_utility=record["stop_utility"], stop_utility_drop=record["stop_utility_drop"])
+        record["stop_decision"] = "continue" if ok else "utility_alarm"
+        record["stop_seconds"] = time.perf_counter() - start
+        self.history.append(record)
+        self.persist_history()
+        self.log(dict(record))
+        if not ok:
+            self.decision = "utility_alarm"
+            logger.warning(
+                "stop rule: the estimated model utility of the kept weights (step %d) is %.0f%% below the first "
+                "check's (tolerance %.0f%%)", self.best["step"], 100 * record["stop_utility_drop"],
+                100 * self.utility_tolerance,
+            )  # fmt: skip
+
     def _rescore_best(self, model) -> float:
         """Score the kept (screened) check's weights in full, update its record, return its gap.
 
@@ -359,7 +396,8 @@ class IndistinguishableStop(TrainerCallback):
             # kept even if it came after the checkpoint: its weights are on disk.
             # An unfinished --stop_repair (its records come after the unlearning's) is redone from the kept
             # weights at the end of the resumed run: its records are dropped, never read as a decision.
-            unlearning = [r for r in record["history"] if r.get("stop_phase") != "repair"]
+            # So is the kept weights' utility estimate (`_estimate_kept`), which the end of the resumed run redoes.
+            unlearning = [r for r in record["history"] if r.get("stop_phase") not in ("repair", "kept")]
             self.best = next(
                 (r for r in unlearning if r["step"] == record.get("best_step")), record.get("best")
             )  # "best": the record itself, as runs before 2026-12-02's screening wrote it
@@ -433,6 +471,13 @@ class IndistinguishableStop(TrainerCallback):
             and self.decision != "already_indistinguishable"
         ):
             self.check(model, state.global_step)  # the final weights are a candidate too
+        if (
+            self.fallback
+            and self.decision != "utility_alarm"
+            and self.best
+            and "stop_utility" not in self.best
+        ):
+            self._estimate_kept(model, state.global_step)
         if self.fallback and self.decision == "utility_alarm":
             # The weights are thrown away (pipeline/unlearn.py starts again from the original ones): no repair.
             self.log({"step": state.global_step, "stop_reason": self.decision, "stop_fallback": True})

@@ -407,7 +407,11 @@ def _stop_panel(ax, checks: list[dict], end: dict | None) -> None:
     drop (with --stop_utility_tolerance), the check it kept, and --stop_repair's retain-only steps after it
     (shaded; the repaired weights' gap as a diamond)."""
     repair = [r for r in checks if r.get("stop_phase") == "repair"]
-    checks = [r for r in checks if r.get("stop_phase") != "repair"]
+    # Under --auto the utility is estimated at some checks only, and at the end on the kept weights (`kept`).
+    utility = sorted(
+        (r["step"], r["stop_utility_drop"]) for r in checks if r.get("stop_utility_drop") is not None
+    )
+    checks = [r for r in checks if r.get("stop_phase") not in ("repair", "kept")]
     x = [r["step"] for r in checks]
 
     def values(key: str) -> list[float]:  # a screened check has no gap (None): a hole in the line
@@ -429,9 +433,8 @@ def _stop_panel(ax, checks: list[dict], end: dict | None) -> None:
             ax.plot(
                 scored[-1]["step"], scored[-1]["stop_gap"], "D", color="C0", ms=5, label="gap after repair"
             )
-    if any("stop_utility_drop" in r for r in checks):
-        ax.plot(x, values("stop_utility_drop"), color="C4", lw=1.0, ls=":", marker="^", ms=3,
-                label="estimated utility drop")  # fmt: skip
+    if utility:
+        ax.plot(*zip(*utility), color="C4", lw=1.0, ls=":", marker="^", ms=3, label="estimated utility drop")
     ax.axhline(0, color="0.5", lw=0.8)
     if end is not None and end.get("stop_best_step") is not None:
         ax.axvline(end["stop_best_step"], color="k", lw=0.8, ls="--")

@@ -172,6 +172,84 @@ def test_a_second_regime_stopped_before_its_first_checkpoint_restarts_there_and_
     assert json.loads((out / "status.json").read_text())["state"] == "complete"
 
 
+def _powers_of_two_or_zero(k: int) -> bool:
+    return k & (k - 1) == 0
+
+
+def test_auto_estimates_utility_at_doubling_checks_and_on_the_weights_it_keeps(
+    micro_models, micro_world, tmp_path, monkeypatch
+):
+    """Where the estimate only picks the regime: at checks 0, 1, 2, 4, ... and on the kept weights if their
+    check was not one of those; elsewhere (the fallback off) at every check, as before."""
+    calls = _scripted_utility(monkeypatch, [0.5])  # never an alarm
+    out = tmp_path / "run"
+    _run(
+        micro_models,
+        micro_world,
+        out,
+        [],
+        "--stop_check_interval",
+        "1",
+        "--max_steps",
+        "9",
+        "--stop_repair",
+        "false",
+    )
+    log = _log(out / "train_log.jsonl")
+    checks = [r for r in log if "stop_decision" in r and r.get("stop_phase") is None]
+    assert len(checks) >= 4
+    assert [i for i, r in enumerate(checks) if "stop_utility" in r] == [
+        i for i in range(len(checks)) if _powers_of_two_or_zero(i)
+    ]
+    end = next(r for r in log if "stop_reason" in r)
+    kept_check = next(r for r in checks if r["step"] == end["stop_best_step"])
+    kept = [r for r in log if r.get("stop_phase") == "kept"]
+    # The kept weights are estimated once: at their own check, or at the end as a record of their own.
+    assert len(kept) == (0 if "stop_utility" in kept_check else 1)
+    assert [r["step"] for r in kept] == [end["stop_best_step"]] * len(kept)
+    assert "stop_utility" in end["stop_best_check"]
+    assert len(calls) == sum("stop_utility" in r for r in checks) + len(kept)
+    saved = json.loads((out / "stop_rule.json").read_text())
+    assert (
+        next(r for r in saved["history"] if r["step"] == saved["best_step"] and r.get("stop_phase") is None)[
+            "stop_utility"
+        ]
+        == 0.5
+    )
+
+    calls.clear()
+    plain = tmp_path / "plain"
+    _run(micro_models, micro_world, plain, [], "--stop_check_interval", "1", "--max_steps", "9", "--stop_repair", "false",
+         "--auto_fallback", "false")  # fmt: skip
+    every = [r for r in _log(plain / "train_log.jsonl") if "stop_decision" in r]
+    assert all("stop_utility" in r for r in every) and len(calls) == len(every)
+
+
+def test_kept_weights_out_of_tolerance_fall_back_though_no_check_estimated_them(
+    micro_models, micro_world, tmp_path, monkeypatch
+):
+    from llm_unlearn.core.stop import IndistinguishableStop
+
+    # The first check only (where a guard is on).
+    monkeypatch.setattr(
+        IndistinguishableStop,
+        "_utility_due",
+        lambda self: bool(self.scorer.utility_rows) and not self.history,
+    )
+    calls = _scripted_utility(monkeypatch, [0.5, 0.3])  # the kept weights' estimate: -40%
+    out = tmp_path / "run"
+    _run(micro_models, micro_world, out, [], "--stop_check_interval", "1", "--max_steps", "4")
+    first = _log(out / auto.FIRST_ATTEMPT_DIR / "train_log.jsonl")
+    kept = [r for r in first if r.get("stop_phase") == "kept"]
+    assert [r["stop_decision"] for r in kept] == ["utility_alarm"] and kept[0]["step"] > 0
+    mark = json.loads((out / auto.MARK_FILE).read_text())
+    assert (mark["at_step"], mark["utility_drop"]) == (kept[0]["step"], pytest.approx(0.4))
+    assert [r["stop_reason"] for r in first if "stop_reason" in r] == ["utility_alarm"]
+    assert not any(r.get("stop_phase") == "repair" for r in first)
+    second = _log(out / "train_log.jsonl")
+    assert second[0] == {"step": 0, "auto_fallback": mark} and len(calls) == 2
+
+
 def test_auto_estimates_utility_on_the_evaluation_splits_it_finds(
     micro_models, micro_world, tmp_path, caplog
 ):
