@@ -324,7 +324,11 @@ class IndistinguishableStop(TrainerCallback):
         ok = _within_share(
             record, self.history[0], "stop_utility", self.scorer.utility(model), self.utility_tolerance
         )
-        self.best.update(stop_utility=record["stop_utility"], stop_utility_drop=record["stop_utility_drop"])
+        # Under keys of its own: a run resumed after this estimate has no record of it (on_train_begin drops
+        # `kept` records) and estimates again, whatever it found.
+        self.best.update(
+            stop_kept_utility=record["stop_utility"], stop_kept_utility_drop=record["stop_utility_drop"]
+        )
         record["stop_decision"] = "continue" if ok else "utility_alarm"
         record["stop_seconds"] = time.perf_counter() - start
         self.history.append(record)

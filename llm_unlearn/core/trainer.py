@@ -206,6 +206,9 @@ class UnlearnTrainer(CombinedStepMixin, GenStepMixin, Trainer):
         # restored on resume, or a forget set already like unseen data) must not train another step.
         if self.control.should_training_stop:
             return None
+        if 0 < self.state.max_steps <= self.state.global_step:
+            # Resumed from the checkpoint of the last step (killed after training, before the run's end).
+            return None
         if self.args.vanish_stop and self._vanished_forget_count() >= self.args.vanish_stop:
             # Resumed from a checkpoint written after --vanish_stop's limit: the first run trained no further.
             self._stop_on_vanished(self.state.global_step)

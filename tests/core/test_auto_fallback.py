@@ -207,15 +207,13 @@ def test_auto_estimates_utility_at_doubling_checks_and_on_the_weights_it_keeps(
     # The kept weights are estimated once: at their own check, or at the end as a record of their own.
     assert len(kept) == (0 if "stop_utility" in kept_check else 1)
     assert [r["step"] for r in kept] == [end["stop_best_step"]] * len(kept)
-    assert "stop_utility" in end["stop_best_check"]
+    assert end["stop_best_check"].get("stop_utility", end["stop_best_check"].get("stop_kept_utility")) == 0.5
     assert len(calls) == sum("stop_utility" in r for r in checks) + len(kept)
     saved = json.loads((out / "stop_rule.json").read_text())
-    assert (
-        next(r for r in saved["history"] if r["step"] == saved["best_step"] and r.get("stop_phase") is None)[
-            "stop_utility"
-        ]
-        == 0.5
+    best = next(
+        r for r in saved["history"] if r["step"] == saved["best_step"] and r.get("stop_phase") is None
     )
+    assert best.get("stop_utility", best.get("stop_kept_utility")) == 0.5
 
     calls.clear()
     plain = tmp_path / "plain"
@@ -248,6 +246,50 @@ def test_kept_weights_out_of_tolerance_fall_back_though_no_check_estimated_them(
     assert not any(r.get("stop_phase") == "repair" for r in first)
     second = _log(out / "train_log.jsonl")
     assert second[0] == {"step": 0, "auto_fallback": mark} and len(calls) == 2
+
+
+def test_a_run_killed_between_the_kept_weights_alarm_and_the_fallback_falls_back_when_resumed(
+    micro_models, micro_world, tmp_path, monkeypatch
+):
+    """The kept weights' estimate is not read back from stop_rule.json: the resumed run estimates again."""
+    from llm_unlearn.core.stop import IndistinguishableStop
+    from llm_unlearn.pipeline import unlearn as pipeline
+
+    monkeypatch.setattr(
+        IndistinguishableStop,
+        "_utility_due",
+        lambda self: bool(self.scorer.utility_rows) and not self.history,
+    )
+    calls = _scripted_utility(monkeypatch, [0.5, 0.3])
+    archive = pipeline.archive_first_attempt
+
+    def killed(*args):
+        monkeypatch.setattr(pipeline, "archive_first_attempt", archive)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(pipeline, "archive_first_attempt", killed)
+    out = tmp_path / "run"
+    flags = (
+        "--stop_check_interval",
+        "1",
+        "--max_steps",
+        "4",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "1",
+    )
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(micro_models, micro_world, out, [], *flags)
+    assert not (out / auto.MARK_FILE).exists() and len(calls) == 2
+    _run(micro_models, micro_world, out, [], *flags)  # the same command again
+    assert len(calls) == 3, "the kept weights were estimated again"
+    first = _log(out / auto.FIRST_ATTEMPT_DIR / "train_log.jsonl")
+    assert max(r["step"] for r in first if "loss" in r) == 4, "no step past --max_steps on resume"
+    mark = json.loads((out / auto.MARK_FILE).read_text())
+    assert mark["utility_drop"] == pytest.approx(0.4)
+    assert yaml.safe_load((out / "unlearn_config.yaml").read_text())["optim"] == "adamw_torch"
+    assert json.loads((out / "status.json").read_text())["state"] == "complete"
 
 
 def test_auto_estimates_utility_on_the_evaluation_splits_it_finds(
