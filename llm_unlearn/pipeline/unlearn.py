@@ -51,6 +51,7 @@ from ..runs.folder import (
     write_text_atomic,
 )
 from ..runs.redact import to_dict
+from ..runs.resume import CONFIG_FILE, check_resume_settings
 from .forget_tokens import (
     check_df_rows,
     check_nll_cap,
@@ -229,6 +230,7 @@ def unlearn(
         resume = prepare_output_dir(config.output_dir)
         out = Path(config.output_dir)
         mark = describe_fallback(out) if fallback_applies(config) else None
+        first = config
         if mark is not None:  # a resumed run that had switched to --auto's second regime goes on there
             config = fallback_config(config)
             logger.info("resuming --auto's second regime (%s)", MARK_FILE)
@@ -236,6 +238,9 @@ def unlearn(
                 log_fallback(out, mark)
         run = _Attempt(model_args, data, config, eval_args, callbacks, progress_bar_only, forget_rows,
                        retain_rows, df_rows, stop_data, out)  # fmt: skip
+        # An unfinished run goes on only with its own settings (runs/resume.py); one that fell back may have
+        # been killed before it saved the second regime's.
+        check_resume_settings(out, run.resolved(config), *([run.resolved(first)] if mark is not None else []))
         trainer = run.build(config)
         if trainer.is_world_process_zero():
             out.mkdir(parents=True, exist_ok=True)
@@ -316,11 +321,14 @@ class _Attempt:
         self.retain_split = resolve_retain_split(data)
         self.stop = None
 
-    def write_config(self, config) -> None:
-        resolved = to_dict(self.model_args, self.data, config, self.eval_args) | {
+    def resolved(self, config) -> dict:
+        """The run's settings as `unlearn_config.yaml` holds them (secrets redacted)."""
+        return to_dict(self.model_args, self.data, config, self.eval_args) | {
             "retain_split": self.retain_split
         }
-        write_text_atomic(self.out / "unlearn_config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+
+    def write_config(self, config) -> None:
+        write_text_atomic(self.out / CONFIG_FILE, yaml.safe_dump(self.resolved(config), sort_keys=False))
 
     def build(self, config):
         """Tokenize, load the model (and the reference a method needs) and make the trainer with its callbacks."""

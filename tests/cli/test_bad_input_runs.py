@@ -24,6 +24,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
+from transformers import TrainerCallback
 
 from llm_unlearn.cli import main
 from llm_unlearn.core.config import UnlearnConfig
@@ -214,6 +215,48 @@ def test_sigterm_mid_training_ends_with_one_line_and_the_rerun_resumes_to_the_un
     assert want.keys() == got.keys()
     assert all(torch.equal(want[name], got[name]) for name in want)
     assert [r["step"] for r in _step_records(stopped)] == list(range(1, MAX_STEPS + 1))
+
+
+def test_resume_settings_compare_what_trains_as_the_yaml_holds_it():
+    from llm_unlearn.runs.resume import differences
+
+    saved = {"learning_rate": 0.01, "lora_target_modules": ["q", "v"], "logging_steps": 1, "eval_batch_size": 32,
+             "output_dir": "runs/a", "added_later": 1}  # fmt: skip
+    new = {"learning_rate": 0.01, "lora_target_modules": ("q", "v"), "logging_steps": 5, "eval_batch_size": 8,
+           "output_dir": "/abs/runs/a"}  # fmt: skip
+    assert (
+        differences(saved, new) == []
+    )  # a tuple is the list the YAML holds; logging, eval, the folder may differ
+    assert differences(saved, new | {"learning_rate": 0.02, "lora_target_modules": ["q"]}) == [
+        "learning_rate: 0.01 there, 0.02 now", "lora_target_modules: ['q', 'v'] there, ['q'] now",
+    ]  # fmt: skip
+
+
+class _KilledAfterCheckpoint2(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            raise RuntimeError("killed")
+
+
+def test_an_unfinished_run_resumes_only_with_its_own_settings(tiny, tmp_path, capsys, caplog):  # noqa: F811
+    """Other training settings would load its checkpoint into a run configured otherwise: one line naming
+    them, nothing touched; settings that change no step (logging, saving, evaluation) resume it."""
+    from llm_unlearn.cli.parse import parse_config
+    from llm_unlearn.pipeline.unlearn import unlearn
+
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="killed"):
+        unlearn(*parse_config(_argv(tiny, out)[1:]), callbacks=[_KilledAfterCheckpoint2()])
+    before = _snapshot(out)
+    assert main(_argv(tiny, out, "--learning_rate", "0.05", "--method", "graddiff")) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "holds an unfinished run with other settings (learning_rate: 0.01 there, 0.05 now" in line
+    assert "rerun the command that started it" in line and "unlearn_config.yaml" in line
+    assert _snapshot(out) == before and not (out / CLAIM_FILE).exists()
+    with caplog.at_level("INFO", logger="llm_unlearn"):
+        assert main(_argv(tiny, out, "--logging_steps", "2", "--save_steps", "1", "--report_to", "none")) == 0
+    assert "from checkpoint-2" in caplog.text  # resumed, not restarted
+    assert run_state(read_status(out)) == "complete"
 
 
 def test_sigterm_handler_is_only_installed_while_main_runs(tiny, tmp_path):  # noqa: F811

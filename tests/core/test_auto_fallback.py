@@ -292,6 +292,34 @@ def test_a_run_killed_between_the_kept_weights_alarm_and_the_fallback_falls_back
     assert json.loads((out / "status.json").read_text())["state"] == "complete"
 
 
+def test_a_run_killed_before_it_saved_the_second_regimes_settings_resumes_and_other_settings_are_refused(
+    micro_models, micro_world, tmp_path, monkeypatch
+):
+    from llm_unlearn.pipeline import unlearn as pipeline
+    from llm_unlearn.runs.folder import RunError
+
+    calls = _scripted_utility(monkeypatch, [0.5, 0.3])
+    write = pipeline._Attempt.write_config
+
+    def killed(self, config):
+        if config.optim == "adamw_torch":  # the second regime's settings: the process dies first
+            monkeypatch.setattr(pipeline._Attempt, "write_config", write)
+            raise RuntimeError("killed")
+        write(self, config)
+
+    monkeypatch.setattr(pipeline._Attempt, "write_config", killed)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(micro_models, micro_world, out)
+    assert (out / auto.MARK_FILE).is_file()
+    assert yaml.safe_load((out / "unlearn_config.yaml").read_text())["optim"] == "sgd"  # the first regime's
+    with pytest.raises(RunError, match=r"other settings \(auto_fallback: True there, False now"):
+        _run(micro_models, micro_world, out, [], "--auto_fallback", "false")
+    _run(micro_models, micro_world, out)  # the same command again
+    assert yaml.safe_load((out / "unlearn_config.yaml").read_text())["optim"] == "adamw_torch"
+    assert json.loads((out / "status.json").read_text())["state"] == "complete" and len(calls) == 2
+
+
 def test_auto_estimates_utility_on_the_evaluation_splits_it_finds(
     micro_models, micro_world, tmp_path, caplog
 ):

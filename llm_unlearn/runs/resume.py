@@ -1,0 +1,64 @@
+"""A run resumes with the settings it started with, or not at all.
+
+`llm-unlearn unlearn` resumes an unfinished run directory from its last complete checkpoint when the
+same command runs again. A command with other training settings would load that checkpoint (weights,
+optimizer and scheduler state, the stop rule's history) into a run configured otherwise, and its
+`unlearn_config.yaml` would then describe settings the first steps never had. So before anything is
+loaded or written, the settings the run saved are compared with the new ones, and a difference is
+refused with one line that names it. What may differ: how the run logs, reports, saves checkpoints,
+loads data and evaluates at the end (`FREE`, `FREE_PREFIXES`), none of which changes the steps trained.
+
+This module imports nothing else from llm_unlearn.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_FILE = "unlearn_config.yaml"
+FREE_PREFIXES = ("logging_", "log_", "hub_", "save_", "dataloader_", "trackio_", "eval_", "ddp_")
+FREE = frozenset({
+    "output_dir", "disable_tqdm", "report_to", "run_name", "project", "push_to_hub", "local_rank",
+    "resume_from_checkpoint", "do_final_eval", "reference_model", "reference_eval", "eval_cache", "mia",
+    "truth_ratio_variant", "per_device_eval_batch_size", "prediction_loss_only", "include_for_metrics",
+    "batch_eval_metrics", "include_num_input_tokens_seen", "skip_memory_metrics", "debug", "do_train", "do_eval",
+    "do_predict", "torch_empty_cache_steps", "enable_jit_checkpoint", "bf16_full_eval", "fp16_full_eval",
+})  # fmt: skip
+
+
+def free(key: str) -> bool:
+    return key in FREE or key.startswith(FREE_PREFIXES)
+
+
+def differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """`key: saved there, new now` for every training setting both name and set differently."""
+    new = yaml.safe_load(yaml.safe_dump(new, sort_keys=False))  # compared as the YAML would hold it
+    return [
+        f"{key}: {saved[key]!r} there, {new[key]!r} now"
+        for key in saved
+        if key in new and not free(key) and saved[key] != new[key]
+    ]
+
+
+def check_resume_settings(output_dir: str | Path, new: dict[str, Any], *also: dict[str, Any]) -> None:
+    """Refuse to go on with an unfinished run whose saved settings differ from `new` (and from each of
+    `also`, settings that resume it as well: `--auto`'s first regime, whose run may have saved them before
+    it fell back). A run that saved none (killed before its first write) has nothing to disagree with."""
+    from .folder import RunError
+
+    path = Path(output_dir) / CONFIG_FILE
+    if not path.is_file():
+        return
+    saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    found = [differences(saved, settings) for settings in (new, *also)]
+    if not all(found):
+        return
+    diff = found[0]
+    more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+    raise RunError(
+        f"output dir {output_dir} holds an unfinished run with other settings ({'; '.join(diff[:3])}{more}): "
+        f"rerun the command that started it (its settings are in {path}) to resume it, or choose a new --output_dir"
+    )
