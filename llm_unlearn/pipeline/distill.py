@@ -286,6 +286,7 @@ def distill(
     output folder); a killed or failed distillation resumes from its last marked checkpoint when
     called again with the same arguments.
     """
+    from ..runs.resume import check_resume_settings
     from .unlearn import check_output_dir, prepare_output_dir
 
     check_settings(settings)
@@ -324,6 +325,7 @@ def distill(
                                                     "source_train_seconds": source.get("train_seconds"),
                                                     "paper": PAPER, "distill_rows": len(rows)},
         }  # fmt: skip
+        check_resume_settings(out, record)  # an unfinished distillation goes on only with its own settings
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / CONFIG_FILE, yaml.safe_dump(record, sort_keys=False))
         write_run_info(out, command)

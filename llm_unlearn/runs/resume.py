@@ -33,14 +33,19 @@ def free(key: str) -> bool:
     return key in FREE or key.startswith(FREE_PREFIXES)
 
 
-def differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """`key: saved there, new now` for every training setting both name and set differently."""
+def differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """`key: saved there, new now` for every training setting both name and set differently (a nested
+    section, such as `distill`'s `undo`, key by key)."""
     new = yaml.safe_load(yaml.safe_dump(new, sort_keys=False))  # compared as the YAML would hold it
-    return [
-        f"{key}: {saved[key]!r} there, {new[key]!r} now"
-        for key in saved
-        if key in new and not free(key) and saved[key] != new[key]
-    ]
+    found = []
+    for key in saved:
+        if key not in new or free(key) or saved[key] == new[key]:
+            continue
+        if isinstance(saved[key], dict) and isinstance(new[key], dict):
+            found += differences(saved[key], new[key], f"{prefix}{key}.")
+        else:
+            found.append(f"{prefix}{key}: {saved[key]!r} there, {new[key]!r} now")
+    return found
 
 
 def check_resume_settings(output_dir: str | Path, new: dict[str, Any], *also: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@ the data it trains on, its run directory, resume, and bad input. `pytest -q test
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -23,7 +24,7 @@ from llm_unlearn.pipeline.distill import (
     noised_copy,
     read_run,
 )
-from llm_unlearn.runs.folder import read_status, write_status
+from llm_unlearn.runs.folder import RunError, read_status, write_status
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +154,12 @@ def test_a_stopped_distillation_resumes_to_the_weights_of_an_uninterrupted_one(u
         distill(unlearned, tmp_path / "cut", settings, callbacks=[_StopAt(3)])
     assert read_status(tmp_path / "cut")["state"] == "failed"
     assert (tmp_path / "cut" / "checkpoint-2").is_dir()
+    with pytest.raises(RunError, match=r"other settings \(undo\.alpha: 0\.3 there, 0\.5 now\)"):
+        distill(unlearned, tmp_path / "cut", dataclasses.replace(settings, alpha=0.5))  # runs/resume.py
     watch = _StopAt()
-    resumed = distill(unlearned, tmp_path / "cut", settings, callbacks=[watch])
+    resumed = distill(
+        unlearned, tmp_path / "cut", dataclasses.replace(settings, disable_tqdm=False), callbacks=[watch]
+    )
     assert watch.seen == [3, 4]  # from checkpoint-2, not from scratch
     a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
