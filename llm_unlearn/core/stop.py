@@ -169,12 +169,19 @@ class IndistinguishableStop(TrainerCallback):
             and self.damping is None
         )
         self._undamped = None
+        # `--auto`'s second attempt starts from the weights the first one's check before training scored,
+        # on the same data: that record stands for its own first check (set by pipeline/unlearn.py).
+        self.replay: dict | None = None
 
     def check(self, model, step: int) -> str:
         """Score, record, keep the best weights; return the decision."""
         start = time.perf_counter()
         record = None
-        if self.screening:
+        replay, self.replay = (self.replay if not self.history else None), None
+        if replay is not None:
+            record = {k: v for k, v in replay.items() if k not in _CHECK_KEYS} | {"stop_replayed": True}
+            self.screening = self.screening and bool(record.get("stop_screened"))
+        elif self.screening:
             record = self.scorer.screened(model, step)
             self.screening = record is not None  # once the answer-loss gap reached 0, every check in full
         if record is None:
@@ -198,7 +205,11 @@ class IndistinguishableStop(TrainerCallback):
         recall_ok = (
             not self.scorer.recall_rows
             or (self.repair is not None and bool(self.history))
-            or _within_share(record, first, "stop_retain_recall", self.scorer.recall(model), self.recall_tolerance)
+            or _within_share(
+                record, first, "stop_retain_recall",
+                replay["stop_retain_recall"] if replay and "stop_retain_recall" in replay else self.scorer.recall(model),
+                self.recall_tolerance,
+            )
         )  # fmt: skip
         within = retain_ok and utility_ok and recall_ok
         if (
@@ -518,6 +529,11 @@ class IndistinguishableStop(TrainerCallback):
             )  # fmt: skip
 
 
+# What `check` adds to the scorer's record (a replayed record's are computed again; `replay`).
+_CHECK_KEYS = frozenset({
+    "stop_retain_rise", "stop_utility", "stop_utility_drop", "stop_retain_recall", "stop_retain_recall_drop",
+    "stop_previous_gap", "stop_tie_of", "stop_lr_damping", "stop_decision", "stop_seconds",
+})  # fmt: skip
 # The option that sets each guard's tolerance, named in the "forgetting is incomplete" warning.
 GUARD_OPTIONS = {
     "retain_alarm": "--stop_retain_tolerance",

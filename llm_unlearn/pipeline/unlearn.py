@@ -264,9 +264,11 @@ def unlearn(
                     archive_first_attempt(out, stop)
                 config = second
                 # The first attempt's model, optimizer and kept weights go before the second model loads.
+                first_check = stop.history[0] if stop.history else None
                 trainer = stop = run.stop = None
                 _free_memory()
                 trainer = run.build(config)
+                run.stop.replay = first_check  # from the same weights: not scored twice (stop.py)
                 if trainer.is_world_process_zero():
                     run.write_config(config)
                     write_status(out, "running", method=get_method(config.method).name)
