@@ -396,3 +396,42 @@ def test_auto_estimates_utility_on_the_evaluation_splits_it_finds(
         model_utility(parts)
     assert metrics["model_utility"]["value"] == pytest.approx(3 / sum(1 / p for p in parts))
     assert list(metrics["model_utility"]["inputs"]) == ["retain_prob", "retain_rouge_l", "retain_truth_ratio"]
+
+
+@pytest.mark.slow
+def test_a_fallback_under_two_ranks_starts_both_again_from_the_original_weights(
+    micro_models, micro_world, tmp_path
+):
+    """Every rank takes the alarm, drops its weights, replays the same first check and ends with the same
+    weights as the one saved; the first attempt's records are archived once."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from llm_unlearn.models.loading import load_model
+
+    script = Path(__file__).resolve().parents[1] / "_dist_fallback.py"
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+           str(micro_models["target"]), str(micro_world), str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["sums"] == ranks[1]["sums"]
+    timeless = [
+        [{k: v for k, v in r.items() if k != "stop_seconds"} for r in rank["first"]] for rank in ranks
+    ]
+    assert timeless[0] == timeless[1]  # every rank took the same decisions on the same numbers
+    assert ranks[0]["first"][0]["stop_replayed"] is True and ranks[0]["first"][0]["step"] == 0
+    saved = {n: float(p.detach().double().sum()) for n, p in load_model(str(out)).named_parameters()}
+    assert saved == pytest.approx(ranks[0]["sums"], rel=1e-6)
+    mark = json.loads((out / auto.MARK_FILE).read_text())
+    assert mark["at_step"] > 0 and mark["utility_drop"] == pytest.approx(0.4)
+    first = _log(out / auto.FIRST_ATTEMPT_DIR / "train_log.jsonl")
+    assert [r["stop_reason"] for r in first if "stop_reason" in r] == ["utility_alarm"]
+    second = _log(out / "train_log.jsonl")
+    assert [r for r in second if "auto_fallback" in r] == second[:1]
+    assert json.loads((out / "status.json").read_text())["state"] == "complete"
+    assert yaml.safe_load((out / "unlearn_config.yaml").read_text())["optim"] == "adamw_torch"
