@@ -79,6 +79,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -353,7 +354,9 @@ def execute(todo: list[dict], out: Path, args) -> None:
             }  # fmt: skip
         for i, r in enumerate(runs):
             base = baseline[f"{name}/{r['split']}"]
-            run_dir = work / name / f"run-{r['split']}-{r['seed']}-{r['arm']}-{time.strftime('%H%M%S')}"
+            # The process id too: two workers started in one second (e.g. two working trees) must not share it.
+            stamp = f"{time.strftime('%H%M%S')}-{os.getpid()}"
+            run_dir = work / name / f"run-{r['split']}-{r['seed']}-{r['arm']}-{stamp}"
             records = run_arm(r, world, models, tokenizer, references[r["split"]], base, run_dir)
             _study.append(out, records, baseline, size=args.size)
             for rec in records:
