@@ -227,10 +227,15 @@ def unlearn(
     # the other is refused. Only rank 0 writes into the run directory, so only rank 0 claims it.
     rank_zero = int(os.environ.get("RANK", "0")) == 0
     with claim_run_dir(config.output_dir) if rank_zero else contextlib.nullcontext():
-        resume = prepare_output_dir(config.output_dir)
         out = Path(config.output_dir)
         mark = describe_fallback(out) if fallback_applies(config) else None
-        first = config
+        # An unfinished run goes on only with its own settings (runs/resume.py), checked before anything in
+        # the folder changes; one that fell back may have been killed before it saved the second regime's.
+        ours = [config, fallback_config(config)] if mark is not None else [config]
+        check_resume_settings(
+            out, *(settings(model_args, data, c, eval_args, retain_split) for c in reversed(ours))
+        )
+        resume = prepare_output_dir(config.output_dir)
         if mark is not None:  # a resumed run that had switched to --auto's second regime goes on there
             config = fallback_config(config)
             logger.info("resuming --auto's second regime (%s)", MARK_FILE)
@@ -238,9 +243,6 @@ def unlearn(
                 log_fallback(out, mark)
         run = _Attempt(model_args, data, config, eval_args, callbacks, progress_bar_only, forget_rows,
                        retain_rows, df_rows, stop_data, out)  # fmt: skip
-        # An unfinished run goes on only with its own settings (runs/resume.py); one that fell back may have
-        # been killed before it saved the second regime's.
-        check_resume_settings(out, run.resolved(config), *([run.resolved(first)] if mark is not None else []))
         trainer = run.build(config)
         if trainer.is_world_process_zero():
             out.mkdir(parents=True, exist_ok=True)
@@ -303,6 +305,11 @@ def unlearn(
         return out
 
 
+def settings(model_args, data, config, eval_args, retain_split: str) -> dict:
+    """A run's settings as `unlearn_config.yaml` holds them (secrets redacted)."""
+    return to_dict(model_args, data, config, eval_args) | {"retain_split": retain_split}
+
+
 def _free_memory() -> None:
     import gc
 
@@ -323,14 +330,9 @@ class _Attempt:
         self.retain_split = resolve_retain_split(data)
         self.stop = None
 
-    def resolved(self, config) -> dict:
-        """The run's settings as `unlearn_config.yaml` holds them (secrets redacted)."""
-        return to_dict(self.model_args, self.data, config, self.eval_args) | {
-            "retain_split": self.retain_split
-        }
-
     def write_config(self, config) -> None:
-        write_text_atomic(self.out / CONFIG_FILE, yaml.safe_dump(self.resolved(config), sort_keys=False))
+        resolved = settings(self.model_args, self.data, config, self.eval_args, self.retain_split)
+        write_text_atomic(self.out / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
 
     def build(self, config):
         """Tokenize, load the model (and the reference a method needs) and make the trainer with its callbacks."""

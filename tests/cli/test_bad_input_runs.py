@@ -238,6 +238,12 @@ class _KilledAfterCheckpoint2(TrainerCallback):
             raise RuntimeError("killed")
 
 
+class _KilledAtStep1(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):  # the second step: the first is in train_log.jsonl
+        if state.global_step == 1:
+            raise RuntimeError("killed")
+
+
 def test_an_unfinished_run_resumes_only_with_its_own_settings(tiny, tmp_path, capsys, caplog):  # noqa: F811
     """Other training settings would load its checkpoint into a run configured otherwise: one line naming
     them, nothing touched; settings that change no step (logging, saving, evaluation) resume it."""
@@ -257,6 +263,17 @@ def test_an_unfinished_run_resumes_only_with_its_own_settings(tiny, tmp_path, ca
         assert main(_argv(tiny, out, "--logging_steps", "2", "--save_steps", "1", "--report_to", "none")) == 0
     assert "from checkpoint-2" in caplog.text  # resumed, not restarted
     assert run_state(read_status(out)) == "complete"
+
+    # Killed before its first checkpoint: the same command would start it again, other settings are refused
+    # before the folder changes (its log would be dropped for the restart).
+    early = tmp_path / "early"
+    with pytest.raises(RuntimeError, match="killed"):
+        unlearn(*parse_config(_argv(tiny, early)[1:]), callbacks=[_KilledAtStep1()])
+    assert (early / "train_log.jsonl").is_file() and not list(early.glob("checkpoint-*"))
+    before = _snapshot(early)
+    assert main(_argv(tiny, early, "--seed", "8")) == 2
+    assert "seed: 7 there, 8 now" in _one_error_line(capsys.readouterr().err)
+    assert _snapshot(early) == before
 
 
 def test_sigterm_handler_is_only_installed_while_main_runs(tiny, tmp_path):  # noqa: F811
