@@ -239,7 +239,9 @@ class _KilledAfterCheckpoint2(TrainerCallback):
 
 
 class _KilledAtStep1(TrainerCallback):
-    def on_step_begin(self, args, state, control, **kwargs):  # the second step: the first is in train_log.jsonl
+    def on_step_begin(
+        self, args, state, control, **kwargs
+    ):  # the second step: the first is in train_log.jsonl
         if state.global_step == 1:
             raise RuntimeError("killed")
 
