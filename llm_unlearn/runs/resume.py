@@ -6,7 +6,8 @@ optimizer and scheduler state, the stop rule's history) into a run configured ot
 `unlearn_config.yaml` would then describe settings the first steps never had. So before anything is
 loaded or written, the settings the run saved are compared with the new ones, and a difference is
 refused with one line that names it. What may differ: how the run logs, reports, saves checkpoints,
-loads data and evaluates at the end (`FREE`, `FREE_PREFIXES`), none of which changes the steps trained.
+loads data and evaluates at the end, and whether it runs on the CPU (`FREE`, `FREE_PREFIXES`), none of
+which changes the steps trained.
 
 This module imports nothing else from llm_unlearn.
 """
@@ -26,6 +27,7 @@ FREE = frozenset({
     "truth_ratio_variant", "per_device_eval_batch_size", "prediction_loss_only", "include_for_metrics",
     "batch_eval_metrics", "include_num_input_tokens_seen", "skip_memory_metrics", "debug", "do_train", "do_eval",
     "do_predict", "torch_empty_cache_steps", "enable_jit_checkpoint", "bf16_full_eval", "fp16_full_eval",
+    "use_cpu",  # resuming on another machine is fine; its precision settings are still compared
 })  # fmt: skip
 
 
