@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import torch
+from _two_ranks import auto_argv  # tests/_two_ranks.py, beside this script
 
 import llm_unlearn.core.stop as stop
 import llm_unlearn.core.stop_checks as checks
@@ -36,29 +37,4 @@ def recording(self, args, state, control, model=None, **kwargs):
 
 
 stop.IndistinguishableStop.on_train_end = recording
-sys.exit(
-    main(
-        [
-            "unlearn",
-            "--auto",
-            "--model_name_or_path",
-            model_dir,
-            "--data_dir",
-            data_dir,
-            "--forget_split",
-            "forget10",
-            "--output_dir",
-            str(out),
-            "--eval_batch_size",
-            "16",
-            "--max_new_tokens",
-            "8",
-            "--disable_tqdm",
-            "true",
-            "--do_final_eval",
-            "false",
-            "--per_device_train_batch_size",
-            "4",
-        ]
-    )  # fmt: skip
-)
+sys.exit(main(auto_argv(model_dir, data_dir, out)))

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
+from _two_ranks import auto_argv  # tests/_two_ranks.py, beside this script
 
 import llm_unlearn.core.repair as repair
 import llm_unlearn.core.stop_checks as checks
@@ -35,33 +36,4 @@ def recording(self, model, *args, **kwargs):
 
 
 repair.RetainRepair.run = recording
-sys.exit(
-    main(
-        [
-            "unlearn",
-            "--auto",
-            "--stop_repair",
-            "true",
-            "--model_name_or_path",
-            model_dir,
-            "--data_dir",
-            data_dir,
-            "--forget_split",
-            "forget10",
-            "--output_dir",
-            str(out),
-            "--eval_batch_size",
-            "16",
-            "--max_new_tokens",
-            "8",
-            "--disable_tqdm",
-            "true",
-            "--do_final_eval",
-            "false",
-            "--stop_repair_lr",
-            "1e-3",
-            "--per_device_train_batch_size",
-            "4",
-        ]
-    )  # fmt: skip
-)
+sys.exit(main(auto_argv(model_dir, data_dir, out, "--stop_repair", "true", "--stop_repair_lr", "1e-3")))

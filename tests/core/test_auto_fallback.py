@@ -404,20 +404,11 @@ def test_a_fallback_under_two_ranks_starts_both_again_from_the_original_weights(
 ):
     """Every rank takes the alarm, drops its weights, replays the same first check and ends with the same
     weights as the one saved; the first attempt's records are archived once."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from llm_unlearn.models.loading import load_model
+    from tests._two_ranks import run_two_ranks
 
-    script = Path(__file__).resolve().parents[1] / "_dist_fallback.py"
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
-           str(micro_models["target"]), str(micro_world), str(out)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_two_ranks("_dist_fallback.py", str(micro_models["target"]), str(micro_world), str(out))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["sums"] == ranks[1]["sums"]
     timeless = [

@@ -231,18 +231,10 @@ def test_repair_on_two_ranks_ends_with_the_same_weights_on_both_and_saves_them(
 ):
     """The repair trains the unwrapped model outside DDP's synchronisation: every rank must run the same
     steps, take part in the final sharded check, and end with the weights that are saved."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests._two_ranks import run_two_ranks
 
-    script = Path(__file__).resolve().parents[1] / "_dist_repair.py"
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
-           str(micro_models["target"]), str(micro_world), str(out)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_two_ranks("_dist_repair.py", str(micro_models["target"]), str(micro_world), str(out))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["steps"] == ranks[1]["steps"] == 10
     assert ranks[0]["sums"] == ranks[1]["sums"]
