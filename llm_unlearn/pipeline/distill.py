@@ -75,11 +75,11 @@ from ..runs.folder import (
     write_status,
     write_text_atomic,
 )
+from ..runs.resume import CONFIG_FILE, check_resume_settings
 
 logger = logging.getLogger("llm_unlearn")
 
 PAPER = "Lee et al., Distillation Robustifies Unlearning, arXiv 2506.06278"
-CONFIG_FILE = "unlearn_config.yaml"
 EXTRA_SPLITS = ("pretrain", "real_authors", "world_facts")  # the world has the first, TOFU the others
 
 
@@ -286,7 +286,6 @@ def distill(
     output folder); a killed or failed distillation resumes from its last marked checkpoint when
     called again with the same arguments.
     """
-    from ..runs.resume import check_resume_settings
     from .unlearn import check_output_dir, prepare_output_dir
 
     check_settings(settings)
