@@ -229,15 +229,14 @@ def unlearn(
     with claim_run_dir(config.output_dir) if rank_zero else contextlib.nullcontext():
         out = Path(config.output_dir)
         mark = describe_fallback(out) if fallback_applies(config) else None
+        # A resumed run that had switched to --auto's second regime goes on there.
+        ours = [fallback_config(config), config] if mark is not None else [config]
         # An unfinished run goes on only with its own settings (runs/resume.py), checked before anything in
         # the folder changes; one that fell back may have been killed before it saved the second regime's.
-        ours = [config, fallback_config(config)] if mark is not None else [config]
-        check_resume_settings(
-            out, *(settings(model_args, data, c, eval_args, retain_split) for c in reversed(ours))
-        )
+        check_resume_settings(out, *(settings(model_args, data, c, eval_args, retain_split) for c in ours))
         resume = prepare_output_dir(config.output_dir)
-        if mark is not None:  # a resumed run that had switched to --auto's second regime goes on there
-            config = fallback_config(config)
+        config = ours[0]
+        if mark is not None:
             logger.info("resuming --auto's second regime (%s)", MARK_FILE)
             if rank_zero:  # restarted from its first step: its log begins again with the reason
                 log_fallback(out, mark)
