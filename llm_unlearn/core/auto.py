@@ -11,16 +11,16 @@ No single optimizer setting worked on both kinds of model we measured (docs/resu
   AdamW at lr 1e-4, decaying linearly over 5 epochs, under the same rule and repair (3 of 3 seeds).
 
 So `--auto` (`AUTO_SETTINGS`) starts with the first regime and estimates model utility as it goes
-(`--stop_utility_tolerance 0.2`; at the checks 0, 1, 2, 4, ... and on the kept weights, stop.py). If that estimate falls by more than the tolerance (`utility_alarm`),
-those steps are damaging knowledge the forget request never named: the run starts again from the
+(`--stop_utility_tolerance 0.2`; at the checks 0, 1, 2, 4, ... and on the kept weights, stop.py). If that
+estimate falls by more than the tolerance (`utility_alarm`), those steps are damaging knowledge the forget request never named: the run starts again from the
 original weights with the second regime (`FALLBACK_SETTINGS`). On SmolLM2 forget01 the alarm came at the
 first or second check after training started (steps 5, 10, 5 in seeds 0 to 2), and the second regime then
 met every goal; on the four worlds of benchmarks/auto*.md it never came (36 runs).
 
 The first attempt's records are kept in `<output_dir>/auto_first_attempt/` and `auto_fallback.json`
 says why the run fell back; its check before training stands for the second attempt's (the same weights
-and data: `IndistinguishableStop.replay`); a resumed run reads that file and resumes the second attempt. The fallback
-applies only while the regime is `--auto`'s own: set any of `REGIME_KEYS` yourself, or pass
+and data: `IndistinguishableStop.replay`); a resumed run reads that file and resumes the second attempt.
+The fallback applies only while the regime is `--auto`'s own: set any of `REGIME_KEYS` yourself, or pass
 `--auto_fallback false`, and the run keeps your settings.
 """
 
