@@ -12,8 +12,9 @@ No single optimizer setting worked on both kinds of model we measured (docs/resu
 
 So `--auto` (`AUTO_SETTINGS`) starts with the first regime and estimates model utility as it goes
 (`--stop_utility_tolerance 0.2`; at the checks 0, 1, 2, 4, ... and on the kept weights, stop.py). If that
-estimate falls by more than the tolerance (`utility_alarm`), those steps are damaging knowledge the forget request never named: the run starts again from the
-original weights with the second regime (`FALLBACK_SETTINGS`). On SmolLM2 forget01 the alarm came at the
+estimate falls by more than the tolerance (`utility_alarm`), those steps are damaging knowledge the
+forget request never named: the run starts again from the original weights with the second regime
+(`FALLBACK_SETTINGS`). On SmolLM2 forget01 the alarm came at the
 first or second check after training started (steps 5, 10, 5 in seeds 0 to 2), and the second regime then
 met every goal; on the four worlds of benchmarks/auto*.md it never came (36 runs).
 
