@@ -16,17 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from ..runs.folder import STATUS_FILE, RunError, require_complete
+from ..runs.folder import STATUS_FILE, RunError, read_run_config, require_complete
 from .tofu import load_eval
 
-EVAL_FILE, TRAIN_LOG, PROBE_FILE, CONFIG_FILE = (
-    "eval.json",
-    "train_log.jsonl",
-    "probe.json",
-    "unlearn_config.yaml",
-)
+EVAL_FILE, TRAIN_LOG, PROBE_FILE = "eval.json", "train_log.jsonl", "probe.json"
 
 
 @dataclass
@@ -94,9 +87,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
             f"{path} has no {EVAL_FILE}; evaluate it first: llm-unlearn eval --model_name_or_path {path} "
             "--data_dir DATA --reference_model RETAIN_ONLY_MODEL"
         )
-    config = None
-    if (path / CONFIG_FILE).is_file():
-        config = yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    config = read_run_config(path) or None
     return Run(
         label=label or path.resolve().name,
         path=path,

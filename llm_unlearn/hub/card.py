@@ -22,12 +22,12 @@ import json
 import math
 from pathlib import Path
 
-import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..methods import get_method
 from ..models.loading import is_missing_local_path
 from ..models.sources import BUILTIN_MODELS, PREFIX, is_builtin
+from ..runs.folder import read_run_config
 from ..runs.redact import HUB_SNAPSHOT, WORLD_MODELS, local_name, redact_paths
 
 TOFU = "arXiv:2401.06121"
@@ -82,7 +82,7 @@ def read_run(run_dir: Path) -> dict:
         [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
     )
     return {
-        "config": yaml.safe_load((run_dir / "unlearn_config.yaml").read_text(encoding="utf-8")),
+        "config": read_run_config(run_dir, required=True),
         "eval": _json("eval.json"),
         "info": _json("run_info.json") or {},
         "steps": max((s["step"] for s in steps if "step" in s), default=None),

@@ -32,7 +32,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..runs.folder import RunError, read_status, require_complete
+from ..runs.folder import CONFIG_FILE, RunError, read_run_config, read_status, require_complete
 from ..runs.redact import redact_paths, redact_secrets
 
 logger = logging.getLogger("llm_unlearn")
@@ -43,7 +43,7 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "chat_template.jinja", "chat_template.json", "tokenizer.model", "vocab.json", "vocab.txt",
                    "merges.txt")  # fmt: skip
-RECORD_FILES = ("eval.json", "report.md", "*.png", "train_log.jsonl", "unlearn_config.yaml", "run_info.json")
+RECORD_FILES = ("eval.json", "report.md", "*.png", "train_log.jsonl", CONFIG_FILE, "run_info.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 ADAPTER_DIR = "adapter"  # as in unlearn.py
 
@@ -67,12 +67,15 @@ def check_run(run_dir: str | Path, *, merged: bool = False) -> Path:
         raise FileNotFoundError(
             f"run directory {run} does not exist; pass the --output_dir of a finished run"
         )
-    if read_status(run) is None or not (run / "unlearn_config.yaml").is_file():
+    if read_status(run) is None or not (run / CONFIG_FILE).is_file():
         raise RunError(
-            f"{run} is not an llm-unlearn run directory (no status.json or unlearn_config.yaml); push publishes "
+            f"{run} is not an llm-unlearn run directory (no status.json or {CONFIG_FILE}); push publishes "
             "runs made by `llm-unlearn unlearn`"
         )
     require_complete(run, "push")
+    read_run_config(
+        run, required=True
+    )  # the card is built from it: a damaged file stops here, not mid-staging
     adapter = run / ADAPTER_DIR
     if merged and not adapter.is_dir():
         raise ValueError(f"--merged applies to LoRA runs, and {run} has no {ADAPTER_DIR}/; drop --merged")
@@ -121,7 +124,6 @@ def stage(
     `link` hard-links the run's files instead of copying them: only for a folder that is deleted
     after the upload, since writing into a linked file would write into the run.
     """
-    import yaml
 
     from .card import build_card, data_card_path
 
@@ -136,7 +138,7 @@ def stage(
             (dest / name).write_text(text, encoding="utf-8")
         else:
             _place(src, dest / name, link)
-    config = yaml.safe_load((run / "unlearn_config.yaml").read_text(encoding="utf-8"))
+    config = read_run_config(run, required=True)
     data_card = data_card_path(config)
     if data_card is not None:
         shutil.copyfile(data_card, dest / "data_card.md")

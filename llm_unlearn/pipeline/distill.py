@@ -66,16 +66,18 @@ from ..eval.args import EvalArgs
 from ..models.args import ModelArgs
 from ..models.loading import load_model, load_tokenizer
 from ..runs.folder import (
+    CONFIG_FILE,
     RunError,
     claim_run_dir,
     mark_and_rotate,
+    read_run_config,
     read_status,
     require_complete,
     write_run_info,
     write_status,
     write_text_atomic,
 )
-from ..runs.resume import CONFIG_FILE, check_resume_settings
+from ..runs.resume import check_resume_settings
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -217,7 +219,7 @@ def read_run(run_dir: str | Path) -> dict:
             "pass the output_dir of a finished `llm-unlearn unlearn`"
         )
     require_complete(run, "distill")
-    return yaml.safe_load((run / CONFIG_FILE).read_text(encoding="utf-8"))
+    return read_run_config(run, required=True)
 
 
 def _fields(cls, config: dict) -> dict:

@@ -18,7 +18,6 @@ import os
 import time
 from pathlib import Path
 
-import yaml
 from transformers import TrainerCallback
 
 from ..data.args import DataArgs
@@ -26,7 +25,7 @@ from ..eval.args import EvalArgs
 from ..eval.shard import Shard, process_shard
 from ..models.args import ModelArgs
 from ..models.loading import is_missing_local_path, load_model_and_tokenizer
-from ..runs.folder import RunError, read_status, require_complete
+from ..runs.folder import RunError, read_run_config, read_status, require_complete
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -150,10 +149,8 @@ def _check_reference_file(path: Path) -> None:
 def _seeds(model_path: str, data: DataArgs) -> dict[str, int]:
     """The seeds behind a model and its data, where recorded: a run's config, a world's config."""
     seeds = {}
-    run_config = Path(model_path) / "unlearn_config.yaml"
-    if run_config.is_file():
-        config = yaml.safe_load(run_config.read_text())
-        seeds |= {k: config[k] for k in ("seed", "retain_seed", "data_seed") if config.get(k) is not None}
+    config = read_run_config(model_path) if Path(model_path).is_dir() else {}
+    seeds |= {k: config[k] for k in ("seed", "retain_seed", "data_seed") if config.get(k) is not None}
     world_config = Path(data.data_dir or "") / "world_config.json"
     if data.data_dir and world_config.is_file():
         seeds["world_seed"] = json.loads(world_config.read_text())["seed"]
@@ -180,6 +177,7 @@ def evaluate_path(
     # After multi-process training rank 0 alone writes the run and marks it complete: wait for it.
     shard.barrier()
     require_complete(model_path, "eval")
+    seeds = _seeds(model_path, data)
     model_args = model_args or ModelArgs()
     start = time.perf_counter()
     keyed = _cache_key(model_path, data, eval_args, model_args) if shard.world_size == 1 else None
@@ -187,7 +185,7 @@ def evaluate_path(
     if result is not None:
         result["meta"]["eval_cache"]["hit"] = True
         result["meta"].pop("seeds", None)
-        if seeds := _seeds(model_path, data):
+        if seeds:
             result["meta"]["seeds"] = seeds
         logger.info("evaluation of %s reused: same weights, data, code and settings (eval cache)", model_path)
     else:
@@ -214,7 +212,7 @@ def evaluate_path(
             max_new_tokens=eval_args.max_new_tokens,
             truth_ratio_variant=eval_args.truth_ratio_variant,
             mia=eval_args.mia,
-            seeds=_seeds(model_path, data),
+            seeds=seeds,
             shard=shard,
         )
         if keyed:
@@ -258,6 +256,7 @@ def evaluate_with_reference(
     check_reference(eval_args)
     eval_shard().barrier()  # after multi-process training, rank 0 may still be writing the run
     require_complete(model_path, "eval")  # an unfinished run is the first thing to say, whatever the data
+    _seeds(model_path, data)  # then a damaged unlearn_config.yaml, before any model is scored
     validate_inputs(data, eval_args)
     if eval_args.reference_model:
         check_same_vocabulary(

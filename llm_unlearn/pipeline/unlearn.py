@@ -40,6 +40,7 @@ from ..models.args import ModelArgs
 from ..models.loading import check_tokenizer_fits, load_model, load_tokenizer
 from ..runs.folder import (
     CLAIM_FILE,
+    CONFIG_FILE,
     RunError,
     checkpoints,
     claim_run_dir,
@@ -51,7 +52,7 @@ from ..runs.folder import (
     write_text_atomic,
 )
 from ..runs.redact import to_dict
-from ..runs.resume import CONFIG_FILE, check_resume_settings
+from ..runs.resume import check_resume_settings
 from .forget_tokens import (
     check_df_rows,
     check_nll_cap,

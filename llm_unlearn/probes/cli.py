@@ -9,10 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
 from ..data.heldout import SPLIT_BY
-from ..runs.folder import RunError, read_status, require_complete
+from ..runs.folder import RunError, read_run_config, read_status, require_complete
 from .attacks import ProbeSettings
 from .measure import EvalSettings
 from .run import ALL_PROBES, DEFAULT_BUDGETS, parse_budgets, parse_probes, run_probes
@@ -94,8 +92,7 @@ def _run_config(run_dir: Path, out: str | None) -> dict:
             )
         return {}
     require_complete(run_dir, "probe")
-    path = run_dir / "unlearn_config.yaml"
-    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+    return read_run_config(run_dir)
 
 
 def probe_cli(argv: list[str]) -> Path:

@@ -23,9 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .redact import redacted_argv
 
 STATUS_FILE = "status.json"
+# The resolved settings a run trained with (pipeline/unlearn.py, pipeline/distill.py write it).
+CONFIG_FILE = "unlearn_config.yaml"
 
 
 def cache_root() -> Path:
@@ -123,6 +127,31 @@ def read_status(run_dir: str | Path) -> dict | None:
     if not isinstance(status, dict) or "state" not in status:
         raise RunError(f"{path} is not a status file of llm-unlearn; remove it or choose another directory")
     return status
+
+
+def read_run_config(run_dir: str | Path, *, required: bool = False) -> dict:
+    """A run's `unlearn_config.yaml` as a dict: `{}` where the run saved none (a `RunError` if `required`),
+    and one line naming the file when it is not the mapping the toolkit wrote (hand-edited, truncated)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        if required:
+            raise RunError(
+                f"{run_dir} has no {CONFIG_FILE}; pass the run directory that `llm-unlearn unlearn` wrote"
+            )
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise RunError(
+            f"{path} is not readable YAML ({type(err).__name__}); restore the file the run wrote"
+        ) from None
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise RunError(
+            f"{path} holds a {type(config).__name__}, not the run's settings; restore the file the run wrote"
+        )
+    return config
 
 
 def _process_alive(pid: int) -> bool:

@@ -9,7 +9,7 @@ refused with one line that names it. What may differ: how the run logs, reports,
 loads data and evaluates at the end, and whether it runs on the CPU (`FREE`, `FREE_PREFIXES`), none of
 which changes the steps trained.
 
-This module imports nothing else from llm_unlearn.
+This module imports only runs/folder.py from llm_unlearn.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-CONFIG_FILE = "unlearn_config.yaml"
+from .folder import CONFIG_FILE, RunError, read_run_config
+
 FREE_PREFIXES = ("logging_", "log_", "hub_", "save_", "dataloader_", "trackio_", "eval_", "ddp_")
 FREE = frozenset({
     "output_dir", "disable_tqdm", "report_to", "run_name", "project", "push_to_hub", "local_rank",
@@ -54,12 +55,10 @@ def check_resume_settings(output_dir: str | Path, new: dict[str, Any], *also: di
     """Refuse to go on with an unfinished run whose saved settings differ from `new` (and from each of
     `also`, settings that resume it as well: `--auto`'s first regime, whose run may have saved them before
     it fell back). A run that saved none (killed before its first write) has nothing to disagree with."""
-    from .folder import RunError
-
     path = Path(output_dir) / CONFIG_FILE
-    if not path.is_file():
+    saved = read_run_config(output_dir)
+    if not saved:
         return
-    saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     found = [differences(saved, settings) for settings in (new, *also)]
     if not all(found):
         return

@@ -278,6 +278,59 @@ def test_an_unfinished_run_resumes_only_with_its_own_settings(tiny, tmp_path, ca
     assert _snapshot(early) == before
 
 
+DAMAGED_CONFIGS = {
+    "not YAML": b"method: [npo\nlearning_rate: 0.01\n",
+    "a list": b"- npo\n- 0.01\n",
+    "not UTF-8": b"method: npo\nrun_name: \xff\xfe\n",
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED_CONFIGS))
+def test_every_command_that_reads_a_run_config_names_a_damaged_one_in_one_line(
+    damage, tiny, tmp_path, capsys  # noqa: F811
+):
+    """A hand-edited or truncated unlearn_config.yaml: each reader (resume, eval, probe, distill, push) stops
+    with one line naming the file, before it writes anything."""
+    run = tmp_path / "run"
+    assert main(_argv(tiny, run, "--max_steps", "1")) == 0
+    (run / "unlearn_config.yaml").write_bytes(DAMAGED_CONFIGS[damage])
+    data = ["--data_dir", str(tiny["data_dir"])]
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run, unfinished)
+    (unfinished / "status.json").write_text(json.dumps({"state": "failed", "error": "KeyboardInterrupt: "}))
+    commands = {
+        "resume": _argv(tiny, unfinished),
+        "eval": ["eval", "--model_name_or_path", str(run), "--reference_model", str(tiny["dir"] / "model"), *data,
+                 "--output_dir", str(tmp_path / "evaluated")],
+        "probe": ["probe", str(run), "--original_model", str(tiny["dir"] / "model"),
+                  "--reference_model", str(tiny["dir"] / "model"), *data],
+        "distill": ["distill", str(run), "--alpha", "0.3", "--output_dir", str(tmp_path / "distilled")],
+        "push": ["push", str(run), "--repo_id", "org/x", "--dry_run", "--output_dir", str(tmp_path / "staged")],
+    }  # fmt: skip
+    before = {path: _snapshot(path) for path in (run, unfinished)}
+    for name, argv in commands.items():
+        assert main(argv) == 2, name
+        line = _one_error_line(capsys.readouterr().err)
+        assert "unlearn_config.yaml" in line and "restore the file the run wrote" in line, (name, line)
+    assert {path: _snapshot(path) for path in (run, unfinished)} == before
+    assert not any((tmp_path / name).exists() for name in ("evaluated", "distilled", "staged"))
+
+
+def test_read_run_config_reads_what_a_run_wrote_and_refuses_the_rest(tmp_path):
+    from llm_unlearn.runs.folder import read_run_config
+
+    assert read_run_config(tmp_path) == {}
+    with pytest.raises(RunError, match="has no unlearn_config.yaml"):
+        read_run_config(tmp_path, required=True)
+    (tmp_path / "unlearn_config.yaml").write_text("method: npo\nlearning_rate: 0.01\n", encoding="utf-8")
+    assert read_run_config(tmp_path, required=True) == {"method": "npo", "learning_rate": 0.01}
+    (tmp_path / "unlearn_config.yaml").write_text("", encoding="utf-8")
+    assert read_run_config(tmp_path) == {}
+    (tmp_path / "unlearn_config.yaml").write_bytes(DAMAGED_CONFIGS["a list"])
+    with pytest.raises(RunError, match="holds a list, not the run's settings"):
+        read_run_config(tmp_path)
+
+
 def test_sigterm_handler_is_only_installed_while_main_runs(tiny, tmp_path):  # noqa: F811
     before = signal.getsignal(signal.SIGTERM)
     assert main(["ls"]) == 0
