@@ -32,6 +32,9 @@ import json
 import shutil
 from pathlib import Path
 
+from .repair import ANCHOR_FILE
+from .stop_state import BEST_FILE, HISTORY_FILE
+
 # What `--auto` sets, below anything given in a recipe or on the command line (cli/parse.py).
 AUTO_SETTINGS = {
     "method": "npo", "combine": "normalized", "forget_token_max_df": 0.0,
@@ -56,8 +59,8 @@ REGIME_KEYS = tuple(k for k in FALLBACK_SETTINGS if k != "stop_utility_tolerance
 MARK_FILE = "auto_fallback.json"
 FIRST_ATTEMPT_DIR = "auto_first_attempt"
 # What the first attempt leaves in the run directory (stop.py, trainer.py, repair.py).
-_MOVED = ("train_log.jsonl", "stop_rule.json")
-_DROPPED = ("stop_rule_best.safetensors", "repair_anchors.safetensors")
+_MOVED = ("train_log.jsonl", HISTORY_FILE)
+_DROPPED = (BEST_FILE, ANCHOR_FILE)
 
 
 def fallback_applies(config) -> bool:

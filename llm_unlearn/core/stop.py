@@ -110,16 +110,15 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from ..eval.shard import process_shard
 from .auto import fallback_applies
 from .config import TRUTH_RATIO_STATISTICS
 from .stop_checks import CheckScorer, signed_gap
+from .stop_state import BEST_FILE, load, read_saved, save_best_weights, save_history, snapshot
 
 __all__ = ["BEST_FILE", "IndistinguishableStop", "signed_gap"]
 
 logger = logging.getLogger("llm_unlearn")
 
-BEST_FILE = "stop_rule_best.safetensors"
 DAMPING_FLOOR = 0.1  # --stop_lr_damping never slows the steps more than tenfold
 # |gap| of two samples that do not overlap at all
 SATURATED = {"auc": 0.5, "ks": 1.0, "truth_ratio": 1.0, "truth_ratio_constructed": 1.0}
@@ -241,8 +240,8 @@ class IndistinguishableStop(TrainerCallback):
             or tie
         ):
             self.best = record
-            self.best_weights = _snapshot(model)
-            self._persist_best_weights()
+            self.best_weights = snapshot(model)
+            save_best_weights(self.output_dir, self.best_weights)
         self.history.append(record)
         decision = "continue"
         if len(self.history) == 1 and gap is not None and gap <= 0:
@@ -330,7 +329,7 @@ class IndistinguishableStop(TrainerCallback):
         check did not, as a record of its own (`stop_phase: "kept"`); out of tolerance, it is the alarm."""
         start = time.perf_counter()
         if self.best["step"] != step:
-            _load(model, self.best_weights)  # on_train_end restores them anyway (or the run falls back)
+            load(model, self.best_weights)  # on_train_end restores them anyway (or the run falls back)
         record = {"step": self.best["step"], "stop_phase": "kept", "stop_statistic": self.statistic}
         ok = _within_share(
             record, self.history[0], "stop_utility", self.scorer.utility(model), self.utility_tolerance
@@ -358,10 +357,10 @@ class IndistinguishableStop(TrainerCallback):
 
         The current weights wait on the CPU meanwhile and are put back.
         """
-        current = _snapshot(model)
-        _load(model, self.best_weights)
+        current = snapshot(model)
+        load(model, self.best_weights)
         scored = self.scorer.full(model, self.best["step"])
-        _load(model, current)
+        load(model, current)
         keep = (
             "stop_gap",
             "stop_gap_trained",
@@ -372,25 +371,9 @@ class IndistinguishableStop(TrainerCallback):
         self.best.update({k: scored[k] for k in keep}, stop_rescored=True)
         return self.best["stop_gap"]
 
-    def _persist_best_weights(self) -> None:
-        """The best weights on disk too, so a resumed run keeps them (rank 0, unsharded models)."""
-        if process_shard().rank != 0 or not self.output_dir.is_dir():
-            return
-        from safetensors.torch import save_file
-
-        tmp = self.output_dir / f".{BEST_FILE}.tmp"
-        save_file({n: t.contiguous() for n, t in self.best_weights.items()}, str(tmp))
-        tmp.replace(self.output_dir / BEST_FILE)
-
     def persist_history(self) -> None:
-        """Every check so far and which one is kept (stop_rule.json), rewritten after each check."""
-        if process_shard().rank != 0 or not self.output_dir.is_dir():
-            return
-        from ..runs.folder import write_json_atomic
-
-        write_json_atomic(
-            self.output_dir / "stop_rule.json", {"best_step": self.best["step"], "history": self.history}
-        )
+        """Every check so far and which one is kept (stop_state.py), rewritten after each check."""
+        save_history(self.output_dir, self.best["step"], self.history)
 
     # ---------------------------------------------------------------- Trainer hooks
 
@@ -400,29 +383,16 @@ class IndistinguishableStop(TrainerCallback):
             self.interval = max(1, round(per_epoch)) if per_epoch else max(1, state.max_steps // 10)
         if self.repair is not None:  # --stop_repair_anchors: sampled from the target, before its first step
             self.repair.begin(model, self.scorer.tokenizer, self.output_dir, resumed=state.global_step > 0)
-        saved = self.output_dir / "stop_rule.json"
-        if state.global_step > 0 and saved.is_file() and (self.output_dir / BEST_FILE).is_file():
-            import json
-
-            from safetensors.torch import load_file
-
-            record = json.loads(saved.read_text())
-            # Checks after the checkpoint are dropped (the resumed run repeats them); the kept one stays
-            # kept even if it came after the checkpoint: its weights are on disk.
-            # An unfinished --stop_repair (its records come after the unlearning's) is redone from the kept
-            # weights at the end of the resumed run: its records are dropped, never read as a decision.
-            # So is the kept weights' utility estimate (`_estimate_kept`), which the end of the resumed run redoes.
-            unlearning = [r for r in record["history"] if r.get("stop_phase") not in ("repair", "kept")]
-            self.best = next(
-                (r for r in unlearning if r["step"] == record.get("best_step")), record.get("best")
-            )  # "best": the record itself, as runs before 2026-12-02's screening wrote it
-            self.history = [r for r in unlearning if r["step"] <= state.global_step]
+        saved = read_saved(self.output_dir, state.global_step)
+        if saved is not None:
+            # An unfinished --stop_repair and the kept weights' utility estimate (`_estimate_kept`) are redone
+            # at the end of the resumed run: read_saved drops their records.
+            self.history, self.best, self.best_weights = saved
             # A check scored in full means screening had ended (runs before 2026-12-05 scored step 0 in
             # full while still screening: resumed, they score every later check in full, which is safe).
             self.screening = self.screening and not any(r.get("stop_screened") is False for r in self.history)
             if self.damping is not None:
                 self.damping = self.history[-1].get("stop_lr_damping", 1.0)
-            self.best_weights = load_file(str(self.output_dir / BEST_FILE))
             # A decision taken at or before the checkpoint stands: the resumed run trains no further
             # (UnlearnTrainer runs no epoch once the stop flag is up) and ends as the first run would have.
             last = self.history[-1] if self.history else {}
@@ -500,7 +470,7 @@ class IndistinguishableStop(TrainerCallback):
         best = self.best
         restored = best is not None and best["step"] != state.global_step
         if restored:
-            _load(model, self.best_weights)
+            load(model, self.best_weights)
         logger.info(
             "stop rule: %s at step %d; %s step %d (gap %s)", self.decision, state.global_step,
             "restored the weights of" if restored else "kept", best["step"] if best else -1,
@@ -565,19 +535,3 @@ def _familiarity(record: dict) -> str:
 
 def _fmt(gap: float | None) -> str:
     return "not scored (screened)" if gap is None else f"{gap:.3f}"
-
-
-def _trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-
-
-def _snapshot(model) -> dict[str, torch.Tensor]:
-    """A CPU copy of the trainable weights."""
-    return {n: p.detach().to("cpu", copy=True) for n, p in _trainable(model)}
-
-
-def _load(model, weights: dict[str, torch.Tensor]) -> None:
-    """Copy `weights` (a `_snapshot`) back into the model's trainable parameters."""
-    with torch.no_grad():
-        for name, param in _trainable(model):
-            param.copy_(weights[name].to(param.device, param.dtype))
