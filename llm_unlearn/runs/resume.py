@@ -6,8 +6,8 @@ optimizer and scheduler state, the stop rule's history) into a run configured ot
 `unlearn_config.yaml` would then describe settings the first steps never had. So before anything is
 loaded or written, the settings the run saved are compared with the new ones, and a difference is
 refused with one line that names it. What may differ: how the run logs, reports, saves checkpoints,
-loads data and evaluates at the end, and whether it runs on the CPU (`FREE`, `FREE_PREFIXES`), none of
-which changes the steps trained.
+loads data and evaluates at the end, and whether it runs on the CPU (`FREE`, `FREE_PREFIXES`, except
+`BOUND`), none of which changes the steps trained.
 
 This module imports only runs/folder.py from llm_unlearn.
 """
@@ -32,8 +32,13 @@ FREE = frozenset({
 })  # fmt: skip
 
 
+# Named like evaluation settings but part of the steps: the stop rule scores its checks in batches of
+# `eval_batch_size`, and another batching can move a greedy answer of its recall and utility samples.
+BOUND = frozenset({"eval_batch_size"})
+
+
 def free(key: str) -> bool:
-    return key in FREE or key.startswith(FREE_PREFIXES)
+    return key not in BOUND and (key in FREE or key.startswith(FREE_PREFIXES))
 
 
 def differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -220,16 +220,18 @@ def test_sigterm_mid_training_ends_with_one_line_and_the_rerun_resumes_to_the_un
 def test_resume_settings_compare_what_trains_as_the_yaml_holds_it():
     from llm_unlearn.runs.resume import differences
 
-    saved = {"learning_rate": 0.01, "lora_target_modules": ["q", "v"], "logging_steps": 1, "eval_batch_size": 32,
-             "output_dir": "runs/a", "added_later": 1}  # fmt: skip
-    new = {"learning_rate": 0.01, "lora_target_modules": ("q", "v"), "logging_steps": 5, "eval_batch_size": 8,
-           "output_dir": "/abs/runs/a"}  # fmt: skip
+    saved = {"learning_rate": 0.01, "lora_target_modules": ["q", "v"], "logging_steps": 1, "eval_steps": 32,
+             "eval_batch_size": 32, "output_dir": "runs/a", "added_later": 1}  # fmt: skip
+    new = {"learning_rate": 0.01, "lora_target_modules": ("q", "v"), "logging_steps": 5, "eval_steps": 8,
+           "eval_batch_size": 32, "output_dir": "/abs/runs/a"}  # fmt: skip
     assert (
         differences(saved, new) == []
     )  # a tuple is the list the YAML holds; logging, eval, the folder may differ
     assert differences(saved, new | {"learning_rate": 0.02, "lora_target_modules": ["q"]}) == [
         "learning_rate: 0.01 there, 0.02 now", "lora_target_modules: ['q', 'v'] there, ['q'] now",
     ]  # fmt: skip
+    # The stop rule scores its checks in batches of eval_batch_size: it is part of the steps.
+    assert differences(saved, new | {"eval_batch_size": 8}) == ["eval_batch_size: 32 there, 8 now"]
 
 
 class _KilledAfterCheckpoint2(TrainerCallback):
@@ -286,9 +288,7 @@ DAMAGED_CONFIGS = {
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGED_CONFIGS))
-def test_every_command_that_reads_a_run_config_names_a_damaged_one_in_one_line(
-    damage, tiny, tmp_path, capsys  # noqa: F811
-):
+def test_a_damaged_run_config_is_one_line_in_each_command_reading_it(damage, tiny, tmp_path, capsys):  # noqa: F811
     """A hand-edited or truncated unlearn_config.yaml: each reader (resume, eval, probe, distill, push) stops
     with one line naming the file, before it writes anything."""
     run = tmp_path / "run"
