@@ -48,6 +48,9 @@ N_PERTURBED = 5  # TOFU: five perturbed answers per forget/retain question, thre
 N_PERTURBED_ANALOG = 3
 
 
+WORLD_CONFIG = "world_config.json"
+
+
 @dataclass
 class WorldConfig:
     """What the world contains; every file is a pure function of these fields.
@@ -564,7 +567,7 @@ def write_world(out_dir: str | Path, cfg: WorldConfig | None = None, *, overwrit
         for name, rows in generate_world(cfg).items():
             lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
             (tmp / f"{name}.json").write_text(lines, encoding="utf-8")
-        (tmp / "world_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        (tmp / WORLD_CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
         validate_world(tmp)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
@@ -577,10 +580,26 @@ def write_world(out_dir: str | Path, cfg: WorldConfig | None = None, *, overwrit
     return out_dir
 
 
-def load_world_config(world_dir: str | Path) -> WorldConfig:
-    path = Path(world_dir) / "world_config.json"
+def read_world_config(world_dir: str | Path) -> WorldConfig | None:
+    """The `world_config.json` a built-in world was written with; None for any other folder, and one line
+    naming the file when it is not one that `write_world` wrote (hand-edited, from another version)."""
+    path = Path(world_dir) / WORLD_CONFIG
     if not path.is_file():
+        return None
+    try:
+        return WorldConfig(**json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as err:  # not JSON (or UTF-8), not a mapping, other fields
         raise DataError(
-            f"{path} not found; {world_dir} is not a built-in world (write one with `llm-unlearn world`)"
+            f"{path} is not a world config of this llm-unlearn ({type(err).__name__}: {err}); write the world "
+            f"again with `llm-unlearn world --out DIR`, or remove the file if {world_dir} is not a built-in world"
+        ) from None
+
+
+def load_world_config(world_dir: str | Path) -> WorldConfig:
+    config = read_world_config(world_dir)
+    if config is None:
+        raise DataError(
+            f"{Path(world_dir) / WORLD_CONFIG} not found; {world_dir} is not a built-in world "
+            "(write one with `llm-unlearn world`)"
         )
-    return WorldConfig(**json.loads(path.read_text()))
+    return config

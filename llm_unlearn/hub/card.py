@@ -24,6 +24,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..data.world import read_world_config
 from ..methods import get_method
 from ..models.loading import is_missing_local_path
 from ..models.sources import BUILTIN_MODELS, PREFIX, is_builtin
@@ -176,9 +177,8 @@ def describe_data(config: dict, *, count: bool = True) -> dict:
     data_dir, hub_id = config.get("data_dir"), config.get("dataset_name")
     if data_dir is None:
         name, kind, card = f"TOFU-format dataset `{hub_id}` on the Hub", hub_id, "tofu.md"
-    elif (Path(data_dir) / "world_config.json").is_file():
-        world = json.loads((Path(data_dir) / "world_config.json").read_text())
-        name = f"the built-in fictitious-author world ({world['n_authors']} authors, seed {world['seed']})"
+    elif (world := read_world_config(data_dir)) is not None:
+        name = f"the built-in fictitious-author world ({world.n_authors} authors, seed {world.seed})"
         kind, card = "llm-unlearn-world", "world.md"
     else:
         name = f"a local TOFU-format folder `{local_name(str(Path(data_dir).absolute()))}`"

@@ -21,6 +21,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from ..data.args import DataArgs
+from ..data.world import read_world_config
 from ..eval.args import EvalArgs
 from ..eval.shard import Shard, process_shard
 from ..models.args import ModelArgs
@@ -151,9 +152,8 @@ def _seeds(model_path: str, data: DataArgs) -> dict[str, int]:
     seeds = {}
     config = read_run_config(model_path) if Path(model_path).is_dir() else {}
     seeds |= {k: config[k] for k in ("seed", "retain_seed", "data_seed") if config.get(k) is not None}
-    world_config = Path(data.data_dir or "") / "world_config.json"
-    if data.data_dir and world_config.is_file():
-        seeds["world_seed"] = json.loads(world_config.read_text())["seed"]
+    if data.data_dir and (world := read_world_config(data.data_dir)) is not None:
+        seeds["world_seed"] = world.seed
     return seeds
 
 

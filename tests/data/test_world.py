@@ -14,6 +14,8 @@ from llm_unlearn.data.world import (
     WORLD_SIZES,
     WorldConfig,
     generate_world,
+    load_world_config,
+    read_world_config,
     validate_world,
     write_world,
 )
@@ -113,6 +115,44 @@ def test_write_world_refuses_an_existing_folder(tmp_path):
     (tmp_path / "w").mkdir()
     with pytest.raises(DataError, match="already exists"):
         write_world(tmp_path / "w", MICRO)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b'{"n_authors": 10, "seed": ', b'["n_authors", 10]', b'{"n_authors": 10, "colour": "red"}', b"\xff\xfe"],
+    ids=["cut short", "a list", "an unknown field", "not UTF-8"],
+)
+def test_a_damaged_world_config_is_one_line_in_eval_and_in_the_card(
+    damage, micro_world, micro_models, tmp_path, capsys
+):
+    """The readers of world_config.json (eval's seeds, the card, the model cache key) name the file and the fix."""
+    from llm_unlearn.cli import main
+    from llm_unlearn.hub.card import describe_data
+
+    assert read_world_config(micro_world) == load_world_config(micro_world) == MICRO
+    assert read_world_config(tmp_path) is None
+    with pytest.raises(DataError, match="is not a built-in world"):
+        load_world_config(tmp_path)
+    world = _copy(micro_world, tmp_path / "world")
+    (world / "world_config.json").write_bytes(damage)
+    for read in (read_world_config, load_world_config, lambda w: describe_data({"data_dir": str(w)})):
+        with pytest.raises(DataError, match="world_config.json is not a world config of this llm-unlearn"):
+            read(world)
+    out = tmp_path / "eval"
+    argv = ["eval", "--model_name_or_path", str(micro_models["target"]), "--data_dir", str(world),
+            "--reference_model", str(micro_models["retain"]["forget10"]), "--output_dir", str(out)]  # fmt: skip
+    assert main(argv) == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and err[0].startswith("error: ") and "world_config.json is not a world config" in err[0]
+    )
+
+
+def _copy(src: Path, out: Path) -> Path:
+    out.mkdir()
+    for p in src.iterdir():
+        (out / p.name).write_bytes(p.read_bytes())
+    return out
 
 
 def _broken_copy(micro_world: Path, tmp_path: Path) -> Path:
