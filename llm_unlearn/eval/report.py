@@ -16,13 +16,20 @@ probability, ROUGE-L) beside the original model's, as a share of what it had.
 Paths in `report.md` are relative to the report folder when they lie beside it (in its parent
 folder), else named without the machine's folders (`push.local_name`), so a report can be moved,
 shared or published as it is. The forget-quality reference is named by its model and eval file.
+
+A report is written whole or not at all, one at a time per folder (`write_report`): rerunning it into
+the same `--out` replaces the previous one and the figures only that one showed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from ..runs.redact import LOCAL_PATH, local_name
@@ -37,6 +44,9 @@ MIA = (*plots.ATTACKS, "privleak")
 COLLATERAL = {"retain_fact_recall": "fact recall", "retain_prob": "probability", "retain_rouge_l": "ROUGE-L"}
 N_EXAMPLES = {"forget": 3, "retain": 2}
 CONFIG_KEYS = ("method", "learning_rate", "num_train_epochs", "max_steps", "optim", "retain_loss", "gen")
+REPORT_FILE = "report.md"
+# `![alt](name.png)`: a figure report.md shows from its own folder.
+FIGURE_LINK = re.compile(r"!\[[^\]]*\]\(([\w.-]+\.png)\)")
 
 
 def _metric_order(results: dict[str, dict]) -> list[str]:
@@ -142,7 +152,7 @@ def write_report(
     notes: list[str] | None = None,
     target_source: str | None = None,
 ) -> Path:
-    """Write `report.md` and its PNG figures into `out_dir` for the models in `results`.
+    """Write `report.md` and its PNG figures into `out_dir` for the models in `results`; return its path.
 
     `results` maps a model label (e.g. target, retain, graddiff) to its eval.json dict; columns keep
     this order. `target` names the original model among them (for the collateral-damage lines);
@@ -150,6 +160,11 @@ def write_report(
     unlearn_config.yaml; `notes` are printed under the table (e.g. runs left out), `target_source`
     says where the target's eval came from. A model without forget quality is listed with "-" and left
     out of the scatter plot.
+
+    Written whole or not at all: the figures and report.md are made in a hidden folder inside `out_dir`
+    and moved in, report.md last, while the folder is locked. So a report that fails or is killed while
+    plotting leaves the previous one as it was, two reports into one folder never mix their files, and
+    figures the previous report.md showed that this one does not are removed with it.
     """
     if not results:
         raise ValueError("write_report needs at least one result")
@@ -157,6 +172,48 @@ def write_report(
         raise ValueError(f"target {target!r} is not one of the models: {', '.join(results)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with _locked_dir(out):
+        stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+        try:
+            text = _compose(
+                results, out, stage, title, target, train_logs, probes, configs, notes, target_source
+            )
+            (stage / REPORT_FILE).write_text(text, encoding="utf-8")
+            shown_before = _figures(out / REPORT_FILE)
+            for figure in sorted(stage.glob("*.png")):
+                os.replace(figure, out / figure.name)
+            os.replace(stage / REPORT_FILE, out / REPORT_FILE)
+            for stale in shown_before - _figures(out / REPORT_FILE):
+                (out / stale).unlink(missing_ok=True)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    return out / REPORT_FILE
+
+
+@contextlib.contextmanager
+def _locked_dir(folder: Path):
+    """An exclusive lock on the folder itself (no lock file left in it), released however the process ends."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _figures(report: Path) -> set[str]:
+    """The figure files a report.md shows (names in its folder)."""
+    if not report.is_file():
+        return set()
+    return set(FIGURE_LINK.findall(report.read_text(encoding="utf-8", errors="replace")))
+
+
+def _compose(
+    results, out: Path, files: Path, title, target, train_logs, probes, configs, notes, target_source
+):
+    """report.md's text, its figures written into `files`; paths shown relative to `out`, where it will lie."""
     train_logs, probes, configs = train_logs or {}, probes or {}, configs or {}
     models = list(results)
     directions = {}
@@ -196,7 +253,7 @@ def write_report(
 
     lines += ["", "## Forget quality vs model utility", ""]
     if any(_value(r, "forget_quality") is not None for r in results.values()):
-        missing = plots.fq_vs_mu(results, out / "fq_vs_mu.png")
+        missing = plots.fq_vs_mu(results, files / "fq_vs_mu.png")
         lines.append("![forget quality vs model utility](fq_vs_mu.png)")
         if missing:
             lines += ["", f"Not plotted (no forget quality: no reference given): {', '.join(missing)}."]
@@ -204,10 +261,10 @@ def write_report(
         lines.append("No model has forget quality (no retain-only reference was given), so there is no plot.")
 
     lines += ["", "## Metrics by eval set", "", "![metrics by eval set](split_metrics.png)"]
-    plots.split_bars(results, out / "split_metrics.png")
+    plots.split_bars(results, files / "split_metrics.png")
 
     lines += ["", "## Membership inference", ""]
-    if plots.mia_roc(results, out / "mia_roc.png"):
+    if plots.mia_roc(results, files / "mia_roc.png"):
         lines += [
             "Forget set (members) against the holdout split (never trained on); a curve on the diagonal means the "
             "forget set looks unseen. The AUCs are the `mia_auc_*` rows above.",
@@ -217,11 +274,9 @@ def write_report(
     else:
         lines.append("No eval.json holds per-sample membership scores (no holdout split was evaluated).")
 
-    lines += _run_figures(out, probes, train_logs)
+    lines += _run_figures(files, probes, train_logs)
     lines += _examples(results)
-    path = out / "report.md"
-    path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
-    return path
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def _run_figures(out: Path, probes: dict[str, dict], train_logs: dict[str, list[dict]]) -> list[str]:

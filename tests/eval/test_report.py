@@ -132,6 +132,45 @@ def test_report_of_a_folder_draws_every_figure_and_states_the_collateral_damage(
     assert "probe_comparison.png" not in text  # one probed run: nothing to compare
 
 
+def test_a_report_is_written_whole_or_not_at_all_and_one_at_a_time_per_folder(runs, tmp_path, monkeypatch):
+    """Killed while plotting: the previous report stays as it was. Rewritten with fewer figures: the ones it
+    no longer shows go, other files stay. A second report into a locked folder waits for the first."""
+    import threading
+
+    from llm_unlearn.eval import plots, report
+
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out)]) == 0
+    (out / "mine.png").write_bytes(b"not the report's")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"train_graddiff.png", "probe_ngdiff.png", "report.md"} <= set(before)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(plots, "mia_roc", killed)  # after fq_vs_mu and split_bars have drawn theirs
+        with pytest.raises(KeyboardInterrupt):
+            report.report_runs([str(runs / "target"), str(runs / "graddiff")], out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing new, no staging folder left
+
+    report.report_runs([str(runs / "target"), str(runs / "graddiff")], out)
+    text = (out / "report.md").read_text()
+    assert "(train_graddiff.png)" in text and "probe_ngdiff.png" not in text
+    left = {p.name for p in out.iterdir()}
+    assert "probe_ngdiff.png" not in left and "train_ngdiff.png" not in left and "mine.png" in left
+    assert all((out / name).is_file() for name in report.FIGURE_LINK.findall(text))
+
+    done = threading.Event()
+    with report._locked_dir(out):
+        writer = threading.Thread(target=lambda: (report.report_runs([str(runs)], out), done.set()))
+        writer.start()
+        assert not done.wait(1.0)  # waits for the lock
+        assert (out / "report.md").read_text() == text
+    writer.join(60)
+    assert done.is_set() and "(train_ngdiff.png)" in (out / "report.md").read_text()
+
+
 def test_two_probed_runs_are_drawn_side_by_side_on_one_axis(runs, tmp_path, monkeypatch):
     """A method with and without a remedy: both probe.json files in one comparison figure."""
     import matplotlib
