@@ -40,7 +40,9 @@ def load_yaml(path: str | Path, classes=CONFIG_CLASSES) -> dict[str, Any]:
             f"config file {path} not found; pass an existing YAML recipe (see recipes/README.md)"
         )
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text; save the recipe as UTF-8") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -54,16 +56,51 @@ def load_yaml(path: str | Path, classes=CONFIG_CLASSES) -> dict[str, Any]:
             "(see recipes/world/graddiff.yaml)"
         )
     known = field_names(classes)
-    scalar = _scalar_fields(classes)
+    scalar, nullable, mappings = _scalar_fields(classes), _nullable_fields(classes), _mapping_fields(classes)
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"unknown config key {key!r} in {path}{suggest(key, known)}")
+        if value is None and key not in nullable:
+            # argparse never converts a None default: it would reach the code as None and fail there.
+            kind = {"int": "an int", "float": "a number", "bool": "true or false"}.get(
+                scalar.get(key), "a value"
+            )
+            raise ConfigError(f"config key {key!r} in {path} is empty (null); give {kind} or remove the line")
         if key in scalar and isinstance(value, (list, dict)):
             raise ConfigError(
                 f"config key {key!r} in {path} must be a single {scalar[key]}, not a {type(value).__name__}; "
                 "fix its value"
             )
+        if key in mappings and value is not None:
+            values[key] = _mapping(value, f"config key {key!r} in {path}", key)
     return values
+
+
+# Mapping options that also take the path of a JSON file (transformers reads it).
+PATH_OR_MAPPING = frozenset({"deepspeed", "fsdp_config", "accelerator_config"})
+
+
+def _mapping(value: Any, where: str, key: str) -> Any:
+    """A mapping option's value (a YAML mapping, or JSON text as on the command line; a file path where
+    `PATH_OR_MAPPING` allows one), or one line saying what is wrong with it."""
+    import json
+
+    if isinstance(value, str) and key in PATH_OR_MAPPING and not value.lstrip().startswith("{"):
+        return value
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as err:
+            raise ConfigError(
+                f"{where} is not a JSON object ({err.args[0].split(':')[0]}): {value!r}; "
+                'write it as {"name": value, ...}'
+            ) from None
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{where} must be a mapping of name: value, not a {type(value).__name__} ({value!r}); "
+            'write it as {"name": value, ...}'
+        )
+    return value
 
 
 _SCALAR_TYPES = ("int", "float", "bool", "str")
@@ -72,13 +109,36 @@ _SCALAR_TYPES = ("int", "float", "bool", "str")
 def _scalar_fields(classes) -> dict[str, str]:
     """Fields holding one int, float, bool or str (optionally None): name -> type name."""
     out = {}
-    for cls in classes:
-        for f in dataclasses.fields(cls):
-            text = f.type if isinstance(f.type, str) else str(f.type)
-            text = text.replace("<class '", "").replace("'>", "").replace(" | None", "")
-            if f.init and text in _SCALAR_TYPES:
-                out[f.name] = text
+    for name, text in _declared_types(classes).items():
+        text = text.replace("<class '", "").replace("'>", "").replace(" | None", "")
+        if text in _SCALAR_TYPES:
+            out[name] = text
     return out
+
+
+def _declared_types(classes) -> dict[str, str]:
+    """Each init field's type as its class declares it, as text. Not `Field.type`: HfArgumentParser
+    rewrites that in place (a `dict | str | None` field becomes `str`) once any parser has been built."""
+    out = {}
+    for cls in classes:
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        for klass in reversed(cls.__mro__):
+            for name, hint in vars(klass).get("__annotations__", {}).items():
+                if name in names:
+                    out[name] = hint if isinstance(hint, str) else str(hint)
+    return out
+
+
+def _nullable_fields(classes) -> set[str]:
+    """Fields that may hold None (typed `X | None`, `Optional[X]`, or None by default)."""
+    types = _declared_types(classes)
+    defaults = {f.name: f.default for cls in classes for f in dataclasses.fields(cls) if f.init}
+    return {n for n, t in types.items() if "None" in t or "Optional" in t or defaults.get(n) is None}
+
+
+def _mapping_fields(classes) -> set[str]:
+    """Fields that hold a mapping of settings (`lr_scheduler_kwargs`, `fsdp_config`, ...)."""
+    return {n for n, t in _declared_types(classes).items() if "dict" in t}
 
 
 def _as_cli_text(value: Any) -> Any:
@@ -241,14 +301,16 @@ def parse_config(
     scalar = _scalar_fields(classes)
     yaml_values = {k: _as_cli_text(v) if k in scalar else v for k, v in yaml_values.items()}
     parser.set_defaults(**{**(overrides or {}), **yaml_values})
-    known = field_names(classes)
+    known, mappings = field_names(classes), _mapping_fields(classes)
     for i, token in enumerate(argv):
         if token == "-help" or (i == 0 and token == "help"):
             raise ConfigError(f"unknown argument {token!r} (did you mean '--help'?)")
         if token.startswith("--") and token != "--help":
-            key = token[2:].split("=", 1)[0]
+            key, eq, text = token[2:].partition("=")
             if key not in known:
                 raise ConfigError(f"unknown option --{key}{suggest(key, known | {'help'})}")
+            if key in mappings and (eq or i + 1 < len(argv)):
+                _mapping(text if eq else argv[i + 1], f"--{key}", key)
     try:
         return parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:

@@ -383,6 +383,7 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; avoid torch's warning
         super().__post_init__()
+        self._check_schedule()
         if self.gen:
             self._check_gen_schedule()
         if self.stop_lr_damping:
@@ -507,22 +508,35 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
         require(self.seed >= 0, "seed", self.seed, ">= 0")
         require(self.retain_seed >= 0, "retain_seed", self.retain_seed, ">= 0")
         require(self.dataloader_num_workers >= 0, "dataloader_num_workers", self.dataloader_num_workers, ">= 0")  # fmt: skip
+        if self.optim_args:  # transformers splits "k=v,k2=v2" and unpacks each part in two
+            pairs = str(self.optim_args).replace(" ", "").split(",")
+            require(all(p.count("=") == 1 and not p.startswith("=") for p in pairs), "optim_args", self.optim_args,
+                    "comma-separated name=value pairs, e.g. 'eps=1e-8,weight_decay=0'")  # fmt: skip
 
-    def _check_gen_schedule(self, option: str = "--gen", fix: str = "set --gen false") -> None:
-        """GeN (and the stop rule's damping) scale a multiplier schedule (`LambdaLR`); refuse any other early."""
+    def _check_schedule(self):
+        """The schedule built once on a stand-in optimizer: options it does not take (`--lr_scheduler_kwargs
+        '{"min_lr": 0}'` for linear) fail here in one line, not as a traceback when training starts."""
         import torch
         from transformers import get_scheduler
 
         dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
         try:
-            schedule = get_scheduler(
+            return get_scheduler(
                 self.lr_scheduler_type, optimizer=dummy, num_warmup_steps=0, num_training_steps=10,
                 scheduler_specific_kwargs=self.lr_scheduler_kwargs or {},
             )  # fmt: skip
         except (TypeError, ValueError) as err:
+            name = getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)
             raise ConfigError(
-                f"--lr_scheduler_type {self.lr_scheduler_type}: {err}; fix the scheduler options"
+                f"--lr_scheduler_type {name} with --lr_scheduler_kwargs {self.lr_scheduler_kwargs or {}}: {err}; "
+                "fix the scheduler options"
             ) from None
+
+    def _check_gen_schedule(self, option: str = "--gen", fix: str = "set --gen false") -> None:
+        """GeN (and the stop rule's damping) scale a multiplier schedule (`LambdaLR`); refuse any other early."""
+        import torch
+
+        schedule = self._check_schedule()
         if not isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
             raise ConfigError(
                 f"{option} composes with multiplier schedules (linear, cosine, constant, ...), not "

@@ -55,7 +55,7 @@ class Env:
 
     def recipe(self, text: str) -> list[str]:
         path = self.tmp / "recipe.yaml"
-        path.write_text(text)
+        path.write_text(text, encoding="utf-8", errors="surrogateescape")  # "\udce9": the byte 0xe9
         return ["unlearn", "--config", str(path), "--output_dir", str(self.out)]
 
     def rows(self, split: str) -> list[dict]:
@@ -240,6 +240,15 @@ CASES = [
     Case("recipe_unknown_key", lambda e: e.recipe("learnig_rate: 1e-5\n"), r"unknown config key 'learnig_rate' .*did you mean 'learning_rate'"),
     Case("recipe_list_for_a_number", lambda e: e.recipe("per_device_train_batch_size: [1, 2]\n"), r"'per_device_train_batch_size' .* must be a single int, not a list"),
     Case("recipe_text_for_a_number", lambda e: e.recipe("learning_rate: fast\n"), r"--learning_rate.*invalid float value: 'fast'"),
+    # A null would reach the code as None (argparse never converts a default); mappings are checked as mappings.
+    Case("recipe_null_for_a_number", lambda e: e.recipe("learning_rate: null\n"), r"config key 'learning_rate' .* is empty \(null\); give a number or remove the line"),
+    Case("recipe_null_for_a_name", lambda e: e.recipe("method:\n"), r"config key 'method' .* is empty \(null\)"),
+    Case("recipe_not_utf8", lambda e: e.recipe("method: graddiff\n# caf\udce9\n"), r"config file .*recipe\.yaml is not UTF-8 text; save the recipe as UTF-8"),
+    Case("recipe_mapping_an_int", lambda e: e.recipe("lr_scheduler_kwargs: 5\n"), r"'lr_scheduler_kwargs' .* must be a mapping of name: value, not a int"),
+    Case("recipe_mapping_not_json", lambda e: e.recipe("lr_scheduler_kwargs: '{bad'\n"), r"'lr_scheduler_kwargs' .* is not a JSON object"),
+    Case("option_mapping_not_json", lambda e: e.unlearn(lr_scheduler_kwargs="{bad"), r"--lr_scheduler_kwargs is not a JSON object"),
+    Case("scheduler_option_not_taken", lambda e: e.recipe("lr_scheduler_kwargs: {min_lr: 0.0}\n"), r"--lr_scheduler_type linear with --lr_scheduler_kwargs .*unexpected keyword argument 'min_lr'; fix the scheduler options"),
+    Case("optim_args_not_pairs", lambda e: e.unlearn(optim_args="5"), r"--optim_args 5 is out of range; it must be comma-separated name=value pairs"),
     Case("recipe_float_for_an_int", lambda e: e.recipe("gradient_accumulation_steps: 2.5\n"), r"--gradient_accumulation_steps.*invalid int value: '2\.5'"),
     Case("option_unknown", lambda e: e.unlearn("--lerning_rate", "1"), r"unknown option --lerning_rate \(did you mean 'learning_rate'\?\)"),
     Case("option_text_for_a_number", lambda e: e.unlearn(num_train_epochs="many"), r"--num_train_epochs.*invalid float value: 'many'"),

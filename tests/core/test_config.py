@@ -40,6 +40,20 @@ def test_unknown_yaml_key_is_an_error_with_a_suggestion(tmp_path):
         load_yaml(recipe)
 
 
+def test_a_recipe_parses_the_same_the_second_time_in_one_process(tmp_path):
+    """HfArgumentParser rewrites the dataclass fields' types when it is built (a `dict | str | None` becomes
+    `str`); the recipe checks read the declared types, so a mapping or a list in a recipe stays valid."""
+    from llm_unlearn.cli.parse import _Parser
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lr_scheduler_type: cosine_with_min_lr\nlr_scheduler_kwargs: {min_lr_rate: 0.1}\n"
+                      "report_to: [none]\noutput_dir: x\n")  # fmt: skip
+    _Parser(CONFIG_CLASSES, prog="first")
+    for _ in range(2):
+        _, _, config, _ = parse_config(["--config", str(recipe)])
+        assert config.lr_scheduler_kwargs == {"min_lr_rate": 0.1} and config.report_to == []
+
+
 def test_unknown_cli_option_is_an_error_with_a_suggestion():
     with pytest.raises(ConfigError, match="unknown option --forget_spilt.*did you mean 'forget_split'"):
         parse_config(["--forget_spilt", "forget05"])
