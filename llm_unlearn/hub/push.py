@@ -32,6 +32,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..models.loading import check_weight_files
 from ..runs.folder import CONFIG_FILE, RunError, read_run_config, read_status, require_complete
 from ..runs.redact import redact_paths, redact_secrets
 
@@ -80,6 +81,7 @@ def check_run(run_dir: str | Path, *, merged: bool = False) -> Path:
     if merged and not adapter.is_dir():
         raise ValueError(f"--merged applies to LoRA runs, and {run} has no {ADAPTER_DIR}/; drop --merged")
     weights = run / ADAPTER_DIR if adapter.is_dir() and not merged else run
+    check_weight_files(weights)
     if not any(weights.glob("*.safetensors")):
         found = _pickles(weights)
         what = f"pickled weights only ({', '.join(found)})" if found else "no weights"

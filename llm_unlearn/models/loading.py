@@ -70,6 +70,8 @@ def load_model(
         raise RunError(
             f"{path} has no safetensors weights; convert them, or pass --allow_pickle if you trust the files"
         )
+    if local.is_dir():
+        check_weight_files(local)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[torch_dtype]
     with _without_load_report():
         model, info = AutoModelForCausalLM.from_pretrained(
@@ -82,6 +84,22 @@ def load_model(
         )
     _check_loading_info(path, info)
     return model
+
+
+def check_weight_files(folder: str | Path) -> None:
+    """Every `*.safetensors` in `folder` is whole (its header opens and covers the file): a file cut short
+    by a full disk or a killed copy is one line naming it, not a traceback from the loader."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise RunError(
+                f"{path} is damaged ({str(err).splitlines()[0][:100]}): it is cut short or not a safetensors "
+                "file; save the model again or restore the file"
+            ) from None
 
 
 def _names(keys, limit: int = 3) -> str:

@@ -111,6 +111,11 @@ def _pickle_only(env: Env) -> None:
     (model / "model.safetensors").unlink()
 
 
+def _weights_cut_short(env: Env) -> None:
+    weights = env.model_copy("cut") / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # a full disk or a killed copy
+
+
 def _no_eos_tokenizer(env: Env) -> None:
     model = env.model_copy("no_eos")
     config = json.loads((model / "tokenizer_config.json").read_text())
@@ -309,6 +314,7 @@ CASES = [
     Case("model_path_missing", lambda e: e.unlearn(model_name_or_path=str(e.tmp / "no-model")), r"model path .*no-model does not exist"),
     Case("model_bare_name_offline", lambda e: e.unlearn(model_name_or_path="nope"), r"no folder 'nope' here, and fetching it as a Hub id failed"),
     Case("model_folder_without_config", lambda e: e.unlearn(model_name_or_path=str(e.tmp)), r"is not a model folder \(no config\.json\)"),
+    Case("model_weights_cut_short", lambda e: e.unlearn(model_name_or_path=str(e.tmp / "cut")), r"cut/model\.safetensors is damaged \(.*\): it is cut short or not a safetensors file", setup=_weights_cut_short),
     Case("model_pickle_only", lambda e: e.unlearn(model_name_or_path=str(e.tmp / "pickled")), r"has no safetensors weights; convert them, or pass --allow_pickle", setup=_pickle_only),
     Case("tokenizer_without_eos_or_pad", lambda e: e.unlearn(model_name_or_path=str(e.tmp / "no_eos")), r"has no eos token \(nor a pad token .*set eos_token", setup=_no_eos_tokenizer),
     Case("reference_model_missing", lambda e: e.unlearn(reference_model=str(e.tmp / "no-ref")), r"reference model .*no-ref does not exist"),

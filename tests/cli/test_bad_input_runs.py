@@ -316,6 +316,34 @@ def test_a_damaged_run_config_is_one_line_in_each_command_reading_it(damage, tin
     assert not any((tmp_path / name).exists() for name in ("evaluated", "distilled", "staged"))
 
 
+def test_a_run_whose_weights_were_cut_short_is_one_line_in_eval_probe_and_push(
+    micro_world, micro_models, tmp_path, capsys
+):
+    run, target, reference = (
+        tmp_path / "run",
+        str(micro_models["target"]),
+        str(micro_models["retain"]["forget10"]),
+    )
+    data = ["--data_dir", str(micro_world)]
+    assert main(["unlearn", "--model_name_or_path", target, *data, "--output_dir", str(run), "--max_steps", "1",
+                 "--do_final_eval", "false", "--disable_tqdm", "true"]) == 0  # fmt: skip
+    weights = run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a full disk, a killed copy
+    commands = {
+        "eval": ["eval", "--model_name_or_path", str(run), "--reference_model", reference, *data,
+                 "--output_dir", str(tmp_path / "evaluated")],
+        "probe": ["probe", str(run), "--original_model", target, "--reference_model", reference, *data],
+        "push": ["push", str(run), "--repo_id", "org/x", "--dry_run", "--output_dir", str(tmp_path / "staged")],
+    }  # fmt: skip
+    before = _snapshot(run)
+    for name, argv in commands.items():
+        assert main(argv) == 2, name
+        line = _one_error_line(capsys.readouterr().err)
+        assert "model.safetensors is damaged" in line and "save the model again" in line, (name, line)
+    assert _snapshot(run) == before
+    assert not (tmp_path / "staged").exists() and not (tmp_path / "evaluated").exists()
+
+
 def test_read_run_config_reads_what_a_run_wrote_and_refuses_the_rest(tmp_path):
     from llm_unlearn.runs.folder import read_run_config
 
