@@ -207,6 +207,8 @@ def demo_cli(argv: list[str]) -> None:
     parser.add_argument("--no_cache", action="store_true", help="rebuild the models even if cached")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads {args.threads} must be at least 1 (or left out for torch's choice)")
     summary = demo(args.size, args.output_dir, args.no_cache, args.threads)
     print(f"report: {Path(args.output_dir) / 'report.md'}")
     if not summary["passed"]:

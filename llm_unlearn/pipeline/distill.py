@@ -49,6 +49,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -77,6 +78,7 @@ from ..runs.folder import (
     write_status,
     write_text_atomic,
 )
+from ..runs.options import ConfigError, require, suggest
 from ..runs.resume import check_resume_settings
 
 logger = logging.getLogger("llm_unlearn")
@@ -266,10 +268,30 @@ def check_settings(settings: DistillSettings) -> None:
         raise ValueError(
             f"--alpha {settings.alpha} is outside [0, 1]; pass the share of fresh initialization, e.g. 0.3"
         )
-    if settings.noise_beta < 0:
-        raise ValueError(f"--noise_beta {settings.noise_beta} is negative; pass a scale >= 0 (default 1)")
+    if not (math.isfinite(settings.noise_beta) and settings.noise_beta >= 0):
+        raise ValueError(f"--noise_beta {settings.noise_beta} is not a scale >= 0; pass one (default 1)")
     if settings.max_steps == 0 or (settings.max_steps < 0 and settings.num_train_epochs <= 0):
         raise ValueError("no distillation steps: pass --max_steps N > 0 or --num_train_epochs > 0")
+    # The Trainer's own settings: the Trainer would take most of these and fail mid-run or divide by zero.
+    require(
+        math.isfinite(settings.num_train_epochs),
+        "num_train_epochs",
+        settings.num_train_epochs,
+        "a finite number",
+    )
+    require(math.isfinite(settings.learning_rate) and settings.learning_rate > 0, "learning_rate",
+            settings.learning_rate, "a positive number")  # fmt: skip
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps"):
+        require(getattr(settings, name) >= 1, name, getattr(settings, name), "at least 1")
+    require(settings.warmup_steps >= 0, "warmup_steps", settings.warmup_steps, ">= 0")
+    require(settings.seed >= 0, "seed", settings.seed, ">= 0")
+    from transformers.trainer_utils import SchedulerType
+
+    kinds = [k.value for k in SchedulerType]
+    if settings.lr_scheduler_type not in kinds:
+        raise ConfigError(
+            f"unknown --lr_scheduler_type {settings.lr_scheduler_type!r}{suggest(settings.lr_scheduler_type, kinds)}; choose one of {', '.join(kinds)}"
+        )
 
 
 # ------------------------------------------------------------------------------------------ the job
