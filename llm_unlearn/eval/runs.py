@@ -66,12 +66,7 @@ def read_probe(path: Path) -> dict:
 
 
 def _read_eval(path: Path) -> dict:
-    try:
-        return load_eval(path)
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path} is not valid JSON ({err.msg}); re-evaluate with `llm-unlearn eval`"
-        ) from None
+    return load_eval(path)  # one line naming the file when it is not an eval.json
 
 
 def load_run(path: str | Path, label: str | None = None) -> Run:

@@ -417,9 +417,19 @@ def load_eval(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"eval file {path} not found; run `llm-unlearn eval` to create it")
-    result = json.loads(path.read_text(encoding="utf-8"))
-    if "metrics" not in result or "meta" not in result:
-        raise ValueError(f"{path} is not an eval.json (it needs `metrics` and `meta`)")
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err.msg if isinstance(err, json.JSONDecodeError) else err.reason}); evaluate again with "
+                         "`llm-unlearn eval`") from None  # fmt: skip
+    if not (
+        isinstance(result, dict)
+        and isinstance(result.get("metrics"), dict)
+        and isinstance(result.get("meta"), dict)
+    ):
+        raise ValueError(
+            f"{path} is not an eval.json (it needs `metrics` and `meta`); evaluate again with `llm-unlearn eval`"
+        )
     return result
 
 

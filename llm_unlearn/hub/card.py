@@ -28,7 +28,7 @@ from ..data.world import read_world_config
 from ..methods import get_method
 from ..models.loading import is_missing_local_path
 from ..models.sources import BUILTIN_MODELS, PREFIX, is_builtin
-from ..runs.folder import read_run_config
+from ..runs.folder import RunError, read_run_config
 from ..runs.redact import HUB_SNAPSHOT, WORLD_MODELS, local_name, redact_paths
 
 TOFU = "arXiv:2401.06121"
@@ -74,18 +74,23 @@ DATA_CARDS = Path(__file__).resolve().parents[2] / "data_cards"
 def read_run(run_dir: Path) -> dict:
     """The records of a run directory that the card is made from (eval and run info may be absent)."""
 
-    def _json(name: str) -> dict | None:
-        path = run_dir / name
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    from ..eval.runs import read_train_log
+    from ..eval.tofu import load_eval
 
-    log = run_dir / "train_log.jsonl"
-    steps = (
-        [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
-    )
+    info, log = run_dir / "run_info.json", run_dir / "train_log.jsonl"
+    try:
+        info = json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        info = None
+    if not isinstance(info, dict):
+        raise RunError(
+            f"{run_dir / 'run_info.json'} is damaged (not a JSON object); restore the file the run wrote"
+        )
+    steps = read_train_log(log) if log.is_file() else []
     return {
         "config": read_run_config(run_dir, required=True),
-        "eval": _json("eval.json"),
-        "info": _json("run_info.json") or {},
+        "eval": load_eval(run_dir / "eval.json") if (run_dir / "eval.json").is_file() else None,
+        "info": info,
         "steps": max((s["step"] for s in steps if "step" in s), default=None),
         # --auto that started again in its second regime (core/auto.py): the settings above are that regime's.
         "fallback": next((s["auto_fallback"] for s in steps if "auto_fallback" in s), None),

@@ -32,7 +32,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..models.loading import check_weight_files
+from ..models.loading import check_model_folder, check_weight_files, load_tokenizer
 from ..runs.folder import CONFIG_FILE, RunError, read_run_config, read_status, require_complete
 from ..runs.redact import redact_paths, redact_secrets
 
@@ -74,14 +74,16 @@ def check_run(run_dir: str | Path, *, merged: bool = False) -> Path:
             "runs made by `llm-unlearn unlearn`"
         )
     require_complete(run, "push")
-    read_run_config(
-        run, required=True
-    )  # the card is built from it: a damaged file stops here, not mid-staging
+    config = read_run_config(run, required=True)  # the card is built from it: a damaged one stops here
     adapter = run / ADAPTER_DIR
     if merged and not adapter.is_dir():
         raise ValueError(f"--merged applies to LoRA runs, and {run} has no {ADAPTER_DIR}/; drop --merged")
     weights = run / ADAPTER_DIR if adapter.is_dir() and not merged else run
     check_weight_files(weights)
+    remote = bool(config.get("trust_remote_code"))
+    if weights == run:  # what is published must load: a config that fits the weights, and its tokenizer
+        check_model_folder(run, trust_remote_code=remote)
+    load_tokenizer(str(run), trust_remote_code=remote)
     if not any(weights.glob("*.safetensors")):
         found = _pickles(weights)
         what = f"pickled weights only ({', '.join(found)})" if found else "no weights"

@@ -41,9 +41,12 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
         )
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except OSError as err:
-        if local.exists():
-            raise
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        if local.exists():  # files missing or damaged (a JSON error, a vocabulary that does not parse)
+            raise RunError(
+                f"the tokenizer in {path} does not load ({' '.join(str(err).split())[:160]}); put the tokenizer "
+                "files saved with the model beside it (tokenizer.save_pretrained)"
+            ) from None
         # Not a folder here, so it was read as a Hub id, and fetching it failed (no network, no such id).
         raise RunError(
             f"no folder {path!r} here, and fetching it as a Hub id failed ({str(err).splitlines()[0][:160]}); "
@@ -70,8 +73,8 @@ def load_model(
         raise RunError(
             f"{path} has no safetensors weights; convert them, or pass --allow_pickle if you trust the files"
         )
-    if local.is_dir():
-        check_weight_files(local)
+    if local.is_dir() and not allow_pickle:
+        check_model_folder(local, trust_remote_code=trust_remote_code)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[torch_dtype]
     with _without_load_report():
         model, info = AutoModelForCausalLM.from_pretrained(
@@ -100,6 +103,45 @@ def check_weight_files(folder: str | Path) -> None:
                 f"{path} is damaged ({str(err).splitlines()[0][:100]}): it is cut short or not a safetensors "
                 "file; save the model again or restore the file"
             ) from None
+
+
+def check_model_folder(folder: str | Path, *, trust_remote_code: bool = False) -> None:
+    """A model folder's safetensors files are whole and its config.json asks for no more than they hold;
+    cheap (headers only, the model built on the meta device), so commands run it before any long work."""
+    check_weight_files(folder)
+    if any(Path(folder).glob("*.safetensors")):
+        _check_config_size(Path(folder), trust_remote_code)
+
+
+def _check_config_size(folder: Path, trust_remote_code: bool) -> None:
+    """A config.json that asks for more parameters than the safetensors files hold is refused before the
+    model is built: a damaged or foreign one (`{"model_type": "llama"}` alone means a 7B model) would
+    otherwise allocate and randomly initialise all of them first, and only then report missing weights."""
+    import math
+
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            wanted = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    except (ValueError, OSError, KeyError, TypeError) as err:
+        raise RunError(
+            f"{folder / 'config.json'} does not describe a causal language model here "
+            f"({str(err).splitlines()[0][:120]}); put the config.json saved with these weights beside them"
+        ) from None
+    held = 0
+    for path in folder.glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            held += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+    if wanted > held:
+        raise RunError(
+            f"the config.json in {folder} describes a model of {wanted:,} parameters but its safetensors files "
+            f"hold {held:,} numbers; put the config.json saved with these weights beside them (or save the model "
+            "again with save_pretrained)"
+        )
 
 
 def _names(keys, limit: int = 3) -> str:

@@ -25,7 +25,7 @@ from ..data.world import read_world_config
 from ..eval.args import EvalArgs
 from ..eval.shard import Shard, process_shard
 from ..models.args import ModelArgs
-from ..models.loading import check_weight_files, is_missing_local_path, load_model_and_tokenizer
+from ..models.loading import check_model_folder, is_missing_local_path, load_model_and_tokenizer
 from ..runs.folder import RunError, read_run_config, read_status, require_complete
 
 logger = logging.getLogger("llm_unlearn")
@@ -257,8 +257,8 @@ def evaluate_with_reference(
     eval_shard().barrier()  # after multi-process training, rank 0 may still be writing the run
     require_complete(model_path, "eval")  # an unfinished run is the first thing to say, whatever the data
     _seeds(model_path, data)  # then a damaged unlearn_config.yaml, before any model is scored
-    if Path(model_path).is_dir():
-        check_weight_files(model_path)  # and weights cut short, before the reference is scored
+    if Path(model_path).is_dir():  # and weights cut short or a foreign config, before the reference is scored
+        check_model_folder(model_path, trust_remote_code=(model_args or ModelArgs()).trust_remote_code)
     validate_inputs(data, eval_args)
     if eval_args.reference_model:
         check_same_vocabulary(

@@ -316,8 +316,26 @@ def test_a_damaged_run_config_is_one_line_in_each_command_reading_it(damage, tin
     assert not any((tmp_path / name).exists() for name in ("evaluated", "distilled", "staged"))
 
 
-def test_a_run_whose_weights_were_cut_short_is_one_line_in_eval_probe_and_push(
-    micro_world, micro_models, tmp_path, capsys
+def _cut_short(run: Path) -> None:
+    weights = run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a full disk, a killed copy
+
+
+# A damaged file of a complete run, the line each command must say, and the commands that read the file.
+RUN_DAMAGES = {
+    "weights cut short": (_cut_short, "model.safetensors is damaged", ("eval", "probe", "push")),
+    # config.json alone would mean a 7B model: built before the weights were compared, it took 10 GB.
+    "foreign config": (lambda run: (run / "config.json").write_text('{"model_type": "llama"}'),
+                       "describes a model of 6,738,415,616 parameters", ("eval", "probe", "push")),
+    "tokenizer damaged": (lambda run: (run / "tokenizer.json").write_text("garbage"),
+                          "the tokenizer in", ("eval", "push")),
+    "eval.json damaged": (lambda run: (run / "eval.json").write_text("{}"), "is not an eval.json", ("push",)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", sorted(RUN_DAMAGES))
+def test_a_damaged_file_of_a_run_is_one_line_in_each_command_that_reads_it(
+    damage, micro_world, micro_models, tmp_path, capsys
 ):
     run, target, reference = (
         tmp_path / "run",
@@ -327,8 +345,8 @@ def test_a_run_whose_weights_were_cut_short_is_one_line_in_eval_probe_and_push(
     data = ["--data_dir", str(micro_world)]
     assert main(["unlearn", "--model_name_or_path", target, *data, "--output_dir", str(run), "--max_steps", "1",
                  "--do_final_eval", "false", "--disable_tqdm", "true"]) == 0  # fmt: skip
-    weights = run / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a full disk, a killed copy
+    damage_file, words, names = RUN_DAMAGES[damage]
+    damage_file(run)
     commands = {
         "eval": ["eval", "--model_name_or_path", str(run), "--reference_model", reference, *data,
                  "--output_dir", str(tmp_path / "evaluated")],
@@ -336,10 +354,10 @@ def test_a_run_whose_weights_were_cut_short_is_one_line_in_eval_probe_and_push(
         "push": ["push", str(run), "--repo_id", "org/x", "--dry_run", "--output_dir", str(tmp_path / "staged")],
     }  # fmt: skip
     before = _snapshot(run)
-    for name, argv in commands.items():
-        assert main(argv) == 2, name
+    for name in names:
+        assert main(commands[name]) == 2, name
         line = _one_error_line(capsys.readouterr().err)
-        assert "model.safetensors is damaged" in line and "save the model again" in line, (name, line)
+        assert words in line, (name, line)
     assert _snapshot(run) == before
     assert not (tmp_path / "staged").exists() and not (tmp_path / "evaluated").exists()
 
