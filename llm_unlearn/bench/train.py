@@ -293,6 +293,8 @@ def bench_cli(argv: list[str]) -> None:
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     parser.add_argument("--_workdir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads {args.threads} must be at least 1 (or left out for torch's choice)")
     if args.eval:
         from .eval import bench_eval, print_summary
 

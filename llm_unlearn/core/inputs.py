@@ -139,6 +139,11 @@ def check_splits(
     for name in ("retain_perturbed", holdout):
         if name in read:
             _refuse_shared(source.rows[name], name, forget, forget_split)
+    if holdout in read:  # members among the non-members would bias membership inference too
+        trained = [n for n in dict.fromkeys((retain_split, paired_split(forget_split, "retain"), "retain_perturbed"))
+                   if n and (n in source.rows or (source.data_dir is not None and source.has(n)))]  # fmt: skip
+        for name in trained:
+            _refuse_shared(source.rows[holdout], holdout, source.load(name, ("question",)), name)
 
 
 def check_companions(source: SplitSource, names: Sequence[str], always: str | None = None) -> None:

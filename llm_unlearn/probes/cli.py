@@ -104,6 +104,10 @@ def probe_cli(argv: list[str]) -> Path:
             f"--group_size {args.group_size} must be a positive number of input columns (e.g. 128)"
         )
     run_dir = Path(args.run_dir)
+    if args.out and Path(args.out).is_dir():
+        raise ValueError(
+            f"--out {args.out} is a folder; pass the file to write, e.g. {Path(args.out) / PROBE_FILE}"
+        )
     config = _run_config(run_dir, args.out)
 
     def pick(flag: str, key: str):

@@ -362,6 +362,15 @@ def test_a_damaged_file_of_a_run_is_one_line_in_each_command_that_reads_it(
     assert not (tmp_path / "staged").exists() and not (tmp_path / "evaluated").exists()
 
 
+def test_an_atomic_write_that_fails_leaves_no_temporary_file(tmp_path):
+    from llm_unlearn.runs.folder import write_json_atomic
+
+    (tmp_path / "out.json").mkdir()  # a folder where the file should go
+    with pytest.raises(OSError):
+        write_json_atomic(tmp_path / "out.json", {"a": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
 def test_read_run_config_reads_what_a_run_wrote_and_refuses_the_rest(tmp_path):
     from llm_unlearn.runs.folder import read_run_config
 

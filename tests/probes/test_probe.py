@@ -301,6 +301,9 @@ def test_probe_command_refuses_bad_input_with_one_line(micro_run, tmp_path, caps
     assert "non-negative integers" in _error(capsys, ["probe", str(micro_run), "--budgets", "0,ten"])
     assert "did you mean 'relearn'" in _error(capsys, ["probe", str(micro_run), "--probes", "relern"])
     assert "bit widths from 2 to 8" in _error(capsys, ["probe", str(micro_run), "--quant_bits", "16"])
+    assert "is a folder; pass the file to write" in _error(
+        capsys, ["probe", str(micro_run), "--out", str(tmp_path)]
+    )
     failed = tmp_path / "failed"
     shutil.copytree(micro_run, failed, ignore=shutil.ignore_patterns("probe.json"))
     write_status(failed, "failed", error="NonFiniteLossError: boom")
