@@ -108,6 +108,8 @@ def prepare_output_dir(output_dir: str | None) -> str | None:
         return None
     out = Path(output_dir)
     complete, partial = checkpoints(out)
+    if complete:
+        _check_checkpoint(complete[-1])  # before anything in the folder changes
     for folder in partial:
         logger.info("removing %s: it was being written when the run stopped", folder.name)
         shutil.rmtree(folder)
@@ -122,6 +124,27 @@ def prepare_output_dir(output_dir: str | None) -> str | None:
     log.unlink(missing_ok=True)
     logger.info("restarting unfinished run %s (no complete checkpoint yet)", out)
     return None
+
+
+def _check_checkpoint(folder: Path) -> None:
+    """The checkpoint a run resumes from is whole: weights that open and a trainer state that parses (a
+    file damaged after the checkpoint was marked complete: a disk error, a hand edit)."""
+    import json
+
+    from ..models.loading import check_weight_files
+
+    fix = f"remove {folder} to resume from the checkpoint before it, or choose a new --output_dir"
+    try:
+        check_weight_files(folder)
+        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (RunError, OSError, ValueError) as err:
+        raise RunError(
+            f"{folder.name} of {folder.parent} is damaged ({str(err).splitlines()[0][:160]}); {fix}"
+        ) from None
+    if not isinstance(state, dict) or "global_step" not in state:
+        raise RunError(
+            f"{folder.name} of {folder.parent} is damaged (trainer_state.json has no global_step); {fix}"
+        )
 
 
 class AdaptersDisabled:

@@ -362,6 +362,23 @@ def test_a_damaged_file_of_a_run_is_one_line_in_each_command_that_reads_it(
     assert not (tmp_path / "staged").exists() and not (tmp_path / "evaluated").exists()
 
 
+@pytest.mark.parametrize("damaged", ["model.safetensors", "trainer_state.json"])
+def test_resuming_from_a_damaged_checkpoint_is_one_line_and_changes_nothing(damaged, tiny, tmp_path, capsys):  # noqa: F811
+    from llm_unlearn.cli.parse import parse_config
+    from llm_unlearn.pipeline.unlearn import unlearn
+
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="killed"):
+        unlearn(*parse_config(_argv(tiny, out)[1:]), callbacks=[_KilledAfterCheckpoint2()])
+    path = out / "checkpoint-2" / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    before = _snapshot(out)
+    assert main(_argv(tiny, out)) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "checkpoint-2 of" in line and "is damaged" in line and "remove" in line, line
+    assert _snapshot(out) == before and not (out / CLAIM_FILE).exists()
+
+
 def test_an_atomic_write_that_fails_leaves_no_temporary_file(tmp_path):
     from llm_unlearn.runs.folder import write_json_atomic
 
