@@ -182,7 +182,12 @@ def require_complete(run_dir: str | Path, action: str) -> None:
     if status is not None and state != "complete":
         why = f": {status['error']}" if status.get("error") else ""
         if state == "running":
-            fix = f"wait for it to finish (process {status.get('pid')})"
+            who = (
+                f"process {status['pid']} on {status.get('host', 'this machine')}"
+                if status.get("pid")
+                else None
+            )
+            fix = f"wait for it to finish ({who})" if who else "wait for it to finish"
         else:
             fix = "resume it with the same command and --output_dir, or start a new one"
         raise RunError(f"run {run_dir} is {state}{why}; {action} needs a complete run ({fix})")

@@ -379,6 +379,19 @@ def test_resuming_from_a_damaged_checkpoint_is_one_line_and_changes_nothing(dama
     assert _snapshot(out) == before and not (out / CLAIM_FILE).exists()
 
 
+def test_a_running_run_is_named_by_its_process_where_its_status_has_one(tmp_path):
+    from llm_unlearn.runs.folder import require_complete
+
+    (tmp_path / "status.json").write_text(json.dumps({"state": "running"}))  # written by another tool
+    with pytest.raises(RunError, match=r"is running; eval needs a complete run \(wait for it to finish\)$"):
+        require_complete(tmp_path, "eval")
+    (tmp_path / "status.json").write_text(
+        json.dumps({"state": "running", "pid": os.getpid(), "host": "elsewhere"})
+    )
+    with pytest.raises(RunError, match=rf"wait for it to finish \(process {os.getpid()} on elsewhere\)"):
+        require_complete(tmp_path, "eval")
+
+
 def test_an_atomic_write_that_fails_leaves_no_temporary_file(tmp_path):
     from llm_unlearn.runs.folder import write_json_atomic
 
