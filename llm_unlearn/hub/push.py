@@ -79,10 +79,12 @@ def check_run(run_dir: str | Path, *, merged: bool = False) -> Path:
     if merged and not adapter.is_dir():
         raise ValueError(f"--merged applies to LoRA runs, and {run} has no {ADAPTER_DIR}/; drop --merged")
     weights = run / ADAPTER_DIR if adapter.is_dir() and not merged else run
-    check_weight_files(weights)
+    # What is published must load: whole weights, a config that fits them, and its tokenizer.
     remote = bool(config.get("trust_remote_code"))
-    if weights == run:  # what is published must load: a config that fits the weights, and its tokenizer
+    if weights == run:
         check_model_folder(run, trust_remote_code=remote)
+    else:
+        check_weight_files(weights)
     load_tokenizer(str(run), trust_remote_code=remote)
     if not any(weights.glob("*.safetensors")):
         found = _pickles(weights)

@@ -89,38 +89,40 @@ def load_model(
     return model
 
 
-def check_weight_files(folder: str | Path) -> None:
+def check_weight_files(folder: str | Path) -> int:
     """Every `*.safetensors` in `folder` is whole (its header opens and covers the file): a file cut short
-    by a full disk or a killed copy is one line naming it, not a traceback from the loader."""
+    by a full disk or a killed copy is one line naming it, not a traceback from the loader. Returns how many
+    numbers the files hold (from the headers)."""
+    import math
+
     from safetensors import SafetensorError, safe_open
 
+    held = 0
     for path in sorted(Path(folder).glob("*.safetensors")):
         try:
-            with safe_open(str(path), framework="pt"):
-                pass
+            with safe_open(str(path), framework="pt") as f:
+                held += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
         except (SafetensorError, OSError) as err:
             raise RunError(
                 f"{path} is damaged ({str(err).splitlines()[0][:100]}): it is cut short or not a safetensors "
                 "file; save the model again or restore the file"
             ) from None
+    return held
 
 
 def check_model_folder(folder: str | Path, *, trust_remote_code: bool = False) -> None:
     """A model folder's safetensors files are whole and its config.json is not grossly foreign to them;
     cheap (headers only, the model built on the meta device), so commands run it before any long work."""
-    check_weight_files(folder)
-    if any(Path(folder).glob("*.safetensors")):
-        _check_config_size(Path(folder), trust_remote_code)
+    held = check_weight_files(folder)
+    if held:
+        _check_config_size(Path(folder), trust_remote_code, held)
 
 
-def _check_config_size(folder: Path, trust_remote_code: bool) -> None:
+def _check_config_size(folder: Path, trust_remote_code: bool, held: int) -> None:
     """A config.json that asks for many times the parameters the safetensors files hold is refused before
     the model is built: a damaged or foreign one (`{"model_type": "llama"}` alone means a 7B model) would
     otherwise allocate and randomly initialise all of them first, and only then report missing weights."""
-    import math
-
     import torch
-    from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
@@ -132,10 +134,6 @@ def _check_config_size(folder: Path, trust_remote_code: bool) -> None:
             f"{folder / 'config.json'} does not describe a causal language model here "
             f"({str(err).splitlines()[0][:120]}); put the config.json saved with these weights beside them"
         ) from None
-    held = 0
-    for path in folder.glob("*.safetensors"):
-        with safe_open(str(path), framework="pt") as f:
-            held += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
     # Grossly foreign only (a small mismatch is named key by key by `_check_loading_info` after loading,
     # at the cost of one model of about the weights' size).
     if wanted > 4 * held:
