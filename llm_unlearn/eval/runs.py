@@ -65,10 +65,6 @@ def read_probe(path: Path) -> dict:
     return probe
 
 
-def _read_eval(path: Path) -> dict:
-    return load_eval(path)  # one line naming the file when it is not an eval.json
-
-
 def load_run(path: str | Path, label: str | None = None) -> Run:
     """Read one run folder; raises FileNotFoundError / RunError / ValueError with the fix."""
     path = Path(path)
@@ -86,10 +82,10 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     return Run(
         label=label or path.resolve().name,
         path=path,
-        eval=_read_eval(path / EVAL_FILE),
+        eval=load_eval(path / EVAL_FILE),
         train_log=read_train_log(path / TRAIN_LOG) if (path / TRAIN_LOG).is_file() else None,
         probe=read_probe(path / PROBE_FILE) if (path / PROBE_FILE).is_file() else None,
-        config=config if isinstance(config, dict) else None,
+        config=config,
     )
 
 
@@ -183,7 +179,7 @@ def find_target(runs: list[Run], target_eval: str | Path | None = None) -> tuple
         for r in runs:
             if _same_path(r.path / EVAL_FILE, path):
                 return r, f"--target_eval {target_eval}"
-        result = _read_eval(path)
+        result = load_eval(path)
         label = "target" if all(r.label != "target" for r in runs) else f"target ({path.parent.name})"
         return Run(label=label, path=path.parent, eval=result), f"--target_eval {target_eval}"
     origins = [
@@ -195,7 +191,7 @@ def find_target(runs: list[Run], target_eval: str | Path | None = None) -> tuple
                 return r, f"the eval of {origin}, where the unlearning runs started"
     for origin in origins:
         if (Path(origin) / EVAL_FILE).is_file():
-            return Run(label="target", path=Path(origin), eval=_read_eval(Path(origin) / EVAL_FILE)), (
+            return Run(label="target", path=Path(origin), eval=load_eval(Path(origin) / EVAL_FILE)), (
                 f"{Path(origin) / EVAL_FILE}, where the unlearning runs started"
             )
     for r in runs:

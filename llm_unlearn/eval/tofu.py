@@ -420,8 +420,10 @@ def load_eval(path: str | Path) -> dict:
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err.msg if isinstance(err, json.JSONDecodeError) else err.reason}); evaluate again with "
-                         "`llm-unlearn eval`") from None  # fmt: skip
+        why = err.msg if isinstance(err, json.JSONDecodeError) else err.reason
+        raise ValueError(
+            f"{path} is not valid JSON ({why}); evaluate again with `llm-unlearn eval`"
+        ) from None
     if not (
         isinstance(result, dict)
         and isinstance(result.get("metrics"), dict)
