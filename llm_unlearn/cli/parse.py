@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import re
 import sys
 from pathlib import Path
@@ -116,6 +117,7 @@ def _scalar_fields(classes) -> dict[str, str]:
     return out
 
 
+@functools.cache
 def _declared_types(classes) -> dict[str, str]:
     """Each init field's type as its class declares it, as text. Not `Field.type`: HfArgumentParser
     rewrites that in place (a `dict | str | None` field becomes `str`) once any parser has been built."""
