@@ -100,10 +100,10 @@ def cmd_unlearn(argv: list[str]) -> None:
     hub = _hub_target(config)
     # --auto is for users without a retain-only model: evaluate without forget quality rather than refuse.
     no_reference = config.auto and not (eval_args.reference_model or eval_args.reference_eval)
-    if config.auto and config.output_dir == "trainer_output" and not _given(argv, "output_dir"):
-        import time
-
-        config.output_dir = f"runs/auto-{data.forget_split}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not _output_dir_set(argv):
+        config.output_dir = _default_output_dir(
+            f"{'auto' if config.auto else config.method}-{data.forget_split}"
+        )
     if eval_args.do_final_eval and not no_reference:
         check_reference(eval_args)
     evaluate = eval_args.do_final_eval and not no_reference
@@ -154,6 +154,24 @@ def _undo_settings(config, evaluate: bool) -> list[str]:
 
 def _given(argv: list[str], name: str) -> bool:
     return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)
+
+
+def _output_dir_set(argv: list[str]) -> bool:
+    """Whether the command line or its --config recipe names the output folder."""
+    if _given(argv, "output_dir"):
+        return True
+    if "--config" in argv and argv.index("--config") + 1 < len(argv):
+        from .parse import load_yaml
+
+        return "output_dir" in load_yaml(argv[argv.index("--config") + 1])
+    return False
+
+
+def _default_output_dir(name: str) -> str:
+    """`runs/NAME` for a run given no --output_dir. Trainer's own default, `trainer_output`, is one folder
+    for every run, so each run after the first with other settings would be refused; a name from the
+    settings keeps "rerun the same command to resume" and is the same in every process of a launch."""
+    return f"runs/{name.replace('/', '_')}"
 
 
 def _hub_target(config) -> dict | None:
@@ -416,6 +434,14 @@ def finetune_cli(argv: list[str]) -> Path:
     )
     if not model_args.model_name_or_path:
         raise ValueError("no --model_name_or_path given; pass the model folder or Hub id to fine-tune")
+    if not _output_dir_set(argv):
+        args.output_dir = _default_output_dir(f"finetune-{ft.train_split}")
+    out = Path(args.output_dir)
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):
+        # finetune() swaps its result in for the folder at the end: it would replace, not resume.
+        raise FileExistsError(
+            f"output dir {out} exists and is not empty; remove it or choose a new --output_dir"
+        )
     model, tokenizer = load_model_and_tokenizer(
         model_args.model_name_or_path,
         trust_remote_code=model_args.trust_remote_code,

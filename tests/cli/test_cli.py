@@ -206,7 +206,7 @@ def test_world_command_writes_a_world_and_copies_its_models(tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
 
 
-def test_train_command_fine_tunes_on_a_split(micro_world, micro_models, tmp_path):
+def test_train_command_fine_tunes_on_a_split(micro_world, micro_models, tmp_path, capsys):
     out = tmp_path / "ft"
     argv = ["train", "--model_name_or_path", str(micro_models["base"]), "--data_dir", str(micro_world),
             "--train_split", "forget10", "--output_dir", str(out), "--max_steps", "2", "--learning_rate", "1e-2",
@@ -216,6 +216,11 @@ def test_train_command_fine_tunes_on_a_split(micro_world, micro_models, tmp_path
     after = load_file(out / "model.safetensors")
     assert any(not (before[k] == after[k]).all() for k in before)
     assert not (out / "training_args.bin").exists()
+    # A second run to the same folder would replace the first model when it ends: refused before it starts.
+    assert main(argv) == 2
+    assert f"output dir {out} exists and is not empty" in capsys.readouterr().err
+    kept = load_file(out / "model.safetensors")
+    assert all((kept[k] == after[k]).all() for k in after)
 
 
 def test_a_token_on_the_command_line_is_refused_and_never_written(
@@ -260,3 +265,23 @@ def test_same_seed_and_config_twice_gives_identical_weights_and_eval(micro_world
         for out in runs
     ]  # fmt: skip
     assert any("gen_eta_star" in row for row in logs[0]) and logs[0] == logs[1]
+
+
+def test_run_without_output_dir_goes_to_a_folder_named_by_its_settings(
+    micro_world, micro_models, tmp_path, monkeypatch, capsys
+):
+    # Trainer's default folder (`trainer_output`) is shared by every run; ours is named by method and split,
+    # so a rerun of the same command finds its own folder (resume, or the "complete run" refusal).
+    monkeypatch.chdir(tmp_path)
+    argv = [a for a in _unlearn_argv(micro_world, micro_models, "x", "--do_final_eval", "false")]
+    i = argv.index("--output_dir")
+    del argv[i : i + 2]
+    assert main(argv) == 0
+    assert "run complete: runs/graddiff-forget10" in capsys.readouterr().out
+    status = json.loads((tmp_path / "runs/graddiff-forget10/status.json").read_text())
+    assert status["state"] == "complete"
+    assert not (tmp_path / "trainer_output").exists()
+    assert main(argv) != 0
+    assert "runs/graddiff-forget10 holds a complete run" in capsys.readouterr().err
+    assert main([*argv, "--method", "ga"]) == 0
+    assert (tmp_path / "runs/ga-forget10/status.json").exists()
