@@ -42,7 +42,8 @@ def _setup_logging() -> None:
 
 
 def cmd_world(argv: list[str]) -> None:
-    from ..data.world import WORLD_SIZES, WorldConfig, write_world
+    from ..data.world import FORGET_PCTS, WORLD_SIZES, WorldConfig, write_world
+    from ..runs.options import suggest
 
     parser = argparse.ArgumentParser(
         prog="llm-unlearn world", description="Write the built-in fictitious-author world."
@@ -62,10 +63,20 @@ def cmd_world(argv: list[str]) -> None:
     cfg = WorldConfig(**{**WORLD_SIZES[args.size], "seed": args.seed})
     if args.n_authors is not None:
         cfg.n_authors = args.n_authors
+    # What the models need is checked before the world is written: a refusal leaves nothing behind.
+    splits = [s.strip() for s in args.forget_splits.split(",")]
+    known = [f"forget{pct:02d}" for pct in FORGET_PCTS]
+    for split in splits:
+        if split not in known:
+            raise ValueError(
+                f"unknown --forget_splits entry {split!r}{suggest(split, known)}; choose from {', '.join(known)}"
+            )
+    if args.models and Path(args.models).exists():
+        raise FileExistsError(f"models folder {args.models} exists; remove it or pass another --models")
     path = write_world(args.out, cfg)
     print(f"world with {cfg.n_authors} authors written to {path}")
     if args.models:
-        _copy_models(path, Path(args.models), args.size, args.forget_splits.split(","), args.no_cache)
+        _copy_models(path, Path(args.models), args.size, splits, args.no_cache)
 
 
 def _copy_models(world_dir: Path, dest: Path, size: str, forget_splits: list[str], no_cache: bool) -> None:
@@ -94,6 +105,10 @@ def cmd_unlearn(argv: list[str]) -> None:
     from .parse import parse_config
 
     model_args, data, config, eval_args = parse_config(argv)
+    if config.disable_tqdm:  # Trainer's option; transformers' own bars (loading, writing weights) too
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     if config.hub_token:
         raise ValueError("--hub_token is refused: a token on the command line ends up in shell history and "
                          "process lists; set HF_TOKEN or run `hf auth login`")  # fmt: skip

@@ -192,6 +192,23 @@ def test_unknown_command_suggests(capsys):
     assert "did you mean 'unlearn'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--forget_splits", "forget77"], "unknown --forget_splits entry 'forget77'"),
+        (["--forget_splits", "forget10,forget5"], "did you mean 'forget05'"),
+        (["--models", "EXISTING"], "models folder .* exists"),
+    ],
+)
+def test_world_command_refuses_before_writing_anything(tmp_path, capsys, extra, message):
+    (tmp_path / "EXISTING").mkdir()
+    extra = [str(tmp_path / a) if a == "EXISTING" else a for a in extra]
+    argv = ["world", "--out", str(tmp_path / "w"), "--size", "micro", *extra]
+    assert main(argv) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "w").exists()
+
+
 def test_world_command_writes_a_world_and_copies_its_models(tmp_path, capsys):
     assert (
         main(["world", "--out", str(tmp_path / "w"), "--size", "micro", "--models", str(tmp_path / "m")]) == 0
@@ -285,3 +302,15 @@ def test_run_without_output_dir_goes_to_a_folder_named_by_its_settings(
     assert "runs/graddiff-forget10 holds a complete run" in capsys.readouterr().err
     assert main([*argv, "--method", "ga"]) == 0
     assert (tmp_path / "runs/ga-forget10/status.json").exists()
+
+
+def test_disable_tqdm_silences_every_progress_bar(micro_world, micro_models, tmp_path, capsys):
+    from transformers.utils import logging as hf_logging
+
+    try:
+        assert main(_unlearn_argv(micro_world, micro_models, tmp_path / "run", "--disable_tqdm", "true")) == 0
+        err = capsys.readouterr().err
+        assert "it/s]" not in err and "Loading weights" not in err  # tqdm's rate, transformers' bar
+        assert (tmp_path / "run" / "eval.json").is_file()
+    finally:
+        hf_logging.enable_progress_bar()
