@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import torch.distributed as dist
 from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
 
 T = TypeVar("T")
 
@@ -59,7 +60,9 @@ class Shard:
     ) -> list[tuple[list[int], T]]:
         """(indices, score(indices)) for every batch of every rank, this rank's share scored here."""
         mine = batches[self.rank :: self.world_size]
-        done = [(idx, score(idx)) for idx in tqdm(mine, desc=desc, disable=not (progress and self.is_main))]
+        # Also off where transformers' bars are (`--disable_tqdm` turns both off, cli/commands.py).
+        show = progress and self.is_main and hf_logging.is_progress_bar_enabled()
+        done = [(idx, score(idx)) for idx in tqdm(mine, desc=desc, disable=not show)]
         self.batches_run += len(mine)
         return [piece for part in self.all_gather(done) for piece in part]
 

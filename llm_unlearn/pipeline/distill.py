@@ -416,6 +416,10 @@ def distill_cli(argv: list[str]) -> tuple[Path, dict | None]:
     settings = DistillSettings(**{k: v for k, v in vars(args).items() if k in names})
     settings.splits = tuple(s for s in args.splits.split(",") if s) if args.splits else None
     check_settings(settings)
+    if settings.disable_tqdm:  # transformers' own bars too (loading and writing weights)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     config = read_run(args.run_dir)
     eval_args = eval_args_of(config, args.reference_model, args.reference_eval)
     if not args.no_eval:
