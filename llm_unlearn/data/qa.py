@@ -239,7 +239,8 @@ def paired_split(forget_split: str, kind: str) -> str:
     pct = forget_pct(forget_split)
     if pct is None:
         raise DataError(
-            f"cannot pair split {forget_split!r}: expected a name like forget01, forget05, forget10"
+            f"cannot pair split {forget_split!r} with its companions: the evaluation finds them by TOFU's names "
+            "(forget10 -> retain90, holdout10, forget10_perturbed); name your splits that way"
         )
     return {
         "retain": f"retain{100 - pct}",

@@ -32,7 +32,16 @@ from ..core.auto import describe as describe_fallback
 from ..core.config import UnlearnConfig
 from ..core.inputs import check_same_vocabulary, validate_inputs
 from ..data.args import DataArgs
-from ..data.qa import QACollator, QADataset, check_forget_retain, load_split, pad_id, paired_split
+from ..data.qa import (
+    DataError,
+    QACollator,
+    QADataset,
+    check_forget_retain,
+    forget_pct,
+    load_split,
+    pad_id,
+    paired_split,
+)
 from ..eval.args import EvalArgs
 from ..methods import get_method
 from ..methods.common import eval_mode
@@ -67,7 +76,14 @@ ADAPTER_DIR = "adapter"  # LoRA runs: the trained adapter, beside the merged mod
 
 
 def resolve_retain_split(data: DataArgs) -> str:
-    return data.retain_split or paired_split(data.forget_split, "retain")
+    if data.retain_split:
+        return data.retain_split
+    if forget_pct(data.forget_split) is None:
+        raise DataError(
+            f"no retain split pairs with forget split {data.forget_split!r} (TOFU's names pair: forget10 -> "
+            "retain90); pass --retain_split NAME"
+        )
+    return paired_split(data.forget_split, "retain")
 
 
 def check_output_dir(output_dir: str | None) -> dict | None:

@@ -345,6 +345,10 @@ CASES = [
          r"is failed: NonFiniteLossError: boom; eval needs a complete run",
          setup=lambda e: e.status(e.out, state="failed", error="NonFiniteLossError: boom")),
     Case("eval_without_a_model", lambda e: ["eval", "--reference_eval", str(e.tmp / "x.json")], r"no --model_name_or_path given"),
+    Case("forget_split_without_a_retain_pair", lambda e: e.unlearn(forget_split="holdout10"),
+         r"no retain split pairs with forget split 'holdout10' .*pass --retain_split NAME"),
+    Case("custom_forget_split_evaluated", lambda e: e.unlearn(forget_split="holdout10", retain_split="retain90"),
+         r"cannot pair split 'holdout10' with its companions: .*name your splits that way"),
 ]  # fmt: skip
 CASES += [
     # max_steps -1 so that the epoch count is what decides the run's length.
