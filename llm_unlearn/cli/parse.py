@@ -33,6 +33,26 @@ def field_names(classes=CONFIG_CLASSES) -> set[str]:
     return {f.name for cls in classes for f in dataclasses.fields(cls) if f.init}
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, first: int, again: int):
+        super().__init__(key)
+        self.key, self.lines = key, (first, again)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys without a word; in a recipe that hides which value a run used."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str) and key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path, classes=CONFIG_CLASSES) -> dict[str, Any]:
     """Read a flat recipe; refuse unknown keys with a suggestion."""
     path = Path(path)
@@ -41,9 +61,14 @@ def load_yaml(path: str | Path, classes=CONFIG_CLASSES) -> dict[str, Any]:
             f"config file {path} not found; pass an existing YAML recipe (see recipes/README.md)"
         )
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text; save the recipe as UTF-8") from None
+    except _DuplicateKey as err:
+        first, again = err.lines
+        raise ConfigError(
+            f"config file {path} sets {err.key!r} twice (lines {first} and {again}); keep one"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

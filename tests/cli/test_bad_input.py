@@ -345,6 +345,8 @@ CASES = [
          r"is failed: NonFiniteLossError: boom; eval needs a complete run",
          setup=lambda e: e.status(e.out, state="failed", error="NonFiniteLossError: boom")),
     Case("eval_without_a_model", lambda e: ["eval", "--reference_eval", str(e.tmp / "x.json")], r"no --model_name_or_path given"),
+    Case("recipe_with_a_key_twice", lambda e: e.recipe("method: graddiff\nlearning_rate: 0.1\n# tuned\nlearning_rate: 0.2\n"),
+         r"config file .*recipe.yaml sets 'learning_rate' twice \(lines 2 and 4\); keep one"),
     Case("forget_split_without_a_retain_pair", lambda e: e.unlearn(forget_split="holdout10"),
          r"no retain split pairs with forget split 'holdout10' .*pass --retain_split NAME"),
     Case("custom_forget_split_evaluated", lambda e: e.unlearn(forget_split="holdout10", retain_split="retain90"),
