@@ -205,8 +205,8 @@ def check_reference_eval(
             prompt = prompts.get(str(i))
             if not prompt or row["question"] not in str(prompt[0]):
                 raise DataError(
-                    f"reference eval file {path} row {i} was scored on another question than {where} "
-                    f"row {i} ({row['question'][:60]!r}); {fix}"
+                    f"reference eval file {path} entry {i} was scored on another question than {where} "
+                    f"row {i + 1} ({row['question'][:60]!r}); {fix}"
                 )
         return
     meta = reference.get("meta", {})
@@ -241,7 +241,7 @@ def check_reference_eval(
         theirs = [g.get("question") if isinstance(g, dict) else None for g in scored]
         for i, row in enumerate(forget_rows):
             if i >= len(theirs) or theirs[i] != row["question"]:
-                detail += f"; first difference at row {i}: {row['question'][:60]!r} here"
+                detail += f"; first difference at row {i + 1}: {row['question'][:60]!r} here"
                 break
     raise DataError(
         f"reference eval file {path} was scored on other forget questions than {where} ({detail}); {fix}"

@@ -92,7 +92,8 @@ def load_split(
     """Load one TOFU-format split as a list of dicts, checking that `required` fields are present.
 
     Exactly one of `data_dir` (local folder of `<split>.json` files) or `dataset_name` (Hub id,
-    config = split) is used; `data_dir` wins when both are given.
+    config = split) is used; `data_dir` wins when both are given. Errors count rows from 1, as an editor
+    counts the lines of a JSON-lines file.
     """
     if data_dir is not None:
         data_dir = Path(data_dir)
@@ -121,18 +122,18 @@ def load_split(
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise DataError(
-                f"split {where} row {i} is {_a(type(row).__name__)}, not an object; every row is a JSON object "
+                f"split {where} row {i + 1} is {_a(type(row).__name__)}, not an object; every row is a JSON object "
                 f"with fields {', '.join(required)}"
             )
         missing = [f for f in required if f not in row or row[f] is None]
         if missing:
             raise DataError(
-                f"split {where} row {i} lacks field(s) {', '.join(missing)}; every row needs {', '.join(required)}"
+                f"split {where} row {i + 1} lacks field(s) {', '.join(missing)}; every row needs {', '.join(required)}"
             )
         for name in ("question", "answer", "paraphrased_answer"):
             if name in required and not isinstance(row[name], str):
                 raise DataError(
-                    f"split {where} row {i} field {name} is {_a(type(row[name]).__name__)}, not a string; "
+                    f"split {where} row {i + 1} field {name} is {_a(type(row[name]).__name__)}, not a string; "
                     "fix the file (TOFU format: question and answer are text)"
                 )
         if "perturbed_answer" in required:
@@ -141,11 +142,11 @@ def load_split(
                 row["perturbed_answer"] = [pert]
             elif not isinstance(pert, list) or not all(isinstance(a, str) for a in pert):
                 raise DataError(
-                    f"split {where} row {i} field perturbed_answer must be a list of strings; fix the file"
+                    f"split {where} row {i + 1} field perturbed_answer must be a list of strings; fix the file"
                 )
             elif not pert:
                 raise DataError(
-                    f"split {where} row {i} has an empty perturbed_answer list; give at least one"
+                    f"split {where} row {i + 1} has an empty perturbed_answer list; give at least one"
                 )
         _refuse_empty_text(row, i, where, required)
     return rows
@@ -160,7 +161,7 @@ def _refuse_empty_text(row: dict, i: int, where: str, required: Sequence[str]) -
         if not text.strip():
             asked = f" (question {row['question'][:60]!r})" if name != "question" else ""
             raise DataError(
-                f"split {where} row {i} has an empty {name}{asked}; "
+                f"split {where} row {i + 1} has an empty {name}{asked}; "
                 f"give it a non-empty {name.partition('[')[0]} or drop the row"
             )
 
@@ -173,7 +174,9 @@ def check_unique_questions(rows: list[dict], where: str, refuse: bool = True) ->
         if j == i:
             continue
         repeats = sum(r["question"] == row["question"] for r in rows)
-        problem = f"split {where} asks question {row['question'][:80]!r} {repeats} times (rows {j} and {i}"
+        problem = (
+            f"split {where} asks question {row['question'][:80]!r} {repeats} times (rows {j + 1} and {i + 1}"
+        )
         problem += ", ...)" if repeats > 2 else ")"
         if refuse:
             raise DataError(
@@ -194,12 +197,12 @@ def check_companion(base: list[dict], base_where: str, companion: list[dict], co
         if a["question"] != b["question"]:
             where = "elsewhere in" if any(r["question"] == b["question"] for r in base) else "not in"
             raise DataError(
-                f"{companion_where} row {i} asks {b['question'][:60]!r} where {base_where} asks "
+                f"{companion_where} row {i + 1} asks {b['question'][:60]!r} where {base_where} asks "
                 f"{a['question'][:60]!r} (that question is {where} {base_where}); {fix}"
             )
         if a["answer"] != b["answer"]:
             raise DataError(
-                f"{companion_where} row {i} answers {b['answer'][:60]!r} where {base_where} answers "
+                f"{companion_where} row {i + 1} answers {b['answer'][:60]!r} where {base_where} answers "
                 f"{a['answer'][:60]!r} (question {a['question'][:60]!r}); {fix}"
             )
     if len(base) != len(companion):

@@ -531,7 +531,7 @@ def validate_world(world_dir: str | Path) -> None:
             fact = r["fact"].lower()
             if fact not in r["answer"].lower() or fact not in r["paraphrased_answer"].lower():
                 raise DataError(
-                    f"{split} row {i}: fact {r['fact']!r} missing from its answer or paraphrase; {fix}"
+                    f"{split} row {i + 1}: fact {r['fact']!r} missing from its answer or paraphrase; {fix}"
                 )
             bad = [
                 p
@@ -540,7 +540,7 @@ def validate_world(world_dir: str | Path) -> None:
             ]
             if bad or not r["perturbed_answer"]:
                 raise DataError(
-                    f"{split} row {i}: perturbed answer {bad[:1]} states the true fact {r['fact']!r}; {fix}"
+                    f"{split} row {i + 1}: perturbed answer {bad[:1]} states the true fact {r['fact']!r}; {fix}"
                 )
     for split in ("real_authors_perturbed", "world_facts_perturbed"):
         for i, r in enumerate(
@@ -548,7 +548,7 @@ def validate_world(world_dir: str | Path) -> None:
         ):
             if r["answer"] in r["perturbed_answer"]:
                 raise DataError(
-                    f"{split} row {i}: a perturbed answer equals the true answer {r['answer']!r}; {fix}"
+                    f"{split} row {i + 1}: a perturbed answer equals the true answer {r['answer']!r}; {fix}"
                 )
 
 

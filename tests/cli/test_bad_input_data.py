@@ -156,21 +156,21 @@ FIX_COMPANION = r"regenerate .*forget10_perturbed\.json from .*forget10\.json \(
 CASES = [
     # ---- a split and its perturbed companion: same questions, same order, same answers
     Case("perturbed_with_other_questions_eval", lambda e: e.eval(),
-         rf"forget10_perturbed\.json row 0 asks .* where .*forget10\.json asks .*\(that question is not in .*forget10\.json\); {FIX_COMPANION}",
+         rf"forget10_perturbed\.json row 1 asks .* where .*forget10\.json asks .*\(that question is not in .*forget10\.json\); {FIX_COMPANION}",
          setup=_other_questions),
-    Case("perturbed_with_other_questions_unlearn", lambda e: e.unlearn(), r"forget10_perturbed\.json row 0 asks .*that question is not in",
+    Case("perturbed_with_other_questions_unlearn", lambda e: e.unlearn(), r"forget10_perturbed\.json row 1 asks .*that question is not in",
          setup=_other_questions),
     Case("perturbed_in_another_order", lambda e: e.eval(),
-         r"forget10_perturbed\.json row 0 asks .*\(that question is elsewhere in .*forget10\.json\)",
+         r"forget10_perturbed\.json row 1 asks .*\(that question is elsewhere in .*forget10\.json\)",
          setup=lambda e: e.write_rows("forget10_perturbed", e.rows("forget10_perturbed")[::-1])),
     Case("perturbed_one_row_short", lambda e: e.eval(), r"forget10_perturbed\.json has \d+ rows but .*forget10\.json has \d+",
          setup=lambda e: e.write_rows("forget10_perturbed", e.rows("forget10_perturbed")[:-1])),
-    Case("perturbed_with_another_answer", lambda e: e.eval(), r"forget10_perturbed\.json row 1 answers 'Someone else\.' where",
+    Case("perturbed_with_another_answer", lambda e: e.eval(), r"forget10_perturbed\.json row 2 answers 'Someone else\.' where",
          setup=lambda e: e.edit_rows("forget10_perturbed", lambda i, r: r | {"answer": "Someone else."} if i == 1 else r)),
-    Case("holdout_perturbed_in_another_order", lambda e: e.eval(), r"holdout10_perturbed\.json row 0 asks .*elsewhere in .*holdout10\.json",
+    Case("holdout_perturbed_in_another_order", lambda e: e.eval(), r"holdout10_perturbed\.json row 1 asks .*elsewhere in .*holdout10\.json",
          setup=lambda e: e.write_rows("holdout10_perturbed", e.rows("holdout10_perturbed")[::-1])),
     Case("perturbed_with_other_questions_on_the_hub", lambda e: e.eval(data_dir="", dataset_name="fake/tofu"),
-         r"fake/tofu:forget10_perturbed row 0 asks .*not in fake/tofu:forget10", setup=_other_questions),
+         r"fake/tofu:forget10_perturbed row 1 asks .*not in fake/tofu:forget10", setup=_other_questions),
     # ---- files that do not decode: named with line and byte, found before training
     Case("non_utf8_byte_in_an_eval_only_split", lambda e: e.unlearn(),
          r"world_facts_perturbed\.json line 3 \(byte \d+\) is not UTF-8 \(invalid start byte: b'\\xff'\); re-save the file as UTF-8",
@@ -179,18 +179,18 @@ CASES = [
          setup=_non_utf8_byte),
     # ---- repeated questions and empty answers, by row
     Case("duplicated_question_in_the_forget_split", lambda e: e.unlearn(),
-         r"split .*forget10\.json asks question .* 2 times \(rows 2 and 5\); .*keep one row per question",
+         r"split .*forget10\.json asks question .* 2 times \(rows 3 and 6\); .*keep one row per question",
          setup=_repeat_question("forget10", 5, 2)),
     Case("duplicated_question_in_an_eval_split", lambda e: e.eval(),
-         r"split .*real_authors_perturbed\.json asks question .* 2 times \(rows 0 and 1\)",
+         r"split .*real_authors_perturbed\.json asks question .* 2 times \(rows 1 and 2\)",
          setup=_repeat_question("real_authors_perturbed", 1, 0)),
     Case("duplicated_question_in_the_stop_rules_holdout", lambda e: e.unlearn(auto="true", do_final_eval="false"),
-         r"split .*holdout10\.json asks question .* 2 times \(rows 0 and 3\)", setup=_repeat_question("holdout10", 3, 0)),
-    Case("empty_answer_in_the_forget_split", lambda e: e.unlearn(), r"split .*forget10\.json row 4 has an empty answer \(question .*\); give it a non-empty answer or drop the row",
+         r"split .*holdout10\.json asks question .* 2 times \(rows 1 and 4\)", setup=_repeat_question("holdout10", 3, 0)),
+    Case("empty_answer_in_the_forget_split", lambda e: e.unlearn(), r"split .*forget10\.json row 5 has an empty answer \(question .*\); give it a non-empty answer or drop the row",
          setup=lambda e: e.edit_rows("forget10", lambda i, r: r | {"answer": "  "} if i == 4 else r)),
-    Case("empty_perturbed_answer_in_an_eval_split", lambda e: e.unlearn(), r"world_facts_perturbed\.json row 2 has an empty perturbed_answer\[1\]",
+    Case("empty_perturbed_answer_in_an_eval_split", lambda e: e.unlearn(), r"world_facts_perturbed\.json row 3 has an empty perturbed_answer\[1\]",
          setup=lambda e: e.edit_rows("world_facts_perturbed", lambda i, r: r | {"perturbed_answer": ["x", "", "y"]} if i == 2 else r)),
-    Case("empty_question_in_the_retain_split", lambda e: e.unlearn(), r"retain90\.json row 0 has an empty question",
+    Case("empty_question_in_the_retain_split", lambda e: e.unlearn(), r"retain90\.json row 1 has an empty question",
          setup=lambda e: e.edit_rows("retain90", lambda i, r: r | {"question": ""} if i == 0 else r)),
     # ---- evaluation sets that overlap the forget set
     Case("eval_retain_set_shares_a_forget_question", lambda e: e.unlearn(),
@@ -218,7 +218,7 @@ CASES = [
     Case("reference_eval_with_another_prompt_format", lambda e: e.unlearn(prompt_format="qa", reference_model="", reference_eval=str(e.reference_eval)),
          r"was evaluated with prompt_format 'chat_template' but this command uses 'qa'"),
     Case("reference_eval_of_other_questions_under_the_same_name", lambda e: e.eval(reference_model="", reference_eval=str(e.reference_eval)),
-         r"was scored on other forget questions than .*forget10_perturbed\.json \(forget10_perturbed, (\d+) rows there; \1 rows here; first difference at row 3",
+         r"was scored on other forget questions than .*forget10_perturbed\.json \(forget10_perturbed, (\d+) rows there; \1 rows here; first difference at row 4",
          setup=_rename_question),
 ]  # fmt: skip
 
@@ -299,7 +299,7 @@ def test_a_repeated_question_in_the_retain_split_is_warned_about_by_name(env: En
     with caplog.at_level(logging.WARNING, logger="llm_unlearn"):
         rows = validate_inputs(DataArgs(data_dir=str(env.world)), retain_split="retain90")
     assert len(rows["retain90"]) == len(env.rows("retain90"))
-    assert re.search(r"split .*retain90\.json asks question .* 2 times \(rows 3 and 7\)", caplog.text), (
+    assert re.search(r"split .*retain90\.json asks question .* 2 times \(rows 4 and 8\)", caplog.text), (
         caplog.text
     )
 
@@ -338,7 +338,7 @@ def test_a_legacy_reference_log_is_checked_against_the_split_questions(tofu_dir,
     rows = load_split("forget10_perturbed", data_dir=tofu_dir)
     check_reference_eval(log, rows, "forget10_perturbed")
     with pytest.raises(
-        DataError, match=r"row 0 was scored on another question than forget05_perturbed row 0"
+        DataError, match=r"entry 0 was scored on another question than forget05_perturbed row 1"
     ):
         check_reference_eval(log, load_split("forget05_perturbed", data_dir=tofu_dir), "forget05_perturbed")
     data = json.loads(log.read_text())

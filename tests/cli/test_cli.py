@@ -103,7 +103,7 @@ def test_split_with_missing_field(broken_world, micro_models, tmp_path, capsys):
     (broken_world / "forget10.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
     _expect_error(
-        capsys, _unlearn_argv(broken_world, micro_models, out), r"row 3 lacks field\(s\) answer", out
+        capsys, _unlearn_argv(broken_world, micro_models, out), r"row 4 lacks field\(s\) answer", out
     )
     assert not out.exists()
 

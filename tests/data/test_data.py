@@ -109,7 +109,7 @@ def test_missing_split_file_lists_available_splits(tmp_path):
 
 def test_missing_field_names_row_and_field(tmp_path):
     (tmp_path / "forget10.json").write_text('{"question": "q", "answer": "a"}\n{"question": "q2"}\n')
-    with pytest.raises(DataError, match="row 1 lacks field.*answer"):
+    with pytest.raises(DataError, match="row 2 lacks field.*answer"):
         load_split("forget10", tmp_path)
 
 

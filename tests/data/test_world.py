@@ -224,7 +224,7 @@ def test_the_holdout_has_perturbed_answers_of_its_own_questions(micro_world, tmp
     rows[0]["perturbed_answer"][1] = rows[0]["paraphrased_answer"]
     _rewrite(world / "holdout10_perturbed.json", rows)
     with pytest.raises(
-        DataError, match="holdout10_perturbed row 0: perturbed answer .* states the true fact"
+        DataError, match="holdout10_perturbed row 1: perturbed answer .* states the true fact"
     ):
         validate_world(world)
     _rewrite(world / "holdout10_perturbed.json", rows[1:])
