@@ -360,10 +360,16 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    _setup_logging()
-    from ..core.trainer import NonFiniteLossError
-    from ..data.qa import DataError
-    from ..runs.folder import RunError
+    try:  # torch and transformers load here (seconds): Ctrl-C meanwhile is an interrupt, not a traceback
+        _setup_logging()
+        from ..core.trainer import NonFiniteLossError
+        from ..data.qa import DataError
+        from ..runs.folder import RunError
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted while starting; nothing was done", file=sys.stderr)
+        return 130
 
     # SIGTERM (a scheduler's stop, `kill`, a timeout) ends a run as Ctrl-C does: the run is marked
     # failed with its last complete checkpoint kept, one line says how to resume, and the exit code

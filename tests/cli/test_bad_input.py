@@ -155,6 +155,13 @@ def _checkpointed(env: Env) -> list[str]:
                        per_device_train_batch_size="2")  # fmt: skip
 
 
+def _raise(error: type[BaseException]):
+    def raising(*args, **kwargs):
+        raise error
+
+    return raising
+
+
 def _interrupt_at_step_2(monkeypatch) -> None:
     from llm_unlearn.core.trainer import UnlearnTrainer
 
@@ -338,6 +345,8 @@ CASES = [
          r"holdout split holdout10 shares 1 question\(s\) with retain90 .*membership inference needs questions the model never saw",
          setup=lambda e: (e.write_rows("holdout10", e.rows("holdout10")[:-1] + e.rows("retain90")[-1:]), _drop(e, "holdout10_perturbed.json"))),
     Case("eval_model_missing", lambda e: ["eval", "--model_name_or_path", "nope", "--reference_eval", str(e.tmp / "x.json")], r"model nope does not exist here"),
+    Case("interrupted_while_starting", lambda e: e.unlearn(), r"^error: interrupted while starting; nothing was done", code=130,
+         patch=lambda mp: mp.setattr("llm_unlearn.cli.commands._setup_logging", _raise(KeyboardInterrupt))),
     Case("eval_interrupted_run", lambda e: ["eval", "--model_name_or_path", str(e.out), "--data_dir", str(e.world), "--reference_model", str(e.retain_model)],
          r"is interrupted; eval needs a complete run \(resume it",
          setup=lambda e: e.status(e.out, state="running", pid=_dead_pid(), host=socket.gethostname())),
