@@ -207,3 +207,15 @@ def load_model_and_tokenizer(
     )
     check_tokenizer_fits(tokenizer, model, path)
     return model, tokenizer
+
+
+def with_lora(model, config):
+    """`peft.get_peft_model`, without the FutureWarning it sets off in transformers 5 (peft reads the
+    deprecated `is_gradient_checkpointing`: their mismatch, nothing a user of ours can change)."""
+    import warnings
+
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)

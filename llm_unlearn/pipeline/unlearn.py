@@ -187,7 +187,9 @@ class AdaptersDisabled:
 
 
 def add_lora(model, model_args: ModelArgs):
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
+
+    from ..models.loading import with_lora
 
     targets = model_args.lora_target_modules
     lora = LoraConfig(
@@ -197,7 +199,7 @@ def add_lora(model, model_args: ModelArgs):
         target_modules=targets if targets == "all-linear" else targets.split(","),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    return with_lora(model, lora)
 
 
 class _BarOnly(ProgressCallback):

@@ -103,13 +103,15 @@ def add_piggyback_masks(model: nn.Module, settings: ProbeSettings) -> list[Piggy
 
 def add_relearn_lora(model: nn.Module, settings: ProbeSettings):
     """A peft model with fresh LoRA adapters on all linear layers but the head; only they train."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
+
+    from ..models.loading import with_lora
 
     config = LoraConfig(
         r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=0.0,
         target_modules="all-linear", task_type="CAUSAL_LM",
     )  # fmt: skip
-    return get_peft_model(model, config)
+    return with_lora(model, config)
 
 
 def _batches(n: int, batch_size: int, steps: int, seed: int):
