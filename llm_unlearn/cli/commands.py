@@ -102,7 +102,7 @@ def cmd_train(argv: list[str]) -> None:
 def cmd_unlearn(argv: list[str]) -> None:
     from ..pipeline.evaluate import check_reference, evaluate_with_reference, is_main_process
     from ..pipeline.unlearn import unlearn
-    from .parse import parse_config
+    from .parse import CONFIG_CLASSES, parse_config
 
     model_args, data, config, eval_args = parse_config(argv)
     if config.disable_tqdm:  # Trainer's option; transformers' own bars (loading, writing weights) too
@@ -115,7 +115,7 @@ def cmd_unlearn(argv: list[str]) -> None:
     hub = _hub_target(config)
     # --auto is for users without a retain-only model: evaluate without forget quality rather than refuse.
     no_reference = config.auto and not (eval_args.reference_model or eval_args.reference_eval)
-    if not _output_dir_set(argv):
+    if not _output_dir_set(argv, CONFIG_CLASSES):
         config.output_dir = _default_output_dir(
             f"{'auto' if config.auto else config.method}-{data.forget_split}"
         )
@@ -171,14 +171,14 @@ def _given(argv: list[str], name: str) -> bool:
     return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)
 
 
-def _output_dir_set(argv: list[str]) -> bool:
-    """Whether the command line or its --config recipe names the output folder."""
+def _output_dir_set(argv: list[str], classes) -> bool:
+    """Whether the command line or its --config recipe (of the command's option `classes`) names the output folder."""
     if _given(argv, "output_dir"):
         return True
     if "--config" in argv and argv.index("--config") + 1 < len(argv):
         from .parse import load_yaml
 
-        return "output_dir" in load_yaml(argv[argv.index("--config") + 1])
+        return "output_dir" in load_yaml(argv[argv.index("--config") + 1], classes)
     return False
 
 
@@ -450,12 +450,11 @@ def finetune_cli(argv: list[str]) -> Path:
     from ..models.loading import load_model_and_tokenizer
     from .parse import parse_config
 
-    model_args, data, ft, args = parse_config(
-        argv, classes=(ModelArgs, DataArgs, FinetuneArgs, TrainingArguments), command="train"
-    )
+    classes = (ModelArgs, DataArgs, FinetuneArgs, TrainingArguments)
+    model_args, data, ft, args = parse_config(argv, classes=classes, command="train")
     if not model_args.model_name_or_path:
         raise ValueError("no --model_name_or_path given; pass the model folder or Hub id to fine-tune")
-    if not _output_dir_set(argv):
+    if not _output_dir_set(argv, classes):
         args.output_dir = _default_output_dir(f"finetune-{ft.train_split}")
     out = Path(args.output_dir)
     if out.is_file() or (out.is_dir() and any(out.iterdir())):

@@ -314,3 +314,15 @@ def test_disable_tqdm_silences_every_progress_bar(micro_world, micro_models, tmp
         assert (tmp_path / "run" / "eval.json").is_file()
     finally:
         hf_logging.enable_progress_bar()
+
+
+def test_train_recipe_without_output_dir_runs_into_runs_finetune(micro_world, micro_models, tmp_path, monkeypatch):
+    # A fine-tune recipe's own keys (train_split) are read with train's options, not unlearn's.
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "ft.yaml"
+    recipe.write_text(
+        f"model_name_or_path: {micro_models['base']}\ndata_dir: {micro_world}\ntrain_split: forget10\n"
+        "max_steps: 1\nuse_cpu: true\nreport_to: none\n"
+    )
+    assert main(["train", "--config", str(recipe)]) == 0
+    assert (tmp_path / "runs/finetune-forget10/model.safetensors").is_file()
