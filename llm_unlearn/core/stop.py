@@ -458,6 +458,7 @@ class IndistinguishableStop(TrainerCallback):
             self.check(model, state.global_step)  # the final weights are a candidate too
         if (
             self.fallback
+            and self.scorer.utility_rows  # without the utility splits the guard is off (warned at the start)
             and self.decision != "utility_alarm"
             and self.best
             and "stop_utility" not in self.best

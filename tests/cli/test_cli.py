@@ -316,7 +316,9 @@ def test_disable_tqdm_silences_every_progress_bar(micro_world, micro_models, tmp
         hf_logging.enable_progress_bar()
 
 
-def test_train_recipe_without_output_dir_runs_into_runs_finetune(micro_world, micro_models, tmp_path, monkeypatch):
+def test_train_recipe_without_output_dir_runs_into_runs_finetune(
+    micro_world, micro_models, tmp_path, monkeypatch
+):
     # A fine-tune recipe's own keys (train_split) are read with train's options, not unlearn's.
     monkeypatch.chdir(tmp_path)
     recipe = tmp_path / "ft.yaml"

@@ -384,6 +384,23 @@ def test_auto_estimates_utility_on_the_evaluation_splits_it_finds(
     with caplog.at_level("WARNING", logger="llm_unlearn"):
         assert stop_data("--auto")["utility_rows"] is None
     assert "the utility guard is off" in caplog.text
+    # ... and a run without any of them keeps its first regime to the end (it crashed at the end once).
+    out = tmp_path / "run-no-utility"
+    _run(
+        micro_models,
+        world,
+        out,
+        [],
+        "--max_steps",
+        "2",
+        "--stop_check_interval",
+        "1",
+        "--do_final_eval",
+        "false",
+    )
+    assert json.loads((out / "status.json").read_text())["state"] == "complete"
+    assert not any("stop_utility" in r for r in _log(out / "train_log.jsonl"))
+    assert not (out / "auto_fallback.json").exists()
     # The estimate over the roles present: the harmonic mean of their three numbers each.
     scores = SplitScores(
         answer_loss=np.array([0.5, 1.0]), perturbed_loss=[np.array([2.0, 3.0]), np.array([1.5])],
