@@ -42,7 +42,7 @@ def _setup_logging() -> None:
 
 
 def cmd_world(argv: list[str]) -> None:
-    from ..data.world import FORGET_PCTS, WORLD_SIZES, WorldConfig, write_world
+    from ..data.world import FORGET_PCTS, WORLD_SIZES, WorldConfig, read_world_config, write_world
     from ..runs.options import suggest
 
     parser = argparse.ArgumentParser(
@@ -73,14 +73,20 @@ def cmd_world(argv: list[str]) -> None:
             )
     if args.models and Path(args.models).exists():
         raise FileExistsError(f"models folder {args.models} exists; remove it or pass another --models")
-    path = write_world(args.out, cfg)
-    print(f"world with {cfg.n_authors} authors written to {path}")
+    if Path(args.out).is_dir() and read_world_config(args.out) == cfg:
+        path = Path(args.out)  # the same command again (after an interrupt while the models were built)
+        print(f"world with {cfg.n_authors} authors already at {path} (the same settings): reused")
+    else:
+        path = write_world(args.out, cfg)
+        print(f"world with {cfg.n_authors} authors written to {path}")
     if args.models:
         _copy_models(path, Path(args.models), args.size, splits, args.no_cache)
 
 
 def _copy_models(world_dir: Path, dest: Path, size: str, forget_splits: list[str], no_cache: bool) -> None:
+    import os
     import shutil
+    import tempfile
 
     from ..models.build import build_default_models
 
@@ -89,8 +95,15 @@ def _copy_models(world_dir: Path, dest: Path, size: str, forget_splits: list[str
     models = build_default_models(world_dir, forget_splits=tuple(forget_splits), size=size, no_cache=no_cache)
     copies = {"base": models["base"], "target": models["target"]}
     copies |= {f"retain_{split}": p for split, p in models["retain"].items()}
-    for name, src in copies.items():
-        shutil.copytree(src, dest / name)
+    # Copied under a temporary name and renamed: an interrupted copy never leaves a folder that looks done.
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        for name, src in copies.items():
+            shutil.copytree(src, tmp / name)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"models ({', '.join(copies)}) copied to {dest}")
 
 
@@ -399,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
-        print(f"error: {how}; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        print(f"error: {how}; {RERUN.get(command, RERUN['*'])}", file=sys.stderr)
         return 143 if isinstance(err, Terminated) else 130
     finally:
         if handled:  # `main` also runs in-process (tests, notebooks): leave SIGTERM as it was
@@ -408,6 +421,17 @@ def main(argv: list[str] | None = None) -> int:
 
     exit_process_group()  # multi-process runs end here (see its docstring); one process returns
     return 0
+
+
+# What rerunning the same command does after an interrupt: only runs checkpoint; the rest write their
+# outputs whole (temporary names renamed into place) and start over.
+RERUN = {
+    "unlearn": "rerun the same command to resume from the last checkpoint",
+    "distill": "rerun the same command to resume from the last checkpoint",
+    "world": "rerun the same command: a world already written is reused and finished models come from the cache",
+    "demo": "rerun the same command: finished models come from the cache",
+    "*": "nothing half-written was kept; rerun the same command to start again",
+}
 
 
 def _did_you_mean(command: str, rest: list[str]) -> str:

@@ -328,3 +328,38 @@ def test_train_recipe_without_output_dir_runs_into_runs_finetune(
     )
     assert main(["train", "--config", str(recipe)]) == 0
     assert (tmp_path / "runs/finetune-forget10/model.safetensors").is_file()
+
+
+def test_world_rerun_after_an_interrupt_reuses_the_world_and_builds_the_models(tmp_path, capsys, monkeypatch):
+    import llm_unlearn.cli.commands as commands
+
+    argv = ["world", "--out", str(tmp_path / "w"), "--size", "micro", "--models", str(tmp_path / "m")]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(commands, "_copy_models", interrupted)
+        assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "a world already written is reused" in err
+    assert not (tmp_path / "m").exists()
+    assert main(argv) == 0
+    assert "(the same settings): reused" in capsys.readouterr().out
+    assert (tmp_path / "m" / "target" / "model.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    assert main(["world", "--out", str(tmp_path / "w"), "--size", "micro", "--seed", "1"]) == 2
+    assert "already exists" in capsys.readouterr().err  # other settings: not ours to reuse
+
+
+def test_an_interrupted_command_that_does_not_checkpoint_says_it_starts_over(capsys, monkeypatch):
+    import llm_unlearn.cli.commands as commands
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "cmd_ls", interrupted)
+    assert main(["ls"]) == 130
+    assert capsys.readouterr().err.strip() == (
+        "error: interrupted; nothing half-written was kept; rerun the same command to start again"
+    )
