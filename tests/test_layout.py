@@ -126,12 +126,13 @@ def test_every_import_the_docs_show_works(line):
 
 def test_every_repository_path_the_docs_name_exists():
     """A file moved without its mentions is a doc that lies: README, docs/, recipes/, data_cards/ and
-    benchmarks/ pages name only files that exist."""
+    benchmarks/ pages, and the recipes' header comments, name only files that exist."""
     root = PKG.parent
     pattern = re.compile(r"(?<![\w./-])(?:llm_unlearn|tests|benchmarks|recipes|docs|data_cards)/[\w./-]*\w")
     pages = [
         root / "README.md",
         *(p for d in ("docs", "recipes", "data_cards", "benchmarks") for p in (root / d).glob("*.md")),
+        *sorted((root / "recipes").rglob("*.yaml")),
     ]
     missing = sorted(
         f"{page.relative_to(root)}: {path}"
@@ -140,3 +141,22 @@ def test_every_repository_path_the_docs_name_exists():
         if not (root / path).exists()
     )
     assert not missing, "paths that do not exist:\n" + "\n".join(missing)
+
+
+def test_the_recipe_table_names_every_recipe():
+    """recipes/README.md's table is where a user looks for one: each file is a row (`dir/name.yaml`, or a bare
+    `name.yaml` in a row that starts with `dir/`)."""
+    root = PKG.parent / "recipes"
+    rows = [
+        line
+        for line in (root / "README.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("| `")
+    ]
+    missing = []
+    for path in sorted(root.rglob("*.yaml")):
+        folder, name = path.parent.name, path.name
+        if not any(
+            f"`{folder}/{name}`" in r or (r.startswith(f"| `{folder}/") and f"`{name}`" in r) for r in rows
+        ):
+            missing.append(f"{folder}/{name}")
+    assert not missing, "recipes missing from recipes/README.md: " + ", ".join(missing)

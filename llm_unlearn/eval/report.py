@@ -235,7 +235,9 @@ def _compose(
     lines += ["", "## Collateral damage: what the retain set lost", ""]
     if target is None:
         lines.append(
-            "No eval of the original (target) model was found, so there is nothing to compare with: pass "
+            "No eval of the original (target) model was found, so there is nothing to compare with: evaluate it "
+            "into its own folder (`llm-unlearn eval --model_name_or_path TARGET --data_dir DATA --reference_model "
+            "REF --output_dir TARGET`), then report again (it is found from the runs' config) or pass "
             "`--target_eval TARGET/eval.json`."
         )
     else:
