@@ -96,9 +96,21 @@ class EpochEvaluator(TrainerCallback):
         self.sink.append({"epoch": epoch, **{k: result["metrics"][k]["value"] for k in self.keys}})
 
 
+# Files that make a folder a model's: an eval.json beside them is read as theirs.
+MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "config.json")
+
+
 def default_eval_path(model_path: str, output_dir: str | None) -> Path:
     if output_dir:
-        return Path(output_dir) / "eval.json"
+        out = Path(output_dir)
+        holds_model = read_status(out) is not None or any((out / f).is_file() for f in MODEL_FILES)
+        if holds_model and not (Path(model_path).exists() and Path(model_path).resolve() == out.resolve()):
+            # Its eval.json is read as the numbers of the weights beside it (report, push's model card).
+            raise RunError(
+                f"--output_dir {out} holds another model (a run or model folder), so an eval.json of {model_path} "
+                "there would be read as that model's; pass a new --output_dir, or evaluate that folder itself"
+            )
+        return out / "eval.json"
     from ..models.sources import is_builtin
 
     if not Path(model_path).exists() and not is_builtin(model_path):

@@ -344,6 +344,8 @@ CASES = [
     Case("eval_holdout_overlaps_retain", lambda e: ["eval", "--model_name_or_path", str(e.target), "--data_dir", str(e.world), "--reference_model", str(e.retain_model), "--output_dir", str(e.out)],
          r"holdout split holdout10 shares 1 question\(s\) with retain90 .*membership inference needs questions the model never saw",
          setup=lambda e: (e.write_rows("holdout10", e.rows("holdout10")[:-1] + e.rows("retain90")[-1:]), _drop(e, "holdout10_perturbed.json"))),
+    Case("eval_into_another_models_folder", lambda e: ["eval", "--model_name_or_path", str(e.target), "--data_dir", str(e.world), "--reference_model", str(e.retain_model), "--output_dir", str(e.retain_model)],
+         r"--output_dir .* holds another model \(a run or model folder\), so an eval.json of .* would be read as that model's"),
     Case("eval_model_missing", lambda e: ["eval", "--model_name_or_path", "nope", "--reference_eval", str(e.tmp / "x.json")], r"model nope does not exist here"),
     Case("interrupted_while_starting", lambda e: e.unlearn(), r"^error: interrupted while starting; nothing was done", code=130,
          patch=lambda mp: mp.setattr("llm_unlearn.cli.commands._setup_logging", _raise(KeyboardInterrupt))),
