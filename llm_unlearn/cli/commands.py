@@ -136,7 +136,10 @@ def cmd_unlearn(argv: list[str]) -> None:
         check_reference(eval_args)
     evaluate = eval_args.do_final_eval and not no_reference
     undo = _undo_settings(config, evaluate) if config.undo_alpha else None
-    run_dir = unlearn(model_args, data, config, eval_args, command=["llm-unlearn", "unlearn", *argv])
+    run_dir = unlearn(
+        model_args, data, config, eval_args, command=["llm-unlearn", "unlearn", *argv],
+        evaluation_follows=eval_args.do_final_eval,
+    )  # fmt: skip
     if eval_args.do_final_eval:
         if no_reference:
             from ..pipeline.evaluate import evaluate_path

@@ -295,7 +295,14 @@ def _metrics_section(result: dict | None, config: dict, data: dict) -> list[str]
                 "on it and push again to publish its results."]  # fmt: skip
     meta = result["meta"]
     splits = meta.get("splits", {})
-    lines = ["## Evaluation", "", "| metric | eval set | value | direction |", "|---|---|---|---|"]
+    lines = ["## Evaluation", ""]
+    scored = splits.get("forget", {}).get("name") if isinstance(splits.get("forget"), dict) else None
+    unlearned = config.get("forget_split")
+    if scored and unlearned and scored not in (unlearned, f"{unlearned}_perturbed"):
+        # An eval.json made with another --forget_split: its forget metrics are not about what was unlearned.
+        lines += [f"**Note:** these forget metrics were measured on `{scored}`, not on the split this model "
+                  f"unlearned (`{unlearned}`).", ""]  # fmt: skip
+    lines += ["| metric | eval set | value | direction |", "|---|---|---|---|"]
     for name, entry in _ordered(result["metrics"]):
         where = eval_sets(name, splits)[0]
         lines.append(f"| {_label(name)} (`{name}`) | {where} | {entry['value']:.4g} | {_direction(entry)} |")
@@ -462,7 +469,7 @@ def build_card(
         f"# {model_name}",
         "",
         f"This {what} is {base_text} after unlearning the forget split `{config['forget_split']}` with "
-        f"`{method.name}`{paper}{summary}. It was made and evaluated with llm-unlearn.",
+        f"`{method.name}`{paper}{summary}. It was made {'and evaluated ' if result else ''}with llm-unlearn.",
         "",
         *([toy_note(toy), ""] if toy else []),
         *_usage_section(repo_id, adapter, base_text, base_id),

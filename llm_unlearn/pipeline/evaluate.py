@@ -26,7 +26,7 @@ from ..eval.args import EvalArgs
 from ..eval.shard import Shard, process_shard
 from ..models.args import ModelArgs
 from ..models.loading import check_model_folder, is_missing_local_path, load_model_and_tokenizer
-from ..runs.folder import RunError, read_run_config, read_status, require_complete
+from ..runs.folder import RunError, mark_evaluated, read_run_config, read_status, require_complete
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -97,7 +97,12 @@ class EpochEvaluator(TrainerCallback):
 
 
 # Files that make a folder a model's: an eval.json beside them is read as theirs.
-MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "config.json")
+MODEL_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "adapter_model.safetensors",
+    "config.json",
+)
 
 
 def default_eval_path(model_path: str, output_dir: str | None) -> Path:
@@ -236,6 +241,8 @@ def evaluate_path(
         result = add_forget_quality(result, reference)
     if shard.is_main and out_path is not None:
         write_eval(result, out_path)
+        if Path(out_path).parent.resolve() == Path(model_path).resolve():
+            mark_evaluated(model_path)  # the run's own eval.json: its final evaluation is done
     return result
 
 

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -50,6 +51,7 @@ from ..models.loading import check_tokenizer_fits, load_model, load_tokenizer
 from ..runs.folder import (
     CLAIM_FILE,
     CONFIG_FILE,
+    FINAL_EVAL,
     RunError,
     checkpoints,
     claim_run_dir,
@@ -86,10 +88,12 @@ def resolve_retain_split(data: DataArgs) -> str:
     return paired_split(data.forget_split, "retain")
 
 
-def check_output_dir(output_dir: str | None) -> dict | None:
+def check_output_dir(output_dir: str | None, finish_eval: bool = False) -> dict | None:
     """Refuse an existing directory unless it is our unfinished run; return its status (None: a new run).
 
-    Only reads: it runs once before any work, and again under the run's claim (`prepare_output_dir`).
+    With `finish_eval` (the command evaluates the run next), a run trained to the end whose final
+    evaluation was cut short counts as unfinished too. Only reads: it runs once before any work, and again
+    under the run's claim (`prepare_output_dir`).
     """
     if not output_dir:
         raise RunError("no --output_dir given; pass a new directory for the run")
@@ -104,9 +108,16 @@ def check_output_dir(output_dir: str | None) -> dict | None:
             return None  # an empty folder made for the run, or left by one killed before its first write
         raise RunError(f"output dir {out} exists and is not an llm-unlearn run; choose a new --output_dir")
     state = run_state(status)
+    if state == "unevaluated" and finish_eval:
+        return status
+    if state == "unevaluated":
+        raise RunError(
+            f"output dir {out} holds a run trained to the end whose final evaluation was cut short; evaluate it "
+            f"(`llm-unlearn eval --model_name_or_path {out} ...`) or choose a new --output_dir"
+        )
     if state == "complete":
         raise RunError(f"output dir {out} holds a complete run; choose a new --output_dir")
-    if state == "running":
+    if state in ("running", "evaluating"):
         raise RunError(
             f"output dir {out} is in use by a running process ({status.get('pid')}); wait for it, or choose a "
             "new --output_dir"
@@ -114,13 +125,13 @@ def check_output_dir(output_dir: str | None) -> dict | None:
     return status
 
 
-def prepare_output_dir(output_dir: str | None) -> str | None:
+def prepare_output_dir(output_dir: str | None, finish_eval: bool = False) -> str | None:
     """Check the (claimed) output directory again and return a checkpoint to resume, if any.
 
     Only a checkpoint marked complete is resumed from; folders cut short by a kill are removed, and
     `train_log.jsonl` is cut back to what the checkpoint covers (later steps will be run again).
     """
-    if check_output_dir(output_dir) is None:
+    if check_output_dir(output_dir, finish_eval) is None:
         return None
     out = Path(output_dir)
     complete, partial = checkpoints(out)
@@ -225,13 +236,16 @@ def unlearn(
     callbacks: list | None = None,
     command: list[str] | None = None,
     progress_bar_only: bool = False,
+    evaluation_follows: bool = False,
 ) -> Path:
     """Run one unlearning job and return its run directory.
 
     Extra `TrainerCallback`s may be given; `command` (argv, program first) is recorded in
     `run_info.json` with secrets redacted (default: this process's `sys.argv`). `progress_bar_only`
     (the demo's choice) shows one progress bar with its time estimate and no per-step log lines on
-    stdout; `train_log.jsonl` records every step either way.
+    stdout; `train_log.jsonl` records every step either way. `evaluation_follows` (the CLI's final
+    evaluation): the run is marked complete with its evaluation pending, so that `push` and `report` wait
+    for the eval.json, and a run whose evaluation was cut short is returned untrained to be evaluated.
     """
     method = get_method(config.method)
     if config.push_to_hub:
@@ -264,7 +278,7 @@ def unlearn(
             {"model": model_args.model_name_or_path, "reference model": eval_args.reference_model},
             trust_remote_code=model_args.trust_remote_code,
         )
-    check_output_dir(config.output_dir)  # a folder that is not ours is refused before any work
+    check_output_dir(config.output_dir, evaluation_follows)  # a folder not ours is refused before any work
     # Claimed before anything is written into it: of two runs started on one folder, one goes on and
     # the other is refused. Only rank 0 writes into the run directory, so only rank 0 claims it.
     rank_zero = int(os.environ.get("RANK", "0")) == 0
@@ -276,7 +290,10 @@ def unlearn(
         # An unfinished run goes on only with its own settings (runs/resume.py), checked before anything in
         # the folder changes; one that fell back may have been killed before it saved the second regime's.
         check_resume_settings(out, *(settings(model_args, data, c, eval_args, retain_split) for c in ours))
-        resume = prepare_output_dir(config.output_dir)
+        if run_state(read_status(out)) == "unevaluated" and evaluation_follows:
+            logger.info("%s was trained to the end; its final evaluation is what is left", out)
+            return out
+        resume = prepare_output_dir(config.output_dir, evaluation_follows)
         config = ours[0]
         if mark is not None:
             logger.info("resuming --auto's second regime (%s)", MARK_FILE)
@@ -334,11 +351,13 @@ def unlearn(
         if trainer.is_world_process_zero():
             # Complete first, then drop the checkpoints: a kill in between leaves a complete run with
             # spare checkpoints, never an unfinished run without any.
+            pending = {FINAL_EVAL: "pending", "pid": os.getpid(), "host": socket.gethostname()}
             write_status(
                 out,
                 "complete",
                 method=get_method(config.method).name,
                 train_seconds=round(time.perf_counter() - start, 2),
+                **(pending if evaluation_follows else {}),
             )
             for checkpoint in out.glob("checkpoint-*"):
                 shutil.rmtree(checkpoint)

@@ -165,20 +165,54 @@ def _process_alive(pid: int) -> bool:
 
 def run_state(status: dict | None) -> str | None:
     """`complete`, `failed`, `running` (its process is alive), or `interrupted` (status says running, but
-    the process that wrote it is gone: killed, or the machine went down)."""
+    the process that wrote it is gone: killed, or the machine went down). A run trained to the end whose
+    command evaluates it next (`FINAL_EVAL` pending) is `evaluating` while that process lives and
+    `unevaluated` once it is gone: its eval.json is not, or not yet, the final one."""
     if status is None:
         return None
     state = status["state"]
-    if state == "running" and status.get("host") == socket.gethostname() and "pid" in status:
-        if not _process_alive(int(status["pid"])):
-            return "interrupted"
+    gone = (
+        status.get("host") == socket.gethostname()
+        and "pid" in status
+        and not _process_alive(int(status["pid"]))
+    )
+    if state == "running" and gone:
+        return "interrupted"
+    if state == "complete" and status.get(FINAL_EVAL) == "pending":
+        return "unevaluated" if gone else "evaluating"
     return state
+
+
+# The status key that says a complete run's own command is still to evaluate it (`unlearn` writes it,
+# the eval.json written into the run removes it: `mark_evaluated`).
+FINAL_EVAL = "final_eval"
+
+
+def mark_evaluated(run_dir: str | Path) -> None:
+    """Drop a pending final evaluation from the status once the run's eval.json is written."""
+    status = read_status(run_dir)
+    if status is not None and FINAL_EVAL in status:
+        kept = {k: v for k, v in status.items() if k not in (FINAL_EVAL, "pid", "host", "state", "time")}
+        write_status(run_dir, status["state"], **kept)
 
 
 def require_complete(run_dir: str | Path, action: str) -> None:
     """Refuse to evaluate or publish a run of ours that did not finish."""
     status = read_status(run_dir)
     state = run_state(status)
+    if action == "eval" and state in ("evaluating", "unevaluated"):
+        return  # trained to the end: evaluating it is what is left (its own command does, or the user)
+    if state == "evaluating":
+        raise RunError(
+            f"run {run_dir} is being evaluated by process {status['pid']} on {status.get('host', 'this machine')}; "
+            f"{action} needs its eval.json (wait for it to finish)"
+        )
+    if state == "unevaluated":
+        raise RunError(
+            f"run {run_dir} was trained to the end but its final evaluation was cut short; {action} needs its "
+            f"eval.json: rerun the same unlearn command (it only evaluates) or `llm-unlearn eval --model_name_or_path "
+            f"{run_dir} ...`"
+        )
     if status is not None and state != "complete":
         why = f": {status['error']}" if status.get("error") else ""
         if state == "running":

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -363,3 +365,77 @@ def test_an_interrupted_command_that_does_not_checkpoint_says_it_starts_over(cap
     assert capsys.readouterr().err.strip() == (
         "error: interrupted; nothing half-written was kept; rerun the same command to start again"
     )
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # reaped: no process has it (pids are not reused this soon)
+
+
+def test_a_run_is_not_published_before_its_final_evaluation(
+    micro_world, micro_models, tmp_path, monkeypatch, capsys
+):
+    # Training ends before the command's evaluation: until eval.json is written the run is complete but
+    # its numbers are not there. A push in that window, or after a kill there, would publish "not evaluated".
+    import llm_unlearn.pipeline.evaluate as evaluate
+    from llm_unlearn.runs.folder import FINAL_EVAL, read_status, run_state, write_status
+
+    out = tmp_path / "run"
+    argv = _unlearn_argv(micro_world, micro_models, out, "--disable_tqdm", "true")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(evaluate, "evaluate_with_reference", killed)
+        assert main(argv) == 130
+    status = read_status(out)
+    assert status[FINAL_EVAL] == "pending" and run_state(status) == "evaluating"  # this process is alive
+    capsys.readouterr()
+    push = ["push", str(out), "--repo_id", "me/x", "--dry_run", "--output_dir", str(tmp_path / "staged")]
+    assert main(push) == 2
+    assert f"run {out} is being evaluated by process {os.getpid()}" in capsys.readouterr().err
+    write_status(out, "complete", **{k: v for k, v in status.items() if k not in ("state", "time", "pid")},
+                 pid=_dead_pid())  # fmt: skip
+    assert run_state(read_status(out)) == "unevaluated"
+    assert main(push) == 2
+    assert "its final evaluation was cut short; push needs its eval.json" in capsys.readouterr().err
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 2
+    steps = (out / "train_log.jsonl").read_text()
+    assert main(argv) == 0  # the same command again: evaluates only
+    assert (out / "train_log.jsonl").read_text() == steps
+    assert (out / "eval.json").is_file() and FINAL_EVAL not in read_status(out)
+    assert run_state(read_status(out)) == "complete"
+    assert main(push) == 0
+    card = (tmp_path / "staged" / "README.md").read_text()
+    assert "It was made and evaluated with llm-unlearn" in card
+
+
+def test_an_unevaluated_run_is_finished_by_eval_and_refused_by_other_commands(
+    micro_world, micro_models, tmp_path, capsys
+):
+    from llm_unlearn.runs.folder import FINAL_EVAL, read_status, write_status
+
+    out = tmp_path / "run"
+    assert (
+        main(
+            _unlearn_argv(
+                micro_world, micro_models, out, "--do_final_eval", "false", "--disable_tqdm", "true"
+            )
+        )
+        == 0
+    )
+    assert FINAL_EVAL not in read_status(out)  # nothing follows: complete as it is
+    write_status(out, "complete", **{FINAL_EVAL: "pending"}, pid=_dead_pid(), host=socket.gethostname())
+    capsys.readouterr()
+    assert main(_unlearn_argv(micro_world, micro_models, out, "--do_final_eval", "false")) == 2
+    assert "whose final evaluation was cut short; evaluate it" in capsys.readouterr().err
+    assert main(["probe", str(out), "--budgets", "0"]) == 2
+    argv = ["eval", "--model_name_or_path", str(out), "--data_dir", str(micro_world),
+            "--reference_model", str(micro_models["retain"]["forget10"]), "--max_new_tokens", "4"]  # fmt: skip
+    assert main(argv) == 0
+    assert FINAL_EVAL not in read_status(out) and read_status(out)["state"] == "complete"
