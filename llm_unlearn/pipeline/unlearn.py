@@ -137,6 +137,12 @@ def prepare_output_dir(output_dir: str | None, finish_eval: bool = False) -> str
     complete, partial = checkpoints(out)
     if complete:
         _check_checkpoint(complete[-1])  # before anything in the folder changes
+        if not any(complete[-1].glob("optimizer*")):  # optimizer.pt, or .bin / optimizer_0/ under accelerate
+            logger.warning(
+                "%s holds the model only (--save_only_model true): the optimizer and learning-rate schedule "
+                "start afresh, so the rest of this run differs from an uninterrupted one",
+                complete[-1].name,
+            )
     for folder in partial:
         logger.info("removing %s: it was being written when the run stopped", folder.name)
         shutil.rmtree(folder)

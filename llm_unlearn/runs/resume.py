@@ -32,9 +32,11 @@ FREE = frozenset({
 })  # fmt: skip
 
 
-# Named like evaluation settings but part of the steps: the stop rule scores its checks in batches of
-# `eval_batch_size`, and another batching can move a greedy answer of its recall and utility samples.
-BOUND = frozenset({"eval_batch_size"})
+# Named like free settings but part of the steps: the stop rule scores its checks in batches of
+# `eval_batch_size`, and another batching can move a greedy answer of its recall and utility samples;
+# `dataloader_drop_last` changes which examples the remaining epochs train on; with `save_only_model`
+# the next checkpoints hold no optimizer or scheduler state, so a later resume would restart them.
+BOUND = frozenset({"eval_batch_size", "dataloader_drop_last", "save_only_model"})
 
 
 def free(key: str) -> bool:

@@ -426,3 +426,16 @@ def test_bad_input_gets_one_line_and_loses_nothing(case: Case, env: Env, capsys,
 def test_debug_shows_the_traceback_instead(env: Env):
     with pytest.raises(ValueError, match="unknown method 'gradif'"):
         main([*env.unlearn(method="gradif"), "--debug"])
+
+
+def test_resuming_from_a_model_only_checkpoint_says_the_optimizer_starts_afresh(
+    env: Env, monkeypatch, caplog
+):
+    argv = _checkpointed(env) + ["--save_only_model", "true"]
+    with monkeypatch.context() as mp:
+        _interrupt_at_step_2(mp)
+        assert main(argv) == 130
+    assert not list((env.out / "checkpoint-2").glob("optimizer*"))
+    with caplog.at_level("WARNING", logger="llm_unlearn"):
+        assert main(argv) == 0
+    assert "checkpoint-2 holds the model only (--save_only_model true): the optimizer" in caplog.text

@@ -232,6 +232,10 @@ def test_resume_settings_compare_what_trains_as_the_yaml_holds_it():
     ]  # fmt: skip
     # The stop rule scores its checks in batches of eval_batch_size: it is part of the steps.
     assert differences(saved, new | {"eval_batch_size": 8}) == ["eval_batch_size: 32 there, 8 now"]
+    # Free-looking names that change the steps: which examples an epoch drops, whether checkpoints can resume.
+    for key, was, now in (("dataloader_drop_last", False, True), ("save_only_model", False, True)):
+        assert differences(saved | {key: was}, new | {key: now}) == [f"{key}: {was!r} there, {now!r} now"]
+    assert differences(saved | {"dataloader_num_workers": 0}, new | {"dataloader_num_workers": 2}) == []
 
 
 class _KilledAfterCheckpoint2(TrainerCallback):
