@@ -368,6 +368,8 @@ def report_runs(
     if target is not None and target not in runs:
         runs.insert(0, target)
     notes = [f"left out (not complete or not evaluated): {s}" for s in skipped]
+    if target is None and how != "not found":
+        notes.append(f"no collateral-damage comparison: {how}")
     return write_report(
         {r.label: r.eval for r in runs},
         out_dir,

@@ -185,6 +185,12 @@ def find_target(runs: list[Run], target_eval: str | Path | None = None) -> tuple
     origins = [
         r.config["model_name_or_path"] for r in runs if r.config and r.config.get("model_name_or_path")
     ]
+    distinct = [o for i, o in enumerate(origins) if not any(_same_path(o, p) or o == p for p in origins[:i])]
+    if len(distinct) > 1:  # one target for all would set some runs beside a model they never started from
+        return None, (
+            f"the runs started from different models ({', '.join(distinct)}): pass --target_eval for one of "
+            "them, or report each group on its own"
+        )
     for origin in origins:
         for r in runs:
             if _same_path(r.eval.get("meta", {}).get("model"), origin) or _same_path(r.path, origin):

@@ -416,3 +416,23 @@ def test_the_report_says_why_each_run_stopped_and_which_weights_it_returned(runs
         in text
     )
     assert "### graddiff\n\n![training curves of graddiff]" in text
+
+
+def test_runs_from_different_targets_get_no_single_collateral_damage_line(runs, tmp_path):
+    # One target's numbers beside a run that started from another model would be a wrong share.
+    _drop_figure_inputs(runs)
+    config = yaml.safe_load((runs / "ngdiff" / "unlearn_config.yaml").read_text())
+    config["model_name_or_path"] = str(tmp_path / "models" / "other-target")
+    (runs / "ngdiff" / "unlearn_config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["report", str(runs), "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "No eval of the original (target) model was found" in text
+    assert "- **graddiff**: retain fact recall" not in text
+    assert "no collateral-damage comparison: the runs started from different models" in text
+    # Named explicitly, the user's choice holds.
+    target = ["--target_eval", str(runs / "target")]
+    assert (
+        main(["report", str(runs / "graddiff"), str(runs / "ngdiff"), "--out", str(tmp_path / "s"), *target])
+        == 0
+    )
+    assert "- **graddiff**: retain fact recall" in (tmp_path / "s" / "report.md").read_text()
