@@ -371,9 +371,19 @@ def unlearn(
         return out
 
 
+# Options that name local files: saved absolute, so that `eval`, `probe`, `distill` and `push` read the same
+# files from any folder (relative, they would resolve against wherever those commands run).
+PATH_OPTIONS = ("model_name_or_path", "data_dir", "reference_model", "reference_eval", "refusals_file")
+
+
 def settings(model_args, data, config, eval_args, retain_split: str) -> dict:
-    """A run's settings as `unlearn_config.yaml` holds them (secrets redacted)."""
-    return to_dict(model_args, data, config, eval_args) | {"retain_split": retain_split}
+    """A run's settings as `unlearn_config.yaml` holds them (secrets redacted, local paths absolute)."""
+    values = to_dict(model_args, data, config, eval_args) | {"retain_split": retain_split}
+    for key in PATH_OPTIONS:
+        value = values.get(key)
+        if isinstance(value, str) and value and Path(value).exists():
+            values[key] = str(Path(value).resolve())
+    return values
 
 
 def _free_memory() -> None:

@@ -49,13 +49,24 @@ def differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
     new = yaml.safe_load(yaml.safe_dump(new, sort_keys=False))  # compared as the YAML would hold it
     found = []
     for key in saved:
-        if key not in new or free(key) or saved[key] == new[key]:
+        if key not in new or free(key) or saved[key] == new[key] or _same_local_path(key, saved[key], new[key]):
             continue
         if isinstance(saved[key], dict) and isinstance(new[key], dict):
             found += differences(saved[key], new[key], f"{prefix}{key}.")
         else:
             found.append(f"{prefix}{key}: {saved[key]!r} there, {new[key]!r} now")
     return found
+
+
+# Saved absolute since 2026-12-07 (earlier runs saved them as typed): one folder, however spelled.
+PATH_KEYS = frozenset({"model_name_or_path", "data_dir"})
+
+
+def _same_local_path(key: str, saved: Any, new: Any) -> bool:
+    if key not in PATH_KEYS or not (isinstance(saved, str) and isinstance(new, str)):
+        return False
+    a, b = Path(saved), Path(new)
+    return a.exists() and b.exists() and a.resolve() == b.resolve()
 
 
 def check_resume_settings(output_dir: str | Path, new: dict[str, Any], *also: dict[str, Any]) -> None:

@@ -439,3 +439,25 @@ def test_an_unevaluated_run_is_finished_by_eval_and_refused_by_other_commands(
             "--reference_model", str(micro_models["retain"]["forget10"]), "--max_new_tokens", "4"]  # fmt: skip
     assert main(argv) == 0
     assert FINAL_EVAL not in read_status(out) and read_status(out)["state"] == "complete"
+
+
+def test_local_paths_are_saved_absolute_and_resume_however_spelled(
+    micro_world, micro_models, tmp_path, monkeypatch
+):
+    import yaml
+
+    from llm_unlearn.runs.resume import differences
+
+    monkeypatch.chdir(tmp_path)
+    rel_world, rel_model = os.path.relpath(micro_world), os.path.relpath(micro_models["target"])
+    argv = [a if a not in (str(micro_world), str(micro_models["target"])) else (rel_world if a == str(micro_world) else rel_model)
+            for a in _unlearn_argv(micro_world, micro_models, "run", "--do_final_eval", "false")]  # fmt: skip
+    assert rel_world in argv and rel_model in argv
+    assert main(argv) == 0
+    saved = yaml.safe_load((tmp_path / "run" / "unlearn_config.yaml").read_text())
+    assert saved["data_dir"] == str(Path(micro_world).resolve())
+    assert saved["model_name_or_path"] == str(Path(micro_models["target"]).resolve())
+    # A run saved with relative paths (before) resumes from the same folder given absolute, and back.
+    old = saved | {"data_dir": rel_world}
+    assert differences(old, saved) == [] and differences(saved, old) == []
+    assert differences(saved, saved | {"data_dir": str(tmp_path)}) != []
