@@ -29,7 +29,7 @@ from ..methods import get_method
 from ..models.loading import is_missing_local_path
 from ..models.sources import BUILTIN_MODELS, PREFIX, is_builtin
 from ..runs.folder import RunError, read_run_config
-from ..runs.redact import HUB_SNAPSHOT, WORLD_MODELS, local_name, redact_paths
+from ..runs.redact import HUB_SNAPSHOT, WORLD_MODELS, known_paths, local_name, redact_paths
 
 TOFU = "arXiv:2401.06121"
 GEN = "arXiv:2407.02772"
@@ -488,7 +488,7 @@ def build_card(
         "Command:",
         "",
         "```bash",
-        redact_paths(info.get("command", "(not recorded)")),
+        redact_paths(info.get("command", "(not recorded)"), known=known_paths(run_dir, config)),
         "```",
         "",
         "Versions: "
@@ -499,7 +499,10 @@ def build_card(
         "<details><summary>Resolved recipe (unlearn_config.yaml)</summary>",
         "",
         "```yaml",
-        redact_paths((run_dir / "unlearn_config.yaml").read_text(encoding="utf-8").rstrip()),
+        redact_paths(
+            (run_dir / "unlearn_config.yaml").read_text(encoding="utf-8").rstrip(),
+            known=known_paths(run_dir, config),
+        ),
         "```",
         "",
         "</details>",

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from ..models.loading import check_model_folder, check_weight_files, load_tokenizer
 from ..runs.folder import CONFIG_FILE, RunError, read_run_config, read_status, require_complete
-from ..runs.redact import redact_paths, redact_secrets
+from ..runs.redact import known_paths, redact_paths, redact_secrets
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -135,12 +135,13 @@ def stage(
 
     run, dest = Path(run_dir), Path(dest)
     files = plan_files(run, merged=merged)
+    known = known_paths(run, read_run_config(run, required=True))
     for name, src in files.items():
         if src.suffix in TEXT_RECORDS and name not in TOKENIZER_FILES:
             # Rewritten, never linked: the run's own file stays as it is. The tokenizer's files are
             # data (a vocabulary may hold "/usr"), copied as they are.
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            text = redact_secrets(redact_paths(src.read_text(encoding="utf-8")))
+            text = redact_secrets(redact_paths(src.read_text(encoding="utf-8"), known=known))
             (dest / name).write_text(text, encoding="utf-8")
         else:
             _place(src, dest / name, link)
@@ -150,7 +151,7 @@ def stage(
         shutil.copyfile(data_card, dest / "data_card.md")
     adapter = (run / ADAPTER_DIR).is_dir() and not merged
     card = build_card(run, repo_id, adapter=adapter, data_card="data_card.md" if data_card else None)
-    card.content = redact_secrets(redact_paths(card.content))
+    card.content = redact_secrets(redact_paths(card.content, known=known))
     card.save(dest / "README.md")
     return sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
 

@@ -350,7 +350,7 @@ def distill(
         }  # fmt: skip
         check_resume_settings(out, record)  # an unfinished distillation goes on only with its own settings
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / CONFIG_FILE, yaml.safe_dump(record, sort_keys=False))
+        write_text_atomic(out / CONFIG_FILE, yaml.safe_dump(record, sort_keys=False, width=1 << 16))
         write_run_info(out, command)
         write_status(out, "running", method="undo")
         start = time.perf_counter()

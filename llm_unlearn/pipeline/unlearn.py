@@ -408,7 +408,8 @@ class _Attempt:
 
     def write_config(self, config) -> None:
         resolved = settings(self.model_args, self.data, config, self.eval_args, self.retain_split)
-        write_text_atomic(self.out / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
+        # One line per value: a long path folded over two lines could not be found whole (push's redaction).
+        write_text_atomic(self.out / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False, width=1 << 16))
 
     def build(self, config):
         """Tokenize, load the model (and the reference a method needs) and make the trainer with its callbacks."""

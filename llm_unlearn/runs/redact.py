@@ -12,7 +12,8 @@ import dataclasses
 import enum
 import os
 import re
-from pathlib import PurePosixPath
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 # An option holds a secret when its name is one of these words or ends in `_<word>` (`--hub_token`,
@@ -81,9 +82,24 @@ def local_name(path: str, home: str | None = None) -> str:
     return "/".join(("...", *kept))
 
 
-def redact_paths(text: str, home: str | None = None) -> str:
-    """`text` with every absolute or `~/` path written as its `local_name`."""
+def redact_paths(text: str, home: str | None = None, known: Iterable[str] = ()) -> str:
+    """`text` with every absolute or `~/` path written as its `local_name`.
+
+    A path is found in free text up to the first space, so a folder name with a space would leave the
+    rest of the path in the text: `known` paths (a run's folder and the paths its config names,
+    `known_paths`) are replaced whole first, longest first."""
+    spaced = {p for p in known if p and os.path.isabs(p) and re.search(r"\s", p)}
+    for path in sorted(spaced, key=len, reverse=True):
+        text = text.replace(path, local_name(path, home))
     return LOCAL_PATH.sub(lambda match: local_name(match.group(), home), text)
+
+
+def known_paths(run_dir: str | os.PathLike, config: dict) -> list[str]:
+    """The absolute paths a run's records may hold: its folder, the working folder, and the config's path
+    values (as saved and resolved)."""
+    values = [str(v) for v in config.values() if isinstance(v, str) and v.startswith(("/", "~"))]
+    values += [str(Path(run_dir).absolute()), str(Path(run_dir).resolve()), os.getcwd()]
+    return values + [os.path.realpath(v) for v in values] + [os.path.dirname(v) for v in values]
 
 
 def to_dict(*configs) -> dict[str, Any]:

@@ -49,7 +49,12 @@ def differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
     new = yaml.safe_load(yaml.safe_dump(new, sort_keys=False))  # compared as the YAML would hold it
     found = []
     for key in saved:
-        if key not in new or free(key) or saved[key] == new[key] or _same_local_path(key, saved[key], new[key]):
+        if (
+            key not in new
+            or free(key)
+            or saved[key] == new[key]
+            or _same_local_path(key, saved[key], new[key])
+        ):
             continue
         if isinstance(saved[key], dict) and isinstance(new[key], dict):
             found += differences(saved[key], new[key], f"{prefix}{key}.")

@@ -461,3 +461,29 @@ def test_local_paths_are_saved_absolute_and_resume_however_spelled(
     old = saved | {"data_dir": rel_world}
     assert differences(old, saved) == [] and differences(saved, old) == []
     assert differences(saved, saved | {"data_dir": str(tmp_path)}) != []
+
+
+def test_published_files_hide_folder_names_with_spaces(
+    micro_world, micro_models, tmp_path, monkeypatch, capsys
+):
+    # A path in free text ends at the first space for the redaction's pattern; the run's own paths are known.
+    root = tmp_path / "Jane Doe" / "acme secret"
+    shutil.copytree(micro_world, root / "world")
+    monkeypatch.chdir(root)
+    argv = _unlearn_argv(root / "world", micro_models, root / "runs" / "r", "--disable_tqdm", "true")
+    assert main(argv) == 0
+    staged = tmp_path / "staged"
+    assert (
+        main(
+            ["push", str(root / "runs" / "r"), "--repo_id", "me/x", "--dry_run", "--output_dir", str(staged)]
+        )
+        == 0
+    )
+    leaks = [
+        f"{p.name}: {line.strip()[:120]}"
+        for p in staged.rglob("*")
+        if p.is_file() and p.suffix in (".md", ".json", ".yaml", ".jsonl")
+        for line in p.read_text(encoding="utf-8", errors="replace").splitlines()
+        if "Jane Doe" in line or "acme secret" in line
+    ]
+    assert not leaks, "\n".join(leaks)
