@@ -228,7 +228,15 @@ def cmd_eval(argv: list[str]) -> None:
     from .parse import parse_config
 
     argv, output_dir = _pop_option(argv, "--output_dir")
-    model_args, data, eval_args = parse_config(argv, classes=(ModelArgs, DataArgs, EvalArgs), command="eval")
+    try:
+        model_args, data, eval_args = parse_config(
+            argv, classes=(ModelArgs, DataArgs, EvalArgs), command="eval"
+        )
+    except SystemExit:
+        if "--help" in argv or "-h" in argv:  # eval's own option, taken before the dataclasses parse
+            print("\n  --output_dir DIR  where eval.json goes (default: the run directory evaluated; a plain model\n"
+                  "                    folder or Hub id needs one)")  # fmt: skip
+        raise
     if not model_args.model_name_or_path:
         raise ValueError("no --model_name_or_path given; pass the model folder or run directory to evaluate")
     out = default_eval_path(model_args.model_name_or_path, output_dir)

@@ -105,3 +105,14 @@ def test_each_option_states_its_default_once():
     for action in parser._actions:
         text = parser.formatter_class(prog="x")._get_help_string(action) or ""
         assert text.count("(default:") <= 1, action.option_strings
+
+
+def test_python_dash_m_runs_the_command_and_eval_help_names_output_dir():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for module in ("llm_unlearn", "llm_unlearn.cli"):
+        result = subprocess.run(
+            [sys.executable, "-m", module, "--version"], capture_output=True, text=True, env=env
+        )
+        assert result.returncode == 0 and result.stdout.startswith("llm-unlearn "), result.stderr[-1000:]
+    text = _run("eval", "--help").stdout
+    assert "--output_dir DIR" in text  # eval's own option, parsed apart from the dataclasses
