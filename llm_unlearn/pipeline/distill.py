@@ -52,6 +52,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,12 +69,14 @@ from ..models.args import ModelArgs
 from ..models.loading import load_model, load_tokenizer
 from ..runs.folder import (
     CONFIG_FILE,
+    FINAL_EVAL,
     RunError,
     claim_run_dir,
     mark_and_rotate,
     read_run_config,
     read_status,
     require_complete,
+    run_state,
     write_run_info,
     write_status,
     write_text_atomic,
@@ -303,12 +306,14 @@ def distill(
     settings: DistillSettings,
     callbacks: list | None = None,
     command: list[str] | None = None,
+    evaluation_follows: bool = False,
 ) -> Path:
     """Distill the unlearned model in `run_dir` into a noised copy of itself; return the new run directory.
 
     Checks everything first (settings, the run, the data and its overlap with the forget split, the
     output folder); a killed or failed distillation resumes from its last marked checkpoint when
-    called again with the same arguments.
+    called again with the same arguments. `evaluation_follows`: as `unlearn()`'s (the run is complete
+    with its evaluation pending until its eval.json is written).
     """
     from .unlearn import check_output_dir, prepare_output_dir
 
@@ -319,12 +324,12 @@ def distill(
     out = Path(output_dir)
     if out.resolve() == Path(run_dir).resolve():
         raise RunError(f"--output_dir {out} is the unlearned run itself; choose a new folder")
-    check_output_dir(str(out))
+    check_output_dir(str(out), evaluation_follows)
     data = DataArgs(**_fields(DataArgs, config))
     model_args = ModelArgs(**_fields(ModelArgs, config))
     load = dict(trust_remote_code=model_args.trust_remote_code)
     with claim_run_dir(out):
-        resume = prepare_output_dir(str(out))
+        resume = prepare_output_dir(str(out), evaluation_follows)
         tokenizer = load_tokenizer(str(run_dir), **load)
         dataset = QADataset(rows, tokenizer, data.prompt_format, data.max_length, data.system_prompt)
         teacher = load_model(str(run_dir), **load, torch_dtype=model_args.torch_dtype)
@@ -349,6 +354,9 @@ def distill(
                                                     "paper": PAPER, "distill_rows": len(rows)},
         }  # fmt: skip
         check_resume_settings(out, record)  # an unfinished distillation goes on only with its own settings
+        if run_state(read_status(out)) == "unevaluated" and evaluation_follows:
+            logger.info("%s was distilled to the end; its final evaluation is what is left", out)
+            return out
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / CONFIG_FILE, yaml.safe_dump(record, sort_keys=False, width=1 << 16))
         write_run_info(out, command)
@@ -361,7 +369,10 @@ def distill(
             write_status(out, "failed", method="undo", error=f"{type(err).__name__}: {err}")
             raise
         seconds = round(time.perf_counter() - start, 2)
-        write_status(out, "complete", method="undo", train_seconds=seconds)
+        pending = {FINAL_EVAL: "pending", "pid": os.getpid(), "host": socket.gethostname()}
+        write_status(
+            out, "complete", method="undo", train_seconds=seconds, **(pending if evaluation_follows else {})
+        )
         for folder in out.glob("checkpoint-*"):
             shutil.rmtree(folder)
     logger.info("distillation finished in %.1f s: %s", seconds, out)
@@ -424,7 +435,10 @@ def distill_cli(argv: list[str]) -> tuple[Path, dict | None]:
     eval_args = eval_args_of(config, args.reference_model, args.reference_eval)
     if not args.no_eval:
         check_reference(eval_args)
-    out = distill(args.run_dir, args.output_dir, settings, command=["llm-unlearn", "distill", *argv])
+    out = distill(
+        args.run_dir, args.output_dir, settings, command=["llm-unlearn", "distill", *argv],
+        evaluation_follows=not args.no_eval,
+    )  # fmt: skip
     if args.no_eval:
         return out, None
     data, model_args = DataArgs(**_fields(DataArgs, config)), ModelArgs(**_fields(ModelArgs, config))
