@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from ..runs.options import CommandParser
 from .hardware import device_name
 
 PRESETS: dict[str, dict] = {
@@ -282,7 +283,7 @@ def bench(out: str | Path, preset: str = "default", threads: int | None = None) 
 
 
 def bench_cli(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="llm-unlearn bench", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="llm-unlearn bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="JSON file to write (required)")
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")

@@ -20,12 +20,13 @@ with one line too; the same command resumes it.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
 import threading
 from pathlib import Path
+
+from ..runs.options import CommandParser
 
 SUBCOMMANDS = (
     "demo", "world", "train", "unlearn", "distill", "eval", "probe", "report", "push", "ls", "bench"
@@ -45,7 +46,7 @@ def cmd_world(argv: list[str]) -> None:
     from ..data.world import FORGET_PCTS, WORLD_SIZES, WorldConfig, read_world_config, write_world
     from ..runs.options import suggest
 
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="llm-unlearn world", description="Write the built-in fictitious-author world."
     )
     parser.add_argument("--out", required=True, help="folder to write (must not exist)")
@@ -277,7 +278,7 @@ def cmd_push(argv: list[str]) -> None:
 def cmd_ls(argv: list[str]) -> None:
     import dataclasses
 
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="llm-unlearn ls",
         description="List the registered methods, the shipped recipes and cached models.",
     )

@@ -23,7 +23,6 @@ the same `--out` replaces the previous one and the figures only that one showed.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -32,6 +31,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..runs.options import CommandParser
 from ..runs.redact import LOCAL_PATH, local_name
 from . import plots
 from .metrics import MODEL_UTILITY_INPUTS
@@ -384,7 +384,7 @@ def report_runs(
 
 
 def report_cli(argv: list[str]) -> Path:
-    parser = argparse.ArgumentParser(prog="llm-unlearn report", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="llm-unlearn report", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "run_dirs", nargs="+", help="run directories (each with an eval.json) or folders of them"
     )

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ..models.loading import check_model_folder, check_weight_files, load_tokenizer
 from ..runs.folder import CONFIG_FILE, RunError, read_run_config, read_status, require_complete
+from ..runs.options import CommandParser
 from ..runs.redact import known_paths, redact_paths, redact_secrets
 
 logger = logging.getLogger("llm_unlearn")
@@ -291,9 +292,8 @@ def push(
 
 
 def push_cli(argv: list[str]) -> None:
-    import argparse
 
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="llm-unlearn push",
         description="Upload a complete run (safetensors weights, tokenizer, eval.json, recipe, model card) "
         "to the Hugging Face Hub. The token comes from HF_TOKEN or `hf auth login`.",

@@ -11,7 +11,6 @@ The unlearning settings below were chosen by the sweeps recorded in `benchmarks/
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import sys
@@ -23,6 +22,7 @@ from ..data.args import DataArgs
 from ..eval.args import EvalArgs
 from ..models.args import ModelArgs
 from ..runs.folder import write_json_atomic
+from ..runs.options import CommandParser
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -201,7 +201,7 @@ def _print_summary(summary: dict, results: dict) -> None:
 
 
 def demo_cli(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="llm-unlearn demo", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="llm-unlearn demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="default", choices=sorted(DEMO_UNLEARN))
     parser.add_argument("--output_dir", default="runs/demo")
     parser.add_argument("--no_cache", action="store_true", help="rebuild the models even if cached")

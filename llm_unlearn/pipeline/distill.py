@@ -81,7 +81,7 @@ from ..runs.folder import (
     write_status,
     write_text_atomic,
 )
-from ..runs.options import ConfigError, require, suggest
+from ..runs.options import CommandParser, ConfigError, require, suggest
 from ..runs.resume import check_resume_settings
 
 logger = logging.getLogger("llm_unlearn")
@@ -390,11 +390,7 @@ def eval_args_of(config: dict, reference_model: str | None, reference_eval: str 
 def make_parser() -> argparse.ArgumentParser:
     d = DistillSettings(alpha=0.0)
 
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str):
-            raise ValueError(f"{message}; see `llm-unlearn distill --help`")
-
-    p = Parser(prog="llm-unlearn distill", description=f"UNDO ({PAPER}): noise a copy of an unlearned run's "
+    p = CommandParser(prog="llm-unlearn distill", description=f"UNDO ({PAPER}): noise a copy of an unlearned run's "
                "model and distill the run's outputs into it, on data without the forget set.")  # fmt: skip
     p.add_argument("run_dir", help="a complete `llm-unlearn unlearn` run directory (the teacher)")
     p.add_argument("--alpha", type=float, required=True, help="share of fresh initialization in [0, 1]")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..data.heldout import SPLIT_BY
 from ..runs.folder import RunError, read_run_config, read_status, require_complete
+from ..runs.options import CommandParser
 from .attacks import ProbeSettings
 from .measure import EvalSettings
 from .run import ALL_PROBES, DEFAULT_BUDGETS, parse_budgets, parse_probes, run_probes
@@ -18,16 +19,9 @@ from .run import ALL_PROBES, DEFAULT_BUDGETS, parse_budgets, parse_probes, run_p
 PROBE_FILE = "probe.json"
 
 
-class _Parser(argparse.ArgumentParser):
-    """Errors (a missing argument, a bad number) as one line through the CLI's error path, not usage + exit."""
-
-    def error(self, message: str):
-        raise ValueError(f"{message}; see `llm-unlearn probe --help`")
-
-
 def make_parser() -> argparse.ArgumentParser:
     d, e = ProbeSettings(), EvalSettings()
-    p = _Parser(prog="llm-unlearn probe", description="Residual-knowledge probes on a finished run: "
+    p = CommandParser(prog="llm-unlearn probe", description="Residual-knowledge probes on a finished run: "
                 "LoRA relearning, Piggyback masking and RTN quantization.")  # fmt: skip
     p.add_argument("run_dir", help="a complete run directory (or a model folder, with --out)")
     p.add_argument("--data_dir", help="TOFU-format folder (default: the run's data_dir)")

@@ -1,4 +1,4 @@
-"""The error every option check raises, and the "did you mean" every unknown name gets.
+"""The error every option check raises, the "did you mean" every unknown name gets, and the subcommands' parser.
 
 Option dataclasses live beside the feature they configure (`data/args.py`, `models/args.py`,
 `methods/args.py`, `eval/args.py`, `core/config.py`); they share these three helpers.
@@ -6,11 +6,20 @@ Option dataclasses live beside the feature they configure (`data/args.py`, `mode
 
 from __future__ import annotations
 
+import argparse
 import difflib
 
 
 class ConfigError(ValueError):
     """An invalid configuration: the message names the key and the fix."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse for a subcommand whose errors (a missing argument, a bad number) are one `ConfigError` line
+    through the CLI's error path, naming its `--help`, not argparse's usage block and exit."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message}; see `{self.prog} --help`")
 
 
 def suggest(name: str, choices) -> str:

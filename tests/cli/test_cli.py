@@ -487,3 +487,23 @@ def test_published_files_hide_folder_names_with_spaces(
         if "Jane Doe" in line or "acme secret" in line
     ]
     assert not leaks, "\n".join(leaks)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["report"],
+        ["world"],
+        ["push", "x"],
+        ["probe"],
+        ["distill", "x"],
+        ["demo", "--size", "huge"],
+        ["ls", "extra"],
+    ],
+)
+def test_argument_errors_of_every_subcommand_are_one_line_naming_its_help(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1 and err.startswith("error: ") and f"see `llm-unlearn {argv[0]} --help`" in err
+    ), err

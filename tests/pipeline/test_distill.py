@@ -116,7 +116,9 @@ def test_distill_batches_hold_no_forget_question_and_do_hold_retain_questions(
 def test_distill_run_directory_is_complete_with_its_evaluation(unlearned, distilled):
     out = distilled["out"]
     assert read_status(out)["state"] == "complete" and read_status(out)["method"] == "undo"
-    assert "final_eval" not in read_status(out)  # pending from the end of training until eval.json was written
+    assert "final_eval" not in read_status(
+        out
+    )  # pending from the end of training until eval.json was written
     for name in ("model.safetensors", "config.json", "tokenizer.json", "run_info.json", "train_log.jsonl"):
         assert (out / name).is_file(), name
     assert not list(out.glob("checkpoint-*"))
