@@ -58,6 +58,10 @@ def _scripted_utility(monkeypatch, values: list[float]) -> list[int]:
     return calls
 
 
+# Two steps, a check after each, no final evaluation: enough to see what each check records.
+SHORT = ("--max_steps", "2", "--stop_check_interval", "1", "--do_final_eval", "false")
+
+
 def _run(micro_models, micro_world, out, callbacks=(), *flags):
     model_args, data, config, eval_args = parse_config([
         "--auto", "--model_name_or_path", str(micro_models["target"]), "--data_dir", str(micro_world),
@@ -361,18 +365,7 @@ def test_auto_estimates_utility_on_the_evaluation_splits_it_finds(
         assert set(stop_data("--auto")["utility_rows"]) == {"retain", "ra"}
     assert "the utility guard leaves out the wf questions" in caplog.text
     out = tmp_path / "run"  # a run's checks estimate it on the two roles
-    _run(
-        micro_models,
-        world,
-        out,
-        [],
-        "--max_steps",
-        "2",
-        "--stop_check_interval",
-        "1",
-        "--do_final_eval",
-        "false",
-    )
+    _run(micro_models, world, out, [], *SHORT)
     checks = [r for r in _log(out / "train_log.jsonl") if "stop_utility" in r]
     # (the micro model answers too little for a nonzero harmonic mean: the point is that the two roles score)
     assert len(checks) == 3 and all(isinstance(r["stop_utility"], float) for r in checks)
@@ -386,18 +379,7 @@ def test_auto_estimates_utility_on_the_evaluation_splits_it_finds(
     assert "the utility guard is off" in caplog.text
     # ... and a run without any of them keeps its first regime to the end (it crashed at the end once).
     out = tmp_path / "run-no-utility"
-    _run(
-        micro_models,
-        world,
-        out,
-        [],
-        "--max_steps",
-        "2",
-        "--stop_check_interval",
-        "1",
-        "--do_final_eval",
-        "false",
-    )
+    _run(micro_models, world, out, [], *SHORT)
     assert json.loads((out / "status.json").read_text())["state"] == "complete"
     assert not any("stop_utility" in r for r in _log(out / "train_log.jsonl"))
     assert not (out / "auto_fallback.json").exists()
