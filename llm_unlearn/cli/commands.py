@@ -26,6 +26,7 @@ import sys
 import threading
 from pathlib import Path
 
+from ..runs.folder import make_temp_dir
 from ..runs.options import CommandParser
 
 SUBCOMMANDS = (
@@ -43,13 +44,17 @@ def _setup_logging() -> None:
 
 
 def cmd_world(argv: list[str]) -> None:
-    from ..data.world import FORGET_PCTS, WORLD_SIZES, WorldConfig, read_world_config, write_world
+    from ..data.world import FORGET_PCTS, WORLD_SIZES, WorldConfig, is_written_world, write_world
     from ..runs.options import suggest
 
     parser = CommandParser(
         prog="llm-unlearn world", description="Write the built-in fictitious-author world."
     )
-    parser.add_argument("--out", required=True, help="folder to write (must not exist)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="folder to write (new; one this command wrote with the same settings is reused)",
+    )
     parser.add_argument(
         "--size", default="default", choices=sorted(WORLD_SIZES), help="preset world and model size"
     )
@@ -74,9 +79,9 @@ def cmd_world(argv: list[str]) -> None:
             )
     if args.models and Path(args.models).exists():
         raise FileExistsError(f"models folder {args.models} exists; remove it or pass another --models")
-    if Path(args.out).is_dir() and read_world_config(args.out) == cfg:
+    if Path(args.out).is_dir() and is_written_world(args.out, cfg):
         path = Path(args.out)  # the same command again (after an interrupt while the models were built)
-        print(f"world with {cfg.n_authors} authors already at {path} (the same settings): reused")
+        print(f"world with {cfg.n_authors} authors already at {path} (the same settings, unedited): reused")
     else:
         path = write_world(args.out, cfg)
         print(f"world with {cfg.n_authors} authors written to {path}")
@@ -87,7 +92,6 @@ def cmd_world(argv: list[str]) -> None:
 def _copy_models(world_dir: Path, dest: Path, size: str, forget_splits: list[str], no_cache: bool) -> None:
     import os
     import shutil
-    import tempfile
 
     from ..models.build import build_default_models
 
@@ -98,7 +102,7 @@ def _copy_models(world_dir: Path, dest: Path, size: str, forget_splits: list[str
     copies |= {f"retain_{split}": p for split, p in models["retain"].items()}
     # Copied under a temporary name and renamed: an interrupted copy never leaves a folder that looks done.
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp = make_temp_dir(dest.parent, f".{dest.name}.")
     try:
         for name, src in copies.items():
             shutil.copytree(src, tmp / name)
@@ -156,7 +160,13 @@ def cmd_unlearn(argv: list[str]) -> None:
             _print_metrics(result)
     print(f"run complete: {run_dir}")
     if undo is not None:
-        cmd_distill([str(run_dir), "--output_dir", f"{run_dir}-undo", *undo])
+        argv_undo = [str(run_dir), "--output_dir", f"{run_dir}-undo", *undo]
+        try:
+            cmd_distill(argv_undo)
+        except KeyboardInterrupt as err:
+            # The unlearning run is complete now, so this command would be refused: distill resumes alone.
+            err.rerun = f"{run_dir} is complete; finish its UNDO copy with `llm-unlearn distill {' '.join(argv_undo)}`"
+            raise
     if hub is not None:
         from accelerate import PartialState
 
@@ -178,7 +188,7 @@ def _undo_settings(config, evaluate: bool) -> list[str]:
         raise ValueError(
             "--undo_alpha runs in one process; leave it off and run `llm-unlearn distill` afterwards"
         )
-    check_output_dir(f"{config.output_dir}-undo")
+    check_output_dir(f"{config.output_dir}-undo", finish_eval=evaluate)
     argv = ["--alpha", str(config.undo_alpha), "--seed", str(config.seed)]
     argv += ["--max_steps", str(config.undo_max_steps)] + ["--disable_tqdm"] * bool(config.disable_tqdm)
     return argv + ["--no_eval"] * (not evaluate)
@@ -192,10 +202,11 @@ def _output_dir_set(argv: list[str], classes) -> bool:
     """Whether the command line or its --config recipe (of the command's option `classes`) names the output folder."""
     if _given(argv, "output_dir"):
         return True
-    if "--config" in argv and argv.index("--config") + 1 < len(argv):
-        from .parse import load_yaml
+    from .parse import config_path, load_yaml
 
-        return "output_dir" in load_yaml(argv[argv.index("--config") + 1], classes)
+    recipe = config_path(argv)
+    if recipe is not None:
+        return "output_dir" in load_yaml(recipe, classes)
     return False
 
 
@@ -344,6 +355,9 @@ def cmd_bench(argv: list[str]) -> None:
 
 
 def _pop_option(argv: list[str], name: str) -> tuple[list[str], str | None]:
+    for i, token in enumerate(argv):  # `--name=value`, as every other option takes it
+        if token.startswith(f"{name}="):
+            return argv[:i] + argv[i + 1 :], token.partition("=")[2]
     if name not in argv:
         return argv, None
     i = argv.index(name)
@@ -424,7 +438,9 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
-        print(f"error: {how}; {RERUN.get(command, RERUN['*'])}", file=sys.stderr)
+        print(
+            f"error: {how}; {getattr(err, 'rerun', None) or RERUN.get(command, RERUN['*'])}", file=sys.stderr
+        )
         return 143 if isinstance(err, Terminated) else 130
     finally:
         if handled:  # `main` also runs in-process (tests, notebooks): leave SIGTERM as it was
@@ -490,6 +506,10 @@ def finetune_cli(argv: list[str]) -> Path:
     model_args, data, ft, args = parse_config(argv, classes=classes, command="train")
     if not model_args.model_name_or_path:
         raise ValueError("no --model_name_or_path given; pass the model folder or Hub id to fine-tune")
+    if args.disable_tqdm:  # transformers' own bars too (loading and writing weights)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     if not _output_dir_set(argv, classes):
         args.output_dir = _default_output_dir(f"finetune-{ft.train_split}")
     out = Path(args.output_dir)

@@ -303,6 +303,23 @@ class _Parser(HfArgumentParser):
         raise ConfigError(f"{message}; see `llm-unlearn {self.prog.split()[-1]} --help`")
 
 
+def config_path(argv: list[str]) -> str | None:
+    """The recipe of `--config FILE` or `--config=FILE` in `argv`, if any."""
+    for i, token in enumerate(argv):
+        if token.startswith("--config="):
+            return token.partition("=")[2]
+        if token == "--config":
+            if i + 1 >= len(argv):
+                raise ConfigError("--config needs a YAML file path")
+            return argv[i + 1]
+    return None
+
+
+def _is_config_token(argv: list[str], i: int) -> bool:
+    token = argv[i]
+    return token == "--config" or token.startswith("--config=") or (i > 0 and argv[i - 1] == "--config")
+
+
 def parse_config(
     argv: list[str] | None = None,
     classes=CONFIG_CLASSES,
@@ -316,12 +333,10 @@ def parse_config(
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     yaml_values: dict[str, Any] = {}
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise ConfigError("--config needs a YAML file path")
-        yaml_values = load_yaml(argv[i + 1], classes)
-        del argv[i : i + 2]
+    recipe = config_path(argv)
+    if recipe is not None:
+        yaml_values = load_yaml(recipe, classes)
+        argv = [a for i, a in enumerate(argv) if not _is_config_token(argv, i)]
     if UnlearnConfig in classes and _wants_auto(argv, yaml_values):
         overrides = {**(overrides or {}), **AUTO_SETTINGS}
     parser = _Parser(classes, prog=f"llm-unlearn {command}")

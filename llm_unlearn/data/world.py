@@ -37,10 +37,10 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..runs.folder import make_temp_dir
 from .qa import DataError, n_forget_authors
 
 FORGET_PCTS = (1, 5, 10)
@@ -552,6 +552,26 @@ def validate_world(world_dir: str | Path) -> None:
                 )
 
 
+def _world_files(cfg: WorldConfig) -> dict[str, str]:
+    """Every file `write_world` writes for `cfg`, name -> text (the generation is deterministic)."""
+    files = {
+        f"{name}.json": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        for name, rows in generate_world(cfg).items()
+    }
+    return files | {WORLD_CONFIG: json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"}
+
+
+def is_written_world(out_dir: str | Path, cfg: WorldConfig) -> bool:
+    """Whether `out_dir` holds exactly the world `write_world(out_dir, cfg)` would write (none edited or missing)."""
+    out_dir = Path(out_dir)
+    try:
+        return all(
+            (out_dir / name).read_text(encoding="utf-8") == text for name, text in _world_files(cfg).items()
+        )
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def write_world(out_dir: str | Path, cfg: WorldConfig | None = None, *, overwrite: bool = False) -> Path:
     """Write the world as TOFU-format JSON lines plus `pretrain.json` and `world_config.json`; return the folder.
 
@@ -562,12 +582,10 @@ def write_world(out_dir: str | Path, cfg: WorldConfig | None = None, *, overwrit
     if out_dir.exists() and not overwrite:
         raise DataError(f"{out_dir} already exists; pick a new --out folder or remove it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = make_temp_dir(out_dir.parent, f".{out_dir.name}.")
     try:
-        for name, rows in generate_world(cfg).items():
-            lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-            (tmp / f"{name}.json").write_text(lines, encoding="utf-8")
-        (tmp / WORLD_CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        for name, text in _world_files(cfg).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         validate_world(tmp)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")

@@ -158,7 +158,7 @@ def write_report(
     this order. `target` names the original model among them (for the collateral-damage lines);
     `train_logs`, `probes` and `configs` map labels to a run's train_log.jsonl rows, probe.json and
     unlearn_config.yaml; `notes` are printed under the table (e.g. runs left out), `target_source`
-    says where the target's eval came from. A model without forget quality is listed with "-" and left
+    says where the target's eval came from (without a target: why none could be used). A model without forget quality is listed with "-" and left
     out of the scatter plot.
 
     Written whole or not at all: the figures and report.md are made in a hidden folder inside `out_dir`
@@ -233,7 +233,9 @@ def _compose(
     lines += [f"- {shown_paths(note, out)}" for note in notes or []]
 
     lines += ["", "## Collateral damage: what the retain set lost", ""]
-    if target is None:
+    if target is None and target_source:
+        lines.append(f"No single original model to compare with: {shown_paths(target_source, out)}.")
+    elif target is None:
         lines.append(
             "No eval of the original (target) model was found, so there is nothing to compare with: evaluate it "
             "into its own folder (`llm-unlearn eval --model_name_or_path TARGET --data_dir DATA --reference_model "
@@ -368,8 +370,6 @@ def report_runs(
     if target is not None and target not in runs:
         runs.insert(0, target)
     notes = [f"left out (not complete or not evaluated): {s}" for s in skipped]
-    if target is None and how != "not found":
-        notes.append(f"no collateral-damage comparison: {how}")
     return write_report(
         {r.label: r.eval for r in runs},
         out_dir,
@@ -379,7 +379,7 @@ def report_runs(
         probes={r.label: r.probe for r in runs if r.probe},
         configs={r.label: r.config for r in runs if r.config},
         notes=notes,
-        target_source=how if target else None,
+        target_source=how if target or how != "not found" else None,  # without a target: why none is used
     )
 
 

@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 from ..models.loading import check_model_folder, check_weight_files, load_tokenizer
-from ..runs.folder import CONFIG_FILE, RunError, read_run_config, read_status, require_complete
+from ..runs.folder import CONFIG_FILE, RunError, make_temp_dir, read_run_config, read_status, require_complete
 from ..runs.options import CommandParser
 from ..runs.redact import known_paths, redact_paths, redact_secrets
 
@@ -251,7 +251,7 @@ def push(
                 f"output dir {out} is inside the run {run}, which push never changes; choose another"
             )
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        tmp = make_temp_dir(out.parent, f".{out.name}.")
         try:
             files = stage(run, tmp, repo_id, merged=merged)
         except BaseException:

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from transformers import (
 
 from ..data.qa import DataError, QACollator, QADataset, load_split, pad_id, paired_split
 from ..data.world import FORGET_PCTS, load_world_config
-from ..runs.folder import cache_root
+from ..runs.folder import cache_root, make_temp_dir
 from .loading import load_model_and_tokenizer
 from .tiny import MODEL_SIZES, TRAINING_SIZES, generation_config, tiny_llama_config, train_tokenizer
 
@@ -138,7 +137,7 @@ def finetune(
     """
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    tmp = make_temp_dir(output_dir.parent, f".{output_dir.name}.")
     try:
         dataset = QADataset(rows, tokenizer, prompt_format, max_length, system_prompt)
         defaults = dict(

@@ -16,11 +16,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..runs.folder import RunError
+from ..runs.folder import RunError, make_temp_dir
 
 PREFIX = "builtin:"
 
@@ -104,7 +103,7 @@ def materialize(name: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
+    tmp = make_temp_dir(final.parent, f".{name}.")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
         loaded = AutoModelForCausalLM.from_pretrained(

@@ -356,6 +356,8 @@ def distill(
         check_resume_settings(out, record)  # an unfinished distillation goes on only with its own settings
         if run_state(read_status(out)) == "unevaluated" and evaluation_follows:
             logger.info("%s was distilled to the end; its final evaluation is what is left", out)
+            write_text_atomic(out / CONFIG_FILE, yaml.safe_dump(record, sort_keys=False, width=1 << 16))
+            write_run_info(out, command)
             return out
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / CONFIG_FILE, yaml.safe_dump(record, sort_keys=False, width=1 << 16))

@@ -26,7 +26,14 @@ from ..eval.args import EvalArgs
 from ..eval.shard import Shard, process_shard
 from ..models.args import ModelArgs
 from ..models.loading import check_model_folder, is_missing_local_path, load_model_and_tokenizer
-from ..runs.folder import RunError, mark_evaluated, read_run_config, read_status, require_complete
+from ..runs.folder import (
+    STATUS_FILE,
+    RunError,
+    mark_evaluated,
+    read_run_config,
+    read_status,
+    require_complete,
+)
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -109,6 +116,14 @@ def default_eval_path(model_path: str, output_dir: str | None) -> Path:
     if output_dir:
         out = Path(output_dir)
         holds_model = read_status(out) is not None or any((out / f).is_file() for f in MODEL_FILES)
+        if out.is_dir() and any(
+            (d / STATUS_FILE).is_file() or (d / "eval.json").is_file() for d in out.iterdir()
+        ):
+            # `report DIR` reads a folder with its own eval.json as one run, not as the runs inside it.
+            raise RunError(
+                f"--output_dir {out} holds runs or evaluated models; an eval.json there would make `llm-unlearn "
+                "report` read the folder as one run: pass a folder of its own"
+            )
         if holds_model and not (Path(model_path).exists() and Path(model_path).resolve() == out.resolve()):
             # Its eval.json is read as the numbers of the weights beside it (report, push's model card).
             raise RunError(

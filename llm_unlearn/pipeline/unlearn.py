@@ -298,6 +298,9 @@ def unlearn(
         check_resume_settings(out, *(settings(model_args, data, c, eval_args, retain_split) for c in ours))
         if run_state(read_status(out)) == "unevaluated" and evaluation_follows:
             logger.info("%s was trained to the end; its final evaluation is what is left", out)
+            if rank_zero:  # this command's evaluation settings (free to differ) are what eval.json will hold
+                write_run_config(out, settings(model_args, data, ours[0], eval_args, retain_split))
+                write_run_info(out, command)
             return out
         resume = prepare_output_dir(config.output_dir, evaluation_follows)
         config = ours[0]
@@ -386,6 +389,11 @@ def settings(model_args, data, config, eval_args, retain_split: str) -> dict:
     return values
 
 
+def write_run_config(out: Path, values: dict) -> None:
+    # One line per value: a long path folded over two lines could not be found whole (push's redaction).
+    write_text_atomic(out / CONFIG_FILE, yaml.safe_dump(values, sort_keys=False, width=1 << 16))
+
+
 def _free_memory() -> None:
     import gc
 
@@ -407,9 +415,9 @@ class _Attempt:
         self.stop = None
 
     def write_config(self, config) -> None:
-        resolved = settings(self.model_args, self.data, config, self.eval_args, self.retain_split)
-        # One line per value: a long path folded over two lines could not be found whole (push's redaction).
-        write_text_atomic(self.out / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False, width=1 << 16))
+        write_run_config(
+            self.out, settings(self.model_args, self.data, config, self.eval_args, self.retain_split)
+        )
 
     def build(self, config):
         """Tokenize, load the model (and the reference a method needs) and make the trainer with its callbacks."""

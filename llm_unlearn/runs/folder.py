@@ -77,6 +77,16 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
+def make_temp_dir(parent: str | Path, prefix: str) -> Path:
+    """`tempfile.mkdtemp` in `parent`, with the permissions a plain `mkdir` gets: mkdtemp makes it 0700, and
+    the folder it is renamed into (a world, models, a staged upload) is then unreadable to anyone else."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)
+    return tmp
+
+
 def write_status(run_dir: str | Path, state: str, **extra: Any) -> None:
     """Replace `status.json` atomically; a `running` status names its process so readers can tell a
     live run from one that was killed (`run_state`)."""
@@ -210,8 +220,8 @@ def require_complete(run_dir: str | Path, action: str) -> None:
     if state == "unevaluated":
         raise RunError(
             f"run {run_dir} was trained to the end but its final evaluation was cut short; {action} needs its "
-            f"eval.json: rerun the same unlearn command (it only evaluates) or `llm-unlearn eval --model_name_or_path "
-            f"{run_dir} ...`"
+            f"eval.json: rerun the command that made it (it only evaluates now) or `llm-unlearn eval "
+            f"--model_name_or_path {run_dir} ...`"
         )
     if status is not None and state != "complete":
         why = f": {status['error']}" if status.get("error") else ""

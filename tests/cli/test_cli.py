@@ -347,11 +347,18 @@ def test_world_rerun_after_an_interrupt_reuses_the_world_and_builds_the_models(t
     assert "a world already written is reused" in err
     assert not (tmp_path / "m").exists()
     assert main(argv) == 0
-    assert "(the same settings): reused" in capsys.readouterr().out
+    assert "(the same settings, unedited): reused" in capsys.readouterr().out
     assert (tmp_path / "m" / "target" / "model.safetensors").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    mask = os.umask(0)
+    os.umask(mask)
+    for folder in ("w", "m"):  # as mkdir would make them, not mkdtemp's 0700: others may read a world
+        assert (tmp_path / folder).stat().st_mode & 0o777 == 0o777 & ~mask, folder
     assert main(["world", "--out", str(tmp_path / "w"), "--size", "micro", "--seed", "1"]) == 2
     assert "already exists" in capsys.readouterr().err  # other settings: not ours to reuse
+    (tmp_path / "w" / "forget05_perturbed.json").unlink()  # edited by hand: not what the models were built on
+    assert main(["world", "--out", str(tmp_path / "w"), "--size", "micro"]) == 2
+    assert "already exists" in capsys.readouterr().err
 
 
 def test_an_interrupted_command_that_does_not_checkpoint_says_it_starts_over(capsys, monkeypatch):
@@ -507,3 +514,39 @@ def test_argument_errors_of_every_subcommand_are_one_line_naming_its_help(argv, 
     assert (
         err.count("\n") == 1 and err.startswith("error: ") and f"see `llm-unlearn {argv[0]} --help`" in err
     ), err
+
+
+def test_an_interrupt_in_the_undo_copy_names_the_distill_command_that_finishes_it(
+    micro_world, micro_models, tmp_path, monkeypatch, capsys
+):
+    import shlex
+
+    import llm_unlearn.pipeline.distill as distill
+
+    out = tmp_path / "run"
+    argv = _unlearn_argv(micro_world, micro_models, out, "--undo_alpha", "0.5", "--undo_max_steps", "1",
+                         "--disable_tqdm", "true")  # fmt: skip
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(distill, "distill", interrupted)
+        assert main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(
+        f"error: interrupted; {out} is complete; finish its UNDO copy with `llm-unlearn distill "
+    )
+    command = shlex.split(err.split("`")[1])
+    assert main(command[1:]) == 0
+    assert (tmp_path / "run-undo" / "eval.json").is_file()
+
+
+def test_config_takes_the_equals_form_like_every_option(tmp_path):
+    from llm_unlearn.cli.parse import parse_config
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: ngdiff\nlearning_rate: 0.2\n")
+    for argv in (["--config", str(recipe)], [f"--config={recipe}"]):
+        _, _, config, _ = parse_config([*argv, "--output_dir", str(tmp_path / "o"), "--seed", "3"])
+        assert (config.method, config.learning_rate, config.seed) == ("ngdiff", 0.2, 3)
