@@ -413,8 +413,10 @@ def test_a_run_is_not_published_before_its_final_evaluation(
     assert "its final evaluation was cut short; push needs its eval.json" in capsys.readouterr().err
     assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 2
     steps = (out / "train_log.jsonl").read_text()
-    assert main(argv) == 0  # the same command again: evaluates only
+    assert main([*argv, "--mia", "false"]) == 0  # the same command again: evaluates only, as it now says
     assert (out / "train_log.jsonl").read_text() == steps
+    assert "mia: false" in (out / "unlearn_config.yaml").read_text()  # the settings eval.json was made with
+    assert "--mia false" in json.loads((out / "run_info.json").read_text())["command"]
     assert (out / "eval.json").is_file() and FINAL_EVAL not in read_status(out)
     assert run_state(read_status(out)) == "complete"
     assert main(push) == 0
