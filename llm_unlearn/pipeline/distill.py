@@ -72,6 +72,7 @@ from ..runs.folder import (
     FINAL_EVAL,
     RunError,
     claim_run_dir,
+    ended_by,
     mark_and_rotate,
     read_run_config,
     read_status,
@@ -368,7 +369,8 @@ def distill(
             trainer.train(resume_from_checkpoint=resume)
             trainer.save_model(str(out))
         except BaseException as err:
-            write_status(out, "failed", method="undo", error=f"{type(err).__name__}: {err}")
+            state, fields = ended_by(err)
+            write_status(out, state, method="undo", **fields)
             raise
         seconds = round(time.perf_counter() - start, 2)
         pending = {FINAL_EVAL: "pending", "pid": os.getpid(), "host": socket.gethostname()}

@@ -55,6 +55,7 @@ from ..runs.folder import (
     RunError,
     checkpoints,
     claim_run_dir,
+    ended_by,
     read_checkpoint_mark,
     read_status,
     run_state,
@@ -353,9 +354,8 @@ def unlearn(
             if trainer is not None:
                 _close_progress_bars(trainer)
             if rank_zero:
-                write_status(
-                    out, "failed", method=get_method(config.method).name, error=f"{type(err).__name__}: {err}"
-                )
+                state, fields = ended_by(err)
+                write_status(out, state, method=get_method(config.method).name, **fields)
             raise
         if trainer.is_world_process_zero():
             # Complete first, then drop the checkpoints: a kill in between leaves a complete run with

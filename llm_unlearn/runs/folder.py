@@ -77,6 +77,13 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
+def ended_by(err: BaseException) -> tuple[str, dict]:
+    """(state, fields) of a run that `err` ended: `interrupted` for Ctrl-C or SIGTERM (as a killed run reads),
+    else `failed` with the error."""
+    text = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+    return ("interrupted" if isinstance(err, KeyboardInterrupt) else "failed"), {"error": text}
+
+
 def make_temp_dir(parent: str | Path, prefix: str) -> Path:
     """`tempfile.mkdtemp` in `parent`, with the permissions a plain `mkdir` gets: mkdtemp makes it 0700, and
     the folder it is renamed into (a world, models, a staged upload) is then unreadable to anyone else."""

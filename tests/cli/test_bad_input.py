@@ -416,8 +416,9 @@ def test_bad_input_gets_one_line_and_loses_nothing(case: Case, env: Env, capsys,
     changed = [name for name, digest in before.items() if after.get(name) != digest and name not in allowed]
     assert not changed, changed
     # No partial output: no weights, and no run directory at all for input checked before the work.
-    if case.creates_run:
-        assert json.loads((env.out / "status.json").read_text())["state"] == "failed"
+    if case.creates_run:  # an interrupt reads as a kill does; anything else failed
+        ended = "interrupted" if case.code == 130 else "failed"
+        assert json.loads((env.out / "status.json").read_text())["state"] == ended
         assert not (env.out / "model.safetensors").exists()
     elif not existed:
         assert not env.out.exists()
