@@ -129,6 +129,11 @@ def collect_runs(paths: Sequence[str | Path]) -> tuple[list[Run], list[str]]:
                 skipped.append(f"{member}: {err}")
         if not found:
             raise RunError(f"no complete, evaluated run in {given}: " + " | ".join(skipped))
+    # One folder reached twice (named twice, or through a symbolic link) is one run, listed once.
+    unique: dict[Path, Run] = {}
+    for r in runs:
+        unique.setdefault(r.path.resolve(), r)
+    runs = list(unique.values())
     _unique_labels(runs)
     return runs, skipped
 
@@ -143,9 +148,9 @@ def _unique_labels(runs: list[Run]) -> None:
             counts[r.label] = counts.get(r.label, 0) + 1
         for r in runs:
             if counts[r.label] > 1:
-                r.label = "/".join(r.path.resolve().parts[-depth:])
+                r.label = "/".join(r.path.resolve().parts[-depth:]).removeprefix("//")
     seen: dict[str, int] = {}
-    for r in runs:  # the same folder given twice
+    for r in runs:  # two folders alike to six levels up
         seen[r.label] = seen.get(r.label, 0) + 1
         if seen[r.label] > 1:
             r.label = f"{r.label} ({seen[r.label]})"

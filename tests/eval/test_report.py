@@ -436,3 +436,13 @@ def test_runs_from_different_targets_get_no_single_collateral_damage_line(runs, 
         == 0
     )
     assert "- **graddiff**: retain fact recall" in (tmp_path / "s" / "report.md").read_text()
+
+
+def test_a_run_reached_twice_is_listed_once(runs, tmp_path):
+    _drop_figure_inputs(runs)
+    (runs / "ngdiff-link").symlink_to(runs / "ngdiff", target_is_directory=True)
+    assert main(["report", str(runs), str(runs / "graddiff"), "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert (
+        "| metric | better | retain | target | graddiff | ngdiff |" in text
+    )  # no second ngdiff, no graddiff (2)
