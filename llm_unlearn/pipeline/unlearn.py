@@ -296,11 +296,14 @@ def unlearn(
         ours = [fallback_config(config), config] if mark is not None else [config]
         # An unfinished run goes on only with its own settings (runs/resume.py), checked before anything in
         # the folder changes; one that fell back may have been killed before it saved the second regime's.
-        check_resume_settings(out, *(settings(model_args, data, c, eval_args, retain_split) for c in ours))
+        digest = data_digest({data.forget_split: forget_rows, retain_split: retain_rows})
+        check_resume_settings(
+            out, *(settings(model_args, data, c, eval_args, retain_split, digest) for c in ours)
+        )
         if run_state(read_status(out)) == "unevaluated" and evaluation_follows:
             logger.info("%s was trained to the end; its final evaluation is what is left", out)
             if rank_zero:  # this command's evaluation settings (free to differ) are what eval.json will hold
-                write_run_config(out, settings(model_args, data, ours[0], eval_args, retain_split))
+                write_run_config(out, settings(model_args, data, ours[0], eval_args, retain_split, digest))
                 write_run_info(out, command)
             return out
         resume = prepare_output_dir(config.output_dir, evaluation_follows)
@@ -379,9 +382,26 @@ def unlearn(
 PATH_OPTIONS = ("model_name_or_path", "data_dir", "reference_model", "reference_eval", "refusals_file")
 
 
-def settings(model_args, data, config, eval_args, retain_split: str) -> dict:
-    """A run's settings as `unlearn_config.yaml` holds them (secrets redacted, local paths absolute)."""
+def data_digest(splits: dict[str, list[dict]]) -> dict[str, str]:
+    """split -> a short hash of the questions and answers it trains on, in order: saved with the run, so that
+    a resume with a split file changed in place is refused like one with another split."""
+    import hashlib
+    import json
+
+    return {
+        name: hashlib.sha256(json.dumps([[r["question"], r["answer"]] for r in rows]).encode()).hexdigest()[
+            :16
+        ]
+        for name, rows in splits.items()
+    }
+
+
+def settings(model_args, data, config, eval_args, retain_split: str, digest: dict | None = None) -> dict:
+    """A run's settings as `unlearn_config.yaml` holds them (secrets redacted, local paths absolute, and the
+    `data_digest` of its splits)."""
     values = to_dict(model_args, data, config, eval_args) | {"retain_split": retain_split}
+    if digest is not None:
+        values["data_sha256"] = digest
     for key in PATH_OPTIONS:
         value = values.get(key)
         if isinstance(value, str) and value and Path(value).exists():
@@ -412,11 +432,13 @@ class _Attempt:
         self.forget_rows, self.retain_rows, self.df_rows = forget_rows, retain_rows, df_rows
         self.stop_data, self.out = stop_data, out
         self.retain_split = resolve_retain_split(data)
+        self.digest = data_digest({data.forget_split: forget_rows, self.retain_split: retain_rows})
         self.stop = None
 
     def write_config(self, config) -> None:
         write_run_config(
-            self.out, settings(self.model_args, self.data, config, self.eval_args, self.retain_split)
+            self.out,
+            settings(self.model_args, self.data, config, self.eval_args, self.retain_split, self.digest),
         )
 
     def build(self, config):

@@ -443,3 +443,21 @@ def test_resuming_from_a_model_only_checkpoint_says_the_optimizer_starts_afresh(
     with caplog.at_level("WARNING", logger="llm_unlearn"):
         assert main(argv) == 0
     assert "checkpoint-2 holds the model only (--save_only_model true): the optimizer" in caplog.text
+
+
+def test_a_split_changed_in_place_does_not_resume_the_run_trained_on_the_old_one(
+    env: Env, monkeypatch, capsys
+):
+    argv = _checkpointed(env)
+    with monkeypatch.context() as mp:
+        _interrupt_at_step_2(mp)
+        assert main(argv) == 130
+    rows, scored = env.rows("retain90"), {r["question"] for r in env.rows("retain_perturbed")}
+    row = next(r for r in rows if r["question"] not in scored)  # trained on, not in an evaluation split
+    row["answer"] = "Someone else entirely."
+    env.write_rows("retain90", rows)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds an unfinished run with other settings (data_sha256.retain90: " in err, err
+    assert (env.out / "checkpoint-2").is_dir()  # left as it was
