@@ -350,7 +350,9 @@ def parse_config(
         if token.startswith("--") and token != "--help":
             key, eq, text = token[2:].partition("=")
             if key not in known:
-                raise ConfigError(f"unknown option --{key}{suggest(key, known | {'help'})}")
+                raise ConfigError(
+                    f"unknown option --{key}{suggest(key, known | {'help'})}; see `llm-unlearn {command} --help`"
+                )
             if key in mappings and (eq or i + 1 < len(argv)):
                 _mapping(text if eq else argv[i + 1], f"--{key}", key)
     try:

@@ -262,7 +262,7 @@ CASES = [
     Case("scheduler_option_not_taken", lambda e: e.recipe("lr_scheduler_kwargs: {min_lr: 0.0}\n"), r"--lr_scheduler_type linear with --lr_scheduler_kwargs .*unexpected keyword argument 'min_lr'; fix the scheduler options"),
     Case("optim_args_not_pairs", lambda e: e.unlearn(optim_args="5"), r"--optim_args 5 is out of range; it must be comma-separated name=value pairs"),
     Case("recipe_float_for_an_int", lambda e: e.recipe("gradient_accumulation_steps: 2.5\n"), r"--gradient_accumulation_steps.*invalid int value: '2\.5'"),
-    Case("option_unknown", lambda e: e.unlearn("--lerning_rate", "1"), r"unknown option --lerning_rate \(did you mean 'learning_rate'\?\)"),
+    Case("option_unknown", lambda e: e.unlearn("--lerning_rate", "1"), r"unknown option --lerning_rate \(did you mean 'learning_rate'\?\); see `llm-unlearn unlearn --help`"),
     Case("option_text_for_a_number", lambda e: e.unlearn(num_train_epochs="many"), r"--num_train_epochs.*invalid float value: 'many'"),
     Case("option_not_a_bool", lambda e: e.unlearn(use_lora="maybe"), r"--use_lora.*maybe"),
     Case("option_missing_value", lambda e: ["unlearn", "--config"], r"--config needs a YAML file path"),
