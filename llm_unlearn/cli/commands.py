@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
     # SIGTERM (a scheduler's stop, `kill`, a timeout) ends a run as Ctrl-C does: the run is marked
-    # failed with its last complete checkpoint kept, one line says how to resume, and the exit code
+    # interrupted with its last complete checkpoint kept, one line says how to resume, and the exit code
     # is 143 (128 + SIGTERM) where Ctrl-C gives 130.
     class Terminated(KeyboardInterrupt):
         pass
