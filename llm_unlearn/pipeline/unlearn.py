@@ -296,7 +296,7 @@ def unlearn(
         ours = [fallback_config(config), config] if mark is not None else [config]
         # An unfinished run goes on only with its own settings (runs/resume.py), checked before anything in
         # the folder changes; one that fell back may have been killed before it saved the second regime's.
-        digest = data_digest({data.forget_split: forget_rows, retain_split: retain_rows})
+        digest = data_digest({data.forget_split: forget_rows, retain_split: retain_rows}, stop_data)
         check_resume_settings(
             out, *(settings(model_args, data, c, eval_args, retain_split, digest) for c in ours)
         )
@@ -382,12 +382,15 @@ def unlearn(
 PATH_OPTIONS = ("model_name_or_path", "data_dir", "reference_model", "reference_eval", "refusals_file")
 
 
-def data_digest(splits: dict[str, list[dict]]) -> dict[str, str]:
-    """split -> a short hash of the questions and answers it trains on, in order: saved with the run, so that
-    a resume with a split file changed in place is refused like one with another split."""
+def data_digest(splits: dict[str, list[dict]], stop_data: dict | None = None) -> dict[str, str]:
+    """split -> a short hash of its questions and answers, in order, for the splits that decide the steps (the
+    forget and retain splits, and the stop rule's holdout): saved with the run, so that a resume with a split
+    file changed in place is refused like one with another split."""
     import hashlib
     import json
 
+    if stop_data is not None:
+        splits = splits | {"stop_holdout": stop_data["holdout"]}
     return {
         name: hashlib.sha256(json.dumps([[r["question"], r["answer"]] for r in rows]).encode()).hexdigest()[
             :16
@@ -432,7 +435,7 @@ class _Attempt:
         self.forget_rows, self.retain_rows, self.df_rows = forget_rows, retain_rows, df_rows
         self.stop_data, self.out = stop_data, out
         self.retain_split = resolve_retain_split(data)
-        self.digest = data_digest({data.forget_split: forget_rows, self.retain_split: retain_rows})
+        self.digest = data_digest({data.forget_split: forget_rows, self.retain_split: retain_rows}, stop_data)
         self.stop = None
 
     def write_config(self, config) -> None:

@@ -544,3 +544,18 @@ def test_the_published_card_and_run_info_keep_max_new_tokens(tiny, tmp_path, cap
     assert "--max_new_tokens 64" in card and "max_new_tokens: 64" in card
     assert "'<redacted>'" not in card.replace("--run_name '<redacted>'", "")
     assert not any(HF_TOKEN in p.read_text(errors="replace") for p in staged.rglob("*") if p.is_file())
+
+
+def test_the_data_hash_covers_the_splits_that_decide_the_steps():
+    from llm_unlearn.pipeline.unlearn import data_digest
+
+    forget, retain = [{"question": "q1", "answer": "a1"}], [{"question": "q2", "answer": "a2"}]
+    holdout = [{"question": "q3", "answer": "a3"}]
+    plain = data_digest({"forget10": forget, "retain90": retain})
+    assert set(plain) == {"forget10", "retain90"} and len(plain["forget10"]) == 16
+    ruled = data_digest({"forget10": forget, "retain90": retain}, {"holdout": holdout})
+    assert (
+        ruled["stop_holdout"]
+        != data_digest({"f": forget}, {"holdout": [{"question": "q3", "answer": "b"}]})["stop_holdout"]
+    )  # the stop rule's holdout decides where --auto stops: an edited one is other data
+    assert data_digest({"forget10": retain})["forget10"] != plain["forget10"]
