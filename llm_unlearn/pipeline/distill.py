@@ -52,14 +52,12 @@ import logging
 import math
 import os
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 from ..data.args import DataArgs
@@ -69,18 +67,17 @@ from ..models.args import ModelArgs
 from ..models.loading import load_model, load_tokenizer
 from ..runs.folder import (
     CONFIG_FILE,
-    FINAL_EVAL,
     RunError,
     claim_run_dir,
     ended_by,
     mark_and_rotate,
+    pending_evaluation,
     read_run_config,
     read_status,
     require_complete,
     run_state,
     write_run_info,
     write_status,
-    write_text_atomic,
 )
 from ..runs.options import CommandParser, ConfigError, require, suggest
 from ..runs.resume import check_resume_settings
@@ -316,7 +313,7 @@ def distill(
     called again with the same arguments. `evaluation_follows`: as `unlearn()`'s (the run is complete
     with its evaluation pending until its eval.json is written).
     """
-    from .unlearn import check_output_dir, prepare_output_dir
+    from .unlearn import check_output_dir, prepare_output_dir, write_run_config
 
     check_settings(settings)
     config = read_run(run_dir)
@@ -357,11 +354,11 @@ def distill(
         check_resume_settings(out, record)  # an unfinished distillation goes on only with its own settings
         if run_state(read_status(out)) == "unevaluated" and evaluation_follows:
             logger.info("%s was distilled to the end; its final evaluation is what is left", out)
-            write_text_atomic(out / CONFIG_FILE, yaml.safe_dump(record, sort_keys=False, width=1 << 16))
+            write_run_config(out, record)
             write_run_info(out, command)
             return out
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / CONFIG_FILE, yaml.safe_dump(record, sort_keys=False, width=1 << 16))
+        write_run_config(out, record)
         write_run_info(out, command)
         write_status(out, "running", method="undo")
         start = time.perf_counter()
@@ -373,9 +370,12 @@ def distill(
             write_status(out, state, method="undo", **fields)
             raise
         seconds = round(time.perf_counter() - start, 2)
-        pending = {FINAL_EVAL: "pending", "pid": os.getpid(), "host": socket.gethostname()}
         write_status(
-            out, "complete", method="undo", train_seconds=seconds, **(pending if evaluation_follows else {})
+            out,
+            "complete",
+            method="undo",
+            train_seconds=seconds,
+            **(pending_evaluation() if evaluation_follows else {}),
         )
         for folder in out.glob("checkpoint-*"):
             shutil.rmtree(folder)

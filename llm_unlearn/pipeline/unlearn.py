@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -51,11 +50,11 @@ from ..models.loading import check_tokenizer_fits, load_model, load_tokenizer
 from ..runs.folder import (
     CLAIM_FILE,
     CONFIG_FILE,
-    FINAL_EVAL,
     RunError,
     checkpoints,
     claim_run_dir,
     ended_by,
+    pending_evaluation,
     read_checkpoint_mark,
     read_status,
     run_state,
@@ -313,7 +312,7 @@ def unlearn(
             if rank_zero:  # restarted from its first step: its log begins again with the reason
                 log_fallback(out, mark)
         run = _Attempt(model_args, data, config, eval_args, callbacks, progress_bar_only, forget_rows,
-                       retain_rows, df_rows, stop_data, out)  # fmt: skip
+                       retain_rows, df_rows, stop_data, out, digest)  # fmt: skip
         trainer = run.build(config)
         if trainer.is_world_process_zero():
             out.mkdir(parents=True, exist_ok=True)
@@ -363,13 +362,12 @@ def unlearn(
         if trainer.is_world_process_zero():
             # Complete first, then drop the checkpoints: a kill in between leaves a complete run with
             # spare checkpoints, never an unfinished run without any.
-            pending = {FINAL_EVAL: "pending", "pid": os.getpid(), "host": socket.gethostname()}
             write_status(
                 out,
                 "complete",
                 method=get_method(config.method).name,
                 train_seconds=round(time.perf_counter() - start, 2),
-                **(pending if evaluation_follows else {}),
+                **(pending_evaluation() if evaluation_follows else {}),
             )
             for checkpoint in out.glob("checkpoint-*"):
                 shutil.rmtree(checkpoint)
@@ -429,13 +427,12 @@ class _Attempt:
     """Build and train one `UnlearnTrainer` on the run's data; `--auto`'s second regime builds a second."""
 
     def __init__(self, model_args, data, config, eval_args, callbacks, progress_bar_only, forget_rows,
-                 retain_rows, df_rows, stop_data, out: Path):  # fmt: skip
+                 retain_rows, df_rows, stop_data, out: Path, digest: dict):  # fmt: skip
         self.model_args, self.data, self.eval_args = model_args, data, eval_args
         self.callbacks, self.progress_bar_only = callbacks, progress_bar_only
         self.forget_rows, self.retain_rows, self.df_rows = forget_rows, retain_rows, df_rows
-        self.stop_data, self.out = stop_data, out
+        self.stop_data, self.out, self.digest = stop_data, out, digest
         self.retain_split = resolve_retain_split(data)
-        self.digest = data_digest({data.forget_split: forget_rows, self.retain_split: retain_rows}, stop_data)
         self.stop = None
 
     def write_config(self, config) -> None:

@@ -205,6 +205,11 @@ def run_state(status: dict | None) -> str | None:
 FINAL_EVAL = "final_eval"
 
 
+def pending_evaluation() -> dict:
+    """The status fields of a run complete but for its command's own evaluation, which this process runs next."""
+    return {FINAL_EVAL: "pending", "pid": os.getpid(), "host": socket.gethostname()}
+
+
 def mark_evaluated(run_dir: str | Path) -> None:
     """Drop a pending final evaluation from the status once the run's eval.json is written."""
     status = read_status(run_dir)
