@@ -235,14 +235,14 @@ def _hub_target(config) -> dict | None:
 def cmd_eval(argv: list[str]) -> None:
     from ..data.args import DataArgs
     from ..eval.args import EvalArgs
-    from ..models.args import ModelArgs
+    from ..models.args import LoadArgs
     from ..pipeline.evaluate import default_eval_path, evaluate_with_reference, is_main_process
     from .parse import parse_config
 
     argv, output_dir = _pop_option(argv, "--output_dir")
     try:
         model_args, data, eval_args = parse_config(
-            argv, classes=(ModelArgs, DataArgs, EvalArgs), command="eval"
+            argv, classes=(LoadArgs, DataArgs, EvalArgs), command="eval"
         )
     except SystemExit:
         if "--help" in argv or "-h" in argv:  # eval's own option, taken before the dataclasses parse

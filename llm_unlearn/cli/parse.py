@@ -203,6 +203,7 @@ _STOP_SECTION = "stop rule (stop.py): stop once the forget set looks unseen"
 _TRAINING_SECTION = "training (the Trainer settings most runs set)"
 _CLASS_SECTIONS = {
     "ModelArgs": "model",
+    "LoadArgs": "model",
     "DataArgs": "data",
     "FinetuneArgs": "fine-tuning",
     "EvalArgs": "evaluation",

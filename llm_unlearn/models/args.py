@@ -11,8 +11,10 @@ TORCH_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
-class ModelArgs:
-    """Which model to start from and how to load it."""
+class LoadArgs:
+    """Which model and how to load it."""
+
+    # All that `eval` parses: it trains nothing, so LoRA options there would be accepted and ignored.
 
     model_name_or_path: str | None = field(
         default=None,
@@ -28,6 +30,19 @@ class ModelArgs:
     torch_dtype: str = field(
         default="float32", metadata={"help": "float32, bfloat16 or float16 for the weights."}
     )
+
+    def __post_init__(self):
+        if self.torch_dtype not in TORCH_DTYPES:
+            raise ConfigError(
+                f"unknown torch_dtype {self.torch_dtype!r}{suggest(self.torch_dtype, TORCH_DTYPES)}; "
+                f"choose {', '.join(TORCH_DTYPES)}"
+            )
+
+
+@dataclass
+class ModelArgs(LoadArgs):
+    """Which model to start from, how to load it, and whether to train LoRA adapters on it."""
+
     use_lora: bool = field(
         default=False, metadata={"help": "Train LoRA adapters (PEFT) instead of all weights."}
     )
@@ -39,11 +54,7 @@ class ModelArgs:
     )
 
     def __post_init__(self):
-        if self.torch_dtype not in TORCH_DTYPES:
-            raise ConfigError(
-                f"unknown torch_dtype {self.torch_dtype!r}{suggest(self.torch_dtype, TORCH_DTYPES)}; "
-                f"choose {', '.join(TORCH_DTYPES)}"
-            )
+        super().__post_init__()
         require(self.lora_r >= 1, "lora_r", self.lora_r, "at least 1")
         require(math.isfinite(self.lora_alpha) and self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "> 0")
         require(0 <= self.lora_dropout < 1, "lora_dropout", self.lora_dropout, "in [0, 1)")

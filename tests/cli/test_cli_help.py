@@ -62,11 +62,11 @@ def test_train_and_eval_help_list_model_and_data_options_first(command):
     from llm_unlearn.cli.parse import _Parser
     from llm_unlearn.data.args import DataArgs
     from llm_unlearn.eval.args import EvalArgs
-    from llm_unlearn.models.args import ModelArgs
+    from llm_unlearn.models.args import LoadArgs, ModelArgs
     from llm_unlearn.models.build import FinetuneArgs
 
     classes = {"train": (ModelArgs, DataArgs, FinetuneArgs, TrainingArguments),
-               "eval": (ModelArgs, DataArgs, EvalArgs)}[command]  # fmt: skip
+               "eval": (LoadArgs, DataArgs, EvalArgs)}[command]  # fmt: skip
     text = _Parser(classes, prog=f"llm-unlearn {command}").format_help()
     assert text.index("\nmodel:") < text.index("--model_name_or_path") < text.index("\ndata:")
     assert text.index("\ndata:") < text.index("--forget_split")
@@ -116,3 +116,4 @@ def test_python_dash_m_runs_the_command_and_eval_help_names_output_dir():
         assert result.returncode == 0 and result.stdout.startswith("llm-unlearn "), result.stderr[-1000:]
     text = _run("eval", "--help").stdout
     assert "--output_dir DIR" in text  # eval's own option, parsed apart from the dataclasses
+    assert "--allow_pickle" in text and "--use_lora" not in text  # eval trains nothing: no LoRA options
