@@ -26,7 +26,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ..runs.folder import make_temp_dir
+from ..runs.folder import make_temp_dir, move_into_place
 from ..runs.options import CommandParser
 
 SUBCOMMANDS = (
@@ -90,7 +90,6 @@ def cmd_world(argv: list[str]) -> None:
 
 
 def _copy_models(world_dir: Path, dest: Path, size: str, forget_splits: list[str], no_cache: bool) -> None:
-    import os
     import shutil
 
     from ..models.build import build_default_models
@@ -106,7 +105,7 @@ def _copy_models(world_dir: Path, dest: Path, size: str, forget_splits: list[str
     try:
         for name, src in copies.items():
             shutil.copytree(src, tmp / name)
-        os.replace(tmp, dest)
+        move_into_place(tmp, dest, "remove it or pass another --models")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"models ({', '.join(copies)}) copied to {dest}")
@@ -538,9 +537,11 @@ def finetune_cli(argv: list[str]) -> Path:
         prompt_format=data.prompt_format,
         max_length=data.max_length,
         system_prompt=data.system_prompt,
+        replace=False,  # checked empty above; one that appeared since is another process's
         **kwargs,
     )
-    print(f"fine-tuned model written to {path}")
+    if args.process_index == 0:
+        print(f"fine-tuned model written to {path}")
     return path
 
 

@@ -40,7 +40,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..runs.folder import make_temp_dir
+from ..runs.folder import make_temp_dir, move_into_place
 from .qa import DataError, n_forget_authors
 
 FORGET_PCTS = (1, 5, 10)
@@ -587,11 +587,11 @@ def write_world(out_dir: str | Path, cfg: WorldConfig | None = None, *, overwrit
         for name, text in _world_files(cfg).items():
             (tmp / name).write_text(text, encoding="utf-8")
         validate_world(tmp)
-        if out_dir.exists():
+        if overwrite and out_dir.exists():  # else a folder that appeared meanwhile is another process's
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             os.replace(out_dir, old)
             shutil.rmtree(old)
-        os.replace(tmp, out_dir)
+        move_into_place(tmp, out_dir, "pick a new --out folder or remove it")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -97,6 +97,21 @@ def read_run(run_dir: Path) -> dict:
     }
 
 
+def _resume_note(resumes: list | None) -> str:
+    """How the run was interrupted and resumed (`run_info.json`), if it was: a model-only checkpoint started
+    the optimizer and schedule afresh, which a reader reproducing the run needs to know."""
+    if not resumes:
+        return ""
+    names = ", ".join(f"`{r.get('checkpoint')}`" for r in resumes)
+    fresh = [f"`{r.get('checkpoint')}`" for r in resumes if r.get("optimizer_restored") is False]
+    note = f"It was interrupted and resumed {_plural(len(resumes), 'time')}, from {names}"
+    if fresh:
+        note += (
+            f"; {', '.join(fresh)} held the model only, so the optimizer and schedule started afresh there"
+        )
+    return note + ". "
+
+
 def _fallback_note(fallback: dict | None) -> str:
     if not fallback:
         return ""
@@ -482,6 +497,7 @@ def build_card(
         "",
         f"Method `{method.name}`{paper}; {steps}. Settings: {settings}. "
         + _fallback_note(run.get("fallback"))
+        + _resume_note(info.get("resumes"))
         + "The full resolved recipe is below and in `unlearn_config.yaml`; per-step losses are in "
         "`train_log.jsonl`.",
         "",

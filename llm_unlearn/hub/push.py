@@ -33,7 +33,15 @@ import tempfile
 from pathlib import Path
 
 from ..models.loading import check_model_folder, check_weight_files, load_tokenizer
-from ..runs.folder import CONFIG_FILE, RunError, make_temp_dir, read_run_config, read_status, require_complete
+from ..runs.folder import (
+    CONFIG_FILE,
+    RunError,
+    make_temp_dir,
+    move_into_place,
+    read_run_config,
+    read_status,
+    require_complete,
+)
 from ..runs.options import CommandParser
 from ..runs.redact import known_paths, redact_paths, redact_secrets
 
@@ -244,6 +252,8 @@ def push(
         if output_dir is None:
             raise ValueError("--dry_run needs --output_dir DIR, the folder to write instead of uploading")
         out = Path(output_dir).resolve()
+        if out.exists() and not out.is_dir():
+            raise FileExistsError(f"output dir {out} is a file; choose a new --output_dir")
         if out.exists() and any(out.iterdir()):
             raise FileExistsError(f"output dir {out} exists and is not empty; choose a new --output_dir")
         if out.is_relative_to(run.resolve()):
@@ -257,9 +267,11 @@ def push(
         except BaseException:
             shutil.rmtree(tmp)
             raise
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)  # the folder appears whole or not at all
+        try:
+            move_into_place(tmp, out, "choose a new --output_dir")  # the folder appears whole or not at all
+        except BaseException:
+            shutil.rmtree(tmp)
+            raise
         print(f"dry run: {len(files)} files for {repo_id} written to {out} (nothing uploaded)")
         return str(out)
     if output_dir is not None:

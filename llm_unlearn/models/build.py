@@ -21,7 +21,6 @@ leaves a folder that looks complete.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -45,7 +44,7 @@ from transformers import (
 
 from ..data.qa import DataError, QACollator, QADataset, load_split, pad_id, paired_split
 from ..data.world import FORGET_PCTS, load_world_config
-from ..runs.folder import cache_root, make_temp_dir
+from ..runs.folder import cache_root, locked, make_temp_dir, move_into_place
 from .loading import load_model_and_tokenizer
 from .tiny import MODEL_SIZES, TRAINING_SIZES, generation_config, tiny_llama_config, train_tokenizer
 
@@ -105,7 +104,7 @@ class _ProgressLog(TrainerCallback):
         self.start, self.first_step = time.perf_counter(), state.global_step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
+        if logs and "loss" in logs and state.is_world_process_zero:  # one line per step, not one per rank
             done, total = state.global_step - self.first_step, state.max_steps - self.first_step
             logger.info(
                 "%s: step %d/%d loss %.4f lr %.2e, %s",
@@ -127,13 +126,16 @@ def finetune(
     prompt_format: str = "chat_template",
     max_length: int = 1024,
     system_prompt: str | None = None,
+    replace: bool = True,
     **training_kwargs,
 ) -> Path:
     """Fine-tune `model` on question/answer `rows` with the HF `Trainer`; save it to `output_dir`.
 
     `training_kwargs` are `TrainingArguments` fields (learning_rate, num_train_epochs, ...). The
     folder gets safetensors weights, the tokenizer and the generation config, and no Trainer state
-    (`training_args.bin` pickles); it is written under a temporary name and renamed at the end.
+    (`training_args.bin` pickles); it is written under a temporary name and renamed at the end, by the
+    first process of a launch only. `replace=False` refuses an `output_dir` that appeared meanwhile (another
+    process's) instead of replacing it.
     """
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -159,10 +161,14 @@ def finetune(
         )
         trainer.remove_callback(PrinterCallback)
         trainer.train()
-        shutil.rmtree(tmp / "trainer", ignore_errors=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        _replace_dir(tmp, output_dir)
+        if trainer.is_world_process_zero():  # every rank holds the same weights; two would race to rename
+            shutil.rmtree(tmp / "trainer", ignore_errors=True)
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            if replace:
+                _replace_dir(tmp, output_dir)
+            else:
+                move_into_place(tmp, output_dir, "remove it or choose a new --output_dir")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -314,12 +320,7 @@ def build_default_models(
     ]
     # One builder per cache folder: a second process (another demo, a test worker) waits, then finds the
     # models built instead of training the same ones again beside the first.
-    with open(root / ".build.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("another process is building the models in %s; waiting for it", root)
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(root / ".build", waiting=f"another process is building the models in {root}; waiting for it"):
         todo = [name for name, out, _ in stages if no_cache or not out.is_dir()]
         for name, out, build in stages:
             if name not in todo:

@@ -19,7 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..runs.folder import RunError, make_temp_dir
+from ..runs.folder import RunError, locked, make_temp_dir
 
 PREFIX = "builtin:"
 
@@ -98,6 +98,15 @@ def materialize(name: str) -> Path:
     if (final / "llm_unlearn_source.json").is_file():
         return final
     source = gguf_path(name)
+    # One converter at a time (the ranks of a launch all resolve the name): a second process waits, then
+    # finds the folder, instead of replacing it while the first loads it.
+    with locked(final, waiting=f"another process is converting {PREFIX}{name}; waiting for it"):
+        if not (final / "llm_unlearn_source.json").is_file():
+            _convert(name, source, final)
+    return final
+
+
+def _convert(name: str, source: Path, final: Path) -> None:
     spec = BUILTIN_MODELS[name]
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -134,7 +143,6 @@ def materialize(name: str) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return final
 
 
 def source_note(path: str | Path) -> str | None:

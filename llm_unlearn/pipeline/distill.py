@@ -359,7 +359,7 @@ def distill(
             return out
         out.mkdir(parents=True, exist_ok=True)
         write_run_config(out, record)
-        write_run_info(out, command)
+        write_run_info(out, command, resumed_from=resume)
         write_status(out, "running", method="undo")
         start = time.perf_counter()
         try:

@@ -317,7 +317,7 @@ def unlearn(
         if trainer.is_world_process_zero():
             out.mkdir(parents=True, exist_ok=True)
             run.write_config(config)
-            write_run_info(out, command)
+            write_run_info(out, command, resumed_from=resume)
             write_status(out, "running", method=get_method(config.method).name)
         start = time.perf_counter()
         try:

@@ -48,15 +48,22 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
 
 
 @contextlib.contextmanager
-def locked(path: str | Path):
+def locked(path: str | Path, waiting: str | None = None):
     """Hold an exclusive lock on `<path>.lock` (a sibling file): workers sharing one records file take it
-    around each read-modify-write, so none loses another's record."""
+    around each read-modify-write, so none loses another's record; a cache entry built once is built
+    inside it, so a second process waits and then finds it. `waiting` is logged when the lock is taken."""
     import fcntl
+    import logging
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(path.with_name(f"{path.name}.lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                logging.getLogger("llm_unlearn").info(waiting)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -84,6 +91,22 @@ def ended_by(err: BaseException) -> tuple[str, dict]:
     return ("interrupted" if isinstance(err, KeyboardInterrupt) else "failed"), {"error": text}
 
 
+def move_into_place(tmp: Path, dest: Path, fix: str) -> None:
+    """Rename the finished folder `tmp` to `dest`, which must be new (or an empty folder). A `dest` that
+    another process made meanwhile is refused by its own name, not the temporary folder's; `fix` says what
+    to do instead."""
+    import errno
+
+    try:
+        os.replace(tmp, dest)
+    except OSError as err:
+        if err.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise FileExistsError(
+                f"{dest} appeared while this command wrote it (another process?); {fix}"
+            ) from None
+        raise
+
+
 def make_temp_dir(parent: str | Path, prefix: str) -> Path:
     """`tempfile.mkdtemp` in `parent`, with the permissions a plain `mkdir` gets: mkdtemp makes it 0700, and
     the folder it is renamed into (a world, models, a staged upload) is then unreadable to anyone else."""
@@ -106,8 +129,15 @@ def write_status(run_dir: str | Path, state: str, **extra: Any) -> None:
 RUN_INFO_FILE = "run_info.json"
 
 
-def write_run_info(run_dir: str | Path, argv: list[str] | None = None) -> Path:
-    """`run_info.json`: the command (secrets redacted) and the library versions behind a run."""
+def write_run_info(
+    run_dir: str | Path, argv: list[str] | None = None, resumed_from: str | None = None
+) -> Path:
+    """`run_info.json`: the command (secrets redacted) and the library versions behind a run.
+
+    Written again when the run goes on (resumed, or rerun for its final evaluation), it keeps the first
+    start time and the `resumes` so far; a resume from the checkpoint `resumed_from` adds an entry: which
+    checkpoint, when, and whether the optimizer and schedule came with it (a model-only checkpoint starts
+    them afresh, so the rest of the run differs from an uninterrupted one)."""
     import platform
     import shlex
     import sys
@@ -129,7 +159,21 @@ def write_run_info(run_dir: str | Path, argv: list[str] | None = None) -> Path:
         "versions": versions,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return write_json_atomic(Path(run_dir) / RUN_INFO_FILE, info)
+    path = Path(run_dir) / RUN_INFO_FILE
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        earlier = {}
+    earlier = earlier if isinstance(earlier, dict) else {}
+    resumes = list(earlier.get("resumes") or [])
+    if resumed_from is not None:
+        checkpoint = Path(resumed_from)
+        resumes.append({"checkpoint": checkpoint.name, "time": info["started"],
+                        "optimizer_restored": any(checkpoint.glob("optimizer*"))})  # fmt: skip
+    info["started"] = earlier.get("started", info["started"])
+    if resumes:
+        info["resumes"] = resumes
+    return write_json_atomic(path, info)
 
 
 def read_status(run_dir: str | Path) -> dict | None:

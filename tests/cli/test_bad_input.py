@@ -443,6 +443,18 @@ def test_resuming_from_a_model_only_checkpoint_says_the_optimizer_starts_afresh(
     with caplog.at_level("WARNING", logger="llm_unlearn"):
         assert main(argv) == 0
     assert "checkpoint-2 holds the model only (--save_only_model true): the optimizer" in caplog.text
+    # ... and the run's records and model card say so, not only this process's log
+    import json
+
+    from llm_unlearn.hub.card import build_card
+
+    info = json.loads((env.out / "run_info.json").read_text())
+    assert info["resumes"] == [
+        {"checkpoint": "checkpoint-2", "time": info["resumes"][0]["time"], "optimizer_restored": False}
+    ]
+    assert info["started"] < info["resumes"][0]["time"] or info["started"] == info["resumes"][0]["time"]
+    card = build_card(env.out, "org/model", adapter=False).content
+    assert "interrupted and resumed 1 time, from `checkpoint-2`; `checkpoint-2` held the model only" in card
 
 
 def test_a_split_changed_in_place_does_not_resume_the_run_trained_on_the_old_one(

@@ -215,6 +215,8 @@ def test_sigterm_mid_training_ends_with_one_line_and_the_rerun_resumes_to_the_un
     assert want.keys() == got.keys()
     assert all(torch.equal(want[name], got[name]) for name in want)
     assert [r["step"] for r in _step_records(stopped)] == list(range(1, MAX_STEPS + 1))
+    resumes = json.loads((stopped / "run_info.json").read_text())["resumes"]
+    assert [(r["checkpoint"], r["optimizer_restored"]) for r in resumes] == [("checkpoint-2", True)]
 
 
 def test_resume_settings_compare_what_trains_as_the_yaml_holds_it():

