@@ -381,20 +381,25 @@ PATH_OPTIONS = ("model_name_or_path", "data_dir", "reference_model", "reference_
 
 
 def data_digest(splits: dict[str, list[dict]], stop_data: dict | None = None) -> dict[str, str]:
-    """split -> a short hash of its questions and answers, in order, for the splits that decide the steps (the
-    forget and retain splits, and the stop rule's holdout): saved with the run, so that a resume with a split
-    file changed in place is refused like one with another split."""
+    """split -> a short hash of its questions and answers, in order, for the data that decides the steps: the
+    forget and retain splits, and what the stop rule scores (the holdout; with the truth-ratio statistic the
+    paraphrased and perturbed answers of both sides, `stop_scored`; the utility guard's samples of the
+    evaluation splits, `stop_utility_<role>`). Saved with the run, so that a resume with a file changed in
+    place is refused like one with another split."""
     import hashlib
     import json
 
+    def short(obj) -> str:
+        return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    digest = {name: short([[r["question"], r["answer"]] for r in rows]) for name, rows in splits.items()}
     if stop_data is not None:
-        splits = splits | {"stop_holdout": stop_data["holdout"]}
-    return {
-        name: hashlib.sha256(json.dumps([[r["question"], r["answer"]] for r in rows]).encode()).hexdigest()[
-            :16
-        ]
-        for name, rows in splits.items()
-    }
+        digest["stop_holdout"] = short([[r["question"], r["answer"]] for r in stop_data["holdout"]])
+        if stop_data["statistic"].startswith("truth_ratio"):  # whole rows: their wrong answers are scored too
+            digest["stop_scored"] = short([stop_data["forget_scored"], stop_data["holdout"]])
+        for role, rows in (stop_data.get("utility_rows") or {}).items():
+            digest[f"stop_utility_{role}"] = short(rows)
+    return digest
 
 
 def settings(model_args, data, config, eval_args, retain_split: str, digest: dict | None = None) -> dict:

@@ -555,9 +555,26 @@ def test_the_data_hash_covers_the_splits_that_decide_the_steps():
     holdout = [{"question": "q3", "answer": "a3"}]
     plain = data_digest({"forget10": forget, "retain90": retain})
     assert set(plain) == {"forget10", "retain90"} and len(plain["forget10"]) == 16
-    ruled = data_digest({"forget10": forget, "retain90": retain}, {"holdout": holdout})
+    stop = {"holdout": holdout, "statistic": "auc", "forget_scored": forget}
+    ruled = data_digest({"forget10": forget, "retain90": retain}, stop)
     assert (
         ruled["stop_holdout"]
-        != data_digest({"f": forget}, {"holdout": [{"question": "q3", "answer": "b"}]})["stop_holdout"]
+        != data_digest({"f": forget}, stop | {"holdout": [{"question": "q3", "answer": "b"}]})["stop_holdout"]
     )  # the stop rule's holdout decides where --auto stops: an edited one is other data
     assert data_digest({"forget10": retain})["forget10"] != plain["forget10"]
+    assert "stop_scored" not in ruled  # the loss statistic scores answers only
+    # The truth-ratio statistic scores wrong answers too, and the utility guard its own samples: an edit of
+    # either, which leaves questions and answers alone, is other data as well.
+    perturbed = [{"question": "q3", "answer": "a3", "perturbed_answer": ["x", "y"]}]
+    tr = stop | {
+        "statistic": "truth_ratio",
+        "holdout": perturbed,
+        "utility_rows": {"ra": [{"question": "r"}]},
+    }
+    base = data_digest({"forget10": forget}, tr)
+    edited = data_digest(
+        {"forget10": forget}, tr | {"holdout": [perturbed[0] | {"perturbed_answer": ["x", "z"]}]}
+    )
+    assert base["stop_holdout"] == edited["stop_holdout"] and base["stop_scored"] != edited["stop_scored"]
+    other = data_digest({"forget10": forget}, tr | {"utility_rows": {"ra": [{"question": "s"}]}})
+    assert base["stop_utility_ra"] != other["stop_utility_ra"] and base["stop_scored"] == other["stop_scored"]
