@@ -239,8 +239,12 @@ def _tokenizer_texts(world_dir: Path) -> list[str]:
 
 def _cache_key(world_dir: Path, size: str) -> str:
     digest = hashlib.sha256()
-    for split in ("full", "pretrain"):
-        digest.update((world_dir / f"{split}.json").read_bytes())
+    # Every file a model trains on: the retain-only models' splits too, so an edited retain split is a new
+    # cache entry rather than a model trained on the old one.
+    retain = [paired_split(f"forget{pct:02d}", "retain") for pct in FORGET_PCTS]
+    for split in ("full", "pretrain", *retain):
+        path = world_dir / f"{split}.json"
+        digest.update(path.read_bytes() if path.is_file() else b"(none)")
     payload = {
         "world": dataclasses.asdict(load_world_config(world_dir)),
         "world_files": digest.hexdigest(),

@@ -273,3 +273,9 @@ def test_the_tokenizer_learns_from_neither_forget_nor_holdout_authors(micro_worl
     rows[0]["paraphrased_answer"] += " Indeed."
     _rewrite(world / "retain_perturbed.json", rows)
     assert _cache_key(world, "micro") != before
+    # ... and so is each split a model trains on: a retain-only model of an edited retain split is rebuilt.
+    before = _cache_key(world, "micro")
+    rows = _read(world / "retain95.json")
+    rows[-1]["answer"] += " Indeed."
+    _rewrite(world / "retain95.json", rows)
+    assert _cache_key(world, "micro") != before
