@@ -27,7 +27,7 @@ import threading
 from pathlib import Path
 
 from ..runs.folder import make_temp_dir, move_into_place
-from ..runs.options import CommandParser
+from ..runs.options import CommandParser, underscored
 
 SUBCOMMANDS = (
     "demo", "world", "train", "unlearn", "distill", "eval", "probe", "report", "push", "ls", "bench"
@@ -236,6 +236,7 @@ def cmd_eval(argv: list[str]) -> None:
     from ..eval.args import EvalArgs
     from ..models.args import LoadArgs
     from ..pipeline.evaluate import default_eval_path, evaluate_with_reference, is_main_process
+    from ..pipeline.unlearn import PATH_OPTIONS
     from .parse import parse_config
 
     argv, output_dir = _pop_option(argv, "--output_dir")
@@ -250,6 +251,13 @@ def cmd_eval(argv: list[str]) -> None:
         raise
     if not model_args.model_name_or_path:
         raise ValueError("no --model_name_or_path given; pass the model folder or run directory to evaluate")
+    # eval.json names its model, data and reference as a run's unlearn_config.yaml does: local ones absolute,
+    # so the record means the same read from any folder.
+    for args in (model_args, data, eval_args):
+        for key in PATH_OPTIONS:
+            value = getattr(args, key, None)
+            if isinstance(value, str) and value and Path(value).exists():
+                setattr(args, key, str(Path(value).resolve()))
     out = default_eval_path(model_args.model_name_or_path, output_dir)
     result = evaluate_with_reference(model_args.model_name_or_path, data, eval_args, model_args, out_path=out)
     if is_main_process():  # every rank has the result; one prints it
@@ -391,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"llm-unlearn {version('llm_unlearn')}")
         return 0
-    command, rest = argv[0], argv[1:]
+    command, rest = argv[0], underscored(argv[1:])
     if command not in SUBCOMMANDS:
         print(
             f"error: unknown command {command!r}{_did_you_mean(command, rest)}; choose one of {', '.join(SUBCOMMANDS)}",

@@ -24,7 +24,7 @@ from ..core.config import AUTO_SETTINGS, UnlearnConfig
 from ..data.args import DataArgs
 from ..eval.args import EvalArgs
 from ..models.args import ModelArgs
-from ..runs.options import ConfigError, suggest
+from ..runs.options import ConfigError, suggest, underscored
 
 CONFIG_CLASSES = (ModelArgs, DataArgs, UnlearnConfig, EvalArgs)
 
@@ -251,7 +251,7 @@ class _DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """argparse's "(default: ...)" suffix, except where the help already states its default in words."""
 
     def _get_help_string(self, action):
-        if "(default:" in (action.help or ""):
+        if "(default:" in (action.help or "") or getattr(action, "negation", False):
             return action.help
         return super()._get_help_string(action)
 
@@ -274,6 +274,11 @@ class _Parser(HfArgumentParser):
         )
         super().__init__(dataclass_types, **kwargs)
         for action in self._actions:
+            if action.option_strings and all(o.startswith(("--no_", "--no-")) for o in action.option_strings):
+                action.help = (
+                    f"The same as --{action.dest} false."  # HfArgumentParser copies the option's help
+                )
+                action.negation = True  # no "(default: False)": the option it negates states the default
             if isinstance(action.help, str):
                 action.help = re.sub(
                     r"%%|%\(|%", lambda m: "%%" if m.group() == "%" else m.group(), action.help
@@ -332,7 +337,7 @@ def parse_config(
     `overrides` (e.g. a subcommand's own defaults) sit between the dataclass defaults and the YAML.
     YAML scalars are handed to argparse as text, so a recipe's values are type-checked exactly like flags.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = underscored(list(sys.argv[1:] if argv is None else argv))
     yaml_values: dict[str, Any] = {}
     recipe = config_path(argv)
     if recipe is not None:
@@ -350,7 +355,9 @@ def parse_config(
             raise ConfigError(f"unknown argument {token!r} (did you mean '--help'?)")
         if token.startswith("--") and token != "--help":
             key, eq, text = token[2:].partition("=")
-            if key not in known:
+            if (
+                key not in known and f"--{key}" not in parser._option_string_actions
+            ):  # `--no_mia` is known too
                 raise ConfigError(
                     f"unknown option --{key}{suggest(key, known | {'help'})}; see `llm-unlearn {command} --help`"
                 )

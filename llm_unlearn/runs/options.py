@@ -22,6 +22,18 @@ class CommandParser(argparse.ArgumentParser):
         raise ConfigError(f"{message}; see `{self.prog} --help`")
 
 
+def underscored(argv: list[str]) -> list[str]:
+    """`argv` with every option name spelled with underscores (`--forget-split` -> `--forget_split`, also in
+    `--name=value`): `--help` lists both spellings, and the commands look options up by the first."""
+    out = []
+    for token in argv:
+        if token.startswith("--") and len(token) > 2:
+            name, eq, value = token[2:].partition("=")
+            token = "--" + name.replace("-", "_") + eq + value
+        out.append(token)
+    return out
+
+
 def suggest(name: str, choices) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""

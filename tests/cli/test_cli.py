@@ -34,7 +34,7 @@ def _unlearn_argv(micro_world, micro_models, out, *extra) -> list[str]:
 
 
 def test_unlearn_then_eval_changes_weights_and_writes_parseable_outputs(
-    micro_world, micro_models, tmp_path, capsys
+    micro_world, micro_models, tmp_path, capsys, monkeypatch
 ):
     out = tmp_path / "run"
     assert main(_unlearn_argv(micro_world, micro_models, out)) == 0
@@ -57,13 +57,17 @@ def test_unlearn_then_eval_changes_weights_and_writes_parseable_outputs(
     ref = json.loads((ref_out / "eval.json").read_text())
     assert ref["metrics"]["forget_quality"]["value"] == pytest.approx(1.0)
     (out / "eval.json").unlink()
-    argv = ["eval", "--model_name_or_path", str(out), "--data_dir", str(micro_world),
-            "--reference_eval", str(ref_out / "eval.json"), "--max_new_tokens", "8"]  # fmt: skip
+    monkeypatch.chdir(tmp_path)  # relative paths, recorded absolute as unlearn_config.yaml records them
+    shutil.copytree(micro_world, tmp_path / "world")
+    argv = ["eval", "--model_name_or_path", "run", "--data_dir", "world",
+            "--reference_eval", "ref/eval.json", "--max_new_tokens", "8"]  # fmt: skip
     assert main(argv) == 0
     again = json.loads((out / "eval.json").read_text())
     assert again["metrics"]["forget_quality"]["value"] == pytest.approx(
         result["metrics"]["forget_quality"]["value"]
     )
+    assert again["meta"]["model"] == str(out.resolve())
+    assert again["meta"]["data"]["data_dir"] == str((tmp_path / "world").resolve())
 
 
 def _expect_error(capsys, argv, pattern: str, out: Path | None = None) -> None:

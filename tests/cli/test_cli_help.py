@@ -117,3 +117,38 @@ def test_python_dash_m_runs_the_command_and_eval_help_names_output_dir():
     text = _run("eval", "--help").stdout
     assert "--output_dir DIR" in text  # eval's own option, parsed apart from the dataclasses
     assert "--allow_pickle" in text and "--use_lora" not in text  # eval trains nothing: no LoRA options
+
+
+def test_every_spelling_help_lists_is_accepted():
+    """`--help` lists `--forget-split` beside `--forget_split`, and `--no_mia` (`--no-mia`) beside `--mia`:
+    each spelling it shows parses, to the same values."""
+    from llm_unlearn.cli.parse import CONFIG_CLASSES, _Parser, parse_config
+
+    model, data, config, evals = parse_config(
+        ["--model-name-or-path=m", "--forget-split", "forget05", "--no_mia", "--no-eval-cache",
+         "--no-do-final-eval", "--learning-rate", "0.01"]
+    )  # fmt: skip
+    assert (model.model_name_or_path, data.forget_split, config.learning_rate) == ("m", "forget05", 0.01)
+    assert (evals.mia, evals.eval_cache, evals.do_final_eval) == (False, False, False)
+    parser = _Parser(CONFIG_CLASSES, prog="llm-unlearn unlearn")
+    negations = [a for a in parser._actions if any(o.startswith("--no_") for o in a.option_strings)]
+    assert negations and all(a.help == f"The same as --{a.dest} false." for a in negations)
+    text = parser.format_help()
+    assert (
+        "--no_mia, --no-mia    The same as --mia false.\n" in text
+    )  # not "(default: False)", nor --mia's help
+
+
+def test_the_command_line_takes_dashed_option_names(tmp_path, capsys):
+    from llm_unlearn.cli import main
+
+    # `world`'s own parser, and eval's --output_dir read before the dataclasses parse
+    assert main(["world", "--out", str(tmp_path / "w"), "--size", "micro", "--n-authors", "3"]) == 0
+    assert "world with 3 authors written" in capsys.readouterr().out
+    argv = ["eval", "--model-name-or-path", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "o"),
+            "--reference-eval", str(tmp_path / "ref.json")]  # fmt: skip
+    assert main(argv) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: reference eval file {tmp_path / 'ref.json'} does not exist; evaluate the reference first\n"
+    )
