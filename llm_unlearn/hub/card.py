@@ -74,6 +74,7 @@ DATA_CARDS = Path(__file__).resolve().parents[2] / "data_cards"
 def read_run(run_dir: Path) -> dict:
     """The records of a run directory that the card is made from (eval and run info may be absent)."""
 
+    from ..eval.report import training_end
     from ..eval.runs import read_train_log
     from ..eval.tofu import load_eval
 
@@ -92,9 +93,23 @@ def read_run(run_dir: Path) -> dict:
         "eval": load_eval(run_dir / "eval.json") if (run_dir / "eval.json").is_file() else None,
         "info": info,
         "steps": max((s["step"] for s in steps if "step" in s), default=None),
+        # Epochs as run (a step limit or the stop rule ends a run before its configured epochs).
+        "epochs": max((s["epoch"] for s in steps if isinstance(s.get("epoch"), (int, float))), default=None),
+        # Why training ended (the stop rule, its repair, --vanish_stop): the sentence report.md shows.
+        "ended": training_end(steps),
         # --auto that started again in its second regime (core/auto.py): the settings above are that regime's.
         "fallback": next((s["auto_fallback"] for s in steps if "auto_fallback" in s), None),
     }
+
+
+def _repair_note(config: dict, ended: str | None) -> str:
+    """The repair's own optimizer, when a run repaired (core/repair.py): its steps are not the method's."""
+    if not ended or "repair steps" not in ended:
+        return ""
+    return (
+        f"The repair steps train on retain questions alone with AdamW at learning rate "
+        f"`{config.get('stop_repair_lr')}` (`--stop_repair`). "
+    )
 
 
 def _resume_note(resumes: list | None) -> str:
@@ -471,12 +486,15 @@ def build_card(
     what = "LoRA adapter" if adapter else "model"
     summary = f": {method.summary}" if method.summary else ""
     paper = f" ({method.paper})" if method.paper else ""
-    hyper = [("learning_rate", "learning rate"), ("max_steps", "max steps"), ("num_train_epochs", "epochs"),
+    hyper = [("optim", "optimizer"), ("learning_rate", "learning rate"), ("max_steps", "max steps"),
+             ("num_train_epochs", "epochs set"),
              ("per_device_train_batch_size", "forget batch per device"), ("retain_batch_size", "retain batch"),
              ("gradient_accumulation_steps", "accumulation"), ("forget_weight", "forget weight"),
              ("retain_weight", "retain weight"), ("retain_loss", "retain loss"), ("combine", "combine"),
              ("gen", "GeN learning rate"), ("use_lora", "LoRA"), ("seed", "seed")]  # fmt: skip
     steps = _plural(run["steps"], "optimizer step") if run["steps"] is not None else "steps not recorded"
+    if run.get("epochs") is not None:
+        steps += f" ({run['epochs']:g} epochs)"
     settings = ", ".join(f"{label} `{config[key]}`" for key, label in hyper if key in config)
     if config.get("sam_rho"):
         settings += f", sharpness-aware radius `{config['sam_rho']}`"
@@ -496,6 +514,8 @@ def build_card(
         "## Training",
         "",
         f"Method `{method.name}`{paper}; {steps}. Settings: {settings}. "
+        + (f"{run['ended']} " if run.get("ended") else "")
+        + _repair_note(config, run.get("ended"))
         + _fallback_note(run.get("fallback"))
         + _resume_note(info.get("resumes"))
         + "The full resolved recipe is below and in `unlearn_config.yaml`; per-step losses are in "

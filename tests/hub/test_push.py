@@ -413,3 +413,28 @@ def test_card_cites_sharpness_aware_unlearning_only_when_the_run_used_it(runs, t
     (run / "unlearn_config.yaml").write_text(yaml.safe_dump(config))
     card = build_card(run, "org/sam", adapter=False)
     assert "2502.05374" in card.text and "sharpness-aware radius `0.25`" in card.text
+
+
+def test_card_says_how_training_went_as_the_run_records_it(runs, tmp_path):
+    """The card's Training section states the steps and epochs run (not only those set), the optimizer, and
+    why training ended: a stop rule's end and its repair steps, which train otherwise than the method."""
+    from llm_unlearn.hub.card import build_card
+
+    plain = build_card(runs["full"], "org/plain", adapter=False).text
+    log = [json.loads(line) for line in (runs["full"] / "train_log.jsonl").read_text().splitlines()]
+    epochs = max(r["epoch"] for r in log if "epoch" in r)
+    steps = max(r["step"] for r in log if "step" in r)
+    said = f"{steps} optimizer step{'s' if steps != 1 else ''} ({epochs:g} epochs)"
+    assert f"{said}. Settings: optimizer `" in plain
+    assert "epochs set `" in plain and "repair steps" not in plain and "Training ended" not in plain
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["full"], run)
+    end = {"step": steps + 2, "epoch": epochs, "stop_reason": "crossed", "stop_best_step": steps - 1,
+           "stop_best_gap": 0.012, "stop_repair_steps": 2}  # fmt: skip
+    with open(run / "train_log.jsonl", "a") as f:
+        f.write(json.dumps(end) + "\n")
+    card = build_card(run, "org/stopped", adapter=False).text
+    assert f"Training ended at step {steps}: `crossed`" in card
+    assert f"returned the weights of step {steps - 1} (gap +0.012), then 2 repair steps." in card
+    assert "The repair steps train on retain questions alone with AdamW at learning rate `0.0001`" in card
