@@ -60,7 +60,7 @@ def _fmt(name: str, value: float | None) -> str:
         return "-"
     if name == "forget_quality":
         return f"{value:.3g}"
-    return f"{value:.1f}" if name == "privleak" else f"{value:.4f}"
+    return f"{value:.2f}" if name == "privleak" else f"{value:.4f}"
 
 
 def _cell(text: str, limit: int = 160) -> str:

@@ -448,11 +448,62 @@ removed from it.
   set of questions; a different reference, split or prompt format gives a different number, and a
   small forget set makes the test weak.
 - **Relearning.** Knowledge suppressed by fine-tuning can come back after a little further training
-  on related text; these results do not measure resistance to that.
+  on related text; {relearning}
 - **Collateral damage.** Model utility covers the retain set, real authors and world facts only;
   abilities not measured here may be degraded.
 - **Inherited properties.** The base model's license applies to this model. Its biases and its
   knowledge outside the forget set were not targeted by this procedure."""
+
+
+NOT_PROBED = "these results do not measure resistance to that."
+
+
+def run_probe(run_dir: Path) -> dict | None:
+    """The run's `probe.json` (`llm-unlearn probe RUN`) when it probed this run's weights, else None."""
+    path = run_dir / "probe.json"
+    try:
+        probe = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        probed = Path(probe["meta"]["models"]["unlearned"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        return None
+    return probe if probed.exists() and probed.resolve() == run_dir.resolve() else None
+
+
+def _relearning_text(probe: dict | None) -> str:
+    """What `llm-unlearn probe` measured, in a sentence per probe (its forget probability at the smallest and
+    largest budget, or at full and lowest precision), or that nothing was measured."""
+    if probe is None:
+        return NOT_PROBED
+    meta = probe["meta"]
+    rows = [
+        r for r in probe.get("rows", []) if r.get("metric") == "forget_prob" and r.get("recovery") is not None
+    ]
+    found = []
+    for name in ("relearn", "piggyback"):
+        points = sorted((r for r in rows if r["probe"] == name), key=lambda r: r["budget"])
+        if len(points) > 1:
+            a, b = points[0], points[-1]
+            found.append(
+                f"`{name}` ({b['budget']} steps on {meta['n_attack']} forget questions; the other "
+                f"{meta['n_heldout']} scored): forget probability {a['value']:.3f} -> {b['value']:.3f}, "
+                f"recovery {a['recovery']:+.2f} -> {b['recovery']:+.2f}"
+            )
+    quant = sorted(
+        (r for r in rows if r["probe"] == "quant"),
+        key=lambda r: -int(r["bits"]) if str(r["bits"]).isdigit() else 0,
+    )
+    if len(quant) > 1:
+        a, b = quant[0], quant[-1]
+        found.append(
+            f"`quant` ({a['bits']} -> {b['bits']} bits, all {meta['n_forget']} forget questions): forget "
+            f"probability {a['value']:.3f} -> {b['value']:.3f}, recovery {a['recovery']:+.2f} -> {b['recovery']:+.2f}"
+        )
+    if not found:
+        return NOT_PROBED
+    return (
+        "`llm-unlearn probe` measured it on this model (`probe.json`; recovery 0 is the retain-only reference's "
+        "level, 1 the original model's): " + "; ".join(found) + "."
+    )
 
 
 def build_card(
@@ -543,7 +594,7 @@ def build_card(
         "",
         "</details>",
         "",
-        LIMITATIONS,
+        LIMITATIONS.format(relearning=_relearning_text(run_probe(run_dir))),
         "",
         "## Citation",
         "",

@@ -142,6 +142,14 @@ def probe_cli(argv: list[str]) -> Path:
         heldout_fraction=args.heldout_fraction, split_by=args.split_by, quant_bits=bits,
         group_size=args.group_size, load=load, out=out, progress=not args.no_progress,
     )  # fmt: skip
+    # Which questions the printed values score: the attacks train on part of the forget set and are scored on
+    # the rest, so their budget-0 values differ from eval.json's, which the quantization probe's match.
+    meta = result["meta"]
+    attacks = [p for p in meta["probes"] if p != "quant"]
+    if attacks:
+        print(f"{' and '.join(attacks)}: scored on the {meta['n_heldout']} held-out forget questions")
+    if "quant" in meta["probes"]:
+        print(f"quant: scored on all {meta['n_forget']} forget questions, as eval.json")
     for row in result["rows"]:
         if row["metric"] in ("forget_prob", "forget_fact_recall") and row["recovery"] is not None:
             where = f"budget {row['budget']}" if row["bits"] is None else f"{row['bits']}-bit"

@@ -109,7 +109,7 @@ def test_report_of_a_folder_draws_every_figure_and_states_the_collateral_damage(
     assert main(["report", str(runs), "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
     assert "| metric | better | retain | target | graddiff | ngdiff |" in text
-    assert "| privleak | closer to 0 | -42.0 |" in text and "| mia_auc_min_k | closer to 0.5 |" in text
+    assert "| privleak | closer to 0 | -42.00 |" in text and "| mia_auc_min_k | closer to 0.5 |" in text
     # target was found as the eval of the model the runs started from (their unlearn_config.yaml)
     assert "Against **target**, the model before unlearning (the eval of" in text
     line = next(x for x in text.splitlines() if x.startswith("- **graddiff**: retain fact recall"))

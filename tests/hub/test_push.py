@@ -438,3 +438,40 @@ def test_card_says_how_training_went_as_the_run_records_it(runs, tmp_path):
     assert f"Training ended at step {steps}: `crossed`" in card
     assert f"returned the weights of step {steps - 1} (gap +0.012), then 2 repair steps." in card
     assert "The repair steps train on retain questions alone with AdamW at learning rate `0.0001`" in card
+
+
+def test_a_probe_of_the_run_is_published_and_quoted_and_one_of_other_weights_is_not(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs["full"], run)
+
+    def row(probe, budget, bits, value, recovery):
+        return {"probe": probe, "budget": budget, "bits": bits, "metric": "forget_prob", "direction": "lower",
+                "value": value, "retain_value": 0.2, "recovery": recovery, "recovery_note": None}  # fmt: skip
+
+    probe = {
+        "meta": {"models": {"unlearned": str(run)}, "n_attack": 3, "n_heldout": 1, "n_forget": 4},
+        "rows": [
+            row("relearn", 0, None, 0.25, 0.05),
+            row("relearn", 10, None, 0.61, 0.72),
+            row("quant", None, "32", 0.3, 0.1),
+            row("quant", None, "4", 0.35, 0.2),
+        ],  # fmt: skip
+    }
+    (run / "probe.json").write_text(json.dumps(probe))
+    out = tmp_path / "staged"
+    assert main(["push", str(run), "--repo_id", "org/probed", "--dry_run", "--output_dir", str(out)]) == 0
+    assert (out / "probe.json").is_file() and str(run) not in (out / "probe.json").read_text()  # paths hidden
+    text = ModelCard.load(out / "README.md").text
+    relearn = (
+        "`relearn` (10 steps on 3 forget questions; the other 1 scored): forget probability 0.250 -> 0.610"
+    )
+    assert relearn + ", recovery +0.05 -> +0.72" in text
+    assert "`quant` (32 -> 4 bits, all 4 forget questions): forget probability 0.300 -> 0.350" in text
+    assert "do not measure resistance" not in text
+
+    probe["meta"]["models"]["unlearned"] = str(runs["full"])  # probed elsewhere: not this folder's weights
+    (run / "probe.json").write_text(json.dumps(probe))
+    other = tmp_path / "staged-other"
+    assert main(["push", str(run), "--repo_id", "org/probed", "--dry_run", "--output_dir", str(other)]) == 0
+    assert not (other / "probe.json").exists()
+    assert "these results do not measure resistance to that." in ModelCard.load(other / "README.md").text

@@ -259,9 +259,12 @@ def test_probe_command_writes_probe_json_with_defaults_from_the_run(micro_run, m
         "--no_progress",
     ]
     assert main(argv) == 0
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr().out
     result = json.loads((micro_run / "probe.json").read_text())
     meta = result["meta"]
+    assert "wrote" in printed  # and which questions its values score, since they are not all eval.json's
+    assert f"relearn and piggyback: scored on the {meta['n_heldout']} held-out forget questions\n" in printed
+    assert f"quant: scored on all {meta['n_forget']} forget questions, as eval.json\n" in printed
     assert meta["models"]["original"] == str(micro_models["target"])
     assert meta["models"]["reference"] == str(micro_models["retain"]["forget10"])
     assert (
