@@ -2,7 +2,8 @@
 
 world -> tiny model pretrained on the "known" analogs -> target (all authors) and retain-only
 reference (cached) -> graddiff and ngdiff on forget10 -> eval of all four -> `runs/demo/report.md`,
-`summary.json`, plots. Three checks per unlearned model decide the exit code:
+`summary.json`, plots. Three checks per unlearned model decide the exit code (at the default size; the
+micro models answer nothing, so `--size micro` shows its checks without applying them):
   forget quality(unlearned) >= 100 x forget quality(target)
   forget fact recall(unlearned) <= 0.5 x forget fact recall(target)
   model utility(unlearned) >= 0.8 x model utility(target)
@@ -171,6 +172,8 @@ def _demo(size: str, out: Path, no_cache: bool, threads: int | None) -> dict:
         **{name: {k: v["value"] for k, v in r["metrics"].items()} for name, r in results.items()},
         "checks": checks,
         "passed": all(c["passed"] for cs in checks.values() for c in cs),
+        # Micro models know nothing worth forgetting (model utility 0): their checks are shown, not applied.
+        "checks_apply": size != "micro",
         "stage_seconds": times,
         "settings": {"size": size, "forget_split": FORGET_SPLIT, "methods": methods},
     }
@@ -197,13 +200,20 @@ def _print_summary(summary: dict, results: dict) -> None:
                 f"{'PASS' if c['passed'] else 'FAIL'}  {name}: {c['what']}: target {c['target']:.3g}, "
                 f"unlearned {c['unlearned']:.3g} ({c['rule']})"
             )
+    if not summary["checks_apply"]:
+        print("(checks not applied at --size micro: its models answer nothing, so there is nothing to forget; "
+              "the micro demo exercises the pipeline only)")  # fmt: skip
     print(f"stage seconds: {summary['stage_seconds']}")
 
 
 def demo_cli(argv: list[str]) -> None:
     parser = CommandParser(prog="llm-unlearn demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="default", choices=sorted(DEMO_UNLEARN))
-    parser.add_argument("--output_dir", default="runs/demo")
+    parser.add_argument(
+        "--size", default="default", choices=sorted(DEMO_UNLEARN),
+        help="default: minutes, three checks decide the exit code; micro: seconds, the pipeline only (its "
+        "models answer nothing, so the checks are shown, not applied)",
+    )  # fmt: skip
+    parser.add_argument("--output_dir", default="runs/demo", help="where the report, runs and models go")
     parser.add_argument("--no_cache", action="store_true", help="rebuild the models even if cached")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
@@ -211,5 +221,5 @@ def demo_cli(argv: list[str]) -> None:
         raise ValueError(f"--threads {args.threads} must be at least 1 (or left out for torch's choice)")
     summary = demo(args.size, args.output_dir, args.no_cache, args.threads)
     print(f"report: {Path(args.output_dir) / 'report.md'}")
-    if not summary["passed"]:
+    if summary["checks_apply"] and not summary["passed"]:
         sys.exit(1)

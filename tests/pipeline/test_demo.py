@@ -40,6 +40,23 @@ def test_micro_demo_runs_end_to_end_and_writes_report_summary_and_evals(tmp_path
         for m in ("graddiff", "ngdiff")
     )
     assert set(summary["stage_seconds"]) == {"world", "models", "unlearn", "eval", "report"}
+    assert summary["checks_apply"] is False and "checks not applied at --size micro" in printed
+
+
+def test_the_micro_demo_exits_zero_whatever_its_checks_say(tmp_path, monkeypatch, capsys):
+    from llm_unlearn.pipeline import demo as module
+
+    seen = {}
+
+    def fake(size, output_dir, no_cache, threads):
+        seen["size"] = size
+        return {"passed": False, "checks_apply": size != "micro"}
+
+    monkeypatch.setattr(module, "demo", fake)
+    module.demo_cli(["--size", "micro", "--output_dir", str(tmp_path / "d")])  # no SystemExit
+    with pytest.raises(SystemExit) as exit_:
+        module.demo_cli(["--output_dir", str(tmp_path / "d")])
+    assert exit_.value.code == 1 and seen["size"] == "default"
 
 
 @pytest.mark.slow
