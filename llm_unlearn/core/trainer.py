@@ -225,6 +225,17 @@ class UnlearnTrainer(CombinedStepMixin, GenStepMixin, Trainer):
         weight = term.weight if self.args.combine == "sum" else 1.0
         return weight * term.total * self.args.world_size / count.clamp_min(1).to(term.total.dtype)
 
+    def _method_terms(self, model, forget, retain, ctx: MethodContext) -> dict[str, Term]:
+        """The method's loss terms on one micro-batch; refused if every one has weight 0, since the run would
+        then train nothing and end "complete" with the weights it started from."""
+        raw = self.method.fn(model, forget, retain, ctx)
+        if raw and all(t.weight == 0 for t in raw.values()):
+            raise ValueError(
+                f"every loss term of {self.method.name} ({', '.join(raw)}) has weight 0, so training would "
+                "change nothing; set --forget_weight (or --retain_weight) above 0"
+            )
+        return raw
+
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
         values = torch.stack([t.detach().float() for t in terms.values()])
         bad = (~torch.isfinite(values)).float().max().reshape(1)
@@ -232,9 +243,14 @@ class UnlearnTrainer(CombinedStepMixin, GenStepMixin, Trainer):
             bad = self.accelerator.reduce(bad, reduction="sum")
         if bad.item() > 0:
             names = [n for n, t in terms.items() if not torch.isfinite(t.detach()).all()]
+            step = self.state.global_step
+            how = (
+                "lower --learning_rate or check the data (see train_log.jsonl)"
+                if step
+                else "at the first step, before any update: check the data and the model"
+            )
             raise NonFiniteLossError(
-                f"loss term(s) {', '.join(names) or 'on another rank'} became non-finite at step "
-                f"{self.state.global_step}; lower --learning_rate or check the data (see train_log.jsonl)"
+                f"loss term(s) {', '.join(names) or 'on another rank'} became non-finite at step {step}; {how}"
             )
 
     def training_step(
@@ -253,7 +269,7 @@ class UnlearnTrainer(CombinedStepMixin, GenStepMixin, Trainer):
             return self._normalized_step(model, forget, retain, ctx)
         with self.compute_loss_context_manager():
             terms = {
-                name: self._normalize(t) for name, t in self.method.fn(model, forget, retain, ctx).items()
+                name: self._normalize(t) for name, t in self._method_terms(model, forget, retain, ctx).items()
             }
         self._check_finite(terms)
         loss = sum(terms.values())
@@ -285,7 +301,7 @@ class UnlearnTrainer(CombinedStepMixin, GenStepMixin, Trainer):
         at_theta = self._sam_at_theta.pop(0)
         sync = self.accelerator.no_sync(model) if combine else contextlib.nullcontext()
         with self._sam.perturbed(), sync, self.compute_loss_context_manager():
-            raw = self.method.fn(model, forget, retain, ctx)
+            raw = self._method_terms(model, forget, retain, ctx)
             smoothed = {name: self._normalize(t) for name, t in raw.items() if is_forget_term(t)}
             self._check_finite(smoothed)
             if combine:
@@ -315,7 +331,7 @@ class UnlearnTrainer(CombinedStepMixin, GenStepMixin, Trainer):
         with self.accelerator.no_sync(model), self.compute_loss_context_manager():
             for sample in self._window_samples:
                 forget, retain = (self._prepare_inputs(sample[s]) for s in ("forget", "retain"))
-                raw = self.method.fn(model, forget, retain, ctx)
+                raw = self._method_terms(model, forget, retain, ctx)
                 terms = {name: self._normalize(t) for name, t in raw.items()}
                 self._check_finite(terms)
                 # l_f: the forget terms weighted as the method's objective weights them (`_normalize`
@@ -399,7 +415,29 @@ class UnlearnTrainer(CombinedStepMixin, GenStepMixin, Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         self._resume_from = resume_from_checkpoint
         self._resumed_state = None  # read from this call's checkpoint (trainer_combine.py)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        self._check_weights_finite(None)
+        result = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        # The loss check sees a step's inputs, not its update: the last steps can turn the weights into NaN
+        # (a divergent learning rate) with every logged loss finite. Such weights are never saved.
+        self._check_weights_finite(self.state.global_step)
+        return result
+
+    def _check_weights_finite(self, step: int | None) -> None:
+        bad = next((n for n, p in self.model.named_parameters() if not torch.isfinite(p.detach()).all()), None)
+        flag = torch.tensor([float(bad is not None)], device=self.args.device)
+        if self.args.world_size > 1:  # each rank checks its own shards (FSDP)
+            flag = self.accelerator.reduce(flag, reduction="sum")
+        if flag.item() == 0:
+            return
+        where = bad or "on another rank"
+        if step is None:
+            raise NonFiniteLossError(
+                f"the model's weights hold NaN or inf before training ({where}); check --model_name_or_path"
+            )
+        raise NonFiniteLossError(
+            f"the weights became NaN or inf by step {step} ({where}), so the model was not saved; lower "
+            "--learning_rate (or --max_grad_norm) and start again in a new --output_dir"
+        )
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)

@@ -57,7 +57,7 @@ class CombinedStepMixin:
         self._start_combiner(model)
         sync = contextlib.nullcontext() if fsdp else self.accelerator.no_sync(model)
         with sync, self.compute_loss_context_manager():
-            raw = self.method.fn(model, forget, retain, ctx)
+            raw = self._method_terms(model, forget, retain, ctx)
             terms = {name: self._normalize(t) for name, t in raw.items()}
             self._check_finite(terms)
             self._combiner.accumulate(terms)

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .folder import CONFIG_FILE, RunError, read_run_config
+from .folder import CONFIG_FILE, RunError, checkpoints, read_run_config, read_status
 
 FREE_PREFIXES = ("logging_", "log_", "hub_", "save_", "dataloader_", "trackio_", "eval_", "ddp_")
 FREE = frozenset({
@@ -74,13 +74,23 @@ def _same_local_path(key: str, saved: Any, new: Any) -> bool:
     return a.exists() and b.exists() and a.resolve() == b.resolve()
 
 
-def check_resume_settings(output_dir: str | Path, new: dict[str, Any], *also: dict[str, Any]) -> None:
+def check_resume_settings(
+    output_dir: str | Path, new: dict[str, Any], *also: dict[str, Any], progress: bool = False
+) -> None:
     """Refuse to go on with an unfinished run whose saved settings differ from `new` (and from each of
     `also`, settings that resume it as well: `--auto`'s first regime, whose run may have saved them before
-    it fell back). A run that saved none (killed before its first write) has nothing to disagree with."""
+    it fell back). A run that saved none (killed before its first write) has nothing to disagree with, and
+    neither has one that stopped before its first step was logged (an optimizer that does not import, a
+    NaN at the first step, a bad parameter name): no step, checkpoint or model to keep, and the command that
+    started it fails the same way again, so the folder starts afresh with the new settings. `progress`: the
+    caller knows of something else a rerun goes on from (`--auto`'s fallback mark)."""
     path = Path(output_dir) / CONFIG_FILE
     saved = read_run_config(output_dir)
     if not saved:
+        return
+    out = Path(output_dir)
+    trained = (read_status(out) or {}).get("state") == "complete"
+    if not (progress or trained or checkpoints(out)[0] or (out / "train_log.jsonl").is_file()):
         return
     found = [differences(saved, settings) for settings in (new, *also)]
     if not all(found):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 from llm_unlearn.cli import main
 
@@ -100,6 +101,26 @@ def _nan_method(env: Env) -> None:
         "    loss = model(input_ids=forget['input_ids']).logits.mean() * float('nan')\n"
         "    return {'forget': Term(loss, stream='forget')}\n"
     )
+
+
+def _nan_model(env: Env) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = env.model_copy("nan_model")
+    weights = load_file(folder / "model.safetensors")
+    weights["model.embed_tokens.weight"][0, 0] = float("nan")
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def _no_bitsandbytes(monkeypatch) -> None:
+    from transformers import Trainer
+
+    def create_optimizer(self, *args, **kwargs):  # as transformers words it where the package is missing
+        raise ImportError(
+            "You need to install `bitsandbytes` in order to use bitsandbytes optimizers: `pip install -U bitsandbytes`"
+        )
+
+    monkeypatch.setattr(Trainer, "create_optimizer", create_optimizer)
 
 
 def _pickle_only(env: Env) -> None:
@@ -335,8 +356,20 @@ CASES = [
          setup=lambda e: e.status(e.out, state="running", pid=os.getpid(), host=socket.gethostname())),
     Case("output_dir_status_corrupt", lambda e: e.unlearn(), r"status\.json is not a status file of llm-unlearn",
          setup=lambda e: (e.out.mkdir(), (e.out / "status.json").write_text("[1, 2"))),
-    Case("non_finite_loss", lambda e: e.unlearn(method="nan_method_pkg.nan_method"), r"non-finite .*lower --learning_rate",
+    Case("non_finite_loss", lambda e: e.unlearn(method="nan_method_pkg.nan_method"), r"non-finite at step 0; at the first step, before any update: check the data",
          setup=_nan_method, creates_run=True),
+    # Every logged loss finite, the last update divergent: the weights are checked before they are saved.
+    Case("weights_diverge", lambda e: e.unlearn(optim="sgd", learning_rate="1e30", max_steps="2"),
+         r"the weights became NaN or inf by step 2 \(.*\), so the model was not saved; lower --learning_rate", creates_run=True),
+    Case("model_weights_not_finite", lambda e: e.unlearn(model_name_or_path=str(e.tmp / "nan_model")),
+         r"the model's weights hold NaN or inf before training \(model\.embed_tokens\.weight\); check --model_name_or_path",
+         setup=_nan_model, creates_run=True),
+    Case("loss_weights_all_zero", lambda e: e.unlearn(forget_weight="0", retain_weight="0"),
+         r"--forget_weight and --retain_weight are both 0, so training would change nothing"),
+    Case("method_terms_all_weight_zero", lambda e: e.unlearn(method="ga", forget_weight="0"),
+         r"every loss term of ga \(forget\) has weight 0, so training would change nothing", creates_run=True),
+    Case("optional_package_missing", lambda e: e.unlearn(optim="adamw_bnb_8bit"),
+         r"^error: You need to install `bitsandbytes`", creates_run=True, patch=_no_bitsandbytes),
     Case("disk_full_on_checkpoint_save", _checkpointed, r"no space left on the device \(.*rng_state\.pth\); free some space .*rerun the same command",
          creates_run=True, patch=_disk_full_at_checkpoint_4, after=_after_disk_full),
     Case("interrupted_by_the_user", _checkpointed, r"^error: interrupted; rerun the same command to resume", code=130,
@@ -473,3 +506,18 @@ def test_a_split_changed_in_place_does_not_resume_the_run_trained_on_the_old_one
     err = capsys.readouterr().err
     assert "holds an unfinished run with other settings (data_sha256.retain90: " in err, err
     assert (env.out / "checkpoint-2").is_dir()  # left as it was
+
+
+def test_a_run_that_failed_before_its_first_step_starts_again_with_the_fixed_command(
+    env: Env, monkeypatch, capsys
+):
+    """Nothing trained, nothing to resume, and its own command fails the same way again: the corrected
+    command (another optimizer) takes the folder, instead of being refused as "other settings"."""
+    with monkeypatch.context() as mp:
+        _no_bitsandbytes(mp)
+        assert main(env.unlearn(optim="adamw_bnb_8bit")) == 2
+    assert json.loads((env.out / "status.json").read_text())["state"] == "failed"
+    capsys.readouterr()
+    assert main(env.unlearn("--do_final_eval", "false")) == 0
+    assert json.loads((env.out / "status.json").read_text())["state"] == "complete"
+    assert yaml.safe_load((env.out / "unlearn_config.yaml").read_text())["optim"] != "adamw_bnb_8bit"
