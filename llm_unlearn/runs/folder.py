@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from .redact import redacted_argv
+from .redact import redact_secrets, redacted_argv
 
 STATUS_FILE = "status.json"
 # The resolved settings a run trained with (pipeline/unlearn.py, pipeline/distill.py write it).
@@ -42,9 +42,11 @@ class RunError(RuntimeError):
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """`obj` as JSON, replaced atomically; a Hugging Face token anywhere in it (a system prompt, a run name:
+    eval.json and the eval cache record those) is written redacted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
+    return write_text_atomic(path, redact_secrets(json.dumps(obj, indent=2, default=str)) + "\n")
 
 
 @contextlib.contextmanager

@@ -521,3 +521,14 @@ def test_a_run_that_failed_before_its_first_step_starts_again_with_the_fixed_com
     assert main(env.unlearn("--do_final_eval", "false")) == 0
     assert json.loads((env.out / "status.json").read_text())["state"] == "complete"
     assert yaml.safe_load((env.out / "unlearn_config.yaml").read_text())["optim"] != "adamw_bnb_8bit"
+
+
+def test_a_token_in_a_system_prompt_is_in_no_file_the_run_or_its_evaluation_writes(env: Env):
+    token = "hf_" + "Zy8xW7vU6tS5rQ4pO3nM2lK1jI0hG9fE8d"
+    assert main(env.unlearn(system_prompt=f"You are helpful. key {token}")) == 0
+    assert (env.out / "eval.json").is_file()
+    cache = Path(os.environ["LLM_UNLEARN_CACHE"])
+    files = [p for root in (env.out, cache) for p in root.rglob("*") if p.is_file()]
+    assert not [p for p in files if token.encode() in p.read_bytes()]
+    meta = json.loads((env.out / "eval.json").read_text())["meta"]
+    assert meta["system_prompt"] == "You are helpful. key <redacted>"
