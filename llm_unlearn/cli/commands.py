@@ -439,7 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as err:  # an optional package a chosen option needs (bitsandbytes for --optim ...)
         if debug:
             raise
-        print(f"error: {str(err).strip().splitlines()[0] if str(err).strip() else repr(err)}", file=sys.stderr)
+        print(
+            f"error: {str(err).strip().splitlines()[0] if str(err).strip() else repr(err)}", file=sys.stderr
+        )
         return 2
     except OSError as err:  # a full disk, a read-only folder: the system's words, where, and what to do
         if debug:

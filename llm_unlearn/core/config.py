@@ -446,7 +446,9 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
         for name in ("forget_weight", "retain_weight", "weight_decay"):
             value = getattr(self, name)
             require(math.isfinite(value) and value >= 0, name, value, "a finite number >= 0")
-        if self.forget_weight == 0 and self.retain_weight == 0:  # (a method's own terms: UnlearnTrainer checks)
+        if (
+            self.forget_weight == 0 and self.retain_weight == 0
+        ):  # (a method's own terms: UnlearnTrainer checks)
             raise ConfigError(
                 "--forget_weight and --retain_weight are both 0, so training would change nothing; set one above 0"
             )

@@ -43,6 +43,7 @@ from ..data.qa import (
     load_split,
     paired_split,
     read_utf8,
+    shared_questions,
     split_path,
 )
 from ..eval.args import EvalArgs
@@ -164,7 +165,7 @@ def check_companions(source: SplitSource, names: Sequence[str], always: str | No
 
 
 def _refuse_shared(rows: list[dict], name: str, forget: list[dict], forget_name: str) -> None:
-    shared = {r["question"] for r in rows} & {r["question"] for r in forget}
+    shared = shared_questions(rows, forget)
     if not shared:
         return
     if name.startswith("holdout"):
@@ -172,7 +173,7 @@ def _refuse_shared(rows: list[dict], name: str, forget: list[dict], forget_name:
     else:
         what, why = "evaluation split", "model utility is measured on knowledge the model keeps"
     raise DataError(
-        f"{what} {name} shares {len(shared)} question(s) with {forget_name} (e.g. {sorted(shared)[0]!r}); "
+        f"{what} {name} shares {len(shared)} question(s) with {forget_name} (e.g. {shared[0]!r}); "
         f"{why}: remove them from {name}"
     )
 

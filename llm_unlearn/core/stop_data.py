@@ -14,7 +14,14 @@ from __future__ import annotations
 import logging
 import random
 
-from ..data.qa import DataError, check_unique_questions, load_split, paired_split, split_path
+from ..data.qa import (
+    DataError,
+    check_unique_questions,
+    load_split,
+    paired_split,
+    shared_questions,
+    split_path,
+)
 
 RETAIN_SAMPLE = 200  # retain examples scored per check: enough for a stable mean loss, cheap
 MIN_CONSTRUCTED = 3  # fewest constructed wrong answers per question a truth ratio is built on
@@ -58,12 +65,11 @@ def load_stop_data(data, forget_rows: list[dict], retain_rows: list[dict], confi
             f"{len(forget_rows)}; the stop rule compares equal-sized sets: pass a holdout of the same size "
             "(--stop_holdout_split; docs/auto.md#a-holdout-for-your-own-data)"
         )
-    questions = {r["question"] for r in holdout}
     for other, rows in ((data.forget_split, forget_rows), ("the retain split", retain_rows)):
-        shared = questions & {r["question"] for r in rows}
+        shared = shared_questions(holdout, rows)
         if shared:
             raise DataError(
-                f"holdout split {name} shares {len(shared)} question(s) with {other} (e.g. {sorted(shared)[0]!r}); "
+                f"holdout split {name} shares {len(shared)} question(s) with {other} (e.g. {shared[0]!r}); "
                 "the holdout must be data the model never saw: pass another --stop_holdout_split"
             )
     statistic, forget_pert, holdout_pert = _truth_ratio_rows(

@@ -423,7 +423,9 @@ class UnlearnTrainer(CombinedStepMixin, GenStepMixin, Trainer):
         return result
 
     def _check_weights_finite(self, step: int | None) -> None:
-        bad = next((n for n, p in self.model.named_parameters() if not torch.isfinite(p.detach()).all()), None)
+        bad = next(
+            (n for n, p in self.model.named_parameters() if not torch.isfinite(p.detach()).all()), None
+        )
         flag = torch.tensor([float(bad is not None)], device=self.args.device)
         if self.args.world_size > 1:  # each rank checks its own shards (FSDP)
             flag = self.accelerator.reduce(flag, reduction="sum")

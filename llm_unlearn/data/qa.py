@@ -225,9 +225,16 @@ def check_forget_retain(forget: list[dict], retain: list[dict], forget_name: str
         )
 
 
+def same_question(question: str) -> str:
+    """What two spellings of one question share: spacing and case do not make another question (a trailing
+    space must not let a forget question into the retain set)."""
+    return " ".join(question.split()).casefold()
+
+
 def shared_questions(a: list[dict], b: list[dict]) -> list[str]:
-    """The questions two splits have in common, sorted (the evidence an overlap error quotes)."""
-    return sorted({r["question"] for r in a} & {r["question"] for r in b})
+    """The questions of `a` that `b` also asks (`same_question`), sorted: the evidence an overlap error quotes."""
+    asked = {same_question(r["question"]) for r in b}
+    return sorted({r["question"] for r in a if same_question(r["question"]) in asked})
 
 
 def forget_pct(split: str) -> int | None:

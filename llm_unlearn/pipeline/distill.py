@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 from ..data.args import DataArgs
-from ..data.qa import DataError, QACollator, QADataset, load_split, pad_id
+from ..data.qa import DataError, QACollator, QADataset, load_split, pad_id, shared_questions
 from ..eval.args import EvalArgs
 from ..models.args import ModelArgs
 from ..models.loading import load_model, load_tokenizer
@@ -245,11 +245,11 @@ def distill_rows(config: dict, splits: tuple[str, ...]) -> list[dict]:
     """Question/answer rows to distill on, one per answer phrasing; refuses any forget question."""
     source = dict(data_dir=config.get("data_dir"), dataset_name=config.get("dataset_name"))
     forget_split = config["forget_split"]
-    forget = {r["question"].strip() for r in load_split(forget_split, **source)}
+    forget = load_split(forget_split, **source)
     rows = []
     for split in splits:
         loaded = load_split(split, **source)
-        overlap = [r["question"] for r in loaded if r["question"].strip() in forget]
+        overlap = shared_questions(loaded, forget)
         if overlap:
             raise DataError(
                 f"distillation split {split} shares {len(overlap)} question(s) with the forget split "

@@ -297,7 +297,8 @@ def unlearn(
         # the folder changes; one that fell back may have been killed before it saved the second regime's.
         digest = data_digest({data.forget_split: forget_rows, retain_split: retain_rows}, stop_data)
         check_resume_settings(
-            out, *(settings(model_args, data, c, eval_args, retain_split, digest) for c in ours),
+            out,
+            *(settings(model_args, data, c, eval_args, retain_split, digest) for c in ours),
             progress=mark is not None,
         )
         if run_state(read_status(out)) == "unevaluated" and evaluation_follows:

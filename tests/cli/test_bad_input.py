@@ -364,6 +364,11 @@ CASES = [
     Case("model_weights_not_finite", lambda e: e.unlearn(model_name_or_path=str(e.tmp / "nan_model")),
          r"the model's weights hold NaN or inf before training \(model\.embed_tokens\.weight\); check --model_name_or_path",
          setup=_nan_model, creates_run=True),
+    # The same question, spaced or cased otherwise, is still the forget set's.
+    Case("retain_asks_a_forget_question_respelled", lambda e: e.unlearn(),
+         r"forget split forget10 and retain split retain90 share 1 question\(s\)",
+         setup=lambda e: e.write_rows("retain90", e.rows("retain90") + [
+             e.rows("forget10")[0] | {"question": e.rows("forget10")[0]["question"].upper() + "  "}])),
     Case("loss_weights_all_zero", lambda e: e.unlearn(forget_weight="0", retain_weight="0"),
          r"--forget_weight and --retain_weight are both 0, so training would change nothing"),
     Case("method_terms_all_weight_zero", lambda e: e.unlearn(method="ga", forget_weight="0"),
