@@ -296,6 +296,20 @@ def bench_cli(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads {args.threads} must be at least 1 (or left out for torch's choice)")
+    if args.out and Path(args.out).is_dir():  # before minutes of timing, not after them
+        raise ValueError(
+            f"--out {args.out} is a folder; pass the JSON file to write, e.g. {Path(args.out) / 'bench.json'}"
+        )
+    if not args.eval and not args._child:
+        given = [
+            f"--{name}"
+            for name in ("size", "batch_size", "rounds")
+            if getattr(args, name) != parser.get_default(name)
+        ]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} applies to --eval only; add --eval, or use --preset for the training benchmark"
+            )
     if args.eval:
         from .eval import bench_eval, print_summary
 

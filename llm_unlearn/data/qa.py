@@ -97,6 +97,8 @@ def load_split(
     """
     if data_dir is not None:
         data_dir = Path(data_dir)
+        if data_dir.is_file():
+            raise DataError(f"data dir {data_dir} is a file; pass the folder that holds the split files")
         if not data_dir.is_dir():
             raise DataError(
                 f"data dir {data_dir} does not exist; create one with `llm-unlearn world --out {data_dir}` "

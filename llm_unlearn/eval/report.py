@@ -365,6 +365,8 @@ def report_runs(
     """`llm-unlearn report`: collect the runs (`runs.py`), find the target's eval, write the report."""
     from .runs import collect_runs, find_target
 
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise FileExistsError(f"--out {out_dir} is a file; pass a folder for report.md and its figures")
     runs, skipped = collect_runs(paths)
     target, how = find_target(runs, target_eval)
     if target is not None and target not in runs:

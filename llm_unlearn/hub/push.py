@@ -73,6 +73,8 @@ def _pickles(folder: Path) -> list[str]:
 def check_run(run_dir: str | Path, *, merged: bool = False) -> Path:
     """A complete run directory with safetensors weights, or a one-line error naming the fix."""
     run = Path(run_dir)
+    if run.is_file():
+        raise FileNotFoundError(f"run directory {run} is a file; pass the --output_dir of a finished run")
     if not run.is_dir():
         raise FileNotFoundError(
             f"run directory {run} does not exist; pass the --output_dir of a finished run"

@@ -16,11 +16,13 @@ from ..runs.folder import RunError
 def is_missing_local_path(path: str) -> bool:
     """True for a path meant to be local (`./x`, `/x`, `~/x`, `a/b/c`) that does not exist.
 
-    A Hub id has the form `name` or `org/name`, so it never counts as missing here.
+    A Hub id has the form `name` or `org/name`, so it counts as missing here only when `org` is a folder
+    here: `runs/modle` is a mistyped folder, not a Hub repo to fetch (with retries, for a minute, offline).
     """
     if Path(path).expanduser().exists():
         return False
-    return path.startswith((".", "/", "~")) or path.count("/") > 1
+    first = path.split("/", 1)[0]
+    return path.startswith((".", "/", "~")) or path.count("/") > 1 or ("/" in path and Path(first).is_dir())
 
 
 def load_tokenizer(path: str, *, trust_remote_code: bool = False):
@@ -31,7 +33,9 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
 
     path = resolve(path)
     local = Path(path)
-    if is_missing_local_path(path) or (local.exists() and not local.is_dir()):
+    if local.exists() and not local.is_dir():
+        raise FileNotFoundError(f"model path {path} is a file; pass the folder the model was saved in")
+    if is_missing_local_path(path):
         raise FileNotFoundError(
             f"model path {path} does not exist; pass a model folder, a Hub id, or build the default with `llm-unlearn demo`"
         )

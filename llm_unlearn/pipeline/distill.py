@@ -212,6 +212,10 @@ class DistillTrainer(Trainer):
 def read_run(run_dir: str | Path) -> dict:
     """The resolved config of a complete unlearning run, refusing anything else with one line."""
     run = Path(run_dir)
+    if run.is_file():
+        raise FileNotFoundError(
+            f"run directory {run} is a file; pass the output_dir of `llm-unlearn unlearn`"
+        )
     if not run.is_dir():
         raise FileNotFoundError(
             f"run directory {run} does not exist; pass the output_dir of `llm-unlearn unlearn`"

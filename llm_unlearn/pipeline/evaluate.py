@@ -115,6 +115,8 @@ MODEL_FILES = (
 def default_eval_path(model_path: str, output_dir: str | None) -> Path:
     if output_dir:
         out = Path(output_dir)
+        if out.exists() and not out.is_dir():  # refused before the evaluation, not after it
+            raise FileExistsError(f"--output_dir {out} is a file; pass a folder for the eval.json")
         holds_model = read_status(out) is not None or any((out / f).is_file() for f in MODEL_FILES)
         if out.is_dir() and any(
             (d / STATUS_FILE).is_file() or (d / "eval.json").is_file() for d in out.iterdir()
@@ -148,6 +150,11 @@ def check_reference(eval_args: EvalArgs) -> None:
         raise RunError(
             "forget quality needs the retain-only reference model: pass --reference_model DIR or "
             "--reference_eval FILE (its eval.json or a TOFU eval_log_aggregated.json)"
+        )
+    if eval_args.reference_model and Path(eval_args.reference_model).is_file():
+        raise FileNotFoundError(
+            f"reference model {eval_args.reference_model} is a file; pass the model folder (an evaluated "
+            "reference's eval.json goes to --reference_eval)"
         )
     if eval_args.reference_model and is_missing_local_path(eval_args.reference_model):
         raise FileNotFoundError(

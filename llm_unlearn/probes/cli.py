@@ -75,6 +75,10 @@ def _parse_bits(text: str) -> tuple[int, ...]:
 
 
 def _run_config(run_dir: Path, out: str | None) -> dict:
+    if run_dir.is_file():
+        raise FileNotFoundError(
+            f"run directory {run_dir} is a file; pass the output_dir of `llm-unlearn unlearn`"
+        )
     if not run_dir.exists():
         raise FileNotFoundError(
             f"run directory {run_dir} does not exist; pass the output_dir of `llm-unlearn unlearn`"

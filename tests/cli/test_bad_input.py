@@ -369,6 +369,16 @@ CASES = [
          r"forget split forget10 and retain split retain90 share 1 question\(s\)",
          setup=lambda e: e.write_rows("retain90", e.rows("retain90") + [
              e.rows("forget10")[0] | {"question": e.rows("forget10")[0]["question"].upper() + "  "}])),
+    # A file where a folder goes (and the reverse): named as such, before any work.
+    Case("data_dir_is_a_file", lambda e: e.unlearn(data_dir=str(e.world / "forget10.json")), r"data dir .*forget10\.json is a file; pass the folder that holds the split files"),
+    Case("model_is_a_file", lambda e: e.unlearn(model_name_or_path=str(e.world / "forget10.json")), r"forget10\.json is a file; pass the folder"),
+    Case("reference_model_is_a_file", lambda e: e.unlearn(reference_model=str(e.world / "forget10.json")), r"reference model .* is a file; pass the model folder \(an evaluated reference's eval\.json goes to --reference_eval\)"),
+    Case("eval_output_dir_is_a_file", lambda e: ["eval", "--model_name_or_path", str(e.target), "--data_dir", str(e.world), "--reference_model", str(e.retain_model), "--output_dir", str(e.tmp / "afile")],
+         r"--output_dir .*afile is a file; pass a folder for the eval\.json", setup=lambda e: (e.tmp / "afile").write_text("x")),
+    Case("report_out_is_a_file", lambda e: ["report", str(e.world), "--out", str(e.tmp / "afile")], r"--out .*afile is a file; pass a folder for report\.md",
+         setup=lambda e: (e.tmp / "afile").write_text("x")),
+    Case("bench_out_is_a_folder", lambda e: ["bench", "--out", str(e.world)], r"--out .* is a folder; pass the JSON file to write"),
+    Case("bench_eval_option_without_eval", lambda e: ["bench", "--size", "micro", "--out", str(e.tmp / "b.json")], r"--size applies to --eval only; add --eval"),
     Case("loss_weights_all_zero", lambda e: e.unlearn(forget_weight="0", retain_weight="0"),
          r"--forget_weight and --retain_weight are both 0, so training would change nothing"),
     Case("method_terms_all_weight_zero", lambda e: e.unlearn(method="ga", forget_weight="0"),

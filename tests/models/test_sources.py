@@ -111,3 +111,19 @@ def test_every_real_tofu_example_fits_the_default_max_length_in_smollm2s_chat_te
                     ids = encode_qa(tok, row["question"], answer, "chat_template", DataArgs.max_length, None)
                     longest = max(longest, len(ids["input_ids"]))
     assert 100 < longest <= DataArgs.max_length
+
+
+def test_a_mistyped_folder_under_a_local_one_is_not_fetched_from_the_hub(tmp_path, monkeypatch):
+    from llm_unlearn.models.loading import is_missing_local_path, load_tokenizer
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    # `runs/` is here: a typo, not a Hub repo to fetch with a minute of retries
+    assert is_missing_local_path("runs/modle")
+    assert not is_missing_local_path("org/name")  # a Hub id: no folder `org/` here
+    assert is_missing_local_path("./model") and is_missing_local_path("a/b/c")
+    with pytest.raises(FileNotFoundError, match=r"model path runs/modle does not exist; pass a model folder"):
+        load_tokenizer("runs/modle")
+    (tmp_path / "runs" / "weights.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"model path runs/weights.json is a file; pass the folder"):
+        load_tokenizer("runs/weights.json")
