@@ -134,9 +134,16 @@ def _check_config_size(folder: Path, trust_remote_code: bool, held: int) -> None
         with torch.device("meta"):
             wanted = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
     except (ValueError, OSError, KeyError, TypeError) as err:
+        text = " ".join(str(err).split())
+        if not trust_remote_code and ("custom code" in text or "trust_remote_code" in text):
+            raise RunError(
+                f"the model in {folder} needs code shipped with it (its config.json names an auto_map); if you "
+                "trust that code, pass --trust_remote_code true"
+            ) from None
+        cut = text if len(text) <= 160 else text[:160].rsplit(" ", 1)[0] + " ..."
         raise RunError(
-            f"{folder / 'config.json'} does not describe a causal language model here "
-            f"({str(err).splitlines()[0][:120]}); put the config.json saved with these weights beside them"
+            f"{folder / 'config.json'} does not describe a causal language model here ({cut}); put the "
+            "config.json saved with these weights beside them"
         ) from None
     # Grossly foreign only (a small mismatch is named key by key by `_check_loading_info` after loading,
     # at the cost of one model of about the weights' size).

@@ -112,6 +112,16 @@ def _nan_model(env: Env) -> None:
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
 
 
+def _custom_code_model(env: Env) -> None:
+    folder = env.model_copy("custom")
+    config = json.loads((folder / "config.json").read_text())
+    config |= {
+        "model_type": "customnet",
+        "auto_map": {"AutoConfig": "custom.Config", "AutoModelForCausalLM": "custom.Model"},
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+
+
 def _no_bitsandbytes(monkeypatch) -> None:
     from transformers import Trainer
 
@@ -379,6 +389,9 @@ CASES = [
          setup=lambda e: (e.tmp / "afile").write_text("x")),
     Case("bench_out_is_a_folder", lambda e: ["bench", "--out", str(e.world)], r"--out .* is a folder; pass the JSON file to write"),
     Case("bench_eval_option_without_eval", lambda e: ["bench", "--size", "micro", "--out", str(e.tmp / "b.json")], r"--size applies to --eval only; add --eval"),
+    Case("model_needs_remote_code", lambda e: e.unlearn(model_name_or_path=str(e.tmp / "custom")),
+         r"the model in .*custom needs code shipped with it .*; if you trust that code, pass --trust_remote_code true",
+         setup=_custom_code_model),
     Case("loss_weights_all_zero", lambda e: e.unlearn(forget_weight="0", retain_weight="0"),
          r"--forget_weight and --retain_weight are both 0, so training would change nothing"),
     Case("method_terms_all_weight_zero", lambda e: e.unlearn(method="ga", forget_weight="0"),
