@@ -366,4 +366,9 @@ def parse_config(
     try:
         return parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:
-        raise ConfigError(str(err).splitlines()[0]) from None
+        line = str(err).splitlines()[0]
+        # A recipe's value is the parser's default, so argparse names the option only: say which file holds it.
+        bad = re.search(r"argument --(\w+)", line)
+        if bad and bad[1] in yaml_values and f"--{bad[1]}" not in {a.partition("=")[0] for a in argv}:
+            line = f"config key {bad[1]!r} in {recipe}: {line}"
+        raise ConfigError(line) from None

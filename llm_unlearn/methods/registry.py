@@ -92,6 +92,8 @@ def get_method(name: str) -> Method:
         return Method(
             name, fn, paper=getattr(fn, "paper", ""), summary=(fn.__doc__ or "").strip().split("\n")[0]
         )
-    close = difflib.get_close_matches(name, list(METHODS), n=1)
+    close = [m for m in METHODS if m == name.lower()] or difflib.get_close_matches(
+        name.lower(), list(METHODS), n=1
+    )
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise ValueError(f"unknown method {name!r}; {hint}registered: {', '.join(sorted(METHODS))}")

@@ -35,7 +35,9 @@ def underscored(argv: list[str]) -> list[str]:
 
 
 def suggest(name: str, choices) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    choices = list(choices)
+    close = [c for c in choices if str(c).lower() == str(name).lower()]  # `NPO` for `npo`
+    close = close or difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
