@@ -500,6 +500,11 @@ def _os_error_line(err: OSError) -> str:
         )
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{err.strerror}{where}; choose a folder you can write to"
+    if isinstance(err, ConnectionError) or "on the Hub" in str(err):  # a dataset or model fetched by its id
+        return (
+            f"{str(err).splitlines()[0]}; check the id and the network (HF_HUB_OFFLINE=1 forbids fetching), or "
+            "pass a local --data_dir / model folder"
+        )
     return f"{err.strerror or err}{where}; check the path and the device, then rerun the same command"
 
 

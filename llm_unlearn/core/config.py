@@ -512,8 +512,8 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
         for name in ("adam_beta1", "adam_beta2"):
             require(0 <= getattr(self, name) < 1, name, getattr(self, name), "in [0, 1)")
         require(self.adam_epsilon > 0, "adam_epsilon", self.adam_epsilon, "> 0")
-        require(self.seed >= 0, "seed", self.seed, ">= 0")
-        require(self.retain_seed >= 0, "retain_seed", self.retain_seed, ">= 0")
+        require(0 <= self.seed < 2**32, "seed", self.seed, "in [0, 2**32)")
+        require(0 <= self.retain_seed < 2**32, "retain_seed", self.retain_seed, "in [0, 2**32)")
         require(self.dataloader_num_workers >= 0, "dataloader_num_workers", self.dataloader_num_workers, ">= 0")  # fmt: skip
         if self.optim_args:  # transformers splits "k=v,k2=v2" and unpacks each part in two
             pairs = str(self.optim_args).replace(" ", "").split(",")

@@ -112,6 +112,11 @@ def _nan_model(env: Env) -> None:
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
 
 
+def _without(argv: list[str], option: str) -> list[str]:
+    i = argv.index(option)
+    return argv[:i] + argv[i + 2 :]
+
+
 def _custom_code_model(env: Env) -> None:
     folder = env.model_copy("custom")
     config = json.loads((folder / "config.json").read_text())
@@ -298,6 +303,10 @@ CASES = [
     Case("option_not_a_bool", lambda e: e.unlearn(use_lora="maybe"), r"--use_lora.*maybe"),
     Case("option_missing_value", lambda e: ["unlearn", "--config"], r"--config needs a YAML file path"),
     Case("method_unknown", lambda e: e.unlearn(method="gradif"), r"unknown method 'gradif'; did you mean 'graddiff'\?"),
+    Case("seed_beyond_32_bits", lambda e: e.unlearn(seed=str(2**64)), r"--seed 18446744073709551616 is out of range; it must be in \[0, 2\*\*32\)"),
+    Case("dataset_id_offline", lambda e: _without(e.unlearn("--dataset_name", "nobody/no-such-dataset"), "--data_dir"),
+         r"Couldn't reach 'nobody/no-such-dataset' on the Hub .*check the id and the network \(HF_HUB_OFFLINE=1 forbids fetching\)",
+         patch=lambda mp: mp.setenv("HF_HUB_OFFLINE", "1")),
     Case("method_in_capitals", lambda e: e.unlearn(method="NPO"), r"unknown method 'NPO'; did you mean 'npo'\?"),
     Case("combine_unknown", lambda e: e.unlearn(combine="average"), r"unknown combine 'average'"),
     Case("prompt_format_unknown", lambda e: e.unlearn(prompt_format="chat_templat"), r"unknown prompt_format 'chat_templat' \(did you mean 'chat_template'\?\)"),
