@@ -106,7 +106,7 @@ def load_split(
             )
         path = split_path(data_dir, split)
         if not path.is_file():
-            have = sorted(p.stem for p in data_dir.glob("*.json"))
+            have = sorted(p.stem for p in data_dir.glob("*.json") if p.stem != "world_config")  # not a split
             raise DataError(f"split file {path} not found; splits in {data_dir}: {', '.join(have) or 'none'}")
         rows = _read_json_records(path)
         where = str(path)
