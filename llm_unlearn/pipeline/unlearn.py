@@ -477,6 +477,11 @@ class _Attempt:
             )
         reference = None
         if model_args.use_lora:
+            from transformers import set_seed
+
+            # The adapters' random start is part of the run: drawn from --seed, before the Trainer's own
+            # seeding (which comes after the model exists), so the same command gives the same weights.
+            set_seed(config.seed)
             model = add_lora(model, model_args)
             if method.needs_reference(config):
                 reference = AdaptersDisabled(model)

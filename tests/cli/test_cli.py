@@ -290,6 +290,22 @@ def test_same_seed_and_config_twice_gives_identical_weights_and_eval(micro_world
     assert any("gen_eta_star" in row for row in logs[0]) and logs[0] == logs[1]
 
 
+def test_lora_runs_with_the_same_seed_are_identical_and_another_seed_starts_the_adapters_elsewhere(
+    micro_world, micro_models, tmp_path
+):
+    import torch
+
+    outs = {name: tmp_path / name for name in ("a", "b", "other")}
+    for name, out in outs.items():
+        seed = "3" if name == "other" else "0"
+        argv = _unlearn_argv(micro_world, micro_models, out, "--use_lora", "true", "--seed", seed,
+                             "--do_final_eval", "false", "--max_steps", "2")  # fmt: skip
+        assert main(argv) == 0
+    weights = {name: load_file(out / "adapter" / "adapter_model.safetensors") for name, out in outs.items()}
+    assert all(torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"])
+    assert any(not torch.equal(weights["a"][k], weights["other"][k]) for k in weights["a"])
+
+
 def test_run_without_output_dir_goes_to_a_folder_named_by_its_settings(
     micro_world, micro_models, tmp_path, monkeypatch, capsys
 ):
