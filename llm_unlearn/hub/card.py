@@ -539,7 +539,8 @@ def build_card(
     paper = f" ({method.paper})" if method.paper else ""
     hyper = [("optim", "optimizer"), ("learning_rate", "learning rate"), ("max_steps", "max steps"),
              ("num_train_epochs", "epochs set"),
-             ("per_device_train_batch_size", "forget batch per device"), ("retain_batch_size", "retain batch"),
+             ("per_device_train_batch_size", "forget batch per device"), ("processes", "processes"),
+             ("retain_batch_size", "retain batch"),
              ("gradient_accumulation_steps", "accumulation"), ("forget_weight", "forget weight"),
              ("retain_weight", "retain weight"), ("retain_loss", "retain loss"), ("combine", "combine"),
              ("gen", "GeN learning rate"), ("use_lora", "LoRA"), ("seed", "seed")]  # fmt: skip

@@ -405,9 +405,11 @@ def data_digest(splits: dict[str, list[dict]], stop_data: dict | None = None) ->
 
 
 def settings(model_args, data, config, eval_args, retain_split: str, digest: dict | None = None) -> dict:
-    """A run's settings as `unlearn_config.yaml` holds them (secrets redacted, local paths absolute, and the
-    `data_digest` of its splits)."""
+    """A run's settings as `unlearn_config.yaml` holds them (secrets redacted, local paths absolute, the
+    `data_digest` of its splits, and the number of processes: the global batch is the per-device batch times
+    it, so a run resumed under another count would train another schedule)."""
     values = to_dict(model_args, data, config, eval_args) | {"retain_split": retain_split}
+    values["processes"] = int(os.environ.get("WORLD_SIZE", "1"))
     if digest is not None:
         values["data_sha256"] = digest
     for key in PATH_OPTIONS:

@@ -570,3 +570,20 @@ def test_a_token_in_a_system_prompt_is_in_no_file_the_run_or_its_evaluation_writ
     assert not [p for p in files if token.encode() in p.read_bytes()]
     meta = json.loads((env.out / "eval.json").read_text())["meta"]
     assert meta["system_prompt"] == "You are helpful. key <redacted>"
+
+
+def test_a_run_resumes_only_under_the_number_of_processes_it_started_with(env: Env, monkeypatch):
+    """The global batch is the per-device batch times the processes: resumed under another count, the rest
+    of the run would train another schedule (twice the steps, or half) without a word."""
+    from llm_unlearn.runs.folder import RunError
+    from llm_unlearn.runs.resume import check_resume_settings
+
+    argv = _checkpointed(env)
+    with monkeypatch.context() as mp:
+        _interrupt_at_step_2(mp)
+        assert main(argv) == 130
+    saved = yaml.safe_load((env.out / "unlearn_config.yaml").read_text())
+    assert saved["processes"] == 1
+    check_resume_settings(env.out, saved)  # the same count resumes
+    with pytest.raises(RunError, match=r"other settings \(processes: 1 there, 2 now\)"):
+        check_resume_settings(env.out, saved | {"processes": 2})  # what a two-process launch would save
