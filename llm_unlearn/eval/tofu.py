@@ -254,14 +254,17 @@ def evaluate(
     meta = {
         "benchmark": "tofu",
         "source": "evaluate",
-        "model": model.name_or_path,
+        "model": recorded_path(model.name_or_path),
         "dtype": str(model.dtype).removeprefix("torch."),
         "forget_split": names["forget"],
         "splits": {
             role: {"name": names[role], "n": len(r), "questions_sha256": questions_sha256(r)}
             for role, r in rows.items()
         },
-        "data": {"data_dir": str(data_dir) if data_dir is not None else None, "dataset_name": dataset_name},
+        "data": {
+            "data_dir": recorded_path(data_dir) if data_dir is not None else None,
+            "dataset_name": dataset_name,
+        },
         "truth_ratio_variant": truth_ratio_variant,
         "prompt_format": prompt_format,
         "system_prompt": system_prompt,
@@ -383,7 +386,7 @@ def add_forget_quality(result: dict, reference: dict | str | Path) -> dict:
     out = copy.deepcopy(result)
     out["metrics"]["forget_quality"] = {"value": forget_quality(ratios, ref_ratios), "direction": "higher"}
     out["meta"]["forget_quality_reference"] = {
-        "path": where,
+        "path": recorded_path(where),
         "ratios_from": kind,
         "model": reference.get("meta", {}).get("model") if kind == "eval.json" else None,
         "n": len(ref_ratios),
@@ -433,6 +436,12 @@ def load_eval(path: str | Path) -> dict:
             f"{path} is not an eval.json (it needs `metrics` and `meta`); evaluate again with `llm-unlearn eval`"
         )
     return result
+
+
+def recorded_path(path: str | Path) -> str:
+    """A model or data path as records name it: a local one absolute (the record means the same read from any
+    folder), anything else (a Hub id) as given."""
+    return str(Path(path).resolve()) if str(path) and Path(path).exists() else str(path)
 
 
 def write_eval(result: dict, path: str | Path) -> Path:

@@ -210,7 +210,7 @@ def evaluate_path(
     Under a multi-process launch every rank calls this and gets the result; only rank 0 writes `out_path`.
     """
     from ..eval import cache
-    from ..eval.tofu import add_forget_quality, evaluate, write_eval
+    from ..eval.tofu import add_forget_quality, evaluate, recorded_path, write_eval
 
     shard = eval_shard()
     # After multi-process training rank 0 alone writes the run and marks it complete: wait for it.
@@ -258,7 +258,10 @@ def evaluate_path(
             result = cache.store(*keyed, result)
         if shard.is_main:
             logger.info("evaluated %s in %.1f s", model_path, time.perf_counter() - start)
-    result["meta"]["model"] = str(model_path)
+    # This call's model and data, whatever a cached result recorded (the cache is keyed by content, not path).
+    result["meta"]["model"] = recorded_path(model_path)
+    result["meta"]["data"] = {"data_dir": recorded_path(data.data_dir) if data.data_dir else None,
+                              "dataset_name": data.dataset_name}  # fmt: skip
     if reference is not None:
         result = add_forget_quality(result, reference)
     if shard.is_main and out_path is not None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from ..core.inputs import QA_FIELDS, SplitSource, check_same_vocabulary, check_splits
 from ..data.heldout import attack_heldout_split
 from ..data.qa import DataError, paired_split
+from ..eval.tofu import recorded_path
 from ..models.loading import load_model_and_tokenizer
 from ..runs.folder import write_json_atomic
 from ..runs.options import suggest
@@ -212,7 +213,8 @@ def run_probes(
     attack, heldout = [rows[i] for i in attack_idx], [rows[i] for i in heldout_idx]
     budgets = tuple(sorted(set(budgets) | {0}))  # budget 0, the unprobed model, is recovery's denominator
     bnb_reason = bnb_unavailable() if "quant" in probes else None
-    paths = {"unlearned": str(run_dir), "original": str(original_model), "reference": str(reference_model)}
+    paths = {role: recorded_path(path) for role, path in
+             (("unlearned", run_dir), ("original", original_model), ("reference", reference_model))}  # fmt: skip
     everything = [data_dir, dataset_name, eval_split, holdout_split, list(probes), list(budgets), heldout_idx,
                   dataclasses.asdict(settings), dataclasses.asdict(eval_settings), list(quant_bits), group_size,
                   load, bnb_reason]  # fmt: skip

@@ -515,12 +515,16 @@ def test_local_paths_are_saved_absolute_and_resume_however_spelled(
     monkeypatch.chdir(tmp_path)
     rel_world, rel_model = os.path.relpath(micro_world), os.path.relpath(micro_models["target"])
     argv = [a if a not in (str(micro_world), str(micro_models["target"])) else (rel_world if a == str(micro_world) else rel_model)
-            for a in _unlearn_argv(micro_world, micro_models, "run", "--do_final_eval", "false")]  # fmt: skip
+            for a in _unlearn_argv(micro_world, micro_models, "run")]  # fmt: skip
     assert rel_world in argv and rel_model in argv
     assert main(argv) == 0
     saved = yaml.safe_load((tmp_path / "run" / "unlearn_config.yaml").read_text())
     assert saved["data_dir"] == str(Path(micro_world).resolve())
     assert saved["model_name_or_path"] == str(Path(micro_models["target"]).resolve())
+    # ... and the run's eval.json names them as its config does (it named "run" and the relative world)
+    meta = json.loads((tmp_path / "run" / "eval.json").read_text())["meta"]
+    assert meta["model"] == str((tmp_path / "run").resolve())
+    assert meta["data"]["data_dir"] == saved["data_dir"]
     # A run saved with relative paths (before) resumes from the same folder given absolute, and back.
     old = saved | {"data_dir": rel_world}
     assert differences(old, saved) == [] and differences(saved, old) == []
