@@ -79,7 +79,7 @@ from ..runs.folder import (
     write_run_info,
     write_status,
 )
-from ..runs.options import CommandParser, ConfigError, require, suggest
+from ..runs.options import CommandParser, ConfigError, require, require_one_process, suggest
 from ..runs.resume import check_resume_settings
 
 logger = logging.getLogger("llm_unlearn")
@@ -427,6 +427,7 @@ def distill_cli(argv: list[str]) -> tuple[Path, dict | None]:
     from .evaluate import check_reference, evaluate_with_reference
 
     args = make_parser().parse_args(argv)
+    require_one_process("distill")
     names = {f.name for f in dataclasses.fields(DistillSettings)} - {"splits"}
     settings = DistillSettings(**{k: v for k, v in vars(args).items() if k in names})
     settings.splits = tuple(s for s in args.splits.split(",") if s) if args.splits else None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..data.heldout import SPLIT_BY
 from ..runs.folder import RunError, read_run_config, read_status, require_complete
-from ..runs.options import CommandParser
+from ..runs.options import CommandParser, require_one_process
 from .attacks import ProbeSettings
 from .measure import EvalSettings
 from .run import ALL_PROBES, DEFAULT_BUDGETS, parse_budgets, parse_probes, run_probes
@@ -95,6 +95,7 @@ def _run_config(run_dir: Path, out: str | None) -> dict:
 
 def probe_cli(argv: list[str]) -> Path:
     args = make_parser().parse_args(argv)
+    require_one_process("probe")
     budgets, probes = parse_budgets(args.budgets), parse_probes(args.probes)
     bits = _parse_bits(args.quant_bits)
     if args.group_size < 1:

@@ -34,6 +34,18 @@ def underscored(argv: list[str]) -> list[str]:
     return out
 
 
+def require_one_process(command: str) -> None:
+    """Refuse a multi-process launch (torchrun, accelerate launch) of a command that runs in one process:
+    each rank would do all the work and write the same files, or wait on the first one's claim."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            f"llm-unlearn {command} runs in one process; start it without torchrun or accelerate launch "
+            f"(`llm-unlearn {command} ...`)"
+        )
+
+
 def suggest(name: str, choices) -> str:
     choices = list(choices)
     close = [c for c in choices if str(c).lower() == str(name).lower()]  # `NPO` for `npo`
