@@ -102,6 +102,23 @@ def read_run(run_dir: Path) -> dict:
     }
 
 
+def _undo_text(undo: dict, method: str, steps: str, settings: str, run_dir: Path) -> str:
+    """The Training sentence of a `distill` run: what UNDO did (its steps are the distillation's), then the
+    unlearning run it started from, whose settings the rest of the recipe holds."""
+    source = local_name(str(undo.get("source_run")), None) if undo.get("source_run") else "(not recorded)"
+    splits = ", ".join(f"`{s}`" for s in undo.get("splits") or []) or "(not recorded)"
+    return (
+        f"Made with UNDO ({undo.get('paper', 'arXiv 2506.06278')}) from the unlearned run `{source}` (method "
+        f"`{method}`): its weights were mixed with a share `{undo.get('alpha')}` of a fresh initialization "
+        f"(scale `{undo.get('noise_beta')}`) and distilled from it for {steps} on {splits} "
+        f"({undo.get('distill_rows')} examples) with AdamW at learning rate `{undo.get('learning_rate')}`, "
+        f"a `{undo.get('lr_scheduler_type')}` schedule with `{undo.get('warmup_steps')}` warm-up steps, batch "
+        f"`{undo.get('per_device_train_batch_size')}` per device, accumulation "
+        f"`{undo.get('gradient_accumulation_steps')}`, seed `{undo.get('seed')}`. The unlearning run's own "
+        f"settings: {settings}. "
+    )
+
+
 def _repair_note(config: dict, ended: str | None) -> str:
     """The repair's own optimizer, when a run repaired (core/repair.py): its steps are not the method's."""
     if not ended or "repair steps" not in ended:
@@ -546,7 +563,7 @@ def build_card(
              ("gen", "GeN learning rate"), ("use_lora", "LoRA"), ("seed", "seed")]  # fmt: skip
     steps = _plural(run["steps"], "optimizer step") if run["steps"] is not None else "steps not recorded"
     if run.get("epochs") is not None:
-        steps += f" ({run['epochs']:g} epochs)"
+        steps += f" ({run['epochs']:.3g} epochs)"
     settings = ", ".join(f"{label} `{config[key]}`" for key, label in hyper if key in config)
     if config.get("sam_rho"):
         settings += f", sharpness-aware radius `{config['sam_rho']}`"
@@ -565,7 +582,11 @@ def build_card(
         "",
         "## Training",
         "",
-        f"Method `{method.name}`{paper}; {steps}. Settings: {settings}. "
+        (
+            _undo_text(config["undo"], method.name, steps, settings, run_dir)
+            if isinstance(config.get("undo"), dict)
+            else f"Method `{method.name}`{paper}; {steps}. Settings: {settings}. "
+        )
         + (f"{run['ended']} " if run.get("ended") else "")
         + _repair_note(config, run.get("ended"))
         + _fallback_note(run.get("fallback"))

@@ -63,6 +63,7 @@ from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 from ..data.args import DataArgs
 from ..data.qa import DataError, QACollator, QADataset, load_split, pad_id, shared_questions
 from ..eval.args import EvalArgs
+from ..eval.tofu import recorded_path
 from ..models.args import ModelArgs
 from ..models.loading import load_model, load_tokenizer
 from ..runs.folder import (
@@ -351,7 +352,7 @@ def distill(
         )  # fmt: skip
         source = read_status(run_dir)
         record = dict(config, output_dir=str(out)) | {
-            "undo": dataclasses.asdict(settings) | {"splits": list(splits), "source_run": str(run_dir),
+            "undo": dataclasses.asdict(settings) | {"splits": list(splits), "source_run": recorded_path(run_dir),
                                                     "source_train_seconds": source.get("train_seconds"),
                                                     "paper": PAPER, "distill_rows": len(rows)},
         }  # fmt: skip

@@ -424,7 +424,7 @@ def test_card_says_how_training_went_as_the_run_records_it(runs, tmp_path):
     log = [json.loads(line) for line in (runs["full"] / "train_log.jsonl").read_text().splitlines()]
     epochs = max(r["epoch"] for r in log if "epoch" in r)
     steps = max(r["step"] for r in log if "step" in r)
-    said = f"{steps} optimizer step{'s' if steps != 1 else ''} ({epochs:g} epochs)"
+    said = f"{steps} optimizer step{'s' if steps != 1 else ''} ({epochs:.3g} epochs)"
     assert f"{said}. Settings: optimizer `" in plain
     assert "epochs set `" in plain and "repair steps" not in plain and "Training ended" not in plain
 

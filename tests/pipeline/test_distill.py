@@ -137,6 +137,23 @@ def test_distill_run_directory_is_complete_with_its_evaluation(unlearned, distil
     assert steps[:30] == list(range(1, 31))
 
 
+def test_a_distilled_models_card_says_what_undo_did_and_which_run_it_started_from(unlearned, distilled):
+    from llm_unlearn.hub.card import build_card
+    from llm_unlearn.runs.redact import local_name
+
+    text = build_card(distilled["out"], "org/undo", adapter=False).text
+    training = text[text.index("## Training") :]
+    assert (
+        "Made with UNDO (" in training
+        and f"from the unlearned run `{local_name(str(unlearned))}`" in training
+    )
+    assert "share `0.5` of a fresh initialization" in training
+    assert "distilled from it for 30 optimizer steps" in training and "`retain90`, `pretrain`" in training
+    assert "AdamW at learning rate `0.003`" in training and "seed `1`" in training
+    assert "The unlearning run's own settings: optimizer `" in training  # the source's, named as such
+    assert "Method `graddiff`" not in training  # not the source run's training passed off as this model's
+
+
 class _StopAt(TrainerCallback):
     """Records the steps it sees; raises KeyboardInterrupt (Ctrl-C) at `step`."""
 
