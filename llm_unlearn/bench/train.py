@@ -265,7 +265,12 @@ def bench(out: str | Path, preset: str = "default", threads: int | None = None) 
         "gen_overhead_ratio_interval4": mean["ngdiff_gen4"] / mean["ngdiff"],
         "gen_overhead_ratio_interval10": mean["ngdiff_gen10"] / mean["ngdiff"],
     }  # fmt: skip
-    result["targets"] = {k: {"target": f"<= {v}", "met": result[k] <= v} for k, v in TARGETS.items()}
+    # The targets are judged on the default preset's model; the quick preset checks the harness, and its
+    # memory is a few hundred KB of gradient inside RSS noise of hundreds of MB.
+    judged = preset == "default"
+    result["targets"] = {k: {"target": f"<= {v}", "met": result[k] <= v if judged else None,
+                             "basis": "means" if k.startswith("gen_") else "medians" if "time" in k else "peak memory"}
+                         for k, v in TARGETS.items()}  # fmt: skip
     result |= {
         "step_times": stats,
         "step_times_raw_s": {name: [round(x, 5) for x in v] for name, v in times.items()},
@@ -335,9 +340,18 @@ def bench_cli(argv: list[str]) -> None:
     print()
     for key in (k for k in r if k.endswith(tuple("0123456789")) or "ratio" in k or "copies" in k):
         met = r["targets"].get(key)
+        verdict = (
+            ""
+            if not met
+            else "not judged at this preset"
+            if met["met"] is None
+            else "met"
+            if met["met"]
+            else "NOT met"
+        )
         print(
             f"{key:<46}{r[key]:>8.3f}"
-            + (f"   target {met['target']}: {'met' if met['met'] else 'NOT met'}" if met else "")
+            + (f"   target {met['target']} ({met['basis']}): {verdict}" if met else "")
         )
     print(f"wrote {args.out} ({r['hardware']}, {r['torch_threads']} threads, {r['seconds']} s)")
 

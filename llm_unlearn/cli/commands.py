@@ -157,7 +157,8 @@ def cmd_unlearn(argv: list[str]) -> None:
             )
         if is_main_process():
             _print_metrics(result)
-    print(f"run complete: {run_dir}")
+    if is_main_process():  # one line per run, not one per rank
+        print(f"run complete: {run_dir}")
     if undo is not None:
         argv_undo = [str(run_dir), "--output_dir", f"{run_dir}-undo", *undo]
         try:
@@ -537,13 +538,14 @@ def finetune_cli(argv: list[str]) -> Path:
         raise FileExistsError(
             f"output dir {out} exists and is not empty; remove it or choose a new --output_dir"
         )
+    # The data first: a missing split is named before a model of any size loads.
+    rows = load_split(ft.train_split, data_dir=data.data_dir, dataset_name=data.dataset_name)
     model, tokenizer = load_model_and_tokenizer(
         model_args.model_name_or_path,
         trust_remote_code=model_args.trust_remote_code,
         allow_pickle=model_args.allow_pickle,
         torch_dtype=model_args.torch_dtype,
     )
-    rows = load_split(ft.train_split, data_dir=data.data_dir, dataset_name=data.dataset_name)
     # Pass only what the recipe or command line changed, so finetune's own defaults (no checkpoints,
     # no tqdm) hold elsewhere.
     plain = TrainingArguments(output_dir=args.output_dir)

@@ -345,6 +345,7 @@ def distill(
             lr_scheduler_type=settings.lr_scheduler_type, weight_decay=0.0, adam_beta2=0.98,
             save_strategy="steps", save_steps=settings.save_steps, save_total_limit=1, logging_steps=1,
             report_to=[], disable_tqdm=settings.disable_tqdm, remove_unused_columns=False,
+            dataloader_pin_memory=torch.cuda.is_available(),  # pinning is for a GPU; on the CPU torch warns
         )  # fmt: skip
         trainer = DistillTrainer(
             model=student, args=args, train_dataset=dataset, data_collator=QACollator(pad_id(tokenizer)),

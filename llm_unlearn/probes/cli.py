@@ -96,6 +96,10 @@ def _run_config(run_dir: Path, out: str | None) -> dict:
 def probe_cli(argv: list[str]) -> Path:
     args = make_parser().parse_args(argv)
     require_one_process("probe")
+    if args.no_progress:  # transformers' own bars too (loading weights)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     budgets, probes = parse_budgets(args.budgets), parse_probes(args.probes)
     bits = _parse_bits(args.quant_bits)
     if args.group_size < 1:
