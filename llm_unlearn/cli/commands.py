@@ -127,8 +127,9 @@ def cmd_unlearn(argv: list[str]) -> None:
 
         hf_logging.disable_progress_bar()
     if config.hub_token:
-        raise ValueError("--hub_token is refused: a token on the command line ends up in shell history and "
-                         "process lists; set HF_TOKEN or run `hf auth login`")  # fmt: skip
+        where = ("a token on the command line ends up in shell history and process lists"
+                 if _given(argv, "hub_token") else "a token in a recipe is shared with the recipe")  # fmt: skip
+        raise ValueError(f"--hub_token is refused: {where}; set HF_TOKEN or run `hf auth login`")
     hub = _hub_target(config)
     # --auto is for users without a retain-only model: evaluate without forget quality rather than refuse.
     no_reference = config.auto and not (eval_args.reference_model or eval_args.reference_eval)

@@ -253,7 +253,17 @@ def test_a_token_on_the_command_line_is_refused_and_never_written(
     argv = _unlearn_argv(
         micro_world, micro_models, out, "--hub_token", "hf_secret_value", "--do_final_eval", "false"
     )
-    _expect_error(capsys, argv, r"--hub_token is refused: .*set HF_TOKEN", out)
+    _expect_error(capsys, argv, r"--hub_token is refused: a token on the command line .*set HF_TOKEN", out)
+    assert not out.exists()
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("hub_token: hf_secret_value\n")
+    argv = _unlearn_argv(micro_world, micro_models, out, "--config", str(recipe), "--do_final_eval", "false")
+    _expect_error(
+        capsys,
+        argv,
+        r"--hub_token is refused: a token in a recipe is shared with the recipe; set HF_TOKEN",
+        out,
+    )
     assert not out.exists()
     # Tokens reach a run only through the environment: none is written to the run directory.
     assert main(_unlearn_argv(micro_world, micro_models, out, "--do_final_eval", "false")) == 0
