@@ -290,6 +290,8 @@ def require_complete(run_dir: str | Path, action: str) -> None:
                 else None
             )
             fix = f"wait for it to finish ({who})" if who else "wait for it to finish"
+        elif str(status.get("error", "")).startswith("NonFiniteLossError"):  # resuming would diverge again
+            fix = "start a new run with a lower --learning_rate"
         else:
             fix = "resume it with the same command and --output_dir, or start a new one"
         raise RunError(f"run {run_dir} is {state}{why}; {action} needs a complete run ({fix})")

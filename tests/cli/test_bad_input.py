@@ -112,6 +112,16 @@ def _nan_model(env: Env) -> None:
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
 
 
+def _after_diverged(env: Env) -> None:
+    from llm_unlearn.runs.folder import RunError, require_complete
+
+    # Resuming would diverge again: the refusal of a later command says to start anew, not to resume.
+    with pytest.raises(
+        RunError, match=r"is failed: NonFiniteLossError: .*start a new run with a lower --learning_rate"
+    ):
+        require_complete(env.out, "push")
+
+
 def _without(argv: list[str], option: str) -> list[str]:
     i = argv.index(option)
     return argv[:i] + argv[i + 2 :]
@@ -384,7 +394,8 @@ CASES = [
          setup=_nan_method, creates_run=True),
     # Every logged loss finite, the last update divergent: the weights are checked before they are saved.
     Case("weights_diverge", lambda e: e.unlearn(optim="sgd", learning_rate="1e30", max_steps="2"),
-         r"the weights became NaN or inf by step 2 \(.*\), so the model was not saved; lower --learning_rate", creates_run=True),
+         r"the weights became NaN or inf by step 2 \(.*\), so the model was not saved; lower --learning_rate", creates_run=True,
+         after=_after_diverged),
     Case("model_weights_not_finite", lambda e: e.unlearn(model_name_or_path=str(e.tmp / "nan_model")),
          r"the model's weights hold NaN or inf before training \(model\.embed_tokens\.weight\); check --model_name_or_path",
          setup=_nan_model, creates_run=True),
