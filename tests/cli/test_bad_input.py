@@ -251,7 +251,7 @@ RANGES = [
     ("logging_steps", "0", "> 0"),
     ("adam_beta2", "1.0", r"in \[0, 1\)"),
     ("adam_epsilon", "0", "> 0"),
-    ("seed", "-1", ">= 0"),
+    ("seed", "-1", r"in \[0, 2\*\*32\)"),
     ("save_total_limit", "0", "at least 1"),
     ("lora_r", "0", "at least 1"),
     ("lora_dropout", "1.0", r"in \[0, 1\)"),
