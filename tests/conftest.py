@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 
 TOFU_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tofu"
+# Set before any test module imports transformers: huggingface_hub reads it once, at import. The suite
+# fetches nothing; a Hub id that is not local fails at once instead of after a minute of retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _temporary_cache(tmp_path_factory):
     """Models built by tests go to a temporary cache, never to ~/.cache."""
     os.environ["LLM_UNLEARN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Micro models gain nothing from a second thread, and two threads beside any other busy
     # process on a 2-core machine were measured 10-30x slower (data_cards/world.md).
