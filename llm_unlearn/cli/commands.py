@@ -238,7 +238,6 @@ def cmd_eval(argv: list[str]) -> None:
     from ..eval.args import EvalArgs
     from ..models.args import LoadArgs
     from ..pipeline.evaluate import default_eval_path, evaluate_with_reference, is_main_process
-    from ..pipeline.unlearn import PATH_OPTIONS
     from .parse import parse_config
 
     argv, output_dir = _pop_option(argv, "--output_dir")
@@ -253,13 +252,6 @@ def cmd_eval(argv: list[str]) -> None:
         raise
     if not model_args.model_name_or_path:
         raise ValueError("no --model_name_or_path given; pass the model folder or run directory to evaluate")
-    # eval.json names its model, data and reference as a run's unlearn_config.yaml does: local ones absolute,
-    # so the record means the same read from any folder.
-    for args in (model_args, data, eval_args):
-        for key in PATH_OPTIONS:
-            value = getattr(args, key, None)
-            if isinstance(value, str) and value and Path(value).exists():
-                setattr(args, key, str(Path(value).resolve()))
     out = default_eval_path(model_args.model_name_or_path, output_dir)
     result = evaluate_with_reference(model_args.model_name_or_path, data, eval_args, model_args, out_path=out)
     if is_main_process():  # every rank has the result; one prints it

@@ -445,13 +445,9 @@ def recorded_path(path: str | Path) -> str:
 
 
 def write_eval(result: dict, path: str | Path) -> Path:
-    """Write `result` as JSON atomically: a temporary file in the same folder, then `os.replace`. A Hugging
-    Face token in it (a system prompt is recorded in `meta`) is written redacted."""
+    """Write `result` as JSON atomically (`write_text_atomic`). A Hugging Face token in it (a system prompt is
+    recorded in `meta`) is written redacted."""
+    from ..runs.folder import write_text_atomic
     from ..runs.redact import redact_secrets
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(redact_secrets(json.dumps(result, indent=1)) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, redact_secrets(json.dumps(result, indent=1)) + "\n")

@@ -102,7 +102,7 @@ def read_run(run_dir: Path) -> dict:
     }
 
 
-def _undo_text(undo: dict, method: str, steps: str, settings: str, run_dir: Path) -> str:
+def _undo_text(undo: dict, method: str, steps: str, settings: str) -> str:
     """The Training sentence of a `distill` run: what UNDO did (its steps are the distillation's), then the
     unlearning run it started from, whose settings the rest of the recipe holds."""
     source = local_name(str(undo.get("source_run")), None) if undo.get("source_run") else "(not recorded)"
@@ -583,7 +583,7 @@ def build_card(
         "## Training",
         "",
         (
-            _undo_text(config["undo"], method.name, steps, settings, run_dir)
+            _undo_text(config["undo"], method.name, steps, settings)
             if isinstance(config.get("undo"), dict)
             else f"Method `{method.name}`{paper}; {steps}. Settings: {settings}. "
         )

@@ -43,6 +43,7 @@ from ..data.qa import (
     paired_split,
 )
 from ..eval.args import EvalArgs
+from ..eval.tofu import recorded_path
 from ..methods import get_method
 from ..methods.common import eval_mode
 from ..models.args import ModelArgs
@@ -413,9 +414,8 @@ def settings(model_args, data, config, eval_args, retain_split: str, digest: dic
     if digest is not None:
         values["data_sha256"] = digest
     for key in PATH_OPTIONS:
-        value = values.get(key)
-        if isinstance(value, str) and value and Path(value).exists():
-            values[key] = str(Path(value).resolve())
+        if isinstance(values.get(key), str) and values[key]:
+            values[key] = recorded_path(values[key])
     return values
 
 
