@@ -32,6 +32,7 @@ import json
 import shutil
 from pathlib import Path
 
+from ..runs.folder import append_jsonl
 from .repair import ANCHOR_FILE
 from .stop_state import BEST_FILE, HISTORY_FILE
 
@@ -116,8 +117,7 @@ def log_fallback(output_dir: str | Path, mark: dict) -> None:
     """The second attempt's `train_log.jsonl` starts with one record saying why (the report reads it)."""
     log = Path(output_dir) / "train_log.jsonl"
     if not log.is_file():
-        with open(log, "w", encoding="utf-8") as f:
-            f.write(json.dumps({"step": 0, "auto_fallback": mark}) + "\n")
+        append_jsonl(log, {"step": 0, "auto_fallback": mark})
 
 
 def describe(output_dir: str | Path) -> dict | None:

@@ -18,7 +18,6 @@ the window mean, however the window is split into micro-batches and ranks.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -29,7 +28,7 @@ import torch
 from transformers import Trainer
 
 from ..methods import Method, MethodContext, Term
-from ..runs.folder import mark_and_rotate, read_status, write_status
+from ..runs.folder import append_jsonl, mark_and_rotate, read_status, write_status
 from .optim import NormalizedCombiner, _graphs_overlap
 from .sam import SharpnessAwareStep, is_forget_term
 from .streams import PROBE_SALT, ProbeStream, RetainStream, batch_counts, example_keys
@@ -384,8 +383,7 @@ class UnlearnTrainer(CombinedStepMixin, GenStepMixin, Trainer):
         """One JSON line in `<output_dir>/train_log.jsonl`, written by rank 0."""
         if self.is_world_process_zero() and self.args.output_dir:
             Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
-            with open(Path(self.args.output_dir) / "train_log.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            append_jsonl(Path(self.args.output_dir) / "train_log.jsonl", record)
 
     def _save_checkpoint(self, model, trial) -> None:
         """Trainer's checkpoint, then our mark, then rotation: a run killed at any point keeps a

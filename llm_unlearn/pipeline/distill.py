@@ -47,7 +47,6 @@ import argparse
 import contextlib
 import copy
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -69,6 +68,7 @@ from ..models.loading import load_model, load_tokenizer
 from ..runs.folder import (
     CONFIG_FILE,
     RunError,
+    append_jsonl,
     claim_run_dir,
     ended_by,
     mark_and_rotate,
@@ -181,10 +181,8 @@ class DistillTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         super().log(logs, start_time)
         if self.is_world_process_zero():
-            with open(Path(self.args.output_dir) / "train_log.jsonl", "a", encoding="utf-8") as f:
-                f.write(
-                    json.dumps({"step": self.state.global_step, "epoch": self.state.epoch, **logs}) + "\n"
-                )
+            record = {"step": self.state.global_step, "epoch": self.state.epoch, **logs}
+            append_jsonl(Path(self.args.output_dir) / "train_log.jsonl", record)
 
     def _save_checkpoint(self, model, trial) -> None:
         limit = self.args.save_total_limit

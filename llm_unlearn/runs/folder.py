@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import socket
@@ -47,6 +48,24 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_text_atomic(path, redact_secrets(json.dumps(obj, indent=2, default=str)) + "\n")
+
+
+def strict_json(obj: Any) -> Any:
+    """`obj` with every non-finite float (NaN, inf) as None: `json.dumps` would write a bare `NaN`, which
+    Python reads and strict JSON readers (jq, JavaScript, most other languages) refuse."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """One line of strict JSON appended to `path` (a training log): non-finite values become null."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(strict_json(record), allow_nan=False, default=str) + "\n")
 
 
 @contextlib.contextmanager

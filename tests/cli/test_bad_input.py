@@ -120,6 +120,12 @@ def _after_diverged(env: Env) -> None:
         RunError, match=r"is failed: NonFiniteLossError: .*start a new run with a lower --learning_rate"
     ):
         require_complete(env.out, "push")
+    # Its log is strict JSON (jq, JavaScript read it): a diverged value is null, not a bare NaN or Infinity.
+    rows = [
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in train_log.jsonl"))
+        for line in (env.out / "train_log.jsonl").read_text().splitlines()
+    ]
+    assert any(v is None for r in rows for v in r.values())
 
 
 def _without(argv: list[str], option: str) -> list[str]:
