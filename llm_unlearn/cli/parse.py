@@ -55,6 +55,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def load_yaml(path: str | Path, classes=CONFIG_CLASSES) -> dict[str, Any]:
     """Read a flat recipe; refuse unknown keys with a suggestion."""
+    if not str(path).strip():  # Path("") is ".", which would be named as the missing file
+        raise ConfigError("--config is empty; pass a YAML recipe (see recipes/README.md), or leave it out")
     path = Path(path)
     if not path.is_file():
         raise ConfigError(

@@ -36,6 +36,16 @@ class DataArgs:
     )
 
     def __post_init__(self):
+        # An empty path is the current folder to pathlib: a mistake to name, not a folder to search.
+        if self.data_dir is not None and not self.data_dir.strip():
+            raise ConfigError(
+                "--data_dir is empty; pass the folder of TOFU-format split files, or leave it out to read "
+                "--dataset_name"
+            )
+        if not self.forget_split.strip():
+            raise ConfigError(
+                "--forget_split is empty; name the split to forget (forget01, forget05, forget10)"
+            )
         require(
             self.max_length >= 2, "max_length", self.max_length, "at least 2 tokens (a prompt and an answer)"
         )

@@ -410,6 +410,10 @@ CASES = [
          r"forget split forget10 and retain split retain90 share 1 question\(s\)",
          setup=lambda e: e.write_rows("retain90", e.rows("retain90") + [
              e.rows("forget10")[0] | {"question": e.rows("forget10")[0]["question"].upper() + "  "}])),
+    # An empty path is the current folder to pathlib: named as empty, not searched.
+    Case("data_dir_empty", lambda e: e.unlearn(data_dir=""), r"--data_dir is empty; pass the folder of TOFU-format split files"),
+    Case("forget_split_empty", lambda e: e.unlearn(forget_split=" "), r"--forget_split is empty; name the split to forget"),
+    Case("config_empty", lambda e: ["unlearn", "--config", "", "--output_dir", str(e.out)], r"--config is empty; pass a YAML recipe"),
     # A file where a folder goes (and the reverse): named as such, before any work.
     Case("data_dir_is_a_file", lambda e: e.unlearn(data_dir=str(e.world / "forget10.json")), r"data dir .*forget10\.json is a file; pass the folder that holds the split files"),
     Case("model_is_a_file", lambda e: e.unlearn(model_name_or_path=str(e.world / "forget10.json")), r"forget10\.json is a file; pass the folder"),
