@@ -21,6 +21,7 @@ with one line too; the same command resumes it.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -36,7 +37,11 @@ USAGE = __doc__.split("\n\n")[1]
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="[llm-unlearn] %(message)s")
+    # Under a launch every rank runs the same steps on the same data and settings, so its progress and
+    # warnings are said once, by rank 0; errors still come from every rank (a rank can fail alone).
+    rank = os.environ.get("RANK", "0")
+    level = logging.INFO if rank in ("", "0") else logging.ERROR
+    logging.basicConfig(level=level, format="[llm-unlearn] %(message)s")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_warning()

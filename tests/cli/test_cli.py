@@ -638,5 +638,29 @@ def test_train_under_two_ranks_writes_one_model_once(micro_world, micro_models, 
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("fine-tuned model written to") == 1  # the first rank saves and says so
+    said = [line for line in proc.stderr.splitlines() if line.startswith("[llm-unlearn]")]
+    assert said and len(said) == len(set(said)), said  # progress is said by the first rank only
     assert (out / "model.safetensors").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no rank's temporary folder left
+
+
+@pytest.mark.parametrize(
+    ("rank", "shown"),
+    [
+        ("0", ["[llm-unlearn] said", "[llm-unlearn] warned", "[llm-unlearn] failed"]),
+        ("1", ["[llm-unlearn] failed"]),
+    ],
+)
+def test_only_the_first_rank_logs_progress(rank, shown):
+    import subprocess
+    import sys
+
+    # Every rank runs the same steps: each rank's progress and warnings would print every line once per rank.
+    code = (
+        "import logging; from llm_unlearn.cli.commands import _setup_logging; _setup_logging(); "
+        "log = logging.getLogger('llm_unlearn'); log.info('said'); log.warning('warned'); log.error('failed')"
+    )
+    env = {**os.environ, "RANK": rank}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == shown
