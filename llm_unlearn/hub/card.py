@@ -419,15 +419,23 @@ def _data_section(config: dict, data: dict, card_file: str | None) -> list[str]:
     ]
 
 
-def _usage_section(repo_id: str, adapter: bool, base_text: str, base_id: str | None) -> list[str]:
+def _usage_section(
+    repo_id: str, adapter: bool, base_text: str, base_id: str | None, remote: bool = False
+) -> list[str]:
     if not adapter:
+        trust = ", trust_remote_code=True" if remote else ""
         code = [
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             "",
-            f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")',
-            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
+            f'model = AutoModelForCausalLM.from_pretrained("{repo_id}"{trust})',
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}"{trust})',
         ]
-        return ["## Use", "", "```python", *code, "```"]
+        # The run was made with --trust_remote_code: its config names code files published beside it.
+        note = [
+            "The model runs code shipped in this repo (the `.py` files); read it before you trust it.",
+            "",
+        ]
+        return ["## Use", "", *(note if remote else []), "```python", *code, "```"]
     code = [
         "from peft import PeftModel",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
@@ -574,7 +582,7 @@ def build_card(
         f"`{method.name}`{paper}{summary}. It was made {'and evaluated ' if result else ''}with llm-unlearn.",
         "",
         *([toy_note(toy), ""] if toy else []),
-        *_usage_section(repo_id, adapter, base_text, base_id),
+        *_usage_section(repo_id, adapter, base_text, base_id, bool(config.get("trust_remote_code"))),
         "",
         *_data_section(config, data, data_card),
         "",

@@ -8,6 +8,7 @@ refused rather than initialised at random. `builtin:NAME` sources resolve throug
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 
 from ..runs.folder import RunError
@@ -132,13 +133,20 @@ def _check_config_size(folder: Path, trust_remote_code: bool, held: int) -> None
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
         with torch.device("meta"):
-            wanted = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+            wanted = sum(p.numel() for p in model.parameters())
     except (ValueError, OSError, KeyError, TypeError) as err:
         text = " ".join(str(err).split())
         if not trust_remote_code and ("custom code" in text or "trust_remote_code" in text):
             raise RunError(
                 f"the model in {folder} needs code shipped with it (its config.json names an auto_map); if you "
                 "trust that code, pass --trust_remote_code true"
+            ) from None
+        missing = re.search(r"does not appear to have a file named (\S+?\.py)", text)
+        if missing:  # its auto_map names a module that is not beside it (a copy that left the code behind)
+            raise RunError(
+                f"the model in {folder} names code in {missing.group(1)}, which is not there; copy the model's "
+                "code files beside its config.json"
             ) from None
         cut = text if len(text) <= 160 else text[:160].rsplit(" ", 1)[0] + " ..."
         raise RunError(

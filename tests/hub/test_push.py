@@ -475,3 +475,51 @@ def test_a_probe_of_the_run_is_published_and_quoted_and_one_of_other_weights_is_
     assert main(["push", str(run), "--repo_id", "org/probed", "--dry_run", "--output_dir", str(other)]) == 0
     assert not (other / "probe.json").exists()
     assert "these results do not measure resistance to that." in ModelCard.load(other / "README.md").text
+
+
+CUSTOM_CODE = """from transformers import LlamaConfig, LlamaForCausalLM
+
+
+class Config(LlamaConfig):
+    model_type = "customnet"
+
+
+class Model(LlamaForCausalLM):
+    config_class = Config
+"""
+
+
+def test_a_model_with_its_own_code_unlearns_and_publishes_its_code(
+    micro_world, micro_models, hub_env, tmp_path, capsys
+):
+    from transformers import AutoModelForCausalLM
+
+    # A model whose config.json names its own code (auto_map), as many Hub models do.
+    source = tmp_path / "custom"
+    shutil.copytree(micro_models["target"], source)
+    (source / "custom.py").write_text(CUSTOM_CODE)
+    config = json.loads((source / "config.json").read_text())
+    config |= {"model_type": "customnet", "auto_map": {"AutoConfig": "custom.Config",
+                                                       "AutoModelForCausalLM": "custom.Model"}}  # fmt: skip
+    (source / "config.json").write_text(json.dumps(config))
+    argv = _unlearn_argv(micro_world, micro_models, tmp_path / "run", "--do_final_eval", "false")
+    argv[argv.index("--model_name_or_path") + 1] = str(source)
+    assert main(argv) == 2  # off by default: the code is not run
+    assert "pass --trust_remote_code true" in _error_line(capsys)
+    assert main([*argv, "--trust_remote_code", "true"]) == 0
+    run = tmp_path / "run"
+    assert (run / "custom.py").read_text() == CUSTOM_CODE
+    hub_env()
+    out = tmp_path / "staged"
+    assert main(["push", str(run), "--repo_id", "org/custom", "--dry_run", "--output_dir", str(out)]) == 0
+    assert (out / "custom.py").read_text() == CUSTOM_CODE  # the published config names it
+    assert 'from_pretrained("org/custom", trust_remote_code=True)' in (out / "README.md").read_text()
+    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+    assert type(model).__name__ == "Model"
+    # A run whose named code went missing is refused, not published unloadable.
+    (run / "custom.py").unlink()
+    assert (
+        main(["push", str(run), "--repo_id", "org/custom", "--dry_run", "--output_dir", str(tmp_path / "x")])
+        == 2
+    )
+    assert "names code in custom.py, which is not there; copy the model's code files" in _error_line(capsys)
