@@ -422,8 +422,8 @@ def _data_section(config: dict, data: dict, card_file: str | None) -> list[str]:
 def _usage_section(
     repo_id: str, adapter: bool, base_text: str, base_id: str | None, remote: bool = False
 ) -> list[str]:
+    trust = ", trust_remote_code=True" if remote else ""
     if not adapter:
-        trust = ", trust_remote_code=True" if remote else ""
         code = [
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             "",
@@ -440,9 +440,9 @@ def _usage_section(
         "from peft import PeftModel",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
-        f'base = AutoModelForCausalLM.from_pretrained("{base_id or "BASE_MODEL"}")',
+        f'base = AutoModelForCausalLM.from_pretrained("{base_id or "BASE_MODEL"}"{trust})',
         f'model = PeftModel.from_pretrained(base, "{repo_id}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}"{trust})',
     ]
     return [
         "## Use",
