@@ -142,6 +142,13 @@ def cmd_unlearn(argv: list[str]) -> None:
         config.output_dir = _default_output_dir(
             f"{'auto' if config.auto else config.method}-{data.forget_split}"
         )
+    # What is missing is named in the order a user supplies it: the model, the data, then the reference.
+    if not model_args.model_name_or_path:
+        raise ValueError("no --model_name_or_path given; pass a model folder or Hub id")
+    if data.data_dir is None and data.dataset_name is None:
+        raise ValueError(
+            "no data source: pass --data_dir DIR (a local TOFU-format folder) or --dataset_name HUB_ID"
+        )
     if eval_args.do_final_eval and not no_reference:
         check_reference(eval_args)
     evaluate = eval_args.do_final_eval and not no_reference

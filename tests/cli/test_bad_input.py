@@ -454,6 +454,9 @@ CASES = [
     Case("eval_failed_run", lambda e: ["eval", "--model_name_or_path", str(e.out), "--data_dir", str(e.world), "--reference_model", str(e.retain_model)],
          r"is failed: NonFiniteLossError: boom; eval needs a complete run",
          setup=lambda e: e.status(e.out, state="failed", error="NonFiniteLossError: boom")),
+    # Named in the order a user supplies them: the model, the data, then the reference.
+    Case("unlearn_without_anything", lambda e: ["unlearn", "--output_dir", str(e.out)], r"no --model_name_or_path given; pass a model folder"),
+    Case("unlearn_without_data", lambda e: ["unlearn", "--output_dir", str(e.out), "--model_name_or_path", str(e.target)], r"no data source: pass --data_dir DIR"),
     Case("eval_without_a_model", lambda e: ["eval", "--reference_eval", str(e.tmp / "x.json")], r"no --model_name_or_path given"),
     Case("recipe_with_a_key_twice", lambda e: e.recipe("method: graddiff\nlearning_rate: 0.1\n# tuned\nlearning_rate: 0.2\n"),
          r"config file .*recipe.yaml sets 'learning_rate' twice \(lines 2 and 4\); keep one"),
