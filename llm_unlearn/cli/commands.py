@@ -265,10 +265,75 @@ def cmd_eval(argv: list[str]) -> None:
     if not model_args.model_name_or_path:
         raise ValueError("no --model_name_or_path given; pass the model folder or run directory to evaluate")
     out = default_eval_path(model_args.model_name_or_path, output_dir)
+    recorded = _run_eval_settings(model_args.model_name_or_path, argv)
+    if recorded:  # a run directory: what is not given is what the run itself was evaluated with
+        classes = (LoadArgs, DataArgs, EvalArgs)
+        model_args, data, eval_args = parse_config(argv, classes=classes, command="eval", overrides=recorded)
+        if out.resolve() == (Path(model_args.model_name_or_path) / "eval.json").resolve():
+            _refuse_other_settings(model_args.model_name_or_path, (model_args, data, eval_args))
     result = evaluate_with_reference(model_args.model_name_or_path, data, eval_args, model_args, out_path=out)
     if is_main_process():  # every rank has the result; one prints it
         _print_metrics(result)
+        if not (eval_args.reference_model or eval_args.reference_eval):
+            print("  (no --reference_model or --reference_eval: forget quality not computed)")
         print(f"wrote {out}")
+
+
+# What `eval` of a run directory takes from its unlearn_config.yaml when not given: the data, how questions
+# are formatted and answered, the reference. Never trust_remote_code or allow_pickle: those are asked for on
+# the command line, not read from a file. The measured ones must match the run's to replace its eval.json.
+RUN_EVAL_SETTINGS = ("data_dir", "dataset_name", "forget_split", "retain_split", "prompt_format", "system_prompt",
+                     "max_length", "max_new_tokens", "truth_ratio_variant", "reference_model", "reference_eval",
+                     "mia", "torch_dtype", "eval_batch_size")  # fmt: skip
+PATH_SETTINGS = ("data_dir", "reference_model", "reference_eval")
+
+
+def _run_eval_settings(model: str, argv: list[str]) -> dict:
+    """The evaluation settings `model` (a run directory) recorded, less those the command line or its recipe
+    names; {} for a model folder or Hub id. A data source or reference given replaces both of the run's."""
+    from ..runs.folder import read_run_config, read_status
+    from .parse import config_path, load_yaml
+
+    if not Path(model).is_dir() or read_status(model) is None:
+        return {}
+    config = read_run_config(model)
+    given = {a[2:].partition("=")[0] for a in underscored(argv) if a.startswith("--")}
+    given |= {g[3:] for g in given if g.startswith("no_")}
+    if config_path(argv) is not None:
+        given |= set(load_yaml(config_path(argv)))
+    settings = {k: config[k] for k in RUN_EVAL_SETTINGS if k in config and k not in given}
+    for pair in (("data_dir", "dataset_name"), ("reference_model", "reference_eval")):
+        if given & set(pair):
+            settings = {k: v for k, v in settings.items() if k not in pair}
+    return settings
+
+
+def _refuse_other_settings(model: str, parsed: tuple) -> None:
+    """The run's own eval.json is what report and push read as its numbers: it is not replaced by an evaluation
+    on other data or settings (a reference where the run had none is an addition, not a change)."""
+    from ..eval.tofu import recorded_path
+    from ..runs.folder import RunError, read_run_config
+
+    config = read_run_config(model)
+    values = {k: getattr(obj, k) for obj in parsed for k in RUN_EVAL_SETTINGS if hasattr(obj, k)}
+
+    def source(where: dict, local: str, hub: str):  # a local path wins over a Hub id, as when loading
+        return recorded_path(where[local]) if where.get(local) else where.get(hub)
+
+    changed = [f"--{k} {values[k]} (the run's: {config[k]})" for k in RUN_EVAL_SETTINGS
+               if k in config and k not in (*PATH_SETTINGS, "dataset_name", "eval_batch_size")
+               and config[k] != values[k]]  # fmt: skip
+    for local, hub in (("data_dir", "dataset_name"), ("reference_model", "reference_eval")):
+        ran, now = source(config, local, hub), source(values, local, hub)
+        if ran is not None and ran != now:  # a reference where the run had none adds to its evaluation
+            changed.append(
+                f"{'the data' if local == 'data_dir' else 'the reference'} {now} (the run's: {ran})"
+            )
+    if changed:
+        raise RunError(
+            f"{model}'s eval.json holds its own evaluation, which {', '.join(changed)} would replace; pass "
+            "--output_dir DIR for this evaluation, or leave those options out to use the run's"
+        )
 
 
 def cmd_distill(argv: list[str]) -> None:

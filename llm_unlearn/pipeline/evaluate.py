@@ -145,8 +145,9 @@ def default_eval_path(model_path: str, output_dir: str | None) -> Path:
     raise RunError(f"{model_path} is not a run directory; pass --output_dir for its eval.json")
 
 
-def check_reference(eval_args: EvalArgs) -> None:
-    if not (eval_args.reference_model or eval_args.reference_eval):
+def check_reference(eval_args: EvalArgs, required: bool = True) -> None:
+    """The reference named exists (a folder, an eval file); `required`: one is named."""
+    if required and not (eval_args.reference_model or eval_args.reference_eval):
         raise RunError(
             "forget quality needs the retain-only reference model: pass --reference_model DIR or "
             "--reference_eval FILE (its eval.json or a TOFU eval_log_aggregated.json)"
@@ -290,14 +291,15 @@ def _cache_key(model_path: str, data: DataArgs, eval_args: EvalArgs, model_args:
 def evaluate_with_reference(
     model_path: str, data: DataArgs, eval_args: EvalArgs, model_args: ModelArgs | None = None, out_path=None
 ) -> dict:
-    """Evaluate a model and its reference (or read the reference's eval file), then forget quality.
+    """Evaluate a model and its reference (or read the reference's eval file), then forget quality; with no
+    reference named, every metric but forget quality (which compares with the reference).
 
     Every input is checked before the first model is scored: the data and the reference eval file
     (`inputs.validate_inputs`), and that the model and the reference model share one tokenizer.
     """
     from ..core.inputs import check_same_vocabulary, validate_inputs
 
-    check_reference(eval_args)
+    check_reference(eval_args, required=False)
     eval_shard().barrier()  # after multi-process training, rank 0 may still be writing the run
     require_complete(model_path, "eval")  # an unfinished run is the first thing to say, whatever the data
     _seeds(model_path, data)  # then a damaged unlearn_config.yaml, before any model is scored
@@ -309,9 +311,9 @@ def evaluate_with_reference(
             {"model": model_path, "reference model": eval_args.reference_model},
             trust_remote_code=(model_args or ModelArgs()).trust_remote_code,
         )
-    reference: dict | str
+    reference: dict | str | None = None
     if eval_args.reference_eval:
         reference = eval_args.reference_eval
-    else:
+    elif eval_args.reference_model:
         reference = evaluate_path(eval_args.reference_model, data, eval_args, model_args)
     return evaluate_path(model_path, data, eval_args, model_args, reference=reference, out_path=out_path)

@@ -188,11 +188,53 @@ def test_existing_output_dir_is_refused(micro_world, micro_models, tmp_path, cap
     )
 
 
-def test_eval_without_reference_is_refused(micro_world, micro_models, tmp_path, capsys):
+def test_eval_without_a_reference_computes_all_but_forget_quality(
+    micro_world, micro_models, tmp_path, capsys
+):
+    # How the reference's own eval.json (for --reference_eval) is made.
+    argv = ["eval", "--model_name_or_path", str(micro_models["retain"]["forget10"]), "--data_dir", str(micro_world),
+            "--output_dir", str(tmp_path / "e"), "--max_new_tokens", "4"]  # fmt: skip
+    assert main(argv) == 0
+    assert "forget quality not computed" in capsys.readouterr().out
+    result = json.loads((tmp_path / "e" / "eval.json").read_text())
+    assert "forget_quality" not in result["metrics"] and "model_utility" in result["metrics"]
     argv = ["eval", "--model_name_or_path", str(micro_models["target"]), "--data_dir", str(micro_world),
-            "--output_dir", str(tmp_path / "e")]  # fmt: skip
-    _expect_error(capsys, argv, r"forget quality needs the retain-only reference")
-    assert not (tmp_path / "e").exists()
+            "--reference_eval", str(tmp_path / "e" / "eval.json"), "--output_dir", str(tmp_path / "t"),
+            "--max_new_tokens", "4"]  # fmt: skip
+    assert main(argv) == 0
+    assert (
+        0 <= json.loads((tmp_path / "t" / "eval.json").read_text())["metrics"]["forget_quality"]["value"] <= 1
+    )
+
+
+def test_eval_of_a_run_uses_its_settings_and_keeps_its_own_evaluation(
+    micro_world, micro_models, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    assert (
+        main(
+            _unlearn_argv(micro_world, micro_models, run, "--forget_split", "forget05", "--max_length", "128")
+        )
+        == 0
+    )
+    own = json.loads((run / "eval.json").read_text())
+    # Nothing but the run: its data, split, formatting and reference, as its final evaluation had them.
+    assert main(["eval", "--model_name_or_path", str(run)]) == 0
+    again = json.loads((run / "eval.json").read_text())
+    assert again["meta"]["forget_split"] == own["meta"]["forget_split"] == "forget05_perturbed"
+    assert again["meta"]["max_length"] == 128
+    assert again["metrics"]["forget_quality"] == own["metrics"]["forget_quality"]
+    # Other settings would replace the run's own numbers: refused, and written elsewhere when asked.
+    _expect_error(capsys, ["eval", "--model_name_or_path", str(run), "--forget_split", "forget10"],
+                  r"eval\.json holds its own evaluation, which --forget_split forget10 \(the run's: forget05\) would "
+                  r"replace; pass --output_dir DIR")  # fmt: skip
+    assert json.loads((run / "eval.json").read_text()) == again
+    assert main(["eval", "--model_name_or_path", str(run), "--forget_split", "forget10",
+                 "--output_dir", str(tmp_path / "f10")]) == 0  # fmt: skip
+    assert (
+        json.loads((tmp_path / "f10" / "eval.json").read_text())["meta"]["forget_split"]
+        == "forget10_perturbed"
+    )
 
 
 def test_unknown_command_suggests(capsys):
