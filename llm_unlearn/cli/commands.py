@@ -152,7 +152,7 @@ def cmd_unlearn(argv: list[str]) -> None:
     if eval_args.do_final_eval and not no_reference:
         check_reference(eval_args)
     evaluate = eval_args.do_final_eval and not no_reference
-    undo = _undo_settings(config, evaluate) if config.undo_alpha else None
+    undo = _undo_settings(config, evaluate, model_args.trust_remote_code) if config.undo_alpha else None
     run_dir = unlearn(
         model_args, data, config, eval_args, command=["llm-unlearn", "unlearn", *argv],
         evaluation_follows=eval_args.do_final_eval,
@@ -186,10 +186,10 @@ def cmd_unlearn(argv: list[str]) -> None:
         from ..hub.push import push
 
         if PartialState().is_main_process:
-            push(run_dir, **hub)
+            push(run_dir, **hub, trust_remote_code=model_args.trust_remote_code)
 
 
-def _undo_settings(config, evaluate: bool) -> list[str]:
+def _undo_settings(config, evaluate: bool, trust_remote_code: bool) -> list[str]:
     """`distill` arguments for --undo_alpha, checked before unlearning starts."""
     import os
 
@@ -204,6 +204,7 @@ def _undo_settings(config, evaluate: bool) -> list[str]:
     check_output_dir(f"{config.output_dir}-undo", finish_eval=evaluate)
     argv = ["--alpha", str(config.undo_alpha), "--seed", str(config.seed)]
     argv += ["--max_steps", str(config.undo_max_steps)] + ["--disable_tqdm"] * bool(config.disable_tqdm)
+    argv += ["--trust_remote_code", "true"] * trust_remote_code  # asked for on this command line
     return argv + ["--no_eval"] * (not evaluate)
 
 

@@ -43,7 +43,7 @@ from ..runs.folder import (
     read_status,
     require_complete,
 )
-from ..runs.options import CommandParser
+from ..runs.options import CommandParser, add_trust_remote_code
 from ..runs.redact import known_paths, redact_paths, redact_secrets
 
 logger = logging.getLogger("llm_unlearn")
@@ -71,7 +71,7 @@ def _pickles(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES)
 
 
-def check_run(run_dir: str | Path, *, merged: bool = False) -> Path:
+def check_run(run_dir: str | Path, *, merged: bool = False, trust_remote_code: bool = False) -> Path:
     """A complete run directory with safetensors weights, or a one-line error naming the fix."""
     run = Path(run_dir)
     if run.is_file():
@@ -86,13 +86,13 @@ def check_run(run_dir: str | Path, *, merged: bool = False) -> Path:
             "runs made by `llm-unlearn unlearn`"
         )
     require_complete(run, "push")
-    config = read_run_config(run, required=True)  # the card is built from it: a damaged one stops here
+    read_run_config(run, required=True)  # the card is built from it: a damaged one stops here
     adapter = run / ADAPTER_DIR
     if merged and not adapter.is_dir():
         raise ValueError(f"--merged applies to LoRA runs, and {run} has no {ADAPTER_DIR}/; drop --merged")
     weights = run / ADAPTER_DIR if adapter.is_dir() and not merged else run
     # What is published must load: whole weights, a config that fits them, and its tokenizer.
-    remote = bool(config.get("trust_remote_code"))
+    remote = trust_remote_code  # asked for by this command: a run folder's settings do not run its code
     if weights == run:
         check_model_folder(run, trust_remote_code=remote)
     else:
@@ -270,12 +270,14 @@ def push(
     merged: bool = False,
     dry_run: bool = False,
     output_dir: str | Path | None = None,
+    trust_remote_code: bool = False,
 ) -> str:
     """Upload a complete run to `repo_id` (created if needed) and return its URL; or, with `dry_run`,
-    write the folder that would be uploaded to `output_dir` and return that path.
+    write the folder that would be uploaded to `output_dir` and return that path. `trust_remote_code`: the
+    run's model ships its own code, which checking that it loads runs.
     """
     check_repo_id(repo_id)
-    run = check_run(run_dir, merged=merged)
+    run = check_run(run_dir, merged=merged, trust_remote_code=trust_remote_code)
     if dry_run:
         if output_dir is None:
             raise ValueError("--dry_run needs --output_dir DIR, the folder to write instead of uploading")
@@ -347,6 +349,7 @@ def push_cli(argv: list[str]) -> None:
     )
     parser.add_argument("--dry_run", action="store_true", help="write the folder and card, upload nothing")
     parser.add_argument("--output_dir", help="with --dry_run: where to write the folder")
+    add_trust_remote_code(parser)
     args = parser.parse_args(argv)
     push(
         args.run_dir,
@@ -356,4 +359,5 @@ def push_cli(argv: list[str]) -> None:
         merged=args.merged,
         dry_run=args.dry_run,
         output_dir=args.output_dir,
+        trust_remote_code=args.trust_remote_code,
     )

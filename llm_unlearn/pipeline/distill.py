@@ -80,7 +80,14 @@ from ..runs.folder import (
     write_run_info,
     write_status,
 )
-from ..runs.options import CommandParser, ConfigError, require, require_one_process, suggest
+from ..runs.options import (
+    CommandParser,
+    ConfigError,
+    add_trust_remote_code,
+    require,
+    require_one_process,
+    suggest,
+)
 from ..runs.resume import check_resume_settings
 
 logger = logging.getLogger("llm_unlearn")
@@ -112,6 +119,7 @@ class DistillSettings:
     lr_scheduler_type: str = "cosine"
     save_steps: int = 50
     disable_tqdm: bool = False
+    trust_remote_code: bool = False  # asked for by this command, not taken from the run's settings
 
 
 # ------------------------------------------------------------------------------------------ the math
@@ -328,7 +336,7 @@ def distill(
     check_output_dir(str(out), evaluation_follows)
     data = DataArgs(**_fields(DataArgs, config))
     model_args = ModelArgs(**_fields(ModelArgs, config))
-    load = dict(trust_remote_code=model_args.trust_remote_code)
+    load = dict(trust_remote_code=settings.trust_remote_code)
     with claim_run_dir(out):
         resume = prepare_output_dir(str(out), evaluation_follows)
         tokenizer = load_tokenizer(str(run_dir), **load)
@@ -419,6 +427,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference_eval", help="its eval.json instead (default: the run's)")
     p.add_argument("--no_eval", action="store_true", help="skip the final evaluation")
     p.add_argument("--disable_tqdm", action="store_true")
+    add_trust_remote_code(p)
     return p
 
 
@@ -447,5 +456,6 @@ def distill_cli(argv: list[str]) -> tuple[Path, dict | None]:
     if args.no_eval:
         return out, None
     data, model_args = DataArgs(**_fields(DataArgs, config)), ModelArgs(**_fields(ModelArgs, config))
+    model_args.trust_remote_code = settings.trust_remote_code
     result = evaluate_with_reference(str(out), data, eval_args, model_args, out_path=out / "eval.json")
     return out, result

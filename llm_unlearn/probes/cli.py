@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..data.heldout import SPLIT_BY
 from ..runs.folder import RunError, read_run_config, read_status, require_complete
-from ..runs.options import CommandParser, require_one_process
+from ..runs.options import CommandParser, add_trust_remote_code, require_one_process, truth
 from .attacks import ProbeSettings
 from .measure import EvalSettings
 from .run import ALL_PROBES, DEFAULT_BUDGETS, parse_budgets, parse_probes, run_probes
@@ -64,6 +64,9 @@ def make_parser() -> argparse.ArgumentParser:
         help=f"greedy answer length (default: the run's, else {e.max_new_tokens})",
     )
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    add_trust_remote_code(p)
+    p.add_argument("--allow_pickle", type=truth, default=False, metavar="BOOL",
+                   help="allow pickle (.bin) weights of the original or reference model; off: safetensors only")  # fmt: skip
     return p
 
 
@@ -142,7 +145,9 @@ def probe_cli(argv: list[str]) -> Path:
         batch_size=pick("eval_batch_size", "eval_batch_size") or defaults.batch_size,
         max_new_tokens=pick("max_new_tokens", "max_new_tokens") or defaults.max_new_tokens,
     )
-    load = {k: config[k] for k in ("trust_remote_code", "allow_pickle", "torch_dtype") if k in config}
+    # The weights' dtype is the run's; running shipped code or unpickling is asked for here, not read from a file.
+    load = {k: config[k] for k in ("torch_dtype",) if k in config}
+    load |= dict(trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
     out = Path(args.out) if args.out else run_dir / PROBE_FILE
     result = run_probes(
         run_dir, original_model=original, reference_model=reference, data_dir=data_dir,

@@ -34,6 +34,23 @@ def underscored(argv: list[str]) -> list[str]:
     return out
 
 
+def truth(text: str) -> bool:
+    """An argparse type for `--option true|false`, as the option dataclasses' booleans are spelled."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    return value
+
+
+def add_trust_remote_code(parser: argparse.ArgumentParser) -> None:
+    """`--trust_remote_code true`: asked for on each command line, never read from a run's recorded settings
+    (a run folder may come from elsewhere, and the code it names would run on loading)."""
+    parser.add_argument(
+        "--trust_remote_code", type=truth, default=False, metavar="BOOL",
+        help="run code shipped with the model (its config names an auto_map); off: such a model is refused",
+    )  # fmt: skip
+
+
 def require_one_process(command: str) -> None:
     """Refuse a multi-process launch (torchrun, accelerate launch) of a command that runs in one process:
     each rank would do all the work and write the same files, or wait on the first one's claim."""

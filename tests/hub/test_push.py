@@ -511,15 +511,28 @@ def test_a_model_with_its_own_code_unlearns_and_publishes_its_code(
     assert (run / "custom.py").read_text() == CUSTOM_CODE
     hub_env()
     out = tmp_path / "staged"
-    assert main(["push", str(run), "--repo_id", "org/custom", "--dry_run", "--output_dir", str(out)]) == 0
+    # The run's settings record trust_remote_code; a later command runs the code only when asked itself
+    # (a run folder may come from elsewhere).
+    later = {
+        "push": ["push", str(run), "--repo_id", "org/custom", "--dry_run", "--output_dir", str(out)],
+        "probe": ["probe", str(run), "--budgets", "0", "--probes", "quant", "--out", str(tmp_path / "p.json")],
+        "distill": ["distill", str(run), "--alpha", "0.3", "--output_dir", str(tmp_path / "d"), "--max_steps", "1",
+                    "--no_eval"],
+        "eval": ["eval", "--model_name_or_path", str(run), "--output_dir", str(tmp_path / "e")],
+    }  # fmt: skip
+    for command, argv in later.items():
+        assert main(argv) == 2, command
+        assert "pass --trust_remote_code true" in _error_line(capsys), command
+        assert not (tmp_path / "d").exists() and not out.exists()
+    for command in ("probe", "distill"):
+        assert main([*later[command], "--trust_remote_code", "true"]) == 0, command
+    assert main([*later["push"], "--trust_remote_code", "true"]) == 0
     assert (out / "custom.py").read_text() == CUSTOM_CODE  # the published config names it
     assert 'from_pretrained("org/custom", trust_remote_code=True)' in (out / "README.md").read_text()
     model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
     assert type(model).__name__ == "Model"
     # A run whose named code went missing is refused, not published unloadable.
     (run / "custom.py").unlink()
-    assert (
-        main(["push", str(run), "--repo_id", "org/custom", "--dry_run", "--output_dir", str(tmp_path / "x")])
-        == 2
-    )
+    x = ["push", str(run), "--repo_id", "org/custom", "--dry_run", "--output_dir", str(tmp_path / "x")]
+    assert main([*x, "--trust_remote_code", "true"]) == 2
     assert "names code in custom.py, which is not there; copy the model's code files" in _error_line(capsys)
