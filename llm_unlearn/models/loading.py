@@ -94,19 +94,17 @@ def load_model(
     return model
 
 
-def check_weight_files(folder: str | Path) -> int:
+def check_weight_files(folder: str | Path) -> dict[str, tuple[int, ...]]:
     """Every `*.safetensors` in `folder` is whole (its header opens and covers the file): a file cut short
-    by a full disk or a killed copy is one line naming it, not a traceback from the loader. Returns how many
-    numbers the files hold (from the headers)."""
-    import math
-
+    by a full disk or a killed copy is one line naming it, not a traceback from the loader. Returns each
+    tensor's shape (from the headers)."""
     from safetensors import SafetensorError, safe_open
 
-    held = 0
+    held = {}
     for path in sorted(Path(folder).glob("*.safetensors")):
         try:
             with safe_open(str(path), framework="pt") as f:
-                held += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+                held |= {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
         except (SafetensorError, OSError) as err:
             raise RunError(
                 f"{path} is damaged ({str(err).splitlines()[0][:100]}): it is cut short or not a safetensors "
@@ -116,17 +114,20 @@ def check_weight_files(folder: str | Path) -> int:
 
 
 def check_model_folder(folder: str | Path, *, trust_remote_code: bool = False) -> None:
-    """A model folder's safetensors files are whole and its config.json is not grossly foreign to them;
-    cheap (headers only, the model built on the meta device), so commands run it before any long work."""
+    """A model folder's safetensors files are whole and its config.json fits them; cheap (headers only, the
+    model built on the meta device), so commands run it before any long work (push: instead of loading)."""
     held = check_weight_files(folder)
     if held:
         _check_config_size(Path(folder), trust_remote_code, held)
 
 
-def _check_config_size(folder: Path, trust_remote_code: bool, held: int) -> None:
+def _check_config_size(folder: Path, trust_remote_code: bool, held: dict[str, tuple[int, ...]]) -> None:
     """A config.json that asks for many times the parameters the safetensors files hold is refused before
     the model is built: a damaged or foreign one (`{"model_type": "llama"}` alone means a 7B model) would
-    otherwise allocate and randomly initialise all of them first, and only then report missing weights."""
+    otherwise allocate and randomly initialise all of them first, and only then report missing weights.
+    A tensor the config gives another shape than the file is refused too (an edited hidden size)."""
+    import math
+
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -153,13 +154,22 @@ def _check_config_size(folder: Path, trust_remote_code: bool, held: int) -> None
             f"{folder / 'config.json'} does not describe a causal language model here ({cut}); put the "
             "config.json saved with these weights beside them"
         ) from None
-    # Grossly foreign only (a small mismatch is named key by key by `_check_loading_info` after loading,
-    # at the cost of one model of about the weights' size).
-    if wanted > 4 * held:
+    # Grossly foreign (names that differ, e.g. by a checkpoint's key conversions, are named key by key by
+    # `_check_loading_info` after loading, at the cost of one model of about the weights' size).
+    numbers = sum(math.prod(shape) for shape in held.values())
+    if wanted > 4 * numbers:
         raise RunError(
             f"the config.json in {folder} describes a model of {wanted:,} parameters but its safetensors files "
-            f"hold {held:,} numbers; put the config.json saved with these weights beside them (or save the model "
-            "again with save_pretrained)"
+            f"hold {numbers:,} numbers; put the config.json saved with these weights beside them (or save the "
+            "model again with save_pretrained)"
+        )
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    other = [
+        (k, held[k], expected[k]) for k in sorted(held.keys() & expected.keys()) if held[k] != expected[k]
+    ]
+    if other:
+        _check_loading_info(
+            str(folder), {"mismatched_keys": other, "missing_keys": [], "unexpected_keys": []}
         )
 
 

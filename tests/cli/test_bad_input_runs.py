@@ -327,12 +327,20 @@ def _cut_short(run: Path) -> None:
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a full disk, a killed copy
 
 
+def _wider(run: Path) -> None:
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(config | {"hidden_size": 2 * config["hidden_size"]}))
+
+
 # A damaged file of a complete run, the line each command must say, and the commands that read the file.
 RUN_DAMAGES = {
     "weights cut short": (_cut_short, "model.safetensors is damaged", ("eval", "probe", "push")),
     # config.json alone would mean a 7B model: built before the weights were compared, it took 10 GB.
     "foreign config": (lambda run: (run / "config.json").write_text('{"model_type": "llama"}'),
                        "describes a model of 6,738,415,616 parameters", ("eval", "probe", "push")),
+    # Twice the width: as many parameters as 4 x the weights hold at most, so only the shapes tell.
+    "config of another width": (_wider, "do not fit its config.json: 11 tensor(s) of another shape",
+                                ("eval", "probe", "push")),
     "tokenizer damaged": (lambda run: (run / "tokenizer.json").write_text("garbage"),
                           "the tokenizer in", ("eval", "push")),
     "eval.json damaged": (lambda run: (run / "eval.json").write_text("{}"), "is not an eval.json", ("push",)),
