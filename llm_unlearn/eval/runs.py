@@ -11,6 +11,7 @@ inside a folder, it is left out and the report says so.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -65,6 +66,23 @@ def read_probe(path: Path) -> dict:
     return probe
 
 
+def _probed(run_dir: Path) -> tuple[dict | None, Path | None]:
+    """`probe.json` of `run_dir` and the weights it was measured on (`meta.models.unlearned`; `probe --out`
+    can put the probe of one model beside another); (None, None) where unreadable."""
+    try:
+        probe = json.loads((run_dir / PROBE_FILE).read_text(encoding="utf-8"))
+        return probe, Path(probe["meta"]["models"]["unlearned"])
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        return None, None
+
+
+def run_probe(run_dir: Path) -> dict | None:
+    """The run's `probe.json` when it probed this run's own weights, else None (report, card and push show
+    and publish only that one)."""
+    probe, probed = _probed(run_dir)
+    return probe if probed is not None and probed.exists() and probed.resolve() == run_dir.resolve() else None
+
+
 def load_run(path: str | Path, label: str | None = None) -> Run:
     """Read one run folder; raises FileNotFoundError / RunError / ValueError with the fix."""
     path = Path(path)
@@ -79,12 +97,20 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
             "--data_dir DATA --reference_model RETAIN_ONLY_MODEL"
         )
     config = read_run_config(path) or None
+    probe = (
+        read_probe(path / PROBE_FILE) if (path / PROBE_FILE).is_file() else None
+    )  # a damaged one is an error
+    if probe is not None and run_probe(path) is None:
+        logging.getLogger("llm_unlearn").warning(
+            f"{path / PROBE_FILE} probed other weights ({_probed(path)[1]}), not this run's: left out of the report"
+        )
+        probe = None
     return Run(
         label=label or path.resolve().name,
         path=path,
         eval=load_eval(path / EVAL_FILE),
         train_log=read_train_log(path / TRAIN_LOG) if (path / TRAIN_LOG).is_file() else None,
-        probe=read_probe(path / PROBE_FILE) if (path / PROBE_FILE).is_file() else None,
+        probe=probe,
         config=config,
     )
 

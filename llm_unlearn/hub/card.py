@@ -483,17 +483,6 @@ removed from it.
 NOT_PROBED = "these results do not measure resistance to that."
 
 
-def run_probe(run_dir: Path) -> dict | None:
-    """The run's `probe.json` (`llm-unlearn probe RUN`) when it probed this run's weights, else None."""
-    path = run_dir / "probe.json"
-    try:
-        probe = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-        probed = Path(probe["meta"]["models"]["unlearned"])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        return None
-    return probe if probed.exists() and probed.resolve() == run_dir.resolve() else None
-
-
 def _relearning_text(probe: dict | None) -> str:
     """What `llm-unlearn probe` measured, in a sentence per probe (its forget probability at the smallest and
     largest budget, or at full and lowest precision), or that nothing was measured."""
@@ -538,6 +527,8 @@ def build_card(
 
     `data_card` is the name of the data card file uploaded beside the card, if any.
     """
+    from ..eval.runs import run_probe
+
     run_dir = Path(run_dir)
     run = read_run(run_dir)
     config, result, info = run["config"], run["eval"], run["info"]

@@ -140,7 +140,7 @@ def plan_files(run_dir: Path, *, merged: bool = False) -> dict[str, Path]:
         if adapter.is_dir():
             files |= {f"{ADAPTER_DIR}/{p.name}": p for p in _matches(adapter, ADAPTER_FILES)}
     files |= {p.name: p for p in _matches(run_dir, TOKENIZER_FILES + RECORD_FILES)}
-    from .card import run_probe
+    from ..eval.runs import run_probe
 
     if run_probe(run_dir) is not None:  # the card quotes it; a probe of other weights is not this model's
         files["probe.json"] = run_dir / "probe.json"

@@ -44,7 +44,9 @@ def fake_eval(model: str, seed: int, **values: float) -> dict:
     return {"schema_version": 1, "metrics": metrics, "losses": {}, "generations": gens, "meta": meta}
 
 
-def fake_probe() -> dict:
+def fake_probe(run=None) -> dict:
+    """A probe.json; of the weights in `run` (the report shows a run's probe only when it probed them)."""
+
     def metrics(v: float) -> dict:
         return {m: {"value": v, "direction": "lower"} for m in ("forget_prob", "forget_rouge_l")}
 
@@ -57,7 +59,8 @@ def fake_probe() -> dict:
     quant = {who: {bits: {"metrics": metrics(v)} for bits in ("32", "8", "4")}
              for who, v in (("unlearned", 0.2), ("original", 0.5), ("reference", 0.1))}  # fmt: skip
     return {"schema_version": 1, "relearn": section, "piggyback": section, "quant": quant,
-            "directions": {"forget_prob": "lower", "forget_rouge_l": "lower"}}  # fmt: skip
+            "directions": {"forget_prob": "lower", "forget_rouge_l": "lower"},
+            "meta": {"models": {"unlearned": str(run)}}}  # fmt: skip
 
 
 def train_log() -> str:
@@ -100,7 +103,7 @@ def runs(tmp_path):
             config = {"model_name_or_path": target, "method": name, "learning_rate": 1e-4, "max_steps": 8}
             (root / name / "unlearn_config.yaml").write_text(yaml.safe_dump(config))
             (root / name / "train_log.jsonl").write_text(train_log())
-    (root / "ngdiff" / "probe.json").write_text(json.dumps(fake_probe()))
+    (root / "ngdiff" / "probe.json").write_text(json.dumps(fake_probe(root / "ngdiff")))
     return root
 
 
@@ -171,14 +174,14 @@ def test_a_report_is_written_whole_or_not_at_all_and_one_at_a_time_per_folder(ru
     assert done.is_set() and "(train_ngdiff.png)" in (out / "report.md").read_text()
 
 
-def test_two_probed_runs_are_drawn_side_by_side_on_one_axis(runs, tmp_path, monkeypatch):
+def test_two_probed_runs_are_drawn_side_by_side_on_one_axis(runs, tmp_path, monkeypatch, caplog):
     """A method with and without a remedy: both probe.json files in one comparison figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     from llm_unlearn.eval import plots
 
-    other = fake_probe()
+    other = fake_probe(runs / "graddiff")
     for point in other["relearn"]["unlearned"]:
         for metric in point["metrics"].values():
             metric["value"] = metric["value"] / 2  # a run whose forgetting comes back half as much
@@ -187,6 +190,12 @@ def test_two_probed_runs_are_drawn_side_by_side_on_one_axis(runs, tmp_path, monk
     assert main(["report", str(runs), "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
     assert "(probe_comparison.png)" in text and (out / "probe_comparison.png").stat().st_size > 10_000
+    # A probe of other weights (`probe OTHER --out RUN/probe.json`) is not this run's: left out, and said.
+    (runs / "graddiff" / "probe.json").write_text(json.dumps(fake_probe(runs / "ngdiff")))
+    assert main(["report", str(runs), "--out", str(tmp_path / "report2")]) == 0
+    assert "probed other weights" in caplog.text
+    text = (tmp_path / "report2" / "report.md").read_text()
+    assert "probe_comparison.png" not in text and "probe_graddiff.png" not in text
     # the figure holds one line per run plus the reference, in each panel
     figures = []
     make = plots._figure

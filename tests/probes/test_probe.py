@@ -318,8 +318,13 @@ def test_probe_command_refuses_bad_input_with_one_line(micro_run, tmp_path, caps
 
 
 @pytest.mark.slow
-def test_robustness_benchmark_quick_mode_writes_rows_for_every_method_and_a_table(micro_models, tmp_path):
+def test_robustness_benchmark_quick_mode_writes_rows_for_every_method_and_a_table(
+    micro_models, tmp_path, monkeypatch
+):
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "robustness.py"
+    monkeypatch.syspath_prepend(
+        str(path.parent)
+    )  # as `python benchmarks/robustness.py` has its folder on sys.path
     spec = importlib.util.spec_from_file_location("robustness_bench", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
