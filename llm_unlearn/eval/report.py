@@ -136,7 +136,16 @@ def _model_line(label: str, result: dict, config: dict | None, out: Path) -> str
         if "max_steps" in keys:  # then the epoch count is not what stopped the run
             keys = [k for k in keys if k != "num_train_epochs"]
         settings = ", ".join(f"{k} {config[k]}" for k in keys)
-        line += f"; unlearning: {settings}"
+        undo = config.get("undo")
+        if isinstance(undo, dict):  # a `distill` run: its own training is UNDO's, after the source run's
+            steps = f"max_steps {undo.get('max_steps')}" if undo.get("max_steps", -1) != -1 else (
+                f"num_train_epochs {undo.get('num_train_epochs')}")  # fmt: skip
+            line += (
+                f"; UNDO distillation: alpha {undo.get('alpha')}, {steps}, learning_rate {undo.get('learning_rate')}, "
+                f"seed {undo.get('seed')}, from the run `{Path(str(undo.get('source_run'))).name}` (unlearning: {settings})"
+            )
+        else:
+            line += f"; unlearning: {settings}"
     return line
 
 

@@ -192,6 +192,8 @@ def _seeds(model_path: str, data: DataArgs) -> dict[str, int]:
     seeds = {}
     config = read_run_config(model_path) if Path(model_path).is_dir() else {}
     seeds |= {k: config[k] for k in ("seed", "retain_seed", "data_seed") if config.get(k) is not None}
+    if isinstance(config.get("undo"), dict) and config["undo"].get("seed") is not None:  # a distilled run
+        seeds["undo_seed"] = config["undo"]["seed"]  # its noise and data order; `seed` is the unlearning's
     if data.data_dir and (world := read_world_config(data.data_dir)) is not None:
         seeds["world_seed"] = world.seed
     return seeds

@@ -122,8 +122,10 @@ def test_distill_run_directory_is_complete_with_its_evaluation(unlearned, distil
     for name in ("model.safetensors", "config.json", "tokenizer.json", "run_info.json", "train_log.jsonl"):
         assert (out / name).is_file(), name
     assert not list(out.glob("checkpoint-*"))
-    metrics = json.loads((out / "eval.json").read_text())["metrics"]
+    result = json.loads((out / "eval.json").read_text())
+    metrics = result["metrics"]
     assert 0 <= metrics["forget_quality"]["value"] <= 1 and "model_utility" in metrics
+    assert result["meta"]["seeds"]["undo_seed"] == 1  # its own noise and data order, beside the run's seed
     undo = read_run(out)["undo"]
     assert (
         undo["alpha"] == 0.5
@@ -250,3 +252,10 @@ def test_a_lora_run_is_distilled_from_its_merged_model(micro_world, micro_models
     out = distill(run, tmp_path / "undo", DistillSettings(alpha=0.2, max_steps=1, disable_tqdm=True))
     merged, student = load_file(run / "model.safetensors"), load_file(out / "model.safetensors")
     assert merged.keys() == student.keys() and not any("lora" in k for k in student)
+
+
+def test_a_report_of_a_distilled_run_describes_the_distillation(unlearned, distilled, tmp_path):
+    assert main(["report", str(distilled["out"]), "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r" / "report.md").read_text()
+    line = next(x for x in text.splitlines() if "UNDO distillation" in x)
+    assert "alpha 0.5, max_steps 30, learning_rate 0.003, seed 1" in line and f"`{unlearned.name}`" in line
