@@ -96,6 +96,8 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; the records are as readable as the weights beside them (a plain open)
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -128,13 +130,17 @@ def move_into_place(tmp: Path, dest: Path, fix: str) -> None:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 def make_temp_dir(parent: str | Path, prefix: str) -> Path:
     """`tempfile.mkdtemp` in `parent`, with the permissions a plain `mkdir` gets: mkdtemp makes it 0700, and
     the folder it is renamed into (a world, models, a staged upload) is then unreadable to anyone else."""
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)
+    os.chmod(tmp, 0o777 & ~_umask())
     return tmp
 
 

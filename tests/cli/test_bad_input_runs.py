@@ -415,6 +415,23 @@ def test_an_atomic_write_that_fails_leaves_no_temporary_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
+def test_an_atomic_write_gets_the_permissions_of_a_plain_open(tmp_path):
+    from llm_unlearn.runs.folder import write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "eval.json", {"a": 1})
+        (tmp_path / "plain").write_text("x")
+    finally:
+        os.umask(old)
+    # mkstemp's 0600 made the records unreadable to others on a shared machine, the weights beside them not.
+    assert (
+        (tmp_path / "eval.json").stat().st_mode & 0o777
+        == (tmp_path / "plain").stat().st_mode & 0o777
+        == 0o644
+    )
+
+
 def test_read_run_config_reads_what_a_run_wrote_and_refuses_the_rest(tmp_path):
     from llm_unlearn.runs.folder import read_run_config
 
