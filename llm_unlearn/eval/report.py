@@ -182,6 +182,9 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with _locked_dir(out):
+        # Under the lock, a staging folder already there is a killed report's: no process is writing it.
+        for left in out.glob(".report-*"):
+            shutil.rmtree(left, ignore_errors=True)
         stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
         try:
             text = _compose(

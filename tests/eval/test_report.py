@@ -157,7 +157,10 @@ def test_a_report_is_written_whole_or_not_at_all_and_one_at_a_time_per_folder(ru
             report.report_runs([str(runs / "target"), str(runs / "graddiff")], out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing new, no staging folder left
 
+    (out / ".report-killed").mkdir()  # what SIGKILL leaves (no `finally` runs): the next report clears it
+    (out / ".report-killed" / "fq_vs_mu.png").write_bytes(b"half")
     report.report_runs([str(runs / "target"), str(runs / "graddiff")], out)
+    assert not list(out.glob(".report-*"))
     text = (out / "report.md").read_text()
     assert "(train_graddiff.png)" in text and "probe_ngdiff.png" not in text
     left = {p.name for p in out.iterdir()}
