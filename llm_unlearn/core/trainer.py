@@ -52,6 +52,8 @@ class UnlearnTrainer(CombinedStepMixin, GenStepMixin, Trainer):
     `<output_dir>/train_log.jsonl` on rank 0.
     """
 
+    train_clock = None  # runs/folder.TrainClock: the training seconds each checkpoint's mark records
+
     def __init__(self, *args, retain_dataset, method: Method, reference_model=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.method = method
@@ -406,7 +408,7 @@ class UnlearnTrainer(CombinedStepMixin, GenStepMixin, Trainer):
             self.accelerator.wait_for_everyone()  # every rank's shards are written before the mark
         if not self.is_world_process_zero():
             return
-        folder = mark_and_rotate(out, step, limit)
+        folder = mark_and_rotate(out, step, limit, self.train_clock)
         if read_status(out) is not None:  # a run directory of `unlearn()`, not a bare Trainer output
             write_status(out, "running", method=self.method.name, step=step, checkpoint=folder.name)
 

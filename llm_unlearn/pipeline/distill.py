@@ -51,7 +51,6 @@ import logging
 import math
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +67,7 @@ from ..models.loading import load_model, load_tokenizer
 from ..runs.folder import (
     CONFIG_FILE,
     RunError,
+    TrainClock,
     append_jsonl,
     claim_run_dir,
     ended_by,
@@ -172,6 +172,8 @@ def distill_kl(
 class DistillTrainer(Trainer):
     """Trainer whose loss is `distill_kl` to a frozen teacher; checkpoints are marked as `unlearn`'s are."""
 
+    train_clock = None  # runs/folder.TrainClock: the training seconds each checkpoint's mark records
+
     def __init__(self, *args, teacher, **kwargs):
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
@@ -202,7 +204,7 @@ class DistillTrainer(Trainer):
         if not self.is_world_process_zero():
             return
         out, step = Path(self.args.output_dir), self.state.global_step
-        folder = mark_and_rotate(out, step, limit)
+        folder = mark_and_rotate(out, step, limit, self.train_clock)
         write_status(out, "running", method="undo", step=step, checkpoint=folder.name)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -373,7 +375,7 @@ def distill(
         write_run_config(out, record)
         write_run_info(out, command, resumed_from=resume)
         write_status(out, "running", method="undo")
-        start = time.perf_counter()
+        trainer.train_clock = clock = TrainClock(resume)  # seconds over every resume, not this one's alone
         try:
             trainer.train(resume_from_checkpoint=resume)
             trainer.save_model(str(out))
@@ -381,7 +383,7 @@ def distill(
             state, fields = ended_by(err)
             write_status(out, state, method="undo", **fields)
             raise
-        seconds = round(time.perf_counter() - start, 2)
+        seconds = round(clock.seconds(), 2)
         write_status(
             out,
             "complete",

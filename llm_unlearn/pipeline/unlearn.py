@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -52,6 +51,7 @@ from ..runs.folder import (
     CLAIM_FILE,
     CONFIG_FILE,
     RunError,
+    TrainClock,
     checkpoints,
     claim_run_dir,
     ended_by,
@@ -322,7 +322,7 @@ def unlearn(
             run.write_config(config)
             write_run_info(out, command, resumed_from=resume)
             write_status(out, "running", method=get_method(config.method).name)
-        start = time.perf_counter()
+        trainer.train_clock = clock = TrainClock(resume)  # seconds over every resume, not this one's alone
         try:
             stop = run.train(trainer, resume)
             if stop is not None and stop.decision == "utility_alarm" and fallback_applies(config):
@@ -343,6 +343,7 @@ def unlearn(
                 trainer = stop = run.stop = None
                 _free_memory()
                 trainer = run.build(config)
+                trainer.train_clock = clock  # the first attempt's seconds count too
                 run.stop.replay = first_check  # from the same weights: not scored twice (stop.py)
                 if trainer.is_world_process_zero():
                     run.write_config(config)
@@ -369,12 +370,12 @@ def unlearn(
                 out,
                 "complete",
                 method=get_method(config.method).name,
-                train_seconds=round(time.perf_counter() - start, 2),
+                train_seconds=round(clock.seconds(), 2),
                 **(pending_evaluation() if evaluation_follows else {}),
             )
             for checkpoint in out.glob("checkpoint-*"):
                 shutil.rmtree(checkpoint)
-        logger.info("unlearning finished in %.1f s: %s", time.perf_counter() - start, out)
+        logger.info("unlearning finished in %.1f s: %s", clock.seconds(), out)
         return out
 
 

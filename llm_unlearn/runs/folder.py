@@ -399,12 +399,31 @@ def checkpoints(run_dir: str | Path) -> tuple[list[Path], list[Path]]:
     return complete, [p for p in found if p not in complete]
 
 
-def mark_checkpoint(folder: str | Path, step: int, train_log_bytes: int) -> None:
-    """Declare a checkpoint complete; `train_log_bytes` is how much of `train_log.jsonl` it covers."""
-    write_json_atomic(Path(folder) / CHECKPOINT_MARK, {"step": step, "train_log_bytes": train_log_bytes})
+def mark_checkpoint(
+    folder: str | Path, step: int, train_log_bytes: int, train_seconds: float | None = None
+) -> None:
+    """Declare a checkpoint complete; `train_log_bytes` is how much of `train_log.jsonl` it covers,
+    `train_seconds` how long training took to reach it (over every resume), where known."""
+    mark = {"step": step, "train_log_bytes": train_log_bytes}
+    if train_seconds is not None:
+        mark["train_seconds"] = round(train_seconds, 2)
+    write_json_atomic(Path(folder) / CHECKPOINT_MARK, mark)
 
 
-def mark_and_rotate(run_dir: str | Path, step: int, keep: int | None) -> Path:
+class TrainClock:
+    """Training seconds over a run's resumes: those its checkpoint's mark recorded, plus this process's."""
+
+    def __init__(self, resumed_from: str | Path | None = None):
+        self.before = read_checkpoint_mark(resumed_from).get("train_seconds", 0.0) if resumed_from else 0.0
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+
+def mark_and_rotate(
+    run_dir: str | Path, step: int, keep: int | None, clock: TrainClock | None = None
+) -> Path:
     """Mark `checkpoint-{step}` complete, then delete all but the newest `keep` complete checkpoints.
 
     In this order on purpose: an older checkpoint goes only once a newer one is known to be whole, so a
@@ -413,7 +432,7 @@ def mark_and_rotate(run_dir: str | Path, step: int, keep: int | None) -> Path:
     out = Path(run_dir)
     folder = out / f"checkpoint-{step}"
     log = out / "train_log.jsonl"
-    mark_checkpoint(folder, step, log.stat().st_size if log.is_file() else 0)
+    mark_checkpoint(folder, step, log.stat().st_size if log.is_file() else 0, clock and clock.seconds())
     complete, _ = checkpoints(out)
     if keep:
         for old in complete[:-keep]:

@@ -32,7 +32,14 @@ from llm_unlearn.data.args import DataArgs
 from llm_unlearn.eval.args import EvalArgs
 from llm_unlearn.models.args import ModelArgs
 from llm_unlearn.models.loading import load_model_and_tokenizer
-from llm_unlearn.runs.folder import CLAIM_FILE, RunError, claim_run_dir, read_status, run_state
+from llm_unlearn.runs.folder import (
+    CHECKPOINT_MARK,
+    CLAIM_FILE,
+    RunError,
+    claim_run_dir,
+    read_status,
+    run_state,
+)
 from llm_unlearn.runs.redact import is_secret_option, redacted_argv, to_dict
 from tests.core.test_trainer import tiny  # noqa: F401  (module fixture: micro model and data)
 
@@ -206,11 +213,13 @@ def test_sigterm_mid_training_ends_with_one_line_and_the_rerun_resumes_to_the_un
     status = read_status(stopped)
     assert status["state"] == "interrupted" and status["error"] == "Terminated"  # as a killed run reads
     assert not (stopped / "model.safetensors").exists() and not (stopped / CLAIM_FILE).exists()
+    before = json.loads((stopped / "checkpoint-2" / CHECKPOINT_MARK).read_text())["train_seconds"]
 
     done = subprocess.run([sys.executable, str(KILLABLE), *argv], env=_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming" in done.stderr and "checkpoint-2" in done.stderr
     assert run_state(read_status(stopped)) == "complete"
+    assert read_status(stopped)["train_seconds"] > before > 0  # the seconds before the resume count too
     want, got = load_file(straight / "model.safetensors"), load_file(stopped / "model.safetensors")
     assert want.keys() == got.keys()
     assert all(torch.equal(want[name], got[name]) for name in want)
