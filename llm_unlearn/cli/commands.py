@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(USAGE + "\n\n" + __doc__.split("\n\n")[2].strip())  # and how errors read, with --debug
         return 0
     if argv[0] in ("-V", "--version"):
         from importlib.metadata import version

@@ -281,6 +281,12 @@ class _Parser(HfArgumentParser):
                     f"The same as --{action.dest} false."  # HfArgumentParser copies the option's help
                 )
                 action.negation = True  # no "(default: False)": the option it negates states the default
+            if action.dest == "debug":  # Trainer's debug modes: `--debug` is taken first by the CLI (traceback)
+                action.help = (
+                    "(anywhere on the line) show the full traceback of an error instead of one line; Trainer's "
+                    "own debug modes are set in a recipe (`debug: underflow_overflow`)"
+                )
+                action.nargs = 0  # shown as the bare flag it is on the command line (never parsed from it)
             if isinstance(action.help, str):
                 action.help = re.sub(
                     r"%%|%\(|%", lambda m: "%%" if m.group() == "%" else m.group(), action.help

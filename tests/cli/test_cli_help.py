@@ -28,7 +28,8 @@ def test_every_subcommand_help_exits_zero_and_describes_that_command(command):
 
 
 def test_top_level_help_and_version():
-    assert _run("--help").returncode == 0
+    top = _run("--help")
+    assert top.returncode == 0 and "`--debug`" in top.stdout  # how to see a traceback
     version = _run("--version")
     assert version.returncode == 0 and version.stdout.startswith("llm-unlearn ")
 
@@ -53,6 +54,8 @@ def test_unlearn_help_shows_our_options_in_sections_before_the_trainer_options()
     assert text.index("--stop_rule") < text.index("--adam_beta1")
     assert text.index("--adam_beta1") > text.index("\ntransformers.TrainingArguments options")
     assert "[--config RECIPE.yaml]" in text.splitlines()[0]  # a one-line usage, not 150 lines of flags
+    # The CLI takes --debug first (a traceback): Trainer's --debug MODES is not what the flag does here.
+    assert "--debug               (anywhere on the line) show the full traceback" in text
 
 
 @pytest.mark.parametrize("command", ["train", "eval"])
