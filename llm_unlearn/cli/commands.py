@@ -515,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
             f"error: {str(err).strip().splitlines()[0] if str(err).strip() else repr(err)}", file=sys.stderr
         )
         return 2
+    except BrokenPipeError:  # `llm-unlearn ls | head`: the reader has gone, as SIGPIPE would end a tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141
     except OSError as err:  # a full disk, a read-only folder: the system's words, where, and what to do
         if debug:
             raise

@@ -281,7 +281,9 @@ class _Parser(HfArgumentParser):
                     f"The same as --{action.dest} false."  # HfArgumentParser copies the option's help
                 )
                 action.negation = True  # no "(default: False)": the option it negates states the default
-            if action.dest == "debug":  # Trainer's debug modes: `--debug` is taken first by the CLI (traceback)
+            if (
+                action.dest == "debug"
+            ):  # Trainer's debug modes: `--debug` is taken first by the CLI (traceback)
                 action.help = (
                     "(anywhere on the line) show the full traceback of an error instead of one line; Trainer's "
                     "own debug modes are set in a recipe (`debug: underflow_overflow`)"

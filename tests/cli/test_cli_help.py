@@ -155,3 +155,15 @@ def test_the_command_line_takes_dashed_option_names(tmp_path, capsys):
         capsys.readouterr().err
         == f"error: reference eval file {tmp_path / 'ref.json'} does not exist; evaluate the reference first\n"
     )
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly():
+    # `llm-unlearn ls | head -2`: the reader goes; no error line blaming the network, no traceback.
+    code = "import sys; from llm_unlearn.cli import main; sys.exit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", code, "ls"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, bufsize=0)  # fmt: skip
+    proc.stdout.read(10)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) in (0, 141)  # 0 when everything fitted in the pipe before it closed
+    assert "error" not in stderr and "Traceback" not in stderr, stderr
