@@ -30,6 +30,8 @@ from ..core.auto import (
 from ..core.auto import describe as describe_fallback
 from ..core.config import UnlearnConfig
 from ..core.inputs import check_same_vocabulary, validate_inputs
+from ..core.repair import ANCHOR_FILE
+from ..core.stop_state import BEST_FILE
 from ..data.args import DataArgs
 from ..data.qa import (
     DataError,
@@ -373,8 +375,7 @@ def unlearn(
                 train_seconds=round(clock.seconds(), 2),
                 **(pending_evaluation() if evaluation_follows else {}),
             )
-            for checkpoint in out.glob("checkpoint-*"):
-                shutil.rmtree(checkpoint)
+            drop_training_state(out)
         logger.info("unlearning finished in %.1f s: %s", clock.seconds(), out)
         return out
 
@@ -431,6 +432,15 @@ def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def drop_training_state(out: Path) -> None:
+    """What only training reads, once the run is complete: its checkpoints, and the stop rule's kept weights
+    and the repair's anchors (each as large as the trainable weights: a second copy of a 7B model)."""
+    for checkpoint in out.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    for name in (BEST_FILE, ANCHOR_FILE):
+        (out / name).unlink(missing_ok=True)
 
 
 class _Attempt:

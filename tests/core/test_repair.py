@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -184,7 +185,16 @@ def test_auto_with_repair_end_to_end_repairs_the_kept_weights_on_the_retain_set(
             "--data_dir", str(micro_world), "--forget_split", "forget10", "--output_dir", str(out),
             "--eval_batch_size", "64", "--max_new_tokens", "8", "--disable_tqdm", "true", "--do_final_eval", "false",
             "--stop_repair_lr", "1e-3"]  # fmt: skip
+    from llm_unlearn.pipeline import unlearn as pipeline
+
+    drop = pipeline.drop_training_state
+    kept_copy = (
+        tmp_path / "kept.safetensors"
+    )  # the kept weights go with the run's training state: copied first
+    monkeypatch.setattr(pipeline, "drop_training_state",
+                        lambda o: (shutil.copy(o / "stop_rule_best.safetensors", kept_copy), drop(o)))  # fmt: skip
     assert main(argv) == 0
+    assert not (out / "stop_rule_best.safetensors").exists()  # not a second copy of the weights in the run
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     end = next(r for r in log if "stop_reason" in r)
     repair = [r for r in log if r.get("stop_phase") == "repair"]
@@ -212,7 +222,7 @@ def test_auto_with_repair_end_to_end_repairs_the_kept_weights_on_the_retain_set(
     from llm_unlearn.eval.scoring import answer_losses
 
     saved, kept = load_model(str(out)), load_model(str(out))
-    best = load_file(str(out / "stop_rule_best.safetensors"))
+    best = load_file(str(kept_copy))
     kept.load_state_dict(best, strict=False)
     assert any(not torch.equal(p, best[n]) for n, p in saved.named_parameters() if n in best)
     tokenizer = load_tokenizer(str(out))
