@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from ..core.auto import REGIME_KEYS
 from ..core.config import AUTO_SETTINGS, UnlearnConfig
 from ..data.args import DataArgs
 from ..eval.args import EvalArgs
@@ -374,7 +375,7 @@ def parse_config(
             if key in mappings and (eq or i + 1 < len(argv)):
                 _mapping(text if eq else argv[i + 1], f"--{key}", key)
     try:
-        return parser.parse_args_into_dataclasses(args=argv)
+        parsed = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:
         line = str(err).splitlines()[0]
         # A recipe's value is the parser's default, so argparse names the option only: say which file holds it.
@@ -382,3 +383,20 @@ def parse_config(
         if bad and bad[1] in yaml_values and f"--{bad[1]}" not in {a.partition("=")[0] for a in argv}:
             line = f"config key {bad[1]!r} in {recipe}: {line}"
         raise ConfigError(line) from None
+    for config in (c for c in parsed if isinstance(c, UnlearnConfig) and c.auto and c.auto_fallback):
+        _own_regime_ends_fallback(config)
+    return parsed
+
+
+def _own_regime_ends_fallback(config: UnlearnConfig) -> None:
+    """`--auto` with one of its training choices set to another value keeps the user's regime: the fallback
+    to the second is off (core/auto.fallback_applies), and unlearn_config.yaml records it off."""
+    import logging
+
+    own = [k for k in REGIME_KEYS if k in AUTO_SETTINGS and getattr(config, k) != AUTO_SETTINGS[k]]
+    if own:
+        config.auto_fallback = False
+        logging.getLogger("llm_unlearn").info(
+            "--auto with your own %s: the fallback to its second regime is off (docs/auto.md)",
+            ", ".join(f"--{k}" for k in own),
+        )

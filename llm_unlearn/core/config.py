@@ -184,7 +184,8 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
         metadata={
             "help": "Under --auto: if the utility guard fires in the first regime, start again from the original "
             "weights in the second (core/auto.py). Off by itself once you set one of its training choices (method, "
-            "combination, optimizer, learning rate, GeN, schedule, epochs, weight decay, --forget_token_max_df)."
+            "combination, optimizer, learning rate, GeN, schedule, epochs, weight decay, --forget_token_max_df) "
+            "to another value than --auto's."
         },
     )
     stop_rule: str | None = field(

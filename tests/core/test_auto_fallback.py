@@ -27,6 +27,8 @@ def test_the_fallback_applies_only_while_the_regime_is_autos_own():
                   ("--forget_token_max_df", "1"), ("--num_train_epochs", "5"), ("--auto_fallback", "false"),
                   ("--stop_utility_tolerance", "0")):  # fmt: skip
         assert not auto.fallback_applies(_config(*flags)), flags
+        assert not _config(*flags).auto_fallback or "stop_utility_tolerance" in flags[0], flags  # as recorded
+    assert _config("--learning_rate", "0.1").auto_fallback
     assert not auto.fallback_applies(parse_config(["--output_dir", "x"])[2])  # no --auto
     second = auto.fallback_config(_config())
     assert (second.method, second.combine, second.optim, second.learning_rate, second.gen) == (
