@@ -111,14 +111,26 @@ def to_dict(*configs) -> dict[str, Any]:
             if not f.init:
                 continue
             value = getattr(cfg, f.name)
-            if isinstance(value, enum.Enum):
-                value = value.value
             if isinstance(value, str) and value:
                 value = REDACTED if is_secret_option(f.name) else redact_secrets(value)
-            if isinstance(value, (str, int, float, bool, type(None))):
-                out[f.name] = value
-            elif isinstance(value, (list, tuple)):
-                out[f.name] = [v if isinstance(v, (str, int, float, bool)) else str(v) for v in value]
-            else:
-                out[f.name] = str(value)
+            out[f.name] = _plain(value)
     return out
+
+
+def _plain(value: Any) -> Any:
+    """`value` as YAML writes plainly: an enum as its value, a nested dataclass (Trainer's AcceleratorConfig) or
+    mapping as a mapping, a sequence as a list, anything else as its text; never a Python repr."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, str):
+        return redact_secrets(value)
+    if isinstance(value, (int, float, bool, type(None))):
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):  # a secret-named key inside (optim_args, a kwargs mapping) is redacted too
+        return {str(k): REDACTED if isinstance(v, str) and v and is_secret_option(str(k)) else _plain(v)
+                for k, v in value.items()}  # fmt: skip
+    if isinstance(value, (list, tuple, set)):
+        return [_plain(v) for v in value]
+    return str(value)

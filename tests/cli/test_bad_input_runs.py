@@ -568,6 +568,25 @@ def test_unlearn_config_redacts_the_hub_token_and_hf_tokens_and_keeps_everything
     assert values["max_new_tokens"] == 64 and values["output_dir"] == "x"
 
 
+def test_unlearn_config_is_plain_yaml_without_python_reprs():
+    import yaml
+
+    config = UnlearnConfig(output_dir="x", debug="underflow_overflow", optim_args="token=abc",
+                           lr_scheduler_type="polynomial", lr_scheduler_kwargs={"power": 2.0})  # fmt: skip
+    text = yaml.safe_dump(to_dict(ModelArgs(), DataArgs(), config, EvalArgs()))
+    values = yaml.safe_load(text)
+    assert "AcceleratorConfig(" not in text and "DebugOption." not in text
+    assert values["accelerator_config"]["even_batches"] is True  # Trainer's nested settings, as a mapping
+    assert values["debug"] == ["underflow_overflow"]
+    assert values["lr_scheduler_kwargs"] == {"power": 2.0}
+    from llm_unlearn.runs.redact import _plain
+
+    assert _plain({"api_token": "s3cret", "n": 1}) == {
+        "api_token": "<redacted>",
+        "n": 1,
+    }  # nested secrets too
+
+
 def test_the_published_card_and_run_info_keep_max_new_tokens(tiny, tmp_path, capsys):  # noqa: F811
     out, staged = tmp_path / "run", tmp_path / "staged"
     assert main(_argv(tiny, out, "--max_steps", "1", "--max_new_tokens", "64", "--run_name", HF_TOKEN)) == 0
