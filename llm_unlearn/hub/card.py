@@ -563,7 +563,12 @@ def build_card(
     steps = _plural(run["steps"], "optimizer step") if run["steps"] is not None else "steps not recorded"
     if run.get("epochs") is not None:
         steps += f" ({run['epochs']:.3g} epochs)"
-    settings = ", ".join(f"{label} `{config[key]}`" for key, label in hyper if key in config)
+    shown = {True: "on", False: "off"}  # a switch reads as one ("GeN learning rate `off`"), not a Python bool
+    settings = ", ".join(
+        f"{label} `{shown.get(config[key], config[key]) if isinstance(config[key], bool) else config[key]}`"
+        for key, label in hyper
+        if key in config
+    )
     if config.get("sam_rho"):
         settings += f", sharpness-aware radius `{config['sam_rho']}`"
     body = [

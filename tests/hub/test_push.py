@@ -427,6 +427,7 @@ def test_card_says_how_training_went_as_the_run_records_it(runs, tmp_path):
     said = f"{steps} optimizer step{'s' if steps != 1 else ''} ({epochs:.3g} epochs)"
     assert f"{said}. Settings: optimizer `" in plain
     assert "epochs set `" in plain and "repair steps" not in plain and "Training ended" not in plain
+    assert "GeN learning rate `off`" in plain and "LoRA `off`" in plain and "`False`" not in plain
 
     run = tmp_path / "run"
     shutil.copytree(runs["full"], run)
