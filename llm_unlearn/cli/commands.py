@@ -241,7 +241,7 @@ def _hub_target(config) -> dict | None:
     if not config.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id ORG/NAME, the model repo to create or update")
     check_repo_id(config.hub_model_id, "--hub_model_id")
-    hub_token()
+    hub_token("leave --push_to_hub off and run `llm-unlearn push RUN --dry_run --output_dir DIR` afterwards")
     config.push_to_hub = False
     return dict(repo_id=config.hub_model_id, private=config.hub_private_repo, revision=config.hub_revision)
 

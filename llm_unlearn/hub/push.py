@@ -215,14 +215,15 @@ def hub_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
 
 
-def hub_token() -> str:
-    """The token from `HF_TOKEN` or the user's login; a one-line error before any work when there is none."""
+def hub_token(instead: str = "pass --dry_run --output_dir DIR to build the folder without uploading") -> str:
+    """The token from `HF_TOKEN` or the user's login; a one-line error before any work when there is none
+    (`instead`: what the command can do without the Hub)."""
     from huggingface_hub import constants, get_token
 
     if constants.is_offline_mode():
         raise RunError(
-            "the Hub is unreachable by choice: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set; unset it to "
-            "push, or pass --dry_run --output_dir DIR to build the folder without uploading"
+            f"the Hub is unreachable by choice: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set; unset it to "
+            f"push, or {instead}"
         )
     token = get_token()
     if not token:

@@ -537,3 +537,17 @@ def test_a_model_with_its_own_code_unlearns_and_publishes_its_code(
     x = ["push", str(run), "--repo_id", "org/custom", "--dry_run", "--output_dir", str(tmp_path / "x")]
     assert main([*x, "--trust_remote_code", "true"]) == 2
     assert "names code in custom.py, which is not there; copy the model's code files" in _error_line(capsys)
+
+
+def test_offline_hub_errors_name_what_each_command_can_do_instead(
+    micro_world, micro_models, runs, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    argv = _unlearn_argv(
+        micro_world, micro_models, tmp_path / "run", "--push_to_hub", "true", "--hub_model_id", "o/x"
+    )
+    assert main(argv) == 2
+    assert "run `llm-unlearn push RUN --dry_run --output_dir DIR` afterwards" in _error_line(capsys)
+    assert not (tmp_path / "run").exists()
+    assert main(["push", str(runs["full"]), "--repo_id", "o/x"]) == 2
+    assert "pass --dry_run --output_dir DIR to build the folder" in _error_line(capsys)
