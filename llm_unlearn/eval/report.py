@@ -262,8 +262,15 @@ def _compose(
             "world facts, which unlearning barely touches, so the retain set's own numbers tell the damage:"
         )
         lines.append("")
+        # A run's retain-only reference was never unlearned: its retain numbers are not damage done.
+        references = {
+            str(ref["model"]) for r in results.values()
+            if isinstance(ref := r["meta"].get("forget_quality_reference"), dict) and ref.get("model")
+        }  # fmt: skip
         for m in models:
-            text = collateral_damage(results[m], results[target]) if m != target else None
+            if m == target or str(results[m]["meta"].get("model")) in references:
+                continue
+            text = collateral_damage(results[m], results[target])
             if text:
                 lines.append(f"- **{m}**: {text}")
 

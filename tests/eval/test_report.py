@@ -95,6 +95,7 @@ def runs(tmp_path):
     for name in ("graddiff", "ngdiff"):
         evals[name]["metrics"]["forget_quality"]["value"] = 0.2
         evals[name]["metrics"]["model_utility"]["value"] = 0.564
+        evals[name]["meta"]["forget_quality_reference"] = {"model": "retain", "path": "<in-memory eval dict>"}
     for name, result in evals.items():
         (root / name).mkdir(parents=True)
         (root / name / "eval.json").write_text(json.dumps(result))
@@ -119,6 +120,10 @@ def test_report_of_a_folder_draws_every_figure_and_states_the_collateral_damage(
     assert "retain fact recall 0.672 vs 0.960 (70% of the target's)" in line
     assert "retain probability 0.400 vs 0.800 (50% of the target's)" in line
     assert line.endswith("; model utility 94% of the target's")
+    assert "- **ngdiff**: retain fact recall" in text
+    assert (
+        "- **retain**: retain fact recall" not in text
+    )  # the runs' reference was never unlearned: no damage
     assert "unlearning: method graddiff, learning_rate 0.0001, max_steps 8" in text
     for png in (
         "fq_vs_mu",
