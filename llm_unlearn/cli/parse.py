@@ -382,6 +382,14 @@ def parse_config(
         bad = re.search(r"argument --(\w+)", line)
         if bad and bad[1] in yaml_values and f"--{bad[1]}" not in {a.partition("=")[0] for a in argv}:
             line = f"config key {bad[1]!r} in {recipe}: {line}"
+        if (
+            "doesn't support bf16/gpu" in line
+        ):  # Trainer's words name no option of ours (a GPU recipe on a CPU)
+            where = f" ({recipe} sets it)" if "bf16" in yaml_values else ""
+            line = (
+                f"--bf16 true needs a GPU with bfloat16 and none is visible{where}; pass --bf16 false to train in "
+                "float32, or --use_cpu true to train in bfloat16 on the CPU"
+            )
         raise ConfigError(line) from None
     for config in (c for c in parsed if isinstance(c, UnlearnConfig) and c.auto and c.auto_fallback):
         _own_regime_ends_fallback(config)

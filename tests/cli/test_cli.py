@@ -706,3 +706,13 @@ def test_only_the_first_rank_logs_progress(rank, shown):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == shown
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="bf16 is supported where a GPU is visible"
+)
+def test_a_gpu_recipe_on_a_cpu_names_the_bf16_option(tmp_path, capsys):
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "tofu" / "graddiff.yaml"
+    _expect_error(capsys, ["unlearn", "--config", str(recipe), "--output_dir", str(tmp_path / "o")],
+                  r"--bf16 true needs a GPU with bfloat16 and none is visible \(.*graddiff\.yaml sets it\); pass "
+                  r"--bf16 false")  # fmt: skip
