@@ -54,6 +54,7 @@ def differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
             or free(key)
             or saved[key] == new[key]
             or _same_local_path(key, saved[key], new[key])
+            or _as_repr_then(saved[key], new[key])
         ):
             continue
         if isinstance(saved[key], dict) and isinstance(new[key], dict):
@@ -61,6 +62,15 @@ def differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
         else:
             found.append(f"{prefix}{key}: {saved[key]!r} there, {new[key]!r} now")
     return found
+
+
+def _as_repr_then(saved: Any, new: Any) -> bool:
+    """Runs saved before 2026-12-08 wrote a nested dataclass (Trainer's `accelerator_config`) as its Python
+    repr, now a mapping: the same settings if the mapping, written as that repr, is the saved text."""
+    if not (isinstance(saved, str) and isinstance(new, dict)) or "(" not in saved:
+        return False
+    name = saved.split("(", 1)[0]
+    return saved == f"{name}({', '.join(f'{k}={v!r}' for k, v in new.items())})"
 
 
 # Saved absolute since 2026-12-07 (earlier runs saved them as typed): one folder, however spelled.

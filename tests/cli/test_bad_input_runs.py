@@ -631,3 +631,18 @@ def test_the_data_hash_covers_the_splits_that_decide_the_steps():
     assert base["stop_holdout"] == edited["stop_holdout"] and base["stop_scored"] != edited["stop_scored"]
     other = data_digest({"forget10": forget}, tr | {"utility_rows": {"ra": [{"question": "s"}]}})
     assert base["stop_utility_ra"] != other["stop_utility_ra"] and base["stop_scored"] == other["stop_scored"]
+
+
+def test_a_run_saved_with_a_settings_repr_resumes_when_the_settings_are_the_same():
+    from llm_unlearn.cli.parse import parse_config
+    from llm_unlearn.runs.resume import differences
+
+    # Before 2026-12-08, unlearn_config.yaml held Trainer's accelerator_config as its Python repr.
+    model, data, config, ev = parse_config(["--output_dir", "x"])
+    new = to_dict(model, data, config, ev)
+    saved = new | {"accelerator_config": repr(config.accelerator_config)}
+    assert differences(saved, new) == []
+    saved["accelerator_config"] = saved["accelerator_config"].replace(
+        "even_batches=True", "even_batches=False"
+    )
+    assert [d.split(":")[0] for d in differences(saved, new)] == ["accelerator_config"]
