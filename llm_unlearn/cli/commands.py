@@ -270,7 +270,8 @@ def cmd_eval(argv: list[str]) -> None:
     if recorded:  # a run directory: what is not given is what the run itself was evaluated with
         classes = (LoadArgs, DataArgs, EvalArgs)
         model_args, data, eval_args = parse_config(argv, classes=classes, command="eval", overrides=recorded)
-        if out.resolve() == (Path(model_args.model_name_or_path) / "eval.json").resolve():
+        own = Path(model_args.model_name_or_path) / "eval.json"
+        if own.is_file() and out.resolve() == own.resolve():  # a first evaluation replaces nothing
             _refuse_other_settings(model_args.model_name_or_path, (model_args, data, eval_args))
     result = evaluate_with_reference(model_args.model_name_or_path, data, eval_args, model_args, out_path=out)
     if is_main_process():  # every rank has the result; one prints it
@@ -311,7 +312,8 @@ def _run_eval_settings(model: str, argv: list[str]) -> dict:
 
 def _refuse_other_settings(model: str, parsed: tuple) -> None:
     """The run's own eval.json is what report and push read as its numbers: it is not replaced by an evaluation
-    on other data or settings (a reference where the run had none is an addition, not a change)."""
+    on other data or settings. The reference may differ (another retain-only model, or its eval.json in place
+    of the model): it changes forget quality's yardstick, which eval.json records, not what was measured."""
     from ..eval.tofu import recorded_path
     from ..runs.folder import RunError, read_run_config
 
@@ -324,17 +326,34 @@ def _refuse_other_settings(model: str, parsed: tuple) -> None:
     changed = [f"--{k} {values[k]} (the run's: {config[k]})" for k in RUN_EVAL_SETTINGS
                if k in config and k not in (*PATH_SETTINGS, "dataset_name", "eval_batch_size")
                and config[k] != values[k]]  # fmt: skip
-    for local, hub in (("data_dir", "dataset_name"), ("reference_model", "reference_eval")):
-        ran, now = source(config, local, hub), source(values, local, hub)
-        if ran is not None and ran != now:  # a reference where the run had none adds to its evaluation
-            changed.append(
-                f"{'the data' if local == 'data_dir' else 'the reference'} {now} (the run's: {ran})"
-            )
+    ran, now = source(config, "data_dir", "dataset_name"), source(values, "data_dir", "dataset_name")
+    if ran is not None and ran != now and not _same_training_splits(config, values):
+        changed.append(f"the data {now} (the run's: {ran})")
     if changed:
         raise RunError(
             f"{model}'s eval.json holds its own evaluation, which {', '.join(changed)} would replace; pass "
             "--output_dir DIR for this evaluation, or leave those options out to use the run's"
         )
+
+
+def _same_training_splits(config: dict, values: dict) -> bool:
+    """Whether the data named now holds the forget and retain splits the run trained on (the hashes its
+    unlearn_config.yaml records): the same data moved or copied elsewhere, not other data."""
+    from ..data.qa import DataError, load_split
+    from ..pipeline.unlearn import data_digest
+
+    recorded = config.get("data_sha256") or {}
+    splits = [config.get("forget_split"), config.get("retain_split")]
+    if not all(split in recorded for split in splits):
+        return False
+    try:
+        rows = {
+            s: load_split(s, data_dir=values["data_dir"], dataset_name=values["dataset_name"]) for s in splits
+        }
+    except (DataError, OSError, ValueError):
+        return False
+    digest = data_digest(rows)
+    return all(digest[s] == recorded[s] for s in splits)
 
 
 def cmd_distill(argv: list[str]) -> None:

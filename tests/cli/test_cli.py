@@ -235,6 +235,13 @@ def test_eval_of_a_run_uses_its_settings_and_keeps_its_own_evaluation(
         json.loads((tmp_path / "f10" / "eval.json").read_text())["meta"]["forget_split"]
         == "forget10_perturbed"
     )
+    # The same data moved elsewhere is the run's data (its split hashes match); other data is not.
+    shutil.copytree(micro_world, tmp_path / "moved")
+    assert main(["eval", "--model_name_or_path", str(run), "--data_dir", str(tmp_path / "moved")]) == 0
+    forget = tmp_path / "moved" / "forget05.json"
+    forget.write_text(forget.read_text().replace("?", " ?", 1))
+    _expect_error(capsys, ["eval", "--model_name_or_path", str(run), "--data_dir", str(tmp_path / "moved")],
+                  r"which the data .*moved \(the run's: .*\) would replace")  # fmt: skip
 
 
 def test_unknown_command_suggests(capsys):

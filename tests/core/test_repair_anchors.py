@@ -135,8 +135,15 @@ def test_auto_with_anchors_end_to_end_records_them(micro_models, micro_world, tm
             "8", "--model_name_or_path", str(micro_models["target"]), "--data_dir", str(micro_world),
             "--forget_split", "forget10", "--output_dir", str(out), "--eval_batch_size", "64", "--max_new_tokens", "8",
             "--disable_tqdm", "true", "--do_final_eval", "false", "--stop_repair_lr", "1e-3", "--stop_repair_max_steps", "20"]  # fmt: skip
+    from llm_unlearn.pipeline import unlearn as pipeline
+
+    drop, seen = pipeline.drop_training_state, []
+    monkeypatch.setattr(pipeline, "drop_training_state",
+                        lambda o: (seen.append((o / ANCHOR_FILE).is_file()), drop(o)))  # fmt: skip
     assert main(argv) == 0
-    assert (out / ANCHOR_FILE).is_file()
+    assert (
+        seen == [True] and not (out / ANCHOR_FILE).exists()
+    )  # sampled and kept while training, then dropped
     history = json.loads((out / "stop_rule.json").read_text())["history"]
     repair = [r for r in history if r.get("stop_phase") == "repair" and "stop_repair_anchor_loss" in r]
     assert repair, "every repair check records the anchors' loss and its target"
