@@ -44,7 +44,7 @@ from transformers import (
 
 from ..data.qa import DataError, QACollator, QADataset, load_split, pad_id, paired_split
 from ..data.world import FORGET_PCTS, load_world_config
-from ..runs.folder import cache_root, locked, make_temp_dir, move_into_place
+from ..runs.folder import cache_root, locked, make_temp_dir, move_into_place, plain_permissions
 from .loading import load_model_and_tokenizer
 from .tiny import MODEL_SIZES, TRAINING_SIZES, generation_config, tiny_llama_config, train_tokenizer
 
@@ -165,6 +165,7 @@ def finetune(
             shutil.rmtree(tmp / "trainer", ignore_errors=True)
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+            plain_permissions(tmp)
             if replace:
                 _replace_dir(tmp, output_dir)
             else:

@@ -73,6 +73,7 @@ from ..runs.folder import (
     ended_by,
     mark_and_rotate,
     pending_evaluation,
+    plain_permissions,
     read_run_config,
     read_status,
     require_complete,
@@ -393,6 +394,7 @@ def distill(
         )
         for folder in out.glob("checkpoint-*"):
             shutil.rmtree(folder)
+        plain_permissions(out)
     logger.info("distillation finished in %.1f s: %s", seconds, out)
     return out
 

@@ -58,6 +58,7 @@ from ..runs.folder import (
     claim_run_dir,
     ended_by,
     pending_evaluation,
+    plain_permissions,
     read_checkpoint_mark,
     read_status,
     run_state,
@@ -441,6 +442,7 @@ def drop_training_state(out: Path) -> None:
         shutil.rmtree(checkpoint)
     for name in (BEST_FILE, ANCHOR_FILE):
         (out / name).unlink(missing_ok=True)
+    plain_permissions(out)
 
 
 class _Attempt:

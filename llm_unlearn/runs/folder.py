@@ -96,7 +96,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        # mkstemp makes the file 0600; the records are as readable as the weights beside them (a plain open)
+        # mkstemp makes the file 0600: the records get what a plain open gives (so do the weights: plain_permissions)
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -134,6 +134,15 @@ def _umask() -> int:
     mask = os.umask(0)  # the only way to read it is to set it
     os.umask(mask)
     return mask
+
+
+def plain_permissions(folder: str | Path) -> None:
+    """Give the files of a saved model (and its `adapter/`) the permissions a plain open gives: safetensors
+    writes the weights 0600, so on a shared machine others could read a run's records but not its model."""
+    mode = 0o666 & ~_umask()
+    for path in [*Path(folder).glob("*"), *Path(folder).glob("adapter/*")]:
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 == 0o600:
+            path.chmod(mode)
 
 
 def make_temp_dir(parent: str | Path, prefix: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -279,6 +280,10 @@ def test_finished_run_has_safetensors_config_log_and_no_pickled_args(tiny, tmp_p
     assert json.loads((out / "status.json").read_text())["state"] == "complete"
     assert (out / "model.safetensors").is_file() and (out / "unlearn_config.yaml").is_file()
     assert not list(out.rglob("training_args.bin")) and not list(out.glob("checkpoint-*"))
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("model.safetensors", "status.json", "unlearn_config.yaml"):  # safetensors writes 0600
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "loss_forget" in r]
     assert [r["step"] for r in steps] == [1, 2]
