@@ -329,6 +329,9 @@ def _refuse_other_settings(model: str, parsed: tuple) -> None:
     ran, now = source(config, "data_dir", "dataset_name"), source(values, "data_dir", "dataset_name")
     if ran is not None and ran != now and not _same_training_splits(config, values):
         changed.append(f"the data {now} (the run's: {ran})")
+    reference = config.get("reference_model") or config.get("reference_eval")
+    if reference and not (values.get("reference_model") or values.get("reference_eval")):
+        changed.append(f"no reference, so no forget quality (the run's: {reference})")
     if changed:
         raise RunError(
             f"{model}'s eval.json holds its own evaluation, which {', '.join(changed)} would replace; pass "

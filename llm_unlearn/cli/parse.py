@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from ..core.auto import REGIME_KEYS
+from ..core.auto import own_regime
 from ..core.config import AUTO_SETTINGS, UnlearnConfig
 from ..data.args import DataArgs
 from ..eval.args import EvalArgs
@@ -401,7 +401,7 @@ def _own_regime_ends_fallback(config: UnlearnConfig) -> None:
     to the second is off (core/auto.fallback_applies), and unlearn_config.yaml records it off."""
     import logging
 
-    own = [k for k in REGIME_KEYS if k in AUTO_SETTINGS and getattr(config, k) != AUTO_SETTINGS[k]]
+    own = own_regime(config)
     if own:
         config.auto_fallback = False
         logging.getLogger("llm_unlearn").info(

@@ -64,12 +64,17 @@ _MOVED = ("train_log.jsonl", HISTORY_FILE)
 _DROPPED = (BEST_FILE, ANCHOR_FILE)
 
 
+def own_regime(config) -> list[str]:
+    """The regime settings `config` sets to another value than `--auto`'s (any: the fallback is off)."""
+    return [k for k in REGIME_KEYS if k in AUTO_SETTINGS and getattr(config, k) != AUTO_SETTINGS[k]]
+
+
 def fallback_applies(config) -> bool:
     """`--auto` with its own regime, the fallback on, and the utility estimate that triggers it."""
     wanted = getattr(config, "auto", False) and getattr(config, "auto_fallback", False)
     if not (wanted and getattr(config, "stop_utility_tolerance", 0) > 0):
         return False
-    return all(getattr(config, k) == AUTO_SETTINGS[k] for k in REGIME_KEYS if k in AUTO_SETTINGS)
+    return not own_regime(config)
 
 
 def fallback_config(config):

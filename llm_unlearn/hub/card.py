@@ -528,6 +528,7 @@ def build_card(
     `data_card` is the name of the data card file uploaded beside the card, if any.
     """
     from ..eval.runs import run_probe
+    from .push import code_files  # the .py files push publishes: the card's snippet runs them
 
     run_dir = Path(run_dir)
     run = read_run(run_dir)
@@ -578,7 +579,7 @@ def build_card(
         f"`{method.name}`{paper}{summary}. It was made {'and evaluated ' if result else ''}with llm-unlearn.",
         "",
         *([toy_note(toy), ""] if toy else []),
-        *_usage_section(repo_id, adapter, base_text, base_id, bool(config.get("trust_remote_code"))),
+        *_usage_section(repo_id, adapter, base_text, base_id, bool(code_files(run_dir))),
         "",
         *_data_section(config, data, data_card),
         "",

@@ -10,6 +10,7 @@ finished run is marked complete.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -26,6 +27,7 @@ from ..core.auto import (
     fallback_applies,
     fallback_config,
     log_fallback,
+    own_regime,
 )
 from ..core.auto import describe as describe_fallback
 from ..core.config import UnlearnConfig
@@ -300,9 +302,12 @@ def unlearn(
         # An unfinished run goes on only with its own settings (runs/resume.py), checked before anything in
         # the folder changes; one that fell back may have been killed before it saved the second regime's.
         digest = data_digest({data.forget_split: forget_rows, retain_split: retain_rows}, stop_data)
+        # Runs started before 2026-12-08 recorded auto_fallback true with a regime of their own, where the
+        # fallback was as inert as the false recorded now: either resumes.
+        inert = [dataclasses.replace(c, auto_fallback=True) for c in ours if c.auto and own_regime(c)]
         check_resume_settings(
             out,
-            *(settings(model_args, data, c, eval_args, retain_split, digest) for c in ours),
+            *(settings(model_args, data, c, eval_args, retain_split, digest) for c in [*ours, *inert]),
             progress=mark is not None,
         )
         if run_state(read_status(out)) == "unevaluated" and evaluation_follows:
