@@ -268,6 +268,12 @@ def cmd_eval(argv: list[str]) -> None:
     out = default_eval_path(model_args.model_name_or_path, output_dir)
     recorded = _run_eval_settings(model_args.model_name_or_path, argv)
     if recorded:  # a run directory: what is not given is what the run itself was evaluated with
+        for key in ("data_dir", "reference_model", "reference_eval"):
+            if recorded.get(key) and not Path(recorded[key]).exists() and Path(recorded[key]).is_absolute():
+                raise FileNotFoundError(
+                    f"the {key} that {model_args.model_name_or_path}'s unlearn_config.yaml records, {recorded[key]}, "
+                    f"does not exist; pass --{key} with where it is now"
+                )
         classes = (LoadArgs, DataArgs, EvalArgs)
         model_args, data, eval_args = parse_config(argv, classes=classes, command="eval", overrides=recorded)
         own = Path(model_args.model_name_or_path) / "eval.json"

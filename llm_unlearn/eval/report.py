@@ -135,7 +135,9 @@ def _model_line(label: str, result: dict, config: dict | None, out: Path) -> str
         keys = [k for k in CONFIG_KEYS if config.get(k) not in (None, False, -1)]
         if "max_steps" in keys:  # then the epoch count is not what stopped the run
             keys = [k for k in keys if k != "num_train_epochs"]
-        settings = ", ".join(f"{k} {config[k]}" for k in keys)
+        settings = ", ".join(
+            f"{k} {'on' if config[k] is True else config[k]}" for k in keys
+        )  # False: left out
         undo = config.get("undo")
         if isinstance(undo, dict):  # a `distill` run: its own training is UNDO's, after the source run's
             steps = f"max_steps {undo.get('max_steps')}" if undo.get("max_steps", -1) != -1 else (

@@ -235,6 +235,15 @@ def test_eval_of_a_run_uses_its_settings_and_keeps_its_own_evaluation(
         json.loads((tmp_path / "f10" / "eval.json").read_text())["meta"]["forget_split"]
         == "forget10_perturbed"
     )
+    # A recorded folder that has gone is named as the run's, with the option that replaces it.
+    config = (run / "unlearn_config.yaml").read_text()
+    (run / "unlearn_config.yaml").write_text(
+        config.replace(str(Path(micro_world).resolve()), "/nonexistent/world")
+    )
+    _expect_error(capsys, ["eval", "--model_name_or_path", str(run)],
+                  r"the data_dir that .*unlearn_config\.yaml records, /nonexistent/world, does not exist; pass "
+                  r"--data_dir")  # fmt: skip
+    (run / "unlearn_config.yaml").write_text(config)
     # The same data moved elsewhere is the run's data (its split hashes match); other data is not.
     shutil.copytree(micro_world, tmp_path / "moved")
     assert main(["eval", "--model_name_or_path", str(run), "--data_dir", str(tmp_path / "moved")]) == 0
