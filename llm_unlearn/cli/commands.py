@@ -543,7 +543,13 @@ def main(argv: list[str] | None = None) -> int:
             f"error: {str(err).strip().splitlines()[0] if str(err).strip() else repr(err)}", file=sys.stderr
         )
         return 2
-    except BrokenPipeError:  # `llm-unlearn ls | head`: the reader has gone, as SIGPIPE would end a tool
+    except BrokenPipeError as err:
+        if not _stdout_reader_gone():  # another pipe (a worker's, a socket): an error like any other
+            if debug:
+                raise
+            print(f"error: {_os_error_line(err)}", file=sys.stderr)
+            return 2
+        # `llm-unlearn ls | head`: the reader has gone, as SIGPIPE would end another tool
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 141
     except OSError as err:  # a full disk, a read-only folder: the system's words, where, and what to do
@@ -566,6 +572,18 @@ def main(argv: list[str] | None = None) -> int:
 
     exit_process_group()  # multi-process runs end here (see its docstring); one process returns
     return 0
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error on the write end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no fileno (captured), or no poll on this platform
+        return False
 
 
 # What rerunning the same command does after an interrupt: only runs checkpoint; the rest write their

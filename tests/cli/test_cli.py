@@ -732,3 +732,14 @@ def test_a_gpu_recipe_on_a_cpu_names_the_bf16_option(tmp_path, capsys):
     _expect_error(capsys, ["unlearn", "--config", str(recipe), "--output_dir", str(tmp_path / "o")],
                   r"--bf16 true needs a GPU with bfloat16 and none is visible \(.*graddiff\.yaml sets it\); pass "
                   r"--bf16 false")  # fmt: skip
+
+
+def test_a_broken_pipe_other_than_stdout_is_an_error_line(monkeypatch, capsys):
+    from llm_unlearn.cli import commands
+
+    def broken(argv):
+        raise BrokenPipeError(32, "Broken pipe")  # a worker's pipe or a socket, while stdout is fine
+
+    monkeypatch.setattr(commands, "cmd_ls", broken)
+    assert main(["ls"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
