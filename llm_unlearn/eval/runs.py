@@ -80,7 +80,15 @@ def run_probe(run_dir: Path) -> dict | None:
     """The run's `probe.json` when it probed this run's own weights, else None (report, card and push show
     and publish only that one)."""
     probe, probed = _probed(run_dir)
-    return probe if probed is not None and probed.exists() and probed.resolve() == run_dir.resolve() else None
+    if probed is None:
+        return None
+    if probed.exists() and probed.resolve() == run_dir.resolve():
+        return probe
+    # A copied or moved run: the same weights if their files hash as the probe recorded.
+    from .cache import model_digest
+
+    recorded = probe["meta"].get("unlearned_files_sha256")
+    return probe if recorded and recorded == model_digest(run_dir) else None
 
 
 def load_run(path: str | Path, label: str | None = None) -> Run:

@@ -34,6 +34,7 @@ from pathlib import Path
 from ..core.inputs import QA_FIELDS, SplitSource, check_same_vocabulary, check_splits
 from ..data.heldout import attack_heldout_split
 from ..data.qa import DataError, paired_split
+from ..eval.cache import model_digest
 from ..eval.tofu import recorded_path
 from ..models.loading import load_model_and_tokenizer
 from ..runs.folder import write_json_atomic
@@ -279,6 +280,8 @@ def run_probes(
     }
     result["meta"] = {
         "models": paths, "data": {"data_dir": data_dir, "dataset_name": dataset_name},
+        # What the probed weights are, wherever the run is copied or moved (eval/runs.run_probe checks it).
+        "unlearned_files_sha256": model_digest(run_dir),
         "forget_split": forget_split, "eval_split": eval_split, "holdout_split": holdout_split,
         "n_attack": len(attack), "n_heldout": len(heldout), "n_forget": len(rows),
         "n_holdout": len(holdout_rows) if holdout_rows is not None else None,

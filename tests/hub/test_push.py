@@ -476,6 +476,14 @@ def test_a_probe_of_the_run_is_published_and_quoted_and_one_of_other_weights_is_
     assert main(["push", str(run), "--repo_id", "org/probed", "--dry_run", "--output_dir", str(other)]) == 0
     assert not (other / "probe.json").exists()
     assert "these results do not measure resistance to that." in ModelCard.load(other / "README.md").text
+    # A copy of the probed run (moved, downloaded): the same weights by their hashes, so its probe is its own.
+    from llm_unlearn.eval.cache import model_digest
+
+    probe["meta"]["unlearned_files_sha256"] = model_digest(run)
+    (run / "probe.json").write_text(json.dumps(probe))
+    copied = tmp_path / "staged-copy"
+    assert main(["push", str(run), "--repo_id", "org/probed", "--dry_run", "--output_dir", str(copied)]) == 0
+    assert (copied / "probe.json").is_file()
 
 
 CUSTOM_CODE = """from transformers import LlamaConfig, LlamaForCausalLM
