@@ -520,6 +520,26 @@ def _relearning_text(probe: dict | None) -> str:
     )
 
 
+def code_files(run_dir: Path) -> list[Path]:
+    """The Python files a model with its own code needs beside its weights: `save_pretrained` writes the
+    modules its config.json's (or tokenizer_config.json's) `auto_map` names, with what they import, into
+    the run; without them the published config names code that is not there and nobody can load it."""
+    named = False
+    for name in ("config.json", "tokenizer_config.json"):
+        path = run_dir / name
+        try:
+            auto_map = (
+                json.loads(path.read_text(encoding="utf-8")).get("auto_map") if path.is_file() else None
+            )
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            auto_map = None  # check_run has refused a damaged config.json; a tokenizer's is its own
+        refs = auto_map.values() if isinstance(auto_map, dict) else []
+        for ref in (r for v in refs for r in (v if isinstance(v, list) else [v]) if isinstance(r, str)):
+            named |= "--" not in ref  # "repo--module.Class" is code in another repository, fetched there
+    # The named modules and the modules they import (check_run has loaded them: none is missing).
+    return sorted(run_dir.glob("*.py")) if named else []
+
+
 def build_card(
     run_dir: str | Path, repo_id: str, *, adapter: bool, data_card: str | None = None
 ) -> ModelCard:
@@ -528,7 +548,6 @@ def build_card(
     `data_card` is the name of the data card file uploaded beside the card, if any.
     """
     from ..eval.runs import run_probe
-    from .push import code_files  # the .py files push publishes: the card's snippet runs them
 
     run_dir = Path(run_dir)
     run = read_run(run_dir)

@@ -26,7 +26,6 @@ or written; the endpoint is `HF_ENDPOINT` as set when `push` runs.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -108,26 +107,6 @@ def check_run(run_dir: str | Path, *, merged: bool = False, trust_remote_code: b
     return run
 
 
-def code_files(run_dir: Path) -> list[Path]:
-    """The Python files a model with its own code needs beside its weights: `save_pretrained` writes the
-    modules its config.json's (or tokenizer_config.json's) `auto_map` names, with what they import, into
-    the run; without them the published config names code that is not there and nobody can load it."""
-    named = False
-    for name in ("config.json", "tokenizer_config.json"):
-        path = run_dir / name
-        try:
-            auto_map = (
-                json.loads(path.read_text(encoding="utf-8")).get("auto_map") if path.is_file() else None
-            )
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            auto_map = None  # check_run has refused a damaged config.json; a tokenizer's is its own
-        refs = auto_map.values() if isinstance(auto_map, dict) else []
-        for ref in (r for v in refs for r in (v if isinstance(v, list) else [v]) if isinstance(r, str)):
-            named |= "--" not in ref  # "repo--module.Class" is code in another repository, fetched there
-    # The named modules and the modules they import (check_run has loaded them: none is missing).
-    return sorted(run_dir.glob("*.py")) if named else []
-
-
 def plan_files(run_dir: Path, *, merged: bool = False) -> dict[str, Path]:
     """Repo path -> file in the run directory, for every file that is uploaded (the card aside)."""
     adapter = run_dir / ADAPTER_DIR
@@ -136,6 +115,8 @@ def plan_files(run_dir: Path, *, merged: bool = False) -> dict[str, Path]:
         files |= {p.name: p for p in _matches(adapter, ADAPTER_FILES)}
     else:
         files |= {p.name: p for p in _matches(run_dir, MODEL_FILES)}
+        from .card import code_files
+
         files |= {p.name: p for p in code_files(run_dir)}
         if adapter.is_dir():
             files |= {f"{ADAPTER_DIR}/{p.name}": p for p in _matches(adapter, ADAPTER_FILES)}
