@@ -190,6 +190,8 @@ class DistillTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "train_loss" in logs:  # as unlearn's: Trainer averages the steps this process ran, not the run's
+            logs["train_loss_first_step"] = self._initial_global_step + 1
         super().log(logs, start_time)
         if self.is_world_process_zero():
             record = {"step": self.state.global_step, "epoch": self.state.epoch, **logs}

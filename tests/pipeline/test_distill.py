@@ -185,8 +185,10 @@ def test_a_stopped_distillation_resumes_to_the_weights_of_an_uninterrupted_one(u
     assert watch.seen == [3, 4]  # from checkpoint-2, not from scratch
     a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    steps = [json.loads(line)["step"] for line in (resumed / "train_log.jsonl").read_text().splitlines()]
-    assert steps[:4] == [1, 2, 3, 4]
+    rows = [json.loads(line) for line in (resumed / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows][:4] == [1, 2, 3, 4]
+    summary = next(r for r in rows if "train_loss" in r)
+    assert summary["train_loss_first_step"] == 3  # its train_loss averages steps 3-4, and says so
 
 
 @pytest.mark.parametrize(
