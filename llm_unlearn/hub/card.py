@@ -430,7 +430,7 @@ def _usage_section(
             f'model = AutoModelForCausalLM.from_pretrained("{repo_id}"{trust})',
             f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}"{trust})',
         ]
-        # The run was made with --trust_remote_code: its config names code files published beside it.
+        # `remote`: push publishes code files the config names (code_files), which from_pretrained runs.
         note = [
             "The model runs code shipped in this repo (the `.py` files); read it before you trust it.",
             "",
