@@ -214,14 +214,9 @@ def _given(argv: list[str], name: str) -> bool:
 
 def _output_dir_set(argv: list[str], classes) -> bool:
     """Whether the command line or its --config recipe (of the command's option `classes`) names the output folder."""
-    if _given(argv, "output_dir"):
-        return True
-    from .parse import config_path, load_yaml
+    from .parse import given_options
 
-    recipe = config_path(argv)
-    if recipe is not None:
-        return "output_dir" in load_yaml(recipe, classes)
-    return False
+    return "output_dir" in given_options(argv, classes)
 
 
 def _default_output_dir(name: str) -> str:
@@ -267,9 +262,9 @@ def cmd_eval(argv: list[str]) -> None:
     if not model_args.model_name_or_path:
         raise ValueError("no --model_name_or_path given; pass the model folder or run directory to evaluate")
     out = default_eval_path(model_args.model_name_or_path, output_dir)
-    recorded = recorded_settings(model_args.model_name_or_path, argv)
+    classes = (LoadArgs, DataArgs, EvalArgs)
+    recorded = recorded_settings(model_args.model_name_or_path, argv, classes)
     if recorded:  # a run directory: what is not given is what the run itself was evaluated with
-        classes = (LoadArgs, DataArgs, EvalArgs)
         model_args, data, eval_args = parse_config(argv, classes=classes, command="eval", overrides=recorded)
         own = Path(model_args.model_name_or_path) / "eval.json"
         if own.is_file() and out.resolve() == own.resolve():  # a first evaluation replaces nothing

@@ -332,6 +332,17 @@ def config_path(argv: list[str]) -> str | None:
     return None
 
 
+def given_options(argv: list[str], classes=CONFIG_CLASSES) -> set[str]:
+    """The options `argv` names, on the command line (`--no_x` names `x` too) or in its `--config` recipe of
+    the command's option `classes`: what a command must not replace with a default or a recorded value."""
+    given = {a[2:].partition("=")[0] for a in underscored(argv) if a.startswith("--")}
+    given |= {g[3:] for g in given if g.startswith("no_")}
+    recipe = config_path(argv)
+    if recipe is not None:
+        given |= set(load_yaml(recipe, classes))
+    return given
+
+
 def _is_config_token(argv: list[str], i: int) -> bool:
     token = argv[i]
     return token == "--config" or token.startswith("--config=") or (i > 0 and argv[i - 1] == "--config")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..runs.options import underscored
-
 # What `eval` of a run directory takes from its unlearn_config.yaml when not given: the data, how questions
 # are formatted and answered, the reference. Never trust_remote_code or allow_pickle: those are asked for on
 # the command line, not read from a file. The measured ones must match the run's to replace its eval.json.
@@ -21,19 +19,17 @@ RUN_EVAL_SETTINGS = ("data_dir", "dataset_name", "forget_split", "retain_split",
 PATH_SETTINGS = ("data_dir", "reference_model", "reference_eval")
 
 
-def recorded_settings(model: str, argv: list[str]) -> dict:
+def recorded_settings(model: str, argv: list[str], classes) -> dict:
     """The evaluation settings `model` (a run directory) recorded, less those the command line or its recipe
-    names; {} for a model folder or Hub id. A data source or reference given replaces both of the run's."""
+    names (of eval's option `classes`); {} for a model folder or Hub id. A data source or reference given
+    replaces both of the run's."""
     from ..runs.folder import read_run_config, read_status
-    from .parse import config_path, load_yaml
+    from .parse import given_options
 
     if not Path(model).is_dir() or read_status(model) is None:
         return {}
     config = read_run_config(model)
-    given = {a[2:].partition("=")[0] for a in underscored(argv) if a.startswith("--")}
-    given |= {g[3:] for g in given if g.startswith("no_")}
-    if config_path(argv) is not None:
-        given |= set(load_yaml(config_path(argv)))
+    given = given_options(argv, classes)
     settings = {k: config[k] for k in RUN_EVAL_SETTINGS if k in config and k not in given}
     for pair in (("data_dir", "dataset_name"), ("reference_model", "reference_eval")):
         if given & set(pair):

@@ -66,29 +66,36 @@ def read_probe(path: Path) -> dict:
     return probe
 
 
-def _probed(run_dir: Path) -> tuple[dict | None, Path | None]:
-    """`probe.json` of `run_dir` and the weights it was measured on (`meta.models.unlearned`; `probe --out`
-    can put the probe of one model beside another); (None, None) where unreadable."""
+def _probed_weights(probe: dict) -> Path | None:
+    """The weights `probe` was measured on (`meta.models.unlearned`; `probe --out` can put the probe of one
+    model beside another); None where it records none."""
     try:
-        probe = json.loads((run_dir / PROBE_FILE).read_text(encoding="utf-8"))
-        return probe, Path(probe["meta"]["models"]["unlearned"])
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        return None, None
+        return Path(probe["meta"]["models"]["unlearned"])
+    except (KeyError, TypeError):
+        return None
+
+
+def _is_own_probe(run_dir: Path, probe: dict) -> bool:
+    probed = _probed_weights(probe)
+    if probed is None:
+        return False
+    if probed.exists() and probed.resolve() == run_dir.resolve():
+        return True
+    # A copied or moved run: the same weights if their files hash as the probe recorded.
+    from .cache import model_digest
+
+    recorded = probe["meta"].get("unlearned_files_sha256")
+    return bool(recorded) and recorded == model_digest(run_dir)
 
 
 def run_probe(run_dir: Path) -> dict | None:
     """The run's `probe.json` when it probed this run's own weights, else None (report, card and push show
     and publish only that one)."""
-    probe, probed = _probed(run_dir)
-    if probed is None:
+    try:
+        probe = json.loads((run_dir / PROBE_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if probed.exists() and probed.resolve() == run_dir.resolve():
-        return probe
-    # A copied or moved run: the same weights if their files hash as the probe recorded.
-    from .cache import model_digest
-
-    recorded = probe["meta"].get("unlearned_files_sha256")
-    return probe if recorded and recorded == model_digest(run_dir) else None
+    return probe if isinstance(probe, dict) and _is_own_probe(run_dir, probe) else None
 
 
 def load_run(path: str | Path, label: str | None = None) -> Run:
@@ -108,9 +115,10 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     probe = (
         read_probe(path / PROBE_FILE) if (path / PROBE_FILE).is_file() else None
     )  # a damaged one is an error
-    if probe is not None and run_probe(path) is None:
+    if probe is not None and not _is_own_probe(path, probe):
         logging.getLogger("llm_unlearn").warning(
-            f"{path / PROBE_FILE} probed other weights ({_probed(path)[1]}), not this run's: left out of the report"
+            f"{path / PROBE_FILE} probed other weights ({_probed_weights(probe)}), not this run's: "
+            "left out of the report"
         )
         probe = None
     return Run(
