@@ -27,13 +27,14 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..runs.scratch import scratch_dir
 
 TARGETS = {
     "eval_speedup_batched": (">=", 5.0),
@@ -166,7 +167,7 @@ def bench_eval(
     if threads:
         torch.set_num_threads(threads)
     start, load_before = time.perf_counter(), _load_average()
-    with tempfile.TemporaryDirectory(prefix="llm-unlearn-bench-eval-") as tmp:
+    with scratch_dir("llm-unlearn-bench-eval-") as tmp:
         world, target = _target_model(Path(tmp), size)
         model, tokenizer = load_model_and_tokenizer(str(target))
         n_params = sum(p.numel() for p in model.parameters())

@@ -37,7 +37,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -45,6 +44,7 @@ from pathlib import Path
 import torch
 
 from ..runs.options import CommandParser
+from ..runs.scratch import scratch_dir
 from .hardware import device_name
 
 PRESETS: dict[str, dict] = {
@@ -239,7 +239,7 @@ def bench(out: str | Path, preset: str = "default", threads: int | None = None) 
     if PRESETS[preset]["steps"] % 20:
         raise ValueError("bench steps must be a multiple of 20 so GeN's 4- and 10-step intervals fit whole")
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="llm-unlearn-bench-") as tmp:
+    with scratch_dir("llm-unlearn-bench-") as tmp:
         workdir = prepare(Path(tmp), preset)
         memory = {}
         for name in MEMORY_CONFIGS:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from ..models.loading import check_model_folder, check_weight_files, load_tokenizer
@@ -44,6 +43,7 @@ from ..runs.folder import (
 )
 from ..runs.options import CommandParser, add_trust_remote_code
 from ..runs.redact import known_paths, redact_paths, redact_secrets
+from ..runs.scratch import scratch_dir
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -293,7 +293,7 @@ def push(
 
     endpoint = hub_endpoint()
     api = HfApi(endpoint=endpoint, token=token)
-    with tempfile.TemporaryDirectory(prefix="llm-unlearn-push-") as tmp:
+    with scratch_dir("llm-unlearn-push-") as tmp:
         files = stage(run, tmp, repo_id, merged=merged, link=True)
         logger.info("uploading %d files from %s to %s: %s", len(files), run, repo_id, ", ".join(files))
         try:
