@@ -10,6 +10,7 @@ finished run is marked complete.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import os
@@ -62,6 +63,7 @@ from ..runs.folder import (
     pending_evaluation,
     plain_permissions,
     read_checkpoint_mark,
+    read_run_config,
     read_status,
     run_state,
     write_run_info,
@@ -259,11 +261,14 @@ def unlearn(
     evaluation): the run is marked complete with its evaluation pending, so that `push` and `report` wait
     for the eval.json, and a run whose evaluation was cut short is returned untrained to be evaluated.
     """
+    # The run resolves some settings into numbers it records (`forget_token_nll_cap holdout`); on its own
+    # copy, so the caller's config stays as given for another model or a rerun.
+    config = copy.copy(config)
     method = get_method(config.method)
     if config.push_to_hub:
         # Trainer would create the repo at start and push every checkpoint, before any evaluation.
         raise RunError(
-            "unlearn() does not push: leave push_to_hub off and call llm_unlearn.push.push(run_dir, repo_id=...) "
+            "unlearn() does not push: leave push_to_hub off and call llm_unlearn.hub.push.push(run_dir, repo_id=...) "
             "after evaluating, or use `llm-unlearn unlearn --push_to_hub --hub_model_id ORG/NAME`"
         )
     if not model_args.model_name_or_path:
@@ -313,7 +318,12 @@ def unlearn(
         if run_state(read_status(out)) == "unevaluated" and evaluation_follows:
             logger.info("%s was trained to the end; its final evaluation is what is left", out)
             if rank_zero:  # this command's evaluation settings (free to differ) are what eval.json will hold
-                write_run_config(out, settings(model_args, data, ours[0], eval_args, retain_split, digest))
+                trained = ours[0]
+                if trained.forget_token_nll_cap == "holdout":  # keep the nats it trained with
+                    cap = (read_run_config(out) or {}).get("forget_token_nll_cap", "holdout")
+                    trained = copy.copy(trained)
+                    trained.forget_token_nll_cap = cap
+                write_run_config(out, settings(model_args, data, trained, eval_args, retain_split, digest))
                 write_run_info(out, command)
             return out
         resume = prepare_output_dir(config.output_dir, evaluation_follows)

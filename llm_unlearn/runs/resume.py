@@ -55,6 +55,7 @@ def differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
             or saved[key] == new[key]
             or _same_local_path(key, saved[key], new[key])
             or _as_repr_then(saved[key], new[key])
+            or _resolved_then(key, saved[key], new[key])
         ):
             continue
         if isinstance(saved[key], dict) and isinstance(new[key], dict):
@@ -71,6 +72,18 @@ def _as_repr_then(saved: Any, new: Any) -> bool:
         return False
     name = saved.split("(", 1)[0]
     return saved == f"{name}({', '.join(f'{k}={v!r}' for k, v in new.items())})"
+
+
+def _resolved_then(key: str, saved: Any, new: Any) -> bool:
+    """`--forget_token_nll_cap holdout` is saved as the nats it resolved to (pipeline/forget_tokens.py): the
+    same command resolves it again, to the same number (it is measured on the model as loaded)."""
+    if key != "forget_token_nll_cap" or new != "holdout":
+        return False
+    try:
+        float(saved)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 # Saved absolute since 2026-12-07 (earlier runs saved them as typed): one folder, however spelled.

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import yaml
 
 from llm_unlearn.data.qa import IGNORE_INDEX as X
 from llm_unlearn.data.rare_tokens import keep_contrast_labels
@@ -163,6 +164,30 @@ def test_holdout_cap_is_the_holdout_answers_mean_token_nll_and_the_run_records_i
     expected = float(sum(m * n for m, n in zip(means, counts)) / sum(counts))
     assert recorded == pytest.approx(expected, rel=1e-4)
     assert 0 < recorded < 50
+
+    # The same command resumes an interrupted run: `holdout` now is the number recorded then, not another
+    # setting (it was refused as "forget_token_nll_cap: '5.6' there, 'holdout' now").
+    from llm_unlearn.runs.folder import write_status
+
+    write_status(out, "failed", method="ngdiff", error="KeyboardInterrupt: ")
+    assert main(_argv(micro_world, micro_models, out, *flags)) == 0
+    again = float(yaml.safe_load((out / "unlearn_config.yaml").read_text())["forget_token_nll_cap"])
+    assert again == pytest.approx(recorded, rel=1e-6)
+
+
+def test_unlearn_resolves_the_holdout_cap_on_its_own_copy_of_the_config(micro_world, micro_models, tmp_path):
+    """Python callers reuse a config for another model or a rerun: it keeps `holdout`, not the first
+    model's nats."""
+    from llm_unlearn.cli.parse import parse_config
+    from llm_unlearn.pipeline.unlearn import unlearn
+
+    flags = ["--auto", *NGDIFF_WHOLE, "--forget_token_nll_cap", "holdout", "--max_steps", "1"]
+    model_args, data, config, eval_args = parse_config(
+        _argv(micro_world, micro_models, tmp_path / "r", *flags)[1:]
+    )
+    run = unlearn(model_args, data, config, eval_args)
+    assert config.forget_token_nll_cap == "holdout"
+    assert float(yaml.safe_load((run / "unlearn_config.yaml").read_text())["forget_token_nll_cap"]) > 0
 
 
 def test_siblings_keep_what_sets_each_answer_apart_and_log_how_many(
