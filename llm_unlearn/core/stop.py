@@ -81,7 +81,7 @@ recall where every row carries a `fact` (the built-in world), else ROUGE-L recal
 (`retain_recall_alarm`) and is never kept: on the built-in world the greedy answers to retain questions
 fall long before the retain loss moves (benchmarks/auto.md, issue 22). When any guard ends the run
 while the kept check's gap (or, screened, its answer-loss gap) is still > 0, a warning says that
-forgetting is incomplete.
+forgetting is incomplete; so it does when the run runs out of steps before the crossing.
 
 With `repair` (`--stop_repair`, off by default) the retain-recall guard stops nothing while
 unlearning: the recall is measured at the first check only, and after the kept weights are restored
@@ -497,6 +497,13 @@ class IndistinguishableStop(TrainerCallback):
                 self.decision, _familiarity(best), GUARD_OPTIONS.get(self.decision, "its tolerance"),
                 "" if self.repair is not None or self.decision != "retain_recall_alarm"
                 else ", or let --stop_repair true unlearn past it and repair the retain set afterwards",
+            )  # fmt: skip
+        elif best is not None and self.decision == "max_steps" and _still_familiar(best):
+            # Out of steps before the crossing: as incomplete as a guard's stop, and as easy to miss.
+            logger.warning(
+                "stop rule: forgetting is incomplete: the run used all its steps (%d) while the forget set was still "
+                "more familiar than unseen data at the kept weights (%s); train longer (--num_train_epochs or "
+                "--max_steps) to let the rule decide", state.global_step, _familiarity(best),
             )  # fmt: skip
 
 

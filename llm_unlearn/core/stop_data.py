@@ -16,6 +16,7 @@ import random
 
 from ..data.qa import (
     DataError,
+    check_companion,
     check_unique_questions,
     load_split,
     paired_split,
@@ -138,18 +139,23 @@ def _truth_ratio_rows(data, holdout_name: str, forget_rows, holdout, statistic: 
                 "no perturbed answers)"
             ) from None
     forget_pert, holdout_pert = rows
-    by_question = {r["question"]: r for r in forget_pert}
-    missing = [r["question"] for r in forget_rows if r["question"] not in by_question]
-    if missing:
-        raise DataError(
-            f"{names[0]} lacks {len(missing)} question(s) of {data.forget_split} (e.g. {missing[0]!r}); "
-            "the truth-ratio statistic needs every forget question there: fix the split or pass --stop_statistic auc"
+
+    # Each companion's rows are scored as its split's: the same questions, answers and order, as the
+    # evaluation requires of them (a holdout companion with other answers, or each row twice, was scored).
+    def where(name: str) -> str:
+        return (
+            str(split_path(data.data_dir, name))
+            if data.data_dir is not None
+            else f"{data.dataset_name}:{name}"
         )
-    if {r["question"] for r in holdout_pert} != {r["question"] for r in holdout}:
-        raise DataError(
-            f"{names[1]} does not hold the questions of {holdout_name}; fix the split or pass --stop_statistic auc"
-        )
-    return "truth_ratio", [by_question[r["question"]] for r in forget_rows], holdout_pert
+
+    for base, base_name, companion, name in ((forget_rows, data.forget_split, forget_pert, names[0]),
+                                             (holdout, holdout_name, holdout_pert, names[1])):  # fmt: skip
+        try:
+            check_companion(base, where(base_name), companion, where(name))
+        except DataError as err:
+            raise DataError(f"{err}, or pass --stop_statistic truth_ratio_constructed") from None
+    return "truth_ratio", forget_pert, holdout_pert
 
 
 def _constructed_rows(forget_rows, holdout, retain_rows, config, fallback: bool):
@@ -190,9 +196,8 @@ def _constructed_rows(forget_rows, holdout, retain_rows, config, fallback: bool)
 def _utility_rows(data, config) -> dict[str, list[dict]]:
     """A seeded sample of `stop_utility_sample` questions per model-utility role (retain, ra, wf)."""
     from ..data.qa import ANALOG_FIELDS, EVAL_FIELDS
-    from ..eval.tofu import eval_splits
+    from ..eval.tofu import UTILITY_SPLITS as names  # not the forget split's pairing: any name will do
 
-    names = eval_splits(data.forget_split)
     out = {}
     for role in ("retain", "ra", "wf"):
         try:

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,10 +241,11 @@ def shared_questions(a: list[dict], b: list[dict]) -> list[str]:
 
 
 def forget_pct(split: str) -> int | None:
-    """`forget10` -> 10 (also for `forget10_perturbed`); None for other names."""
-    if split.startswith("forget") and split[6:8].isdigit():
-        return int(split[6:8])
-    return None
+    """`forget10` -> 10 (also for `forget10_perturbed`); None for any other name. Exactly TOFU's names:
+    `forget10_mine` or `forget100` would otherwise be paired with forget10's companions, and evaluated on
+    another set of questions than the one trained on."""
+    match = re.fullmatch(r"forget(\d\d)(?:_perturbed)?", split)
+    return int(match.group(1)) if match else None
 
 
 def paired_split(forget_split: str, kind: str) -> str:

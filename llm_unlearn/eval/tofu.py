@@ -57,14 +57,13 @@ from .shard import Shard
 SCHEMA_VERSION = 1
 
 
+# The model-utility roles' splits: the same for every forget split.
+UTILITY_SPLITS = {"retain": "retain_perturbed", "ra": "real_authors_perturbed", "wf": "world_facts_perturbed"}
+
+
 def eval_splits(forget_split: str) -> dict[str, str]:
     """The split each role is read from: forget10 -> forget10_perturbed, retain_perturbed, ..."""
-    return {
-        "forget": paired_split(forget_split, "perturbed"),
-        "retain": "retain_perturbed",
-        "ra": "real_authors_perturbed",
-        "wf": "world_facts_perturbed",
-    }
+    return {"forget": paired_split(forget_split, "perturbed"), **UTILITY_SPLITS}
 
 
 def questions_sha256(rows: list[dict]) -> str:

@@ -178,3 +178,18 @@ def test_a_custom_forget_split_without_a_holdout_says_how_to_get_one(tmp_path):
         DataError, match=r"needs a holdout split.*none pairs with 'my_forget'.*--stop_holdout_split"
     ):
         _load(tmp_path, forget_split="my_forget")
+
+
+def test_auto_takes_a_custom_forget_split_with_its_holdout_and_the_utility_guard_on(tmp_path, caplog):
+    """The utility guard's splits are the same for every forget split: a custom name (docs/auto.md's way
+    for your own data) was refused as "cannot pair split 'my_forget'" by the guard alone."""
+    _folder(tmp_path)
+    (tmp_path / "forget10.json").rename(tmp_path / "my_forget.json")
+    data = SimpleNamespace(forget_split="my_forget", data_dir=tmp_path, dataset_name=None)
+    config = SimpleNamespace(stop_holdout_split="holdout10", stop_statistic="auto", stop_heldout_fraction=0.0,
+                             seed=0, auto=True, stop_utility_tolerance=0.2, stop_utility_sample=20,
+                             stop_retain_recall_tolerance=0.0)  # fmt: skip
+    forget, retain = (load_split(n, data_dir=tmp_path) for n in ("my_forget", "retain90"))
+    stop_data = load_stop_data(data, forget, retain, config)
+    assert stop_data["holdout_name"] == "holdout10" and stop_data["utility_rows"] is None
+    assert "retain_perturbed.json not found" in caplog.text  # the guard says what it leaves out

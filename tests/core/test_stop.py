@@ -650,3 +650,22 @@ def test_a_stop_of_the_trainers_own_is_the_reason_unless_the_rule_decides_at_the
     rule.on_step_end(args, state, TrainerControl(), model=model)
     rule.on_train_end(args, state, TrainerControl(), model=model)
     assert records[-1]["stop_reason"] == "crossed"
+
+
+def test_running_out_of_steps_before_the_crossing_says_forgetting_is_incomplete(caplog):
+    # AUC gaps +1/2, +1/4, +1/4 and no more steps: the kept weights still look more familiar than unseen data.
+    scripted = [([1, 2], [3, 4], 1.0), ([1, 3.5], [3, 4], 1.0), ([1, 3.5], [3, 4], 1.0)]
+    rule, records = _rule(scripted, patience=10)
+    _, last = _train(rule, torch.nn.Linear(1, 1, bias=False), steps=2)
+    assert last == 2 and records[-1]["stop_reason"] == "max_steps"
+    assert (
+        "forgetting is incomplete: the run used all its steps (2)" in caplog.text
+        and "gap 0.250" in caplog.text
+    )
+
+
+def test_running_out_of_steps_at_the_crossing_warns_nothing(caplog):
+    # gaps +1/2, +1/4, then 0 (crossed) at the last step there is
+    rule, records = _rule([([1, 2], [3, 4], 1.0), ([1, 3.5], [3, 4], 1.0), ([3.5, 3.6], [3, 4], 1.0)])
+    _train(rule, torch.nn.Linear(1, 1, bias=False), steps=2)
+    assert records[-1]["stop_reason"] == "crossed" and "incomplete" not in caplog.text

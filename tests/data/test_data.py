@@ -14,6 +14,7 @@ from llm_unlearn.data.qa import (
     QACollator,
     check_forget_retain,
     encode_qa,
+    forget_pct,
     load_split,
     paired_split,
 )
@@ -139,3 +140,13 @@ def test_pairings_follow_tofu():
     assert paired_split("forget05", "perturbed") == "forget05_perturbed"
     with pytest.raises(DataError, match="cannot pair split .full. .*forget10 -> retain90"):
         paired_split("full", "retain")
+    assert forget_pct("forget10_perturbed") == 10
+
+
+@pytest.mark.parametrize("name", ["forget10_mine", "forget100", "forget5", "forget10x", "myforget10"])
+def test_a_name_that_only_starts_like_tofus_pairs_with_nothing(name):
+    """`forget10_mine` was paired with forget10's companions: trained on its own rows, evaluated on
+    forget10_perturbed's, another author."""
+    assert forget_pct(name) is None
+    with pytest.raises(DataError, match=f"cannot pair split {name!r}"):
+        paired_split(name, "perturbed")
