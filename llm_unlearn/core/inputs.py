@@ -275,3 +275,30 @@ def check_same_vocabulary(models: dict[str, str], *, trust_remote_code: bool = F
             f"{len(other)} tokens; {token!r} is id {vocab.get(token)} vs {other.get(token)}); models compared "
             f"with each other must share one tokenizer: pass a {role} trained from the same base model"
         )
+
+
+def check_eval_lengths(
+    model: str, data: DataArgs, rows: dict[str, list[dict]], *, trust_remote_code=False
+) -> None:
+    """Refuse, before training, an evaluation example longer than `--max_length`: every answer, paraphrase
+    and perturbed answer of the evaluation's splits (`rows`, by name), tokenized as the evaluation will.
+    Found after training, it left a trained run whose evaluation the suggested `--max_length` could not
+    finish (another setting than the run's)."""
+    from ..data.qa import encode_qa_pairs
+    from ..eval.scoring import candidate_pairs
+    from ..eval.tofu import eval_splits
+    from ..models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+    source = SplitSource(data.data_dir, data.dataset_name)
+    for role, name in eval_splits(data.forget_split).items():
+        questions, texts = candidate_pairs(rows[name], paraphrase=role in ("forget", "retain"))
+        try:
+            encode_qa_pairs(
+                tokenizer, questions, texts, data.prompt_format, data.max_length, data.system_prompt
+            )
+        except DataError as err:
+            raise DataError(
+                f"{source.where(name)}: {err}, or train with --do_final_eval false (the final evaluation scores "
+                "every answer, paraphrase and perturbed answer of its splits)"
+            ) from None

@@ -32,7 +32,7 @@ from ..core.auto import (
 )
 from ..core.auto import describe as describe_fallback
 from ..core.config import UnlearnConfig
-from ..core.inputs import check_same_vocabulary, validate_inputs
+from ..core.inputs import check_eval_lengths, check_same_vocabulary, validate_inputs
 from ..core.repair import ANCHOR_FILE
 from ..core.stop_state import BEST_FILE
 from ..data.args import DataArgs
@@ -289,7 +289,11 @@ def unlearn(
         stop_data = load_stop_data(data, forget_rows, retain_rows, config)
     check_nll_cap(config, method, stop_data)
     final_eval = eval_args if eval_args.do_final_eval else None
-    validate_inputs(data, final_eval, retain_split=retain_split)
+    read = validate_inputs(data, final_eval, retain_split=retain_split)
+    if final_eval is not None:
+        check_eval_lengths(
+            model_args.model_name_or_path, data, read, trust_remote_code=model_args.trust_remote_code
+        )
     if final_eval is not None and eval_args.reference_model:
         check_same_vocabulary(
             {"model": model_args.model_name_or_path, "reference model": eval_args.reference_model},

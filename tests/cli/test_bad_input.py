@@ -377,6 +377,11 @@ CASES = [
     Case("stop_truth_ratio_forget_perturbed_lacks_a_question", lambda e: e.unlearn("--auto"),
          r"forget10_perturbed\.json row 1 asks .* \(that question is elsewhere in .*forget10\.json\); regenerate",
          setup=lambda e: e.write_rows("forget10_perturbed", e.rows("forget10_perturbed")[1:])),
+    # Found before training: after it, the run was trained and its evaluation refused the --max_length fix.
+    Case("eval_split_answer_longer_than_max_length", lambda e: e.unlearn(max_length="64"),
+         r"retain_perturbed\.json: example of \d+ tokens exceeds max_length=64 .*raise --max_length to at least \d+, or train with --do_final_eval false",
+         setup=lambda e: e.write_rows("retain_perturbed", [{**r, "perturbed_answer": [" ".join(["word"] * 80)]} if i == 3 else r
+                                                           for i, r in enumerate(e.rows("retain_perturbed"))])),
     # Scored as the holdout's rows, even without the final evaluation (which checks its own companions).
     Case("stop_truth_ratio_holdout_perturbed_rows_twice", lambda e: e.unlearn("--auto", do_final_eval="false"),
          r"holdout10_perturbed\.json row 2 asks .* where .*holdout10\.json asks",
