@@ -21,7 +21,7 @@ from ..runs.options import ConfigError, require, suggest
 
 # `--auto`: what it sets, below anything given in a recipe or on the command line (parse_config); its
 # second regime, used where the first costs model utility, is in auto.py.
-from .auto import AUTO_SETTINGS  # noqa: F401  (re-exported: cli/parse.py, benchmarks)
+from .auto import AUTO_SETTINGS, own_regime  # AUTO_SETTINGS re-exported: cli/parse.py, benchmarks
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -31,6 +31,21 @@ STOP_RULES = ("indistinguishable",)
 STOP_STATISTICS = ("auto", "truth_ratio", "truth_ratio_constructed", "auc", "ks")
 # Scored alike; they differ in where the perturbed answers come from (stop_data.py).
 TRUTH_RATIO_STATISTICS = ("truth_ratio", "truth_ratio_constructed")
+
+
+# Values `__post_init__` derives from other fields where none is given (combine from the method, max_grad_norm
+# from combine, retain_batch_size from the forget batch). Marked by type, so that `dataclasses.replace`, which
+# passes every field on, derives them again from the changed fields instead of keeping the old method's.
+class _DerivedStr(str):
+    pass
+
+
+class _DerivedFloat(float):
+    pass
+
+
+class _DerivedInt(int):
+    pass
 
 
 @dataclass
@@ -324,18 +339,33 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
         default=8, metadata={"help": "Forget micro-batch size per device."}
     )
 
+    @classmethod
+    def for_auto(cls, **changes) -> UnlearnConfig:
+        """`--auto` from Python: its settings (`core/auto.AUTO_SETTINGS`) under `changes`, as `llm-unlearn
+        unlearn --auto` gives them. As there, a regime setting of your own turns the fallback off."""
+        config = cls(**{**AUTO_SETTINGS, "auto": True, **changes})
+        if config.auto_fallback and own_regime(config):
+            config.auto_fallback = False
+        return config
+
     def __post_init__(self):
         from ..methods import get_method
 
+        if self.auto and self.stop_rule is None:
+            # The field alone changes nothing: its settings are applied where options are parsed.
+            raise ConfigError(
+                "auto=True alone trains with the plain defaults (no stop rule, no GeN): in Python build --auto's "
+                "settings with UnlearnConfig.for_auto(output_dir=..., **your_changes)"
+            )
         self._check_ranges()
         if self.forget_token_max_df == 1:  # whole answers, the same as unset: one spelling in saved configs
             self.forget_token_max_df = None
-        if self.combine is None:
-            self.combine = get_method(self.method).combine
+        if self.combine is None or isinstance(self.combine, _DerivedStr):
+            self.combine = _DerivedStr(get_method(self.method).combine)
         if self.combine not in COMBINES:
             raise ConfigError(f"unknown combine {self.combine!r}; choose {', '.join(COMBINES)}")
-        if self.max_grad_norm is None:
-            self.max_grad_norm = 0.0 if self.combine == "normalized" else 1.0
+        if self.max_grad_norm is None or isinstance(self.max_grad_norm, _DerivedFloat):
+            self.max_grad_norm = _DerivedFloat(0.0 if self.combine == "normalized" else 1.0)
         elif self.combine == "normalized" and self.max_grad_norm > 0:
             logger.warning(
                 "max_grad_norm=%g clips the normalized direction, whose norm is up to 2 by design; "
@@ -378,8 +408,8 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose {' or '.join(choices)}")
         self.check_method_options()
-        if self.retain_batch_size is None:
-            self.retain_batch_size = self.per_device_train_batch_size
+        if self.retain_batch_size is None or isinstance(self.retain_batch_size, _DerivedInt):
+            self.retain_batch_size = _DerivedInt(self.per_device_train_batch_size)
         import torch
 
         if not torch.cuda.is_available():

@@ -44,6 +44,34 @@ class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite: training stops on every rank."""
 
 
+def _check_use(args, method: Method | str, reference_model) -> Method:
+    """Refuse, in one line each, what would otherwise fail deep in the first step: the trainer used with
+    plain `TrainingArguments`, with a method other than the config's (whose combination and options were
+    resolved for that one), or without the frozen reference the method needs."""
+    from ..core.config import UnlearnConfig
+    from ..methods import get_method
+
+    if not isinstance(args, UnlearnConfig):
+        raise TypeError(
+            f"UnlearnTrainer needs args=UnlearnConfig(...) (llm_unlearn.core.config), not {type(args).__name__}: "
+            "it carries the method's options, the retain batch and the combination"
+        )
+    if isinstance(method, str):
+        method = get_method(method)
+    configured = get_method(args.method)
+    if configured.fn is not method.fn or configured.combine != method.combine:
+        raise ValueError(
+            f"method {method.name!r} is not the config's method {args.method!r}, for which its options and "
+            f"combination ({args.combine}) were resolved: pass UnlearnConfig(method={method.name!r}, ...)"
+        )
+    if reference_model is None and method.needs_reference(args):
+        raise ValueError(
+            f"{method.name} (with these options) scores against the frozen original model: pass "
+            "reference_model=<a frozen copy of the model> to UnlearnTrainer"
+        )
+    return method
+
+
 class UnlearnTrainer(CombinedStepMixin, GenStepMixin, Trainer):
     """Trainer for unlearning: `train_dataset` is the forget set, `retain_dataset` the retain set.
 
@@ -54,7 +82,8 @@ class UnlearnTrainer(CombinedStepMixin, GenStepMixin, Trainer):
 
     train_clock = None  # runs/folder.TrainClock: the training seconds each checkpoint's mark records
 
-    def __init__(self, *args, retain_dataset, method: Method, reference_model=None, **kwargs):
+    def __init__(self, *args, retain_dataset, method: Method | str, reference_model=None, **kwargs):
+        method = _check_use(args[1] if len(args) > 1 else kwargs.get("args"), method, reference_model)
         super().__init__(*args, **kwargs)
         self.method = method
         if self.is_fsdp_enabled and self.args.combine != "sum":

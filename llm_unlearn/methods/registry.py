@@ -43,6 +43,20 @@ class Method:
     deviations: str = ""
 
 
+def _same_function(a, b) -> bool:
+    """One function, also when its file was loaded twice: run as a script (`__main__`), then imported by
+    a dotted --method path, or reloaded."""
+    if a is b:
+        return True
+    code_a, code_b = getattr(a, "__code__", None), getattr(b, "__code__", None)
+    return (
+        code_a is not None
+        and code_b is not None
+        and a.__qualname__ == b.__qualname__
+        and code_a.co_filename == code_b.co_filename
+    )
+
+
 def register(
     name: str,
     paper: str,
@@ -62,7 +76,7 @@ def register(
     def wrap(fn):
         if name != name.lower() or not name.replace("_", "").isalnum():
             raise ValueError(f"method name {name!r} must be lowercase letters, digits and underscores")
-        if name in METHODS:
+        if name in METHODS and not _same_function(METHODS[name].fn, fn):
             raise ValueError(f"method {name!r} is already registered (by {METHODS[name].fn.__module__})")
         if combine not in COMBINES:
             raise ValueError(f"method {name!r}: combine {combine!r} is not one of {', '.join(COMBINES)}")
@@ -89,6 +103,10 @@ def get_method(name: str) -> Method:
             fn = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as err:
             raise ValueError(f"cannot import method {name!r}: {err}; give a module.function path") from None
+        # A function `register` declared (its combine, its reference, its knobs) keeps what it declared.
+        declared = next((m for m in METHODS.values() if _same_function(m.fn, fn)), None)
+        if declared is not None:
+            return declared
         return Method(
             name, fn, paper=getattr(fn, "paper", ""), summary=(fn.__doc__ or "").strip().split("\n")[0]
         )

@@ -124,8 +124,10 @@ def _plain(value: Any) -> Any:
         return value.value
     if isinstance(value, str):
         return redact_secrets(value)
-    if isinstance(value, (int, float, bool, type(None))):
+    if isinstance(value, (bool, type(None))):
         return value
+    if isinstance(value, (int, float)):  # as the plain type: YAML has no representer for a subclass
+        return float(value) if isinstance(value, float) else int(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if isinstance(value, dict):  # a secret-named key inside (optim_args, a kwargs mapping) is redacted too

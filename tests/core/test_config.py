@@ -96,6 +96,38 @@ def test_dotted_path_loads_a_method_from_outside_the_package():
     assert get_method("llm_unlearn.methods.ga.ga").fn is METHODS["ga"].fn
 
 
+def test_a_dotted_path_to_a_registered_method_keeps_what_it_declared():
+    # npo declares its reference, which a bare entry lost (its first step then called None).
+    assert get_method("llm_unlearn.methods.npo.npo") is METHODS["npo"]
+    # One function under two names (ngdiff is graddiff's terms, combined otherwise): the first registered.
+    assert get_method("llm_unlearn.methods.graddiff.graddiff") is METHODS["graddiff"]
+
+
+def test_a_method_file_run_as_a_script_and_then_imported_by_its_dotted_path_registers_once(
+    tmp_path, monkeypatch
+):
+    """`python mytrain.py` registers its method from `__main__`; `--method mytrain.my_ga` then imports the
+    same file as `mytrain`, whose `register` ran again and was refused as a duplicate."""
+    import runpy
+    import sys
+
+    (tmp_path / "mytrain_abc.py").write_text(
+        "from llm_unlearn.methods import register\n"
+        "from llm_unlearn.methods.ga import ga\n\n\n"
+        "@register('my_ga_abc', paper='arXiv:0000.00000', summary='ga again', combine='normalized', deviations='none')\n"
+        "def my_ga(model, forget, retain, ctx):\n"
+        "    return ga(model, forget, retain, ctx)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        runpy.run_path(str(tmp_path / "mytrain_abc.py"), run_name="__main__")
+        method = get_method("mytrain_abc.my_ga")
+        assert method is METHODS["my_ga_abc"] and method.combine == "normalized"
+    finally:
+        METHODS.pop("my_ga_abc", None)
+        sys.modules.pop("mytrain_abc", None)
+
+
 def test_registry_rejects_duplicates_and_uppercase_names():
     with pytest.raises(ValueError, match="already registered"):
         register("ga", paper="", summary="")(lambda *a: {})

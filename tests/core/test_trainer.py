@@ -370,3 +370,63 @@ def test_lora_graddiff_with_kl_trains_adapters_and_saves_a_merged_model(tiny, tm
         info["versions"]["torch"] == torch.__version__.split("+")[0]
         or info["versions"]["torch"] == torch.__version__
     )
+
+
+def _plain_kwargs(tiny, config) -> dict:
+    tok, encode = tiny["tok"], dict(prompt_format="chat_template", max_length=128)
+    return dict(model=LlamaForCausalLM.from_pretrained(tiny["dir"] / "model"), args=config,
+                train_dataset=QADataset(tiny["forget"][:4], tok, **encode),
+                retain_dataset=QADataset(tiny["retain"][:4], tok, **encode),
+                data_collator=QACollator(pad_id(tok)), processing_class=tok)  # fmt: skip
+
+
+def test_misuse_of_the_trainer_is_one_clear_error_before_any_step(tiny, tmp_path):
+    """Each failed deep in the first step (an AttributeError, 'NoneType' object is not callable) or, for a
+    method other than the config's, trained graddiff's terms under the config's combination silently."""
+    from transformers import TrainingArguments
+
+    config = UnlearnConfig(output_dir=str(tmp_path / "run"), method="graddiff", use_cpu=True)
+    with pytest.raises(TypeError, match=r"needs args=UnlearnConfig\(...\).*not TrainingArguments"):
+        UnlearnTrainer(
+            **_plain_kwargs(tiny, TrainingArguments(output_dir=str(tmp_path / "t"))), method="graddiff"
+        )
+    with pytest.raises(
+        ValueError, match=r"method 'ngdiff' is not the config's method 'graddiff'.*method='ngdiff'"
+    ):
+        UnlearnTrainer(**_plain_kwargs(tiny, config), method=get_method("ngdiff"))
+    npo = UnlearnConfig(output_dir=str(tmp_path / "run"), method="npo", use_cpu=True)
+    with pytest.raises(ValueError, match=r"npo .*frozen original model: pass reference_model="):
+        UnlearnTrainer(**_plain_kwargs(tiny, npo), method="npo")
+    trainer = UnlearnTrainer(**_plain_kwargs(tiny, config), method="graddiff")  # a registered name will do
+    assert trainer.method is METHODS["graddiff"]
+
+
+def test_replace_derives_the_resolved_defaults_again():
+    """`dataclasses.replace(config, method="ngdiff")` kept graddiff's `sum` and clipping: clipped graddiff
+    recorded as ngdiff. What the user set stays set."""
+    import dataclasses
+
+    config = UnlearnConfig(output_dir="/tmp/never", method="graddiff", per_device_train_batch_size=8)
+    assert (config.combine, config.max_grad_norm, config.retain_batch_size) == ("sum", 1.0, 8)
+    changed = dataclasses.replace(config, method="ngdiff", per_device_train_batch_size=2)
+    assert (changed.combine, changed.max_grad_norm, changed.retain_batch_size) == ("normalized", 0.0, 2)
+    own = UnlearnConfig(output_dir="/tmp/never", method="graddiff", combine="pcgrad", retain_batch_size=3)
+    kept = dataclasses.replace(own, method="ngdiff", per_device_train_batch_size=2)
+    assert (kept.combine, kept.retain_batch_size) == ("pcgrad", 3)
+
+
+def test_auto_from_python_is_the_command_lines_auto(tmp_path):
+    import dataclasses
+
+    from llm_unlearn.cli.parse import parse_config
+    from llm_unlearn.runs.options import ConfigError
+
+    with pytest.raises(ConfigError, match=r"auto=True alone .*UnlearnConfig\.for_auto\(output_dir="):
+        UnlearnConfig(output_dir=str(tmp_path), auto=True)  # trained plain graddiff, recorded as auto
+    for flags, changes in (([], {}), (["--learning_rate", "0.05"], {"learning_rate": 0.05})):
+        cli = parse_config(["--auto", "--output_dir", str(tmp_path), *flags])[2]
+        api = UnlearnConfig.for_auto(output_dir=str(tmp_path), **changes)
+        assert {f.name: getattr(cli, f.name) for f in dataclasses.fields(cli)} == {
+            f.name: getattr(api, f.name) for f in dataclasses.fields(api)
+        }
+    assert not api.auto_fallback  # its own learning rate: a regime of its own, as on the command line
