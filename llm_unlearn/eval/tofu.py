@@ -327,7 +327,7 @@ def evaluate(
 # ----------------------------------------------------------------------------- forget quality
 
 
-def _reference_ratios(result: dict, reference: dict, where: str) -> tuple[np.ndarray, str]:
+def reference_ratios(result: dict, reference: dict, where: str) -> tuple[np.ndarray, str]:
     """The reference's per-sample forget truth ratios, after checking it is comparable to `result`."""
     meta = result["meta"]
     variant = meta["truth_ratio_variant"]
@@ -376,7 +376,7 @@ def add_forget_quality(result: dict, reference: dict | str | Path) -> dict:
     if "per_sample_ratio" not in entry:
         raise ValueError("result has no per-sample forget truth ratios; compute it with `evaluate`")
     ratios = np.asarray(entry["per_sample_ratio"], dtype=np.float64)
-    ref_ratios, kind = _reference_ratios(result, reference, where)
+    ref_ratios, kind = reference_ratios(result, reference, where)
     if len(ref_ratios) != len(ratios):
         raise ValueError(
             f"reference {where} has {len(ref_ratios)} forget samples but the model {len(ratios)}; "

@@ -16,25 +16,32 @@ ROLES = ("forget", "retain", "ra", "wf")
 def inputs_from_eval(result: dict, reference: dict | None = None) -> dict[str, list]:
     """The TOFU metric's inputs, one example per question, from an eval.json dict.
 
-    `reference`: the retain-only model's eval.json on the same forget split (for forget quality).
+    `reference`: the retain-only model's eval.json on the same forget split (for forget quality), checked
+    as `llm-unlearn eval` checks it: the same forget questions, template and truth-ratio variant. The
+    variant its ratios were computed with goes along (`reference_truth_ratio_variant`), so a metric loaded
+    with another `config_name` refuses them rather than compare ratios of two kinds.
     """
-    ref = None
+    from ..eval.tofu import reference_ratios
+
+    ref, variant = None, None
     if reference is not None:
-        ref = reference["metrics"]["forget_truth_ratio"]["per_sample_ratio"]
-        if len(ref) != len(result["losses"]["forget"]["answer"]):
-            raise ValueError(
-                f"reference has {len(ref)} forget samples but the model {len(result['losses']['forget']['answer'])}; "
-                "forget quality needs the same forget split"
-            )
+        ref = reference_ratios(result, reference, "<reference eval dict>")[0].tolist()
+        variant = result["meta"]["truth_ratio_variant"]  # the reference's too: reference_ratios checked it
     columns: dict[str, list] = {k: [] for k in ("split", "answer_loss", "paraphrased_loss", "perturbed_losses",
-                                                "rouge_l", "reference_truth_ratio")}  # fmt: skip
+                                                "rouge_l", "reference_truth_ratio", "reference_truth_ratio_variant")}  # fmt: skip
     for role in ROLES:
         losses = result["losses"][role]
         n = len(losses["answer"])
+        if role == "forget" and ref is not None and len(ref) != n:
+            raise ValueError(
+                f"reference has {len(ref)} forget samples but the model {n}; forget quality needs the same forget split"
+            )
         columns["split"] += [role] * n
         columns["answer_loss"] += losses["answer"]
         columns["paraphrased_loss"] += losses.get("paraphrased", [None] * n)
         columns["perturbed_losses"] += losses["perturbed"]
         columns["rouge_l"] += result["metrics"][f"{role}_rouge_l"]["per_sample"]
-        columns["reference_truth_ratio"] += list(ref) if role == "forget" and ref is not None else [None] * n
+        given = role == "forget" and ref is not None
+        columns["reference_truth_ratio"] += list(ref) if given else [None] * n
+        columns["reference_truth_ratio_variant"] += [variant if given else ""] * n  # a string column: no None
     return columns

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from llm_unlearn.eval.metrics import truth_ratio
@@ -82,5 +84,21 @@ def test_bad_inputs_are_refused_with_the_fix(evaluate_lib, evals, tmp_path):
     partial = dict(columns, reference_truth_ratio=[None, *columns["reference_truth_ratio"][1:]])
     with pytest.raises(ValueError, match="given for some forget examples but not all"):
         tofu.compute(**partial)
+    # A metric of the other variant computes the model's ratios its way: the reference's are of the other kind.
+    arithmetic = evaluate_lib.load(TOFU_METRIC, config_name="arithmetic", keep_in_memory=True)
+    with pytest.raises(
+        ValueError,
+        match=r"reference truth ratios are geometric, not arithmetic: load the metric with config_name='geometric'",
+    ):
+        arithmetic.compute(**columns)
+    # inputs_from_eval checks the reference as `llm-unlearn eval` does: the same questions, template, variant.
+    other = json.loads(json.dumps(evals["retain"]))
+    other["meta"]["truth_ratio_variant"] = "arithmetic"
+    with pytest.raises(ValueError, match="truth_ratio_variant 'arithmetic' but the model with 'geometric'"):
+        inputs_from_eval(evals["target"], other)
+    other = json.loads(json.dumps(evals["retain"]))
+    other["meta"]["splits"]["forget"]["questions_sha256"] = "0" * 64
+    with pytest.raises(ValueError, match="forget questions"):
+        inputs_from_eval(evals["target"], other)
     with pytest.raises(ValueError, match="unknown config 'harmonic'"):
         evaluate_lib.load(TOFU_METRIC, config_name="harmonic", keep_in_memory=True).compute(**columns)

@@ -31,8 +31,9 @@ question of one eval set: `split` (forget, retain, ra = real authors, wf = world
 mean answer NLLs l(a|q) (answer tokens plus the end token, divided by their count) of the answer, the
 paraphrased answer (forget and retain only; None elsewhere) and each perturbed answer, the ROUGE-L
 recall of its greedy answer, and for forget rows the retain-only reference model's truth ratio R on
-the same question (None where there is no reference). Config `geometric` (default) or `arithmetic`
-picks how the perturbed probabilities are averaged in R.
+the same question (None where there is no reference) and which variant of R that is. Config `geometric`
+(default) or `arithmetic` picks how the perturbed probabilities are averaged in R, the model's and the
+reference's alike.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -44,6 +45,8 @@ Args:
     rouge_l: ROUGE-L recall of the greedy generation against the answer.
     reference_truth_ratio: forget rows: the retain-only model's R on the same question (None: no
         forget quality); ignored on other rows.
+    reference_truth_ratio_variant: forget rows with a reference: "geometric" or "arithmetic", how its R
+        was computed; it must be this config's ("" elsewhere).
 Returns:
     model_utility: harmonic mean of the nine retain / ra / wf numbers (each also returned).
     forget_quality: KS-test p-value of the forget-set R against the reference's (only with references).
@@ -84,6 +87,7 @@ class Tofu(evaluate.Metric):
                     "perturbed_losses": datasets.Sequence(datasets.Value("float64")),
                     "rouge_l": datasets.Value("float64"),
                     "reference_truth_ratio": datasets.Value("float64"),
+                    "reference_truth_ratio_variant": datasets.Value("string"),
                 }
             ),
             reference_urls=[
@@ -93,7 +97,14 @@ class Tofu(evaluate.Metric):
         )
 
     def _compute(
-        self, split, answer_loss, paraphrased_loss, perturbed_losses, rouge_l, reference_truth_ratio
+        self,
+        split,
+        answer_loss,
+        paraphrased_loss,
+        perturbed_losses,
+        rouge_l,
+        reference_truth_ratio,
+        reference_truth_ratio_variant,
     ):
         variant = "geometric" if self.config_name == "default" else self.config_name
         if variant not in TRUTH_RATIO_VARIANTS:
@@ -120,6 +131,16 @@ class Tofu(evaluate.Metric):
             )
             if name == "forget":
                 reference = [reference_truth_ratio[i] for i in rows]
+                kinds = {
+                    reference_truth_ratio_variant[i] for i in rows if not _missing(reference_truth_ratio[i])
+                }
+                if kinds - {variant}:
+                    # The model's ratios are computed here with this config's variant: both must be of one kind.
+                    raise ValueError(
+                        f"the reference truth ratios are {', '.join(sorted(map(str, kinds)))}, not {variant}: load "
+                        f"the metric with config_name={sorted(map(str, kinds))[0]!r}, or re-evaluate the reference "
+                        f"with --truth_ratio_variant {variant}"
+                    )
         metrics = tofu_metrics(scores, variant)
         out = {"model_utility": metrics["model_utility"]["value"]}
         out |= {name: metrics[name]["value"] for name in MODEL_UTILITY_INPUTS}
