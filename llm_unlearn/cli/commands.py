@@ -247,7 +247,7 @@ def cmd_eval(argv: list[str]) -> None:
     from ..models.args import LoadArgs
     from ..pipeline.evaluate import default_eval_path, evaluate_with_reference, is_main_process
     from .parse import parse_config
-    from .run_eval import recorded_settings, refuse_other_settings
+    from .run_eval import recorded_settings
 
     argv, output_dir = _pop_option(argv, "--output_dir")
     try:
@@ -266,9 +266,7 @@ def cmd_eval(argv: list[str]) -> None:
     recorded = recorded_settings(model_args.model_name_or_path, argv, classes)
     if recorded:  # a run directory: what is not given is what the run itself was evaluated with
         model_args, data, eval_args = parse_config(argv, classes=classes, command="eval", overrides=recorded)
-        own = Path(model_args.model_name_or_path) / "eval.json"
-        if own.is_file() and out.resolve() == own.resolve():  # a first evaluation replaces nothing
-            refuse_other_settings(model_args.model_name_or_path, (model_args, data, eval_args))
+    # Replacing the run's own eval.json with other settings is refused inside (pipeline/run_eval.py).
     result = evaluate_with_reference(model_args.model_name_or_path, data, eval_args, model_args, out_path=out)
     if is_main_process():  # every rank has the result; one prints it
         _print_metrics(result)

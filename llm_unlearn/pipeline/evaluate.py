@@ -214,6 +214,7 @@ def evaluate_path(
     """
     from ..eval import cache
     from ..eval.tofu import add_forget_quality, evaluate, recorded_path, write_eval
+    from .run_eval import check_replaces_own_eval
 
     shard = eval_shard()
     # After multi-process training rank 0 alone writes the run and marks it complete: wait for it.
@@ -221,6 +222,7 @@ def evaluate_path(
     require_complete(model_path, "eval")
     seeds = _seeds(model_path, data)
     model_args = model_args or ModelArgs()
+    check_replaces_own_eval(model_path, out_path, (model_args, data, eval_args))
     start = time.perf_counter()
     keyed = _cache_key(model_path, data, eval_args, model_args) if shard.world_size == 1 else None
     result = cache.load(keyed[0]) if keyed else None
@@ -300,11 +302,14 @@ def evaluate_with_reference(
     (`inputs.validate_inputs`), and that the model and the reference model share one tokenizer.
     """
     from ..core.inputs import check_same_vocabulary, validate_inputs
+    from .run_eval import check_replaces_own_eval
 
     check_reference(eval_args, required=False)
     eval_shard().barrier()  # after multi-process training, rank 0 may still be writing the run
     require_complete(model_path, "eval")  # an unfinished run is the first thing to say, whatever the data
     _seeds(model_path, data)  # then a damaged unlearn_config.yaml, before any model is scored
+    # A run's own eval.json is replaced only by an evaluation of the same data and settings.
+    check_replaces_own_eval(model_path, out_path, (model_args or ModelArgs(), data, eval_args))
     if Path(model_path).is_dir():  # and weights cut short or a foreign config, before the reference is scored
         check_model_folder(model_path, trust_remote_code=(model_args or ModelArgs()).trust_remote_code)
     validate_inputs(data, eval_args)

@@ -251,6 +251,20 @@ def test_eval_of_a_run_uses_its_settings_and_keeps_its_own_evaluation(
     forget.write_text(forget.read_text().replace("?", " ?", 1))
     _expect_error(capsys, ["eval", "--model_name_or_path", str(run), "--data_dir", str(tmp_path / "moved")],
                   r"which the data .*moved \(the run's: .*\) would replace")  # fmt: skip
+    # From Python too: evaluate_with_reference with its own defaults (max_length 1024, forget10) into the
+    # run's eval.json wrote them there as the run's numbers.
+    from llm_unlearn.data.args import DataArgs
+    from llm_unlearn.eval.args import EvalArgs
+    from llm_unlearn.pipeline.evaluate import evaluate_with_reference
+    from llm_unlearn.runs.folder import RunError
+
+    before = (run / "eval.json").read_text()
+    with pytest.raises(RunError, match=r"eval\.json holds its own evaluation, which .*--forget_split forget10 \(the "
+                                       r"run's: forget05\).*in Python: another out_path"):  # fmt: skip
+        evaluate_with_reference(str(run), DataArgs(data_dir=str(micro_world)),
+                                EvalArgs(reference_model=str(micro_models["retain"]["forget10"])),
+                                out_path=run / "eval.json")  # fmt: skip
+    assert (run / "eval.json").read_text() == before
 
 
 def test_unknown_command_suggests(capsys):
