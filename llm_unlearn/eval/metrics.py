@@ -127,6 +127,13 @@ def forget_quality(ratios: Sequence[float], reference_ratios: Sequence[float]) -
     return float(stats.ks_2samp(np.asarray(ratios), np.asarray(reference_ratios)).pvalue)
 
 
+def forget_quality_floor(n: int, m: int) -> float:
+    """The smallest forget quality `n` model and `m` reference ratios can give: the KS p-value of two samples
+    that do not overlap at all. With 3 questions a side it is 0.1, so the usual 0.05 bar is met whatever the
+    model does (a forget set that small cannot show forgetting failed)."""
+    return float(stats.ks_2samp(np.arange(n), np.arange(n, n + m)).pvalue)
+
+
 def model_utility(values: Sequence[float], partial: bool = False) -> float:
     """Harmonic mean of the nine retain / real-authors / world-facts numbers; 0 if any is 0.
 

@@ -148,6 +148,9 @@ def _model_line(label: str, result: dict, config: dict | None, out: Path) -> str
             )
         else:
             line += f"; unlearning: {settings}"
+    floor = result["metrics"].get("forget_quality", {}).get("smallest_possible")
+    if floor is not None:  # eval/tofu.add_forget_quality: too few forget questions for the 0.05 bar to fail
+        line += f"; **forget quality cannot fall below {floor:.3g} on so few forget questions**"
     return line
 
 

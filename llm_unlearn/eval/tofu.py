@@ -25,6 +25,7 @@ import copy
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -47,6 +48,7 @@ from .metrics import (
     SplitScores,
     fact_recall,
     forget_quality,
+    forget_quality_floor,
     rouge_l_recall,
     tofu_metrics,
 )
@@ -55,6 +57,11 @@ from .scoring import answer_losses, candidate_pairs, generate_answers, split_can
 from .shard import Shard
 
 SCHEMA_VERSION = 1
+logger = logging.getLogger("llm_unlearn")
+# Forget quality whose floor (eval/metrics.forget_quality_floor) is above this cannot fail TOFU's 0.05 bar
+# by much: warned, and recorded with the number. 4 questions a side reach 0.029; 6, 0.002.
+FQ_FLOOR_WARN = 0.01
+MIN_FQ_QUESTIONS = 6
 
 
 # The model-utility roles' splits: the same for every forget split.
@@ -384,6 +391,15 @@ def add_forget_quality(result: dict, reference: dict | str | Path) -> dict:
         )
     out = copy.deepcopy(result)
     out["metrics"]["forget_quality"] = {"value": forget_quality(ratios, ref_ratios), "direction": "higher"}
+    floor = forget_quality_floor(len(ratios), len(ref_ratios))
+    if floor > FQ_FLOOR_WARN:
+        # Recorded with the number, so report and card can say it too, not only this run's log.
+        out["metrics"]["forget_quality"]["smallest_possible"] = floor
+        logger.warning(
+            "forget quality on %d forget questions cannot fall below %.3g (the KS p-value of two samples that do "
+            "not overlap): it cannot show that forgetting failed; use a forget set of at least %d questions",
+            len(ratios), floor, MIN_FQ_QUESTIONS,
+        )  # fmt: skip
     out["meta"]["forget_quality_reference"] = {
         "path": recorded_path(where),
         "ratios_from": kind,

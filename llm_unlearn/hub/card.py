@@ -365,6 +365,12 @@ def _metrics_section(result: dict | None, config: dict, data: dict) -> list[str]
             f"each, {TOFU}). A high value means the two distributions cannot be told apart; it says nothing "
             "about any single fact.",
         ]
+        floor = result["metrics"].get("forget_quality", {}).get("smallest_possible")
+        if floor is not None:
+            lines[-1] += (
+                f" With {_plural(ref['n'], 'question')} it cannot fall below {floor:.3g}, whatever the model does: it cannot "
+                "show that forgetting failed."
+            )
     if "holdout" in splits and any(name.startswith("mia_auc_") for name in result["metrics"]):
         lines += [
             "",

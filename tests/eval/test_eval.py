@@ -127,6 +127,24 @@ def test_forget_quality_is_one_when_the_reference_is_the_model_itself(result):
     assert "forget_quality" not in result["metrics"]
 
 
+def test_forget_quality_on_too_few_questions_to_fail_says_so(result, caplog):
+    """3 questions a side: no model can score below 0.1, so the 0.05 bar says nothing; 8 can (floor 1.6e-4)."""
+    from scipy import stats
+
+    from llm_unlearn.eval.metrics import forget_quality_floor
+
+    assert forget_quality_floor(3, 3) == pytest.approx(0.1) and forget_quality_floor(1, 1) == 1.0
+    assert forget_quality_floor(8, 8) == pytest.approx(stats.ks_2samp([0] * 8, [1] * 8).pvalue)
+    assert "smallest_possible" not in add_forget_quality(result, result)["metrics"]["forget_quality"]
+    assert "cannot fall below" not in caplog.text
+    small = json.loads(json.dumps(result))
+    entry = small["metrics"]["forget_truth_ratio"]
+    entry["per_sample_ratio"] = entry["per_sample_ratio"][:3]
+    with_fq = add_forget_quality(small, small)
+    assert with_fq["metrics"]["forget_quality"]["smallest_possible"] == pytest.approx(0.1)
+    assert "forget quality on 3 forget questions cannot fall below 0.1" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [

@@ -463,3 +463,22 @@ def test_a_run_reached_twice_is_listed_once(runs, tmp_path):
     assert (
         "| metric | better | retain | target | graddiff | ngdiff |" in text
     )  # no second ngdiff, no graddiff (2)
+
+
+def test_forget_quality_on_too_few_questions_is_flagged_in_the_report_and_the_card(tmp_path):
+    from llm_unlearn.eval import write_report
+    from llm_unlearn.hub.card import _metrics_section
+
+    small = fake_eval("m", 0, forget_quality=1.0)
+    small["metrics"]["forget_quality"]["smallest_possible"] = 1.0  # one forget question a side
+    small["meta"]["forget_quality_reference"] = {"path": "/nonexistent/eval.json", "model": "ref", "n": 1}
+    small["meta"]["splits"] = {
+        "forget": {"name": "forget10_perturbed", "n": 1},
+        "holdout": {"name": "holdout10", "n": 1},
+    }
+    write_report({"small": small, "plain": fake_eval("p", 1)}, tmp_path / "r")
+    lines = (tmp_path / "r" / "report.md").read_text().splitlines()
+    flagged = [line for line in lines if "cannot fall below" in line]
+    assert len(flagged) == 1 and flagged[0].startswith("- **small**")
+    card = "\n".join(_metrics_section(small, {}, {}))
+    assert "With 1 question it cannot fall below 1, whatever the model does" in card
