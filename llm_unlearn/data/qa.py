@@ -17,6 +17,7 @@ import copy
 import json
 import logging
 import math
+import os
 import random
 import re
 from collections.abc import Sequence
@@ -42,6 +43,22 @@ def split_path(data_dir: str | Path, split: str) -> Path:
     return Path(data_dir) / f"{split}.json"
 
 
+def _missing_split(path: Path, data_dir: Path, split: str) -> str:
+    """Why `path` cannot be read as split `split`, with the fix: a broken link, a `.jsonl` beside it, or none."""
+    if path.is_symlink():
+        return f"split file {path} is a link to {os.readlink(path)}, which does not exist; point it at the split's file"
+    have = sorted(p.stem for p in data_dir.glob("*.json") if p.stem != "world_config" and p.is_file())
+    found = f"split file {path} not found; splits in {data_dir}: {', '.join(have) or 'none'}"
+    if (data_dir / f"{split}.jsonl").is_file():
+        return f"{found}. {split}.jsonl is there: splits are read from <name>.json (JSON lines or an array), so rename it"
+    if split.endswith("_perturbed"):
+        return (
+            f"{found}. The evaluation reads {split}: the rows of {split.removesuffix('_perturbed')} with "
+            "paraphrased_answer and perturbed_answer (a list) added, as TOFU and `llm-unlearn world` write them"
+        )
+    return found
+
+
 def read_utf8(path: Path) -> str:
     """A file's text; a byte that is not UTF-8 is one DataError naming the file, its line and byte offset."""
     raw = path.read_bytes()
@@ -60,11 +77,12 @@ def _read_json_records(path: Path) -> list[dict]:
     text = read_utf8(path).strip()
     if not text:
         return []
+    whole = None
     if text.startswith("["):
         try:
             return list(json.loads(text))
-        except json.JSONDecodeError:
-            pass  # several arrays, one per line: fall through to line-wise parsing
+        except json.JSONDecodeError as err:
+            whole = err  # or several arrays, one per line: line-wise parsing tells
     rows: list[dict] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
@@ -73,6 +91,8 @@ def _read_json_records(path: Path) -> list[dict]:
         try:
             item = json.loads(line)
         except json.JSONDecodeError as err:
+            if whole is not None and lineno == 1:  # one array over many lines: its own error says where
+                lineno, err = whole.lineno, whole
             raise DataError(
                 f"{path}:{lineno} is not valid JSON ({err.msg}); fix or regenerate the file"
             ) from None
@@ -96,6 +116,11 @@ def load_split(
     config = split) is used; `data_dir` wins when both are given. Errors count rows from 1, as an editor
     counts the lines of a JSON-lines file.
     """
+    if not split or "/" in split or "\\" in split or split in (".", ".."):
+        raise DataError(
+            f"split name {split!r} is not a name: a split is the file <name>.json in --data_dir (or a config of "
+            "--dataset_name); pass its name, e.g. forget10, and its folder as --data_dir"
+        )
     if data_dir is not None:
         data_dir = Path(data_dir)
         if data_dir.is_file():
@@ -107,8 +132,7 @@ def load_split(
             )
         path = split_path(data_dir, split)
         if not path.is_file():
-            have = sorted(p.stem for p in data_dir.glob("*.json") if p.stem != "world_config")  # not a split
-            raise DataError(f"split file {path} not found; splits in {data_dir}: {', '.join(have) or 'none'}")
+            raise DataError(_missing_split(path, data_dir, split))
         rows = _read_json_records(path)
         where = str(path)
     elif dataset_name is not None:
@@ -170,17 +194,23 @@ def _refuse_empty_text(row: dict, i: int, where: str, required: Sequence[str]) -
 
 
 def check_unique_questions(rows: list[dict], where: str, refuse: bool = True) -> None:
-    """Refuse (or, with `refuse=False`, warn about) a question asked in two rows of one split, by name."""
+    """Refuse (or, with `refuse=False`, warn about) a question asked in two rows of one split, by name.
+
+    Spelled alike up to spacing and case (`same_question`), as the forget/retain overlap check compares
+    them: a lowercased copy of a forget question counted its fact twice."""
     first: dict[str, int] = {}
+    keys = [same_question(row["question"]) for row in rows]
     for i, row in enumerate(rows):
-        j = first.setdefault(row["question"], i)
+        j = first.setdefault(keys[i], i)
         if j == i:
             continue
-        repeats = sum(r["question"] == row["question"] for r in rows)
+        repeats = keys.count(keys[i])
         problem = (
             f"split {where} asks question {row['question'][:80]!r} {repeats} times (rows {j + 1} and {i + 1}"
         )
         problem += ", ...)" if repeats > 2 else ")"
+        if rows[j]["question"] != row["question"]:
+            problem += f", spelled {rows[j]['question'][:80]!r} in row {j + 1}"
         if refuse:
             raise DataError(
                 f"{problem}; per-question scores are matched by question and row, so keep one row per question"

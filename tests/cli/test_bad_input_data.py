@@ -106,9 +106,9 @@ def _non_utf8_byte(env: Env) -> None:
     path.write_bytes(b"\n".join(lines))
 
 
-def _repeat_question(split: str, row: int, of: int) -> Callable[[Env], None]:
+def _repeat_question(split: str, row: int, of: int, spell=lambda q: q) -> Callable[[Env], None]:
     def setup(env: Env) -> None:
-        question = env.rows(split)[of]["question"]
+        question = spell(env.rows(split)[of]["question"])
         env.edit_rows(split, lambda i, r: r | {"question": question} if i == row else r)
 
     return setup
@@ -181,6 +181,10 @@ CASES = [
     Case("duplicated_question_in_the_forget_split", lambda e: e.unlearn(),
          r"split .*forget10\.json asks question .* 2 times \(rows 3 and 6\); .*keep one row per question",
          setup=_repeat_question("forget10", 5, 2)),
+    # Spacing and case do not make another question, as in the forget/retain overlap check.
+    Case("duplicated_question_respelled_in_the_forget_split", lambda e: e.unlearn(),
+         r"split .*forget10\.json asks question .* 2 times \(rows 3 and 6\), spelled .* in row 3; .*keep one row per question",
+         setup=_repeat_question("forget10", 5, 2, spell=lambda q: q.lower() + " ")),
     Case("duplicated_question_in_an_eval_split", lambda e: e.eval(),
          r"split .*real_authors_perturbed\.json asks question .* 2 times \(rows 1 and 2\)",
          setup=_repeat_question("real_authors_perturbed", 1, 0)),

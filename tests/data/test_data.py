@@ -150,3 +150,33 @@ def test_a_name_that_only_starts_like_tofus_pairs_with_nothing(name):
     assert forget_pct(name) is None
     with pytest.raises(DataError, match=f"cannot pair split {name!r}"):
         paired_split(name, "perturbed")
+
+
+def test_split_files_that_cannot_be_read_say_why(tmp_path):
+    rows = [{"question": "q1?", "answer": "a"}, {"question": "q2?", "answer": "b"}]
+    # One array over many lines with a trailing comma: the line of the error, not line 1.
+    (tmp_path / "f.json").write_text(json.dumps(rows, indent=2)[:-2] + ",\n]")
+    with pytest.raises(DataError, match=r"f\.json:10 is not valid JSON \(Expecting value\)"):
+        load_split("f", tmp_path)
+    (tmp_path / "g.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    with pytest.raises(
+        DataError, match=r"g\.json not found; .*g\.jsonl is there: splits are read from <name>\.json"
+    ):
+        load_split("g", tmp_path)
+    (tmp_path / "h.json").symlink_to(tmp_path / "nowhere.json")
+    with pytest.raises(DataError, match=r"h\.json is a link to .*nowhere\.json, which does not exist"):
+        load_split("h", tmp_path)
+    with pytest.raises(
+        DataError, match=r"f_perturbed\.json not found; splits in .*: f\. The evaluation reads"
+    ):
+        load_split("f_perturbed", tmp_path)  # the broken link h is no split to list
+
+
+@pytest.mark.parametrize("name", ["../f", "sub/f", "/tmp/f", ".."])
+def test_a_split_named_by_a_path_is_refused(tmp_path, name):
+    """`--forget_split ../x` read a file outside --data_dir (and named the run `runs/graddiff-.._x`)."""
+    (tmp_path / "d").mkdir()
+    with pytest.raises(
+        DataError, match=r"split name .* is not a name: a split is the file <name>\.json in --data_dir"
+    ):
+        load_split(name, tmp_path / "d")
