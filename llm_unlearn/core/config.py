@@ -9,6 +9,7 @@ come from `methods/args.py` (`MethodOptions`, a mixin). Parsing recipes and comm
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from transformers import TrainingArguments
 
 from ..methods import COMBINES
 from ..methods.args import MethodOptions
-from ..runs.options import ConfigError, require, suggest
+from ..runs.options import ConfigError, check_field_types, require, suggest
 
 # `--auto`: what it sets, below anything given in a recipe or on the command line (parse_config); its
 # second regime, used where the first costs model utility, is in auto.py.
@@ -46,6 +47,15 @@ class _DerivedFloat(float):
 
 class _DerivedInt(int):
     pass
+
+
+# Trainer's own fields, type-checked by us only where our checks read them (`_check_ranges`): Trainer's
+# `__post_init__` rewrites some of the others (e.g. include_num_input_tokens_seen to "no"), which a
+# `dataclasses.replace` then passes back in.
+_TRAINER_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainingArguments)) - {
+    "learning_rate", "weight_decay", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "seed", "max_grad_norm", "warmup_steps",
+}  # fmt: skip
 
 
 @dataclass
@@ -357,6 +367,7 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
                 "auto=True alone trains with the plain defaults (no stop rule, no GeN): in Python build --auto's "
                 "settings with UnlearnConfig.for_auto(output_dir=..., **your_changes)"
             )
+        check_field_types(self, skip=_TRAINER_FIELDS)  # before any check or derivation reads them
         self._check_ranges()
         if self.forget_token_max_df == 1:  # whole answers, the same as unset: one spelling in saved configs
             self.forget_token_max_df = None

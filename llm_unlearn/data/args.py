@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..runs.options import ConfigError, require, suggest
+from ..runs.options import ConfigError, check_field_types, require, suggest
 from .qa import PROMPT_FORMATS
 
 
@@ -36,6 +36,7 @@ class DataArgs:
     )
 
     def __post_init__(self):
+        check_field_types(self)
         # An empty path is the current folder to pathlib: a mistake to name, not a folder to search.
         if self.data_dir is not None and not self.data_dir.strip():
             raise ConfigError(

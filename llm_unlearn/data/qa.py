@@ -91,10 +91,12 @@ def _read_json_records(path: Path) -> list[dict]:
         try:
             item = json.loads(line)
         except json.JSONDecodeError as err:
-            if whole is not None and lineno == 1:  # one array over many lines: its own error says where
-                lineno, err = whole.lineno, whole
+            bad = (
+                whole if whole is not None and lineno == 1 else err
+            )  # one array over many lines: its own error
             raise DataError(
-                f"{path}:{lineno} is not valid JSON ({err.msg}); fix or regenerate the file"
+                f"{path}:{bad.lineno + lineno - 1 if bad is err else bad.lineno} is not valid JSON ({bad.msg}); "
+                "fix or regenerate the file"
             ) from None
         rows.extend(item if isinstance(item, list) else [item])
     return rows

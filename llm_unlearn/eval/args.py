@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..runs.options import ConfigError, require
+from ..runs.options import ConfigError, check_field_types, require
 
 
 @dataclass
@@ -38,6 +38,7 @@ class EvalArgs:
     )
 
     def __post_init__(self):
+        check_field_types(self)
         require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "at least 1")
         require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "at least 1")
         if self.truth_ratio_variant not in ("geometric", "arithmetic"):

@@ -22,6 +22,7 @@ whole result, identical to one process's (`shard.py`).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -183,6 +184,21 @@ def _hardware(model) -> str:
     return hardware(torch.cuda.get_device_name(device) if device.type == "cuda" else None)
 
 
+def _restores_training_mode(fn):
+    """A caller mid-training (a callback, a notebook) gets its model back in the mode it gave it."""
+
+    @functools.wraps(fn)
+    def wrapper(model, *args, **kwargs):
+        was_training = model.training
+        try:
+            return fn(model, *args, **kwargs)
+        finally:
+            model.train(was_training)
+
+    return wrapper
+
+
+@_restores_training_mode
 def evaluate(
     model,
     tokenizer,
@@ -211,6 +227,10 @@ def evaluate(
     same arguments, and gets the same result); by default this process scores everything.
     """
     shard = shard or Shard()
+    for name, value, least in (("batch_size", batch_size, 1), ("max_length", max_length, 2),
+                               ("max_new_tokens", max_new_tokens, 1)):  # fmt: skip
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     if truth_ratio_variant not in TRUTH_RATIO_VARIANTS:
         raise ValueError(
             f"unknown truth_ratio_variant {truth_ratio_variant!r}; choose one of {', '.join(TRUTH_RATIO_VARIANTS)}"

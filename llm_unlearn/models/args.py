@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..runs.options import ConfigError, require, suggest
+from ..runs.options import ConfigError, check_field_types, require, suggest
 
 TORCH_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -32,6 +32,7 @@ class LoadArgs:
     )
 
     def __post_init__(self):
+        check_field_types(self)
         if self.torch_dtype not in TORCH_DTYPES:
             raise ConfigError(
                 f"unknown torch_dtype {self.torch_dtype!r}{suggest(self.torch_dtype, TORCH_DTYPES)}; "

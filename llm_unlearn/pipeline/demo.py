@@ -83,6 +83,10 @@ def demo(
     """
     from ..runs.folder import CLAIM_FILE, claim_run_dir
 
+    if size not in DEMO_UNLEARN:  # before the folder is touched, as the command's own --size choices are
+        raise ValueError(f"unknown demo size {size!r}; choose one of {', '.join(sorted(DEMO_UNLEARN))}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a whole number >= 1 (or None: torch's default), got {threads!r}")
     out = Path(output_dir)
     _refuse_foreign(out)
     with claim_run_dir(out):
@@ -90,7 +94,13 @@ def demo(
         for child in out.iterdir():
             if child.name != CLAIM_FILE:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
-        return _demo(size, out, no_cache, threads)
+        import torch
+
+        before = torch.get_num_threads()
+        try:
+            return _demo(size, out, no_cache, threads)
+        finally:  # the caller's process keeps its own thread count
+            torch.set_num_threads(before)
 
 
 def _refuse_foreign(out: Path) -> None:

@@ -70,6 +70,61 @@ def suggest(name: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+_SIMPLE = {"float": float, "int": int, "bool": bool, "str": str}
+
+
+def _simple_type(annotation) -> tuple[type, bool] | None:
+    """(type, None allowed) of a field annotated `float`, `int | None`, `Optional[bool]`, ...; None for others."""
+    text = (
+        annotation
+        if isinstance(annotation, str)
+        else getattr(annotation, "__name__", None) or str(annotation)
+    )
+    text = text.replace("typing.", "").replace(" ", "")
+    if text.startswith("Optional[") and text.endswith("]"):
+        text = text[len("Optional[") : -1] + "|None"
+    parts = text.split("|")
+    kinds = [p for p in parts if p != "None"]
+    if len(kinds) != 1 or kinds[0] not in _SIMPLE:
+        return None
+    return _SIMPLE[kinds[0]], len(parts) > 1
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_field_types(obj, skip=frozenset()) -> None:
+    """Refuse a value of another type than its field's: from Python (or a YAML file read by hand), "1e-4" or
+    "false" would otherwise be kept as text, and "false" is true in an `if`. The command line converts them.
+    `skip`: fields left to their own class (Trainer's, some of which its `__post_init__` rewrites to text)."""
+    import dataclasses
+
+    for f in dataclasses.fields(obj):
+        kind = _simple_type(f.type) if f.init and f.name not in skip else None
+        value = getattr(obj, f.name)
+        if kind is None or (
+            value is None and (kind[1] or f.default is None)
+        ):  # `x: str = None` is optional too
+            continue
+        want, _ = kind
+        ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            hint = ""
+            if want is float and isinstance(value, str) and _is_number(value):
+                hint = " (YAML 1.1 reads 1e-4 as text: write 1.0e-4, or pass the number)"
+            raise ConfigError(
+                f"{f.name} must be {'an' if want is int else 'a'} {want.__name__}, got {value!r} "
+                f"({type(value).__name__}){hint}"
+            )
+
+
 def require(ok: bool, name: str, value, requirement: str) -> None:
     if not ok:
         raise ConfigError(f"--{name} {value} is out of range; it must be {requirement}")

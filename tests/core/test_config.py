@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from llm_unlearn.cli.parse import CONFIG_CLASSES, load_yaml, parse_config
+from llm_unlearn.core.config import UnlearnConfig
 from llm_unlearn.methods import METHODS, get_method, register
 from llm_unlearn.runs.options import ConfigError
 
@@ -202,3 +203,29 @@ def test_help_sections_leave_parsing_unchanged():
     assert ours._action_groups[-1].title == TRAINER_SECTION
     assert "adam_beta1" in {a.dest for a in ours._action_groups[-1]._group_actions}
     assert "method" not in {a.dest for a in ours._action_groups[-1]._group_actions}
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: UnlearnConfig(output_dir="/tmp/never", learning_rate="1e-4"),
+         r"learning_rate must be a float, got '1e-4' \(str\) \(YAML 1\.1 reads 1e-4 as text"),
+        (lambda: UnlearnConfig(output_dir="/tmp/never", gen="false"), r"gen must be a bool, got 'false' \(str\)"),
+        (lambda: UnlearnConfig(output_dir="/tmp/never", seed=1.5), r"seed must be an int, got 1\.5"),
+    ],
+)  # fmt: skip
+def test_values_of_another_type_are_refused_from_python(make, message):
+    """`gen="false"` is true in an `if`: it trained with GeN. The command line converts its text itself."""
+    with pytest.raises(ConfigError, match=message):
+        make()
+
+
+def test_option_classes_refuse_text_for_numbers():
+    from llm_unlearn.data.args import DataArgs
+    from llm_unlearn.eval.args import EvalArgs
+
+    with pytest.raises(ConfigError, match=r"max_length must be an int, got '128'"):
+        DataArgs(max_length="128")
+    with pytest.raises(ConfigError, match=r"eval_batch_size must be an int, got '4'"):
+        EvalArgs(eval_batch_size="4")
+    assert UnlearnConfig(output_dir="/tmp/never", learning_rate=1, num_train_epochs=2).learning_rate == 1

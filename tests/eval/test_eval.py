@@ -219,3 +219,21 @@ def test_epoch_evaluator_records_the_chosen_epochs_of_a_run(micro_world, micro_m
     )  # fmt: skip
     assert [row["epoch"] for row in sink] == [2]
     assert set(sink[0]) == {"epoch", *keys} and 0 <= sink[0]["forget_quality"] <= 1
+
+
+def test_evaluate_gives_the_model_back_in_its_mode_and_refuses_bad_sizes(model, tokenizer, data_dir):
+    """A callback mid-training evaluated the model and left it in eval mode (dropout off from then on)."""
+    model.train()
+    try:
+        evaluate(
+            model, tokenizer, data_dir=data_dir, batch_size=8, max_new_tokens=2, progress=False, mia=False
+        )
+        assert model.training
+    finally:
+        model.eval()
+    evaluate(model, tokenizer, data_dir=data_dir, batch_size=8, max_new_tokens=2, progress=False, mia=False)
+    assert not model.training
+    for bad, message in ((dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
+                         (dict(max_new_tokens="8"), "max_new_tokens must be an integer >= 1, got '8'")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            evaluate(model, tokenizer, data_dir=data_dir, progress=False, **bad)

@@ -85,3 +85,18 @@ def test_a_demo_folder_in_use_is_refused_untouched_and_a_finished_one_is_rerun_c
     with pytest.raises(FileExistsError, match="not a demo folder"):
         demo(size="micro", output_dir=str(tmp_path / "mine"))
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_demo_refuses_a_bad_size_or_thread_count_before_touching_the_folder(tmp_path):
+    import torch
+
+    from llm_unlearn.pipeline.demo import demo
+
+    (tmp_path / "keep").mkdir()
+    for kwargs, message in ((dict(size="tiny"), r"unknown demo size 'tiny'; choose one of default, micro"),
+                            (dict(threads=0), r"threads must be a whole number >= 1"),
+                            (dict(threads=-1), r"threads must be a whole number >= 1")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            demo(output_dir=str(tmp_path / "keep"), **kwargs)
+    assert list((tmp_path / "keep").iterdir()) == []
+    assert torch.get_num_threads() >= 1
