@@ -155,7 +155,7 @@ def cmd_unlearn(argv: list[str]) -> None:
     undo = _undo_settings(config, evaluate, model_args.trust_remote_code) if config.undo_alpha else None
     run_dir = unlearn(
         model_args, data, config, eval_args, command=["llm-unlearn", "unlearn", *argv],
-        evaluation_follows=eval_args.do_final_eval,
+        evaluation_follows=eval_args.do_final_eval, distill_follows=undo is not None,
     )  # fmt: skip
     if eval_args.do_final_eval:
         if no_reference:

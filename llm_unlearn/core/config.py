@@ -458,6 +458,8 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
 
     def _check_ranges(self) -> None:
         """Every numeric option in range before any work starts (one line naming the option and the fix)."""
+        # Named as given: `distill` checks its own --alpha too, but that is not what this user typed.
+        require(0 <= self.undo_alpha <= 1, "undo_alpha", self.undo_alpha, "in [0, 1] (0: off)")
         require(
             self.per_device_train_batch_size >= 1,
             "per_device_train_batch_size",

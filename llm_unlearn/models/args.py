@@ -59,3 +59,9 @@ class ModelArgs(LoadArgs):
         require(self.lora_r >= 1, "lora_r", self.lora_r, "at least 1")
         require(math.isfinite(self.lora_alpha) and self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "> 0")
         require(0 <= self.lora_dropout < 1, "lora_dropout", self.lora_dropout, "in [0, 1)")
+        names = [name.strip() for name in self.lora_target_modules.split(",")]
+        if not all(names):  # peft would say only that no module matches {''}, after the model has loaded
+            raise ConfigError(
+                f"--lora_target_modules {self.lora_target_modules!r} names an empty module; pass comma-separated "
+                "module names (e.g. q_proj,v_proj) or all-linear"
+            )

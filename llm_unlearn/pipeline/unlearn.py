@@ -251,6 +251,7 @@ def unlearn(
     command: list[str] | None = None,
     progress_bar_only: bool = False,
     evaluation_follows: bool = False,
+    distill_follows: bool = False,
 ) -> Path:
     """Run one unlearning job and return its run directory.
 
@@ -260,6 +261,8 @@ def unlearn(
     stdout; `train_log.jsonl` records every step either way. `evaluation_follows` (the CLI's final
     evaluation): the run is marked complete with its evaluation pending, so that `push` and `report` wait
     for the eval.json, and a run whose evaluation was cut short is returned untrained to be evaluated.
+    `distill_follows` (the CLI's `--undo_alpha`): the caller distills the run afterwards, so `undo_alpha` is
+    the run's to record; otherwise it is refused, since this function does not distill.
     """
     # The run resolves some settings into numbers it records (`forget_token_nll_cap holdout`); on its own
     # copy, so the caller's config stays as given for another model or a rerun.
@@ -270,6 +273,12 @@ def unlearn(
         raise RunError(
             "unlearn() does not push: leave push_to_hub off and call llm_unlearn.hub.push.push(run_dir, repo_id=...) "
             "after evaluating, or use `llm-unlearn unlearn --push_to_hub --hub_model_id ORG/NAME`"
+        )
+    if config.undo_alpha and not distill_follows:
+        # The command runs UNDO after the final evaluation; recorded here, it would say a run was distilled.
+        raise RunError(
+            "unlearn() does not distill: leave undo_alpha at 0 and call llm_unlearn.pipeline.distill.distill on the "
+            "run directory after evaluating it, or use `llm-unlearn unlearn --undo_alpha A`"
         )
     if not model_args.model_name_or_path:
         raise RunError("no --model_name_or_path given; pass a model folder or Hub id")

@@ -229,3 +229,23 @@ def test_option_classes_refuse_text_for_numbers():
     with pytest.raises(ConfigError, match=r"eval_batch_size must be an int, got '4'"):
         EvalArgs(eval_batch_size="4")
     assert UnlearnConfig(output_dir="/tmp/never", learning_rate=1, num_train_epochs=2).learning_rate == 1
+
+
+def test_options_the_python_api_accepted_and_then_ignored_or_failed_on_are_refused(tmp_path):
+    from llm_unlearn.data.args import DataArgs
+    from llm_unlearn.eval.args import EvalArgs
+    from llm_unlearn.models.args import ModelArgs
+    from llm_unlearn.pipeline.unlearn import unlearn
+    from llm_unlearn.runs.folder import RunError
+
+    for alpha in (2.0, -1.0):
+        with pytest.raises(ConfigError, match=r"--undo_alpha .* is out of range; it must be in \[0, 1\]"):
+            UnlearnConfig(output_dir=str(tmp_path), undo_alpha=alpha)
+    for modules in ("", "q_proj,,v_proj"):
+        with pytest.raises(ConfigError, match="names an empty module"):
+            ModelArgs(lora_target_modules=modules)
+    # unlearn() does not distill: recording undo_alpha would say the run was distilled.
+    with pytest.raises(RunError, match=r"unlearn\(\) does not distill: .*--undo_alpha A"):
+        unlearn(ModelArgs(model_name_or_path="m"), DataArgs(data_dir=str(tmp_path)),
+                UnlearnConfig(output_dir=str(tmp_path / "run"), undo_alpha=0.3), EvalArgs())  # fmt: skip
+    assert not (tmp_path / "run").exists()
