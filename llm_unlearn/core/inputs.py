@@ -128,7 +128,15 @@ def check_splits(
     `retain_split`, the split a run trains on, may repeat a question (warned about); no other may.
     """
     for name, required in read.items():
-        rows = source.load(name, required)
+        try:
+            rows = source.load(name, required)
+        except DataError as err:
+            if retain_split is None or name in (forget_split, retain_split):
+                raise
+            # A training run reads it only for its final evaluation: say so, and how to train without it.
+            raise DataError(
+                f"{err}; the final evaluation reads it: add it, or train with --do_final_eval false"
+            ) from None
         check_unique_questions(rows, source.where(name), refuse=name != retain_split)
     check_companions(source, list(read), always=forget_split)
     forget = source.rows.get(forget_split) or source.rows.get(forget_split + PERTURBED)

@@ -73,7 +73,9 @@ def _parameters_sharded(model) -> bool:
 
 
 class EpochEvaluator(TrainerCallback):
-    """Evaluate the model being trained, in place, at the end of chosen epochs (all by default).
+    """Evaluate the model being trained, in place, at the end of chosen epochs (all by default), with the
+    data's `max_length` and, given `eval_args`, its batch size, generation length, truth-ratio variant and
+    membership setting (as `evaluate_path` would).
 
     Forget quality is taken against `reference` (an eval result of the retain-only model); each
     evaluation appends {"epoch": k, metric: value for metric in `keys`} to `sink`. Used by the
@@ -82,9 +84,23 @@ class EpochEvaluator(TrainerCallback):
     are sharded (FSDP, ZeRO-3): then every rank evaluates everything, as the sharded forwards need.
     """
 
-    def __init__(self, tokenizer, data: DataArgs, reference: dict, sink: list, keys, epochs=None):
+    def __init__(
+        self,
+        tokenizer,
+        data: DataArgs,
+        reference: dict,
+        sink: list,
+        keys,
+        epochs=None,
+        eval_args: EvalArgs | None = None,
+    ):
         self.tokenizer, self.data, self.reference, self.sink = tokenizer, data, reference, sink
         self.keys, self.epochs = tuple(keys), epochs
+        # The evaluation's settings, as `evaluate_path` takes them (evaluate's own defaults without eval_args).
+        self.settings = dict(max_length=data.max_length)
+        if eval_args is not None:
+            self.settings |= dict(batch_size=eval_args.eval_batch_size, max_new_tokens=eval_args.max_new_tokens,
+                                  truth_ratio_variant=eval_args.truth_ratio_variant, mia=eval_args.mia)  # fmt: skip
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         from ..eval.tofu import add_forget_quality, evaluate
@@ -96,10 +112,9 @@ class EpochEvaluator(TrainerCallback):
             model, self.tokenizer, data_dir=self.data.data_dir, dataset_name=self.data.dataset_name,
             forget_split=self.data.forget_split, prompt_format=self.data.prompt_format,
             system_prompt=self.data.system_prompt, progress=False,
-            shard=Shard() if _parameters_sharded(model) else process_shard(),
+            shard=Shard() if _parameters_sharded(model) else process_shard(), **self.settings,
         )  # fmt: skip
         result = add_forget_quality(result, self.reference)
-        model.train()
         self.sink.append({"epoch": epoch, **{k: result["metrics"][k]["value"] for k in self.keys}})
 
 

@@ -377,6 +377,9 @@ CASES = [
     Case("stop_truth_ratio_forget_perturbed_lacks_a_question", lambda e: e.unlearn("--auto"),
          r"forget10_perturbed\.json row 1 asks .* \(that question is elsewhere in .*forget10\.json\); regenerate",
          setup=lambda e: e.write_rows("forget10_perturbed", e.rows("forget10_perturbed")[1:])),
+    Case("eval_split_missing_for_a_training_run", lambda e: e.unlearn(),
+         r"world_facts_perturbed\.json not found; .*the final evaluation reads it: add it, or train with --do_final_eval false",
+         setup=lambda e: _drop(e, "world_facts_perturbed.json")),
     # Found before training: after it, the run was trained and its evaluation refused the --max_length fix.
     Case("eval_split_answer_longer_than_max_length", lambda e: e.unlearn(max_length="64"),
          r"retain_perturbed\.json: example of \d+ tokens exceeds max_length=64 .*raise --max_length to at least \d+, or train with --do_final_eval false",

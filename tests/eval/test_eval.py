@@ -237,3 +237,28 @@ def test_evaluate_gives_the_model_back_in_its_mode_and_refuses_bad_sizes(model, 
                          (dict(max_new_tokens="8"), "max_new_tokens must be an integer >= 1, got '8'")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             evaluate(model, tokenizer, data_dir=data_dir, progress=False, **bad)
+
+
+def test_epoch_evaluator_evaluates_with_the_runs_settings(monkeypatch):
+    """It evaluated at 1024 tokens and evaluate's defaults whatever the data's max_length and eval settings."""
+    from types import SimpleNamespace
+
+    import llm_unlearn.eval.tofu as tofu
+    from llm_unlearn.data.args import DataArgs
+    from llm_unlearn.eval.args import EvalArgs
+    from llm_unlearn.pipeline.evaluate import EpochEvaluator
+
+    seen = []
+    monkeypatch.setattr(tofu, "evaluate", lambda model, tok, **kw: seen.append(kw) or {"metrics": {}})
+    monkeypatch.setattr(tofu, "add_forget_quality", lambda result, ref: {"metrics": {"x": {"value": 1}}})
+    data = DataArgs(data_dir="/nonexistent", max_length=128)
+    eval_args = EvalArgs(eval_batch_size=4, max_new_tokens=8, truth_ratio_variant="arithmetic", mia=False)
+    sink: list = []
+    for args in (None, eval_args):
+        EpochEvaluator(None, data, {}, sink, ("x",), eval_args=args).on_epoch_end(
+            None, SimpleNamespace(epoch=1.0), None, model=torch.nn.Linear(1, 1)
+        )
+    assert seen[0]["max_length"] == 128 and "max_new_tokens" not in seen[0]
+    assert {k: seen[1][k] for k in ("max_length", "batch_size", "max_new_tokens", "truth_ratio_variant", "mia")} == {
+        "max_length": 128, "batch_size": 4, "max_new_tokens": 8, "truth_ratio_variant": "arithmetic", "mia": False
+    }  # fmt: skip
