@@ -416,6 +416,32 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    hook_before = sys.unraisablehook
+    sys.unraisablehook = _redeliver_interrupt(hook_before)
+    try:
+        return _run(command, rest, debug)
+    finally:  # `main` also runs in-process (tests, notebooks): the hook is theirs again
+        sys.unraisablehook = hook_before
+
+
+def _redeliver_interrupt(hook_before):
+    """An unraisablehook that does not lose Ctrl-C: a SIGINT landing while a finalizer (`__del__`) runs, as
+    during the seconds torch takes to import, raises inside it, where Python prints and drops it, and the
+    command ran to the end with exit 0. Interrupting the main thread again, a moment later from another thread
+    (from this one it would raise inside the hook, and be dropped again), raises it where it counts; should
+    it land in a finalizer again, this hook sends it once more."""
+    import _thread
+
+    def hook(unraisable):
+        if unraisable.exc_type is KeyboardInterrupt:
+            threading.Timer(0.05, _thread.interrupt_main).start()
+            return
+        hook_before(unraisable)
+
+    return hook
+
+
+def _run(command: str, rest: list[str], debug: bool) -> int:
     try:  # torch and transformers load here (seconds): Ctrl-C meanwhile is an interrupt, not a traceback
         _setup_logging()
         from ..core.trainer import NonFiniteLossError

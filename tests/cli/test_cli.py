@@ -757,3 +757,33 @@ def test_a_broken_pipe_other_than_stdout_is_an_error_line(monkeypatch, capsys):
     monkeypatch.setattr(commands, "cmd_ls", broken)
     assert main(["ls"]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_ctrl_c_dropped_by_a_finalizer_while_starting_still_interrupts(tmp_path):
+    """A SIGINT landing while a `__del__` runs (torch's import runs many) raises inside it, where Python
+    prints and drops it: the command then ran to the end with exit 0."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\n"
+        "import time\n\n"
+        "import llm_unlearn.cli.commands as c\n\n\n"
+        "class Dies:\n"
+        "    def __del__(self):\n"
+        "        raise KeyboardInterrupt  # what a SIGINT landing in a finalizer does\n\n\n"
+        "real = c._setup_logging\n\n\n"
+        "def setup():\n"
+        "    d = Dies()\n"
+        "    del d\n"
+        "    time.sleep(2)  # the rest of start-up: torch's import takes seconds\n"
+        "    real()\n\n\n"
+        "c._setup_logging = setup\n"
+        "sys.exit(c.main(['ls']))\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 130, done.stderr
+    assert "error: interrupted while starting; nothing was done" in done.stderr
+    assert "methods" not in done.stdout.lower()  # `ls` never ran
