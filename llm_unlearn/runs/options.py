@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import numbers
 
 
 class ConfigError(ValueError):
@@ -112,9 +113,12 @@ def check_field_types(obj, skip=frozenset()) -> None:
         ):  # `x: str = None` is optional too
             continue
         want, _ = kind
-        ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            ok = True
+        # numbers.Integral / Real: a numpy integer or float from a sweep is a number too; a bool is not.
+        numeric = {int: numbers.Integral, float: numbers.Real}.get(want)
+        if numeric is not None:
+            ok = isinstance(value, numeric) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, want)
         if not ok:
             hint = ""
             if want is float and isinstance(value, str) and _is_number(value):
