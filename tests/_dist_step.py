@@ -50,6 +50,10 @@ def main(
         data_collator=QACollator(pad_id(tok)),
         processing_class=tok,
         method=get_method(method),
+        # rmu steers against the frozen original model
+        reference_model=AutoModelForCausalLM.from_pretrained(model_dir)
+        if get_method(method).needs_reference(config)
+        else None,
     )
     trainer.train()
     if trainer.is_world_process_zero():

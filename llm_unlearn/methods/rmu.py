@@ -42,6 +42,14 @@ from .common import MethodContext, Term
 from .registry import register
 
 
+def _bare(model):
+    """The model inside a DDP or similar wrapper (which has no `config`); its forward still goes through the
+    wrapper, which synchronizes the gradients."""
+    while not hasattr(model, "config") and hasattr(model, "module"):
+        model = model.module
+    return model
+
+
 def steered_layer(model, config) -> int:
     """The decoder layer whose output is steered: `rmu_layer`, or (7 * num_hidden_layers) // 32."""
     n_layers = model.config.num_hidden_layers
@@ -140,7 +148,7 @@ def squared_error_sum(h: torch.Tensor, target: torch.Tensor, batch: dict[str, to
 )
 def rmu(model, forget, retain, ctx: MethodContext) -> dict[str, Term]:
     cfg = ctx.config
-    layer = steered_layer(model, cfg)
+    layer = steered_layer(_bare(model), cfg)  # under a launch `model` is the DDP wrapper
     h_forget = layer_output(model, forget, layer)
     control = cfg.rmu_coefficient * random_direction(h_forget.size(-1), cfg.seed).to(h_forget.device)
     with torch.no_grad():

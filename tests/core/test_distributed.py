@@ -47,7 +47,8 @@ def _run(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["graddiff", "ngdiff"])
+# rmu read the model's config through the DDP wrapper, which has none: it failed at its first step.
+@pytest.mark.parametrize("method", ["graddiff", "ngdiff", "rmu"])
 def test_two_ranks_of_batch_two_equal_one_rank_of_batch_four(tiny, tmp_path, method):  # noqa: F811
     single = _run(tiny, tmp_path / "one.safetensors", processes=1, batch_size=4, method=method)
     double = _run(tiny, tmp_path / "two.safetensors", processes=2, batch_size=2, method=method)
