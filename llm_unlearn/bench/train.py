@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from ..runs.options import CommandParser
+from ..runs.options import CommandParser, require_one_process
 from ..runs.scratch import scratch_dir
 from .hardware import device_name
 
@@ -299,6 +299,7 @@ def bench_cli(argv: list[str]) -> None:
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     parser.add_argument("--_workdir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    require_one_process("bench")  # every rank would do it all, into the same files
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads {args.threads} must be at least 1 (or left out for torch's choice)")
     if args.out and Path(args.out).is_dir():  # before minutes of timing, not after them

@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 
 from ..runs.folder import make_temp_dir, move_into_place
-from ..runs.options import CommandParser, underscored
+from ..runs.options import CommandParser, require_one_process, underscored
 
 SUBCOMMANDS = (
     "demo", "world", "train", "unlearn", "distill", "eval", "probe", "report", "push", "ls", "bench"
@@ -71,6 +71,7 @@ def cmd_world(argv: list[str]) -> None:
     )
     parser.add_argument("--no_cache", action="store_true", help="rebuild the models even if cached")
     args = parser.parse_args(argv)
+    require_one_process("world")  # every rank would do it all, into the same files
     cfg = WorldConfig(**{**WORLD_SIZES[args.size], "seed": args.seed})
     if args.n_authors is not None:
         cfg.n_authors = args.n_authors

@@ -31,7 +31,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..runs.options import CommandParser
+from ..runs.options import CommandParser, require_one_process
 from ..runs.redact import LOCAL_PATH, local_name
 from . import plots
 from .metrics import MODEL_UTILITY_INPUTS
@@ -420,6 +420,7 @@ def report_cli(argv: list[str]) -> Path:
     )
     parser.add_argument("--title", help="report title (default: lists the runs)")
     args = parser.parse_args(argv)
+    require_one_process("report")  # every rank would do it all, into the same files
     path = report_runs(args.run_dirs, args.out, args.target_eval, args.title)
     print(f"wrote {path}")
     return path

@@ -41,7 +41,7 @@ from ..runs.folder import (
     read_status,
     require_complete,
 )
-from ..runs.options import CommandParser, add_trust_remote_code
+from ..runs.options import CommandParser, add_trust_remote_code, require_one_process
 from ..runs.redact import known_paths, redact_paths, redact_secrets
 from ..runs.scratch import scratch_dir
 
@@ -333,6 +333,7 @@ def push_cli(argv: list[str]) -> None:
     parser.add_argument("--output_dir", help="with --dry_run: where to write the folder")
     add_trust_remote_code(parser)
     args = parser.parse_args(argv)
+    require_one_process("push")  # every rank would do it all, into the same files
     push(
         args.run_dir,
         args.repo_id,

@@ -23,7 +23,7 @@ from ..data.args import DataArgs
 from ..eval.args import EvalArgs
 from ..models.args import ModelArgs
 from ..runs.folder import write_json_atomic
-from ..runs.options import CommandParser
+from ..runs.options import CommandParser, require_one_process
 
 logger = logging.getLogger("llm_unlearn")
 
@@ -227,6 +227,7 @@ def demo_cli(argv: list[str]) -> None:
     parser.add_argument("--no_cache", action="store_true", help="rebuild the models even if cached")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    require_one_process("demo")  # every rank would do it all, into the same files
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads {args.threads} must be at least 1 (or left out for torch's choice)")
     summary = demo(args.size, args.output_dir, args.no_cache, args.threads)

@@ -327,6 +327,14 @@ CASES = [
          r"llm-unlearn probe runs in one process; start it without torchrun", patch=lambda mp: mp.setenv("WORLD_SIZE", "2")),
     Case("distill_under_two_processes", lambda e: ["distill", str(e.target), "--alpha", "0.3", "--output_dir", str(e.tmp / "d")],
          r"llm-unlearn distill runs in one process; start it without torchrun", patch=lambda mp: mp.setenv("WORLD_SIZE", "2")),
+    # Each of these ran on every rank, into the same files (report, world), or pushed once per rank.
+    *[Case(f"{name}_under_two_processes", argv, rf"llm-unlearn {name} runs in one process; start it without torchrun",
+           patch=lambda mp: mp.setenv("WORLD_SIZE", "2"))
+      for name, argv in (("report", lambda e: ["report", str(e.tmp), "--out", str(e.tmp / "rep")]),
+                         ("push", lambda e: ["push", str(e.tmp), "--repo_id", "a/b", "--dry_run", "--output_dir", str(e.tmp / "s")]),
+                         ("world", lambda e: ["world", "--size", "micro", "--out", str(e.tmp / "w")]),
+                         ("demo", lambda e: ["demo", "--size", "micro", "--output_dir", str(e.tmp / "d")]),
+                         ("bench", lambda e: ["bench", "--out", str(e.tmp / "b.json")]))],
     Case("method_in_capitals", lambda e: e.unlearn(method="NPO"), r"unknown method 'NPO'; did you mean 'npo'\?"),
     Case("combine_unknown", lambda e: e.unlearn(combine="average"), r"unknown combine 'average'"),
     Case("prompt_format_unknown", lambda e: e.unlearn(prompt_format="chat_templat"), r"unknown prompt_format 'chat_templat' \(did you mean 'chat_template'\?\)"),
@@ -460,6 +468,8 @@ CASES = [
     Case("eval_into_a_folder_of_runs", lambda e: ["eval", "--model_name_or_path", str(e.target), "--data_dir", str(e.world), "--reference_model", str(e.retain_model), "--output_dir", str(e.tmp / "runs")],
          r"--output_dir .*runs holds runs or evaluated models; an eval.json there would make `llm-unlearn report` read the folder as one run",
          setup=lambda e: e.status(e.tmp / "runs" / "a", state="complete")),
+    Case("eval_output_dir_under_a_file", lambda e: ["eval", "--model_name_or_path", str(e.target), "--data_dir", str(e.world), "--reference_model", str(e.retain_model), "--output_dir", str(e.tmp / "afile" / "sub")],
+         r"--output_dir .*afile/sub lies under .*afile, which is a file; pass a folder path", setup=lambda e: (e.tmp / "afile").write_text("x")),
     Case("eval_model_missing", lambda e: ["eval", "--model_name_or_path", "nope", "--reference_eval", str(e.tmp / "x.json")], r"model nope does not exist here"),
     Case("interrupted_while_starting", lambda e: e.unlearn(), r"^error: interrupted while starting; nothing was done", code=130,
          patch=lambda mp: mp.setattr("llm_unlearn.cli.commands._setup_logging", _raise(KeyboardInterrupt))),
