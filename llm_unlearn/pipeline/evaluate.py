@@ -134,7 +134,9 @@ def default_eval_path(model_path: str, output_dir: str | None) -> Path:
             raise FileExistsError(f"--output_dir {out} is a file; pass a folder for the eval.json")
         existing = next((p for p in out.absolute().parents if p.exists()), None)
         if existing is not None and not existing.is_dir():  # mkdir would fail only after the evaluation
-            raise FileExistsError(f"--output_dir {out} lies under {existing}, which is a file; pass a folder path")
+            raise FileExistsError(
+                f"--output_dir {out} lies under {existing}, which is a file; pass a folder path"
+            )
         holds_model = read_status(out) is not None or any((out / f).is_file() for f in MODEL_FILES)
         if out.is_dir() and any(
             (d / STATUS_FILE).is_file() or (d / "eval.json").is_file() for d in out.iterdir()

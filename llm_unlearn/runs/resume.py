@@ -43,15 +43,19 @@ def free(key: str) -> bool:
     return key not in BOUND and (key in FREE or key.startswith(FREE_PREFIXES))
 
 
-def differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+def differences(
+    saved: dict[str, Any], new: dict[str, Any], prefix: str = "", trained: bool = False
+) -> list[str]:
     """`key: saved there, new now` for every training setting both name and set differently (a nested
-    section, such as `distill`'s `undo`, key by key)."""
+    section, such as `distill`'s `undo`, key by key). `trained`: the training is over (its final evaluation is
+    what is left), so the settings that are part of the steps only while training (BOUND) are free too."""
     new = yaml.safe_load(yaml.safe_dump(new, sort_keys=False))  # compared as the YAML would hold it
     found = []
     for key in saved:
         if (
             key not in new
             or free(key)
+            or (trained and key in BOUND)
             or saved[key] == new[key]
             or _same_local_path(key, saved[key], new[key])
             or _as_repr_then(saved[key], new[key])
@@ -59,7 +63,7 @@ def differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
         ):
             continue
         if isinstance(saved[key], dict) and isinstance(new[key], dict):
-            found += differences(saved[key], new[key], f"{prefix}{key}.")
+            found += differences(saved[key], new[key], f"{prefix}{key}.", trained)
         else:
             found.append(f"{prefix}{key}: {saved[key]!r} there, {new[key]!r} now")
     return found
@@ -115,7 +119,7 @@ def check_resume_settings(
     trained = (read_status(out) or {}).get("state") == "complete"
     if not (progress or trained or checkpoints(out)[0] or (out / "train_log.jsonl").is_file()):
         return
-    found = [differences(saved, settings) for settings in (new, *also)]
+    found = [differences(saved, settings, trained=trained) for settings in (new, *also)]
     if not all(found):
         return
     diff = found[0]

@@ -247,6 +247,12 @@ def test_resume_settings_compare_what_trains_as_the_yaml_holds_it():
     for key, was, now in (("dataloader_drop_last", False, True), ("save_only_model", False, True)):
         assert differences(saved | {key: was}, new | {key: now}) == [f"{key}: {was!r} there, {now!r} now"]
     assert differences(saved | {"dataloader_num_workers": 0}, new | {"dataloader_num_workers": 2}) == []
+    # Once training is over (its final evaluation cut short), they are free: the command that finishes the
+    # evaluation was refused for another --eval_batch_size, which its own comment says may differ.
+    assert differences(saved, new | {"eval_batch_size": 8}, trained=True) == []
+    assert differences(saved, new | {"learning_rate": 0.02}, trained=True) == [
+        "learning_rate: 0.01 there, 0.02 now"
+    ]
 
 
 class _KilledAfterCheckpoint2(TrainerCallback):
