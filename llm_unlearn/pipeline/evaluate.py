@@ -289,10 +289,22 @@ def evaluate_path(
                               "dataset_name": data.dataset_name}  # fmt: skip
     if reference is not None:
         result = add_forget_quality(result, reference)
-    if shard.is_main and out_path is not None:
-        write_eval(result, out_path)
-        if Path(out_path).parent.resolve() == Path(model_path).resolve():
-            mark_evaluated(model_path)  # the run's own eval.json: its final evaluation is done
+    if out_path is not None:
+        failed = None
+        if shard.is_main:
+            try:
+                write_eval(result, out_path)
+                if Path(out_path).parent.resolve() == Path(model_path).resolve():
+                    mark_evaluated(model_path)  # the run's own eval.json: its final evaluation is done
+            except Exception as err:  # noqa: BLE001 - re-raised below, once the other ranks know
+                failed = err
+        # Rank 0 alone writes; the others learn how that went instead of dying in the teardown's barrier
+        # with a "connection closed by peer" traceback once rank 0 has left with its error.
+        outcome = shard.all_gather(None if failed is None else str(failed))[0]
+        if failed is not None:
+            raise failed
+        if outcome is not None:
+            raise RunError(f"rank 0 could not write {out_path} ({outcome}); it names the fix")
     return result
 
 
