@@ -417,15 +417,17 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    hook_before = sys.unraisablehook
-    sys.unraisablehook = _redeliver_interrupt(hook_before)
+    hook_before, pending = sys.unraisablehook, []
+    sys.unraisablehook = _redeliver_interrupt(hook_before, pending)
     try:
         return _run(command, rest, debug)
-    finally:  # `main` also runs in-process (tests, notebooks): the hook is theirs again
+    finally:  # `main` also runs in-process (tests, notebooks): the hook is theirs again, and no late Ctrl-C
         sys.unraisablehook = hook_before
+        for timer in pending:
+            timer.cancel()
 
 
-def _redeliver_interrupt(hook_before):
+def _redeliver_interrupt(hook_before, pending: list):
     """An unraisablehook that does not lose Ctrl-C: a SIGINT landing while a finalizer (`__del__`) runs, as
     during the seconds torch takes to import, raises inside it, where Python prints and drops it, and the
     command ran to the end with exit 0. Interrupting the main thread again, a moment later from another thread
@@ -435,7 +437,9 @@ def _redeliver_interrupt(hook_before):
 
     def hook(unraisable):
         if unraisable.exc_type is KeyboardInterrupt:
-            threading.Timer(0.05, _thread.interrupt_main).start()
+            timer = threading.Timer(0.05, _thread.interrupt_main)
+            pending.append(timer)
+            timer.start()
             return
         hook_before(unraisable)
 

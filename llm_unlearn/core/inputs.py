@@ -289,23 +289,32 @@ def check_eval_lengths(
     model: str, data: DataArgs, rows: dict[str, list[dict]], *, trust_remote_code=False
 ) -> None:
     """Refuse, before training, an evaluation example longer than `--max_length`: every answer, paraphrase
-    and perturbed answer of the evaluation's splits (`rows`, by name), tokenized as the evaluation will.
-    Found after training, it left a trained run whose evaluation the suggested `--max_length` could not
-    finish (another setting than the run's)."""
-    from ..data.qa import encode_qa_pairs
+    and perturbed answer of the evaluation's splits, and the membership holdout where it is read (`rows`, by
+    name, as `validate_inputs` returns them), tokenized as the evaluation will. Found after training, it
+    left a trained run whose evaluation the suggested `--max_length` could not finish (another setting)."""
+    from ..data.qa import encode_qa_pairs, paired_split
     from ..eval.scoring import candidate_pairs
     from ..eval.tofu import eval_splits
     from ..models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     source = SplitSource(data.data_dir, data.dataset_name)
-    for role, name in eval_splits(data.forget_split).items():
-        questions, texts = candidate_pairs(rows[name], paraphrase=role in ("forget", "retain"))
+    scored = [(name, role in ("forget", "retain")) for role, name in eval_splits(data.forget_split).items()]
+    holdout = paired_split(data.forget_split, "holdout")
+    if holdout in rows:  # membership inference scores its answers too
+        scored.append((holdout, None))
+    for name, paraphrase in scored:
+        if paraphrase is None:
+            questions, texts = [r["question"] for r in rows[name]], [r["answer"] for r in rows[name]]
+        else:
+            questions, texts = candidate_pairs(rows[name], paraphrase=paraphrase)
         try:
             encode_qa_pairs(
                 tokenizer, questions, texts, data.prompt_format, data.max_length, data.system_prompt
             )
         except DataError as err:
+            if "exceeds max_length" not in str(err):  # another problem (a template): its own words, unwrapped
+                raise
             raise DataError(
                 f"{source.where(name)}: {err}, or train with --do_final_eval false (the final evaluation scores "
                 "every answer, paraphrase and perturbed answer of its splits)"

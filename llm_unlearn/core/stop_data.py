@@ -154,6 +154,8 @@ def _truth_ratio_rows(data, holdout_name: str, forget_rows, holdout, statistic: 
         try:
             check_companion(base, where(base_name), companion, where(name))
         except DataError as err:
+            if base is forget_rows:  # the evaluation reads this companion too: regenerating it is the fix
+                raise
             raise DataError(f"{err}, or pass --stop_statistic truth_ratio_constructed") from None
     return "truth_ratio", forget_pert, holdout_pert
 

@@ -74,7 +74,8 @@ def read_utf8(path: Path) -> str:
 
 def _read_json_records(path: Path) -> list[dict]:
     """Read JSON lines, one JSON array, or several arrays one per line (all seen in TOFU copies)."""
-    text = read_utf8(path).strip()
+    raw = read_utf8(path)
+    text = raw.strip()
     if not text:
         return []
     whole = None
@@ -84,20 +85,19 @@ def _read_json_records(path: Path) -> list[dict]:
         except json.JSONDecodeError as err:
             whole = err  # or several arrays, one per line: line-wise parsing tells
     rows: list[dict] = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    first = None
+    for lineno, line in enumerate(raw.splitlines(), 1):  # counted in the file as it is, blank lines too
         line = line.strip()
         if not line:
             continue
+        first = first or lineno
         try:
             item = json.loads(line)
         except json.JSONDecodeError as err:
-            bad = (
-                whole if whole is not None and lineno == 1 else err
-            )  # one array over many lines: its own error
-            raise DataError(
-                f"{path}:{bad.lineno + lineno - 1 if bad is err else bad.lineno} is not valid JSON ({bad.msg}); "
-                "fix or regenerate the file"
-            ) from None
+            where, msg = lineno, err.msg
+            if whole is not None and lineno == first:  # one array over many lines: its own error says where
+                where, msg = whole.lineno + first - 1, whole.msg
+            raise DataError(f"{path}:{where} is not valid JSON ({msg}); fix or regenerate the file") from None
         rows.extend(item if isinstance(item, list) else [item])
     return rows
 

@@ -60,8 +60,8 @@ from .shard import Shard
 SCHEMA_VERSION = 1
 logger = logging.getLogger("llm_unlearn")
 # Forget quality whose floor (eval/metrics.forget_quality_floor) is above this cannot fail TOFU's 0.05 bar
-# by much: warned, and recorded with the number. 4 questions a side reach 0.029; 6, 0.002.
-FQ_FLOOR_WARN = 0.01
+# by much: warned, and recorded with the number. 4 questions a side reach 0.029, 5 0.008, 6 0.002.
+FQ_FLOOR_WARN = 0.005
 MIN_FQ_QUESTIONS = 6
 
 

@@ -36,11 +36,15 @@ def refuse_other_settings(model: str, parsed: tuple) -> None:
     """The run's own eval.json is what report and push read as its numbers: it is not replaced by an evaluation
     on other data or settings. The reference may differ (another retain-only model, or its eval.json in place
     of the model): it changes forget quality's yardstick, which eval.json records, not what was measured."""
+    from ..data.qa import forget_pct, paired_split
     from ..eval.tofu import recorded_path
     from ..runs.folder import RunError, read_run_config
 
     config = read_run_config(model)
     values = {k: getattr(obj, k) for obj in parsed for k in RUN_EVAL_SETTINGS if hasattr(obj, k)}
+    if values.get("retain_split") is None and forget_pct(values.get("forget_split") or "") is not None:
+        # None is the forget split's pair, as the run resolved and recorded it (DataArgs' default, in Python)
+        values["retain_split"] = paired_split(values["forget_split"], "retain")
 
     def source(where: dict, local: str, hub: str):  # a local path wins over a Hub id, as when loading
         return recorded_path(where[local]) if where.get(local) else where.get(hub)

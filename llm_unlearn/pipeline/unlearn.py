@@ -71,7 +71,7 @@ from ..runs.folder import (
     write_text_atomic,
 )
 from ..runs.redact import to_dict
-from ..runs.resume import check_resume_settings
+from ..runs.resume import BOUND, check_resume_settings
 from .forget_tokens import (
     check_df_rows,
     check_nll_cap,
@@ -221,7 +221,10 @@ def add_lora(model, model_args: ModelArgs):
         r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,
         lora_dropout=model_args.lora_dropout,
-        target_modules=targets if targets == "all-linear" else targets.split(","),
+        # "q_proj, v_proj" names two modules: peft would look for " v_proj" and train q_proj alone
+        target_modules=targets
+        if targets.strip() == "all-linear"
+        else [t.strip() for t in targets.split(",")],
         task_type="CAUSAL_LM",
     )
     return with_lora(model, lora)
@@ -331,12 +334,15 @@ def unlearn(
         if run_state(read_status(out)) == "unevaluated" and evaluation_follows:
             logger.info("%s was trained to the end; its final evaluation is what is left", out)
             if rank_zero:  # this command's evaluation settings (free to differ) are what eval.json will hold
-                trained = ours[0]
-                if trained.forget_token_nll_cap == "holdout":  # keep the nats it trained with
-                    cap = (read_run_config(out) or {}).get("forget_token_nll_cap", "holdout")
-                    trained = copy.copy(trained)
-                    trained.forget_token_nll_cap = cap
-                write_run_config(out, settings(model_args, data, trained, eval_args, retain_split, digest))
+                values = settings(model_args, data, ours[0], eval_args, retain_split, digest)
+                saved = read_run_config(out) or {}
+                # What trained is the run's record: the settings bound to the steps only while training (free
+                # to differ now), and the nats `holdout` resolved to. eval_batch_size is this evaluation's, as
+                # eval.json records it.
+                for key in (*(BOUND - {"eval_batch_size"}), "forget_token_nll_cap"):
+                    if key in saved:
+                        values[key] = saved[key]
+                write_run_config(out, values)
                 write_run_info(out, command)
             return out
         resume = prepare_output_dir(config.output_dir, evaluation_follows)
@@ -347,7 +353,19 @@ def unlearn(
                 log_fallback(out, mark)
         run = _Attempt(model_args, data, config, eval_args, callbacks, progress_bar_only, forget_rows,
                        retain_rows, df_rows, stop_data, out, digest)  # fmt: skip
+        asked_cap, recorded = config.forget_token_nll_cap, read_run_config(out) if resume else {}
         trainer = run.build(config)
+        if asked_cap == "holdout" and recorded.get("forget_token_nll_cap") not in (
+            None,
+            config.forget_token_nll_cap,
+        ):
+            # `holdout` resolves on the model as loaded, so the same command gives the same nats; a run that
+            # trained with a number of its own, or on other weights, would go on under another bound.
+            raise RunError(
+                f"{out} trained with --forget_token_nll_cap {recorded['forget_token_nll_cap']}, but holdout gives "
+                f"{config.forget_token_nll_cap} now: rerun with --forget_token_nll_cap "
+                f"{recorded['forget_token_nll_cap']} to resume it, or choose a new --output_dir"
+            )
         if trainer.is_world_process_zero():
             out.mkdir(parents=True, exist_ok=True)
             run.write_config(config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import numbers
+import os
 
 
 class ConfigError(ValueError):
@@ -113,10 +114,17 @@ def check_field_types(obj, skip=frozenset()) -> None:
         ):  # `x: str = None` is optional too
             continue
         want, _ = kind
-        # numbers.Integral / Real: a numpy integer or float from a sweep is a number too; a bool is not.
+        # numbers.Integral / Real: a numpy integer or float from a sweep is a number too, kept as the plain one
+        # (torch's DataLoader and the YAML record take no numpy scalar); a bool is not a number here. A path
+        # object is the text it stands for.
         numeric = {int: numbers.Integral, float: numbers.Real}.get(want)
         if numeric is not None:
             ok = isinstance(value, numeric) and not isinstance(value, bool)
+            if ok and type(value) not in (int, float) and not isinstance(value, want):
+                setattr(obj, f.name, want(value))
+        elif want is str and isinstance(value, os.PathLike):
+            ok = True
+            setattr(obj, f.name, os.fspath(value))
         else:
             ok = isinstance(value, want)
         if not ok:

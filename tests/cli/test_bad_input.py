@@ -383,8 +383,12 @@ CASES = [
          r"holdout10_perturbed\.json row \d+ asks .* \(that question is not in .*holdout10\.json\); regenerate .*or pass --stop_statistic truth_ratio_constructed",
          setup=lambda e: e.write_rows("holdout10_perturbed", e.rows("holdout10_perturbed")[:-1] + e.rows("forget10_perturbed")[:1])),
     Case("stop_truth_ratio_forget_perturbed_lacks_a_question", lambda e: e.unlearn("--auto"),
-         r"forget10_perturbed\.json row 1 asks .* \(that question is elsewhere in .*forget10\.json\); regenerate",
+         r"forget10_perturbed\.json row 1 asks .* \(that question is elsewhere in .*forget10\.json\); regenerate .*\(same questions, same order\)$",
          setup=lambda e: e.write_rows("forget10_perturbed", e.rows("forget10_perturbed")[1:])),
+    Case("holdout_answer_longer_than_max_length", lambda e: e.unlearn(max_length="64"),
+         r"holdout10\.json: example of \d+ tokens exceeds max_length=64 .*or train with --do_final_eval false",
+         setup=lambda e: [e.write_rows(n, [{**r, "answer": " ".join(["word"] * 80)} if i == 0 else r
+                                           for i, r in enumerate(e.rows(n))]) for n in ("holdout10", "holdout10_perturbed")]),
     Case("eval_split_missing_for_a_training_run", lambda e: e.unlearn(),
          r"world_facts_perturbed\.json not found; .*the final evaluation reads it: add it, or train with --do_final_eval false",
          setup=lambda e: _drop(e, "world_facts_perturbed.json")),

@@ -259,6 +259,12 @@ def test_eval_of_a_run_uses_its_settings_and_keeps_its_own_evaluation(
     from llm_unlearn.runs.folder import RunError
 
     before = (run / "eval.json").read_text()
+    # The same settings from Python (DataArgs' retain_split None is the pair the run recorded) re-evaluate.
+    settings = {"max_length": 128, "forget_split": "forget05"}
+    evaluate_with_reference(str(run), DataArgs(data_dir=str(micro_world), **settings),
+                            EvalArgs(reference_model=str(micro_models["retain"]["forget10"]), max_new_tokens=8),
+                            out_path=run / "eval.json")  # fmt: skip
+    before = (run / "eval.json").read_text()
     with pytest.raises(RunError, match=r"eval\.json holds its own evaluation, which .*--forget_split forget10 \(the "
                                        r"run's: forget05\).*in Python: another out_path"):  # fmt: skip
         evaluate_with_reference(str(run), DataArgs(data_dir=str(micro_world)),
@@ -587,6 +593,22 @@ def test_an_unevaluated_run_is_finished_by_eval_and_refused_by_other_commands(
             "--reference_model", str(micro_models["retain"]["forget10"]), "--max_new_tokens", "4"]  # fmt: skip
     assert main(argv) == 0
     assert FINAL_EVAL not in read_status(out) and read_status(out)["state"] == "complete"
+
+
+def test_finishing_a_cut_short_evaluation_keeps_what_trained_on_record(micro_world, micro_models, tmp_path):
+    """The evaluation's settings may differ once training is over; the record of how it trained may not."""
+    import yaml
+
+    from llm_unlearn.runs.folder import FINAL_EVAL, write_status
+
+    out = tmp_path / "run"
+    trained = ["--do_final_eval", "false", "--dataloader_drop_last", "true", "--eval_batch_size", "16"]
+    assert main(_unlearn_argv(micro_world, micro_models, out, *trained)) == 0
+    write_status(out, "complete", **{FINAL_EVAL: "pending"}, pid=_dead_pid(), host=socket.gethostname())
+    assert main(_unlearn_argv(micro_world, micro_models, out, "--eval_batch_size", "32")) == 0
+    saved = yaml.safe_load((out / "unlearn_config.yaml").read_text())
+    assert saved["dataloader_drop_last"] is True  # how it trained
+    assert saved["eval_batch_size"] == 32 == json.loads((out / "eval.json").read_text())["meta"]["batch_size"]
 
 
 def test_local_paths_are_saved_absolute_and_resume_however_spelled(

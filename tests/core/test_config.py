@@ -249,3 +249,24 @@ def test_options_the_python_api_accepted_and_then_ignored_or_failed_on_are_refus
         unlearn(ModelArgs(model_name_or_path="m"), DataArgs(data_dir=str(tmp_path)),
                 UnlearnConfig(output_dir=str(tmp_path / "run"), undo_alpha=0.3), EvalArgs())  # fmt: skip
     assert not (tmp_path / "run").exists()
+
+
+def test_numpy_numbers_and_paths_are_kept_as_the_plain_values_they_stand_for():
+    """A numpy integer reached torch's DataLoader (refused) and the YAML record (as text); a Path was refused."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from llm_unlearn.data.args import DataArgs
+    from llm_unlearn.models.args import ModelArgs
+
+    config = UnlearnConfig(output_dir="/tmp/never", per_device_train_batch_size=np.int64(2), seed=np.int32(3),
+                           learning_rate=np.float32(0.5))  # fmt: skip
+    assert [type(v) for v in (config.per_device_train_batch_size, config.seed, config.learning_rate)] == [
+        int,
+        int,
+        float,
+    ]
+    assert config.retain_batch_size == 2 and DataArgs(max_length=np.int64(64)).max_length.__class__ is int
+    assert ModelArgs(model_name_or_path=Path("/tmp/m")).model_name_or_path == "/tmp/m"
+    assert DataArgs(data_dir=Path("/tmp/w")).data_dir == "/tmp/w"

@@ -91,6 +91,14 @@ def test_bad_inputs_are_refused_with_the_fix(evaluate_lib, evals, tmp_path):
         match=r"reference truth ratios are geometric, not arithmetic: load the metric with config_name='geometric'",
     ):
         arithmetic.compute(**columns)
+    # Inputs made without the variant column still compute; with reference ratios they must say their kind.
+    plain = {k: v for k, v in columns.items() if k != "reference_truth_ratio_variant"}
+    alone = {**plain, "reference_truth_ratio": [None] * len(plain["split"])}
+    assert "forget_quality" not in tofu.compute(**alone) and "model_utility" in tofu.compute(**alone)
+    with pytest.raises(
+        ValueError, match="reference_truth_ratio_variant is not given for the reference's truth ratios"
+    ):
+        tofu.compute(**plain)
     # inputs_from_eval checks the reference as `llm-unlearn eval` does: the same questions, template, variant.
     other = json.loads(json.dumps(evals["retain"]))
     other["meta"]["truth_ratio_variant"] = "arithmetic"

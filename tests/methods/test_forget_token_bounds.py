@@ -288,3 +288,40 @@ def test_more_siblings_than_the_retain_split_has_is_refused_in_one_line_without_
     line = next(x for x in err if "--forget_token_siblings 500" in x)
     assert "wrong answers could be built" in line and "pass a smaller number" in line
     assert not out.exists()
+
+
+def test_a_run_that_trained_with_other_nats_is_not_resumed_under_holdout(
+    micro_world, micro_models, tmp_path, capsys
+):
+    """`holdout` resolves again to the same nats for its own run; a run recorded with another number (given
+    explicitly, or on other weights) would go on from its checkpoint under another bound: refused."""
+    from transformers import TrainerCallback
+
+    from llm_unlearn.cli import main
+    from llm_unlearn.cli.parse import parse_config
+    from llm_unlearn.pipeline.unlearn import unlearn
+
+    class KilledAfterCheckpoint2(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise RuntimeError("killed")
+
+    out = tmp_path / "run"
+    flags = ["--auto", *NGDIFF_WHOLE, "--forget_token_nll_cap", "holdout", "--max_steps", "3",
+             "--stop_check_interval", "1", "--save_strategy", "steps", "--save_steps", "1"]  # fmt: skip
+    argv = _argv(micro_world, micro_models, out, *flags)
+    with pytest.raises(RuntimeError, match="killed"):
+        unlearn(*parse_config(argv[1:]), callbacks=[KilledAfterCheckpoint2()])
+    assert (out / "checkpoint-2").is_dir()
+    config = out / "unlearn_config.yaml"
+    resolved = yaml.safe_load(config.read_text())["forget_token_nll_cap"]
+    config.write_text(
+        config.read_text().replace(f"forget_token_nll_cap: '{resolved}'", "forget_token_nll_cap: '3.0'")
+    )
+    assert yaml.safe_load(config.read_text())["forget_token_nll_cap"] == "3.0"
+    assert main(argv) == 2
+    assert "trained with --forget_token_nll_cap 3.0, but holdout gives" in capsys.readouterr().err
+    config.write_text(
+        config.read_text().replace("forget_token_nll_cap: '3.0'", f"forget_token_nll_cap: '{resolved}'")
+    )
+    assert main(argv) == 0  # its own nats: resumed from checkpoint-2

@@ -72,6 +72,12 @@ def _missing(x) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
+def _with_variant(kwargs: dict, batch: bool) -> dict:
+    if "split" not in kwargs or "reference_truth_ratio_variant" in kwargs:
+        return kwargs
+    return {**kwargs, "reference_truth_ratio_variant": [""] * len(kwargs["split"]) if batch else ""}
+
+
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Tofu(evaluate.Metric):
     def _info(self):
@@ -95,6 +101,20 @@ class Tofu(evaluate.Metric):
                 "https://github.com/locuslab/open-unlearning",
             ],
         )
+
+    # Inputs made before the variant column existed leave it out: filled with "" (no variant given), which
+    # is refused only where reference ratios are given, as those need it.
+    def compute(self, **kwargs):
+        """The metrics of the examples given here and added before (`evaluate` appends the inputs' description)."""
+        return super().compute(**_with_variant(kwargs, batch=True))
+
+    def add_batch(self, **kwargs):
+        """Add a batch of examples."""
+        return super().add_batch(**_with_variant(kwargs, batch=True))
+
+    def add(self, **kwargs):
+        """Add one example."""
+        return super().add(**_with_variant(kwargs, batch=False))
 
     def _compute(
         self,
@@ -134,6 +154,11 @@ class Tofu(evaluate.Metric):
                 kinds = {
                     reference_truth_ratio_variant[i] for i in rows if not _missing(reference_truth_ratio[i])
                 }
+                if "" in kinds or None in kinds:
+                    raise ValueError(
+                        "reference_truth_ratio_variant is not given for the reference's truth ratios: pass the "
+                        "variant they were computed with, geometric or arithmetic (inputs_from_eval does)"
+                    )
                 if kinds - {variant}:
                     # The model's ratios are computed here with this config's variant: both must be of one kind.
                     raise ValueError(
