@@ -20,7 +20,6 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from ..core.auto import own_regime
 from ..core.config import AUTO_SETTINGS, UnlearnConfig
 from ..data.args import DataArgs
 from ..eval.args import EvalArgs
@@ -402,20 +401,13 @@ def parse_config(
                 "float32, or --use_cpu true to train in bfloat16 on the CPU"
             )
         raise ConfigError(line) from None
-    for config in (c for c in parsed if isinstance(c, UnlearnConfig) and c.auto and c.auto_fallback):
-        _own_regime_ends_fallback(config)
+    for config in (c for c in parsed if isinstance(c, UnlearnConfig)):
+        own = config.end_fallback_for_own_regime()
+        if own:
+            import logging
+
+            logging.getLogger("llm_unlearn").info(
+                "--auto with your own %s: the fallback to its second regime is off (docs/auto.md)",
+                ", ".join(f"--{k}" for k in own),
+            )
     return parsed
-
-
-def _own_regime_ends_fallback(config: UnlearnConfig) -> None:
-    """`--auto` with one of its training choices set to another value keeps the user's regime: the fallback
-    to the second is off (core/auto.fallback_applies), and unlearn_config.yaml records it off."""
-    import logging
-
-    own = own_regime(config)
-    if own:
-        config.auto_fallback = False
-        logging.getLogger("llm_unlearn").info(
-            "--auto with your own %s: the fallback to its second regime is off (docs/auto.md)",
-            ", ".join(f"--{k}" for k in own),
-        )

@@ -354,9 +354,17 @@ class UnlearnConfig(MethodOptions, TrainingArguments):
         """`--auto` from Python: its settings (`core/auto.AUTO_SETTINGS`) under `changes`, as `llm-unlearn
         unlearn --auto` gives them. As there, a regime setting of your own turns the fallback off."""
         config = cls(**{**AUTO_SETTINGS, "auto": True, **changes})
-        if config.auto_fallback and own_regime(config):
-            config.auto_fallback = False
+        config.end_fallback_for_own_regime()
         return config
+
+    def end_fallback_for_own_regime(self) -> list[str]:
+        """`--auto` with one of its training choices set to another value keeps the user's regime: the fallback
+        to the second is off (core/auto.fallback_applies), and unlearn_config.yaml records it off. Returns the
+        options that made the regime the user's ([] where nothing changed)."""
+        own = own_regime(self) if self.auto and self.auto_fallback else []
+        if own:
+            self.auto_fallback = False
+        return own
 
     def __post_init__(self):
         from ..methods import get_method

@@ -299,15 +299,12 @@ def check_eval_lengths(
 
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     source = SplitSource(data.data_dir, data.dataset_name)
-    scored = [(name, role in ("forget", "retain")) for role, name in eval_splits(data.forget_split).items()]
+    scored = {name: candidate_pairs(rows[name], paraphrase=role in ("forget", "retain"))
+              for role, name in eval_splits(data.forget_split).items()}  # fmt: skip
     holdout = paired_split(data.forget_split, "holdout")
     if holdout in rows:  # membership inference scores its answers too
-        scored.append((holdout, None))
-    for name, paraphrase in scored:
-        if paraphrase is None:
-            questions, texts = [r["question"] for r in rows[name]], [r["answer"] for r in rows[name]]
-        else:
-            questions, texts = candidate_pairs(rows[name], paraphrase=paraphrase)
+        scored[holdout] = ([r["question"] for r in rows[holdout]], [r["answer"] for r in rows[holdout]])
+    for name, (questions, texts) in scored.items():
         try:
             encode_qa_pairs(
                 tokenizer, questions, texts, data.prompt_format, data.max_length, data.system_prompt

@@ -23,6 +23,7 @@ from ..data.qa import (
     shared_questions,
     split_path,
 )
+from .inputs import SplitSource
 
 RETAIN_SAMPLE = 200  # retain examples scored per check: enough for a stable mean loss, cheap
 MIN_CONSTRUCTED = 3  # fewest constructed wrong answers per question a truth ratio is built on
@@ -58,8 +59,9 @@ def load_stop_data(data, forget_rows: list[dict], retain_rows: list[dict], confi
         holdout = load_split(name, data_dir=data.data_dir, dataset_name=data.dataset_name)
     except DataError as err:
         raise DataError(f"{needs} ({err}); {how}") from None
-    where = split_path(data.data_dir, name) if data.data_dir is not None else f"{data.dataset_name}:{name}"
-    check_unique_questions(holdout, str(where))  # the statistic pairs each holdout question with its scores
+    check_unique_questions(
+        holdout, SplitSource(data.data_dir, data.dataset_name).where(name)
+    )  # the statistic pairs each holdout question with its scores
     if len(holdout) != len(forget_rows):
         raise DataError(
             f"holdout split {name} has {len(holdout)} examples but forget split {data.forget_split} has "
@@ -142,13 +144,7 @@ def _truth_ratio_rows(data, holdout_name: str, forget_rows, holdout, statistic: 
 
     # Each companion's rows are scored as its split's: the same questions, answers and order, as the
     # evaluation requires of them (a holdout companion with other answers, or each row twice, was scored).
-    def where(name: str) -> str:
-        return (
-            str(split_path(data.data_dir, name))
-            if data.data_dir is not None
-            else f"{data.dataset_name}:{name}"
-        )
-
+    where = SplitSource(data.data_dir, data.dataset_name).where
     for base, base_name, companion, name in ((forget_rows, data.forget_split, forget_pert, names[0]),
                                              (holdout, holdout_name, holdout_pert, names[1])):  # fmt: skip
         try:

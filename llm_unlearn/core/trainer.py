@@ -48,8 +48,8 @@ def _check_use(args, method: Method | str, reference_model) -> Method:
     """Refuse, in one line each, what would otherwise fail deep in the first step: the trainer used with
     plain `TrainingArguments`, with a method other than the config's (whose combination and options were
     resolved for that one), or without the frozen reference the method needs."""
-    from ..core.config import UnlearnConfig
     from ..methods import get_method
+    from .config import UnlearnConfig
 
     if not isinstance(args, UnlearnConfig):
         raise TypeError(

@@ -27,15 +27,16 @@ def inputs_from_eval(result: dict, reference: dict | None = None) -> dict[str, l
     if reference is not None:
         ref = reference_ratios(result, reference, "<reference eval dict>")[0].tolist()
         variant = result["meta"]["truth_ratio_variant"]  # the reference's too: reference_ratios checked it
+        if len(ref) != len(result["losses"]["forget"]["answer"]):
+            raise ValueError(
+                f"reference has {len(ref)} forget samples but the model {len(result['losses']['forget']['answer'])}; "
+                "forget quality needs the same forget split"
+            )
     columns: dict[str, list] = {k: [] for k in ("split", "answer_loss", "paraphrased_loss", "perturbed_losses",
                                                 "rouge_l", "reference_truth_ratio", "reference_truth_ratio_variant")}  # fmt: skip
     for role in ROLES:
         losses = result["losses"][role]
         n = len(losses["answer"])
-        if role == "forget" and ref is not None and len(ref) != n:
-            raise ValueError(
-                f"reference has {len(ref)} forget samples but the model {n}; forget quality needs the same forget split"
-            )
         columns["split"] += [role] * n
         columns["answer_loss"] += losses["answer"]
         columns["paraphrased_loss"] += losses.get("paraphrased", [None] * n)

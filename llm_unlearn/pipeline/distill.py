@@ -50,7 +50,6 @@ import dataclasses
 import logging
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +72,6 @@ from ..runs.folder import (
     ended_by,
     mark_and_rotate,
     pending_evaluation,
-    plain_permissions,
     read_run_config,
     read_status,
     require_complete,
@@ -329,7 +327,7 @@ def distill(
     called again with the same arguments. `evaluation_follows`: as `unlearn()`'s (the run is complete
     with its evaluation pending until its eval.json is written).
     """
-    from .unlearn import check_output_dir, prepare_output_dir, write_run_config
+    from .unlearn import check_output_dir, drop_training_state, prepare_output_dir, write_run_config
 
     check_settings(settings)
     config = read_run(run_dir)
@@ -394,9 +392,7 @@ def distill(
             train_seconds=seconds,
             **(pending_evaluation() if evaluation_follows else {}),
         )
-        for folder in out.glob("checkpoint-*"):
-            shutil.rmtree(folder)
-        plain_permissions(out)
+        drop_training_state(out)
     logger.info("distillation finished in %.1f s: %s", seconds, out)
     return out
 

@@ -28,19 +28,22 @@ def check_replaces_own_eval(model_path: str, out_path, parsed: tuple) -> None:
     if out_path is None or not Path(model_path).is_dir():
         return
     own = Path(model_path) / "eval.json"
-    if own.is_file() and Path(out_path).resolve() == own.resolve() and read_run_config(model_path):
-        refuse_other_settings(model_path, parsed)
+    config = (
+        read_run_config(model_path) if own.is_file() and Path(out_path).resolve() == own.resolve() else {}
+    )
+    if config:
+        refuse_other_settings(model_path, parsed, config)
 
 
-def refuse_other_settings(model: str, parsed: tuple) -> None:
+def refuse_other_settings(model: str, parsed: tuple, config: dict) -> None:
     """The run's own eval.json is what report and push read as its numbers: it is not replaced by an evaluation
     on other data or settings. The reference may differ (another retain-only model, or its eval.json in place
-    of the model): it changes forget quality's yardstick, which eval.json records, not what was measured."""
+    of the model): it changes forget quality's yardstick, which eval.json records, not what was measured.
+    `config`: the run's unlearn_config.yaml, as read."""
     from ..data.qa import forget_pct, paired_split
     from ..eval.tofu import recorded_path
-    from ..runs.folder import RunError, read_run_config
+    from ..runs.folder import RunError
 
-    config = read_run_config(model)
     values = {k: getattr(obj, k) for obj in parsed for k in RUN_EVAL_SETTINGS if hasattr(obj, k)}
     if values.get("retain_split") is None and forget_pct(values.get("forget_split") or "") is not None:
         # None is the forget split's pair, as the run resolved and recorded it (DataArgs' default, in Python)
